@@ -1,0 +1,169 @@
+//! The one error type of gyre, and the wrapper that hands a message back.
+
+use std::time::Duration;
+
+use gyre_runtime::abi::State;
+
+/// Everything that can go wrong in gyre. Each message says what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A message type does not fit the ring's slots.
+    #[error(
+        "message type `{type_name}` is {size} bytes but a slot of {slot_bytes} bytes holds {max} \
+         payload bytes: raise the slot size with `.slot_bytes({suggested})` or shrink the type"
+    )]
+    MessageTooLarge {
+        /// The Rust type.
+        type_name: &'static str,
+        /// Its size.
+        size: usize,
+        /// The slot size asked for.
+        slot_bytes: u32,
+        /// Payload bytes per slot.
+        max: usize,
+        /// The smallest slot size that fits.
+        suggested: u32,
+    },
+    /// A message type needs more alignment than a slot payload has.
+    #[error("message type `{type_name}` needs {align}-byte alignment; slot payloads are 16-byte aligned")]
+    MessageAlignment {
+        /// The Rust type.
+        type_name: &'static str,
+        /// Its alignment.
+        align: usize,
+    },
+    /// A capacity or slot size is invalid.
+    #[error("kernel `{kernel}`: {source}")]
+    Layout {
+        /// The kernel.
+        kernel: String,
+        /// What is wrong.
+        source: gyre_runtime::ring::LayoutError,
+    },
+    /// The spec has no implementation for the backend it is launched on.
+    #[error("kernel `{kernel}` has no {backend} implementation: add one to its KernelSpec (e.g. `.cpu(...)`)")]
+    NoImplementation {
+        /// The kernel.
+        kernel: String,
+        /// The backend.
+        backend: &'static str,
+    },
+    /// A backend that was asked for is not available here.
+    #[error("backend {backend} is unavailable: {reason}")]
+    BackendUnavailable {
+        /// The backend.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime refused a launch.
+    #[error("could not launch kernel: {0}")]
+    Launch(String),
+    /// The inbox is full (returned by `try_send` and by the `Fail` backpressure policy).
+    #[error("kernel `{kernel}`'s inbox is full: retry later, send with a blocking policy, or raise its capacity")]
+    Full {
+        /// The kernel.
+        kernel: String,
+    },
+    /// The wait timed out.
+    #[error("timed out after {after:?} waiting on kernel `{kernel}`")]
+    Timeout {
+        /// The kernel.
+        kernel: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The kernel is draining and accepts no more messages.
+    #[error("kernel `{kernel}` is draining and accepts no new messages")]
+    Draining {
+        /// The kernel.
+        kernel: String,
+    },
+    /// The kernel is terminated.
+    #[error("kernel `{kernel}` is terminated: restart it or launch a new one")]
+    Terminated {
+        /// The kernel.
+        kernel: String,
+    },
+    /// The kernel faulted.
+    #[error("kernel `{kernel}` faulted: {reason}; terminate it to collect its undelivered messages")]
+    Faulted {
+        /// The kernel.
+        kernel: String,
+        /// The fault.
+        reason: String,
+    },
+    /// `recv` on a kernel whose spec has no host-bound output.
+    #[error("kernel `{kernel}` has no host-bound output, so there is nothing to receive: give its spec `.host_output(capacity)`")]
+    NoHostOutput {
+        /// The kernel.
+        kernel: String,
+    },
+    /// A lifecycle call the state machine does not allow.
+    #[error("kernel `{kernel}`: {source}")]
+    Lifecycle {
+        /// The kernel.
+        kernel: String,
+        /// The refused transition.
+        source: gyre_runtime::lifecycle::LifecycleError,
+    },
+    /// The kernel did not acknowledge a command in time.
+    #[error("kernel `{kernel}` did not acknowledge within {waited:?}; its handler may be stuck: terminate it or raise the command timeout")]
+    Unresponsive {
+        /// The kernel.
+        kernel: String,
+        /// How long the host waited.
+        waited: Duration,
+    },
+}
+
+impl Error {
+    pub(crate) fn stopped(kernel: &str, state: State, fault: Option<String>) -> Self {
+        let kernel = kernel.to_owned();
+        match state {
+            State::Draining => Self::Draining { kernel },
+            State::Faulted => Self::Faulted { kernel, reason: fault.unwrap_or_else(|| "unknown fault".into()) },
+            _ => Self::Terminated { kernel },
+        }
+    }
+
+    pub(crate) fn from_command(kernel: &str, error: gyre_runtime::backend::CommandError) -> Self {
+        use gyre_runtime::backend::CommandError as C;
+        let kernel = kernel.to_owned();
+        match error {
+            C::Lifecycle(source) => Self::Lifecycle { kernel, source },
+            C::Unresponsive { waited, .. } => Self::Unresponsive { kernel, waited },
+            C::Faulted { reason, .. } => Self::Faulted { kernel, reason },
+        }
+    }
+}
+
+/// A send that failed, with the message handed back.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct SendError<T> {
+    /// What went wrong.
+    pub error: Error,
+    /// The message that was not sent.
+    pub message: T,
+}
+
+impl<T> SendError<T> {
+    /// The message that was not sent.
+    pub fn into_message(self) -> T {
+        self.message
+    }
+}
+
+impl<T> std::fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendError").field("error", &self.error).finish_non_exhaustive()
+    }
+}
+
+impl<T> From<SendError<T>> for Error {
+    fn from(value: SendError<T>) -> Self {
+        value.error
+    }
+}

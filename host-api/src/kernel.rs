@@ -1,0 +1,468 @@
+//! [`Kernel`]: the typed handle to a launched kernel, and [`Sender`] with its
+//! backpressure policy.
+
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gyre_runtime::abi::State;
+use gyre_runtime::backend::cpu::{KernelCore, RecvFailure, SendFailure};
+use gyre_runtime::ring::SlotRef;
+
+use crate::report::Report;
+use crate::spec::{join, split, Message};
+use crate::{Error, SendError};
+
+/// What a [`Sender`] does when the inbox is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Wait until there is room (spin, yield, then park). The default.
+    #[default]
+    Block,
+    /// Fail at once with [`Error::Full`], handing the message back.
+    Fail,
+    /// Wait up to this long, then fail with [`Error::Timeout`], handing the message back.
+    Timeout(Duration),
+}
+
+/// A kernel's counters and gauges, read from its control block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelMetrics {
+    /// The kernel.
+    pub kernel: String,
+    /// Its state.
+    pub state: State,
+    /// Messages taken from its inbox.
+    pub received: u64,
+    /// Messages its handler finished.
+    pub processed: u64,
+    /// Messages it emitted.
+    pub emitted: u64,
+    /// Times its output ring was full.
+    pub stalls: u64,
+    /// Messages its handler failed.
+    pub errors: u64,
+    /// Messages waiting in its inbox now.
+    pub inbox_len: u32,
+    /// Its heartbeat counter.
+    pub heartbeat: u32,
+}
+
+/// A launched kernel taking `In` messages and emitting `Out` messages to the host.
+///
+/// Cheap to clone; every clone talks to the same kernel. Sending is safe from many
+/// threads at once; receiving too (receivers take turns).
+///
+/// ```
+/// use gyre::{KernelSpec, Runtime};
+/// use std::time::Duration;
+///
+/// let runtime = Runtime::builder().workers(1).build()?;
+/// let doubler = runtime.launch(KernelSpec::<u32, u32>::new("double").cpu(|x, out| Ok(out.emit(x * 2)?)))?;
+/// doubler.activate()?;
+/// doubler.send(21)?;
+/// assert_eq!(doubler.recv()?, 42);
+/// let report = doubler.drain(Duration::from_secs(5))?;
+/// assert_eq!(report.processed, 1);
+/// # Ok::<(), gyre::Error>(())
+/// ```
+pub struct Kernel<In, Out> {
+    pub(crate) core: Arc<KernelCore>,
+    pub(crate) _types: PhantomData<fn(In) -> Out>,
+}
+
+impl<In, Out> Clone for Kernel<In, Out> {
+    fn clone(&self) -> Self {
+        Self { core: self.core.clone(), _types: PhantomData }
+    }
+}
+
+impl<In, Out> std::fmt::Debug for Kernel<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel").field("name", &self.name()).field("state", &self.core.state()).finish()
+    }
+}
+
+fn read<T: Message>(slot: SlotRef<'_>) -> T {
+    bytemuck::pod_read_unaligned(&slot.payload[..std::mem::size_of::<T>()])
+}
+
+impl<In, Out> Kernel<In, Out> {
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.core.config().name
+    }
+}
+
+impl<In: Message, Out: Message> Kernel<In, Out> {
+    /// The kernel's id (the sender id in the tags of what it emits).
+    pub fn id(&self) -> u32 {
+        self.core.id()
+    }
+
+    /// The state the kernel last published.
+    pub fn state(&self) -> State {
+        self.core.state()
+    }
+
+    /// Its fault, if it faulted.
+    pub fn fault(&self) -> Option<String> {
+        self.core.fault()
+    }
+
+    /// Counters and gauges from the control block.
+    pub fn metrics(&self) -> KernelMetrics {
+        let counters = self.core.counters();
+        KernelMetrics {
+            kernel: self.name().to_owned(),
+            state: self.core.state(),
+            received: counters.received,
+            processed: counters.processed,
+            emitted: counters.emitted,
+            stalls: counters.stalls,
+            errors: counters.errors,
+            inbox_len: self.core.inbox_len(),
+            heartbeat: self.core.heartbeat(),
+        }
+    }
+
+    // ---- lifecycle --------------------------------------------------------------------
+
+    /// Starts (or resumes) processing. Messages sent before are processed in order.
+    ///
+    /// # Errors
+    /// [`Error::Lifecycle`] if the kernel is draining, terminated or faulted;
+    /// [`Error::Unresponsive`] if it does not acknowledge in time.
+    pub fn activate(&self) -> Result<(), Error> {
+        self.core.set_active(true).map(drop).map_err(|e| Error::from_command(self.name(), e))
+    }
+
+    /// Stops processing; messages keep queuing (up to the inbox capacity), none lost.
+    ///
+    /// # Errors
+    /// As [`Kernel::activate`].
+    pub fn deactivate(&self) -> Result<(), Error> {
+        self.core.set_active(false).map(drop).map_err(|e| Error::from_command(self.name(), e))
+    }
+
+    /// Refuses new messages (senders get [`Error::Draining`]), processes everything
+    /// queued (a paused kernel resumes for it), then terminates. Outputs stay
+    /// receivable. If `timeout` expires first the kernel is terminated and what is left
+    /// comes back in the report.
+    ///
+    /// # Errors
+    /// [`Error::Lifecycle`] when draining twice or draining a terminated or faulted
+    /// kernel (terminate a faulted one instead).
+    pub fn drain(&self, timeout: Duration) -> Result<Report<In, Out>, Error> {
+        let mut undelivered = Vec::new();
+        let mut outputs = Vec::new();
+        let summary = self
+            .core
+            .drain(timeout, &mut |s| undelivered.push(read(s)), &mut |s| outputs.push(read(s)))
+            .map_err(|e| Error::from_command(self.name(), e))?;
+        Ok(self.report(summary, undelivered, outputs))
+    }
+
+    /// Stops after the message in hand and hands back every message still in its inbox
+    /// and host-bound output.
+    ///
+    /// # Errors
+    /// [`Error::Lifecycle`] when already terminated; [`Error::Unresponsive`] when the
+    /// handler does not return within the command timeout.
+    pub fn terminate(&self) -> Result<Report<In, Out>, Error> {
+        let mut undelivered = Vec::new();
+        let mut outputs = Vec::new();
+        let summary = self
+            .core
+            .terminate(&mut |s| undelivered.push(read(s)), &mut |s| outputs.push(read(s)))
+            .map_err(|e| Error::from_command(self.name(), e))?;
+        Ok(self.report(summary, undelivered, outputs))
+    }
+
+    fn report(
+        &self,
+        summary: gyre_runtime::backend::DrainSummary,
+        undelivered: Vec<In>,
+        undelivered_outputs: Vec<Out>,
+    ) -> Report<In, Out> {
+        Report {
+            kernel: self.name().to_owned(),
+            processed: summary.processed,
+            emitted: summary.emitted,
+            timed_out: summary.timed_out,
+            final_state: summary.final_state.unwrap_or(State::Terminated),
+            fault: summary.fault,
+            undelivered,
+            undelivered_outputs,
+        }
+    }
+
+    // ---- sending ------------------------------------------------------------------------
+
+    /// A sender with its own backpressure policy.
+    pub fn sender(&self) -> Sender<In> {
+        Sender { core: self.core.clone(), policy: Backpressure::Block, _types: PhantomData }
+    }
+
+    /// Sends, waiting while the inbox is full.
+    ///
+    /// # Errors
+    /// [`SendError`] with the message when the kernel is draining, terminated or faulted.
+    pub fn send(&self, message: In) -> Result<(), SendError<In>> {
+        send_with(&self.core, message, 0, None)
+    }
+
+    /// Sends with a correlation id, waiting while the inbox is full.
+    ///
+    /// # Errors
+    /// As [`Kernel::send`].
+    pub fn send_with_corr(&self, message: In, corr: u64) -> Result<(), SendError<In>> {
+        send_with(&self.core, message, corr, None)
+    }
+
+    /// Sends without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Full`] when the inbox is full, or as [`Kernel::send`]; the message comes back.
+    pub fn try_send(&self, message: In) -> Result<(), SendError<In>> {
+        try_send(&self.core, message, 0)
+    }
+
+    /// Sends, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when no room freed in time, or as [`Kernel::send`].
+    pub fn send_timeout(&self, message: In, timeout: Duration) -> Result<(), SendError<In>> {
+        send_with(&self.core, message, 0, Some(Instant::now() + timeout))
+    }
+
+    /// Sends from async code: waits for room without blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before it completes, the message was not sent.
+    ///
+    /// # Errors
+    /// As [`Kernel::send`].
+    pub async fn send_async(&self, message: In) -> Result<(), SendError<In>> {
+        send_async(&self.core, message, 0).await
+    }
+
+    // ---- receiving ----------------------------------------------------------------------
+
+    /// Receives the next host-bound message, waiting for one.
+    ///
+    /// # Errors
+    /// [`Error::NoHostOutput`] when the spec has no host output; [`Error::Terminated`]
+    /// (or `Faulted`) when the kernel stopped and everything it emitted was received.
+    pub fn recv(&self) -> Result<Out, Error> {
+        self.recv_deadline(None).map(|(message, _)| message)
+    }
+
+    /// Receives the next message with its correlation id, waiting for one.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv`].
+    pub fn recv_with_corr(&self) -> Result<(Out, u64), Error> {
+        self.recv_deadline(None)
+    }
+
+    /// Receives without waiting; `Ok(None)` when nothing is there yet.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv`].
+    pub fn try_recv(&self) -> Result<Option<Out>, Error> {
+        match self.core.try_recv(|s| read::<Out>(s)) {
+            Ok(message) => Ok(Some(message)),
+            Err(RecvFailure::Empty) => Ok(None),
+            Err(failure) => Err(self.recv_error(failure)),
+        }
+    }
+
+    /// Receives, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when nothing came in time, or as [`Kernel::recv`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Out, Error> {
+        self.recv_deadline(Some(Instant::now() + timeout)).map(|(message, _)| message)
+    }
+
+    /// Receives from async code without blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is taken only in the poll that returns it.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv`].
+    pub async fn recv_async(&self) -> Result<Out, Error> {
+        let core = &self.core;
+        let result = poll_fn(|cx| {
+            core.outbox_items().poll_until(cx, || match core.try_recv(|s| read::<Out>(s)) {
+                Err(RecvFailure::Empty) => None,
+                other => Some(other),
+            })
+        })
+        .await;
+        result.map_err(|failure| self.recv_error(failure))
+    }
+
+    fn recv_deadline(&self, deadline: Option<Instant>) -> Result<(Out, u64), Error> {
+        let core = &self.core;
+        let start = Instant::now();
+        let result = core.outbox_items().wait_until(deadline, || {
+            match core.try_recv(|s| (read::<Out>(s), join(s.corr))) {
+                Err(RecvFailure::Empty) => None,
+                other => Some(other),
+            }
+        });
+        match result {
+            Some(Ok(message)) => Ok(message),
+            Some(Err(failure)) => Err(self.recv_error(failure)),
+            None => Err(Error::Timeout { kernel: self.name().to_owned(), after: start.elapsed() }),
+        }
+    }
+
+    fn recv_error(&self, failure: RecvFailure) -> Error {
+        match failure {
+            RecvFailure::NoOutput => Error::NoHostOutput { kernel: self.name().to_owned() },
+            RecvFailure::Closed(state) => Error::stopped(self.name(), state, self.fault()),
+            RecvFailure::Empty => unreachable!("empty is handled by the callers"),
+        }
+    }
+}
+
+/// A handle that sends to one kernel with its own [`Backpressure`] policy.
+pub struct Sender<In> {
+    core: Arc<KernelCore>,
+    policy: Backpressure,
+    _types: PhantomData<fn(In)>,
+}
+
+impl<In> Clone for Sender<In> {
+    fn clone(&self) -> Self {
+        Self { core: self.core.clone(), policy: self.policy, _types: PhantomData }
+    }
+}
+
+impl<In> std::fmt::Debug for Sender<In> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender").field("kernel", &self.core.config().name).field("policy", &self.policy).finish()
+    }
+}
+
+impl<In: Message> Sender<In> {
+    /// This sender with another policy.
+    #[must_use]
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Backpressure {
+        self.policy
+    }
+
+    /// Sends according to the policy.
+    ///
+    /// # Errors
+    /// [`Error::Full`] (policy `Fail`), [`Error::Timeout`] (policy `Timeout`), or the
+    /// kernel no longer accepts messages; the message always comes back.
+    pub fn send(&self, message: In) -> Result<(), SendError<In>> {
+        self.send_with_corr(message, 0)
+    }
+
+    /// Sends with a correlation id according to the policy.
+    ///
+    /// # Errors
+    /// As [`Sender::send`].
+    pub fn send_with_corr(&self, message: In, corr: u64) -> Result<(), SendError<In>> {
+        match self.policy {
+            Backpressure::Block => send_with(&self.core, message, corr, None),
+            Backpressure::Fail => try_send(&self.core, message, corr),
+            Backpressure::Timeout(t) => send_with(&self.core, message, corr, Some(Instant::now() + t)),
+        }
+    }
+
+    /// Sends without waiting, whatever the policy.
+    ///
+    /// # Errors
+    /// As [`Kernel::try_send`].
+    pub fn try_send(&self, message: In) -> Result<(), SendError<In>> {
+        try_send(&self.core, message, 0)
+    }
+
+    /// Sends from async code according to the policy (`Timeout` acts as `Block`; wrap
+    /// the future in your runtime's timeout).
+    ///
+    /// # Errors
+    /// As [`Sender::send`].
+    pub async fn send_async(&self, message: In) -> Result<(), SendError<In>> {
+        match self.policy {
+            Backpressure::Fail => try_send(&self.core, message, 0),
+            Backpressure::Block | Backpressure::Timeout(_) => send_async(&self.core, message, 0).await,
+        }
+    }
+}
+
+fn send_failure<In>(core: &KernelCore, failure: SendFailure, message: In) -> SendError<In> {
+    let kernel = core.config().name.clone();
+    let error = match failure {
+        SendFailure::Full => Error::Full { kernel },
+        SendFailure::Closed(state) => Error::stopped(&kernel, state, core.fault()),
+        SendFailure::TooLarge { len, max } => Error::MessageTooLarge {
+            type_name: std::any::type_name::<In>(),
+            size: len,
+            slot_bytes: core.config().inbox.slot_bytes(),
+            max,
+            suggested: (len as u32 + gyre_runtime::abi::SLOT_HEADER_BYTES).next_power_of_two(),
+        },
+    };
+    SendError { error, message }
+}
+
+fn try_send<In: Message>(core: &Arc<KernelCore>, message: In, corr: u64) -> Result<(), SendError<In>> {
+    core.try_send(split(corr), bytemuck::bytes_of(&message)).map_err(|f| send_failure(core, f, message))
+}
+
+fn send_with<In: Message>(
+    core: &Arc<KernelCore>,
+    message: In,
+    corr: u64,
+    deadline: Option<Instant>,
+) -> Result<(), SendError<In>> {
+    let bytes = bytemuck::bytes_of(&message);
+    let corr_words = split(corr);
+    // Fast path: room now.
+    match core.try_send(corr_words, bytes) {
+        Ok(()) => return Ok(()),
+        Err(SendFailure::Full) => {}
+        Err(failure) => return Err(send_failure(core, failure, message)),
+    }
+    let start = Instant::now();
+    let result = core.inbox_space().wait_until(deadline, || match core.try_send(corr_words, bytes) {
+        Err(SendFailure::Full) => None,
+        other => Some(other),
+    });
+    match result {
+        Some(Ok(())) => Ok(()),
+        Some(Err(failure)) => Err(send_failure(core, failure, message)),
+        None => Err(SendError {
+            error: Error::Timeout { kernel: core.config().name.clone(), after: start.elapsed() },
+            message,
+        }),
+    }
+}
+
+async fn send_async<In: Message>(core: &Arc<KernelCore>, message: In, corr: u64) -> Result<(), SendError<In>> {
+    let bytes = bytemuck::bytes_of(&message);
+    let corr_words = split(corr);
+    let result = poll_fn(|cx| {
+        core.inbox_space().poll_until(cx, || match core.try_send(corr_words, bytes) {
+            Err(SendFailure::Full) => None,
+            other => Some(other),
+        })
+    })
+    .await;
+    result.map_err(|failure| send_failure(core, failure, message))
+}

@@ -1,0 +1,51 @@
+//! # gyre
+//!
+//! Persistent "ring kernels": long-lived kernels that stay resident and loop over
+//! lock-free rings of fixed-size messages, while the host launches them, feeds them,
+//! receives from them, and drains or terminates them without losing a message.
+//!
+//! ```
+//! use gyre::{KernelSpec, Runtime};
+//! use std::time::Duration;
+//!
+//! let runtime = Runtime::builder().build()?;
+//! let square = runtime.launch(KernelSpec::<f32, f32>::new("square").cpu(|x, out| Ok(out.emit(x * x)?)))?;
+//! square.activate()?;
+//! for i in 0..4 {
+//!     square.send(i as f32)?;
+//! }
+//! let got: Vec<f32> = (0..4).map(|_| square.recv()).collect::<Result<_, _>>()?;
+//! assert_eq!(got, [0.0, 1.0, 4.0, 9.0]);
+//! let report = square.drain(Duration::from_secs(5))?;
+//! assert!(report.undelivered.is_empty());
+//! # Ok::<(), gyre::Error>(())
+//! ```
+//!
+//! Semantics in one place:
+//! - **Zero allocation per message**: `send` copies the message into its ring slot in
+//!   place; the handler reads it from the slot; `emit` writes into the output slot.
+//! - **Backpressure**: a full inbox blocks, fails or times out per [`Sender`] policy,
+//!   always handing the message back; a full output ring makes the kernel wait
+//!   (counted as a stall).
+//! - **Lifecycle**: `Launched → Active ⇄ Paused → Draining → Terminated`, any live
+//!   state `→ Faulted`. Commands are acknowledged by the kernel through its control block.
+//! - **Nothing lost**: every message sent is processed or handed back in a report; a
+//!   panicking handler faults only its kernel.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod kernel;
+mod report;
+mod runtime;
+mod spec;
+
+pub use error::{Error, SendError};
+pub use gyre_runtime::abi::State;
+pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
+pub use gyre_runtime::backend::Placement;
+pub use kernel::{Backpressure, Kernel, KernelMetrics, Sender};
+pub use report::{DrainReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport};
+pub use runtime::{Backend, Runtime, RuntimeBuilder};
+pub use spec::{Emit, KernelSpec, Message};

@@ -1,0 +1,82 @@
+//! What drains, terminations and shutdowns hand back.
+
+use gyre_runtime::abi::State;
+
+/// The outcome of stopping one kernel: its totals and every message it did not deliver.
+///
+/// Nothing is dropped silently: a message sent to a kernel was either processed (and
+/// counted in `processed`) or is in `undelivered`; a message it emitted was either
+/// received from it or is in `undelivered_outputs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report<In, Out> {
+    /// The kernel.
+    pub kernel: String,
+    /// Messages the kernel processed over its life.
+    pub processed: u64,
+    /// Messages it emitted over its life.
+    pub emitted: u64,
+    /// For a drain: whether its timeout expired first (the kernel was then terminated).
+    pub timed_out: bool,
+    /// The state it ended in.
+    pub final_state: State,
+    /// Its fault, if it faulted. The first undelivered input is then the message whose
+    /// handler panicked.
+    pub fault: Option<String>,
+    /// Messages still in its inbox, in order.
+    pub undelivered: Vec<In>,
+    /// Messages it emitted that were not received: for a drain, only emits that were
+    /// waiting for room when a timeout hit (the output ring itself stays receivable);
+    /// for a terminate, also everything still in the output ring.
+    pub undelivered_outputs: Vec<Out>,
+}
+
+/// What [`crate::Kernel::drain`] returns.
+pub type DrainReport<In, Out> = Report<In, Out>;
+/// What [`crate::Kernel::terminate`] returns.
+pub type TerminateReport<In, Out> = Report<In, Out>;
+
+/// A message handed back by a runtime shutdown, which does not know kernels' types:
+/// read it with `bytemuck::pod_read_unaligned(&message.bytes[..size_of::<T>()])`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawMessage {
+    /// Correlation id.
+    pub corr: u64,
+    /// The slot's payload bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// One kernel's outcome in a [`ShutdownReport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelShutdown {
+    /// The kernel.
+    pub kernel: String,
+    /// Messages it processed over its life.
+    pub processed: u64,
+    /// Whether its drain timed out (it was then terminated).
+    pub timed_out: bool,
+    /// The state it ended in.
+    pub final_state: State,
+    /// Its fault, if any.
+    pub fault: Option<String>,
+    /// An error stopping it, if any (for example a handler stuck past the timeout).
+    pub error: Option<crate::Error>,
+    /// Inputs handed back.
+    pub undelivered: Vec<RawMessage>,
+    /// Outputs handed back.
+    pub undelivered_outputs: Vec<RawMessage>,
+}
+
+/// What [`crate::Runtime::shutdown`] returns: one entry per kernel that was still
+/// running (already terminated kernels are left out).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Per kernel.
+    pub kernels: Vec<KernelShutdown>,
+}
+
+impl ShutdownReport {
+    /// Messages handed back, inputs and outputs, over all kernels.
+    pub fn undelivered_count(&self) -> usize {
+        self.kernels.iter().map(|k| k.undelivered.len() + k.undelivered_outputs.len()).sum()
+    }
+}

@@ -1,0 +1,180 @@
+//! [`Runtime`]: the backend, and the kernels launched on it.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gyre_runtime::backend::cpu::{CpuBackend, KernelConfig};
+
+use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
+use crate::spec::{join, KernelSpec, Message};
+use crate::{Error, Kernel};
+
+/// Which backend runs the kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Worker threads on the host: always available.
+    Cpu,
+    /// The best backend available here. GPU backends are not part of this build yet,
+    /// so this is the CPU backend (the choice is logged).
+    #[default]
+    Auto,
+}
+
+/// Builds a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeBuilder {
+    backend: Backend,
+    workers: Option<usize>,
+    command_timeout: Duration,
+}
+
+impl RuntimeBuilder {
+    /// The backend to use (default [`Backend::Auto`]).
+    #[must_use]
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Worker threads of the CPU pool (default: available cores).
+    #[must_use]
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers.max(1));
+        self
+    }
+
+    /// How long lifecycle calls (activate, deactivate, terminate) wait for a kernel to
+    /// acknowledge before reporting it unresponsive (default 10 s).
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Starts the runtime.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when the backend asked for cannot run here.
+    pub fn build(self) -> Result<Runtime, Error> {
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+        if self.backend == Backend::Auto {
+            tracing::info!("backend Auto chose the CPU backend: no GPU backend is built into this gyre");
+        }
+        Ok(Runtime {
+            cpu: Arc::new(CpuBackend::new(workers)),
+            command_timeout: self.command_timeout,
+        })
+    }
+}
+
+/// The gyre runtime: launches kernels and shuts them down.
+///
+/// ```
+/// use gyre::{Backend, KernelSpec, Runtime};
+/// use std::time::Duration;
+///
+/// let runtime = Runtime::builder().backend(Backend::Cpu).workers(2).build()?;
+/// let echo = runtime.launch(KernelSpec::<u64, u64>::new("echo").cpu(|x, out| Ok(out.emit(*x)?)))?;
+/// echo.activate()?;
+/// echo.send(7)?;
+/// assert_eq!(echo.recv()?, 7);
+/// let report = runtime.shutdown(Duration::from_secs(5));
+/// assert_eq!(report.undelivered_count(), 0);
+/// # Ok::<(), gyre::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Runtime {
+    cpu: Arc<CpuBackend>,
+    command_timeout: Duration,
+}
+
+impl Runtime {
+    /// A builder with defaults: [`Backend::Auto`], one worker per core.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder { backend: Backend::Auto, workers: None, command_timeout: Duration::from_secs(10) }
+    }
+
+    /// The name of the backend in use.
+    pub fn backend_name(&self) -> &'static str {
+        "cpu"
+    }
+
+    /// Worker threads in the CPU pool.
+    pub fn workers(&self) -> usize {
+        self.cpu.workers()
+    }
+
+    /// Share of worker time spent running kernels since start, in `0..=1`.
+    pub fn worker_utilisation(&self) -> f64 {
+        self.cpu.utilisation()
+    }
+
+    /// Number of kernels the runtime holds (running, or stopped but still referenced).
+    pub fn kernel_count(&self) -> usize {
+        self.cpu.kernels().len()
+    }
+
+    /// Launches a kernel: it becomes resident in state `Launched` and queues messages
+    /// until [`Kernel::activate`].
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`], [`Error::MessageAlignment`] or [`Error::Layout`] for a
+    /// spec whose message types or rings are invalid; [`Error::NoImplementation`] when
+    /// the spec has no implementation for the backend.
+    pub fn launch<In: Message, Out: Message>(&self, mut spec: KernelSpec<In, Out>) -> Result<Kernel<In, Out>, Error> {
+        let (inbox, outbox) = spec.layouts()?;
+        let handler = spec
+            .take_cpu_handler()
+            .ok_or_else(|| Error::NoImplementation { kernel: spec.name.clone(), backend: "cpu" })?;
+        let config = KernelConfig {
+            name: spec.name,
+            inbox,
+            outbox,
+            placement: spec.placement,
+            quantum: spec.quantum,
+            command_timeout: self.command_timeout,
+        };
+        let core = self.cpu.launch(config, handler).map_err(|e| Error::Launch(e.to_string()))?;
+        Ok(Kernel { core, _types: PhantomData })
+    }
+
+    /// Drains every running kernel (faulted ones are terminated), sharing `timeout`,
+    /// then stops the runtime's threads. Kernels that do not finish in time are
+    /// terminated; everything they did not deliver is in the report.
+    pub fn shutdown(self, timeout: Duration) -> ShutdownReport {
+        let mut handed_back: Vec<(u32, bool, RawMessage)> = Vec::new();
+        let outcomes = self.cpu.shutdown(timeout, &mut |kernel, is_input, slot| {
+            handed_back.push((kernel.id(), is_input, RawMessage { corr: join(slot.corr), bytes: slot.payload.to_vec() }));
+        });
+        let mut report = ShutdownReport::default();
+        for (kernel, outcome) in outcomes {
+            let (mut undelivered, mut undelivered_outputs) = (Vec::new(), Vec::new());
+            for (_, is_input, message) in handed_back.extract_if(.., |(id, ..)| *id == kernel.id()) {
+                if is_input {
+                    undelivered.push(message);
+                } else {
+                    undelivered_outputs.push(message);
+                }
+            }
+            let counters = kernel.counters();
+            let (timed_out, error) = match outcome {
+                Ok(summary) => (summary.timed_out, None),
+                Err(e) => (false, Some(Error::from_command(&kernel.config().name, e))),
+            };
+            report.kernels.push(KernelShutdown {
+                kernel: kernel.config().name.clone(),
+                processed: counters.processed,
+                timed_out,
+                final_state: kernel.state(),
+                fault: kernel.fault(),
+                error,
+                undelivered,
+                undelivered_outputs,
+            });
+        }
+        report
+    }
+}

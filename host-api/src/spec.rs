@@ -1,0 +1,216 @@
+//! [`KernelSpec`]: what a kernel is, defined once for every backend.
+
+use std::marker::PhantomData;
+
+use gyre_runtime::abi::{DEFAULT_SLOT_BYTES, MAX_SLOT_BYTES, MIN_SLOT_BYTES, PAYLOAD_ALIGN, SLOT_HEADER_BYTES};
+use gyre_runtime::backend::cpu::{EmitError, Emitter, HandlerError};
+use gyre_runtime::backend::Placement;
+use gyre_runtime::ring::RingLayout;
+
+use crate::Error;
+
+/// A message type: plain old data that can be copied into a ring slot as bytes.
+///
+/// Implemented for every [`bytemuck::Pod`] type that is `Send + 'static`; derive
+/// `Pod` and `Zeroable` on a `#[repr(C)]` struct to make one.
+pub trait Message: bytemuck::Pod + Send + 'static {}
+impl<T: bytemuck::Pod + Send + 'static> Message for T {}
+
+/// What a CPU handler emits through: typed, written into the output slot in place.
+pub struct Emit<'a, 'b, Out> {
+    inner: &'a mut Emitter<'b>,
+    corr: [u32; 2],
+    _out: PhantomData<fn(Out)>,
+}
+
+impl<Out: Message> Emit<'_, '_, Out> {
+    /// Emits `message` to the kernel's host-bound output, carrying the correlation id of
+    /// the message being handled. Waits while the output ring is full (backpressure).
+    ///
+    /// # Errors
+    /// [`EmitError`] when the kernel has no host output, or is terminated while waiting
+    /// for room (the message then comes back in the terminate report).
+    pub fn emit(&mut self, message: Out) -> Result<(), EmitError> {
+        self.inner.emit(self.corr, bytemuck::bytes_of(&message))
+    }
+
+    /// Like [`Emit::emit`] with an explicit correlation id.
+    ///
+    /// # Errors
+    /// As [`Emit::emit`].
+    pub fn emit_with_corr(&mut self, message: Out, corr: u64) -> Result<(), EmitError> {
+        self.inner.emit(split(corr), bytemuck::bytes_of(&message))
+    }
+
+    /// The correlation id of the message being handled.
+    pub fn corr(&self) -> u64 {
+        join(self.corr)
+    }
+}
+
+pub(crate) fn split(corr: u64) -> [u32; 2] {
+    [corr as u32, (corr >> 32) as u32]
+}
+
+pub(crate) fn join(corr: [u32; 2]) -> u64 {
+    u64::from(corr[0]) | (u64::from(corr[1]) << 32)
+}
+
+type CpuFn<In, Out> = Box<dyn FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send>;
+
+/// A kernel's definition: name, message types, rings, placement and implementations.
+///
+/// ```
+/// use gyre::{KernelSpec, Placement};
+///
+/// let spec = KernelSpec::<u32, u64>::new("widen")
+///     .capacity(256)
+///     .placement(Placement::Pool)
+///     .cpu(|x, out| Ok(out.emit(u64::from(*x) * 2)?));
+/// assert_eq!(spec.name(), "widen");
+/// ```
+pub struct KernelSpec<In, Out> {
+    pub(crate) name: String,
+    pub(crate) capacity: u32,
+    pub(crate) slot_bytes: Option<u32>,
+    pub(crate) host_output: Option<u32>,
+    pub(crate) placement: Placement,
+    pub(crate) quantum: u32,
+    pub(crate) cpu: Option<CpuFn<In, Out>>,
+}
+
+impl<In: Message, Out: Message> KernelSpec<In, Out> {
+    /// A spec with defaults: inbox of 1024 slots, a host-bound output of the same
+    /// capacity, slots sized to fit the message types (64 bytes or more), pooled
+    /// placement, quantum of 64 messages, no implementation yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            capacity: 1024,
+            slot_bytes: None,
+            host_output: Some(1024),
+            placement: Placement::Pool,
+            quantum: 64,
+            cpu: None,
+        }
+    }
+
+    /// The kernel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Inbox capacity in slots: a power of two up to 2^30.
+    #[must_use]
+    pub fn capacity(mut self, slots: u32) -> Self {
+        self.capacity = slots;
+        self
+    }
+
+    /// Slot size in bytes for the inbox and output (a power of two, 32 to 65536; 16 are
+    /// the slot header). By default the smallest size that fits, at least 64.
+    #[must_use]
+    pub fn slot_bytes(mut self, bytes: u32) -> Self {
+        self.slot_bytes = Some(bytes);
+        self
+    }
+
+    /// Capacity of the host-bound output ring (what `recv` reads).
+    #[must_use]
+    pub fn host_output(mut self, slots: u32) -> Self {
+        self.host_output = Some(slots);
+        self
+    }
+
+    /// No host-bound output: the kernel is a sink (its `recv` is an error).
+    #[must_use]
+    pub fn no_host_output(mut self) -> Self {
+        self.host_output = None;
+        self
+    }
+
+    /// Where the kernel runs on the CPU backend.
+    #[must_use]
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// Most messages handled per scheduling turn (at least 1).
+    #[must_use]
+    pub fn quantum(mut self, messages: u32) -> Self {
+        self.quantum = messages.max(1);
+        self
+    }
+
+    /// The CPU implementation: called once per message with the message and an
+    /// [`Emit`] for its outputs. State lives in the closure. Return an error to count the
+    /// message as failed (the kernel goes on); a panic faults the kernel.
+    #[must_use]
+    pub fn cpu<F>(mut self, handler: F) -> Self
+    where
+        F: FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
+    {
+        self.cpu = Some(Box::new(handler));
+        self
+    }
+
+    pub(crate) fn layouts(&self) -> Result<(RingLayout, Option<RingLayout>), Error> {
+        let inbox_slot = slot_for::<In>(self.slot_bytes)?;
+        let inbox = RingLayout::new(self.capacity, inbox_slot)
+            .map_err(|source| Error::Layout { kernel: self.name.clone(), source })?;
+        let outbox = match self.host_output {
+            None => None,
+            Some(capacity) => {
+                let slot = slot_for::<Out>(self.slot_bytes)?;
+                Some(
+                    RingLayout::new(capacity, slot)
+                        .map_err(|source| Error::Layout { kernel: self.name.clone(), source })?,
+                )
+            }
+        };
+        Ok((inbox, outbox))
+    }
+
+    /// The CPU handler, type-erased for the backend.
+    pub(crate) fn take_cpu_handler(&mut self) -> Option<Box<dyn gyre_runtime::backend::cpu::Handler>> {
+        let mut typed = self.cpu.take()?;
+        let size = std::mem::size_of::<In>();
+        Some(Box::new(move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+            let input: &In = bytemuck::from_bytes(&message.payload[..size]);
+            let mut emit = Emit { inner: out, corr: message.corr, _out: PhantomData };
+            typed(input, &mut emit)
+        }))
+    }
+}
+
+/// The slot size for message type `T`: `asked` if given and large enough, else the
+/// smallest power of two that fits, at least the default.
+fn slot_for<T>(asked: Option<u32>) -> Result<u32, Error> {
+    let size = std::mem::size_of::<T>();
+    let align = std::mem::align_of::<T>();
+    let type_name = std::any::type_name::<T>();
+    if align > PAYLOAD_ALIGN as usize {
+        return Err(Error::MessageAlignment { type_name, align });
+    }
+    let needed = (size + SLOT_HEADER_BYTES as usize).next_power_of_two().max(MIN_SLOT_BYTES as usize);
+    let suggested = u32::try_from(needed).unwrap_or(u32::MAX);
+    match asked {
+        Some(slot_bytes) if slot_bytes.saturating_sub(SLOT_HEADER_BYTES) as usize >= size => Ok(slot_bytes),
+        Some(slot_bytes) => Err(Error::MessageTooLarge {
+            type_name,
+            size,
+            slot_bytes,
+            max: slot_bytes.saturating_sub(SLOT_HEADER_BYTES) as usize,
+            suggested,
+        }),
+        None if needed <= MAX_SLOT_BYTES as usize => Ok(suggested.max(DEFAULT_SLOT_BYTES)),
+        None => Err(Error::MessageTooLarge {
+            type_name,
+            size,
+            slot_bytes: MAX_SLOT_BYTES,
+            max: (MAX_SLOT_BYTES - SLOT_HEADER_BYTES) as usize,
+            suggested,
+        }),
+    }
+}

@@ -1,0 +1,764 @@
+//! One kernel on the CPU backend: its rings, control block, handler and scheduling.
+//!
+//! The host side (senders, receivers, lifecycle calls) and the kernel side (whichever
+//! thread runs the handler) meet only through the ring protocol, the control block and
+//! a few host-local flags used to wake each other, exactly as a GPU kernel would.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::pool::Pool;
+use crate::abi::{fault, make_tag, Command, State, KIND_MESSAGE};
+use crate::backend::{CommandError, DrainSummary, Placement};
+use crate::control::{Counters, HostControl, HostSide, KernelSide};
+use crate::lifecycle::{self, Event};
+use crate::ring::{ClaimError, Consumer, HostRing, Producer, RingLayout, SlotRef, Step};
+use crate::sync::{fence, AtomicBool, Ordering};
+use crate::wait::Signal;
+
+type Ring = Arc<HostRing>;
+
+/// How long a closer waits for senders that claimed a slot before the close to finish
+/// writing it (they are mid-copy; this is microseconds unless a thread was preempted).
+const PUBLISH_SPINS: u32 = 1 << 22;
+
+/// A message as a handler sees it: borrowed from its inbox slot.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    /// Message kind (low 16 bits) and sender id (high 16 bits).
+    pub tag: u32,
+    /// Correlation id.
+    pub corr: [u32; 2],
+    /// Payload bytes (the whole slot payload; the message is at its start).
+    pub payload: &'a [u8],
+}
+
+/// An error a handler reports for one message. The message counts as processed with an
+/// error; the kernel keeps running.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HandlerError(pub String);
+
+/// The code a kernel runs for each message.
+pub trait Handler: Send + 'static {
+    /// Handles one message; may emit through `out`.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] is counted in the kernel's `errors` counter.
+    fn handle(&mut self, message: Message<'_>, out: &mut Emitter<'_>) -> Result<(), HandlerError>;
+}
+
+impl<F> Handler for F
+where
+    F: FnMut(Message<'_>, &mut Emitter<'_>) -> Result<(), HandlerError> + Send + 'static,
+{
+    fn handle(&mut self, message: Message<'_>, out: &mut Emitter<'_>) -> Result<(), HandlerError> {
+        self(message, out)
+    }
+}
+
+/// Why an emit did not reach the output ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    /// The kernel has no host-bound output.
+    #[error("this kernel has no output ring: give its spec a host output to emit")]
+    NoOutput,
+    /// The payload is larger than the output slot.
+    #[error("emitted {len} bytes into an output slot of {max} payload bytes: raise the output slot size")]
+    TooLarge {
+        /// Bytes emitted.
+        len: usize,
+        /// Payload bytes per slot.
+        max: usize,
+    },
+    /// The kernel is being terminated while its output ring is full; the message was
+    /// kept and comes back in the terminate report.
+    #[error("the kernel is terminating and its output ring is full; the message is handed back in the report")]
+    Terminating,
+}
+
+impl From<EmitError> for HandlerError {
+    fn from(value: EmitError) -> Self {
+        Self(value.to_string())
+    }
+}
+
+/// What a handler emits through.
+#[derive(Debug)]
+pub struct Emitter<'a> {
+    core: &'a KernelCore,
+    emitted: u32,
+    stalls: u32,
+    stranded: &'a mut Vec<(u32, [u32; 2], Vec<u8>)>,
+}
+
+impl Emitter<'_> {
+    /// Emits one message to the host-bound output, writing it into its slot in place.
+    /// Waits (spin, yield, park) while the output ring is full, counting a stall.
+    ///
+    /// # Errors
+    /// [`EmitError`] when the kernel has no output, the payload is too large, or the
+    /// kernel is terminated while waiting (the message then comes back in the report).
+    pub fn emit(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), EmitError> {
+        let core = self.core;
+        let Some(outbox) = &core.outbox else {
+            return Err(EmitError::NoOutput);
+        };
+        let max = outbox.memory().layout().payload_bytes() as usize;
+        if payload.len() > max {
+            return Err(EmitError::TooLarge { len: payload.len(), max });
+        }
+        let tag = make_tag(KIND_MESSAGE, core.id);
+        let mut stalled = false;
+        loop {
+            match outbox.try_claim(1) {
+                Ok(claim) => {
+                    claim.write(0, tag, corr, |slot| slot[..payload.len()].copy_from_slice(payload));
+                    claim.publish();
+                    self.emitted += 1;
+                    return Ok(());
+                }
+                Err(ClaimError::Full { .. }) => {
+                    if !stalled {
+                        stalled = true;
+                        self.stalls += 1;
+                    }
+                    let waited = core.outbox_space.wait_until(None, || {
+                        if core.terminating.load(Ordering::Acquire) {
+                            Some(false)
+                        } else {
+                            (outbox.free() > 0).then_some(true)
+                        }
+                    });
+                    if waited == Some(false) {
+                        self.stranded.push((tag, corr, payload.to_vec()));
+                        return Err(EmitError::Terminating);
+                    }
+                }
+                Err(ClaimError::Closed | ClaimError::TooMany) => {
+                    unreachable!("the output ring is never closed and a claim of one always fits")
+                }
+            }
+        }
+    }
+
+    /// The kernel's id (the sender id in the tags of what it emits).
+    pub fn kernel_id(&self) -> u32 {
+        self.core.id
+    }
+}
+
+/// Static configuration of a kernel.
+#[derive(Clone, Debug)]
+pub struct KernelConfig {
+    /// Name, for errors, metrics and logs.
+    pub name: String,
+    /// Inbox layout.
+    pub inbox: RingLayout,
+    /// Host-bound output layout, if the kernel has one.
+    pub outbox: Option<RingLayout>,
+    /// Where it runs.
+    pub placement: Placement,
+    /// Most messages handled per scheduling turn (fairness between pooled kernels).
+    pub quantum: u32,
+    /// How long lifecycle calls wait for an acknowledgement.
+    pub command_timeout: Duration,
+}
+
+/// The kernel side, owned by whichever thread runs the kernel.
+struct Exec {
+    inbox: Consumer<Ring>,
+    control: KernelSide<Arc<HostControl>>,
+    handler: Box<dyn Handler>,
+    state: State,
+    stranded: Vec<(u32, [u32; 2], Vec<u8>)>,
+}
+
+/// One kernel: shared by its host handles, the scheduler and the thread running it.
+pub struct KernelCore {
+    id: u32,
+    config: KernelConfig,
+    inbox: Producer<Ring>,
+    outbox: Option<Producer<Ring>>,
+    outbox_rx: Mutex<Option<Consumer<Ring>>>,
+    control: HostSide<Arc<HostControl>>,
+    exec: Mutex<Exec>,
+    pool: Arc<Pool>,
+    /// Set while the kernel is queued or running on the pool.
+    scheduled: AtomicBool,
+    /// Set by the kernel when it stopped because its output ring was full.
+    output_stalled: AtomicBool,
+    /// Set by the host before it issues `Terminate`; unblocks a waiting emit.
+    terminating: AtomicBool,
+    /// Serialises lifecycle calls from the host.
+    lifecycle: Mutex<()>,
+    fault: Mutex<Option<String>>,
+    /// Notified when inbox slots are freed (blocked senders wait on it).
+    pub(crate) inbox_space: Signal,
+    /// Notified when messages are emitted (receivers wait on it).
+    pub(crate) outbox_items: Signal,
+    /// Notified when output slots are freed (a blocked emit waits on it).
+    outbox_space: Signal,
+    /// Notified when the kernel publishes a state.
+    state_changed: Signal,
+    /// Notified when a dedicated kernel has something to do.
+    work: Signal,
+}
+
+impl std::fmt::Debug for KernelCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCore")
+            .field("id", &self.id)
+            .field("name", &self.config.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What `try_send` could not do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendFailure {
+    /// The inbox is full.
+    Full,
+    /// The kernel no longer accepts messages; it is in this state.
+    Closed(State),
+    /// The payload is larger than an inbox slot.
+    TooLarge {
+        /// Bytes offered.
+        len: usize,
+        /// Payload bytes per slot.
+        max: usize,
+    },
+}
+
+/// What `try_recv` could not do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecvFailure {
+    /// Nothing is waiting now; the kernel may emit more.
+    Empty,
+    /// Nothing is waiting and the kernel is stopped: nothing more will come.
+    Closed(State),
+    /// The kernel has no host-bound output.
+    NoOutput,
+}
+
+impl KernelCore {
+    pub(crate) fn new(id: u32, config: KernelConfig, handler: Box<dyn Handler>, pool: Arc<Pool>) -> Self {
+        let inbox_ring = Arc::new(HostRing::new(config.inbox));
+        let outbox_ring = config.outbox.map(|layout| Arc::new(HostRing::new(layout)));
+        let control = Arc::new(HostControl::new(id));
+        let exec = Exec {
+            inbox: Consumer::new(inbox_ring.clone()),
+            control: KernelSide::new(control.clone()),
+            handler,
+            state: State::Launched,
+            stranded: Vec::new(),
+        };
+        Self {
+            id,
+            inbox: Producer::new(inbox_ring),
+            outbox: outbox_ring.clone().map(Producer::new),
+            outbox_rx: Mutex::new(outbox_ring.map(Consumer::new)),
+            control: HostSide::new(control),
+            exec: Mutex::new(exec),
+            pool,
+            config,
+            scheduled: AtomicBool::new(false),
+            output_stalled: AtomicBool::new(false),
+            terminating: AtomicBool::new(false),
+            lifecycle: Mutex::new(()),
+            fault: Mutex::new(None),
+            inbox_space: Signal::new(),
+            outbox_items: Signal::new(),
+            outbox_space: Signal::new(),
+            state_changed: Signal::new(),
+            work: Signal::new(),
+        }
+    }
+
+    /// The kernel's id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The kernel's configuration.
+    pub fn config(&self) -> &KernelConfig {
+        &self.config
+    }
+
+    /// The state the kernel last published.
+    pub fn state(&self) -> State {
+        self.control.state()
+    }
+
+    /// The fault message, if the kernel faulted.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().clone()
+    }
+
+    /// The kernel's counters, widened to u64.
+    pub fn counters(&self) -> Counters<u64> {
+        self.control.counters()
+    }
+
+    /// The heartbeat word.
+    pub fn heartbeat(&self) -> u32 {
+        self.control.status().heartbeat
+    }
+
+    /// Messages waiting in the inbox (racy gauge).
+    pub fn inbox_len(&self) -> u32 {
+        self.inbox.len()
+    }
+
+    /// Payload bytes of an inbox slot.
+    pub fn inbox_payload_bytes(&self) -> usize {
+        self.config.inbox.payload_bytes() as usize
+    }
+
+    /// Whether the kernel has a host-bound output.
+    pub fn has_output(&self) -> bool {
+        self.outbox.is_some()
+    }
+
+    // ---- host side: sending -------------------------------------------------------
+
+    /// Writes one message into the inbox in place, without waiting.
+    ///
+    /// # Errors
+    /// [`SendFailure`] when the inbox is full, the kernel no longer accepts messages, or
+    /// the payload does not fit a slot. Nothing is written then.
+    pub fn try_send(self: &Arc<Self>, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
+        let max = self.inbox_payload_bytes();
+        if payload.len() > max {
+            return Err(SendFailure::TooLarge { len: payload.len(), max });
+        }
+        let state = self.control.state();
+        if !lifecycle::accepts_messages(state) {
+            return Err(SendFailure::Closed(state));
+        }
+        match self.inbox.try_claim(1) {
+            Ok(claim) => {
+                let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
+                claim.write(0, tag, corr, |slot| slot[..payload.len()].copy_from_slice(payload));
+                claim.publish();
+                self.wake();
+                Ok(())
+            }
+            Err(ClaimError::Full { .. }) => Err(SendFailure::Full),
+            Err(ClaimError::Closed) => Err(SendFailure::Closed(self.closed_state())),
+            Err(ClaimError::TooMany) => unreachable!("a claim of one always fits"),
+        }
+    }
+
+    /// The state to report to a sender that found the inbox closed.
+    fn closed_state(&self) -> State {
+        match self.state() {
+            // Closed by a drain or terminate whose command the kernel has not seen yet.
+            State::Launched | State::Active | State::Paused => {
+                if self.terminating.load(Ordering::Relaxed) {
+                    State::Terminated
+                } else {
+                    State::Draining
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Signal notified whenever inbox space frees up or the inbox closes.
+    pub fn inbox_space(&self) -> &Signal {
+        &self.inbox_space
+    }
+
+    // ---- host side: receiving -----------------------------------------------------
+
+    /// Takes the next host-bound message, handing it to `f`, without waiting.
+    ///
+    /// # Errors
+    /// [`RecvFailure`] when nothing is waiting, or the kernel has no output.
+    pub fn try_recv<R>(self: &Arc<Self>, f: impl FnOnce(SlotRef<'_>) -> R) -> Result<R, RecvFailure> {
+        let mut guard = self.outbox_rx.lock();
+        let Some(rx) = guard.as_mut() else {
+            return Err(RecvFailure::NoOutput);
+        };
+        let mut f = Some(f);
+        let mut out = None;
+        rx.consume(1, |slot| {
+            if let Some(f) = f.take() {
+                out = Some(f(slot));
+            }
+            Step::Last
+        });
+        drop(guard);
+        match out {
+            Some(value) => {
+                self.after_output_consumed();
+                Ok(value)
+            }
+            None => {
+                let state = self.state();
+                // Stopped and empty: nothing more will come (the kernel publishes its
+                // state after its last emit, so re-check emptiness after reading it).
+                if lifecycle::is_stopped(state) && self.outbox_is_empty() {
+                    Err(RecvFailure::Closed(state))
+                } else {
+                    Err(RecvFailure::Empty)
+                }
+            }
+        }
+    }
+
+    fn outbox_is_empty(&self) -> bool {
+        self.outbox_rx.lock().as_ref().is_none_or(Consumer::is_empty)
+    }
+
+    fn after_output_consumed(self: &Arc<Self>) {
+        self.outbox_space.notify();
+        // ORDERING: SeqCst fence (inside `notify` above) orders our release of the slot
+        // before this load; pairs with the kernel's SeqCst store of `output_stalled` and
+        // its re-check of free space in `run_batch`.
+        if self.output_stalled.load(Ordering::Relaxed) && self.output_stalled.swap(false, Ordering::AcqRel) {
+            self.wake();
+        }
+    }
+
+    /// Signal notified whenever the kernel emits or stops.
+    pub fn outbox_items(&self) -> &Signal {
+        &self.outbox_items
+    }
+
+    // ---- scheduling -----------------------------------------------------------------
+
+    /// Tells whoever runs the kernel that it may have work.
+    pub(crate) fn wake(self: &Arc<Self>) {
+        match self.config.placement {
+            Placement::Pool => {
+                // ORDERING: SeqCst fence orders our publish before the load of
+                // `scheduled`; pairs with the SeqCst store of `scheduled = false` and the
+                // re-check in `run_scheduled` (Dekker: one of us sees the other).
+                fence(Ordering::SeqCst);
+                if !self.scheduled.load(Ordering::Relaxed) && !self.scheduled.swap(true, Ordering::AcqRel) {
+                    self.pool.push(self.clone());
+                }
+            }
+            Placement::Dedicated => self.work.notify(),
+        }
+    }
+
+    /// Whether the kernel side has something to do now.
+    fn has_work(&self) -> bool {
+        let status = self.control.status();
+        if status.ack_epoch != self.control.epoch() {
+            return true;
+        }
+        let state = status.state.unwrap_or(State::Faulted);
+        if !lifecycle::processes_messages(state) {
+            return false;
+        }
+        if self.output_stalled.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.inbox.has_published() || state == State::Draining
+    }
+
+    /// Runs one turn on a pool worker.
+    pub(crate) fn run_scheduled(self: &Arc<Self>) {
+        self.step();
+        self.scheduled.store(false, Ordering::SeqCst);
+        // ORDERING: SeqCst store above then loads in `has_work`: pairs with the fence in
+        // `wake` so a message published meanwhile is never left unscheduled.
+        fence(Ordering::SeqCst);
+        if self.has_work() && !self.scheduled.swap(true, Ordering::AcqRel) {
+            self.pool.push(self.clone());
+        }
+    }
+
+    /// The loop of a dedicated kernel's thread; returns when the kernel stops.
+    pub(crate) fn run_dedicated(self: &Arc<Self>) {
+        loop {
+            // A faulted kernel keeps its thread: it must still acknowledge `Terminate`.
+            if self.step() == State::Terminated && !self.has_work() {
+                return;
+            }
+            if self.pool.is_shut_down() {
+                return;
+            }
+            self.work.wait_until(None, || (self.has_work() || self.pool.is_shut_down()).then_some(()));
+        }
+    }
+
+    /// Applies pending commands, then handles one batch. Returns the state after.
+    fn step(&self) -> State {
+        let mut exec = self.exec.lock();
+        let exec = &mut *exec;
+        self.apply_commands(exec);
+        if lifecycle::processes_messages(exec.state) {
+            self.run_batch(exec);
+            if exec.state == State::Draining && exec.inbox.is_empty() {
+                self.publish_state(exec, lifecycle::transition(State::Draining, Event::Drained));
+            }
+        }
+        exec.state
+    }
+
+    fn apply_commands(&self, exec: &mut Exec) {
+        let Some((command, epoch)) = exec.control.poll() else {
+            return;
+        };
+        let next = match command {
+            Some(command) => lifecycle::transition(exec.state, Event::Command(command)),
+            None => {
+                exec.control.set_error(fault::BAD_COMMAND);
+                *self.fault.lock() = Some(format!("unknown command word at epoch {epoch}"));
+                Ok(State::Faulted)
+            }
+        };
+        // A command the state machine refuses (the host validated against a state the
+        // kernel has since left, e.g. it faulted meanwhile) is acknowledged with the
+        // unchanged state, which tells the host what happened.
+        self.publish_state(exec, Ok(next.unwrap_or(exec.state)));
+    }
+
+    fn publish_state(&self, exec: &mut Exec, next: Result<State, lifecycle::LifecycleError>) {
+        if let Ok(state) = next {
+            if state != exec.state {
+                tracing::debug!(kernel = %self.config.name, from = ?exec.state, to = ?state, "kernel state");
+            }
+            exec.state = state;
+        }
+        exec.control.set_state(exec.state);
+        self.state_changed.notify();
+        if lifecycle::is_stopped(exec.state) {
+            // Receivers waiting for output learn that no more will come.
+            self.outbox_items.notify();
+            self.inbox_space.notify();
+        }
+    }
+
+    fn run_batch(&self, exec: &mut Exec) {
+        let mut budget = self.config.quantum;
+        if let Some(outbox) = &self.outbox {
+            let mut free = outbox.free();
+            if free == 0 {
+                self.output_stalled.store(true, Ordering::SeqCst);
+                // ORDERING: SeqCst store then Acquire re-check, pairs with the fence in
+                // `after_output_consumed` (Dekker): either the receiver sees the flag or
+                // we see the space it freed.
+                free = outbox.free();
+                if free == 0 {
+                    exec.control.count(Counters { stalls: 1, ..Counters::default() });
+                    return;
+                }
+                self.output_stalled.store(false, Ordering::Relaxed);
+            }
+            budget = budget.min(free);
+        }
+        let Exec { inbox, control, handler, stranded, .. } = exec;
+        let mut emitter = Emitter { core: self, emitted: 0, stalls: 0, stranded };
+        let mut handled = 0u32;
+        let mut errors = 0u32;
+        let mut panic: Option<String> = None;
+        let released = inbox.consume(budget, |slot| {
+            if self.terminating.load(Ordering::Relaxed) {
+                return Step::Keep;
+            }
+            let message = Message { tag: slot.tag, corr: slot.corr, payload: slot.payload };
+            match catch_unwind(AssertUnwindSafe(|| handler.handle(message, &mut emitter))) {
+                Ok(Ok(())) => {
+                    handled += 1;
+                    Step::Next
+                }
+                Ok(Err(error)) => {
+                    handled += 1;
+                    errors += 1;
+                    tracing::warn!(kernel = %self.config.name, %error, "handler reported an error");
+                    Step::Next
+                }
+                Err(payload) => {
+                    panic = Some(panic_message(payload.as_ref()));
+                    Step::Keep
+                }
+            }
+        });
+        let (emitted, stalls) = (emitter.emitted, emitter.stalls);
+        control.count(Counters { received: handled, processed: handled, emitted, stalls, errors });
+        control.beat();
+        if released > 0 {
+            self.inbox_space.notify();
+        }
+        if emitted > 0 {
+            self.outbox_items.notify();
+        }
+        if let Some(reason) = panic {
+            tracing::error!(kernel = %self.config.name, %reason, "handler panicked; kernel faulted");
+            *self.fault.lock() = Some(format!("handler panicked: {reason}"));
+            exec.control.set_error(fault::HANDLER_PANIC);
+            self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
+        }
+    }
+
+    // ---- host side: lifecycle -------------------------------------------------------
+
+    fn wait_state(&self, deadline: Instant, mut done: impl FnMut(&Self) -> bool) -> bool {
+        self.state_changed.wait_until(Some(deadline), || done(self).then_some(())).is_some()
+    }
+
+    fn issue(self: &Arc<Self>, command: Command) -> u32 {
+        let epoch = self.control.issue(command);
+        self.wake();
+        epoch
+    }
+
+    fn unresponsive(&self, waited: Duration) -> CommandError {
+        CommandError::Unresponsive { name: self.config.name.clone(), waited }
+    }
+
+    fn faulted(&self) -> CommandError {
+        CommandError::Faulted {
+            name: self.config.name.clone(),
+            reason: self.fault().unwrap_or_else(|| "unknown fault".into()),
+        }
+    }
+
+    /// Issues `Activate` or `Pause` and waits for the acknowledgement.
+    ///
+    /// # Errors
+    /// [`CommandError`] when the state machine refuses, the kernel faulted, or it does
+    /// not acknowledge within the command timeout.
+    pub fn set_active(self: &Arc<Self>, active: bool) -> Result<State, CommandError> {
+        let command = if active { Command::Activate } else { Command::Pause };
+        let _serial = self.lifecycle.lock();
+        let state = self.state();
+        let target = lifecycle::transition(state, Event::Command(command))?;
+        let epoch = self.issue(command);
+        let timeout = self.config.command_timeout;
+        if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
+            return Err(self.unresponsive(timeout));
+        }
+        match self.state() {
+            s if s == target => Ok(s),
+            State::Faulted => Err(self.faulted()),
+            other => Err(lifecycle::LifecycleError { from: other, event: Event::Command(command) }.into()),
+        }
+    }
+
+    /// Closes the inbox and waits until senders that claimed before the close finished.
+    fn close_inbox(&self) {
+        let tail = self.inbox.close();
+        if !self.inbox.wait_published(tail, PUBLISH_SPINS) {
+            tracing::warn!(kernel = %self.config.name, "a sender is still writing a claimed slot after the close");
+        }
+        self.inbox_space.notify();
+    }
+
+    /// Drains: refuses new messages, processes everything queued, then terminates.
+    /// Outputs stay receivable. On timeout (or a fault meanwhile) the kernel is
+    /// terminated: `on_input` gets every message left in the inbox and `on_output` any
+    /// emit that was waiting for room in the output ring.
+    ///
+    /// # Errors
+    /// [`CommandError`] when the state machine refuses (for example, a second drain).
+    pub fn drain(
+        self: &Arc<Self>,
+        timeout: Duration,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<DrainSummary, CommandError> {
+        let serial = self.lifecycle.lock();
+        let deadline = Instant::now() + timeout;
+        lifecycle::transition(self.state(), Event::Command(Command::Drain))?;
+        self.close_inbox();
+        self.issue(Command::Drain);
+        let stopped = self.wait_state(deadline, |k| lifecycle::is_stopped(k.state()));
+        drop(serial);
+        let timed_out = !stopped;
+        if timed_out || self.state() == State::Faulted {
+            self.stop(on_input, on_output, false)?;
+        }
+        Ok(DrainSummary { timed_out, ..self.summary() })
+    }
+
+    fn summary(&self) -> DrainSummary {
+        let counters = self.counters();
+        DrainSummary {
+            processed: counters.processed,
+            emitted: counters.emitted,
+            timed_out: false,
+            final_state: Some(self.state()),
+            fault: self.fault(),
+        }
+    }
+
+    /// Terminates: stops after the message in hand and hands every message still in a
+    /// ring to the callbacks (inbox to `on_input`, host-bound output to `on_output`).
+    ///
+    /// # Errors
+    /// [`CommandError`] when the kernel is already terminated, or does not stop within
+    /// the command timeout (its rings are then left untouched).
+    pub fn terminate(
+        self: &Arc<Self>,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<DrainSummary, CommandError> {
+        self.stop(on_input, on_output, true)?;
+        Ok(self.summary())
+    }
+
+    fn stop(
+        self: &Arc<Self>,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+        take_ring_outputs: bool,
+    ) -> Result<(), CommandError> {
+        let _serial = self.lifecycle.lock();
+        let state = self.state();
+        if state != State::Faulted {
+            lifecycle::transition(state, Event::Command(Command::Terminate))?;
+        }
+        self.terminating.store(true, Ordering::Release);
+        self.outbox_space.notify();
+        self.close_inbox();
+        let epoch = self.issue(Command::Terminate);
+        let timeout = self.config.command_timeout;
+        if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
+            return Err(self.unresponsive(timeout));
+        }
+        {
+            let mut exec = self.exec.lock();
+            let exec = &mut *exec;
+            let capacity = exec.inbox.capacity();
+            exec.inbox.consume(capacity, |slot| {
+                on_input(slot);
+                Step::Next
+            });
+            for (tag, corr, bytes) in exec.stranded.drain(..) {
+                on_output(SlotRef { position: 0, tag, corr, payload: &bytes });
+            }
+        }
+        if take_ring_outputs {
+            if let Some(rx) = self.outbox_rx.lock().as_mut() {
+                let capacity = rx.capacity();
+                rx.consume(capacity, |slot| {
+                    on_output(slot);
+                    Step::Next
+                });
+            }
+        }
+        self.outbox_items.notify();
+        Ok(())
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,125 @@
+//! The worker pool that runs pooled kernels.
+//!
+//! A kernel with work is pushed once onto a FIFO run queue (its `scheduled` flag
+//! guards against duplicates); a worker pops it, runs one turn (at most a quantum of
+//! messages, for fairness) and requeues it at the back if it still has work. Idle workers
+//! spin, yield, then park on a [`Signal`], so an idle runtime uses no CPU.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::kernel::KernelCore;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::wait::Signal;
+
+/// The shared worker pool.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    queue: Mutex<VecDeque<Arc<KernelCore>>>,
+    queued: AtomicUsize,
+    signal: Signal,
+    shutdown: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    workers: usize,
+    /// Nanoseconds workers spent running kernels, summed over workers.
+    busy_ns: AtomicU64,
+    started: Instant,
+}
+
+impl Pool {
+    pub(crate) fn start(workers: usize) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            queue: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            signal: Signal::new(),
+            shutdown: AtomicBool::new(false),
+            threads: Mutex::new(Vec::with_capacity(workers)),
+            workers,
+            busy_ns: AtomicU64::new(0),
+            started: Instant::now(),
+        });
+        for index in 0..workers {
+            let worker = pool.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("gyre-worker-{index}"))
+                .spawn(move || worker.work())
+                .expect("spawning a gyre worker thread failed");
+            pool.threads.lock().push(handle);
+        }
+        pool
+    }
+
+    pub(crate) fn push(&self, kernel: Arc<KernelCore>) {
+        self.queue.lock().push_back(kernel);
+        // ORDERING: Release pairs with the Acquire load in `pop`'s fast check, so a
+        // worker that sees the count also sees the queued kernel (it takes the lock).
+        self.queued.fetch_add(1, Ordering::Release);
+        self.signal.notify();
+    }
+
+    fn pop(&self) -> Option<Arc<KernelCore>> {
+        // ORDERING: Acquire pairs with the Release increment in `push`.
+        if self.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let kernel = self.queue.lock().pop_front()?;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        Some(kernel)
+    }
+
+    fn work(&self) {
+        loop {
+            if let Some(kernel) = self.pop() {
+                let start = Instant::now();
+                kernel.run_scheduled();
+                self.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                continue;
+            }
+            if self.is_shut_down() {
+                return;
+            }
+            self.signal.wait_until(None, || {
+                (self.queued.load(Ordering::Acquire) > 0 || self.is_shut_down()).then_some(())
+            });
+        }
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Number of worker threads.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Share of worker time spent running kernels since the pool started, in `0..=1`.
+    pub(crate) fn utilisation(&self) -> f64 {
+        let wall = self.started.elapsed().as_nanos() as f64 * self.workers.max(1) as f64;
+        if wall == 0.0 {
+            return 0.0;
+        }
+        (self.busy_ns.load(Ordering::Relaxed) as f64 / wall).min(1.0)
+    }
+
+    /// Stops the workers and joins them. Kernels still queued are not run.
+    pub(crate) fn stop(&self) {
+        // ORDERING: Release pairs with the Acquire load in `is_shut_down`.
+        self.shutdown.store(true, Ordering::Release);
+        self.signal.notify();
+        let threads = std::mem::take(&mut *self.threads.lock());
+        let me = std::thread::current().id();
+        for handle in threads {
+            if handle.thread().id() != me {
+                // A worker that panicked already reported it; nothing to add.
+                let _ = handle.join();
+            }
+        }
+        self.queue.lock().clear();
+        self.queued.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,334 @@
+//! One kernel's control block: the host's command line and the kernel's status line.
+//!
+//! Protocol (details and reasons in `runtime/docs/ABI.md`):
+//! - the host writes `command`, then `command_epoch + 1` with release;
+//! - the kernel loads `command_epoch` with acquire; on a new epoch it reads `command`,
+//!   applies it, writes `state`, then `ack_epoch` with release;
+//! - the kernel alone writes `state`, `heartbeat`, `error_code` and the counters, with
+//!   plain stores of values it keeps locally (no read-modify-write crosses a device
+//!   boundary); the host reads them and widens the u32 counters to u64.
+
+#[cfg(not(loom))]
+use std::ptr::NonNull;
+
+use crate::abi::{Command, ControlBlock, State};
+use crate::sync::{AtomicU32, Ordering};
+
+/// Memory holding one control block.
+///
+/// # Safety
+/// `word(offset)` returns, for every 4-aligned `offset` below the size of
+/// [`ControlBlock`], a word that is only ever accessed atomically and is distinct from
+/// the words at other offsets, for the lifetime of the value.
+pub unsafe trait ControlMemory {
+    /// The word at `byte_offset` of the control block.
+    fn word(&self, byte_offset: usize) -> &AtomicU32;
+}
+
+/// Byte offsets of the control block's words.
+mod at {
+    use super::ControlBlock;
+    use std::mem::offset_of;
+    pub const KERNEL_ID: usize = offset_of!(ControlBlock, kernel_id);
+    pub const COMMAND: usize = offset_of!(ControlBlock, command);
+    pub const COMMAND_EPOCH: usize = offset_of!(ControlBlock, command_epoch);
+    pub const STATE: usize = offset_of!(ControlBlock, state);
+    pub const ACK_EPOCH: usize = offset_of!(ControlBlock, ack_epoch);
+    pub const HEARTBEAT: usize = offset_of!(ControlBlock, heartbeat);
+    pub const ERROR_CODE: usize = offset_of!(ControlBlock, error_code);
+    pub const RECEIVED: usize = offset_of!(ControlBlock, received);
+    pub const PROCESSED: usize = offset_of!(ControlBlock, processed);
+    pub const EMITTED: usize = offset_of!(ControlBlock, emitted);
+    pub const STALLS: usize = offset_of!(ControlBlock, stalls);
+    pub const ERRORS: usize = offset_of!(ControlBlock, errors);
+}
+
+/// A control block in host heap memory, aligned to 128 bytes.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub struct HostControl {
+    block: Box<Aligned>,
+}
+
+#[cfg(not(loom))]
+#[repr(C, align(128))]
+#[derive(Debug)]
+struct Aligned(std::cell::UnsafeCell<ControlBlock>);
+
+#[cfg(not(loom))]
+// SAFETY: every word is accessed only atomically (ControlMemory contract).
+unsafe impl Sync for Aligned {}
+
+#[cfg(not(loom))]
+impl HostControl {
+    /// A fresh control block for kernel `kernel_id`, in state `Launched`.
+    pub fn new(kernel_id: u32) -> Self {
+        let block = ControlBlock {
+            magic: crate::abi::CONTROL_MAGIC,
+            abi_version: crate::abi::ABI_VERSION,
+            kernel_id,
+            state: State::Launched as u32,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        Self { block: Box::new(Aligned(std::cell::UnsafeCell::new(block))) }
+    }
+}
+
+#[cfg(not(loom))]
+// SAFETY: offsets below the block's size give distinct, 4-aligned words inside the boxed
+// block, which lives as long as `self` and is only accessed through these atomics.
+unsafe impl ControlMemory for HostControl {
+    fn word(&self, byte_offset: usize) -> &AtomicU32 {
+        assert!(byte_offset % 4 == 0 && byte_offset < std::mem::size_of::<ControlBlock>());
+        let base: NonNull<u8> = NonNull::from(&self.block.0).cast();
+        // SAFETY: in bounds and aligned (asserted above; the block is 128-aligned).
+        unsafe { AtomicU32::from_ptr(base.as_ptr().add(byte_offset).cast::<u32>()) }
+    }
+}
+
+/// A control block of loom atomics, for the loom models.
+#[cfg(loom)]
+#[derive(Debug)]
+pub struct LoomControl {
+    words: Box<[AtomicU32]>,
+}
+
+#[cfg(loom)]
+impl LoomControl {
+    /// A fresh block in state `Launched`.
+    pub fn new(kernel_id: u32) -> Self {
+        let words: Box<[AtomicU32]> =
+            (0..std::mem::size_of::<ControlBlock>() / 4).map(|_| AtomicU32::new(0)).collect();
+        words[at::KERNEL_ID / 4].store(kernel_id, Ordering::Relaxed);
+        Self { words }
+    }
+}
+
+#[cfg(loom)]
+// SAFETY: one loom atomic per word.
+unsafe impl ControlMemory for LoomControl {
+    fn word(&self, byte_offset: usize) -> &AtomicU32 {
+        &self.words[byte_offset / 4]
+    }
+}
+
+// SAFETY: forwards to `T`.
+unsafe impl<T: ControlMemory + ?Sized> ControlMemory for std::sync::Arc<T> {
+    fn word(&self, byte_offset: usize) -> &AtomicU32 {
+        (**self).word(byte_offset)
+    }
+}
+
+/// The u32 counters a kernel publishes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters<T> {
+    /// Messages taken from the inboxes.
+    pub received: T,
+    /// Messages whose handler returned.
+    pub processed: T,
+    /// Messages emitted to output rings.
+    pub emitted: T,
+    /// Times an output ring was full.
+    pub stalls: T,
+    /// Messages whose handler reported an error.
+    pub errors: T,
+}
+
+/// What the host reads of a kernel's status line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The kernel's state (`None` if the word holds no known state).
+    pub state: Option<State>,
+    /// The last command epoch the kernel acknowledged.
+    pub ack_epoch: u32,
+    /// The heartbeat counter.
+    pub heartbeat: u32,
+    /// The fault code (see [`crate::abi::fault`]).
+    pub error_code: u32,
+}
+
+/// The host's side of a control block: writes commands, reads status.
+///
+/// One host thread at a time issues commands (callers serialise, for example with a
+/// mutex per kernel); any thread may read.
+#[derive(Debug)]
+pub struct HostSide<M: ControlMemory> {
+    mem: M,
+    widened: parking_lot::Mutex<Widener>,
+}
+
+#[derive(Debug, Default)]
+struct Widener {
+    last: Counters<u32>,
+    total: Counters<u64>,
+}
+
+impl<M: ControlMemory> HostSide<M> {
+    /// The host side of the block in `mem`.
+    pub fn new(mem: M) -> Self {
+        Self { mem, widened: parking_lot::Mutex::new(Widener::default()) }
+    }
+
+    /// The block's memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Writes `command` with the next epoch and returns that epoch.
+    pub fn issue(&self, command: Command) -> u32 {
+        let epoch = self.mem.word(at::COMMAND_EPOCH).load(Ordering::Relaxed).wrapping_add(1);
+        self.mem.word(at::COMMAND).store(command as u32, Ordering::Relaxed);
+        // ORDERING: Release pairs with the kernel's Acquire load of `command_epoch` in
+        // `KernelSide::poll`: the command word written above is visible with the epoch.
+        self.mem.word(at::COMMAND_EPOCH).store(epoch, Ordering::Release);
+        epoch
+    }
+
+    /// The last epoch issued.
+    pub fn epoch(&self) -> u32 {
+        self.mem.word(at::COMMAND_EPOCH).load(Ordering::Relaxed)
+    }
+
+    /// The kernel's status line.
+    pub fn status(&self) -> Status {
+        // ORDERING: Acquire pairs with the kernel's Release store of `ack_epoch` in
+        // `KernelSide::set_state`: the state written before it is visible.
+        let ack_epoch = self.mem.word(at::ACK_EPOCH).load(Ordering::Acquire);
+        Status {
+            state: State::from_word(self.mem.word(at::STATE).load(Ordering::Relaxed)),
+            ack_epoch,
+            heartbeat: self.mem.word(at::HEARTBEAT).load(Ordering::Relaxed),
+            error_code: self.mem.word(at::ERROR_CODE).load(Ordering::Relaxed),
+        }
+    }
+
+    /// The kernel's state alone (one load; an unknown word reads as `Faulted`).
+    pub fn state(&self) -> State {
+        // Relaxed: an advisory read; callers that act on a state wait for `ack_epoch`.
+        State::from_word(self.mem.word(at::STATE).load(Ordering::Relaxed)).unwrap_or(State::Faulted)
+    }
+
+    /// The kernel's id, as written at creation.
+    pub fn kernel_id(&self) -> u32 {
+        self.mem.word(at::KERNEL_ID).load(Ordering::Relaxed)
+    }
+
+    /// Whether the kernel acknowledged `epoch` (or a later one).
+    pub fn acknowledged(&self, epoch: u32) -> bool {
+        let ack = self.status().ack_epoch;
+        // Wrapping comparison: `ack` is at or after `epoch`.
+        ack.wrapping_sub(epoch) < u32::MAX / 2
+    }
+
+    /// The kernel's counters as published now (wrapping u32).
+    pub fn raw_counters(&self) -> Counters<u32> {
+        let read = |offset| self.mem.word(offset).load(Ordering::Relaxed);
+        Counters {
+            received: read(at::RECEIVED),
+            processed: read(at::PROCESSED),
+            emitted: read(at::EMITTED),
+            stalls: read(at::STALLS),
+            errors: read(at::ERRORS),
+        }
+    }
+
+    /// The kernel's counters widened to u64 by accumulating wrapping deltas since the
+    /// previous call. Call at least once per 2^32 increments of any counter.
+    pub fn counters(&self) -> Counters<u64> {
+        let mut widened = self.widened.lock();
+        let now = self.raw_counters();
+        let last = widened.last;
+        let total = &mut widened.total;
+        total.received += u64::from(now.received.wrapping_sub(last.received));
+        total.processed += u64::from(now.processed.wrapping_sub(last.processed));
+        total.emitted += u64::from(now.emitted.wrapping_sub(last.emitted));
+        total.stalls += u64::from(now.stalls.wrapping_sub(last.stalls));
+        total.errors += u64::from(now.errors.wrapping_sub(last.errors));
+        let result = *total;
+        widened.last = now;
+        result
+    }
+}
+
+/// The kernel's side of a control block: polls commands, publishes status.
+///
+/// Exactly one exists per block, used by whichever thread (or device block) runs the
+/// kernel at the time.
+#[derive(Debug)]
+pub struct KernelSide<M: ControlMemory> {
+    mem: M,
+    seen_epoch: u32,
+    heartbeat: u32,
+    counters: Counters<u32>,
+}
+
+impl<M: ControlMemory> KernelSide<M> {
+    /// The kernel side of the block in `mem`.
+    pub fn new(mem: M) -> Self {
+        let seen_epoch = mem.word(at::ACK_EPOCH).load(Ordering::Relaxed);
+        let counters = Counters {
+            received: mem.word(at::RECEIVED).load(Ordering::Relaxed),
+            processed: mem.word(at::PROCESSED).load(Ordering::Relaxed),
+            emitted: mem.word(at::EMITTED).load(Ordering::Relaxed),
+            stalls: mem.word(at::STALLS).load(Ordering::Relaxed),
+            errors: mem.word(at::ERRORS).load(Ordering::Relaxed),
+        };
+        let heartbeat = mem.word(at::HEARTBEAT).load(Ordering::Relaxed);
+        Self { mem, seen_epoch, heartbeat, counters }
+    }
+
+    /// A new command, if the host issued one since the last call: `(command, epoch)`.
+    /// `None` inside means the host wrote a word no command has.
+    pub fn poll(&mut self) -> Option<(Option<Command>, u32)> {
+        // Cheap check first: the epoch line is read-shared until the host writes it.
+        if self.mem.word(at::COMMAND_EPOCH).load(Ordering::Relaxed) == self.seen_epoch {
+            return None;
+        }
+        // ORDERING: Acquire pairs with the host's Release store of `command_epoch` in
+        // `HostSide::issue`: the command word is at least as new as this epoch.
+        let epoch = self.mem.word(at::COMMAND_EPOCH).load(Ordering::Acquire);
+        let command = Command::from_word(self.mem.word(at::COMMAND).load(Ordering::Relaxed));
+        self.seen_epoch = epoch;
+        Some((command, epoch))
+    }
+
+    /// The state this side last published.
+    pub fn state(&self) -> Option<State> {
+        State::from_word(self.mem.word(at::STATE).load(Ordering::Relaxed))
+    }
+
+    /// Publishes `state` and acknowledges every command seen so far.
+    pub fn set_state(&mut self, state: State) {
+        self.mem.word(at::STATE).store(state as u32, Ordering::Relaxed);
+        // ORDERING: Release pairs with the host's Acquire load of `ack_epoch` in
+        // `HostSide::status`: the state above is visible with the acknowledgement.
+        self.mem.word(at::ACK_EPOCH).store(self.seen_epoch, Ordering::Release);
+    }
+
+    /// Publishes a fault code (then call [`KernelSide::set_state`] with `Faulted`).
+    pub fn set_error(&mut self, code: u32) {
+        self.mem.word(at::ERROR_CODE).store(code, Ordering::Relaxed);
+    }
+
+    /// Bumps the heartbeat.
+    pub fn beat(&mut self) {
+        self.heartbeat = self.heartbeat.wrapping_add(1);
+        self.mem.word(at::HEARTBEAT).store(self.heartbeat, Ordering::Relaxed);
+    }
+
+    /// Adds to the counters and publishes them (plain stores of locally kept values).
+    pub fn count(&mut self, add: Counters<u32>) {
+        let c = &mut self.counters;
+        let publish = |offset: usize, value: &mut u32, delta: u32| {
+            if delta != 0 {
+                *value = value.wrapping_add(delta);
+                self.mem.word(offset).store(*value, Ordering::Relaxed);
+            }
+        };
+        publish(at::RECEIVED, &mut c.received, add.received);
+        publish(at::PROCESSED, &mut c.processed, add.processed);
+        publish(at::EMITTED, &mut c.emitted, add.emitted);
+        publish(at::STALLS, &mut c.stalls, add.stalls);
+        publish(at::ERRORS, &mut c.errors, add.errors);
+    }
+}

@@ -1,0 +1,18 @@
+//! gyre-runtime: the engine behind `gyre`.
+//!
+//! - [`abi`]: the memory contract shared with device code;
+//! - [`ring`]: the lock-free ring over any memory;
+//! - [`control`] and [`lifecycle`]: a kernel's control block and state machine;
+//! - [`backend`]: the backends (the CPU backend is always built).
+//!
+//! Most users want the `gyre` crate, which wraps this one in a typed API.
+
+pub mod abi;
+pub mod ring;
+mod sync;
+pub mod control;
+pub mod lifecycle;
+#[cfg(not(loom))]
+pub mod wait;
+#[cfg(not(loom))]
+pub mod backend;

@@ -1,0 +1,424 @@
+//! Where a ring lives: the [`RingMemory`] trait and its implementations.
+//!
+//! The protocol in [`super`] only touches memory through this trait, so the same code
+//! runs over host heap memory ([`HostRing`]), memory someone else mapped ([`RawRing`],
+//! used for pinned host memory shared with a GPU) and, under `--cfg loom`, over loom's
+//! model cells ([`LoomMemory`]).
+
+#[cfg(not(loom))]
+use std::ptr::NonNull;
+
+use crate::abi::{MAX_CAPACITY, MAX_SLOT_BYTES, MIN_SLOT_BYTES, SLOT_HEADER_BYTES};
+#[cfg(not(loom))]
+use crate::abi::{RingHeader, ABI_VERSION, LINE_BYTES, RING_HEADER_BYTES, RING_MAGIC};
+use crate::sync::AtomicU32;
+
+/// Capacity and slot size of a ring, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RingLayout {
+    capacity: u32,
+    slot_bytes: u32,
+}
+
+/// Why a [`RingLayout`] was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// The capacity was zero.
+    #[error("ring capacity is 0: give a power of two between 1 and 2^30 slots, such as 1024")]
+    ZeroCapacity,
+    /// The capacity was not a power of two.
+    #[error("ring capacity {0} is not a power of two: round it to {up}", up = .0.next_power_of_two())]
+    CapacityNotPowerOfTwo(u32),
+    /// The capacity exceeded [`MAX_CAPACITY`].
+    #[error("ring capacity {0} exceeds the maximum of 2^30 slots")]
+    CapacityTooLarge(u32),
+    /// The slot size was not a power of two in range.
+    #[error(
+        "slot size {0} bytes is invalid: use a power of two from 32 to 65536 bytes \
+         (16 of them are the slot header)"
+    )]
+    BadSlotBytes(u32),
+    /// The region would not fit in the address space.
+    #[error("a ring of {capacity} slots of {slot_bytes} bytes does not fit in memory")]
+    TooLarge {
+        /// Requested capacity.
+        capacity: u32,
+        /// Requested slot size.
+        slot_bytes: u32,
+    },
+}
+
+impl RingLayout {
+    /// Validates a capacity (slots) and slot size (bytes, header included).
+    ///
+    /// # Errors
+    /// [`LayoutError`] when the capacity is zero, not a power of two or above 2^30, or the
+    /// slot size is not a power of two in `32..=65536`.
+    pub const fn new(capacity: u32, slot_bytes: u32) -> Result<Self, LayoutError> {
+        if capacity == 0 {
+            return Err(LayoutError::ZeroCapacity);
+        }
+        if !capacity.is_power_of_two() {
+            return Err(LayoutError::CapacityNotPowerOfTwo(capacity));
+        }
+        if capacity > MAX_CAPACITY {
+            return Err(LayoutError::CapacityTooLarge(capacity));
+        }
+        if !slot_bytes.is_power_of_two() || slot_bytes < MIN_SLOT_BYTES || slot_bytes > MAX_SLOT_BYTES
+        {
+            return Err(LayoutError::BadSlotBytes(slot_bytes));
+        }
+        if crate::abi::ring_region_bytes(capacity, slot_bytes).is_none() {
+            return Err(LayoutError::TooLarge { capacity, slot_bytes });
+        }
+        Ok(Self { capacity, slot_bytes })
+    }
+
+    /// Number of slots.
+    pub const fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Bytes per slot, header included.
+    pub const fn slot_bytes(&self) -> u32 {
+        self.slot_bytes
+    }
+
+    /// Payload bytes per slot.
+    pub const fn payload_bytes(&self) -> u32 {
+        self.slot_bytes - SLOT_HEADER_BYTES
+    }
+
+    /// Bytes of the whole region: header and slots.
+    pub const fn region_bytes(&self) -> usize {
+        match crate::abi::ring_region_bytes(self.capacity, self.slot_bytes) {
+            Some(bytes) => bytes,
+            // `new` checked it fits.
+            None => usize::MAX,
+        }
+    }
+}
+
+/// Memory holding one ring: the three header words the protocol uses and the slots.
+///
+/// A slot's *body* is everything after its 4-byte stamp: `tag` (bytes 0..4), `corr`
+/// (4..12), then the payload (12..), which starts at offset 16 of the slot.
+///
+/// # Safety
+/// Implementors guarantee that, for the lifetime of the value:
+/// - `head`, `tail` and every `stamp(i)` for `i < capacity()` are distinct words that are
+///   only ever accessed atomically;
+/// - every body is `slot_bytes() - 4` bytes, disjoint from every other body and word;
+/// - the payload of a body is aligned to [`crate::abi::PAYLOAD_ALIGN`];
+/// - `capacity()` and `slot_bytes()` form a valid [`RingLayout`] and never change.
+pub unsafe trait RingMemory {
+    /// Number of slots.
+    fn capacity(&self) -> u32;
+    /// Bytes per slot, header included.
+    fn slot_bytes(&self) -> u32;
+    /// The consumer cursor word.
+    fn head(&self) -> &AtomicU32;
+    /// The producer cursor word.
+    fn tail(&self) -> &AtomicU32;
+    /// The sequence stamp of slot `index` (`index < capacity()`).
+    fn stamp(&self, index: u32) -> &AtomicU32;
+    /// Runs `f` over the body of slot `index`, mutably.
+    ///
+    /// # Safety
+    /// The caller has exclusive use of the body: it holds the claim on a position that
+    /// maps to `index` and has not stamped it.
+    unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R;
+    /// Runs `f` over the body of slot `index`.
+    ///
+    /// # Safety
+    /// The caller is the consumer, saw the slot's stamp mark it full with an acquire
+    /// load, and has not released the position yet.
+    unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
+// SAFETY: forwards to `T`, which upholds the contract.
+unsafe impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
+    fn capacity(&self) -> u32 {
+        (**self).capacity()
+    }
+    fn slot_bytes(&self) -> u32 {
+        (**self).slot_bytes()
+    }
+    fn head(&self) -> &AtomicU32 {
+        (**self).head()
+    }
+    fn tail(&self) -> &AtomicU32 {
+        (**self).tail()
+    }
+    fn stamp(&self, index: u32) -> &AtomicU32 {
+        (**self).stamp(index)
+    }
+    unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { (**self).with_body_mut(index, f) }
+    }
+    unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { (**self).with_body(index, f) }
+    }
+}
+
+/// A ring laid out by the ABI in memory owned by someone else (mapped pinned memory, a
+/// buffer shared with another process or device).
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub struct RawRing {
+    base: NonNull<u8>,
+    layout: RingLayout,
+}
+
+// SAFETY: all shared words are accessed atomically and bodies only under the ring
+// protocol's exclusivity, so the view may move to and be shared between threads.
+#[cfg(not(loom))]
+unsafe impl Send for RawRing {}
+// SAFETY: as for `Send`.
+#[cfg(not(loom))]
+unsafe impl Sync for RawRing {}
+
+#[cfg(not(loom))]
+impl RawRing {
+    /// Writes a fresh ring header and slot stamps at `base`, with both cursors at `origin`.
+    ///
+    /// # Safety
+    /// `base` is aligned to [`LINE_BYTES`], valid for writes of `layout.region_bytes()`
+    /// bytes, and nobody else accesses the region during the call.
+    pub unsafe fn init(base: NonNull<u8>, layout: RingLayout, origin: u32) -> Self {
+        debug_assert!(base.as_ptr() as usize % LINE_BYTES as usize == 0);
+        let header = RingHeader {
+            magic: RING_MAGIC,
+            abi_version: ABI_VERSION,
+            capacity: layout.capacity(),
+            slot_bytes: layout.slot_bytes(),
+            origin,
+            tail: origin,
+            head: origin,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        // SAFETY: the caller gave exclusive, aligned, large-enough memory.
+        unsafe { base.as_ptr().cast::<RingHeader>().write(header) };
+        let ring = Self { base, layout };
+        for offset in 0..layout.capacity() {
+            let position = origin.wrapping_add(offset);
+            // Marked full for the previous lap, so empty for this one.
+            let stamp = position.wrapping_sub(layout.capacity()).wrapping_add(1);
+            ring.stamp(position & (layout.capacity() - 1))
+                .store(stamp, crate::sync::Ordering::Relaxed);
+            // SAFETY: exclusive access during init (caller's guarantee).
+            unsafe {
+                ring.with_body_mut(position & (layout.capacity() - 1), |body| body.fill(0));
+            }
+        }
+        ring
+    }
+
+    /// Views an initialised ring at `base`, checking its header.
+    ///
+    /// # Safety
+    /// `base` points to a region initialised by [`RawRing::init`] (here or on another
+    /// side of a device boundary) that stays valid and is accessed only through the ring
+    /// protocol while the view lives.
+    pub unsafe fn from_raw(base: NonNull<u8>) -> Result<Self, LayoutError> {
+        // SAFETY: the header's descriptor line is written once before sharing.
+        let header = unsafe { base.as_ptr().cast::<RingHeader>().read() };
+        let layout = RingLayout::new(header.capacity, header.slot_bytes)?;
+        Ok(Self { base, layout })
+    }
+
+    /// The ring's layout.
+    pub fn layout(&self) -> RingLayout {
+        self.layout
+    }
+
+    fn word(&self, byte_offset: usize) -> &AtomicU32 {
+        // SAFETY: offsets come from the ABI and lie inside the region; the word is
+        // 4-aligned (header and slots are line- and slot-aligned) and only ever accessed
+        // atomically (RingMemory contract).
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(byte_offset).cast::<u32>()) }
+    }
+
+    fn body_ptr(&self, index: u32) -> *mut u8 {
+        debug_assert!(index < self.layout.capacity());
+        let offset = RING_HEADER_BYTES as usize
+            + index as usize * self.layout.slot_bytes() as usize
+            + std::mem::size_of::<u32>();
+        // SAFETY: `index < capacity`, so the body lies inside the region.
+        unsafe { self.base.as_ptr().add(offset) }
+    }
+}
+
+#[cfg(not(loom))]
+// SAFETY: offsets follow the ABI: head, tail and stamps are distinct aligned words,
+// bodies are the disjoint remainders of the slots, payloads sit at slot offset 16 of
+// slot-aligned slots in a line-aligned region.
+unsafe impl RingMemory for RawRing {
+    fn capacity(&self) -> u32 {
+        self.layout.capacity()
+    }
+    fn slot_bytes(&self) -> u32 {
+        self.layout.slot_bytes()
+    }
+    fn head(&self) -> &AtomicU32 {
+        self.word(std::mem::offset_of!(RingHeader, head))
+    }
+    fn tail(&self) -> &AtomicU32 {
+        self.word(std::mem::offset_of!(RingHeader, tail))
+    }
+    fn stamp(&self, index: u32) -> &AtomicU32 {
+        assert!(index < self.layout.capacity(), "slot index out of range");
+        self.word(RING_HEADER_BYTES as usize + index as usize * self.layout.slot_bytes() as usize)
+    }
+    unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let len = self.layout.slot_bytes() as usize - 4;
+        // SAFETY: the body is inside the region and the caller has exclusive use of it.
+        f(unsafe { std::slice::from_raw_parts_mut(self.body_ptr(index), len) })
+    }
+    unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        let len = self.layout.slot_bytes() as usize - 4;
+        // SAFETY: the body is inside the region; the producer does not write it until the
+        // consumer releases the position (caller's guarantee).
+        f(unsafe { std::slice::from_raw_parts(self.body_ptr(index), len) })
+    }
+}
+
+/// A ring in host heap memory, aligned to [`LINE_BYTES`] and owned by this value.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub struct HostRing {
+    raw: RawRing,
+}
+
+#[cfg(not(loom))]
+impl HostRing {
+    /// Allocates and initialises a ring with both cursors at 0.
+    pub fn new(layout: RingLayout) -> Self {
+        Self::with_origin(layout, 0)
+    }
+
+    /// Allocates and initialises a ring whose cursors start at `origin` (tests use
+    /// origins near `u32::MAX` to cross the wrap).
+    pub fn with_origin(layout: RingLayout, origin: u32) -> Self {
+        let alloc = Self::alloc_layout(layout);
+        // SAFETY: the layout has a non-zero size (the header alone is 384 bytes).
+        let base = unsafe { std::alloc::alloc_zeroed(alloc) };
+        let Some(base) = NonNull::new(base) else {
+            std::alloc::handle_alloc_error(alloc)
+        };
+        // SAFETY: freshly allocated, line-aligned, `region_bytes` long, not shared yet.
+        let raw = unsafe { RawRing::init(base, layout, origin) };
+        Self { raw }
+    }
+
+    fn alloc_layout(layout: RingLayout) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(layout.region_bytes(), LINE_BYTES as usize)
+            .expect("RingLayout::new bounds the region size")
+    }
+
+    /// The ring's layout.
+    pub fn layout(&self) -> RingLayout {
+        self.raw.layout()
+    }
+}
+
+#[cfg(not(loom))]
+impl Drop for HostRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_origin` with this very layout.
+        unsafe { std::alloc::dealloc(self.raw.base.as_ptr(), Self::alloc_layout(self.raw.layout)) };
+    }
+}
+
+#[cfg(not(loom))]
+// SAFETY: forwards to the owned `RawRing`, whose memory lives as long as `self`.
+unsafe impl RingMemory for HostRing {
+    fn capacity(&self) -> u32 {
+        self.raw.capacity()
+    }
+    fn slot_bytes(&self) -> u32 {
+        self.raw.slot_bytes()
+    }
+    fn head(&self) -> &AtomicU32 {
+        self.raw.head()
+    }
+    fn tail(&self) -> &AtomicU32 {
+        self.raw.tail()
+    }
+    fn stamp(&self, index: u32) -> &AtomicU32 {
+        self.raw.stamp(index)
+    }
+    unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { self.raw.with_body_mut(index, f) }
+    }
+    unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { self.raw.with_body(index, f) }
+    }
+}
+
+/// A ring made of loom's model cells, so loom can check the protocol in [`super`].
+#[cfg(loom)]
+#[derive(Debug)]
+pub struct LoomMemory {
+    layout: RingLayout,
+    head: AtomicU32,
+    tail: AtomicU32,
+    stamps: Box<[AtomicU32]>,
+    bodies: Box<[crate::sync::UnsafeCell<Vec<u8>>]>,
+}
+
+#[cfg(loom)]
+impl LoomMemory {
+    /// A ring with both cursors at `origin`, stamps as [`RawRing::init`] writes them.
+    pub fn new(layout: RingLayout, origin: u32) -> Self {
+        let capacity = layout.capacity();
+        let mut stamps = vec![0; capacity as usize];
+        for offset in 0..capacity {
+            let position = origin.wrapping_add(offset);
+            stamps[(position & (capacity - 1)) as usize] =
+                position.wrapping_sub(capacity).wrapping_add(1);
+        }
+        Self {
+            layout,
+            head: AtomicU32::new(origin),
+            tail: AtomicU32::new(origin),
+            stamps: stamps.into_iter().map(AtomicU32::new).collect(),
+            bodies: (0..capacity)
+                .map(|_| crate::sync::UnsafeCell::new(vec![0; layout.slot_bytes() as usize - 4]))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(loom)]
+// SAFETY: every word is its own loom atomic and every body its own loom cell, which loom
+// checks for racing access.
+unsafe impl RingMemory for LoomMemory {
+    fn capacity(&self) -> u32 {
+        self.layout.capacity()
+    }
+    fn slot_bytes(&self) -> u32 {
+        self.layout.slot_bytes()
+    }
+    fn head(&self) -> &AtomicU32 {
+        &self.head
+    }
+    fn tail(&self) -> &AtomicU32 {
+        &self.tail
+    }
+    fn stamp(&self, index: u32) -> &AtomicU32 {
+        &self.stamps[index as usize]
+    }
+    unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        // SAFETY: loom checks the caller's claimed exclusivity.
+        self.bodies[index as usize].with_mut(|body| f(unsafe { &mut *body }))
+    }
+    unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: loom checks the caller's claimed exclusivity.
+        self.bodies[index as usize].with(|body| f(unsafe { &*body }))
+    }
+}

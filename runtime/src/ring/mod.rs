@@ -1,0 +1,435 @@
+//! The lock-free ring: fixed-size slots with per-slot sequence stamps and u32 wrapping
+//! cursors, over any [`RingMemory`].
+//!
+//! Guarantees:
+//! - no allocation after the ring's memory exists; a message is written into its slot in
+//!   place and read from it in place;
+//! - never overwrites: a full ring is reported to the producer, which decides to wait or
+//!   to hand the message back;
+//! - one writer per word: stamps and `tail` are written only by the producer side, `head`
+//!   only by the consumer side, so the two sides may sit on either end of a device
+//!   boundary with plain acquire loads and release stores;
+//! - several producers on one side coordinate with a compare-and-swap on `tail`, which
+//!   lives in their side's memory; there is exactly one consumer.
+//!
+//! The protocol, with the reason for every ordering, is in `runtime/docs/ABI.md`.
+//!
+//! ```
+//! use gyre_runtime::ring::{Consumer, HostRing, Producer, RingLayout, Step};
+//! use std::sync::Arc;
+//!
+//! let ring = Arc::new(HostRing::new(RingLayout::new(8, 64)?));
+//! let producer = Producer::new(ring.clone());
+//! let mut consumer = Consumer::new(ring);
+//!
+//! let claim = producer.try_claim(1).expect("an empty ring has room");
+//! claim.write(0, 0, [7, 0], |payload| payload[..4].copy_from_slice(&42u32.to_le_bytes()));
+//! claim.publish();
+//!
+//! let mut got = Vec::new();
+//! consumer.consume(16, |slot| {
+//!     got.push((slot.corr[0], slot.payload[0]));
+//!     Step::Next
+//! });
+//! assert_eq!(got, [(7, 42)]);
+//! # Ok::<(), gyre_runtime::ring::LayoutError>(())
+//! ```
+
+mod memory;
+
+#[cfg(loom)]
+pub use memory::LoomMemory;
+#[cfg(not(loom))]
+pub use memory::{HostRing, RawRing};
+pub use memory::{LayoutError, RingLayout, RingMemory};
+
+use crate::abi::{KIND_CANCELLED, TAG_KIND_MASK};
+use crate::sync::{spin_hint, AtomicBool, AtomicU32, Ordering};
+
+/// Why [`Producer::try_claim`] did not claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimError {
+    /// Fewer than the requested slots are free; `free` were at the time of the check.
+    Full {
+        /// Slots that were free.
+        free: u32,
+    },
+    /// The producer side was closed by [`Producer::close`].
+    Closed,
+    /// More slots were asked for than the ring has.
+    TooMany,
+}
+
+/// The producer side of a ring. Shareable: several threads may claim through `&self`.
+#[derive(Debug)]
+pub struct Producer<M: RingMemory> {
+    mem: M,
+    mask: u32,
+    /// Last value read from the consumer's `head`. Can be stale (behind the real head),
+    /// never ahead of it; reloaded only when the ring looks full.
+    cached_head: AtomicU32,
+    /// Set once by `close`; producers that claim afterwards cancel their claim.
+    closed: AtomicBool,
+}
+
+/// Positions claimed by one producer. Write each slot, then [`Claim::publish`].
+///
+/// Dropping a claim without publishing cancels it: its slots are published as
+/// cancelled, which consumers skip, so the ring never stalls on an abandoned claim.
+#[must_use = "a claim that is not published is cancelled"]
+#[derive(Debug)]
+pub struct Claim<'a, M: RingMemory> {
+    producer: &'a Producer<M>,
+    start: u32,
+    len: u32,
+}
+
+impl<M: RingMemory> Producer<M> {
+    /// The producer side of the ring in `mem`.
+    pub fn new(mem: M) -> Self {
+        let mask = mem.capacity() - 1;
+        // ORDERING: Acquire pairs with the consumer's Release store of `head`; see
+        // `try_claim`.
+        let head = mem.head().load(Ordering::Acquire);
+        Self { mem, mask, cached_head: AtomicU32::new(head), closed: AtomicBool::new(false) }
+    }
+
+    /// The ring's memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// Claims `len` consecutive positions, or fails without waiting.
+    ///
+    /// # Errors
+    /// [`ClaimError::Full`] when fewer than `len` slots are free, [`ClaimError::Closed`]
+    /// after [`Producer::close`], [`ClaimError::TooMany`] when `len` exceeds the capacity.
+    pub fn try_claim(&self, len: u32) -> Result<Claim<'_, M>, ClaimError> {
+        let capacity = self.mem.capacity();
+        if len > capacity {
+            return Err(ClaimError::TooMany);
+        }
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(ClaimError::Closed);
+            }
+            let tail = self.mem.tail().load(Ordering::Relaxed);
+            let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
+            if used > capacity || capacity - used < len {
+                let head = self.mem.head().load(Ordering::Acquire);
+                self.cached_head.store(head, Ordering::Release);
+                let used = tail.wrapping_sub(head);
+                if used > capacity {
+                    spin_hint();
+                    continue;
+                }
+                let free = capacity - used;
+                if free < len {
+                    return Err(ClaimError::Full { free });
+                }
+            }
+            // ORDERING: SeqCst so that this claim and the load of `closed` below are in
+            // one total order with `close`'s store of `closed` and load of `tail`: either
+            // `close` sees this claim in the tail it returns, or we see `closed` and
+            // cancel. Same-side producers only; the other side never touches `tail` with
+            // a read-modify-write.
+            if self
+                .mem
+                .tail()
+                .compare_exchange_weak(tail, tail.wrapping_add(len), Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                let claim = Claim { producer: self, start: tail, len };
+                // ORDERING: SeqCst, see the compare-and-swap above.
+                if self.closed.load(Ordering::SeqCst) {
+                    claim.cancel();
+                    return Err(ClaimError::Closed);
+                }
+                return Ok(claim);
+            }
+            spin_hint();
+        }
+    }
+
+    /// Closes the producer side: every later claim fails with [`ClaimError::Closed`].
+    ///
+    /// Returns the final `tail`: every position before it was claimed before the close
+    /// and will be published (as a message or as cancelled); no position at or after it
+    /// will ever hold a message. Pair with [`Consumer::wait_published`].
+    pub fn close(&self) -> u32 {
+        // ORDERING: SeqCst, pairs with the claim in `try_claim` (see there).
+        self.closed.store(true, Ordering::SeqCst);
+        self.mem.tail().load(Ordering::SeqCst)
+    }
+
+    /// Waits until every position before `tail` (a value returned by
+    /// [`Producer::close`]) is published, spinning at most `spins` rounds; the closer's
+    /// way to know that no claim made before the close is still being written.
+    pub fn wait_published(&self, tail: u32, spins: u32) -> bool {
+        // ORDERING: Acquire pairs with the consumer's Release store of `head`; positions
+        // before it were published and consumed.
+        let head = self.mem.head().load(Ordering::Acquire);
+        wait_published(&self.mem, head, tail, spins)
+    }
+
+    /// Whether [`Producer::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Positions claimed but not yet consumed, as seen now (racy, for gauges).
+    pub fn len(&self) -> u32 {
+        let tail = self.mem.tail().load(Ordering::Relaxed);
+        let head = self.mem.head().load(Ordering::Relaxed);
+        tail.wrapping_sub(head).min(self.mem.capacity())
+    }
+
+    /// Slots free for claiming as seen now: exact for a single producer (it cannot
+    /// shrink behind its back), a lower bound on `head` for several.
+    pub fn free(&self) -> u32 {
+        let tail = self.mem.tail().load(Ordering::Relaxed);
+        // ORDERING: Acquire, as in `try_claim`: slots freed by this head may be written.
+        let head = self.mem.head().load(Ordering::Acquire);
+        self.mem.capacity() - tail.wrapping_sub(head)
+    }
+
+    /// Whether the next message to consume is published (racy; lets a scheduler decide
+    /// whether the consumer has work without owning the consumer).
+    pub fn has_published(&self) -> bool {
+        // ORDERING: Acquire on `head` pairs with the consumer's Release store, so the
+        // stamp we read is at least that lap's.
+        let head = self.mem.head().load(Ordering::Acquire);
+        // ORDERING: Acquire pairs with the producer's Release store of the stamp.
+        self.mem.stamp(head & self.mask).load(Ordering::Acquire) == head.wrapping_add(1)
+    }
+
+    /// Whether the ring looks empty now (racy, for gauges).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.mem.capacity()
+    }
+
+    fn stamp_full(&self, position: u32) {
+        // ORDERING: Release pairs with the consumer's Acquire load of the stamp in
+        // `Consumer::consume`: the body written before it happens before its reads.
+        self.mem
+            .stamp(position & self.mask)
+            .store(position.wrapping_add(1), Ordering::Release);
+    }
+}
+
+impl<M: RingMemory> Claim<'_, M> {
+    /// First claimed position.
+    pub fn start(&self) -> u32 {
+        self.start
+    }
+
+    /// Number of claimed positions.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Writes slot `i` of the claim: its tag, correlation id and, through `fill`, its
+    /// payload (`slot_bytes - 16` bytes, aligned to 16, holding the previous lap's bytes).
+    ///
+    /// # Panics
+    /// When `i >= self.len()`.
+    pub fn write<R>(&self, i: u32, tag: u32, corr: [u32; 2], fill: impl FnOnce(&mut [u8]) -> R) -> R {
+        assert!(i < self.len, "slot {i} is outside a claim of {}", self.len);
+        let position = self.start.wrapping_add(i);
+        let index = position & self.producer.mask;
+        // SAFETY: the claim owns `position` exclusively: the CAS on `tail` gave it to us
+        // alone, the free check proved the consumer is done with the slot's previous lap,
+        // and we have not stamped it yet.
+        unsafe {
+            self.producer.mem.with_body_mut(index, |body| {
+                body[0..4].copy_from_slice(&tag.to_ne_bytes());
+                body[4..8].copy_from_slice(&corr[0].to_ne_bytes());
+                body[8..12].copy_from_slice(&corr[1].to_ne_bytes());
+                fill(&mut body[12..])
+            })
+        }
+    }
+
+    /// Publishes every claimed slot, in order.
+    pub fn publish(self) {
+        for i in 0..self.len {
+            self.producer.stamp_full(self.start.wrapping_add(i));
+        }
+        std::mem::forget(self);
+    }
+
+    /// Publishes every claimed slot as cancelled; consumers skip them.
+    pub fn cancel(self) {
+        drop(self);
+    }
+}
+
+impl<M: RingMemory> Drop for Claim<'_, M> {
+    fn drop(&mut self) {
+        for i in 0..self.len {
+            let position = self.start.wrapping_add(i);
+            // SAFETY: as in `write`: the claim still owns the unstamped position.
+            unsafe {
+                self.producer.mem.with_body_mut(position & self.producer.mask, |body| {
+                    body[0..4].copy_from_slice(&KIND_CANCELLED.to_ne_bytes());
+                });
+            }
+            self.producer.stamp_full(position);
+        }
+    }
+}
+
+/// One message as the consumer sees it, borrowed from its slot.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotRef<'a> {
+    /// Position of the slot (wrapping cursor value).
+    pub position: u32,
+    /// Message kind (low 16 bits) and sender id (high 16 bits).
+    pub tag: u32,
+    /// Correlation id.
+    pub corr: [u32; 2],
+    /// Payload bytes, aligned to 16.
+    pub payload: &'a [u8],
+}
+
+/// What [`Consumer::consume`] does after handing over one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The message was consumed; go on.
+    Next,
+    /// The message was consumed; stop the batch.
+    Last,
+    /// The message was not consumed (it stays first in the ring); stop the batch.
+    Keep,
+}
+
+/// The consumer side of a ring. Exactly one exists per ring; its methods take `&mut self`.
+#[derive(Debug)]
+pub struct Consumer<M: RingMemory> {
+    mem: M,
+    mask: u32,
+    /// Our copy of `head`; we are its only writer.
+    head: u32,
+}
+
+impl<M: RingMemory> Consumer<M> {
+    /// The consumer side of the ring in `mem`. Create only one per ring.
+    pub fn new(mem: M) -> Self {
+        let mask = mem.capacity() - 1;
+        let head = mem.head().load(Ordering::Relaxed);
+        Self { mem, mask, head }
+    }
+
+    /// The ring's memory.
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+
+    /// The next position to consume.
+    pub fn head(&self) -> u32 {
+        self.head
+    }
+
+    fn is_full(&self, position: u32) -> bool {
+        // ORDERING: Acquire pairs with the producer's Release store of the stamp in
+        // `Claim::publish` (or its cancel): the body's bytes are visible after it.
+        self.mem.stamp(position & self.mask).load(Ordering::Acquire) == position.wrapping_add(1)
+    }
+
+    /// Whether the next position holds nothing published yet.
+    pub fn is_empty(&self) -> bool {
+        !self.is_full(self.head)
+    }
+
+    /// Hands up to `max` published messages, in order, to `f`, skipping cancelled slots,
+    /// then releases the consumed positions to producers with one store of `head`.
+    ///
+    /// Returns the number of positions released (messages and cancelled slots).
+    pub fn consume(&mut self, max: u32, mut f: impl FnMut(SlotRef<'_>) -> Step) -> u32 {
+        let mut taken = 0;
+        while taken < max {
+            let position = self.head.wrapping_add(taken);
+            if !self.is_full(position) {
+                break;
+            }
+            // SAFETY: the stamp says the slot holds `position`, seen with Acquire, and we
+            // have not released it, so the producer does not write it.
+            let step = unsafe {
+                self.mem.with_body(position & self.mask, |body| {
+                    let word = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default());
+                    let tag = word(0);
+                    if tag & TAG_KIND_MASK == KIND_CANCELLED {
+                        return Step::Next;
+                    }
+                    f(SlotRef { position, tag, corr: [word(4), word(8)], payload: &body[12..] })
+                })
+            };
+            match step {
+                Step::Next => taken += 1,
+                Step::Last => {
+                    taken += 1;
+                    break;
+                }
+                Step::Keep => break,
+            }
+        }
+        self.release(taken);
+        taken
+    }
+
+    fn release(&mut self, count: u32) {
+        if count == 0 {
+            return;
+        }
+        self.head = self.head.wrapping_add(count);
+        // ORDERING: Release pairs with the producer's Acquire load of `head` in
+        // `try_claim`: our reads of the released slots happen before its next writes.
+        self.mem.head().store(self.head, Ordering::Release);
+    }
+
+    /// Waits until every position before `tail` (a value returned by
+    /// [`Producer::close`]) is published, spinning at most `spins` rounds.
+    ///
+    /// Returns whether they all are. After `true`, [`Consumer::consume`] sees every
+    /// message the closed producer side will ever send.
+    pub fn wait_published(&self, tail: u32, spins: u32) -> bool {
+        wait_published(&self.mem, self.head, tail, spins)
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.mem.capacity()
+    }
+}
+
+/// Waits until every position in `from..tail` is stamped full, spinning at most `spins`
+/// rounds. Sound only once the producer side is closed and `tail` came from
+/// [`Producer::close`]: no later lap can then overwrite a stamp we read.
+fn wait_published<M: RingMemory>(mem: &M, from: u32, tail: u32, spins: u32) -> bool {
+    let mask = mem.capacity() - 1;
+    let mut position = from;
+    let mut budget = spins;
+    while position != tail {
+        // ORDERING: Acquire pairs with the Release store of the stamp in `publish` or in
+        // a cancel, so a caller that goes on to read the slot sees its body.
+        if mem.stamp(position & mask).load(Ordering::Acquire) == position.wrapping_add(1) {
+            position = position.wrapping_add(1);
+        } else if budget == 0 {
+            return false;
+        } else {
+            budget -= 1;
+            spin_hint();
+            #[cfg(not(loom))]
+            if budget % 64 == 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,166 @@
+//! Waiting without burning a core: [`Signal`] and the escalating [`Backoff`].
+//!
+//! A waiter checks its condition, spins a little, yields a little, then registers on a
+//! [`Signal`] and parks (a thread) or returns `Pending` (a task). Whoever makes the
+//! condition true calls [`Signal::notify`], which costs one fence and one load when
+//! nobody waits. Spinning first matters: waking a parked thread costs tens of
+//! microseconds, far more than a message.
+//!
+//! The lost-wakeup argument is Dekker's: the waiter increments `waiters` (SeqCst) and then
+//! re-checks its condition; the notifier makes the condition true, issues a SeqCst fence,
+//! then reads `waiters`. In the single total order of SeqCst operations one of them comes
+//! first, so either the waiter sees the condition or the notifier sees the waiter.
+
+use std::task::{Context, Poll, Waker};
+use std::thread::Thread;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use crate::sync::{fence, AtomicUsize, Ordering};
+
+/// Rounds of `spin_loop` before a waiter starts yielding.
+const SPIN_ROUNDS: u32 = 256;
+/// Rounds of `yield_now` before a waiter parks.
+const YIELD_ROUNDS: u32 = 64;
+
+/// Escalating wait: spin, then yield, then report that it is time to park.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    round: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub const fn new() -> Self {
+        Self { round: 0 }
+    }
+
+    /// Waits a little longer than last time. Returns `false` once spinning and yielding
+    /// are used up and the caller should park.
+    pub fn snooze(&mut self) -> bool {
+        if self.round < SPIN_ROUNDS {
+            for _ in 0..(1 << (self.round / 64).min(4)) {
+                std::hint::spin_loop();
+            }
+        } else if self.round < SPIN_ROUNDS + YIELD_ROUNDS {
+            std::thread::yield_now();
+        } else {
+            return false;
+        }
+        self.round += 1;
+        true
+    }
+
+    /// Starts over (after progress).
+    pub fn reset(&mut self) {
+        self.round = 0;
+    }
+}
+
+#[derive(Debug)]
+enum Waiter {
+    Thread(Thread),
+    Task(Waker),
+}
+
+/// A point threads and tasks wait on until someone calls [`Signal::notify`].
+#[derive(Debug, Default)]
+pub struct Signal {
+    waiters: AtomicUsize,
+    list: Mutex<Vec<Waiter>>,
+}
+
+impl Signal {
+    /// A signal nobody waits on.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes every waiter. Call after making a waited-for condition true.
+    pub fn notify(&self) {
+        // ORDERING: SeqCst fence orders the caller's preceding write of the condition
+        // before the load of `waiters` (see the module docs).
+        fence(Ordering::SeqCst);
+        if self.waiters.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let woken = std::mem::take(&mut *self.list.lock());
+        self.waiters.fetch_sub(woken.len(), Ordering::Relaxed);
+        for waiter in woken {
+            match waiter {
+                Waiter::Thread(thread) => thread.unpark(),
+                Waiter::Task(waker) => waker.wake(),
+            }
+        }
+    }
+
+    /// Whether anybody is registered (racy; for tests and gauges).
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.load(Ordering::Relaxed) != 0
+    }
+
+    fn register(&self, waiter: Waiter) {
+        let mut list = self.list.lock();
+        if let Waiter::Task(waker) = &waiter {
+            if list.iter().any(|w| matches!(w, Waiter::Task(old) if old.will_wake(waker))) {
+                return;
+            }
+        }
+        list.push(waiter);
+        // ORDERING: SeqCst, pairs with the fence in `notify` (module docs).
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Blocks the calling thread until `ready` returns `Some`, or `deadline` passes
+    /// (then `None`). Spins and yields before parking.
+    pub fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(value) = ready() {
+                return Some(value);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            if backoff.snooze() {
+                continue;
+            }
+            self.register(Waiter::Thread(std::thread::current()));
+            if let Some(value) = ready() {
+                return Some(value);
+            }
+            match deadline {
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+                None => std::thread::park(),
+            }
+        }
+    }
+
+    /// The task form of [`Signal::wait_until`]: `Ready` with the value, or `Pending`
+    /// after registering the task's waker.
+    pub fn poll_until<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Poll<T> {
+        if let Some(value) = ready() {
+            return Poll::Ready(value);
+        }
+        self.register(Waiter::Task(cx.waker().clone()));
+        match ready() {
+            Some(value) => Poll::Ready(value),
+            None => Poll::Pending,
+        }
+    }
+}
