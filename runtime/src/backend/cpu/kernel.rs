@@ -193,8 +193,10 @@ pub struct KernelCore {
     output_stalled: AtomicBool,
     /// Set by the host before it issues `Terminate`; unblocks a waiting emit.
     terminating: AtomicBool,
-    /// Serialises lifecycle calls from the host.
-    lifecycle: Mutex<()>,
+    /// Serialises lifecycle calls from the host; holds the last command issued (its
+    /// epoch and the state it leads to) so a call made before the kernel acknowledged
+    /// the previous one is checked against where the kernel is going.
+    lifecycle: Mutex<Option<(u32, State)>>,
     fault: Mutex<Option<String>>,
     /// Notified when inbox slots are freed (blocked senders wait on it).
     pub(crate) inbox_space: Signal,
@@ -269,7 +271,7 @@ impl KernelCore {
             scheduled: AtomicBool::new(false),
             output_stalled: AtomicBool::new(false),
             terminating: AtomicBool::new(false),
-            lifecycle: Mutex::new(()),
+            lifecycle: Mutex::new(None),
             fault: Mutex::new(None),
             inbox_space: Signal::new(),
             outbox_items: Signal::new(),
@@ -607,6 +609,16 @@ impl KernelCore {
         self.state_changed.wait_until(Some(deadline), || done(self).then_some(())).is_some()
     }
 
+    /// The state to check a host command against: the kernel's own when it stopped,
+    /// else the target of a command it has not acknowledged yet.
+    fn effective_state(&self, pending: Option<(u32, State)>) -> State {
+        let actual = self.state();
+        match pending {
+            Some((epoch, target)) if !lifecycle::is_stopped(actual) && !self.control.acknowledged(epoch) => target,
+            _ => actual,
+        }
+    }
+
     fn issue(self: &Arc<Self>, command: Command) -> u32 {
         let epoch = self.control.issue(command);
         self.wake();
@@ -631,10 +643,10 @@ impl KernelCore {
     /// not acknowledge within the command timeout.
     pub fn set_active(self: &Arc<Self>, active: bool) -> Result<State, CommandError> {
         let command = if active { Command::Activate } else { Command::Pause };
-        let _serial = self.lifecycle.lock();
-        let state = self.state();
-        let target = lifecycle::transition(state, Event::Command(command))?;
+        let mut serial = self.lifecycle.lock();
+        let target = lifecycle::transition(self.effective_state(*serial), Event::Command(command))?;
         let epoch = self.issue(command);
+        *serial = Some((epoch, target));
         let timeout = self.config.command_timeout;
         if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
             return Err(self.unresponsive(timeout));
@@ -668,13 +680,13 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
-        let serial = self.lifecycle.lock();
+        let mut serial = self.lifecycle.lock();
         let deadline = Instant::now() + timeout;
-        lifecycle::transition(self.state(), Event::Command(Command::Drain))?;
+        let target = lifecycle::transition(self.effective_state(*serial), Event::Command(Command::Drain))?;
         self.close_inbox();
-        self.issue(Command::Drain);
-        let stopped = self.wait_state(deadline, |k| lifecycle::is_stopped(k.state()));
+        *serial = Some((self.issue(Command::Drain), target));
         drop(serial);
+        let stopped = self.wait_state(deadline, |k| lifecycle::is_stopped(k.state()));
         let timed_out = !stopped;
         if timed_out || self.state() == State::Faulted {
             self.stop(on_input, on_output, false)?;
@@ -714,15 +726,13 @@ impl KernelCore {
         on_output: &mut dyn FnMut(SlotRef<'_>),
         take_ring_outputs: bool,
     ) -> Result<(), CommandError> {
-        let _serial = self.lifecycle.lock();
-        let state = self.state();
-        if state != State::Faulted {
-            lifecycle::transition(state, Event::Command(Command::Terminate))?;
-        }
+        let mut serial = self.lifecycle.lock();
+        let target = lifecycle::transition(self.effective_state(*serial), Event::Command(Command::Terminate))?;
         self.terminating.store(true, Ordering::Release);
         self.outbox_space.notify();
         self.close_inbox();
         let epoch = self.issue(Command::Terminate);
+        *serial = Some((epoch, target));
         let timeout = self.config.command_timeout;
         if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
             return Err(self.unresponsive(timeout));

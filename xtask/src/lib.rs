@@ -1,0 +1,19 @@
+//! `cargo xtask`: the project chores cargo cannot do by itself.
+//!
+//! The binary (`src/main.rs`) dispatches subcommands; this library holds their logic
+//! so that tests in `tests/` can call it.
+//!
+//! - [`abigen`]: generates `kernels/include/gyre_abi.h` and `shaders/gyre_abi.wgsl`
+//!   from `gyre_runtime::abi`.
+
+use std::path::{Path, PathBuf};
+
+pub mod abigen;
+
+/// The workspace root: the parent of this crate's directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in a folder of the workspace root")
+        .to_path_buf()
+}

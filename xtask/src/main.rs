@@ -1,0 +1,91 @@
+//! `cargo xtask SUBCOMMAND`: see [`usage`] for the list.
+
+use std::env;
+use std::process::ExitCode;
+
+use xtask::abigen::{self, Freshness};
+use xtask::workspace_root;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("abi") => abi(&args[2..]),
+        Some("help" | "-h" | "--help") => {
+            println!("{}", usage());
+            ExitCode::SUCCESS
+        }
+        Some(other) => {
+            eprintln!("unknown subcommand `{other}`\n\n{}", usage());
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("{}", usage());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The help text.
+fn usage() -> &'static str {
+    "usage: cargo xtask <SUBCOMMAND>
+
+subcommands:
+  abi            regenerate kernels/include/gyre_abi.h and shaders/gyre_abi.wgsl
+                 from runtime/src/abi.rs
+  abi --check    fail if those files differ from what the generator produces
+  help           print this text"
+}
+
+/// `cargo xtask abi [--check]`.
+fn abi(args: &[String]) -> ExitCode {
+    let root = workspace_root();
+    match args {
+        [] => match abigen::write(&root) {
+            Ok(results) => {
+                for (path, written) in results {
+                    let what = if written { "wrote" } else { "unchanged" };
+                    println!("{what} {}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("xtask abi: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        [flag] if flag == "--check" => match abigen::check(&root) {
+            Ok(results) => {
+                let mut fresh = true;
+                for (path, freshness) in results {
+                    match freshness {
+                        Freshness::Fresh => println!("up to date: {}", path.display()),
+                        Freshness::Stale => {
+                            fresh = false;
+                            eprintln!(
+                                "stale: {} differs from runtime/src/abi.rs; run `cargo xtask abi`",
+                                path.display()
+                            );
+                        }
+                        Freshness::Missing => {
+                            fresh = false;
+                            eprintln!("missing: {}; run `cargo xtask abi`", path.display());
+                        }
+                    }
+                }
+                if fresh {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(error) => {
+                eprintln!("xtask abi --check: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        _ => {
+            eprintln!("xtask abi: unexpected arguments {args:?}\n\n{}", usage());
+            ExitCode::FAILURE
+        }
+    }
+}
