@@ -1,1 +1,3 @@
-//! Helpers shared by the examples.
+//! Helpers shared by the examples and their tests.
+
+pub mod idle;

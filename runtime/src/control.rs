@@ -79,9 +79,10 @@ impl HostControl {
 // block, which lives as long as `self` and is only accessed through these atomics.
 unsafe impl ControlMemory for HostControl {
     fn word(&self, byte_offset: usize) -> &AtomicU32 {
-        assert!(byte_offset % 4 == 0 && byte_offset < std::mem::size_of::<ControlBlock>());
+        assert!(byte_offset.is_multiple_of(4) && byte_offset < std::mem::size_of::<ControlBlock>());
         let base: NonNull<u8> = NonNull::from(&self.block.0).cast();
         // SAFETY: in bounds and aligned (asserted above; the block is 128-aligned).
+        #[allow(clippy::cast_ptr_alignment)]
         unsafe { AtomicU32::from_ptr(base.as_ptr().add(byte_offset).cast::<u32>()) }
     }
 }

@@ -91,8 +91,8 @@ pub const fn transition(from: State, event: Event) -> Result<State, LifecycleErr
         (
             S::Launched | S::Active | S::Paused | S::Draining | S::Faulted,
             Event::Command(C::Terminate),
-        ) => S::Terminated,
-        (S::Draining, Event::Drained) => S::Terminated,
+        )
+        | (S::Draining, Event::Drained) => S::Terminated,
         (S::Launched | S::Active | S::Paused | S::Draining, Event::Fault) => S::Faulted,
         (S::Terminated | S::Faulted, Event::Restart) => S::Launched,
         _ => return Err(LifecycleError { from, event }),
@@ -144,13 +144,12 @@ mod tests {
         for from in STATES {
             for event in EVENTS {
                 let got = transition(from, event);
-                match expected(from, event) {
-                    Some(to) => assert_eq!(got, Ok(to), "{from:?} + {event:?}"),
-                    None => {
-                        let err = got.expect_err("transition should be refused");
-                        assert_eq!((err.from, err.event), (from, event));
-                        assert!(err.to_string().contains("cannot"), "{err}");
-                    }
+                if let Some(to) = expected(from, event) {
+                    assert_eq!(got, Ok(to), "{from:?} + {event:?}");
+                } else {
+                    let err = got.expect_err("transition should be refused");
+                    assert_eq!((err.from, err.event), (from, event));
+                    assert!(err.to_string().contains("cannot"), "{err}");
                 }
                 checked += 1;
             }

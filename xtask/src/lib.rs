@@ -5,10 +5,12 @@
 //!
 //! - [`abigen`]: generates `kernels/include/gyre_abi.h` and `shaders/gyre_abi.wgsl`
 //!   from `gyre_runtime::abi`.
+//! - [`ci`]: `setup` (installs what the tests need) and `ci` (runs every check).
 
 use std::path::{Path, PathBuf};
 
 pub mod abigen;
+pub mod ci;
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {

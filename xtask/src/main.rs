@@ -10,6 +10,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("abi") => abi(&args[2..]),
+        Some("setup") => report("setup", xtask::ci::setup(&workspace_root())),
+        Some("ci") => report("ci", xtask::ci::ci(&workspace_root())),
         Some("help" | "-h" | "--help") => {
             println!("{}", usage());
             ExitCode::SUCCESS
@@ -33,7 +35,19 @@ subcommands:
   abi            regenerate kernels/include/gyre_abi.h and shaders/gyre_abi.wgsl
                  from runtime/src/abi.rs
   abi --check    fail if those files differ from what the generator produces
+  setup          install what the tests need (compilers, rustup components)
+  ci             setup, then format, ABI freshness, clippy, tests, examples, loom
   help           print this text"
+}
+
+fn report(what: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask {what}: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `cargo xtask abi [--check]`.

@@ -188,7 +188,7 @@ impl RawRing {
     /// `base` is aligned to [`LINE_BYTES`], valid for writes of `layout.region_bytes()`
     /// bytes, and nobody else accesses the region during the call.
     pub unsafe fn init(base: NonNull<u8>, layout: RingLayout, origin: u32) -> Self {
-        debug_assert!(base.as_ptr() as usize % LINE_BYTES as usize == 0);
+        debug_assert!((base.as_ptr() as usize).is_multiple_of(LINE_BYTES as usize));
         let header = RingHeader {
             magic: RING_MAGIC,
             abi_version: ABI_VERSION,
@@ -199,8 +199,11 @@ impl RawRing {
             head: origin,
             ..bytemuck::Zeroable::zeroed()
         };
-        // SAFETY: the caller gave exclusive, aligned, large-enough memory.
-        unsafe { base.as_ptr().cast::<RingHeader>().write(header) };
+        // SAFETY: the caller gave exclusive, line-aligned, large-enough memory.
+        #[allow(clippy::cast_ptr_alignment)]
+        unsafe {
+            base.as_ptr().cast::<RingHeader>().write(header);
+        }
         let ring = Self { base, layout };
         for offset in 0..layout.capacity() {
             let position = origin.wrapping_add(offset);
@@ -223,7 +226,9 @@ impl RawRing {
     /// side of a device boundary) that stays valid and is accessed only through the ring
     /// protocol while the view lives.
     pub unsafe fn from_raw(base: NonNull<u8>) -> Result<Self, LayoutError> {
-        // SAFETY: the header's descriptor line is written once before sharing.
+        // SAFETY: the header's descriptor line is written once before sharing; the
+        // region is line-aligned (caller's guarantee).
+        #[allow(clippy::cast_ptr_alignment)]
         let header = unsafe { base.as_ptr().cast::<RingHeader>().read() };
         let layout = RingLayout::new(header.capacity, header.slot_bytes)?;
         Ok(Self { base, layout })
@@ -238,6 +243,7 @@ impl RawRing {
         // SAFETY: offsets come from the ABI and lie inside the region; the word is
         // 4-aligned (header and slots are line- and slot-aligned) and only ever accessed
         // atomically (RingMemory contract).
+        #[allow(clippy::cast_ptr_alignment)]
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(byte_offset).cast::<u32>()) }
     }
 

@@ -426,7 +426,7 @@ fn wait_published<M: RingMemory>(mem: &M, from: u32, tail: u32, spins: u32) -> b
             budget -= 1;
             spin_hint();
             #[cfg(not(loom))]
-            if budget % 64 == 0 {
+            if budget.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }

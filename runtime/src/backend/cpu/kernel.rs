@@ -396,21 +396,17 @@ impl KernelCore {
             Step::Last
         });
         drop(guard);
-        match out {
-            Some(value) => {
-                self.after_output_consumed();
-                Ok(value)
-            }
-            None => {
-                let state = self.state();
-                // Stopped and empty: nothing more will come (the kernel publishes its
-                // state after its last emit, so re-check emptiness after reading it).
-                if lifecycle::is_stopped(state) && self.outbox_is_empty() {
-                    Err(RecvFailure::Closed(state))
-                } else {
-                    Err(RecvFailure::Empty)
-                }
-            }
+        if let Some(value) = out {
+            self.after_output_consumed();
+            return Ok(value);
+        }
+        let state = self.state();
+        // Stopped and empty: nothing more will come (the kernel publishes its state
+        // after its last emit, so re-check emptiness after reading it).
+        if lifecycle::is_stopped(state) && self.outbox_is_empty() {
+            Err(RecvFailure::Closed(state))
+        } else {
+            Err(RecvFailure::Empty)
         }
     }
 
@@ -511,13 +507,12 @@ impl KernelCore {
         let Some((command, epoch)) = exec.control.poll() else {
             return;
         };
-        let next = match command {
-            Some(command) => lifecycle::transition(exec.state, Event::Command(command)),
-            None => {
-                exec.control.set_error(fault::BAD_COMMAND);
-                *self.fault.lock() = Some(format!("unknown command word at epoch {epoch}"));
-                Ok(State::Faulted)
-            }
+        let next = if let Some(command) = command {
+            lifecycle::transition(exec.state, Event::Command(command))
+        } else {
+            exec.control.set_error(fault::BAD_COMMAND);
+            *self.fault.lock() = Some(format!("unknown command word at epoch {epoch}"));
+            Ok(State::Faulted)
         };
         // A command the state machine refuses (the host validated against a state the
         // kernel has since left, e.g. it faulted meanwhile) is acknowledged with the
