@@ -323,3 +323,54 @@ fn shutdown_drains_and_reports_everything() {
     let outs: Vec<u64> = (0..10).map(|_| a.recv().unwrap()).collect();
     assert_eq!(outs, (0..10).collect::<Vec<_>>());
 }
+
+#[test]
+fn dropping_the_runtime_stops_its_threads() {
+    let rt = Runtime::builder().backend(gyre::Backend::Auto).workers(2).build().unwrap();
+    assert_eq!(rt.backend_name(), "cpu");
+    let a = rt.launch(echo("a", Placement::Dedicated)).unwrap();
+    let b = rt.launch(echo("b", Placement::Pool)).unwrap();
+    a.activate().unwrap();
+    b.activate().unwrap();
+    a.send(1).unwrap();
+    b.send(2).unwrap();
+    assert_eq!(a.recv().unwrap(), 1);
+    assert_eq!(b.recv().unwrap(), 2);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(rt);
+        done_tx.send(()).unwrap();
+    });
+    done_rx.recv_timeout(WAIT).expect("dropping a runtime joins its threads promptly");
+}
+
+#[test]
+fn many_senders_and_one_receiver_lose_nothing() {
+    let rt = runtime();
+    for placement in [Placement::Pool, Placement::Dedicated] {
+        let k = rt.launch(echo("mpsc", placement).capacity(32).host_output(32)).unwrap();
+        k.activate().unwrap();
+        let senders: Vec<_> = (0..3u64)
+            .map(|t| {
+                let k = k.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        k.send((t << 32) | i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut next = [0u64; 3];
+        for _ in 0..6000 {
+            let v = k.recv_timeout(WAIT).unwrap();
+            let t = (v >> 32) as usize;
+            assert_eq!(v & 0xFFFF_FFFF, next[t], "per-sender order is kept");
+            next[t] += 1;
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert_eq!(next, [2000; 3]);
+        assert_eq!(k.drain(WAIT).unwrap().processed, 6000);
+    }
+}

@@ -447,6 +447,11 @@ impl KernelCore {
         }
     }
 
+    /// Wakes a dedicated kernel's thread (it re-checks its work and the pool's shutdown).
+    pub(crate) fn wake_thread(&self) {
+        self.work.notify();
+    }
+
     /// Whether the kernel side has something to do now.
     fn has_work(&self) -> bool {
         let status = self.control.status();

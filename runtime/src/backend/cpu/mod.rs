@@ -147,7 +147,7 @@ impl CpuBackend {
     fn stop_threads(&self) {
         self.pool.stop();
         for kernel in self.kernels.lock().iter() {
-            kernel.wake();
+            kernel.wake_thread();
         }
         let threads = std::mem::take(&mut *self.dedicated.lock());
         for handle in threads {

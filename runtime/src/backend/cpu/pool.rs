@@ -54,6 +54,10 @@ impl Pool {
     }
 
     pub(crate) fn push(&self, kernel: Arc<KernelCore>) {
+        if self.is_shut_down() {
+            // No worker will run it; the runtime is being dropped.
+            return;
+        }
         self.queue.lock().push_back(kernel);
         // ORDERING: Release pairs with the Acquire load in `pop`'s fast check, so a
         // worker that sees the count also sees the queued kernel (it takes the lock).
