@@ -70,7 +70,9 @@ impl HostControl {
             state: State::Launched as u32,
             ..bytemuck::Zeroable::zeroed()
         };
-        Self { block: Box::new(Aligned(std::cell::UnsafeCell::new(block))) }
+        Self {
+            block: Box::new(Aligned(std::cell::UnsafeCell::new(block))),
+        }
     }
 }
 
@@ -83,7 +85,9 @@ unsafe impl ControlMemory for HostControl {
         let base: NonNull<u8> = NonNull::from(&self.block.0).cast();
         // SAFETY: in bounds and aligned (asserted above; the block is 128-aligned).
         #[allow(clippy::cast_ptr_alignment)]
-        unsafe { AtomicU32::from_ptr(base.as_ptr().add(byte_offset).cast::<u32>()) }
+        unsafe {
+            AtomicU32::from_ptr(base.as_ptr().add(byte_offset).cast::<u32>())
+        }
     }
 }
 
@@ -98,8 +102,9 @@ pub struct LoomControl {
 impl LoomControl {
     /// A fresh block in state `Launched`.
     pub fn new(kernel_id: u32) -> Self {
-        let words: Box<[AtomicU32]> =
-            (0..std::mem::size_of::<ControlBlock>() / 4).map(|_| AtomicU32::new(0)).collect();
+        let words: Box<[AtomicU32]> = (0..std::mem::size_of::<ControlBlock>() / 4)
+            .map(|_| AtomicU32::new(0))
+            .collect();
         words[at::KERNEL_ID / 4].store(kernel_id, Ordering::Relaxed);
         Self { words }
     }
@@ -167,7 +172,10 @@ struct Widener {
 impl<M: ControlMemory> HostSide<M> {
     /// The host side of the block in `mem`.
     pub fn new(mem: M) -> Self {
-        Self { mem, widened: parking_lot::Mutex::new(Widener::default()) }
+        Self {
+            mem,
+            widened: parking_lot::Mutex::new(Widener::default()),
+        }
     }
 
     /// The block's memory.
@@ -177,11 +185,19 @@ impl<M: ControlMemory> HostSide<M> {
 
     /// Writes `command` with the next epoch and returns that epoch.
     pub fn issue(&self, command: Command) -> u32 {
-        let epoch = self.mem.word(at::COMMAND_EPOCH).load(Ordering::Relaxed).wrapping_add(1);
-        self.mem.word(at::COMMAND).store(command as u32, Ordering::Relaxed);
+        let epoch = self
+            .mem
+            .word(at::COMMAND_EPOCH)
+            .load(Ordering::Relaxed)
+            .wrapping_add(1);
+        self.mem
+            .word(at::COMMAND)
+            .store(command as u32, Ordering::Relaxed);
         // ORDERING: Release pairs with the kernel's Acquire load of `command_epoch` in
         // `KernelSide::poll`: the command word written above is visible with the epoch.
-        self.mem.word(at::COMMAND_EPOCH).store(epoch, Ordering::Release);
+        self.mem
+            .word(at::COMMAND_EPOCH)
+            .store(epoch, Ordering::Release);
         epoch
     }
 
@@ -275,7 +291,12 @@ impl<M: ControlMemory> KernelSide<M> {
             errors: mem.word(at::ERRORS).load(Ordering::Relaxed),
         };
         let heartbeat = mem.word(at::HEARTBEAT).load(Ordering::Relaxed);
-        Self { mem, seen_epoch, heartbeat, counters }
+        Self {
+            mem,
+            seen_epoch,
+            heartbeat,
+            counters,
+        }
     }
 
     /// A new command, if the host issued one since the last call: `(command, epoch)`.
@@ -300,10 +321,14 @@ impl<M: ControlMemory> KernelSide<M> {
 
     /// Publishes `state` and acknowledges every command seen so far.
     pub fn set_state(&mut self, state: State) {
-        self.mem.word(at::STATE).store(state as u32, Ordering::Relaxed);
+        self.mem
+            .word(at::STATE)
+            .store(state as u32, Ordering::Relaxed);
         // ORDERING: Release pairs with the host's Acquire load of `ack_epoch` in
         // `HostSide::status`: the state above is visible with the acknowledgement.
-        self.mem.word(at::ACK_EPOCH).store(self.seen_epoch, Ordering::Release);
+        self.mem
+            .word(at::ACK_EPOCH)
+            .store(self.seen_epoch, Ordering::Release);
     }
 
     /// Publishes a fault code (then call [`KernelSide::set_state`] with `Faulted`).
@@ -314,7 +339,9 @@ impl<M: ControlMemory> KernelSide<M> {
     /// Bumps the heartbeat.
     pub fn beat(&mut self) {
         self.heartbeat = self.heartbeat.wrapping_add(1);
-        self.mem.word(at::HEARTBEAT).store(self.heartbeat, Ordering::Relaxed);
+        self.mem
+            .word(at::HEARTBEAT)
+            .store(self.heartbeat, Ordering::Relaxed);
     }
 
     /// Adds to the counters and publishes them (plain stores of locally kept values).

@@ -8,11 +8,11 @@
 //! Most users want the `gyre` crate, which wraps this one in a typed API.
 
 pub mod abi;
-pub mod ring;
-mod sync;
-pub mod control;
-pub mod lifecycle;
-#[cfg(not(loom))]
-pub mod wait;
 #[cfg(not(loom))]
 pub mod backend;
+pub mod control;
+pub mod lifecycle;
+pub mod ring;
+mod sync;
+#[cfg(not(loom))]
+pub mod wait;

@@ -130,9 +130,17 @@ mod tests {
         use State as S;
         let expected = |from: S, event: Event| -> Option<S> {
             match event {
-                Event::Command(C::Activate) if matches!(from, S::Launched | S::Active | S::Paused) => Some(S::Active),
-                Event::Command(C::Pause) if matches!(from, S::Launched | S::Active | S::Paused) => Some(S::Paused),
-                Event::Command(C::Drain) if matches!(from, S::Launched | S::Active | S::Paused) => Some(S::Draining),
+                Event::Command(C::Activate)
+                    if matches!(from, S::Launched | S::Active | S::Paused) =>
+                {
+                    Some(S::Active)
+                }
+                Event::Command(C::Pause) if matches!(from, S::Launched | S::Active | S::Paused) => {
+                    Some(S::Paused)
+                }
+                Event::Command(C::Drain) if matches!(from, S::Launched | S::Active | S::Paused) => {
+                    Some(S::Draining)
+                }
                 Event::Command(C::Terminate) if from != S::Terminated => Some(S::Terminated),
                 Event::Drained if from == S::Draining => Some(S::Terminated),
                 Event::Fault if !is_stopped(from) => Some(S::Faulted),
@@ -169,14 +177,21 @@ mod tests {
     fn faulted_kernels_only_terminate_or_restart() {
         for event in EVENTS {
             let ok = transition(State::Faulted, event).is_ok();
-            assert_eq!(ok, matches!(event, Event::Command(Command::Terminate) | Event::Restart), "{event:?}");
+            assert_eq!(
+                ok,
+                matches!(event, Event::Command(Command::Terminate) | Event::Restart),
+                "{event:?}"
+            );
         }
     }
 
     #[test]
     fn predicates_agree_with_states() {
         for state in STATES {
-            assert_eq!(is_stopped(state), matches!(state, State::Terminated | State::Faulted));
+            assert_eq!(
+                is_stopped(state),
+                matches!(state, State::Terminated | State::Faulted)
+            );
             assert!(!(processes_messages(state) && is_stopped(state)));
             assert!(!(accepts_messages(state) && state == State::Draining));
         }

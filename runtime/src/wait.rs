@@ -103,13 +103,18 @@ impl Signal {
     fn register(&self, waiter: Waiter) {
         let mut list = self.list.lock();
         if let Waiter::Task(waker) = &waiter {
-            if list.iter().any(|w| matches!(w, Waiter::Task(old) if old.will_wake(waker))) {
+            if list
+                .iter()
+                .any(|w| matches!(w, Waiter::Task(old) if old.will_wake(waker)))
+            {
                 return;
             }
         }
         list.push(waiter);
-        // ORDERING: SeqCst, pairs with the fence in `notify` (module docs).
+        // ORDERING: SeqCst increment and fence before the caller re-checks its condition;
+        // pairs with the fence in `notify` (module docs).
         self.waiters.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Blocks the calling thread until `ready` returns `Some`, or `deadline` passes

@@ -8,9 +8,9 @@
 #[cfg(not(loom))]
 use std::ptr::NonNull;
 
-use crate::abi::{MAX_CAPACITY, MAX_SLOT_BYTES, MIN_SLOT_BYTES, SLOT_HEADER_BYTES};
 #[cfg(not(loom))]
 use crate::abi::{RingHeader, ABI_VERSION, LINE_BYTES, RING_HEADER_BYTES, RING_MAGIC};
+use crate::abi::{MAX_CAPACITY, MAX_SLOT_BYTES, MIN_SLOT_BYTES, SLOT_HEADER_BYTES};
 use crate::sync::AtomicU32;
 
 /// Capacity and slot size of a ring, validated.
@@ -30,7 +30,10 @@ pub enum LayoutError {
     #[error("ring capacity {0} is not a power of two: round it to {up}", up = .0.next_power_of_two())]
     CapacityNotPowerOfTwo(u32),
     /// The capacity exceeded [`MAX_CAPACITY`].
-    #[error("ring capacity {0} exceeds the maximum of 2^30 slots")]
+    #[error(
+        "ring capacity {0} exceeds the maximum of 2^30 slots: use a power of two up to \
+         1073741824"
+    )]
     CapacityTooLarge(u32),
     /// The slot size was not a power of two in range.
     #[error(
@@ -58,20 +61,30 @@ impl RingLayout {
         if capacity == 0 {
             return Err(LayoutError::ZeroCapacity);
         }
-        if !capacity.is_power_of_two() {
-            return Err(LayoutError::CapacityNotPowerOfTwo(capacity));
-        }
+        // Too large first: then a capacity that is not a power of two is at most 2^30 and
+        // the rounding its message advises neither overflows nor is refused in turn.
         if capacity > MAX_CAPACITY {
             return Err(LayoutError::CapacityTooLarge(capacity));
         }
-        if !slot_bytes.is_power_of_two() || slot_bytes < MIN_SLOT_BYTES || slot_bytes > MAX_SLOT_BYTES
+        if !capacity.is_power_of_two() {
+            return Err(LayoutError::CapacityNotPowerOfTwo(capacity));
+        }
+        if !slot_bytes.is_power_of_two()
+            || slot_bytes < MIN_SLOT_BYTES
+            || slot_bytes > MAX_SLOT_BYTES
         {
             return Err(LayoutError::BadSlotBytes(slot_bytes));
         }
         if crate::abi::ring_region_bytes(capacity, slot_bytes).is_none() {
-            return Err(LayoutError::TooLarge { capacity, slot_bytes });
+            return Err(LayoutError::TooLarge {
+                capacity,
+                slot_bytes,
+            });
         }
-        Ok(Self { capacity, slot_bytes })
+        Ok(Self {
+            capacity,
+            slot_bytes,
+        })
     }
 
     /// Number of slots.
@@ -244,7 +257,9 @@ impl RawRing {
         // 4-aligned (header and slots are line- and slot-aligned) and only ever accessed
         // atomically (RingMemory contract).
         #[allow(clippy::cast_ptr_alignment)]
-        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(byte_offset).cast::<u32>()) }
+        unsafe {
+            AtomicU32::from_ptr(self.base.as_ptr().add(byte_offset).cast::<u32>())
+        }
     }
 
     fn body_ptr(&self, index: u32) -> *mut u8 {

@@ -65,8 +65,9 @@ pub enum ClaimError {
 pub struct Producer<M: RingMemory> {
     mem: M,
     mask: u32,
-    /// Last value read from the consumer's `head`. Can be stale (behind the real head),
-    /// never ahead of it; reloaded only when the ring looks full.
+    /// A value recently read from the consumer's `head`. Can be stale (behind the real
+    /// head), never ahead of it, and can even move back when two producers refresh it at
+    /// once; reloaded only when the ring looks full (or the value makes no sense).
     cached_head: AtomicU32,
     /// Set once by `close`; producers that claim afterwards cancel their claim.
     closed: AtomicBool,
@@ -91,7 +92,12 @@ impl<M: RingMemory> Producer<M> {
         // ORDERING: Acquire pairs with the consumer's Release store of `head`; see
         // `try_claim`.
         let head = mem.head().load(Ordering::Acquire);
-        Self { mem, mask, cached_head: AtomicU32::new(head), closed: AtomicBool::new(false) }
+        Self {
+            mem,
+            mask,
+            cached_head: AtomicU32::new(head),
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// The ring's memory.
@@ -114,12 +120,24 @@ impl<M: RingMemory> Producer<M> {
                 return Err(ClaimError::Closed);
             }
             let tail = self.mem.tail().load(Ordering::Relaxed);
+            // ORDERING: Acquire pairs with the Release store of `cached_head` below, made
+            // by whichever producer of this side loaded that head: the consumer's reads
+            // of the slots before it happen before our writes (transitively, through
+            // that producer's Acquire load of `head`).
             let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
+            // Another producer may have moved `cached_head` past our `tail` (or back to
+            // an older head), so `used` can exceed the capacity; never subtract then.
             if used > capacity || capacity - used < len {
+                // ORDERING: Acquire pairs with the consumer's Release store of `head` in
+                // `Consumer::release`: its reads of the slots before `head` happen before
+                // our writes to them.
                 let head = self.mem.head().load(Ordering::Acquire);
+                // ORDERING: Release passes the synchronisation above on to producers that
+                // use the cached value instead of loading `head` (see the load above).
                 self.cached_head.store(head, Ordering::Release);
                 let used = tail.wrapping_sub(head);
                 if used > capacity {
+                    // The consumer passed the `tail` we read: it is stale; read again.
                     spin_hint();
                     continue;
                 }
@@ -128,19 +146,30 @@ impl<M: RingMemory> Producer<M> {
                     return Err(ClaimError::Full { free });
                 }
             }
-            // ORDERING: SeqCst so that this claim and the load of `closed` below are in
-            // one total order with `close`'s store of `closed` and load of `tail`: either
-            // `close` sees this claim in the tail it returns, or we see `closed` and
-            // cancel. Same-side producers only; the other side never touches `tail` with
-            // a read-modify-write.
+            // ORDERING: SeqCst (Acquire would do) pairs with the read-modify-write of
+            // `tail` in `close`. Every change of `tail` after init is a read-modify-write,
+            // so either our CAS comes first in `tail`'s modification order and `close`
+            // reads a tail that includes this claim, or `close`'s RMW comes first, heads
+            // the release sequence our CAS reads from, and its store of `closed` happens
+            // before our load of `closed` below, which then cancels the claim.
+            // Same-side producers only; the other side never writes `tail`.
             if self
                 .mem
                 .tail()
-                .compare_exchange_weak(tail, tail.wrapping_add(len), Ordering::SeqCst, Ordering::Relaxed)
+                .compare_exchange_weak(
+                    tail,
+                    tail.wrapping_add(len),
+                    Ordering::SeqCst,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
-                let claim = Claim { producer: self, start: tail, len };
-                // ORDERING: SeqCst, see the compare-and-swap above.
+                let claim = Claim {
+                    producer: self,
+                    start: tail,
+                    len,
+                };
+                // ORDERING: SeqCst, see the compare-and-swap above (ordered after it).
                 if self.closed.load(Ordering::SeqCst) {
                     claim.cancel();
                     return Err(ClaimError::Closed);
@@ -157,9 +186,14 @@ impl<M: RingMemory> Producer<M> {
     /// and will be published (as a message or as cancelled); no position at or after it
     /// will ever hold a message. Pair with [`Consumer::wait_published`].
     pub fn close(&self) -> u32 {
-        // ORDERING: SeqCst, pairs with the claim in `try_claim` (see there).
+        // ORDERING: SeqCst, pairs with the claim in `try_claim` (see there); the store
+        // is sequenced before the release half of the RMW below.
         self.closed.store(true, Ordering::SeqCst);
-        self.mem.tail().load(Ordering::SeqCst)
+        // ORDERING: a read-modify-write, not a load: it reads the latest `tail` in its
+        // modification order and (Release) heads the release sequence that later claims
+        // read from, so the argument in `try_claim` needs no single total order (loom
+        // cannot check one: it treats SeqCst accesses as AcqRel).
+        self.mem.tail().fetch_add(0, Ordering::SeqCst)
     }
 
     /// Waits until every position before `tail` (a value returned by
@@ -190,7 +224,9 @@ impl<M: RingMemory> Producer<M> {
         let tail = self.mem.tail().load(Ordering::Relaxed);
         // ORDERING: Acquire, as in `try_claim`: slots freed by this head may be written.
         let head = self.mem.head().load(Ordering::Acquire);
-        self.mem.capacity() - tail.wrapping_sub(head)
+        // With several producers the consumer may pass the `tail` read above before we
+        // read `head`; the wrapped difference is then huge and 0 is the lower bound.
+        self.mem.capacity().saturating_sub(tail.wrapping_sub(head))
     }
 
     /// Whether the next message to consume is published (racy; lets a scheduler decide
@@ -239,7 +275,13 @@ impl<M: RingMemory> Claim<'_, M> {
     ///
     /// # Panics
     /// When `i >= self.len()`.
-    pub fn write<R>(&self, i: u32, tag: u32, corr: [u32; 2], fill: impl FnOnce(&mut [u8]) -> R) -> R {
+    pub fn write<R>(
+        &self,
+        i: u32,
+        tag: u32,
+        corr: [u32; 2],
+        fill: impl FnOnce(&mut [u8]) -> R,
+    ) -> R {
         assert!(i < self.len, "slot {i} is outside a claim of {}", self.len);
         let position = self.start.wrapping_add(i);
         let index = position & self.producer.mask;
@@ -276,9 +318,11 @@ impl<M: RingMemory> Drop for Claim<'_, M> {
             let position = self.start.wrapping_add(i);
             // SAFETY: as in `write`: the claim still owns the unstamped position.
             unsafe {
-                self.producer.mem.with_body_mut(position & self.producer.mask, |body| {
-                    body[0..4].copy_from_slice(&KIND_CANCELLED.to_ne_bytes());
-                });
+                self.producer
+                    .mem
+                    .with_body_mut(position & self.producer.mask, |body| {
+                        body[0..4].copy_from_slice(&KIND_CANCELLED.to_ne_bytes());
+                    });
             }
             self.producer.stamp_full(position);
         }
@@ -362,12 +406,19 @@ impl<M: RingMemory> Consumer<M> {
             // have not released it, so the producer does not write it.
             let step = unsafe {
                 self.mem.with_body(position & self.mask, |body| {
-                    let word = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default());
+                    let word = |at: usize| {
+                        u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default())
+                    };
                     let tag = word(0);
                     if tag & TAG_KIND_MASK == KIND_CANCELLED {
                         return Step::Next;
                     }
-                    f(SlotRef { position, tag, corr: [word(4), word(8)], payload: &body[12..] })
+                    f(SlotRef {
+                        position,
+                        tag,
+                        corr: [word(4), word(8)],
+                        payload: &body[12..],
+                    })
                 })
             };
             match step {
@@ -410,15 +461,25 @@ impl<M: RingMemory> Consumer<M> {
 
 /// Waits until every position in `from..tail` is stamped full, spinning at most `spins`
 /// rounds. Sound only once the producer side is closed and `tail` came from
-/// [`Producer::close`]: no later lap can then overwrite a stamp we read.
+/// [`Producer::close`]: the only later laps are then claims that raced the close, which
+/// are cancelled, and a stamp they overwrite reads as "at or after" below.
 fn wait_published<M: RingMemory>(mem: &M, from: u32, tail: u32, spins: u32) -> bool {
-    let mask = mem.capacity() - 1;
+    let capacity = mem.capacity();
+    let mask = capacity - 1;
     let mut position = from;
     let mut budget = spins;
-    while position != tail {
+    // Positions before `from` are consumed. `from` may already be past `tail` (the
+    // consumer skipped a claim that raced the close and was cancelled), so test the
+    // distance rather than `position != tail`.
+    while (1..=capacity).contains(&tail.wrapping_sub(position)) {
         // ORDERING: Acquire pairs with the Release store of the stamp in `publish` or in
         // a cancel, so a caller that goes on to read the slot sees its body.
-        if mem.stamp(position & mask).load(Ordering::Acquire) == position.wrapping_add(1) {
+        let stamp = mem.stamp(position & mask).load(Ordering::Acquire);
+        // Published for `position`, or already for a later lap: the slot was reused, so
+        // `position` was published and consumed (a `from` read from `head` goes stale,
+        // and a claim that raced the close may take the freed slot and cancel it). A
+        // stamp of an earlier lap is `capacity` or more behind, never in this range.
+        if stamp.wrapping_sub(position.wrapping_add(1)) < 1 << 31 {
             position = position.wrapping_add(1);
         } else if budget == 0 {
             return false;

@@ -109,14 +109,19 @@ impl Emitter<'_> {
         };
         let max = outbox.memory().layout().payload_bytes() as usize;
         if payload.len() > max {
-            return Err(EmitError::TooLarge { len: payload.len(), max });
+            return Err(EmitError::TooLarge {
+                len: payload.len(),
+                max,
+            });
         }
         let tag = make_tag(KIND_MESSAGE, core.id);
         let mut stalled = false;
         loop {
             match outbox.try_claim(1) {
                 Ok(claim) => {
-                    claim.write(0, tag, corr, |slot| slot[..payload.len()].copy_from_slice(payload));
+                    claim.write(0, tag, corr, |slot| {
+                        slot[..payload.len()].copy_from_slice(payload)
+                    });
                     claim.publish();
                     self.emitted += 1;
                     return Ok(());
@@ -248,7 +253,12 @@ pub enum RecvFailure {
 }
 
 impl KernelCore {
-    pub(crate) fn new(id: u32, config: KernelConfig, handler: Box<dyn Handler>, pool: Arc<Pool>) -> Self {
+    pub(crate) fn new(
+        id: u32,
+        config: KernelConfig,
+        handler: Box<dyn Handler>,
+        pool: Arc<Pool>,
+    ) -> Self {
         let inbox_ring = Arc::new(HostRing::new(config.inbox));
         let outbox_ring = config.outbox.map(|layout| Arc::new(HostRing::new(layout)));
         let control = Arc::new(HostControl::new(id));
@@ -336,7 +346,10 @@ impl KernelCore {
     pub fn try_send(self: &Arc<Self>, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
         let max = self.inbox_payload_bytes();
         if payload.len() > max {
-            return Err(SendFailure::TooLarge { len: payload.len(), max });
+            return Err(SendFailure::TooLarge {
+                len: payload.len(),
+                max,
+            });
         }
         let state = self.control.state();
         if !lifecycle::accepts_messages(state) {
@@ -345,7 +358,9 @@ impl KernelCore {
         match self.inbox.try_claim(1) {
             Ok(claim) => {
                 let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
-                claim.write(0, tag, corr, |slot| slot[..payload.len()].copy_from_slice(payload));
+                claim.write(0, tag, corr, |slot| {
+                    slot[..payload.len()].copy_from_slice(payload)
+                });
                 claim.publish();
                 self.wake();
                 Ok(())
@@ -382,7 +397,18 @@ impl KernelCore {
     ///
     /// # Errors
     /// [`RecvFailure`] when nothing is waiting, or the kernel has no output.
-    pub fn try_recv<R>(self: &Arc<Self>, f: impl FnOnce(SlotRef<'_>) -> R) -> Result<R, RecvFailure> {
+    pub fn try_recv<R>(
+        self: &Arc<Self>,
+        f: impl FnOnce(SlotRef<'_>) -> R,
+    ) -> Result<R, RecvFailure> {
+        // Fast path for pollers: nothing published, no lock taken.
+        if self
+            .outbox
+            .as_ref()
+            .is_some_and(|outbox| !outbox.has_published())
+        {
+            return Err(self.empty_or_closed());
+        }
         let mut guard = self.outbox_rx.lock();
         let Some(rx) = guard.as_mut() else {
             return Err(RecvFailure::NoOutput);
@@ -400,18 +426,26 @@ impl KernelCore {
             self.after_output_consumed();
             return Ok(value);
         }
+        Err(self.empty_or_closed())
+    }
+
+    /// `Closed` when the kernel stopped and its output ring is empty (nothing more will
+    /// come: the kernel publishes its state after its last emit, so emptiness is
+    /// re-checked after reading the state), else `Empty`.
+    fn empty_or_closed(&self) -> RecvFailure {
         let state = self.state();
-        // Stopped and empty: nothing more will come (the kernel publishes its state
-        // after its last emit, so re-check emptiness after reading it).
         if lifecycle::is_stopped(state) && self.outbox_is_empty() {
-            Err(RecvFailure::Closed(state))
+            RecvFailure::Closed(state)
         } else {
-            Err(RecvFailure::Empty)
+            RecvFailure::Empty
         }
     }
 
     fn outbox_is_empty(&self) -> bool {
-        self.outbox_rx.lock().as_ref().is_none_or(Consumer::is_empty)
+        self.outbox_rx
+            .lock()
+            .as_ref()
+            .is_none_or(Consumer::is_empty)
     }
 
     fn after_output_consumed(self: &Arc<Self>) {
@@ -419,7 +453,9 @@ impl KernelCore {
         // ORDERING: SeqCst fence (inside `notify` above) orders our release of the slot
         // before this load; pairs with the kernel's SeqCst store of `output_stalled` and
         // its re-check of free space in `run_batch`.
-        if self.output_stalled.load(Ordering::Relaxed) && self.output_stalled.swap(false, Ordering::AcqRel) {
+        if self.output_stalled.load(Ordering::Relaxed)
+            && self.output_stalled.swap(false, Ordering::AcqRel)
+        {
             self.wake();
         }
     }
@@ -439,7 +475,9 @@ impl KernelCore {
                 // `scheduled`; pairs with the SeqCst store of `scheduled = false` and the
                 // re-check in `run_scheduled` (Dekker: one of us sees the other).
                 fence(Ordering::SeqCst);
-                if !self.scheduled.load(Ordering::Relaxed) && !self.scheduled.swap(true, Ordering::AcqRel) {
+                if !self.scheduled.load(Ordering::Relaxed)
+                    && !self.scheduled.swap(true, Ordering::AcqRel)
+                {
                     self.pool.push(self.clone());
                 }
             }
@@ -490,7 +528,9 @@ impl KernelCore {
             if self.pool.is_shut_down() {
                 return;
             }
-            self.work.wait_until(None, || (self.has_work() || self.pool.is_shut_down()).then_some(()));
+            self.work.wait_until(None, || {
+                (self.has_work() || self.pool.is_shut_down()).then_some(())
+            });
         }
     }
 
@@ -547,20 +587,35 @@ impl KernelCore {
             let mut free = outbox.free();
             if free == 0 {
                 self.output_stalled.store(true, Ordering::SeqCst);
-                // ORDERING: SeqCst store then Acquire re-check, pairs with the fence in
-                // `after_output_consumed` (Dekker): either the receiver sees the flag or
-                // we see the space it freed.
+                // ORDERING: SeqCst store and fence, then the re-check; pairs with the
+                // fence in `after_output_consumed` (Dekker): either the receiver sees the
+                // flag or we see the space it freed.
+                fence(Ordering::SeqCst);
                 free = outbox.free();
                 if free == 0 {
-                    exec.control.count(Counters { stalls: 1, ..Counters::default() });
+                    exec.control.count(Counters {
+                        stalls: 1,
+                        ..Counters::default()
+                    });
                     return;
                 }
                 self.output_stalled.store(false, Ordering::Relaxed);
             }
             budget = budget.min(free);
         }
-        let Exec { inbox, control, handler, stranded, .. } = exec;
-        let mut emitter = Emitter { core: self, emitted: 0, stalls: 0, stranded };
+        let Exec {
+            inbox,
+            control,
+            handler,
+            stranded,
+            ..
+        } = exec;
+        let mut emitter = Emitter {
+            core: self,
+            emitted: 0,
+            stalls: 0,
+            stranded,
+        };
         let mut handled = 0u32;
         let mut errors = 0u32;
         let mut panic: Option<String> = None;
@@ -568,7 +623,11 @@ impl KernelCore {
             if self.terminating.load(Ordering::Relaxed) {
                 return Step::Keep;
             }
-            let message = Message { tag: slot.tag, corr: slot.corr, payload: slot.payload };
+            let message = Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload,
+            };
             match catch_unwind(AssertUnwindSafe(|| handler.handle(message, &mut emitter))) {
                 Ok(Ok(())) => {
                     handled += 1;
@@ -587,7 +646,13 @@ impl KernelCore {
             }
         });
         let (emitted, stalls) = (emitter.emitted, emitter.stalls);
-        control.count(Counters { received: handled, processed: handled, emitted, stalls, errors });
+        control.count(Counters {
+            received: handled,
+            processed: handled,
+            emitted,
+            stalls,
+            errors,
+        });
         control.beat();
         if released > 0 {
             self.inbox_space.notify();
@@ -606,7 +671,9 @@ impl KernelCore {
     // ---- host side: lifecycle -------------------------------------------------------
 
     fn wait_state(&self, deadline: Instant, mut done: impl FnMut(&Self) -> bool) -> bool {
-        self.state_changed.wait_until(Some(deadline), || done(self).then_some(())).is_some()
+        self.state_changed
+            .wait_until(Some(deadline), || done(self).then_some(()))
+            .is_some()
     }
 
     /// The state to check a host command against: the kernel's own when it stopped,
@@ -614,7 +681,11 @@ impl KernelCore {
     fn effective_state(&self, pending: Option<(u32, State)>) -> State {
         let actual = self.state();
         match pending {
-            Some((epoch, target)) if !lifecycle::is_stopped(actual) && !self.control.acknowledged(epoch) => target,
+            Some((epoch, target))
+                if !lifecycle::is_stopped(actual) && !self.control.acknowledged(epoch) =>
+            {
+                target
+            }
             _ => actual,
         }
     }
@@ -626,7 +697,10 @@ impl KernelCore {
     }
 
     fn unresponsive(&self, waited: Duration) -> CommandError {
-        CommandError::Unresponsive { name: self.config.name.clone(), waited }
+        CommandError::Unresponsive {
+            name: self.config.name.clone(),
+            waited,
+        }
     }
 
     fn faulted(&self) -> CommandError {
@@ -642,7 +716,11 @@ impl KernelCore {
     /// [`CommandError`] when the state machine refuses, the kernel faulted, or it does
     /// not acknowledge within the command timeout.
     pub fn set_active(self: &Arc<Self>, active: bool) -> Result<State, CommandError> {
-        let command = if active { Command::Activate } else { Command::Pause };
+        let command = if active {
+            Command::Activate
+        } else {
+            Command::Pause
+        };
         let mut serial = self.lifecycle.lock();
         let target = lifecycle::transition(self.effective_state(*serial), Event::Command(command))?;
         let epoch = self.issue(command);
@@ -654,7 +732,11 @@ impl KernelCore {
         match self.state() {
             s if s == target => Ok(s),
             State::Faulted => Err(self.faulted()),
-            other => Err(lifecycle::LifecycleError { from: other, event: Event::Command(command) }.into()),
+            other => Err(lifecycle::LifecycleError {
+                from: other,
+                event: Event::Command(command),
+            }
+            .into()),
         }
     }
 
@@ -682,7 +764,10 @@ impl KernelCore {
     ) -> Result<DrainSummary, CommandError> {
         let mut serial = self.lifecycle.lock();
         let deadline = Instant::now() + timeout;
-        let target = lifecycle::transition(self.effective_state(*serial), Event::Command(Command::Drain))?;
+        let target = lifecycle::transition(
+            self.effective_state(*serial),
+            Event::Command(Command::Drain),
+        )?;
         self.close_inbox();
         *serial = Some((self.issue(Command::Drain), target));
         drop(serial);
@@ -691,7 +776,10 @@ impl KernelCore {
         if timed_out || self.state() == State::Faulted {
             self.stop(on_input, on_output, false)?;
         }
-        Ok(DrainSummary { timed_out, ..self.summary() })
+        Ok(DrainSummary {
+            timed_out,
+            ..self.summary()
+        })
     }
 
     fn summary(&self) -> DrainSummary {
@@ -727,7 +815,10 @@ impl KernelCore {
         take_ring_outputs: bool,
     ) -> Result<(), CommandError> {
         let mut serial = self.lifecycle.lock();
-        let target = lifecycle::transition(self.effective_state(*serial), Event::Command(Command::Terminate))?;
+        let target = lifecycle::transition(
+            self.effective_state(*serial),
+            Event::Command(Command::Terminate),
+        )?;
         self.terminating.store(true, Ordering::Release);
         self.outbox_space.notify();
         self.close_inbox();
@@ -746,7 +837,12 @@ impl KernelCore {
                 Step::Next
             });
             for (tag, corr, bytes) in exec.stranded.drain(..) {
-                on_output(SlotRef { position: 0, tag, corr, payload: &bytes });
+                on_output(SlotRef {
+                    position: 0,
+                    tag,
+                    corr,
+                    payload: &bytes,
+                });
             }
         }
         if take_ring_outputs {

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use kernel::{
-    EmitError, Emitter, Handler, HandlerError, KernelConfig, KernelCore, Message, RecvFailure, SendFailure,
+    EmitError, Emitter, Handler, HandlerError, KernelConfig, KernelCore, Message, RecvFailure,
+    SendFailure,
 };
 use pool::Pool;
 
@@ -39,7 +40,9 @@ pub struct CpuBackend {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LaunchError {
     /// Too many kernels are alive at once.
-    #[error("{0} kernels are alive, the most one runtime holds: terminate some before launching more")]
+    #[error(
+        "{0} kernels are alive, the most one runtime holds: terminate some before launching more"
+    )]
     TooManyKernels(usize),
     /// The operating system refused a thread for a dedicated kernel.
     #[error("could not start a thread for dedicated kernel `{name}`: {reason}")]
@@ -76,7 +79,11 @@ impl CpuBackend {
     ///
     /// # Errors
     /// [`LaunchError`] when 65,534 kernels are alive or a dedicated thread cannot start.
-    pub fn launch(&self, config: KernelConfig, handler: Box<dyn Handler>) -> Result<Arc<KernelCore>, LaunchError> {
+    pub fn launch(
+        &self,
+        config: KernelConfig,
+        handler: Box<dyn Handler>,
+    ) -> Result<Arc<KernelCore>, LaunchError> {
         let mut kernels = self.kernels.lock();
         // Forget kernels that are stopped and that nobody else holds.
         kernels.retain(|k| Arc::strong_count(k) > 1 || !lifecycle::is_stopped(k.state()));
@@ -101,7 +108,10 @@ impl CpuBackend {
             let handle = std::thread::Builder::new()
                 .name(format!("gyre-{name}"))
                 .spawn(move || runner.run_dedicated())
-                .map_err(|e| LaunchError::Thread { name: name.clone(), reason: e.to_string() })?;
+                .map_err(|e| LaunchError::Thread {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })?;
             let mut threads = self.dedicated.lock();
             threads.retain(|t| !t.is_finished());
             threads.push(handle);

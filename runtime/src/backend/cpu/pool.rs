@@ -80,7 +80,8 @@ impl Pool {
             if let Some(kernel) = self.pop() {
                 let start = Instant::now();
                 kernel.run_scheduled();
-                self.busy_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                self.busy_ns
+                    .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 continue;
             }
             if self.is_shut_down() {
