@@ -87,7 +87,9 @@ pub enum Error {
         kernel: String,
     },
     /// The kernel faulted.
-    #[error("kernel `{kernel}` faulted: {reason}; terminate it to collect its undelivered messages")]
+    #[error(
+        "kernel `{kernel}` faulted: {reason}; terminate it to collect its undelivered messages"
+    )]
     Faulted {
         /// The kernel.
         kernel: String,
@@ -123,7 +125,10 @@ impl Error {
         let kernel = kernel.to_owned();
         match state {
             State::Draining => Self::Draining { kernel },
-            State::Faulted => Self::Faulted { kernel, reason: fault.unwrap_or_else(|| "unknown fault".into()) },
+            State::Faulted => Self::Faulted {
+                kernel,
+                reason: fault.unwrap_or_else(|| "unknown fault".into()),
+            },
             _ => Self::Terminated { kernel },
         }
     }
@@ -158,7 +163,9 @@ impl<T> SendError<T> {
 
 impl<T> std::fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendError").field("error", &self.error).finish_non_exhaustive()
+        f.debug_struct("SendError")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
     }
 }
 

@@ -74,13 +74,19 @@ pub struct Kernel<In, Out> {
 
 impl<In, Out> Clone for Kernel<In, Out> {
     fn clone(&self) -> Self {
-        Self { core: self.core.clone(), _types: PhantomData }
+        Self {
+            core: self.core.clone(),
+            _types: PhantomData,
+        }
     }
 }
 
 impl<In, Out> std::fmt::Debug for Kernel<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernel").field("name", &self.name()).field("state", &self.core.state()).finish()
+        f.debug_struct("Kernel")
+            .field("name", &self.name())
+            .field("state", &self.core.state())
+            .finish()
     }
 }
 
@@ -135,7 +141,10 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// [`Error::Lifecycle`] if the kernel is draining, terminated or faulted;
     /// [`Error::Unresponsive`] if it does not acknowledge in time.
     pub fn activate(&self) -> Result<(), Error> {
-        self.core.set_active(true).map(drop).map_err(|e| Error::from_command(self.name(), e))
+        self.core
+            .set_active(true)
+            .map(drop)
+            .map_err(|e| Error::from_command(self.name(), e))
     }
 
     /// Stops processing; messages keep queuing (up to the inbox capacity), none lost.
@@ -143,7 +152,10 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// # Errors
     /// As [`Kernel::activate`].
     pub fn deactivate(&self) -> Result<(), Error> {
-        self.core.set_active(false).map(drop).map_err(|e| Error::from_command(self.name(), e))
+        self.core
+            .set_active(false)
+            .map(drop)
+            .map_err(|e| Error::from_command(self.name(), e))
     }
 
     /// Refuses new messages (senders get [`Error::Draining`]), processes everything
@@ -159,7 +171,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         let mut outputs = Vec::new();
         let summary = self
             .core
-            .drain(timeout, &mut |s| undelivered.push(read(s)), &mut |s| outputs.push(read(s)))
+            .drain(timeout, &mut |s| undelivered.push(read(s)), &mut |s| {
+                outputs.push(read(s))
+            })
             .map_err(|e| Error::from_command(self.name(), e))?;
         Ok(self.report(summary, undelivered, outputs))
     }
@@ -175,7 +189,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         let mut outputs = Vec::new();
         let summary = self
             .core
-            .terminate(&mut |s| undelivered.push(read(s)), &mut |s| outputs.push(read(s)))
+            .terminate(&mut |s| undelivered.push(read(s)), &mut |s| {
+                outputs.push(read(s))
+            })
             .map_err(|e| Error::from_command(self.name(), e))?;
         Ok(self.report(summary, undelivered, outputs))
     }
@@ -202,7 +218,11 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
 
     /// A sender with its own backpressure policy.
     pub fn sender(&self) -> Sender<In> {
-        Sender { core: self.core.clone(), policy: Backpressure::Block, _types: PhantomData }
+        Sender {
+            core: self.core.clone(),
+            policy: Backpressure::Block,
+            _types: PhantomData,
+        }
     }
 
     /// Sends, waiting while the inbox is full.
@@ -256,7 +276,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// [`Error::NoHostOutput`] when the spec has no host output; [`Error::Terminated`]
     /// (or `Faulted`) when the kernel stopped and everything it emitted was received.
     pub fn recv(&self) -> Result<Out, Error> {
-        self.recv_deadline(None).map(|(message, _)| message)
+        self.recv_within(None).map(|(message, _)| message)
     }
 
     /// Receives the next message with its correlation id, waiting for one.
@@ -264,7 +284,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// # Errors
     /// As [`Kernel::recv`].
     pub fn recv_with_corr(&self) -> Result<(Out, u64), Error> {
-        self.recv_deadline(None)
+        self.recv_within(None)
     }
 
     /// Receives without waiting; `Ok(None)` when nothing is there yet.
@@ -284,7 +304,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// # Errors
     /// [`Error::Timeout`] when nothing came in time, or as [`Kernel::recv`].
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Out, Error> {
-        self.recv_deadline(Some(Instant::now() + timeout)).map(|(message, _)| message)
+        self.recv_within(Some(timeout)).map(|(message, _)| message)
     }
 
     /// Receives from async code without blocking the executor thread.
@@ -297,18 +317,25 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     pub async fn recv_async(&self) -> Result<Out, Error> {
         let core = &self.core;
         let result = poll_fn(|cx| {
-            core.outbox_items().poll_until(cx, || match core.try_recv(|s| read::<Out>(s)) {
-                Err(RecvFailure::Empty) => None,
-                other => Some(other),
-            })
+            core.outbox_items()
+                .poll_until(cx, || match core.try_recv(|s| read::<Out>(s)) {
+                    Err(RecvFailure::Empty) => None,
+                    other => Some(other),
+                })
         })
         .await;
         result.map_err(|failure| self.recv_error(failure))
     }
 
-    fn recv_deadline(&self, deadline: Option<Instant>) -> Result<(Out, u64), Error> {
+    fn recv_within(&self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
         let core = &self.core;
-        let start = Instant::now();
+        // Fast path: a message is there (no clock read).
+        match core.try_recv(|s| (read::<Out>(s), join(s.corr))) {
+            Err(RecvFailure::Empty) => {}
+            Ok(message) => return Ok(message),
+            Err(failure) => return Err(self.recv_error(failure)),
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
         let result = core.outbox_items().wait_until(deadline, || {
             match core.try_recv(|s| (read::<Out>(s), join(s.corr))) {
                 Err(RecvFailure::Empty) => None,
@@ -318,13 +345,18 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         match result {
             Some(Ok(message)) => Ok(message),
             Some(Err(failure)) => Err(self.recv_error(failure)),
-            None => Err(Error::Timeout { kernel: self.name().to_owned(), after: start.elapsed() }),
+            None => Err(Error::Timeout {
+                kernel: self.name().to_owned(),
+                after: timeout.unwrap_or_default(),
+            }),
         }
     }
 
     fn recv_error(&self, failure: RecvFailure) -> Error {
         match failure {
-            RecvFailure::NoOutput => Error::NoHostOutput { kernel: self.name().to_owned() },
+            RecvFailure::NoOutput => Error::NoHostOutput {
+                kernel: self.name().to_owned(),
+            },
             RecvFailure::Closed(state) => Error::stopped(self.name(), state, self.fault()),
             RecvFailure::Empty => unreachable!("empty is handled by the callers"),
         }
@@ -340,13 +372,20 @@ pub struct Sender<In> {
 
 impl<In> Clone for Sender<In> {
     fn clone(&self) -> Self {
-        Self { core: self.core.clone(), policy: self.policy, _types: PhantomData }
+        Self {
+            core: self.core.clone(),
+            policy: self.policy,
+            _types: PhantomData,
+        }
     }
 }
 
 impl<In> std::fmt::Debug for Sender<In> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sender").field("kernel", &self.core.config().name).field("policy", &self.policy).finish()
+        f.debug_struct("Sender")
+            .field("kernel", &self.core.config().name)
+            .field("policy", &self.policy)
+            .finish()
     }
 }
 
@@ -380,7 +419,9 @@ impl<In: Message> Sender<In> {
         match self.policy {
             Backpressure::Block => send_with(&self.core, message, corr, None),
             Backpressure::Fail => try_send(&self.core, message, corr),
-            Backpressure::Timeout(t) => send_with(&self.core, message, corr, Some(Instant::now() + t)),
+            Backpressure::Timeout(t) => {
+                send_with(&self.core, message, corr, Some(Instant::now() + t))
+            }
         }
     }
 
@@ -400,7 +441,9 @@ impl<In: Message> Sender<In> {
     pub async fn send_async(&self, message: In) -> Result<(), SendError<In>> {
         match self.policy {
             Backpressure::Fail => try_send(&self.core, message, 0),
-            Backpressure::Block | Backpressure::Timeout(_) => send_async(&self.core, message, 0).await,
+            Backpressure::Block | Backpressure::Timeout(_) => {
+                send_async(&self.core, message, 0).await
+            }
         }
     }
 }
@@ -421,8 +464,13 @@ fn send_failure<In>(core: &KernelCore, failure: SendFailure, message: In) -> Sen
     SendError { error, message }
 }
 
-fn try_send<In: Message>(core: &Arc<KernelCore>, message: In, corr: u64) -> Result<(), SendError<In>> {
-    core.try_send(split(corr), bytemuck::bytes_of(&message)).map_err(|f| send_failure(core, f, message))
+fn try_send<In: Message>(
+    core: &Arc<KernelCore>,
+    message: In,
+    corr: u64,
+) -> Result<(), SendError<In>> {
+    core.try_send(split(corr), bytemuck::bytes_of(&message))
+        .map_err(|f| send_failure(core, f, message))
 }
 
 fn send_with<In: Message>(
@@ -440,28 +488,38 @@ fn send_with<In: Message>(
         Err(failure) => return Err(send_failure(core, failure, message)),
     }
     let start = Instant::now();
-    let result = core.inbox_space().wait_until(deadline, || match core.try_send(corr_words, bytes) {
-        Err(SendFailure::Full) => None,
-        other => Some(other),
-    });
+    let result =
+        core.inbox_space()
+            .wait_until(deadline, || match core.try_send(corr_words, bytes) {
+                Err(SendFailure::Full) => None,
+                other => Some(other),
+            });
     match result {
         Some(Ok(())) => Ok(()),
         Some(Err(failure)) => Err(send_failure(core, failure, message)),
         None => Err(SendError {
-            error: Error::Timeout { kernel: core.config().name.clone(), after: start.elapsed() },
+            error: Error::Timeout {
+                kernel: core.config().name.clone(),
+                after: start.elapsed(),
+            },
             message,
         }),
     }
 }
 
-async fn send_async<In: Message>(core: &Arc<KernelCore>, message: In, corr: u64) -> Result<(), SendError<In>> {
+async fn send_async<In: Message>(
+    core: &Arc<KernelCore>,
+    message: In,
+    corr: u64,
+) -> Result<(), SendError<In>> {
     let bytes = bytemuck::bytes_of(&message);
     let corr_words = split(corr);
     let result = poll_fn(|cx| {
-        core.inbox_space().poll_until(cx, || match core.try_send(corr_words, bytes) {
-            Err(SendFailure::Full) => None,
-            other => Some(other),
-        })
+        core.inbox_space()
+            .poll_until(cx, || match core.try_send(corr_words, bytes) {
+                Err(SendFailure::Full) => None,
+                other => Some(other),
+            })
     })
     .await;
     result.map_err(|failure| send_failure(core, failure, message))

@@ -46,6 +46,8 @@ pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
 pub use kernel::{Backpressure, Kernel, KernelMetrics, Sender};
-pub use report::{DrainReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport};
+pub use report::{
+    DrainReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,
+};
 pub use runtime::{Backend, Runtime, RuntimeBuilder};
 pub use spec::{Emit, KernelSpec, Message};

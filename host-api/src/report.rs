@@ -77,6 +77,9 @@ pub struct ShutdownReport {
 impl ShutdownReport {
     /// Messages handed back, inputs and outputs, over all kernels.
     pub fn undelivered_count(&self) -> usize {
-        self.kernels.iter().map(|k| k.undelivered.len() + k.undelivered_outputs.len()).sum()
+        self.kernels
+            .iter()
+            .map(|k| k.undelivered.len() + k.undelivered_outputs.len())
+            .sum()
     }
 }

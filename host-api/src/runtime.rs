@@ -57,11 +57,13 @@ impl RuntimeBuilder {
     /// # Errors
     /// [`Error::BackendUnavailable`] when the backend asked for cannot run here.
     pub fn build(self) -> Result<Runtime, Error> {
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
+        let workers = self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
         if self.backend == Backend::Auto {
-            tracing::info!("backend Auto chose the CPU backend: no GPU backend is built into this gyre");
+            tracing::info!(
+                "backend Auto chose the CPU backend: no GPU backend is built into this gyre"
+            );
         }
         Ok(Runtime {
             cpu: Arc::new(CpuBackend::new(workers)),
@@ -94,7 +96,11 @@ pub struct Runtime {
 impl Runtime {
     /// A builder with defaults: [`Backend::Auto`], one worker per core.
     pub fn builder() -> RuntimeBuilder {
-        RuntimeBuilder { backend: Backend::Auto, workers: None, command_timeout: Duration::from_secs(10) }
+        RuntimeBuilder {
+            backend: Backend::Auto,
+            workers: None,
+            command_timeout: Duration::from_secs(10),
+        }
     }
 
     /// The name of the backend in use.
@@ -124,11 +130,17 @@ impl Runtime {
     /// [`Error::MessageTooLarge`], [`Error::MessageAlignment`] or [`Error::Layout`] for a
     /// spec whose message types or rings are invalid; [`Error::NoImplementation`] when
     /// the spec has no implementation for the backend.
-    pub fn launch<In: Message, Out: Message>(&self, mut spec: KernelSpec<In, Out>) -> Result<Kernel<In, Out>, Error> {
+    pub fn launch<In: Message, Out: Message>(
+        &self,
+        mut spec: KernelSpec<In, Out>,
+    ) -> Result<Kernel<In, Out>, Error> {
         let (inbox, outbox) = spec.layouts()?;
         let handler = spec
             .take_cpu_handler()
-            .ok_or_else(|| Error::NoImplementation { kernel: spec.name.clone(), backend: "cpu" })?;
+            .ok_or_else(|| Error::NoImplementation {
+                kernel: spec.name.clone(),
+                backend: "cpu",
+            })?;
         let config = KernelConfig {
             name: spec.name,
             inbox,
@@ -137,8 +149,14 @@ impl Runtime {
             quantum: spec.quantum,
             command_timeout: self.command_timeout,
         };
-        let core = self.cpu.launch(config, handler).map_err(|e| Error::Launch(e.to_string()))?;
-        Ok(Kernel { core, _types: PhantomData })
+        let core = self
+            .cpu
+            .launch(config, handler)
+            .map_err(|e| Error::Launch(e.to_string()))?;
+        Ok(Kernel {
+            core,
+            _types: PhantomData,
+        })
     }
 
     /// Drains every running kernel (faulted ones are terminated), sharing `timeout`,
@@ -147,12 +165,20 @@ impl Runtime {
     pub fn shutdown(self, timeout: Duration) -> ShutdownReport {
         let mut handed_back: Vec<(u32, bool, RawMessage)> = Vec::new();
         let outcomes = self.cpu.shutdown(timeout, &mut |kernel, is_input, slot| {
-            handed_back.push((kernel.id(), is_input, RawMessage { corr: join(slot.corr), bytes: slot.payload.to_vec() }));
+            handed_back.push((
+                kernel.id(),
+                is_input,
+                RawMessage {
+                    corr: join(slot.corr),
+                    bytes: slot.payload.to_vec(),
+                },
+            ));
         });
         let mut report = ShutdownReport::default();
         for (kernel, outcome) in outcomes {
             let (mut undelivered, mut undelivered_outputs) = (Vec::new(), Vec::new());
-            for (_, is_input, message) in handed_back.extract_if(.., |(id, ..)| *id == kernel.id()) {
+            for (_, is_input, message) in handed_back.extract_if(.., |(id, ..)| *id == kernel.id())
+            {
                 if is_input {
                     undelivered.push(message);
                 } else {

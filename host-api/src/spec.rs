@@ -2,7 +2,9 @@
 
 use std::marker::PhantomData;
 
-use gyre_runtime::abi::{DEFAULT_SLOT_BYTES, MAX_SLOT_BYTES, MIN_SLOT_BYTES, PAYLOAD_ALIGN, SLOT_HEADER_BYTES};
+use gyre_runtime::abi::{
+    DEFAULT_SLOT_BYTES, MAX_SLOT_BYTES, MIN_SLOT_BYTES, PAYLOAD_ALIGN, SLOT_HEADER_BYTES,
+};
 use gyre_runtime::backend::cpu::{EmitError, Emitter, HandlerError};
 use gyre_runtime::backend::Placement;
 use gyre_runtime::ring::RingLayout;
@@ -56,7 +58,8 @@ pub(crate) fn join(corr: [u32; 2]) -> u64 {
     u64::from(corr[0]) | (u64::from(corr[1]) << 32)
 }
 
-type CpuFn<In, Out> = Box<dyn FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send>;
+type CpuFn<In, Out> =
+    Box<dyn FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send>;
 
 /// A kernel's definition: name, message types, rings, placement and implementations.
 ///
@@ -157,15 +160,19 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
 
     pub(crate) fn layouts(&self) -> Result<(RingLayout, Option<RingLayout>), Error> {
         let inbox_slot = slot_for::<In>(self.slot_bytes)?;
-        let inbox = RingLayout::new(self.capacity, inbox_slot)
-            .map_err(|source| Error::Layout { kernel: self.name.clone(), source })?;
+        let inbox = RingLayout::new(self.capacity, inbox_slot).map_err(|source| Error::Layout {
+            kernel: self.name.clone(),
+            source,
+        })?;
         let outbox = match self.host_output {
             None => None,
             Some(capacity) => {
                 let slot = slot_for::<Out>(self.slot_bytes)?;
                 Some(
-                    RingLayout::new(capacity, slot)
-                        .map_err(|source| Error::Layout { kernel: self.name.clone(), source })?,
+                    RingLayout::new(capacity, slot).map_err(|source| Error::Layout {
+                        kernel: self.name.clone(),
+                        source,
+                    })?,
                 )
             }
         };
@@ -173,14 +180,22 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     }
 
     /// The CPU handler, type-erased for the backend.
-    pub(crate) fn take_cpu_handler(&mut self) -> Option<Box<dyn gyre_runtime::backend::cpu::Handler>> {
+    pub(crate) fn take_cpu_handler(
+        &mut self,
+    ) -> Option<Box<dyn gyre_runtime::backend::cpu::Handler>> {
         let mut typed = self.cpu.take()?;
         let size = std::mem::size_of::<In>();
-        Some(Box::new(move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
-            let input: &In = bytemuck::from_bytes(&message.payload[..size]);
-            let mut emit = Emit { inner: out, corr: message.corr, _out: PhantomData };
-            typed(input, &mut emit)
-        }))
+        Some(Box::new(
+            move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+                let input: &In = bytemuck::from_bytes(&message.payload[..size]);
+                let mut emit = Emit {
+                    inner: out,
+                    corr: message.corr,
+                    _out: PhantomData,
+                };
+                typed(input, &mut emit)
+            },
+        ))
     }
 }
 
@@ -193,10 +208,14 @@ fn slot_for<T>(asked: Option<u32>) -> Result<u32, Error> {
     if align > PAYLOAD_ALIGN as usize {
         return Err(Error::MessageAlignment { type_name, align });
     }
-    let needed = (size + SLOT_HEADER_BYTES as usize).next_power_of_two().max(MIN_SLOT_BYTES as usize);
+    let needed = (size + SLOT_HEADER_BYTES as usize)
+        .next_power_of_two()
+        .max(MIN_SLOT_BYTES as usize);
     let suggested = u32::try_from(needed).unwrap_or(u32::MAX);
     match asked {
-        Some(slot_bytes) if slot_bytes.saturating_sub(SLOT_HEADER_BYTES) as usize >= size => Ok(slot_bytes),
+        Some(slot_bytes) if slot_bytes.saturating_sub(SLOT_HEADER_BYTES) as usize >= size => {
+            Ok(slot_bytes)
+        }
         Some(slot_bytes) => Err(Error::MessageTooLarge {
             type_name,
             size,

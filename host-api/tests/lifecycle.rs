@@ -8,11 +8,17 @@ use gyre::{Backpressure, Error, KernelSpec, Placement, Runtime, State};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn runtime() -> Runtime {
-    Runtime::builder().workers(2).build().expect("the CPU backend always starts")
+    Runtime::builder()
+        .workers(2)
+        .build()
+        .expect("the CPU backend always starts")
 }
 
 fn echo(name: &str, placement: Placement) -> KernelSpec<u64, u64> {
-    KernelSpec::new(name).placement(placement).capacity(64).cpu(|x, out| Ok(out.emit(*x)?))
+    KernelSpec::new(name)
+        .placement(placement)
+        .capacity(64)
+        .cpu(|x, out| Ok(out.emit(*x)?))
 }
 
 #[test]
@@ -42,7 +48,11 @@ fn launched_and_paused_kernels_queue_without_processing() {
     for i in 0..10 {
         k.send(i).unwrap();
     }
-    assert_eq!(k.try_recv().unwrap(), None, "a launched kernel does not process");
+    assert_eq!(
+        k.try_recv().unwrap(),
+        None,
+        "a launched kernel does not process"
+    );
     k.activate().unwrap();
     let first: Vec<u64> = (0..10).map(|_| k.recv().unwrap()).collect();
     assert_eq!(first, (0..10).collect::<Vec<_>>());
@@ -52,7 +62,11 @@ fn launched_and_paused_kernels_queue_without_processing() {
         k.send(i).unwrap();
     }
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(k.try_recv().unwrap(), None, "a paused kernel does not process");
+    assert_eq!(
+        k.try_recv().unwrap(),
+        None,
+        "a paused kernel does not process"
+    );
     assert_eq!(k.metrics().inbox_len, 10);
     k.activate().unwrap();
     let second: Vec<u64> = (0..10).map(|_| k.recv().unwrap()).collect();
@@ -62,7 +76,9 @@ fn launched_and_paused_kernels_queue_without_processing() {
 #[test]
 fn drain_processes_everything_then_refuses_senders() {
     let rt = runtime();
-    let k = rt.launch(echo("drain", Placement::Dedicated).host_output(256)).unwrap();
+    let k = rt
+        .launch(echo("drain", Placement::Dedicated).host_output(256))
+        .unwrap();
     for i in 0..50 {
         k.send(i).unwrap();
     }
@@ -86,28 +102,48 @@ fn drain_processes_everything_then_refuses_senders() {
 #[test]
 fn drain_twice_is_an_error_while_the_first_runs() {
     let rt = runtime();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
-    let gate = std::sync::Mutex::new(gate_rx);
+    let gate = std::sync::Mutex::new((started_tx, gate_rx));
     let k = rt
         .launch(KernelSpec::<u64, u64>::new("slow").cpu(move |x, out| {
-            gate.lock().unwrap().recv_timeout(WAIT).ok();
+            let gate = gate.lock().unwrap();
+            gate.0.send(()).unwrap();
+            gate.1.recv_timeout(WAIT).ok();
             Ok(out.emit(*x)?)
         }))
         .unwrap();
     k.activate().unwrap();
     k.send(1).unwrap();
+    // The handler is now busy, so the kernel cannot acknowledge the drain yet.
+    started_rx.recv_timeout(WAIT).unwrap();
     let k2 = k.clone();
     let first = std::thread::spawn(move || k2.drain(WAIT));
-    while k.state() != State::Draining {
+    // The first drain closes the inbox before issuing its command.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut accepted = 0;
+    loop {
+        match k.try_send(5) {
+            Err(e) if matches!(e.error, Error::Draining { .. }) => break,
+            Err(e) => panic!("unexpected {e}"),
+            // Before the drain closes the inbox, sends still go in (and will be drained).
+            Ok(()) => accepted += 1,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drain never closed the inbox"
+        );
         std::thread::yield_now();
     }
     let err = k.drain(WAIT).unwrap_err();
     assert!(err.to_string().contains("already draining"), "{err}");
-    let send = k.try_send(5).unwrap_err();
-    assert!(matches!(send.error, Error::Draining { .. }), "{}", send.error);
-    gate_tx.send(()).unwrap();
+    // Each handler call waits for the gate; open it for every queued message.
+    for _ in 0..=accepted {
+        gate_tx.send(()).unwrap();
+    }
     let report = first.join().unwrap().unwrap();
-    assert_eq!(report.processed, 1);
+    assert_eq!(report.processed, 1 + accepted);
+    assert!(report.undelivered.is_empty());
 }
 
 #[test]
@@ -204,7 +240,9 @@ fn backpressure_policies_hand_the_message_back() {
     assert_eq!(err.message, 4);
     let fail = k.sender().backpressure(Backpressure::Fail);
     assert_eq!(fail.send(5).unwrap_err().into_message(), 5);
-    let timeout = k.sender().backpressure(Backpressure::Timeout(Duration::from_millis(30)));
+    let timeout = k
+        .sender()
+        .backpressure(Backpressure::Timeout(Duration::from_millis(30)));
     let err = timeout.send(6).unwrap_err();
     assert!(matches!(err.error, Error::Timeout { .. }), "{}", err.error);
     assert_eq!(err.message, 6);
@@ -225,21 +263,50 @@ fn bad_input_gets_clear_errors() {
     struct Big([u64; 8]);
 
     let rt = runtime();
-    let too_big = rt.launch(KernelSpec::<Big, u64>::new("big").slot_bytes(64).cpu(|_, _| Ok(())));
+    let too_big = rt.launch(
+        KernelSpec::<Big, u64>::new("big")
+            .slot_bytes(64)
+            .cpu(|_, _| Ok(())),
+    );
     let err = too_big.unwrap_err();
-    assert!(matches!(err, Error::MessageTooLarge { size: 64, suggested: 128, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::MessageTooLarge {
+                size: 64,
+                suggested: 128,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains(".slot_bytes(128)"), "{err}");
     // The default slot size fits it.
-    assert!(rt.launch(KernelSpec::<Big, u64>::new("big").cpu(|_, _| Ok(()))).is_ok());
+    assert!(rt
+        .launch(KernelSpec::<Big, u64>::new("big").cpu(|_, _| Ok(())))
+        .is_ok());
 
-    let zero = rt.launch(echo("zero", Placement::Pool).capacity(0)).unwrap_err();
+    let zero = rt
+        .launch(echo("zero", Placement::Pool).capacity(0))
+        .unwrap_err();
     assert!(zero.to_string().contains("capacity is 0"), "{zero}");
-    let odd = rt.launch(echo("odd", Placement::Pool).capacity(100)).unwrap_err();
+    let odd = rt
+        .launch(echo("odd", Placement::Pool).capacity(100))
+        .unwrap_err();
     assert!(odd.to_string().contains("round it to 128"), "{odd}");
     let no_impl = rt.launch(KernelSpec::<u64, u64>::new("empty")).unwrap_err();
-    assert!(matches!(no_impl, Error::NoImplementation { .. }), "{no_impl}");
+    assert!(
+        matches!(no_impl, Error::NoImplementation { .. }),
+        "{no_impl}"
+    );
 
-    let sink = rt.launch(KernelSpec::<u64, u64>::new("sink").no_host_output().cpu(|_, _| Ok(()))).unwrap();
+    let sink = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("sink")
+                .no_host_output()
+                .cpu(|_, _| Ok(())),
+        )
+        .unwrap();
     let err = sink.recv().unwrap_err();
     assert!(matches!(err, Error::NoHostOutput { .. }), "{err}");
     assert!(err.to_string().contains("host_output"), "{err}");
@@ -249,7 +316,13 @@ fn bad_input_gets_clear_errors() {
 #[test]
 fn emit_without_output_is_a_handler_error() {
     let rt = runtime();
-    let k = rt.launch(KernelSpec::<u64, u64>::new("sink").no_host_output().cpu(|x, out| Ok(out.emit(*x)?))).unwrap();
+    let k = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("sink")
+                .no_host_output()
+                .cpu(|x, out| Ok(out.emit(*x)?)),
+        )
+        .unwrap();
     k.activate().unwrap();
     k.send(1).unwrap();
     let report = k.drain(WAIT).unwrap();
@@ -260,7 +333,9 @@ fn emit_without_output_is_a_handler_error() {
 #[test]
 fn full_output_stalls_the_kernel_without_loss() {
     let rt = runtime();
-    let k = rt.launch(echo("stall", Placement::Pool).capacity(64).host_output(4)).unwrap();
+    let k = rt
+        .launch(echo("stall", Placement::Pool).capacity(64).host_output(4))
+        .unwrap();
     k.activate().unwrap();
     for i in 0..40 {
         k.send(i).unwrap();
@@ -276,9 +351,14 @@ fn full_output_stalls_the_kernel_without_loss() {
 #[test]
 fn async_send_and_recv_do_not_block_the_executor() {
     let rt = runtime();
-    let k = rt.launch(echo("async", Placement::Pool).capacity(8).host_output(8)).unwrap();
+    let k = rt
+        .launch(echo("async", Placement::Pool).capacity(8).host_output(8))
+        .unwrap();
     k.activate().unwrap();
-    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let total: u64 = tokio.block_on(async {
         let producer = {
             let k = k.clone();
@@ -316,8 +396,14 @@ fn shutdown_drains_and_reports_everything() {
     let a_report = report.kernels.iter().find(|k| k.kernel == "a").unwrap();
     assert_eq!(a_report.processed, 10);
     let b_report = report.kernels.iter().find(|k| k.kernel == "b").unwrap();
-    assert_eq!(b_report.processed, 10, "shutdown drains a launched kernel too");
-    assert!(report.kernels.iter().all(|k| k.final_state == State::Terminated && k.error.is_none()));
+    assert_eq!(
+        b_report.processed, 10,
+        "shutdown drains a launched kernel too"
+    );
+    assert!(report
+        .kernels
+        .iter()
+        .all(|k| k.final_state == State::Terminated && k.error.is_none()));
     // Outputs were not received; the drain leaves them in the (now unreachable) rings?
     // No: drained outputs stay with the kernel handles, which still receive them.
     let outs: Vec<u64> = (0..10).map(|_| a.recv().unwrap()).collect();
@@ -326,7 +412,11 @@ fn shutdown_drains_and_reports_everything() {
 
 #[test]
 fn dropping_the_runtime_stops_its_threads() {
-    let rt = Runtime::builder().backend(gyre::Backend::Auto).workers(2).build().unwrap();
+    let rt = Runtime::builder()
+        .backend(gyre::Backend::Auto)
+        .workers(2)
+        .build()
+        .unwrap();
     assert_eq!(rt.backend_name(), "cpu");
     let a = rt.launch(echo("a", Placement::Dedicated)).unwrap();
     let b = rt.launch(echo("b", Placement::Pool)).unwrap();
@@ -341,14 +431,18 @@ fn dropping_the_runtime_stops_its_threads() {
         drop(rt);
         done_tx.send(()).unwrap();
     });
-    done_rx.recv_timeout(WAIT).expect("dropping a runtime joins its threads promptly");
+    done_rx
+        .recv_timeout(WAIT)
+        .expect("dropping a runtime joins its threads promptly");
 }
 
 #[test]
 fn many_senders_and_one_receiver_lose_nothing() {
     let rt = runtime();
     for placement in [Placement::Pool, Placement::Dedicated] {
-        let k = rt.launch(echo("mpsc", placement).capacity(32).host_output(32)).unwrap();
+        let k = rt
+            .launch(echo("mpsc", placement).capacity(32).host_output(32))
+            .unwrap();
         k.activate().unwrap();
         let senders: Vec<_> = (0..3u64)
             .map(|t| {

@@ -47,14 +47,20 @@ struct KernelPlan {
 }
 
 fn plan() -> impl Strategy<Value = KernelPlan> {
-    (any::<bool>(), 2..7u32, 2..7u32, prop_oneof![3 => Just(0u64), 1 => 20..60u64]).prop_map(
-        |(dedicated, capacity_log2, output_log2, poison_every)| KernelPlan {
-            dedicated,
-            capacity_log2,
-            output_log2,
-            poison_every,
-        },
+    (
+        any::<bool>(),
+        2..7u32,
+        2..7u32,
+        prop_oneof![3 => Just(0u64), 1 => 20..60u64],
     )
+        .prop_map(
+            |(dedicated, capacity_log2, output_log2, poison_every)| KernelPlan {
+                dedicated,
+                capacity_log2,
+                output_log2,
+                poison_every,
+            },
+        )
 }
 
 /// Where each message id ended up.
@@ -98,7 +104,11 @@ fn run(plans: &[KernelPlan], ops: &[Op]) -> Result<(), TestCaseError> {
             let spec = KernelSpec::<u64, u64>::new(format!("k{i}"))
                 .capacity(1 << plan.capacity_log2)
                 .host_output(1 << plan.output_log2)
-                .placement(if plan.dedicated { Placement::Dedicated } else { Placement::Pool })
+                .placement(if plan.dedicated {
+                    Placement::Dedicated
+                } else {
+                    Placement::Pool
+                })
                 .quantum(8)
                 .cpu(move |id, out| {
                     assert!(poison == 0 || id % poison != 0, "poisoned message {id}");
@@ -166,7 +176,11 @@ fn run(plans: &[KernelPlan], ops: &[Op]) -> Result<(), TestCaseError> {
         let outcomes = ledger.outcomes.get(id).cloned().unwrap_or_default();
         prop_assert_eq!(outcomes.len(), 1, "message {} ended as {:?}", id, outcomes);
     }
-    prop_assert_eq!(ledger.outcomes.len(), ledger.accepted.len(), "no message appears that was never sent");
+    prop_assert_eq!(
+        ledger.outcomes.len(),
+        ledger.accepted.len(),
+        "no message appears that was never sent"
+    );
     Ok(())
 }
 

@@ -6,10 +6,12 @@
 //! nobody waits. Spinning first matters: waking a parked thread costs tens of
 //! microseconds, far more than a message.
 //!
-//! The lost-wakeup argument is Dekker's: the waiter increments `waiters` (SeqCst) and then
-//! re-checks its condition; the notifier makes the condition true, issues a SeqCst fence,
-//! then reads `waiters`. In the single total order of SeqCst operations one of them comes
-//! first, so either the waiter sees the condition or the notifier sees the waiter.
+//! The lost-wakeup argument is Dekker's: the waiter increments `waiters`, fences, and then
+//! re-checks its condition; the notifier makes the condition true, fences, then reads
+//! `waiters`. Either the waiter sees the condition or the notifier sees the waiter. The
+//! notifier runs on every message and the waiter only before parking, so the fence is
+//! asymmetric: a compiler fence for the notifier and a process-wide `membarrier` for the
+//! waiter on Linux (full fences on both sides elsewhere; see `sync::asym`).
 
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -17,7 +19,9 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::sync::{fence, AtomicUsize, Ordering};
+use crate::sync::{asym, AtomicUsize, Ordering};
+
+pub use crate::sync::asym::uses_membarrier;
 
 /// Rounds of `spin_loop` before a waiter starts yielding.
 const SPIN_ROUNDS: u32 = 256;
@@ -79,9 +83,10 @@ impl Signal {
 
     /// Wakes every waiter. Call after making a waited-for condition true.
     pub fn notify(&self) {
-        // ORDERING: SeqCst fence orders the caller's preceding write of the condition
-        // before the load of `waiters` (see the module docs).
-        fence(Ordering::SeqCst);
+        // ORDERING: the light side of an asymmetric fence orders the caller's preceding
+        // write of the condition before the load of `waiters`; the waiter's `register`
+        // uses the heavy side (module docs).
+        asym::light();
         if self.waiters.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -111,10 +116,10 @@ impl Signal {
             }
         }
         list.push(waiter);
-        // ORDERING: SeqCst increment and fence before the caller re-checks its condition;
-        // pairs with the fence in `notify` (module docs).
+        // ORDERING: the increment, then the heavy side of an asymmetric fence before the
+        // caller re-checks its condition; pairs with the light side in `notify`.
         self.waiters.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        asym::heavy();
     }
 
     /// Blocks the calling thread until `ready` returns `Some`, or `deadline` passes

@@ -180,6 +180,48 @@ impl<M: RingMemory> Producer<M> {
         }
     }
 
+    /// Claims like [`Producer::try_claim`] without a compare-and-swap, for a producer side
+    /// that has a single producer thread (a kernel emitting into its output ring).
+    ///
+    /// # Errors
+    /// As [`Producer::try_claim`].
+    ///
+    /// # Safety
+    /// No other thread claims on this producer while this call runs or while a claim it
+    /// returned is alive, and the producer is not closed meanwhile.
+    pub unsafe fn try_claim_exclusive(&self, len: u32) -> Result<Claim<'_, M>, ClaimError> {
+        let capacity = self.mem.capacity();
+        if len > capacity {
+            return Err(ClaimError::TooMany);
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ClaimError::Closed);
+        }
+        // We are the only writer of `tail` (caller's guarantee), so our read is current.
+        let tail = self.mem.tail().load(Ordering::Relaxed);
+        // ORDERING: Acquire/Release on `cached_head` as in `try_claim`.
+        let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
+        if used > capacity || capacity - used < len {
+            // ORDERING: Acquire pairs with the consumer's Release store of `head`.
+            let head = self.mem.head().load(Ordering::Acquire);
+            self.cached_head.store(head, Ordering::Release);
+            let free = capacity - tail.wrapping_sub(head);
+            if free < len {
+                return Err(ClaimError::Full { free });
+            }
+        }
+        // Relaxed: consumers never read `tail` for correctness (they read stamps), and no
+        // close races an exclusive producer (caller's guarantee).
+        self.mem
+            .tail()
+            .store(tail.wrapping_add(len), Ordering::Relaxed);
+        Ok(Claim {
+            producer: self,
+            start: tail,
+            len,
+        })
+    }
+
     /// Closes the producer side: every later claim fails with [`ClaimError::Closed`].
     ///
     /// Returns the final `tail`: every position before it was claimed before the close
@@ -221,9 +263,25 @@ impl<M: RingMemory> Producer<M> {
     /// Slots free for claiming as seen now: exact for a single producer (it cannot
     /// shrink behind its back), a lower bound on `head` for several.
     pub fn free(&self) -> u32 {
+        self.free_up_to(self.mem.capacity())
+    }
+
+    /// Like [`Producer::free`] but reads the consumer's `head` only when the cached copy
+    /// shows fewer than `wanted` free slots, so a hot producer that only needs to know
+    /// "at least `wanted`" does not pull the consumer's line every time. The result is
+    /// exact when it is below `wanted`, a lower bound otherwise.
+    pub fn free_up_to(&self, wanted: u32) -> u32 {
         let tail = self.mem.tail().load(Ordering::Relaxed);
+        let capacity = self.mem.capacity();
+        // ORDERING: Acquire, as in `try_claim`.
+        let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
+        if used <= capacity && capacity - used >= wanted {
+            return capacity - used;
+        }
         // ORDERING: Acquire, as in `try_claim`: slots freed by this head may be written.
         let head = self.mem.head().load(Ordering::Acquire);
+        // ORDERING: Release, as in `try_claim`.
+        self.cached_head.store(head, Ordering::Release);
         // With several producers the consumer may pass the `tail` read above before we
         // read `head`; the wrapped difference is then huge and 0 is the lower bound.
         self.mem.capacity().saturating_sub(tail.wrapping_sub(head))

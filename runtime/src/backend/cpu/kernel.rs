@@ -8,7 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crossbeam_utils::CachePadded;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::pool::Pool;
 use crate::abi::{fault, make_tag, Command, State, KIND_MESSAGE};
@@ -16,10 +17,15 @@ use crate::backend::{CommandError, DrainSummary, Placement};
 use crate::control::{Counters, HostControl, HostSide, KernelSide};
 use crate::lifecycle::{self, Event};
 use crate::ring::{ClaimError, Consumer, HostRing, Producer, RingLayout, SlotRef, Step};
-use crate::sync::{fence, AtomicBool, Ordering};
+use crate::sync::{asym, AtomicBool, Ordering};
 use crate::wait::Signal;
 
 type Ring = Arc<HostRing>;
+
+/// Rounds a pool worker keeps polling a kernel that just ran out of work, while no other
+/// kernel waits, before letting it go idle (a few microseconds: the next message of a
+/// request/response exchange usually arrives within a round trip).
+const LINGER_ROUNDS: u32 = 256;
 
 /// How long a closer waits for senders that claimed a slot before the close to finish
 /// writing it (they are mid-copy; this is microseconds unless a thread was preempted).
@@ -117,7 +123,9 @@ impl Emitter<'_> {
         let tag = make_tag(KIND_MESSAGE, core.id);
         let mut stalled = false;
         loop {
-            match outbox.try_claim(1) {
+            // SAFETY: the output ring has one producer, the thread running this kernel,
+            // which holds the kernel's exec lock for the whole turn; it is never closed.
+            match unsafe { outbox.try_claim_exclusive(1) } {
                 Ok(claim) => {
                     claim.write(0, tag, corr, |slot| {
                         slot[..payload.len()].copy_from_slice(payload)
@@ -188,12 +196,15 @@ pub struct KernelCore {
     config: KernelConfig,
     inbox: Producer<Ring>,
     outbox: Option<Producer<Ring>>,
-    outbox_rx: Mutex<Option<Consumer<Ring>>>,
+    /// Written by receiving host threads on every receive: its own line.
+    outbox_rx: CachePadded<Mutex<Option<Consumer<Ring>>>>,
     control: HostSide<Arc<HostControl>>,
-    exec: Mutex<Exec>,
+    /// Written by the thread running the kernel on every turn: its own line.
+    exec: CachePadded<Mutex<Exec>>,
     pool: Arc<Pool>,
-    /// Set while the kernel is queued or running on the pool.
-    scheduled: AtomicBool,
+    /// Set while the kernel is queued or running on the pool; written by senders and
+    /// workers: its own line.
+    scheduled: CachePadded<AtomicBool>,
     /// Set by the kernel when it stopped because its output ring was full.
     output_stalled: AtomicBool,
     /// Set by the host before it issues `Terminate`; unblocks a waiting emit.
@@ -273,12 +284,12 @@ impl KernelCore {
             id,
             inbox: Producer::new(inbox_ring),
             outbox: outbox_ring.clone().map(Producer::new),
-            outbox_rx: Mutex::new(outbox_ring.map(Consumer::new)),
+            outbox_rx: CachePadded::new(Mutex::new(outbox_ring.map(Consumer::new))),
             control: HostSide::new(control),
-            exec: Mutex::new(exec),
+            exec: CachePadded::new(Mutex::new(exec)),
             pool,
             config,
-            scheduled: AtomicBool::new(false),
+            scheduled: CachePadded::new(AtomicBool::new(false)),
             output_stalled: AtomicBool::new(false),
             terminating: AtomicBool::new(false),
             lifecycle: Mutex::new(None),
@@ -351,10 +362,9 @@ impl KernelCore {
                 max,
             });
         }
-        let state = self.control.state();
-        if !lifecycle::accepts_messages(state) {
-            return Err(SendFailure::Closed(state));
-        }
+        // No state check here: every state that refuses messages closes the inbox first
+        // (drain, terminate, fault), and the closed flag is a read-shared host word, where
+        // the state word shares a line with the counters the kernel rewrites every turn.
         match self.inbox.try_claim(1) {
             Ok(claim) => {
                 let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
@@ -374,9 +384,12 @@ impl KernelCore {
     /// The state to report to a sender that found the inbox closed.
     fn closed_state(&self) -> State {
         match self.state() {
-            // Closed by a drain or terminate whose command the kernel has not seen yet.
+            // Closed by a fault, or by a drain or terminate whose command the kernel has
+            // not acknowledged yet (the fault is recorded before the inbox closes).
             State::Launched | State::Active | State::Paused => {
-                if self.terminating.load(Ordering::Relaxed) {
+                if self.fault.lock().is_some() {
+                    State::Faulted
+                } else if self.terminating.load(Ordering::Relaxed) {
                     State::Terminated
                 } else {
                     State::Draining
@@ -450,9 +463,9 @@ impl KernelCore {
 
     fn after_output_consumed(self: &Arc<Self>) {
         self.outbox_space.notify();
-        // ORDERING: SeqCst fence (inside `notify` above) orders our release of the slot
-        // before this load; pairs with the kernel's SeqCst store of `output_stalled` and
-        // its re-check of free space in `run_batch`.
+        // ORDERING: the light fence inside `notify` above orders our release of the slot
+        // before this load; pairs with the kernel's store of `output_stalled`, heavy fence
+        // and re-check of free space in `run_batch`.
         if self.output_stalled.load(Ordering::Relaxed)
             && self.output_stalled.swap(false, Ordering::AcqRel)
         {
@@ -471,10 +484,10 @@ impl KernelCore {
     pub(crate) fn wake(self: &Arc<Self>) {
         match self.config.placement {
             Placement::Pool => {
-                // ORDERING: SeqCst fence orders our publish before the load of
-                // `scheduled`; pairs with the SeqCst store of `scheduled = false` and the
-                // re-check in `run_scheduled` (Dekker: one of us sees the other).
-                fence(Ordering::SeqCst);
+                // ORDERING: light fence orders our publish before the load of
+                // `scheduled`; pairs with the heavy fence after `scheduled = false` and
+                // the re-check in `run_scheduled` (Dekker: one of us sees the other).
+                asym::light();
                 if !self.scheduled.load(Ordering::Relaxed)
                     && !self.scheduled.swap(true, Ordering::AcqRel)
                 {
@@ -506,38 +519,67 @@ impl KernelCore {
         self.inbox.has_published() || state == State::Draining
     }
 
-    /// Runs one turn on a pool worker.
+    /// Runs the kernel on a pool worker: turns while it has work, requeued behind other
+    /// waiting kernels after each (fairness); while no other kernel waits it lingers a
+    /// little for the next message before going idle.
     pub(crate) fn run_scheduled(self: &Arc<Self>) {
-        self.step();
+        let mut exec = self.exec.lock();
+        'turns: loop {
+            self.step(&mut exec);
+            let mut lingered = 0;
+            while !self.has_work() {
+                if lingered == LINGER_ROUNDS || self.pool.has_queued() {
+                    break 'turns;
+                }
+                lingered += 1;
+                std::hint::spin_loop();
+            }
+            if self.pool.has_queued() {
+                // Still scheduled: hand the worker to the next kernel, run again later.
+                drop(exec);
+                self.pool.push(self.clone());
+                return;
+            }
+        }
+        drop(exec);
         self.scheduled.store(false, Ordering::SeqCst);
-        // ORDERING: SeqCst store above then loads in `has_work`: pairs with the fence in
-        // `wake` so a message published meanwhile is never left unscheduled.
-        fence(Ordering::SeqCst);
+        // ORDERING: heavy fence between the store above and the loads in `has_work`;
+        // pairs with the light fence in `wake` so a message published meanwhile is never
+        // left unscheduled. Paid once per idle transition, not per message.
+        asym::heavy();
         if self.has_work() && !self.scheduled.swap(true, Ordering::AcqRel) {
             self.pool.push(self.clone());
         }
     }
 
     /// The loop of a dedicated kernel's thread; returns when the kernel stops.
+    ///
+    /// While the kernel has work the thread keeps its exec lock from turn to turn (no
+    /// lock traffic per message); it releases the lock while it waits for work, which is
+    /// when lifecycle calls collect from the rings.
     pub(crate) fn run_dedicated(self: &Arc<Self>) {
+        let mut exec = self.exec.lock();
         loop {
             // A faulted kernel keeps its thread: it must still acknowledge `Terminate`.
-            if self.step() == State::Terminated && !self.has_work() {
+            if self.step(&mut exec) == State::Terminated && !self.has_work() {
                 return;
             }
             if self.pool.is_shut_down() {
                 return;
             }
-            self.work.wait_until(None, || {
-                (self.has_work() || self.pool.is_shut_down()).then_some(())
+            if self.has_work() {
+                continue;
+            }
+            MutexGuard::unlocked(&mut exec, || {
+                self.work.wait_until(None, || {
+                    (self.has_work() || self.pool.is_shut_down()).then_some(())
+                });
             });
         }
     }
 
     /// Applies pending commands, then handles one batch. Returns the state after.
-    fn step(&self) -> State {
-        let mut exec = self.exec.lock();
-        let exec = &mut *exec;
+    fn step(&self, exec: &mut Exec) -> State {
         self.apply_commands(exec);
         if lifecycle::processes_messages(exec.state) {
             self.run_batch(exec);
@@ -584,13 +626,13 @@ impl KernelCore {
     fn run_batch(&self, exec: &mut Exec) {
         let mut budget = self.config.quantum;
         if let Some(outbox) = &self.outbox {
-            let mut free = outbox.free();
+            let mut free = outbox.free_up_to(self.config.quantum);
             if free == 0 {
                 self.output_stalled.store(true, Ordering::SeqCst);
-                // ORDERING: SeqCst store and fence, then the re-check; pairs with the
+                // ORDERING: store, heavy fence, then the re-check; pairs with the light
                 // fence in `after_output_consumed` (Dekker): either the receiver sees the
                 // flag or we see the space it freed.
-                fence(Ordering::SeqCst);
+                asym::heavy();
                 free = outbox.free();
                 if free == 0 {
                     exec.control.count(Counters {
@@ -665,6 +707,8 @@ impl KernelCore {
             *self.fault.lock() = Some(format!("handler panicked: {reason}"));
             exec.control.set_error(fault::HANDLER_PANIC);
             self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
+            // Senders now get `Faulted`; messages already queued wait for `terminate`.
+            self.inbox.close();
         }
     }
 

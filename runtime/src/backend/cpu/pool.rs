@@ -93,6 +93,11 @@ impl Pool {
         }
     }
 
+    /// Whether some kernel waits in the run queue (racy).
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > 0
+    }
+
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
