@@ -5,7 +5,10 @@
 //! default of 10,000). The test `examples/tests/idle.rs` asserts the bounds.
 
 fn main() -> Result<(), gyre::Error> {
-    let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let count: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
     let m = gyre_examples::idle::measure(count, std::time::Duration::from_secs(2))?;
     println!("{m}");
     Ok(())

@@ -48,7 +48,10 @@ fn raw_value(sensor: u32, seq: u32) -> f32 {
 
 /// Forwards everything `from` emits into `to` until `from` is drained and all its
 /// output was forwarded, then drains `to`: upstream first, so nothing is lost.
-fn relay<Out: gyre::Message>(from: Kernel<Frame, Frame>, to: Kernel<Frame, Out>) -> thread::JoinHandle<Result<(), Error>> {
+fn relay<Out: gyre::Message>(
+    from: Kernel<Frame, Frame>,
+    to: Kernel<Frame, Out>,
+) -> thread::JoinHandle<Result<(), Error>> {
     thread::spawn(move || {
         loop {
             match from.recv() {
@@ -61,24 +64,35 @@ fn relay<Out: gyre::Message>(from: Kernel<Frame, Frame>, to: Kernel<Frame, Out>)
     })
 }
 
-fn main() -> Result<(), Error> {
-    let frames: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200_000);
-    let runtime = Runtime::builder().build()?;
-    println!("pipeline on the {} backend ({} workers): {frames} frames from {SENSORS} sensors", runtime.backend_name(), runtime.workers());
+type Stages = (
+    Kernel<Frame, Frame>,
+    Kernel<Frame, Frame>,
+    Kernel<Frame, Summary>,
+);
 
+/// Launches and activates the three stages.
+fn launch_stages(runtime: &Runtime) -> Result<Stages, Error> {
     let calibrate = runtime.launch(
         KernelSpec::<Frame, Frame>::new("calibrate")
             .capacity(4096)
             .host_output(4096)
-            .cpu(|f, out| Ok(out.emit(Frame { raw: f.raw * 0.5 + 1.0, ..*f })?)),
+            .cpu(|f, out| {
+                Ok(out.emit(Frame {
+                    raw: f.raw * 0.5 + 1.0,
+                    ..*f
+                })?)
+            }),
     )?;
     let filter = runtime.launch(
-        KernelSpec::<Frame, Frame>::new("filter").capacity(4096).host_output(4096).cpu(|f, out| {
-            if f.raw.is_finite() && f.raw < 10_000.0 {
-                out.emit(*f)?;
-            }
-            Ok(())
-        }),
+        KernelSpec::<Frame, Frame>::new("filter")
+            .capacity(4096)
+            .host_output(4096)
+            .cpu(|f, out| {
+                if f.raw.is_finite() && f.raw < 10_000.0 {
+                    out.emit(*f)?;
+                }
+                Ok(())
+            }),
     )?;
     let mut windows = vec![(0u32, 0.0f32, f32::MIN); SENSORS as usize];
     let aggregate = runtime.launch(
@@ -92,7 +106,12 @@ fn main() -> Result<(), Error> {
                 w.1 += f.raw;
                 w.2 = w.2.max(f.raw);
                 if w.0 == WINDOW {
-                    out.emit(Summary { sensor: f.sensor, count: w.0, mean: w.1 / w.0 as f32, max: w.2 })?;
+                    out.emit(Summary {
+                        sensor: f.sensor,
+                        count: w.0,
+                        mean: w.1 / w.0 as f32,
+                        max: w.2,
+                    })?;
                     *w = (0, 0.0, f32::MIN);
                 }
                 Ok(())
@@ -102,6 +121,22 @@ fn main() -> Result<(), Error> {
         k.activate()?;
     }
     aggregate.activate()?;
+    Ok((calibrate, filter, aggregate))
+}
+
+fn main() -> Result<(), Error> {
+    let frames: u32 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    let runtime = Runtime::builder().build()?;
+    println!(
+        "pipeline on the {} backend ({} workers): {frames} frames from {SENSORS} sensors",
+        runtime.backend_name(),
+        runtime.workers()
+    );
+
+    let (calibrate, filter, aggregate) = launch_stages(&runtime)?;
 
     let start = Instant::now();
     let relay_1 = relay(calibrate.clone(), filter.clone());
@@ -111,7 +146,12 @@ fn main() -> Result<(), Error> {
         thread::spawn(move || -> Result<(), Error> {
             for seq in 0..frames {
                 let sensor = seq % SENSORS;
-                calibrate.send(Frame { sensor, seq: seq / SENSORS, raw: raw_value(sensor, seq / SENSORS), _pad: 0 })?;
+                calibrate.send(Frame {
+                    sensor,
+                    seq: seq / SENSORS,
+                    raw: raw_value(sensor, seq / SENSORS),
+                    _pad: 0,
+                })?;
             }
             // Upstream first: the relays drain the next stage when this one is done.
             calibrate.drain(Duration::from_secs(30)).map(drop)
@@ -142,16 +182,25 @@ fn main() -> Result<(), Error> {
     let elapsed = start.elapsed();
 
     println!("\n{frames} frames through 3 stages in {elapsed:.2?} ({:.2} M frames/s); {summaries} window summaries", f64::from(frames) / elapsed.as_secs_f64() / 1e6);
-    println!("{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>10}", "kernel", "received", "processed", "emitted", "stalls", "errors", "state");
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>10}",
+        "kernel", "received", "processed", "emitted", "stalls", "errors", "state"
+    );
     for m in [calibrate.metrics(), filter.metrics(), aggregate.metrics()] {
         println!(
             "{:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>10?}",
             m.kernel, m.received, m.processed, m.emitted, m.stalls, m.errors, m.state
         );
     }
-    let outliers = (0..frames).filter(|seq| (seq / SENSORS).is_multiple_of(97)).count() as u64;
+    let outliers = (0..frames)
+        .filter(|seq| (seq / SENSORS).is_multiple_of(97))
+        .count() as u64;
     assert_eq!(calibrate.metrics().processed, u64::from(frames));
-    assert_eq!(filter.metrics().emitted, u64::from(frames) - outliers, "the filter drops exactly the outliers");
+    assert_eq!(
+        filter.metrics().emitted,
+        u64::from(frames) - outliers,
+        "the filter drops exactly the outliers"
+    );
     assert_eq!(u64::from(summaries), aggregate.metrics().emitted);
     let report = runtime.shutdown(Duration::from_secs(5));
     assert_eq!(report.undelivered_count(), 0);

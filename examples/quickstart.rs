@@ -26,20 +26,30 @@ struct Converted {
 fn main() -> Result<(), gyre::Error> {
     // The default backend (CPU here) with one worker per core.
     let runtime = Runtime::builder().build()?;
-    println!("runtime: {} backend, {} workers", runtime.backend_name(), runtime.workers());
+    println!(
+        "runtime: {} backend, {} workers",
+        runtime.backend_name(),
+        runtime.workers()
+    );
 
     // A kernel is resident from launch; it processes once activated.
     let spec = KernelSpec::<Reading, Converted>::new("to-fahrenheit")
         .capacity(256)
         .placement(Placement::Dedicated)
         .cpu(|r, out| {
-            Ok(out.emit(Converted { sensor: r.sensor, fahrenheit: r.celsius * 9.0 / 5.0 + 32.0 })?)
+            Ok(out.emit(Converted {
+                sensor: r.sensor,
+                fahrenheit: r.celsius * 9.0 / 5.0 + 32.0,
+            })?)
         });
     let kernel = runtime.launch(spec)?;
     kernel.activate()?;
 
     for i in 0..5u8 {
-        kernel.send(Reading { sensor: u32::from(i), celsius: f32::from(i) * 10.0 })?;
+        kernel.send(Reading {
+            sensor: u32::from(i),
+            celsius: f32::from(i) * 10.0,
+        })?;
     }
     for _ in 0..5 {
         let c = kernel.recv()?;

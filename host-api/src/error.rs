@@ -102,6 +102,20 @@ pub enum Error {
         /// The kernel.
         kernel: String,
     },
+    /// `recv` through the kernel while a [`crate::Receiver`] holds its output.
+    #[error(
+        "kernel `{kernel}`'s output is held by a Receiver: receive through it, or drop it first"
+    )]
+    ReceiverTaken {
+        /// The kernel.
+        kernel: String,
+    },
+    /// A second exclusive sender was asked for.
+    #[error("kernel `{kernel}` already has an ExclusiveSender: use it (or a shared Sender), or drop it first")]
+    ExclusiveSenderTaken {
+        /// The kernel.
+        kernel: String,
+    },
     /// A lifecycle call the state machine does not allow.
     #[error("kernel `{kernel}`: {source}")]
     Lifecycle {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gyre_runtime::abi::State;
-use gyre_runtime::backend::cpu::{KernelCore, RecvFailure, SendFailure};
+use gyre_runtime::backend::cpu::{
+    ExclusiveLane, KernelCore, OutputConsumer, RecvFailure, SendFailure,
+};
 use gyre_runtime::ring::SlotRef;
 
 use crate::report::Report;
@@ -172,7 +174,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         let summary = self
             .core
             .drain(timeout, &mut |s| undelivered.push(read(s)), &mut |s| {
-                outputs.push(read(s))
+                outputs.push(read(s));
             })
             .map_err(|e| Error::from_command(self.name(), e))?;
         Ok(self.report(summary, undelivered, outputs))
@@ -190,7 +192,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         let summary = self
             .core
             .terminate(&mut |s| undelivered.push(read(s)), &mut |s| {
-                outputs.push(read(s))
+                outputs.push(read(s));
             })
             .map_err(|e| Error::from_command(self.name(), e))?;
         Ok(self.report(summary, undelivered, outputs))
@@ -215,6 +217,41 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     }
 
     // ---- sending ------------------------------------------------------------------------
+
+    /// The exclusive receiving end of the kernel's host-bound output, for one receiving
+    /// thread: it receives without taking a lock per message. While it lives,
+    /// [`Kernel::recv`] fails with [`Error::ReceiverTaken`] and `terminate` leaves the
+    /// output ring to it; dropping it gives the output back to the kernel handle.
+    ///
+    /// # Errors
+    /// [`Error::NoHostOutput`], or [`Error::ReceiverTaken`] when one exists already.
+    pub fn receiver(&self) -> Result<Receiver<Out>, Error> {
+        let rx = self.core.take_output().map_err(|f| self.recv_error(f))?;
+        Ok(Receiver {
+            core: self.core.clone(),
+            rx: Some(rx),
+            _types: PhantomData,
+        })
+    }
+
+    /// The exclusive single-producer sender of this kernel: it writes into a lane of the
+    /// inbox that has no other producer, so a send needs no compare-and-swap. Shared
+    /// senders keep working beside it; ordering holds per sender.
+    ///
+    /// # Errors
+    /// [`Error::ExclusiveSenderTaken`] when one exists already.
+    pub fn exclusive_sender(&self) -> Result<ExclusiveSender<In>, Error> {
+        let lane = self
+            .core
+            .take_lane()
+            .ok_or_else(|| Error::ExclusiveSenderTaken {
+                kernel: self.name().to_owned(),
+            })?;
+        Ok(ExclusiveSender {
+            lane,
+            _types: PhantomData,
+        })
+    }
 
     /// A sender with its own backpressure policy.
     pub fn sender(&self) -> Sender<In> {
@@ -358,6 +395,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
                 kernel: self.name().to_owned(),
             },
             RecvFailure::Closed(state) => Error::stopped(self.name(), state, self.fault()),
+            RecvFailure::Taken => Error::ReceiverTaken {
+                kernel: self.name().to_owned(),
+            },
             RecvFailure::Empty => unreachable!("empty is handled by the callers"),
         }
     }
@@ -523,4 +563,238 @@ async fn send_async<In: Message>(
     })
     .await;
     result.map_err(|failure| send_failure(core, failure, message))
+}
+
+/// The exclusive receiving end of a kernel's host-bound output (see [`Kernel::receiver`]).
+pub struct Receiver<Out> {
+    core: Arc<KernelCore>,
+    rx: Option<OutputConsumer>,
+    _types: PhantomData<fn() -> Out>,
+}
+
+impl<Out> std::fmt::Debug for Receiver<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("kernel", &self.core.config().name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Out> Drop for Receiver<Out> {
+    fn drop(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            self.core.return_output(rx);
+        }
+    }
+}
+
+impl<Out: Message> Receiver<Out> {
+    fn error(&self, failure: RecvFailure) -> Error {
+        let kernel = &self.core.config().name;
+        match failure {
+            RecvFailure::Closed(state) => Error::stopped(kernel, state, self.core.fault()),
+            RecvFailure::NoOutput => Error::NoHostOutput {
+                kernel: kernel.clone(),
+            },
+            RecvFailure::Taken => Error::ReceiverTaken {
+                kernel: kernel.clone(),
+            },
+            RecvFailure::Empty => unreachable!("empty is handled by the callers"),
+        }
+    }
+
+    fn within(&mut self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
+        let core = &self.core;
+        let rx = self.rx.as_mut().expect("the consumer is held until drop");
+        match core.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr))) {
+            Err(RecvFailure::Empty) => {}
+            Ok(message) => return Ok(message),
+            Err(failure) => return Err(self.error(failure)),
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let result = core.outbox_items().wait_until(deadline, || {
+            match core.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr))) {
+                Err(RecvFailure::Empty) => None,
+                other => Some(other),
+            }
+        });
+        match result {
+            Some(Ok(message)) => Ok(message),
+            Some(Err(failure)) => Err(self.error(failure)),
+            None => Err(Error::Timeout {
+                kernel: core.config().name.clone(),
+                after: timeout.unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Receives the next message, waiting for one.
+    ///
+    /// # Errors
+    /// [`Error::Terminated`] (or `Faulted`) when the kernel stopped and everything it
+    /// emitted was received.
+    pub fn recv(&mut self) -> Result<Out, Error> {
+        self.within(None).map(|(message, _)| message)
+    }
+
+    /// Receives the next message with its correlation id, waiting for one.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub fn recv_with_corr(&mut self) -> Result<(Out, u64), Error> {
+        self.within(None)
+    }
+
+    /// Receives, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], or as [`Receiver::recv`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Out, Error> {
+        self.within(Some(timeout)).map(|(message, _)| message)
+    }
+
+    /// Receives without waiting; `Ok(None)` when nothing is there yet.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub fn try_recv(&mut self) -> Result<Option<Out>, Error> {
+        let rx = self.rx.as_mut().expect("the consumer is held until drop");
+        match self.core.try_recv_from(rx, |s| read::<Out>(s)) {
+            Ok(message) => Ok(Some(message)),
+            Err(RecvFailure::Empty) => Ok(None),
+            Err(failure) => Err(self.error(failure)),
+        }
+    }
+
+    /// Receives from async code without blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is taken only in the poll that returns it.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub async fn recv_async(&mut self) -> Result<Out, Error> {
+        let core = &self.core;
+        let rx = self.rx.as_mut().expect("the consumer is held until drop");
+        let result = poll_fn(|cx| {
+            core.outbox_items().poll_until(cx, || {
+                match core.try_recv_from(rx, |s| read::<Out>(s)) {
+                    Err(RecvFailure::Empty) => None,
+                    other => Some(other),
+                }
+            })
+        })
+        .await;
+        result.map_err(|failure| self.error(failure))
+    }
+}
+
+/// The exclusive single-producer sender of a kernel (see [`Kernel::exclusive_sender`]).
+/// It waits while the lane is full (spin, yield, park), like [`Kernel::send`].
+pub struct ExclusiveSender<In> {
+    lane: ExclusiveLane,
+    _types: PhantomData<fn(In)>,
+}
+
+impl<In> std::fmt::Debug for ExclusiveSender<In> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExclusiveSender")
+            .field("kernel", &self.lane.core().config().name)
+            .finish()
+    }
+}
+
+impl<In: Message> ExclusiveSender<In> {
+    fn send_inner(
+        &mut self,
+        message: In,
+        corr: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError<In>> {
+        let bytes = bytemuck::bytes_of(&message);
+        let corr_words = split(corr);
+        // Fast path without touching the kernel's reference count.
+        match self.lane.try_send(corr_words, bytes) {
+            Ok(()) => return Ok(()),
+            Err(SendFailure::Full) => {}
+            Err(failure) => return Err(send_failure(self.lane.core(), failure, message)),
+        }
+        let core = self.lane.core().clone();
+        let start = Instant::now();
+        let lane = &mut self.lane;
+        let result =
+            core.inbox_space()
+                .wait_until(deadline, || match lane.try_send(corr_words, bytes) {
+                    Err(SendFailure::Full) => None,
+                    other => Some(other),
+                });
+        match result {
+            Some(Ok(())) => Ok(()),
+            Some(Err(failure)) => Err(send_failure(&core, failure, message)),
+            None => Err(SendError {
+                error: Error::Timeout {
+                    kernel: core.config().name.clone(),
+                    after: start.elapsed(),
+                },
+                message,
+            }),
+        }
+    }
+
+    /// Sends, waiting while the lane is full.
+    ///
+    /// # Errors
+    /// [`SendError`] with the message when the kernel is draining, terminated or faulted.
+    pub fn send(&mut self, message: In) -> Result<(), SendError<In>> {
+        self.send_inner(message, 0, None)
+    }
+
+    /// Sends with a correlation id, waiting while the lane is full.
+    ///
+    /// # Errors
+    /// As [`ExclusiveSender::send`].
+    pub fn send_with_corr(&mut self, message: In, corr: u64) -> Result<(), SendError<In>> {
+        self.send_inner(message, corr, None)
+    }
+
+    /// Sends, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], or as [`ExclusiveSender::send`].
+    pub fn send_timeout(&mut self, message: In, timeout: Duration) -> Result<(), SendError<In>> {
+        self.send_inner(message, 0, Some(Instant::now() + timeout))
+    }
+
+    /// Sends without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Full`] when the lane is full, or as [`ExclusiveSender::send`].
+    pub fn try_send(&mut self, message: In) -> Result<(), SendError<In>> {
+        match self.lane.try_send([0, 0], bytemuck::bytes_of(&message)) {
+            Ok(()) => Ok(()),
+            Err(f) => Err(send_failure(self.lane.core(), f, message)),
+        }
+    }
+
+    /// Sends from async code: waits for room without blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: if the future is dropped before it completes, the message was not sent.
+    ///
+    /// # Errors
+    /// As [`ExclusiveSender::send`].
+    pub async fn send_async(&mut self, message: In) -> Result<(), SendError<In>> {
+        let core = self.lane.core().clone();
+        let bytes = bytemuck::bytes_of(&message);
+        let lane = &mut self.lane;
+        let result = poll_fn(|cx| {
+            core.inbox_space()
+                .poll_until(cx, || match lane.try_send([0, 0], bytes) {
+                    Err(SendFailure::Full) => None,
+                    other => Some(other),
+                })
+        })
+        .await;
+        result.map_err(|failure| send_failure(&core, failure, message))
+    }
 }

@@ -45,7 +45,7 @@ pub use error::{Error, SendError};
 pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
-pub use kernel::{Backpressure, Kernel, KernelMetrics, Sender};
+pub use kernel::{Backpressure, ExclusiveSender, Kernel, KernelMetrics, Receiver, Sender};
 pub use report::{
     DrainReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,
 };

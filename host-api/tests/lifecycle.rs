@@ -468,3 +468,129 @@ fn many_senders_and_one_receiver_lose_nothing() {
         assert_eq!(k.drain(WAIT).unwrap().processed, 6000);
     }
 }
+
+#[test]
+fn exclusive_sender_and_receiver_carry_messages_with_the_shared_handles() {
+    let rt = runtime();
+    for placement in [Placement::Pool, Placement::Dedicated] {
+        let k = rt
+            .launch(echo("exclusive", placement).capacity(16).host_output(64))
+            .unwrap();
+        let mut tx = k.exclusive_sender().unwrap();
+        let second = k.exclusive_sender().unwrap_err();
+        assert!(
+            matches!(second, Error::ExclusiveSenderTaken { .. }),
+            "{second}"
+        );
+        let mut rx = k.receiver().unwrap();
+        assert!(matches!(k.recv(), Err(Error::ReceiverTaken { .. })));
+        assert!(matches!(k.receiver(), Err(Error::ReceiverTaken { .. })));
+        k.activate().unwrap();
+        for i in 0..2000u64 {
+            tx.send(i).unwrap();
+            assert_eq!(rx.recv().unwrap(), i);
+        }
+        // Shared sends go beside the lane; order holds per sender.
+        tx.send(1_000_000).unwrap();
+        k.send(2_000_000).unwrap();
+        let mut got = [rx.recv().unwrap(), rx.recv().unwrap()];
+        got.sort_unstable();
+        assert_eq!(got, [1_000_000, 2_000_000]);
+        drop(rx);
+        k.send(7).unwrap();
+        assert_eq!(
+            k.recv().unwrap(),
+            7,
+            "the output is back with the kernel handle"
+        );
+        drop(tx);
+        let mut again = k.exclusive_sender().unwrap();
+        again.send(8).unwrap();
+        assert_eq!(k.recv().unwrap(), 8);
+        assert_eq!(k.drain(WAIT).unwrap().processed, 2004);
+        let err = again.send(9).unwrap_err();
+        assert!(
+            matches!(err.error, Error::Terminated { .. }),
+            "{}",
+            err.error
+        );
+        assert_eq!(err.into_message(), 9);
+    }
+}
+
+#[test]
+fn terminate_and_drain_cover_the_exclusive_lane() {
+    let rt = runtime();
+    let k = rt
+        .launch(echo("lane-term", Placement::Pool).capacity(8))
+        .unwrap();
+    let mut tx = k.exclusive_sender().unwrap();
+    for i in 0..8 {
+        tx.try_send(i).unwrap();
+    }
+    assert!(matches!(
+        tx.try_send(8).unwrap_err().error,
+        Error::Full { .. }
+    ));
+    for i in 100..104 {
+        k.send(i).unwrap();
+    }
+    let report = k.terminate().unwrap();
+    let mut undelivered = report.undelivered.clone();
+    undelivered.sort_unstable();
+    assert_eq!(
+        undelivered,
+        vec![0, 1, 2, 3, 4, 5, 6, 7, 100, 101, 102, 103]
+    );
+
+    let k = rt
+        .launch(
+            echo("lane-drain", Placement::Dedicated)
+                .capacity(8)
+                .host_output(64),
+        )
+        .unwrap();
+    let mut tx = k.exclusive_sender().unwrap();
+    for i in 0..8 {
+        tx.send(i).unwrap();
+        k.send(100 + i).unwrap();
+    }
+    let report = k.drain(WAIT).unwrap();
+    assert_eq!(report.processed, 16);
+    let mut rx = k.receiver().unwrap();
+    let mut outs: Vec<u64> = (0..16).map(|_| rx.recv().unwrap()).collect();
+    assert!(matches!(rx.recv(), Err(Error::Terminated { .. })));
+    outs.sort_unstable();
+    assert_eq!(outs, (0..8).chain(100..108).collect::<Vec<_>>());
+}
+
+#[test]
+fn async_exclusive_endpoints_do_not_block_the_executor() {
+    let rt = runtime();
+    let k = rt
+        .launch(echo("async-x", Placement::Pool).capacity(8).host_output(8))
+        .unwrap();
+    k.activate().unwrap();
+    let mut tx = k.exclusive_sender().unwrap();
+    let mut rx = k.receiver().unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let total: u64 = tokio.block_on(async {
+        let producer = async move {
+            for i in 0..500u64 {
+                tx.send_async(i).await.unwrap();
+            }
+        };
+        let consumer = async {
+            let mut sum = 0;
+            for _ in 0..500 {
+                sum += rx.recv_async().await.unwrap();
+            }
+            sum
+        };
+        tokio::join!(producer, consumer).1
+    });
+    assert_eq!(total, (0..500).sum::<u64>());
+}

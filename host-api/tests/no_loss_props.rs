@@ -17,8 +17,15 @@ fn runtime() -> &'static Runtime {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Send { kernel: usize, count: u8 },
-    Recv { kernel: usize, count: u8 },
+    Send {
+        kernel: usize,
+        count: u8,
+        exclusive: bool,
+    },
+    Recv {
+        kernel: usize,
+        count: u8,
+    },
     Activate(usize),
     Deactivate(usize),
     Drain(usize),
@@ -28,7 +35,8 @@ enum Op {
 fn op(kernels: usize) -> impl Strategy<Value = Op> {
     let k = 0..kernels;
     prop_oneof![
-        4 => (k.clone(), 1..40u8).prop_map(|(kernel, count)| Op::Send { kernel, count }),
+        4 => (k.clone(), 1..40u8, any::<bool>())
+            .prop_map(|(kernel, count, exclusive)| Op::Send { kernel, count, exclusive }),
         3 => (k.clone(), 1..40u8).prop_map(|(kernel, count)| Op::Recv { kernel, count }),
         2 => k.clone().prop_map(Op::Activate),
         1 => k.clone().prop_map(Op::Deactivate),
@@ -117,15 +125,28 @@ fn run(plans: &[KernelPlan], ops: &[Op]) -> Result<(), TestCaseError> {
             rt.launch(spec).unwrap()
         })
         .collect();
+    let mut lanes: Vec<gyre::ExclusiveSender<u64>> = kernels
+        .iter()
+        .map(|k| k.exclusive_sender().unwrap())
+        .collect();
     let mut ledger = Ledger::default();
     let mut next_id = 1u64;
     for op in ops {
         match *op {
-            Op::Send { kernel, count } => {
+            Op::Send {
+                kernel,
+                count,
+                exclusive,
+            } => {
                 for _ in 0..count {
                     let id = next_id;
                     next_id += 1;
-                    match kernels[kernel].try_send(id) {
+                    let sent = if exclusive {
+                        lanes[kernel].try_send(id)
+                    } else {
+                        kernels[kernel].try_send(id)
+                    };
+                    match sent {
                         Ok(()) => ledger.accepted.push(id),
                         Err(e) => {
                             prop_assert_eq!(e.message, id, "the failed message comes back");
@@ -195,7 +216,9 @@ proptest! {
         let ops: Vec<Op> = ops
             .into_iter()
             .map(|op| match op {
-                Op::Send { kernel, count } => Op::Send { kernel: kernel % plans.len(), count },
+                Op::Send { kernel, count, exclusive } => {
+                    Op::Send { kernel: kernel % plans.len(), count, exclusive }
+                }
                 Op::Recv { kernel, count } => Op::Recv { kernel: kernel % plans.len(), count },
                 Op::Activate(k) => Op::Activate(k % plans.len()),
                 Op::Deactivate(k) => Op::Deactivate(k % plans.len()),

@@ -21,6 +21,22 @@ pub(crate) fn spin_hint() {
     std::hint::spin_loop();
 }
 
+/// Under loom both sides are plain SeqCst fences (loom has no process-wide barrier).
+#[cfg(loom)]
+pub(crate) mod asym {
+    use loom::sync::atomic::{fence, Ordering};
+
+    /// The hot side of a Dekker pair.
+    pub(crate) fn light() {
+        fence(Ordering::SeqCst);
+    }
+
+    /// The cold side of a Dekker pair.
+    pub(crate) fn heavy() {
+        fence(Ordering::SeqCst);
+    }
+}
+
 /// Asymmetric fences: a cheap [`light`](asym::light) fence on hot paths paired with an
 /// expensive [`heavy`](asym::heavy) fence on cold ones.
 ///
@@ -93,13 +109,13 @@ pub(crate) mod asym {
     pub(crate) fn heavy() {
         // ORDERING: a full fence in this thread in every mode.
         fence(Ordering::SeqCst);
-        if mode() == MEMBARRIER && !membarrier_all() {
-            // The call failed after a successful registration; fall back for good. Threads
-            // that read the old mode only had a compiler fence, so this call cannot order
-            // against them: that would be a lost wakeup. Registration succeeding and the
-            // command failing is not something Linux does; abort loudly rather than hang.
-            panic!("membarrier(PRIVATE_EXPEDITED) failed after registration");
-        }
+        // Threads on the light side only had a compiler fence, so if the call failed
+        // nothing would order against them (a lost wakeup). Linux does not fail this
+        // command after a successful registration; stop loudly rather than hang.
+        assert!(
+            mode() != MEMBARRIER || membarrier_all(),
+            "membarrier(PRIVATE_EXPEDITED) failed after registration"
+        );
         // ORDERING: and once more after the other threads' barriers.
         fence(Ordering::SeqCst);
     }

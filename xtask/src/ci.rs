@@ -15,7 +15,12 @@ struct Step {
 
 impl Step {
     fn new(name: &'static str, program: &'static str, args: &[&'static str]) -> Self {
-        Self { name, program, args: args.to_vec(), env: Vec::new() }
+        Self {
+            name,
+            program,
+            args: args.to_vec(),
+            env: Vec::new(),
+        }
     }
 
     fn env(mut self, key: &'static str, value: &'static str) -> Self {
@@ -25,14 +30,24 @@ impl Step {
 
     fn run(&self, root: &Path) -> Result<(), String> {
         let start = Instant::now();
-        println!("==> {} ({} {})", self.name, self.program, self.args.join(" "));
+        println!(
+            "==> {} ({} {})",
+            self.name,
+            self.program,
+            self.args.join(" ")
+        );
         let status = Command::new(self.program)
             .args(&self.args)
             .envs(self.env.iter().copied())
             .current_dir(root)
             .status()
             .map_err(|e| format!("{}: could not start `{}`: {e}", self.name, self.program))?;
-        println!("<== {} {} in {:.1?}", self.name, if status.success() { "ok" } else { "FAILED" }, start.elapsed());
+        println!(
+            "<== {} {} in {:.1?}",
+            self.name,
+            if status.success() { "ok" } else { "FAILED" },
+            start.elapsed()
+        );
         if status.success() {
             Ok(())
         } else {
@@ -42,7 +57,10 @@ impl Step {
 }
 
 fn have(program: &str, arg: &str) -> bool {
-    Command::new(program).arg(arg).output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .arg(arg)
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Installs what the tests need when it is missing: the rustfmt and clippy
@@ -52,16 +70,29 @@ fn have(program: &str, arg: &str) -> bool {
 /// A message naming what could not be installed.
 pub fn setup(root: &Path) -> Result<(), String> {
     if !have("rustfmt", "--version") {
-        Step::new("install rustfmt", "rustup", &["component", "add", "rustfmt"]).run(root)?;
+        Step::new(
+            "install rustfmt",
+            "rustup",
+            &["component", "add", "rustfmt"],
+        )
+        .run(root)?;
     }
-    if !Command::new("cargo").args(["clippy", "--version"]).output().is_ok_and(|o| o.status.success()) {
+    if !Command::new("cargo")
+        .args(["clippy", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         Step::new("install clippy", "rustup", &["component", "add", "clippy"]).run(root)?;
     }
     if !have("cc", "--version") || !have("c++", "--version") {
         Step::new("apt-get update", "apt-get", &["update", "-q"]).run(root)?;
-        Step::new("install gcc and g++", "apt-get", &["install", "-y", "-q", "gcc", "g++"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run(root)?;
+        Step::new(
+            "install gcc and g++",
+            "apt-get",
+            &["install", "-y", "-q", "gcc", "g++"],
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run(root)?;
     }
     println!("setup: everything the tests need is installed");
     Ok(())
@@ -76,16 +107,64 @@ pub fn ci(root: &Path) -> Result<(), String> {
     setup(root)?;
     let steps = [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
-        Step::new("generated ABI files are fresh", "cargo", &["run", "--quiet", "-p", "xtask", "--", "abi", "--check"]),
-        Step::new("clippy", "cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+        Step::new(
+            "generated ABI files are fresh",
+            "cargo",
+            &["run", "--quiet", "-p", "xtask", "--", "abi", "--check"],
+        ),
+        Step::new(
+            "clippy",
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
         // Unit, integration and doc tests; examples are built (benches are not run here).
         Step::new("tests", "cargo", &["test", "--workspace"]),
-        Step::new("example quickstart", "cargo", &["run", "--quiet", "-p", "gyre-examples", "--example", "quickstart"]),
-        Step::new("example pipeline", "cargo", &["run", "--quiet", "-p", "gyre-examples", "--example", "pipeline"]),
+        Step::new(
+            "example quickstart",
+            "cargo",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "gyre-examples",
+                "--example",
+                "quickstart",
+            ],
+        ),
+        Step::new(
+            "example pipeline",
+            "cargo",
+            &[
+                "run",
+                "--quiet",
+                "-p",
+                "gyre-examples",
+                "--example",
+                "pipeline",
+            ],
+        ),
         Step::new(
             "loom models",
             "cargo",
-            &["test", "--release", "-p", "gyre-runtime", "--test", "loom_ring", "--test", "loom_control", "--target-dir", "target/loom"],
+            &[
+                "test",
+                "--release",
+                "-p",
+                "gyre-runtime",
+                "--test",
+                "loom_ring",
+                "--test",
+                "loom_control",
+                "--target-dir",
+                "target/loom",
+            ],
         )
         .env("RUSTFLAGS", "--cfg loom")
         .env("LOOM_MAX_PREEMPTIONS", "3"),
@@ -93,6 +172,10 @@ pub fn ci(root: &Path) -> Result<(), String> {
     for step in &steps {
         step.run(root)?;
     }
-    println!("ci: all {} steps passed in {:.0?}", steps.len() + 1, start.elapsed());
+    println!(
+        "ci: all {} steps passed in {:.0?}",
+        steps.len() + 1,
+        start.elapsed()
+    );
     Ok(())
 }

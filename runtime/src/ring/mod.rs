@@ -44,7 +44,7 @@ pub use memory::{HostRing, RawRing};
 pub use memory::{LayoutError, RingLayout, RingMemory};
 
 use crate::abi::{KIND_CANCELLED, TAG_KIND_MASK};
-use crate::sync::{spin_hint, AtomicBool, AtomicU32, Ordering};
+use crate::sync::{asym, spin_hint, AtomicBool, AtomicU32, Ordering};
 
 /// Why [`Producer::try_claim`] did not claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,7 +188,7 @@ impl<M: RingMemory> Producer<M> {
     ///
     /// # Safety
     /// No other thread claims on this producer while this call runs or while a claim it
-    /// returned is alive, and the producer is not closed meanwhile.
+    /// returned is alive. ([`Producer::close`] may run concurrently.)
     pub unsafe fn try_claim_exclusive(&self, len: u32) -> Result<Claim<'_, M>, ClaimError> {
         let capacity = self.mem.capacity();
         if len > capacity {
@@ -210,16 +210,24 @@ impl<M: RingMemory> Producer<M> {
                 return Err(ClaimError::Full { free });
             }
         }
-        // Relaxed: consumers never read `tail` for correctness (they read stamps), and no
-        // close races an exclusive producer (caller's guarantee).
+        // Relaxed: consumers never read `tail` for correctness (they read stamps).
         self.mem
             .tail()
             .store(tail.wrapping_add(len), Ordering::Relaxed);
-        Ok(Claim {
+        let claim = Claim {
             producer: self,
             start: tail,
             len,
-        })
+        };
+        // ORDERING: light side of an asymmetric fence between our store of `tail` and the
+        // load of `closed`; `close` stores `closed`, runs the heavy side, then reads
+        // `tail`. Either `close` sees this claim or we see `closed` and cancel it.
+        asym::light();
+        if self.closed.load(Ordering::Relaxed) {
+            claim.cancel();
+            return Err(ClaimError::Closed);
+        }
+        Ok(claim)
     }
 
     /// Closes the producer side: every later claim fails with [`ClaimError::Closed`].
@@ -231,6 +239,9 @@ impl<M: RingMemory> Producer<M> {
         // ORDERING: SeqCst, pairs with the claim in `try_claim` (see there); the store
         // is sequenced before the release half of the RMW below.
         self.closed.store(true, Ordering::SeqCst);
+        // ORDERING: heavy side of the asymmetric fence that `try_claim_exclusive` pairs
+        // with its light side (see there).
+        asym::heavy();
         // ORDERING: a read-modify-write, not a load: it reads the latest `tail` in its
         // modification order and (Release) heads the release sequence that later claims
         // read from, so the argument in `try_claim` needs no single total order (loom

@@ -22,6 +22,10 @@ use crate::wait::Signal;
 
 type Ring = Arc<HostRing>;
 
+/// The consumer side of a kernel's host-bound output ring, as a [`KernelCore::take_output`]
+/// caller holds it.
+pub type OutputConsumer = Consumer<Arc<HostRing>>;
+
 /// Rounds a pool worker keeps polling a kernel that just ran out of work, while no other
 /// kernel waits, before letting it go idle (a few microseconds: the next message of a
 /// request/response exchange usually arrives within a round trip).
@@ -128,7 +132,7 @@ impl Emitter<'_> {
             match unsafe { outbox.try_claim_exclusive(1) } {
                 Ok(claim) => {
                     claim.write(0, tag, corr, |slot| {
-                        slot[..payload.len()].copy_from_slice(payload)
+                        slot[..payload.len()].copy_from_slice(payload);
                     });
                     claim.publish();
                     self.emitted += 1;
@@ -184,6 +188,10 @@ pub struct KernelConfig {
 /// The kernel side, owned by whichever thread runs the kernel.
 struct Exec {
     inbox: Consumer<Ring>,
+    /// The single-producer lane's consumer side.
+    lane: Consumer<Ring>,
+    /// Which ring goes first in the next turn (alternates, for fairness).
+    lane_first: bool,
     control: KernelSide<Arc<HostControl>>,
     handler: Box<dyn Handler>,
     state: State,
@@ -195,6 +203,10 @@ pub struct KernelCore {
     id: u32,
     config: KernelConfig,
     inbox: Producer<Ring>,
+    /// A second inbox ring with a single producer (an [`ExclusiveLane`]), claimed without
+    /// a compare-and-swap. Same layout as `inbox`.
+    lane: Producer<Ring>,
+    lane_taken: AtomicBool,
     outbox: Option<Producer<Ring>>,
     /// Written by receiving host threads on every receive: its own line.
     outbox_rx: CachePadded<Mutex<Option<Consumer<Ring>>>>,
@@ -209,6 +221,10 @@ pub struct KernelCore {
     output_stalled: AtomicBool,
     /// Set by the host before it issues `Terminate`; unblocks a waiting emit.
     terminating: AtomicBool,
+    /// Set once the kernel published a stopped state. A host-side copy of that fact,
+    /// so polling receivers do not read the control block's status line, which the
+    /// kernel rewrites every turn.
+    stopped: AtomicBool,
     /// Serialises lifecycle calls from the host; holds the last command issued (its
     /// epoch and the state it leads to) so a call made before the kernel acknowledged
     /// the previous one is checked against where the kernel is going.
@@ -255,6 +271,8 @@ pub enum SendFailure {
 /// What `try_recv` could not do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecvFailure {
+    /// The output ring's consumer is taken out by [`KernelCore::take_output`].
+    Taken,
     /// Nothing is waiting now; the kernel may emit more.
     Empty,
     /// Nothing is waiting and the kernel is stopped: nothing more will come.
@@ -271,10 +289,13 @@ impl KernelCore {
         pool: Arc<Pool>,
     ) -> Self {
         let inbox_ring = Arc::new(HostRing::new(config.inbox));
+        let lane_ring = Arc::new(HostRing::new(config.inbox));
         let outbox_ring = config.outbox.map(|layout| Arc::new(HostRing::new(layout)));
         let control = Arc::new(HostControl::new(id));
         let exec = Exec {
             inbox: Consumer::new(inbox_ring.clone()),
+            lane: Consumer::new(lane_ring.clone()),
+            lane_first: false,
             control: KernelSide::new(control.clone()),
             handler,
             state: State::Launched,
@@ -283,6 +304,8 @@ impl KernelCore {
         Self {
             id,
             inbox: Producer::new(inbox_ring),
+            lane: Producer::new(lane_ring),
+            lane_taken: AtomicBool::new(false),
             outbox: outbox_ring.clone().map(Producer::new),
             outbox_rx: CachePadded::new(Mutex::new(outbox_ring.map(Consumer::new))),
             control: HostSide::new(control),
@@ -292,6 +315,7 @@ impl KernelCore {
             scheduled: CachePadded::new(AtomicBool::new(false)),
             output_stalled: AtomicBool::new(false),
             terminating: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             lifecycle: Mutex::new(None),
             fault: Mutex::new(None),
             inbox_space: Signal::new(),
@@ -334,7 +358,7 @@ impl KernelCore {
 
     /// Messages waiting in the inbox (racy gauge).
     pub fn inbox_len(&self) -> u32 {
-        self.inbox.len()
+        self.inbox.len() + self.lane.len()
     }
 
     /// Payload bytes of an inbox slot.
@@ -369,7 +393,7 @@ impl KernelCore {
             Ok(claim) => {
                 let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
                 claim.write(0, tag, corr, |slot| {
-                    slot[..payload.len()].copy_from_slice(payload)
+                    slot[..payload.len()].copy_from_slice(payload);
                 });
                 claim.publish();
                 self.wake();
@@ -406,26 +430,36 @@ impl KernelCore {
 
     // ---- host side: receiving -----------------------------------------------------
 
-    /// Takes the next host-bound message, handing it to `f`, without waiting.
+    /// Takes the next host-bound message, handing it to `f`, without waiting. Receivers
+    /// on several threads take turns (a lock); one receiving thread is faster with the
+    /// consumer taken out by [`KernelCore::take_output`].
     ///
     /// # Errors
-    /// [`RecvFailure`] when nothing is waiting, or the kernel has no output.
+    /// [`RecvFailure`] when nothing is waiting, the kernel has no output, or its output
+    /// consumer is taken.
     pub fn try_recv<R>(
         self: &Arc<Self>,
         f: impl FnOnce(SlotRef<'_>) -> R,
     ) -> Result<R, RecvFailure> {
-        // Fast path for pollers: nothing published, no lock taken.
-        if self
-            .outbox
-            .as_ref()
-            .is_some_and(|outbox| !outbox.has_published())
-        {
-            return Err(self.empty_or_closed());
-        }
         let mut guard = self.outbox_rx.lock();
-        let Some(rx) = guard.as_mut() else {
-            return Err(RecvFailure::NoOutput);
-        };
+        match guard.as_mut() {
+            Some(rx) => self.try_recv_from(rx, f),
+            None if self.outbox.is_some() => Err(RecvFailure::Taken),
+            None => Err(RecvFailure::NoOutput),
+        }
+    }
+
+    /// Takes the next host-bound message from `rx`, the consumer returned by
+    /// [`KernelCore::take_output`], without waiting and without locking.
+    ///
+    /// # Errors
+    /// [`RecvFailure::Empty`] when nothing is waiting, `Closed` when the kernel stopped
+    /// and nothing is left.
+    pub fn try_recv_from<R>(
+        self: &Arc<Self>,
+        rx: &mut OutputConsumer,
+        f: impl FnOnce(SlotRef<'_>) -> R,
+    ) -> Result<R, RecvFailure> {
         let mut f = Some(f);
         let mut out = None;
         rx.consume(1, |slot| {
@@ -434,31 +468,46 @@ impl KernelCore {
             }
             Step::Last
         });
-        drop(guard);
         if let Some(value) = out {
             self.after_output_consumed();
             return Ok(value);
         }
-        Err(self.empty_or_closed())
-    }
-
-    /// `Closed` when the kernel stopped and its output ring is empty (nothing more will
-    /// come: the kernel publishes its state after its last emit, so emptiness is
-    /// re-checked after reading the state), else `Empty`.
-    fn empty_or_closed(&self) -> RecvFailure {
-        let state = self.state();
-        if lifecycle::is_stopped(state) && self.outbox_is_empty() {
-            RecvFailure::Closed(state)
+        // Stopped and empty: nothing more will come. The kernel sets `stopped` after its
+        // last emit, so emptiness is re-checked after reading the flag.
+        // ORDERING: Acquire pairs with the Release store in `publish_state`.
+        if self.stopped.load(Ordering::Acquire) && rx.is_empty() {
+            Err(RecvFailure::Closed(self.state()))
         } else {
-            RecvFailure::Empty
+            Err(RecvFailure::Empty)
         }
     }
 
-    fn outbox_is_empty(&self) -> bool {
-        self.outbox_rx
-            .lock()
-            .as_ref()
-            .is_none_or(Consumer::is_empty)
+    /// Takes the output ring's consumer out for one receiving thread (no lock per
+    /// message). Until it comes back through [`KernelCore::return_output`], `try_recv`
+    /// fails with `Taken` and `terminate` leaves the output ring to its holder.
+    ///
+    /// # Errors
+    /// `NoOutput` when the kernel has no host-bound output, `Taken` when it is out already.
+    pub fn take_output(&self) -> Result<OutputConsumer, RecvFailure> {
+        match self.outbox_rx.lock().take() {
+            Some(rx) => Ok(rx),
+            None if self.outbox.is_some() => Err(RecvFailure::Taken),
+            None => Err(RecvFailure::NoOutput),
+        }
+    }
+
+    /// Gives back a consumer taken by [`KernelCore::take_output`].
+    pub fn return_output(&self, rx: OutputConsumer) {
+        *self.outbox_rx.lock() = Some(rx);
+        self.outbox_items.notify();
+    }
+
+    /// Takes the kernel's single-producer lane, if nobody holds it.
+    pub fn take_lane(self: &Arc<Self>) -> Option<ExclusiveLane> {
+        // ORDERING: Acquire pairs with the Release store in `ExclusiveLane::drop`: the
+        // previous holder's claims happen before ours.
+        (!self.lane_taken.swap(true, Ordering::Acquire))
+            .then(|| ExclusiveLane { core: self.clone() })
     }
 
     fn after_output_consumed(self: &Arc<Self>) {
@@ -516,7 +565,7 @@ impl KernelCore {
         if self.output_stalled.load(Ordering::Relaxed) {
             return false;
         }
-        self.inbox.has_published() || state == State::Draining
+        self.inbox.has_published() || self.lane.has_published() || state == State::Draining
     }
 
     /// Runs the kernel on a pool worker: turns while it has work, requeued behind other
@@ -583,7 +632,7 @@ impl KernelCore {
         self.apply_commands(exec);
         if lifecycle::processes_messages(exec.state) {
             self.run_batch(exec);
-            if exec.state == State::Draining && exec.inbox.is_empty() {
+            if exec.state == State::Draining && exec.inbox.is_empty() && exec.lane.is_empty() {
                 self.publish_state(exec, lifecycle::transition(State::Draining, Event::Drained));
             }
         }
@@ -615,6 +664,11 @@ impl KernelCore {
             exec.state = state;
         }
         exec.control.set_state(exec.state);
+        if lifecycle::is_stopped(exec.state) {
+            // ORDERING: Release pairs with the Acquire load in `try_recv_from`: a receiver
+            // that sees the flag sees every emit published before it.
+            self.stopped.store(true, Ordering::Release);
+        }
         self.state_changed.notify();
         if lifecycle::is_stopped(exec.state) {
             // Receivers waiting for output learn that no more will come.
@@ -647,6 +701,8 @@ impl KernelCore {
         }
         let Exec {
             inbox,
+            lane,
+            lane_first,
             control,
             handler,
             stranded,
@@ -661,8 +717,8 @@ impl KernelCore {
         let mut handled = 0u32;
         let mut errors = 0u32;
         let mut panic: Option<String> = None;
-        let released = inbox.consume(budget, |slot| {
-            if self.terminating.load(Ordering::Relaxed) {
+        let mut on_slot = |slot: SlotRef<'_>| {
+            if panic.is_some() || self.terminating.load(Ordering::Relaxed) {
                 return Step::Keep;
             }
             let message = Message {
@@ -686,7 +742,16 @@ impl KernelCore {
                     Step::Keep
                 }
             }
-        });
+        };
+        // Both inbox rings share the turn's budget; which goes first alternates.
+        *lane_first = !*lane_first;
+        let (first, second) = if *lane_first {
+            (lane, inbox)
+        } else {
+            (inbox, lane)
+        };
+        let mut released = first.consume(budget, &mut on_slot);
+        released += second.consume(budget - released.min(budget), &mut on_slot);
         let (emitted, stalls) = (emitter.emitted, emitter.stalls);
         control.count(Counters {
             received: handled,
@@ -709,6 +774,7 @@ impl KernelCore {
             self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
             // Senders now get `Faulted`; messages already queued wait for `terminate`.
             self.inbox.close();
+            self.lane.close();
         }
     }
 
@@ -786,9 +852,11 @@ impl KernelCore {
 
     /// Closes the inbox and waits until senders that claimed before the close finished.
     fn close_inbox(&self) {
-        let tail = self.inbox.close();
-        if !self.inbox.wait_published(tail, PUBLISH_SPINS) {
-            tracing::warn!(kernel = %self.config.name, "a sender is still writing a claimed slot after the close");
+        for ring in [&self.inbox, &self.lane] {
+            let tail = ring.close();
+            if !ring.wait_published(tail, PUBLISH_SPINS) {
+                tracing::warn!(kernel = %self.config.name, "a sender is still writing a claimed slot after the close");
+            }
         }
         self.inbox_space.notify();
     }
@@ -876,10 +944,12 @@ impl KernelCore {
             let mut exec = self.exec.lock();
             let exec = &mut *exec;
             let capacity = exec.inbox.capacity();
-            exec.inbox.consume(capacity, |slot| {
-                on_input(slot);
-                Step::Next
-            });
+            for ring in [&mut exec.inbox, &mut exec.lane] {
+                ring.consume(capacity, |slot| {
+                    on_input(slot);
+                    Step::Next
+                });
+            }
             for (tag, corr, bytes) in exec.stranded.drain(..) {
                 on_output(SlotRef {
                     position: 0,
@@ -910,5 +980,59 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+/// The exclusive right to send through a kernel's single-producer lane: a second inbox
+/// ring that, having one producer, is claimed with plain stores instead of a
+/// compare-and-swap. At most one exists per kernel; dropping it frees the lane.
+#[derive(Debug)]
+pub struct ExclusiveLane {
+    core: Arc<KernelCore>,
+}
+
+impl ExclusiveLane {
+    /// The kernel.
+    pub fn core(&self) -> &Arc<KernelCore> {
+        &self.core
+    }
+
+    /// Writes one message into the lane in place, without waiting.
+    ///
+    /// # Errors
+    /// As [`KernelCore::try_send`].
+    pub fn try_send(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
+        let core = &self.core;
+        let max = core.inbox_payload_bytes();
+        if payload.len() > max {
+            return Err(SendFailure::TooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
+        // out one until it is dropped) and `&mut self` keeps its use on one thread, so no
+        // other claim on the lane runs concurrently; `close` may, which the claim handles.
+        match unsafe { core.lane.try_claim_exclusive(1) } {
+            Ok(claim) => {
+                let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
+                claim.write(0, tag, corr, |slot| {
+                    slot[..payload.len()].copy_from_slice(payload);
+                });
+                claim.publish();
+                core.wake();
+                Ok(())
+            }
+            Err(ClaimError::Full { .. }) => Err(SendFailure::Full),
+            Err(ClaimError::Closed) => Err(SendFailure::Closed(core.closed_state())),
+            Err(ClaimError::TooMany) => unreachable!("a claim of one always fits"),
+        }
+    }
+}
+
+impl Drop for ExclusiveLane {
+    fn drop(&mut self) {
+        // ORDERING: Release pairs with the Acquire swap in `take_lane`.
+        self.core.lane_taken.store(false, Ordering::Release);
     }
 }

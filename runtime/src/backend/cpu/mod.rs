@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub use kernel::{
-    EmitError, Emitter, Handler, HandlerError, KernelConfig, KernelCore, Message, RecvFailure,
-    SendFailure,
+    EmitError, Emitter, ExclusiveLane, Handler, HandlerError, KernelConfig, KernelCore, Message,
+    OutputConsumer, RecvFailure, SendFailure,
 };
 use pool::Pool;
 

@@ -1,0 +1,543 @@
+//! The interleaved benchmark report.
+//!
+//! ```text
+//! cargo run --release -p gyre-bench --bin gyre-bench [ROUNDS] [--only NAME,...] [--phase rt|tp|both]
+//! ```
+//!
+//! Runs `ROUNDS` (default 20) short rounds. In each round every subject and baseline runs
+//! in turn (gyre-dedicated, rtrb, gyre-pool, crossbeam, then the diagnostics), each on a
+//! fresh server that is stopped cleanly afterwards: round trips (p50, p99), then windowed
+//! echo throughput. A raw cache-line ping-pong is measured right before each of them.
+//!
+//! On a machine whose core-to-core latency and throughput swing from run to run (and
+//! within a run), only numbers taken side by side compare, so every ratio is taken
+//! within one round (subject / baseline of the same round) and the median over rounds
+//! is reported. A round is left out of the summary when other processes took CPU time
+//! during it ("disturbed") or when the ping-pong moved by more than `MAX_PP_SPREAD`
+//! within it ("moved": the two cores changed distance), as long as `MIN_CLEAN_ROUNDS`
+//! clean rounds remain. `--only` and `--phase` narrow the run, for profiling.
+
+use std::time::{Duration, Instant};
+
+use gyre_bench::{
+    echo_throughput, ping_pong, rate, round_trip, round_trip_histogram, Echo, Subject, CAPACITY,
+    WINDOW,
+};
+
+/// Round trips per subject per round, after `RT_WARM_UP` unrecorded ones.
+const RT_COUNT: u64 = 20_000;
+const RT_WARM_UP: u64 = 2_000;
+/// Echoes per subject per round for throughput, after `TP_WARM_UP` untimed ones.
+const TP_COUNT: u64 = 200_000;
+const TP_WARM_UP: u64 = 20_000;
+/// Ping-pong bounces before each subject.
+const PP_COUNT: u64 = 20_000;
+/// Acceptance: dedicated round-trip p50 at most this times the rtrb p50.
+const MAX_RT_RATIO: f64 = 1.3;
+/// Acceptance: dedicated echo throughput at least this times the rtrb throughput.
+const MIN_TP_RATIO: f64 = 0.7;
+/// A round during which other processes (or the hypervisor) took this many CPUs is
+/// disturbed.
+const DISTURBED_OTHERS_CPUS: f64 = 0.10;
+/// A round whose largest ping-pong is more than this times its smallest moved.
+const MAX_PP_SPREAD: f64 = 1.5;
+/// Before a round, wait until other processes take less than this ...
+const QUIET_OTHERS_CPUS: f64 = 0.05;
+/// ... for at most this long over the whole run.
+const QUIET_WAIT_BUDGET: Duration = Duration::from_secs(30);
+/// No round starts after this long, so a run on a loaded machine still ends.
+const TIME_CAP: Duration = Duration::from_secs(100);
+/// The summary uses only clean rounds when at least this many exist.
+const MIN_CLEAN_ROUNDS: usize = 3;
+const USAGE: &str =
+    "usage: gyre-bench [ROUNDS] [--only NAME,NAME,...] [--phase rt|tp|both]   (ROUNDS default 20)";
+
+/// One subject in one round.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    /// Cache-line ping-pong round trip measured right before, ns.
+    ping_pong_ns: f64,
+    p50_ns: f64,
+    p99_ns: f64,
+    msgs_per_s: f64,
+}
+
+/// Which measurements to run (all by default; one alone for profiling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Both,
+    RoundTrip,
+    Throughput,
+}
+
+/// One subject, one round: ping-pong, then a fresh server: round trips, then
+/// throughput, then a clean stop. A phase left out reads NaN.
+fn measure(subject: Subject, phase: Phase) -> Measured {
+    let ping_pong_ns = ping_pong(PP_COUNT).as_nanos() as f64 / PP_COUNT as f64;
+    let mut server = subject.start();
+    let mut measured = Measured {
+        ping_pong_ns,
+        p50_ns: f64::NAN,
+        p99_ns: f64::NAN,
+        msgs_per_s: f64::NAN,
+    };
+    if phase != Phase::Throughput {
+        round_trip(&mut server, 0, RT_WARM_UP, &mut round_trip_histogram());
+        let mut histogram = round_trip_histogram();
+        round_trip(&mut server, RT_WARM_UP, RT_COUNT, &mut histogram);
+        measured.p50_ns = histogram.value_at_quantile(0.50) as f64;
+        measured.p99_ns = histogram.value_at_quantile(0.99) as f64;
+    }
+    if phase != Phase::RoundTrip {
+        echo_throughput(&mut server, TP_WARM_UP, WINDOW);
+        let took = echo_throughput(&mut server, TP_COUNT, WINDOW);
+        measured.msgs_per_s = rate(TP_COUNT, took);
+    }
+    server.shutdown();
+    measured
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        f64::midpoint(values[n / 2 - 1], values[n / 2])
+    }
+}
+
+/// Why a round is or is not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quality {
+    Clean,
+    /// Other load took CPU time during the round.
+    Disturbed,
+    /// The ping-pong changed within the round.
+    Moved,
+}
+
+struct Round {
+    results: Vec<Measured>,
+    quality: Quality,
+}
+
+impl Round {
+    /// The round's placement: median of the ping-pongs taken in it.
+    fn ping_pong_ns(&self) -> f64 {
+        median(self.results.iter().map(|m| m.ping_pong_ns).collect())
+    }
+}
+
+struct Table {
+    subjects: Vec<Subject>,
+    rounds: Vec<Round>,
+}
+
+impl Table {
+    fn index(&self, subject: Subject) -> Option<usize> {
+        self.subjects.iter().position(|s| *s == subject)
+    }
+
+    /// Whether the summary uses only the clean rounds (enough of them exist).
+    fn clean_only(&self) -> bool {
+        self.rounds
+            .iter()
+            .filter(|r| r.quality == Quality::Clean)
+            .count()
+            >= MIN_CLEAN_ROUNDS
+    }
+
+    /// The rounds the summary uses.
+    fn used(&self) -> Vec<&Round> {
+        let clean_only = self.clean_only();
+        self.rounds
+            .iter()
+            .filter(|r| !clean_only || r.quality == Quality::Clean)
+            .collect()
+    }
+
+    fn median_of(&self, rounds: &[&Round], subject: Subject, f: fn(&Measured) -> f64) -> f64 {
+        let Some(i) = self.index(subject) else {
+            return f64::NAN;
+        };
+        median(rounds.iter().map(|r| f(&r.results[i])).collect())
+    }
+
+    /// Median over `rounds` of `f(subject) / f(baseline)` taken within each round; NaN
+    /// when either was not measured.
+    fn paired_ratio(
+        &self,
+        rounds: &[&Round],
+        subject: Subject,
+        baseline: Subject,
+        f: fn(&Measured) -> f64,
+    ) -> f64 {
+        let (Some(s), Some(b)) = (self.index(subject), self.index(baseline)) else {
+            return f64::NAN;
+        };
+        median(
+            rounds
+                .iter()
+                .map(|r| f(&r.results[s]) / f(&r.results[b]))
+                .collect(),
+        )
+    }
+}
+
+fn p50(m: &Measured) -> f64 {
+    m.p50_ns
+}
+
+fn p99(m: &Measured) -> f64 {
+    m.p99_ns
+}
+
+fn tput(m: &Measured) -> f64 {
+    m.msgs_per_s
+}
+
+fn ping(m: &Measured) -> f64 {
+    m.ping_pong_ns
+}
+
+fn all_subjects() -> Vec<Subject> {
+    Subject::MAIN
+        .into_iter()
+        .chain(Subject::DIAGNOSTIC)
+        .collect()
+}
+
+fn names(subjects: &[Subject]) -> String {
+    subjects
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn usage_exit(why: &str) -> ! {
+    eprintln!("{why}\n{USAGE}\nsubjects: {}", names(&all_subjects()));
+    std::process::exit(2);
+}
+
+/// What the command line asked for.
+struct Options {
+    rounds: usize,
+    subjects: Vec<Subject>,
+    phase: Phase,
+}
+
+fn parse_args() -> Options {
+    let mut options = Options {
+        rounds: 20,
+        subjects: all_subjects(),
+        phase: Phase::Both,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--only" => {
+                let names = args
+                    .next()
+                    .unwrap_or_else(|| usage_exit("--only needs names"));
+                options.subjects = names
+                    .split(',')
+                    .map(|name| {
+                        all_subjects()
+                            .into_iter()
+                            .find(|s| s.name() == name)
+                            .unwrap_or_else(|| usage_exit(&format!("unknown subject `{name}`")))
+                    })
+                    .collect();
+            }
+            "--phase" => {
+                options.phase = match args.next().as_deref() {
+                    Some("rt") => Phase::RoundTrip,
+                    Some("tp") => Phase::Throughput,
+                    Some("both") => Phase::Both,
+                    _ => usage_exit("--phase takes rt, tp or both"),
+                };
+            }
+            "-h" | "--help" => usage_exit("gyre-bench: interleaved echo benchmarks"),
+            _ => {
+                options.rounds = arg
+                    .parse::<usize>()
+                    .unwrap_or_else(|_| usage_exit(&format!("`{arg}` is not a number of rounds")))
+                    .max(1);
+            }
+        }
+    }
+    options
+}
+
+/// Waits (sleeping, up to `budget`) until other processes use less than
+/// `QUIET_OTHERS_CPUS` over a short sample; returns how long it waited.
+fn wait_for_quiet(budget: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let Some(before) = CpuTicks::read() else {
+            return Duration::ZERO;
+        };
+        let sample = Instant::now();
+        std::thread::sleep(Duration::from_millis(200));
+        let Some(after) = CpuTicks::read() else {
+            return Duration::ZERO;
+        };
+        let (_, others, steal) = before.usage(&after, sample.elapsed().as_secs_f64());
+        if others + steal < QUIET_OTHERS_CPUS || started.elapsed() >= budget {
+            return started.elapsed();
+        }
+    }
+}
+
+fn run_round(subjects: &[Subject], phase: Phase) -> (Round, f64) {
+    let start = Instant::now();
+    let ticks = CpuTicks::read();
+    let results: Vec<Measured> = subjects.iter().map(|s| measure(*s, phase)).collect();
+    let others = match (ticks, CpuTicks::read()) {
+        (Some(before), Some(after)) => {
+            let (_, others, steal) = before.usage(&after, start.elapsed().as_secs_f64());
+            others + steal
+        }
+        _ => 0.0,
+    };
+    let (lo, hi) = results.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), m| {
+        (lo.min(m.ping_pong_ns), hi.max(m.ping_pong_ns))
+    });
+    let quality = if others >= DISTURBED_OTHERS_CPUS {
+        Quality::Disturbed
+    } else if hi > MAX_PP_SPREAD * lo {
+        Quality::Moved
+    } else {
+        Quality::Clean
+    };
+    (Round { results, quality }, others)
+}
+
+fn main() {
+    let Options {
+        rounds,
+        subjects,
+        phase,
+    } = parse_args();
+    let started = Instant::now();
+    println!(
+        "gyre-bench: {rounds} interleaved rounds of [{}]",
+        names(&subjects)
+    );
+    println!(
+        "per round and subject: ping-pong ({PP_COUNT} bounces), {RT_COUNT} round trips (after \
+         {RT_WARM_UP}), {TP_COUNT} echoes with {WINDOW} in flight (after {TP_WARM_UP}); 64-byte \
+         messages, capacity {CAPACITY} each way; {} CPUs",
+        std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
+    );
+    println!("cells: ping-pong ns, round trip p50/p99 ns, echo throughput M msg/s");
+    println!();
+    let mut table = Table {
+        subjects: subjects.clone(),
+        rounds: Vec::new(),
+    };
+    let mut quiet_budget = QUIET_WAIT_BUDGET;
+    for number in 1..=rounds {
+        if started.elapsed() > TIME_CAP {
+            println!(
+                "(stopping after {} rounds: the run passed {} s)",
+                number - 1,
+                TIME_CAP.as_secs()
+            );
+            break;
+        }
+        quiet_budget = quiet_budget.saturating_sub(wait_for_quiet(quiet_budget));
+        let (round, others) = run_round(&subjects, phase);
+        let cells: Vec<String> = subjects
+            .iter()
+            .zip(&round.results)
+            .map(|(s, m)| {
+                format!(
+                    "{} pp {:.0} {:.0}/{:.0} {:.2}",
+                    s.name(),
+                    m.ping_pong_ns,
+                    m.p50_ns,
+                    m.p99_ns,
+                    m.msgs_per_s / 1e6
+                )
+            })
+            .collect();
+        let quality = match round.quality {
+            Quality::Clean => "clean",
+            Quality::Disturbed => "DISTURBED",
+            Quality::Moved => "MOVED",
+        };
+        println!(
+            "round {number:>2} {quality:<9} others {others:.2} CPUs | {}",
+            cells.join(" | ")
+        );
+        table.rounds.push(round);
+    }
+    print_summary(&table);
+    let elapsed = started.elapsed();
+    println!("\n(total {:.1} s)", elapsed.as_secs_f64());
+}
+
+fn print_summary(table: &Table) {
+    let used = table.used();
+    let count = |q: Quality| table.rounds.iter().filter(|r| r.quality == q).count();
+    println!();
+    if table.clean_only() {
+        println!(
+            "summary over the {} clean rounds ({} disturbed, {} moved left out)",
+            used.len(),
+            count(Quality::Disturbed),
+            count(Quality::Moved)
+        );
+    } else {
+        println!(
+            "WARNING: fewer than {MIN_CLEAN_ROUNDS} clean rounds; summary over all {} rounds \
+             ({} disturbed by other load, {} moved)",
+            used.len(),
+            count(Quality::Disturbed),
+            count(Quality::Moved)
+        );
+    }
+    let pp: Vec<f64> = used.iter().map(|r| r.ping_pong_ns()).collect();
+    let (lo, hi) = pp.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+        (lo.min(*v), hi.max(*v))
+    });
+    println!(
+        "cache-line ping-pong round trip: median {:.0} ns (rounds from {lo:.0} to {hi:.0} ns)",
+        median(pp.clone())
+    );
+    println!(
+        "medians over rounds; ratios are subject / baseline within each round, then the median"
+    );
+    print_table(table, &used);
+    println!();
+    print_verdicts(table, &used, "");
+    // When the cores sat near in some rounds and far in others, judge each group too.
+    if hi > 2.0 * lo {
+        let split = (lo * hi).sqrt();
+        let near: Vec<&Round> = used
+            .iter()
+            .copied()
+            .filter(|r| r.ping_pong_ns() < split)
+            .collect();
+        let far: Vec<&Round> = used
+            .iter()
+            .copied()
+            .filter(|r| r.ping_pong_ns() >= split)
+            .collect();
+        for (label, rounds) in [("near", near), ("far", far)] {
+            let pp = median(rounds.iter().map(|r| r.ping_pong_ns()).collect());
+            println!(
+                "\n{label} rounds ({} rounds, ping-pong median {pp:.0} ns):",
+                rounds.len()
+            );
+            print_table(table, &rounds);
+            print_verdicts(table, &rounds, &format!("[{label}] "));
+        }
+    }
+}
+
+fn print_table(table: &Table, rounds: &[&Round]) {
+    println!(
+        "{:<21} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10}",
+        "subject",
+        "pp ns",
+        "rt p50 ns",
+        "rt p99 ns",
+        "M msg/s",
+        "p50/rtrb",
+        "tput/rtrb",
+        "p50/xbeam",
+        "tput/xbeam"
+    );
+    let mut diagnostics_heading = false;
+    for subject in &table.subjects {
+        if Subject::DIAGNOSTIC.contains(subject) && !diagnostics_heading {
+            diagnostics_heading = true;
+            println!("diagnostics (not part of the acceptance):");
+        }
+        println!(
+            "{:<21} {:>7.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}",
+            subject.name(),
+            table.median_of(rounds, *subject, ping),
+            table.median_of(rounds, *subject, p50),
+            table.median_of(rounds, *subject, p99),
+            table.median_of(rounds, *subject, tput) / 1e6,
+            table.paired_ratio(rounds, *subject, Subject::Rtrb, p50),
+            table.paired_ratio(rounds, *subject, Subject::Rtrb, tput),
+            table.paired_ratio(rounds, *subject, Subject::Crossbeam, p50),
+            table.paired_ratio(rounds, *subject, Subject::Crossbeam, tput),
+        );
+    }
+}
+
+fn print_verdicts(table: &Table, rounds: &[&Round], label: &str) {
+    let rt = table.paired_ratio(rounds, Subject::GyreDedicated, Subject::Rtrb, p50);
+    let tp = table.paired_ratio(rounds, Subject::GyreDedicated, Subject::Rtrb, tput);
+    if rt.is_nan() && tp.is_nan() {
+        println!("{label}(the acceptance ratios need gyre-dedicated and rtrb in the run)");
+        return;
+    }
+    let verdict = |pass: bool| if pass { "PASS " } else { "SHORT" };
+    println!(
+        "{} {label}dedicated round-trip p50 / rtrb p50 = {rt:.2} (need <= {MAX_RT_RATIO})",
+        verdict(rt <= MAX_RT_RATIO)
+    );
+    println!(
+        "{} {label}dedicated echo throughput / rtrb = {tp:.2} (need >= {MIN_TP_RATIO})",
+        verdict(tp >= MIN_TP_RATIO)
+    );
+}
+
+/// CPU time from `/proc` (Linux), to tell whether other processes competed for the
+/// cores: every subject needs two cores to itself.
+#[derive(Clone, Copy, Debug)]
+struct CpuTicks {
+    /// Busy ticks of all CPUs (everything but idle, iowait and steal).
+    busy: u64,
+    /// Ticks the hypervisor gave to other guests.
+    steal: u64,
+    /// Ticks this process (all its threads) ran.
+    own: u64,
+}
+
+impl CpuTicks {
+    /// Clock ticks per second of `/proc/stat` (USER_HZ, 100 on Linux).
+    const HZ: f64 = 100.0;
+
+    fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let (idle, iowait, steal) = (*cpu.get(3)?, *cpu.get(4)?, *cpu.get(7)?);
+        let busy = cpu.iter().take(8).sum::<u64>() - idle - iowait - steal;
+        let own_stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+        let rest = own_stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let own = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(Self { busy, steal, own })
+    }
+
+    /// `(own, others, steal)` in CPUs between `self` and `after`, `seconds` apart.
+    fn usage(&self, after: &Self, seconds: f64) -> (f64, f64, f64) {
+        let cpus = |ticks: u64| ticks as f64 / Self::HZ / seconds;
+        let own = after.own.saturating_sub(self.own);
+        let others = after.busy.saturating_sub(self.busy).saturating_sub(own);
+        (
+            cpus(own),
+            cpus(others),
+            cpus(after.steal.saturating_sub(self.steal)),
+        )
+    }
+}
