@@ -89,7 +89,8 @@ pub fn measure(count: usize, window: Duration) -> Result<IdleCost, gyre::Error> 
     std::thread::sleep(window);
     let idle_cpu = cpu_time().saturating_sub(cpu_before);
     let window = start.elapsed();
-    let ring_bytes_per_kernel = 2 * (384 + 16 * 64);
+    // Three rings: the inbox, the single-producer lane and the host output.
+    let ring_bytes_per_kernel = 3 * (384 + 16 * 64);
     let growth = after.saturating_sub(before) as f64 / count as f64;
     let cost = IdleCost {
         kernels: count,
