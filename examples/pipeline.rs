@@ -53,9 +53,13 @@ fn relay<Out: gyre::Message>(
     to: Kernel<Frame, Out>,
 ) -> thread::JoinHandle<Result<(), Error>> {
     thread::spawn(move || {
+        // One thread on each end: the exclusive endpoints skip the locks and
+        // compare-and-swaps the shared handles need.
+        let mut input = from.receiver()?;
+        let mut output = to.exclusive_sender()?;
         loop {
-            match from.recv() {
-                Ok(frame) => to.send(frame)?,
+            match input.recv() {
+                Ok(frame) => output.send(frame)?,
                 Err(Error::Terminated { .. }) => break,
                 Err(other) => return Err(other),
             }
@@ -144,9 +148,10 @@ fn main() -> Result<(), Error> {
     let source = {
         let calibrate = calibrate.clone();
         thread::spawn(move || -> Result<(), Error> {
+            let mut input = calibrate.exclusive_sender()?;
             for seq in 0..frames {
                 let sensor = seq % SENSORS;
-                calibrate.send(Frame {
+                input.send(Frame {
                     sensor,
                     seq: seq / SENSORS,
                     raw: raw_value(sensor, seq / SENSORS),
@@ -159,9 +164,10 @@ fn main() -> Result<(), Error> {
     };
 
     let mut summaries = 0u32;
+    let mut summaries_rx = aggregate.receiver()?;
     let mut last_print = Instant::now();
     loop {
-        match aggregate.recv() {
+        match summaries_rx.recv() {
             Ok(s) => {
                 summaries += 1;
                 if last_print.elapsed() > Duration::from_millis(250) || summaries % 48 == 1 {

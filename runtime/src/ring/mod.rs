@@ -274,7 +274,12 @@ impl<M: RingMemory> Producer<M> {
     /// Slots free for claiming as seen now: exact for a single producer (it cannot
     /// shrink behind its back), a lower bound on `head` for several.
     pub fn free(&self) -> u32 {
-        self.free_up_to(self.mem.capacity())
+        let tail = self.mem.tail().load(Ordering::Relaxed);
+        // ORDERING: Acquire, as in `try_claim`: slots freed by this head may be written.
+        let head = self.mem.head().load(Ordering::Acquire);
+        // With several producers the consumer may pass the `tail` read above before we
+        // read `head`; the wrapped difference is then huge and 0 is the lower bound.
+        self.mem.capacity().saturating_sub(tail.wrapping_sub(head))
     }
 
     /// Like [`Producer::free`] but reads the consumer's `head` only when the cached copy
