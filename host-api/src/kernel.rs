@@ -366,40 +366,13 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
         let core = &self.core;
-        // Fast path: a message is there (no clock read).
-        match core.try_recv(|s| (read::<Out>(s), join(s.corr))) {
-            Err(RecvFailure::Empty) => {}
-            Ok(message) => return Ok(message),
-            Err(failure) => return Err(self.recv_error(failure)),
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let result = core.outbox_items().wait_until(deadline, || {
-            match core.try_recv(|s| (read::<Out>(s), join(s.corr))) {
-                Err(RecvFailure::Empty) => None,
-                other => Some(other),
-            }
-        });
-        match result {
-            Some(Ok(message)) => Ok(message),
-            Some(Err(failure)) => Err(self.recv_error(failure)),
-            None => Err(Error::Timeout {
-                kernel: self.name().to_owned(),
-                after: timeout.unwrap_or_default(),
-            }),
-        }
+        wait_recv(core, timeout, || {
+            core.try_recv(|s| (read::<Out>(s), join(s.corr)))
+        })
     }
 
     fn recv_error(&self, failure: RecvFailure) -> Error {
-        match failure {
-            RecvFailure::NoOutput => Error::NoHostOutput {
-                kernel: self.name().to_owned(),
-            },
-            RecvFailure::Closed(state) => Error::stopped(self.name(), state, self.fault()),
-            RecvFailure::Taken => Error::ReceiverTaken {
-                kernel: self.name().to_owned(),
-            },
-            RecvFailure::Empty => unreachable!("empty is handled by the callers"),
-        }
+        recv_error(&self.core, failure)
     }
 }
 
@@ -565,6 +538,46 @@ async fn send_async<In: Message>(
     result.map_err(|failure| send_failure(core, failure, message))
 }
 
+/// Tries `attempt` once without reading the clock, then waits on the kernel's output
+/// signal (spin, yield, park) until it yields something other than `Empty` or the
+/// timeout passes.
+fn wait_recv<T>(
+    core: &KernelCore,
+    timeout: Option<Duration>,
+    mut attempt: impl FnMut() -> Result<T, RecvFailure>,
+) -> Result<T, Error> {
+    match attempt() {
+        Err(RecvFailure::Empty) => {}
+        Ok(message) => return Ok(message),
+        Err(failure) => return Err(recv_error(core, failure)),
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let result = core
+        .outbox_items()
+        .wait_until(deadline, || match attempt() {
+            Err(RecvFailure::Empty) => None,
+            other => Some(other),
+        });
+    match result {
+        Some(Ok(message)) => Ok(message),
+        Some(Err(failure)) => Err(recv_error(core, failure)),
+        None => Err(Error::Timeout {
+            kernel: core.config().name.clone(),
+            after: timeout.unwrap_or_default(),
+        }),
+    }
+}
+
+fn recv_error(core: &KernelCore, failure: RecvFailure) -> Error {
+    let kernel = core.config().name.clone();
+    match failure {
+        RecvFailure::NoOutput => Error::NoHostOutput { kernel },
+        RecvFailure::Closed(state) => Error::stopped(&kernel, state, core.fault()),
+        RecvFailure::Taken => Error::ReceiverTaken { kernel },
+        RecvFailure::Empty => unreachable!("empty is handled by the callers"),
+    }
+}
+
 /// The exclusive receiving end of a kernel's host-bound output (see [`Kernel::receiver`]).
 pub struct Receiver<Out> {
     core: Arc<KernelCore>,
@@ -589,43 +602,12 @@ impl<Out> Drop for Receiver<Out> {
 }
 
 impl<Out: Message> Receiver<Out> {
-    fn error(&self, failure: RecvFailure) -> Error {
-        let kernel = &self.core.config().name;
-        match failure {
-            RecvFailure::Closed(state) => Error::stopped(kernel, state, self.core.fault()),
-            RecvFailure::NoOutput => Error::NoHostOutput {
-                kernel: kernel.clone(),
-            },
-            RecvFailure::Taken => Error::ReceiverTaken {
-                kernel: kernel.clone(),
-            },
-            RecvFailure::Empty => unreachable!("empty is handled by the callers"),
-        }
-    }
-
     fn within(&mut self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
         let core = &self.core;
         let rx = self.rx.as_mut().expect("the consumer is held until drop");
-        match core.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr))) {
-            Err(RecvFailure::Empty) => {}
-            Ok(message) => return Ok(message),
-            Err(failure) => return Err(self.error(failure)),
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let result = core.outbox_items().wait_until(deadline, || {
-            match core.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr))) {
-                Err(RecvFailure::Empty) => None,
-                other => Some(other),
-            }
-        });
-        match result {
-            Some(Ok(message)) => Ok(message),
-            Some(Err(failure)) => Err(self.error(failure)),
-            None => Err(Error::Timeout {
-                kernel: core.config().name.clone(),
-                after: timeout.unwrap_or_default(),
-            }),
-        }
+        wait_recv(core, timeout, || {
+            core.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr)))
+        })
     }
 
     /// Receives the next message, waiting for one.
@@ -662,7 +644,7 @@ impl<Out: Message> Receiver<Out> {
         match self.core.try_recv_from(rx, |s| read::<Out>(s)) {
             Ok(message) => Ok(Some(message)),
             Err(RecvFailure::Empty) => Ok(None),
-            Err(failure) => Err(self.error(failure)),
+            Err(failure) => Err(recv_error(&self.core, failure)),
         }
     }
 
@@ -685,7 +667,7 @@ impl<Out: Message> Receiver<Out> {
             })
         })
         .await;
-        result.map_err(|failure| self.error(failure))
+        result.map_err(|failure| recv_error(&self.core, failure))
     }
 }
 

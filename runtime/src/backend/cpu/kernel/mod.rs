@@ -6,17 +6,17 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::pool::Pool;
-use crate::abi::{fault, make_tag, Command, State, KIND_MESSAGE};
-use crate::backend::{CommandError, DrainSummary, Placement};
+use crate::abi::{fault, make_tag, State, KIND_MESSAGE};
+use crate::backend::Placement;
 use crate::control::{Counters, HostControl, HostSide, KernelSide};
 use crate::lifecycle::{self, Event};
-use crate::ring::{ClaimError, Consumer, HostRing, Producer, RingLayout, SlotRef, Step};
+use crate::ring::{Claim, ClaimError, Consumer, HostRing, Producer, RingLayout, SlotRef, Step};
 use crate::sync::{asym, AtomicBool, Ordering};
 use crate::wait::Signal;
 
@@ -379,6 +379,20 @@ impl KernelCore {
     /// [`SendFailure`] when the inbox is full, the kernel no longer accepts messages, or
     /// the payload does not fit a slot. Nothing is written then.
     pub fn try_send(self: &Arc<Self>, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
+        // No state check here: every state that refuses messages closes the inbox first
+        // (drain, terminate, fault), and the closed flag is a read-shared host word, where
+        // the state word shares a line with the counters the kernel rewrites every turn.
+        self.send_through(corr, payload, || self.inbox.try_claim(1))
+    }
+
+    /// Checks the payload size, claims one slot with `claim`, writes the message into it
+    /// in place, publishes it and wakes the kernel.
+    fn send_through<'a>(
+        self: &'a Arc<Self>,
+        corr: [u32; 2],
+        payload: &[u8],
+        claim: impl FnOnce() -> Result<Claim<'a, Ring>, ClaimError>,
+    ) -> Result<(), SendFailure> {
         let max = self.inbox_payload_bytes();
         if payload.len() > max {
             return Err(SendFailure::TooLarge {
@@ -386,10 +400,7 @@ impl KernelCore {
                 max,
             });
         }
-        // No state check here: every state that refuses messages closes the inbox first
-        // (drain, terminate, fault), and the closed flag is a read-shared host word, where
-        // the state word shares a line with the counters the kernel rewrites every turn.
-        match self.inbox.try_claim(1) {
+        match claim() {
             Ok(claim) => {
                 let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
                 claim.write(0, tag, corr, |slot| {
@@ -506,8 +517,7 @@ impl KernelCore {
     pub fn take_lane(self: &Arc<Self>) -> Option<ExclusiveLane> {
         // ORDERING: Acquire pairs with the Release store in `ExclusiveLane::drop`: the
         // previous holder's claims happen before ours.
-        (!self.lane_taken.swap(true, Ordering::Acquire))
-            .then(|| ExclusiveLane { core: self.clone() })
+        (!self.lane_taken.swap(true, Ordering::Acquire)).then(|| ExclusiveLane::new(self.clone()))
     }
 
     fn after_output_consumed(self: &Arc<Self>) {
@@ -777,200 +787,6 @@ impl KernelCore {
             self.lane.close();
         }
     }
-
-    // ---- host side: lifecycle -------------------------------------------------------
-
-    fn wait_state(&self, deadline: Instant, mut done: impl FnMut(&Self) -> bool) -> bool {
-        self.state_changed
-            .wait_until(Some(deadline), || done(self).then_some(()))
-            .is_some()
-    }
-
-    /// The state to check a host command against: the kernel's own when it stopped,
-    /// else the target of a command it has not acknowledged yet.
-    fn effective_state(&self, pending: Option<(u32, State)>) -> State {
-        let actual = self.state();
-        match pending {
-            Some((epoch, target))
-                if !lifecycle::is_stopped(actual) && !self.control.acknowledged(epoch) =>
-            {
-                target
-            }
-            _ => actual,
-        }
-    }
-
-    fn issue(self: &Arc<Self>, command: Command) -> u32 {
-        let epoch = self.control.issue(command);
-        self.wake();
-        epoch
-    }
-
-    fn unresponsive(&self, waited: Duration) -> CommandError {
-        CommandError::Unresponsive {
-            name: self.config.name.clone(),
-            waited,
-        }
-    }
-
-    fn faulted(&self) -> CommandError {
-        CommandError::Faulted {
-            name: self.config.name.clone(),
-            reason: self.fault().unwrap_or_else(|| "unknown fault".into()),
-        }
-    }
-
-    /// Issues `Activate` or `Pause` and waits for the acknowledgement.
-    ///
-    /// # Errors
-    /// [`CommandError`] when the state machine refuses, the kernel faulted, or it does
-    /// not acknowledge within the command timeout.
-    pub fn set_active(self: &Arc<Self>, active: bool) -> Result<State, CommandError> {
-        let command = if active {
-            Command::Activate
-        } else {
-            Command::Pause
-        };
-        let mut serial = self.lifecycle.lock();
-        let target = lifecycle::transition(self.effective_state(*serial), Event::Command(command))?;
-        let epoch = self.issue(command);
-        *serial = Some((epoch, target));
-        let timeout = self.config.command_timeout;
-        if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
-            return Err(self.unresponsive(timeout));
-        }
-        match self.state() {
-            s if s == target => Ok(s),
-            State::Faulted => Err(self.faulted()),
-            other => Err(lifecycle::LifecycleError {
-                from: other,
-                event: Event::Command(command),
-            }
-            .into()),
-        }
-    }
-
-    /// Closes the inbox and waits until senders that claimed before the close finished.
-    fn close_inbox(&self) {
-        for ring in [&self.inbox, &self.lane] {
-            let tail = ring.close();
-            if !ring.wait_published(tail, PUBLISH_SPINS) {
-                tracing::warn!(kernel = %self.config.name, "a sender is still writing a claimed slot after the close");
-            }
-        }
-        self.inbox_space.notify();
-    }
-
-    /// Drains: refuses new messages, processes everything queued, then terminates.
-    /// Outputs stay receivable. On timeout (or a fault meanwhile) the kernel is
-    /// terminated: `on_input` gets every message left in the inbox and `on_output` any
-    /// emit that was waiting for room in the output ring.
-    ///
-    /// # Errors
-    /// [`CommandError`] when the state machine refuses (for example, a second drain).
-    pub fn drain(
-        self: &Arc<Self>,
-        timeout: Duration,
-        on_input: &mut dyn FnMut(SlotRef<'_>),
-        on_output: &mut dyn FnMut(SlotRef<'_>),
-    ) -> Result<DrainSummary, CommandError> {
-        let mut serial = self.lifecycle.lock();
-        let deadline = Instant::now() + timeout;
-        let target = lifecycle::transition(
-            self.effective_state(*serial),
-            Event::Command(Command::Drain),
-        )?;
-        self.close_inbox();
-        *serial = Some((self.issue(Command::Drain), target));
-        drop(serial);
-        let stopped = self.wait_state(deadline, |k| lifecycle::is_stopped(k.state()));
-        let timed_out = !stopped;
-        if timed_out || self.state() == State::Faulted {
-            self.stop(on_input, on_output, false)?;
-        }
-        Ok(DrainSummary {
-            timed_out,
-            ..self.summary()
-        })
-    }
-
-    fn summary(&self) -> DrainSummary {
-        let counters = self.counters();
-        DrainSummary {
-            processed: counters.processed,
-            emitted: counters.emitted,
-            timed_out: false,
-            final_state: Some(self.state()),
-            fault: self.fault(),
-        }
-    }
-
-    /// Terminates: stops after the message in hand and hands every message still in a
-    /// ring to the callbacks (inbox to `on_input`, host-bound output to `on_output`).
-    ///
-    /// # Errors
-    /// [`CommandError`] when the kernel is already terminated, or does not stop within
-    /// the command timeout (its rings are then left untouched).
-    pub fn terminate(
-        self: &Arc<Self>,
-        on_input: &mut dyn FnMut(SlotRef<'_>),
-        on_output: &mut dyn FnMut(SlotRef<'_>),
-    ) -> Result<DrainSummary, CommandError> {
-        self.stop(on_input, on_output, true)?;
-        Ok(self.summary())
-    }
-
-    fn stop(
-        self: &Arc<Self>,
-        on_input: &mut dyn FnMut(SlotRef<'_>),
-        on_output: &mut dyn FnMut(SlotRef<'_>),
-        take_ring_outputs: bool,
-    ) -> Result<(), CommandError> {
-        let mut serial = self.lifecycle.lock();
-        let target = lifecycle::transition(
-            self.effective_state(*serial),
-            Event::Command(Command::Terminate),
-        )?;
-        self.terminating.store(true, Ordering::Release);
-        self.outbox_space.notify();
-        self.close_inbox();
-        let epoch = self.issue(Command::Terminate);
-        *serial = Some((epoch, target));
-        let timeout = self.config.command_timeout;
-        if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
-            return Err(self.unresponsive(timeout));
-        }
-        {
-            let mut exec = self.exec.lock();
-            let exec = &mut *exec;
-            let capacity = exec.inbox.capacity();
-            for ring in [&mut exec.inbox, &mut exec.lane] {
-                ring.consume(capacity, |slot| {
-                    on_input(slot);
-                    Step::Next
-                });
-            }
-            for (tag, corr, bytes) in exec.stranded.drain(..) {
-                on_output(SlotRef {
-                    position: 0,
-                    tag,
-                    corr,
-                    payload: &bytes,
-                });
-            }
-        }
-        if take_ring_outputs {
-            if let Some(rx) = self.outbox_rx.lock().as_mut() {
-                let capacity = rx.capacity();
-                rx.consume(capacity, |slot| {
-                    on_output(slot);
-                    Step::Next
-                });
-            }
-        }
-        self.outbox_items.notify();
-        Ok(())
-    }
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -983,56 +799,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The exclusive right to send through a kernel's single-producer lane: a second inbox
-/// ring that, having one producer, is claimed with plain stores instead of a
-/// compare-and-swap. At most one exists per kernel; dropping it frees the lane.
-#[derive(Debug)]
-pub struct ExclusiveLane {
-    core: Arc<KernelCore>,
-}
+mod control_ops;
+mod lane;
 
-impl ExclusiveLane {
-    /// The kernel.
-    pub fn core(&self) -> &Arc<KernelCore> {
-        &self.core
-    }
-
-    /// Writes one message into the lane in place, without waiting.
-    ///
-    /// # Errors
-    /// As [`KernelCore::try_send`].
-    pub fn try_send(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
-        let core = &self.core;
-        let max = core.inbox_payload_bytes();
-        if payload.len() > max {
-            return Err(SendFailure::TooLarge {
-                len: payload.len(),
-                max,
-            });
-        }
-        // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
-        // out one until it is dropped) and `&mut self` keeps its use on one thread, so no
-        // other claim on the lane runs concurrently; `close` may, which the claim handles.
-        match unsafe { core.lane.try_claim_exclusive(1) } {
-            Ok(claim) => {
-                let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
-                claim.write(0, tag, corr, |slot| {
-                    slot[..payload.len()].copy_from_slice(payload);
-                });
-                claim.publish();
-                core.wake();
-                Ok(())
-            }
-            Err(ClaimError::Full { .. }) => Err(SendFailure::Full),
-            Err(ClaimError::Closed) => Err(SendFailure::Closed(core.closed_state())),
-            Err(ClaimError::TooMany) => unreachable!("a claim of one always fits"),
-        }
-    }
-}
-
-impl Drop for ExclusiveLane {
-    fn drop(&mut self) {
-        // ORDERING: Release pairs with the Acquire swap in `take_lane`.
-        self.core.lane_taken.store(false, Ordering::Release);
-    }
-}
+pub use lane::ExclusiveLane;

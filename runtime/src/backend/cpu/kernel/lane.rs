@@ -1,0 +1,46 @@
+//! The single-producer inbox lane and the token that owns it.
+
+use std::sync::Arc;
+
+use super::{KernelCore, SendFailure};
+use crate::sync::Ordering;
+
+/// The exclusive right to send through a kernel's single-producer lane: a second inbox
+/// ring that, having one producer, is claimed with plain stores instead of a
+/// compare-and-swap. At most one exists per kernel; dropping it frees the lane.
+#[derive(Debug)]
+pub struct ExclusiveLane {
+    core: Arc<KernelCore>,
+}
+
+impl ExclusiveLane {
+    pub(super) fn new(core: Arc<KernelCore>) -> Self {
+        Self { core }
+    }
+
+    /// The kernel.
+    pub fn core(&self) -> &Arc<KernelCore> {
+        &self.core
+    }
+
+    /// Writes one message into the lane in place, without waiting.
+    ///
+    /// # Errors
+    /// As [`KernelCore::try_send`].
+    pub fn try_send(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
+        let core = &self.core;
+        // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
+        // out one until it is dropped) and `&mut self` keeps its use on one thread, so no
+        // other claim on the lane runs concurrently; `close` may, which the claim handles.
+        core.send_through(corr, payload, || unsafe {
+            core.lane.try_claim_exclusive(1)
+        })
+    }
+}
+
+impl Drop for ExclusiveLane {
+    fn drop(&mut self) {
+        // ORDERING: Release pairs with the Acquire swap in `take_lane`.
+        self.core.lane_taken.store(false, Ordering::Release);
+    }
+}
