@@ -248,6 +248,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
                 kernel: self.name().to_owned(),
             })?;
         Ok(ExclusiveSender {
+            core: lane.core().clone(),
             lane,
             _types: PhantomData,
         })
@@ -492,21 +493,34 @@ fn send_with<In: Message>(
     corr: u64,
     deadline: Option<Instant>,
 ) -> Result<(), SendError<In>> {
+    wait_send(core, message, corr, deadline, |corr, bytes| {
+        core.try_send(corr, bytes)
+    })
+}
+
+/// Tries `attempt` once without reading the clock, then waits on the kernel's inbox
+/// space signal (spin, yield, park) while it reports `Full`, until `deadline`.
+fn wait_send<In: Message>(
+    core: &KernelCore,
+    message: In,
+    corr: u64,
+    deadline: Option<Instant>,
+    mut attempt: impl FnMut([u32; 2], &[u8]) -> Result<(), SendFailure>,
+) -> Result<(), SendError<In>> {
     let bytes = bytemuck::bytes_of(&message);
-    let corr_words = split(corr);
-    // Fast path: room now.
-    match core.try_send(corr_words, bytes) {
+    let corr = split(corr);
+    match attempt(corr, bytes) {
         Ok(()) => return Ok(()),
         Err(SendFailure::Full) => {}
         Err(failure) => return Err(send_failure(core, failure, message)),
     }
     let start = Instant::now();
-    let result =
-        core.inbox_space()
-            .wait_until(deadline, || match core.try_send(corr_words, bytes) {
-                Err(SendFailure::Full) => None,
-                other => Some(other),
-            });
+    let result = core
+        .inbox_space()
+        .wait_until(deadline, || match attempt(corr, bytes) {
+            Err(SendFailure::Full) => None,
+            other => Some(other),
+        });
     match result {
         Some(Ok(())) => Ok(()),
         Some(Err(failure)) => Err(send_failure(core, failure, message)),
@@ -675,14 +689,16 @@ impl<Out: Message> Receiver<Out> {
 /// It waits while the lane is full (spin, yield, park), like [`Kernel::send`].
 pub struct ExclusiveSender<In> {
     lane: ExclusiveLane,
+    /// The lane's kernel, held apart so it can be borrowed beside `&mut lane`.
+    core: Arc<KernelCore>,
     _types: PhantomData<fn(In)>,
 }
 
 impl<In> std::fmt::Debug for ExclusiveSender<In> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExclusiveSender")
-            .field("kernel", &self.lane.core().config().name)
-            .finish()
+            .field("kernel", &self.core.config().name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -693,34 +709,10 @@ impl<In: Message> ExclusiveSender<In> {
         corr: u64,
         deadline: Option<Instant>,
     ) -> Result<(), SendError<In>> {
-        let bytes = bytemuck::bytes_of(&message);
-        let corr_words = split(corr);
-        // Fast path without touching the kernel's reference count.
-        match self.lane.try_send(corr_words, bytes) {
-            Ok(()) => return Ok(()),
-            Err(SendFailure::Full) => {}
-            Err(failure) => return Err(send_failure(self.lane.core(), failure, message)),
-        }
-        let core = self.lane.core().clone();
-        let start = Instant::now();
         let lane = &mut self.lane;
-        let result =
-            core.inbox_space()
-                .wait_until(deadline, || match lane.try_send(corr_words, bytes) {
-                    Err(SendFailure::Full) => None,
-                    other => Some(other),
-                });
-        match result {
-            Some(Ok(())) => Ok(()),
-            Some(Err(failure)) => Err(send_failure(&core, failure, message)),
-            None => Err(SendError {
-                error: Error::Timeout {
-                    kernel: core.config().name.clone(),
-                    after: start.elapsed(),
-                },
-                message,
-            }),
-        }
+        wait_send(&self.core, message, corr, deadline, |corr, bytes| {
+            lane.try_send(corr, bytes)
+        })
     }
 
     /// Sends, waiting while the lane is full.
@@ -754,7 +746,7 @@ impl<In: Message> ExclusiveSender<In> {
     pub fn try_send(&mut self, message: In) -> Result<(), SendError<In>> {
         match self.lane.try_send([0, 0], bytemuck::bytes_of(&message)) {
             Ok(()) => Ok(()),
-            Err(f) => Err(send_failure(self.lane.core(), f, message)),
+            Err(f) => Err(send_failure(&self.core, f, message)),
         }
     }
 
@@ -766,7 +758,7 @@ impl<In: Message> ExclusiveSender<In> {
     /// # Errors
     /// As [`ExclusiveSender::send`].
     pub async fn send_async(&mut self, message: In) -> Result<(), SendError<In>> {
-        let core = self.lane.core().clone();
+        let core = &self.core;
         let bytes = bytemuck::bytes_of(&message);
         let lane = &mut self.lane;
         let result = poll_fn(|cx| {
@@ -777,6 +769,6 @@ impl<In: Message> ExclusiveSender<In> {
                 })
         })
         .await;
-        result.map_err(|failure| send_failure(&core, failure, message))
+        result.map_err(|failure| send_failure(core, failure, message))
     }
 }
