@@ -60,6 +60,10 @@ pub enum Error {
     /// The runtime refused a launch.
     #[error("could not launch kernel: {0}")]
     Launch(String),
+    /// A launch would exceed the runtime's resource budget; the message says which and
+    /// what to do.
+    #[error("{0}")]
+    OverBudget(String),
     /// The inbox is full (returned by `try_send` and by the `Fail` backpressure policy).
     #[error("kernel `{kernel}`'s inbox is full: retry later, send with a blocking policy, or raise its capacity")]
     Full {

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gyre_runtime::backend::cpu::{CpuBackend, KernelConfig};
+use gyre_runtime::backend::cpu::{Budget, CpuBackend, KernelConfig, LaunchError};
 
 use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
 use crate::spec::{join, KernelSpec, Message};
@@ -27,6 +27,7 @@ pub struct RuntimeBuilder {
     backend: Backend,
     workers: Option<usize>,
     command_timeout: Duration,
+    budget: Budget,
 }
 
 impl RuntimeBuilder {
@@ -52,6 +53,24 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Most bytes of ring memory (every kernel's ring headers and slots) the runtime holds
+    /// at once; a launch that would exceed it is refused with [`Error::OverBudget`].
+    /// Unlimited by default.
+    #[must_use]
+    pub fn ring_memory_budget(mut self, bytes: usize) -> Self {
+        self.budget.ring_bytes = Some(bytes);
+        self
+    }
+
+    /// Most threads the runtime runs: pool workers plus one per live dedicated kernel; a
+    /// dedicated launch that would exceed it is refused with [`Error::OverBudget`].
+    /// Unlimited by default.
+    #[must_use]
+    pub fn thread_budget(mut self, threads: usize) -> Self {
+        self.budget.threads = Some(threads);
+        self
+    }
+
     /// Starts the runtime.
     ///
     /// # Errors
@@ -66,7 +85,7 @@ impl RuntimeBuilder {
             );
         }
         Ok(Runtime {
-            cpu: Arc::new(CpuBackend::new(workers)),
+            cpu: Arc::new(CpuBackend::with_budget(workers, self.budget)),
             command_timeout: self.command_timeout,
         })
     }
@@ -100,6 +119,7 @@ impl Runtime {
             backend: Backend::Auto,
             workers: None,
             command_timeout: Duration::from_secs(10),
+            budget: Budget::default(),
         }
     }
 
@@ -116,6 +136,17 @@ impl Runtime {
     /// Share of worker time spent running kernels since start, in `0..=1`.
     pub fn worker_utilisation(&self) -> f64 {
         self.cpu.utilisation()
+    }
+
+    /// Bytes of ring memory the runtime's kernels hold (see
+    /// [`RuntimeBuilder::ring_memory_budget`]).
+    pub fn ring_memory_in_use(&self) -> usize {
+        self.cpu.ring_bytes_in_use()
+    }
+
+    /// Threads the runtime runs: pool workers and live dedicated kernels.
+    pub fn threads_in_use(&self) -> usize {
+        self.cpu.threads_in_use()
     }
 
     /// Number of kernels the runtime holds (running, or stopped but still referenced).
@@ -149,10 +180,12 @@ impl Runtime {
             quantum: spec.quantum,
             command_timeout: self.command_timeout,
         };
-        let core = self
-            .cpu
-            .launch(config, handler)
-            .map_err(|e| Error::Launch(e.to_string()))?;
+        let core = self.cpu.launch(config, handler).map_err(|e| match e {
+            LaunchError::RingMemoryBudget { .. } | LaunchError::ThreadBudget { .. } => {
+                Error::OverBudget(e.to_string())
+            }
+            other => Error::Launch(other.to_string()),
+        })?;
         Ok(Kernel {
             core,
             _types: PhantomData,

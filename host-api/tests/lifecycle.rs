@@ -594,3 +594,46 @@ fn async_exclusive_endpoints_do_not_block_the_executor() {
     });
     assert_eq!(total, (0..500).sum::<u64>());
 }
+
+#[test]
+fn launches_beyond_the_budgets_are_refused_with_what_to_do() {
+    // Each kernel below holds three rings of 16 slots of 64 bytes: 3 * (384 + 1024).
+    let per_kernel = 3 * (384 + 16 * 64);
+    let rt = Runtime::builder()
+        .workers(1)
+        .ring_memory_budget(2 * per_kernel)
+        .thread_budget(2)
+        .build()
+        .unwrap();
+    let small = |name: &str, placement| {
+        KernelSpec::<u64, u64>::new(name)
+            .capacity(16)
+            .host_output(16)
+            .slot_bytes(64)
+            .placement(placement)
+            .cpu(|x, out| Ok(out.emit(*x)?))
+    };
+    let a = rt.launch(small("a", Placement::Dedicated)).unwrap();
+    assert_eq!(rt.ring_memory_in_use(), per_kernel);
+    assert_eq!(rt.threads_in_use(), 2);
+    // The thread budget: one worker and one dedicated kernel already.
+    let err = rt.launch(small("b", Placement::Dedicated)).unwrap_err();
+    assert!(matches!(err, Error::OverBudget(_)), "{err}");
+    assert!(err.to_string().contains("Placement::Pool"), "{err}");
+    let b = rt.launch(small("b", Placement::Pool)).unwrap();
+    // The memory budget is now full.
+    let err = rt.launch(small("c", Placement::Pool)).unwrap_err();
+    assert!(matches!(err, Error::OverBudget(_)), "{err}");
+    assert!(err.to_string().contains("ring_memory_budget"), "{err}");
+    // Terminated kernels that nobody holds give their memory and threads back.
+    a.terminate().unwrap();
+    drop(a);
+    assert_eq!(rt.threads_in_use(), 1);
+    assert_eq!(rt.ring_memory_in_use(), per_kernel);
+    let c = rt.launch(small("c", Placement::Dedicated)).unwrap();
+    c.activate().unwrap();
+    c.send(5).unwrap();
+    assert_eq!(c.recv().unwrap(), 5);
+    assert_eq!(rt.ring_memory_in_use(), 2 * per_kernel);
+    drop(b);
+}

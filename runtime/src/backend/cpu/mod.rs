@@ -27,9 +27,19 @@ use crate::ring::SlotRef;
 /// Kernel ids fit the 16-bit sender field of a slot tag, below the host's id.
 const MAX_KERNEL_ID: u32 = crate::abi::HOST_SENDER_ID - 1;
 
+/// Resource limits of a runtime (seed 001's resource governance). `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Most bytes of ring memory (headers and slots of every kernel's rings) held at once.
+    pub ring_bytes: Option<usize>,
+    /// Most threads: pool workers plus one per live dedicated kernel.
+    pub threads: Option<usize>,
+}
+
 /// The CPU backend: a worker pool and the kernels launched on it.
 #[derive(Debug)]
 pub struct CpuBackend {
+    budget: Budget,
     pool: Arc<Pool>,
     kernels: Mutex<Vec<Arc<KernelCore>>>,
     dedicated: Mutex<Vec<JoinHandle<()>>>,
@@ -44,6 +54,36 @@ pub enum LaunchError {
         "{0} kernels are alive, the most one runtime holds: terminate some before launching more"
     )]
     TooManyKernels(usize),
+    /// The launch would exceed the runtime's ring memory budget.
+    #[error(
+        "launching kernel `{name}` needs {needed} bytes of ring memory but {in_use} of the \
+         {limit}-byte budget are in use: terminate kernels, shrink its capacity or slot size, \
+         or raise RuntimeBuilder::ring_memory_budget"
+    )]
+    RingMemoryBudget {
+        /// The kernel.
+        name: String,
+        /// Bytes its rings need.
+        needed: usize,
+        /// Bytes held by other kernels.
+        in_use: usize,
+        /// The budget.
+        limit: usize,
+    },
+    /// A dedicated kernel would exceed the runtime's thread budget.
+    #[error(
+        "launching dedicated kernel `{name}` needs a thread but {in_use} of the {limit}-thread \
+         budget are in use: use Placement::Pool, terminate a dedicated kernel, or raise \
+         RuntimeBuilder::thread_budget"
+    )]
+    ThreadBudget {
+        /// The kernel.
+        name: String,
+        /// Threads in use (workers and dedicated kernels).
+        in_use: usize,
+        /// The budget.
+        limit: usize,
+    },
     /// The operating system refused a thread for a dedicated kernel.
     #[error("could not start a thread for dedicated kernel `{name}`: {reason}")]
     Thread {
@@ -57,12 +97,46 @@ pub enum LaunchError {
 impl CpuBackend {
     /// Starts a backend with `workers` pool threads (at least one).
     pub fn new(workers: usize) -> Self {
+        Self::with_budget(workers, Budget::default())
+    }
+
+    /// Starts a backend with `workers` pool threads and the given resource budget.
+    pub fn with_budget(workers: usize, budget: Budget) -> Self {
         Self {
             pool: Pool::start(workers.max(1)),
             kernels: Mutex::new(Vec::new()),
             dedicated: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
+            budget,
         }
+    }
+
+    /// Bytes of ring memory held by the kernels the backend holds (running, or stopped
+    /// and still referenced).
+    pub fn ring_bytes_in_use(&self) -> usize {
+        self.held().iter().map(|k| k.ring_bytes()).sum()
+    }
+
+    /// The kernel registry, after forgetting kernels that are stopped and that nobody
+    /// else holds (their rings are freed with them).
+    fn held(&self) -> parking_lot::MutexGuard<'_, Vec<Arc<KernelCore>>> {
+        let mut kernels = self.kernels.lock();
+        kernels.retain(|k| Arc::strong_count(k) > 1 || !lifecycle::is_stopped(k.state()));
+        kernels
+    }
+
+    /// Threads the backend runs: pool workers and the threads of live dedicated kernels.
+    pub fn threads_in_use(&self) -> usize {
+        self.pool.workers() + Self::dedicated_live(&self.held())
+    }
+
+    fn dedicated_live(kernels: &[Arc<KernelCore>]) -> usize {
+        kernels
+            .iter()
+            .filter(|k| {
+                k.config().placement == Placement::Dedicated && k.state() != State::Terminated
+            })
+            .count()
     }
 
     /// Number of pool threads.
@@ -84,11 +158,31 @@ impl CpuBackend {
         config: KernelConfig,
         handler: Box<dyn Handler>,
     ) -> Result<Arc<KernelCore>, LaunchError> {
-        let mut kernels = self.kernels.lock();
-        // Forget kernels that are stopped and that nobody else holds.
-        kernels.retain(|k| Arc::strong_count(k) > 1 || !lifecycle::is_stopped(k.state()));
+        let mut kernels = self.held();
         if kernels.len() >= MAX_KERNEL_ID as usize {
             return Err(LaunchError::TooManyKernels(kernels.len()));
+        }
+        if let Some(limit) = self.budget.ring_bytes {
+            let in_use: usize = kernels.iter().map(|k| k.ring_bytes()).sum();
+            let needed = KernelCore::ring_bytes_for(&config);
+            if in_use.saturating_add(needed) > limit {
+                return Err(LaunchError::RingMemoryBudget {
+                    name: config.name.clone(),
+                    needed,
+                    in_use,
+                    limit,
+                });
+            }
+        }
+        if let (Some(limit), Placement::Dedicated) = (self.budget.threads, config.placement) {
+            let in_use = self.pool.workers() + Self::dedicated_live(&kernels);
+            if in_use >= limit {
+                return Err(LaunchError::ThreadBudget {
+                    name: config.name.clone(),
+                    in_use,
+                    limit,
+                });
+            }
         }
         let id = {
             let mut next = self.next_id.lock();

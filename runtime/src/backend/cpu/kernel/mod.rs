@@ -336,6 +336,17 @@ impl KernelCore {
         &self.config
     }
 
+    /// Bytes of ring memory (headers and slots) a kernel of `config` holds: its inbox,
+    /// its single-producer lane (same layout) and its host-bound output.
+    pub fn ring_bytes_for(config: &KernelConfig) -> usize {
+        2 * config.inbox.region_bytes() + config.outbox.map_or(0, |o| o.region_bytes())
+    }
+
+    /// Bytes of ring memory this kernel holds.
+    pub fn ring_bytes(&self) -> usize {
+        Self::ring_bytes_for(&self.config)
+    }
+
     /// The state the kernel last published.
     pub fn state(&self) -> State {
         self.control.state()
