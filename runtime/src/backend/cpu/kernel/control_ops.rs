@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{KernelCore, PUBLISH_SPINS};
+use super::{Exec, KernelCore, PUBLISH_SPINS};
 use crate::abi::{Command, State};
 use crate::backend::{CommandError, DrainSummary};
 use crate::lifecycle::{self, Event};
@@ -85,11 +85,32 @@ impl KernelCore {
     fn close_inbox(&self) {
         for ring in [&self.inbox, &self.lane] {
             let tail = ring.close();
-            if !ring.wait_published(tail, PUBLISH_SPINS) {
-                tracing::warn!(kernel = %self.config.name, "a sender is still writing a claimed slot after the close");
-            }
+            let published = ring.wait_published(tail, PUBLISH_SPINS);
+            debug_assert!(
+                published,
+                "an unbounded wait returns only when all is published"
+            );
         }
         self.inbox_space.notify();
+    }
+
+    /// Hands every message still in the inbox rings to `on_input`. Call once the kernel
+    /// stopped (nothing consumes them any more) and the inbox is closed.
+    fn collect_inputs(&self, exec: &mut Exec, on_input: &mut dyn FnMut(SlotRef<'_>)) {
+        for (producer, consumer) in [(&self.inbox, &mut exec.inbox), (&self.lane, &mut exec.lane)] {
+            // Closing again returns the final tail, claims cancelled by the close included.
+            let tail = producer.close();
+            let published = consumer.wait_published(tail, PUBLISH_SPINS);
+            debug_assert!(
+                published,
+                "an unbounded wait returns only when all is published"
+            );
+            let capacity = consumer.capacity();
+            consumer.consume(capacity, |slot| {
+                on_input(slot);
+                Step::Next
+            });
+        }
     }
 
     /// Drains: refuses new messages, processes everything queued, then terminates.
@@ -118,6 +139,10 @@ impl KernelCore {
         let timed_out = !stopped;
         if timed_out || self.state() == State::Faulted {
             self.stop(on_input, on_output, false)?;
+        } else {
+            // Drained: the inbox is empty, by the kernel's end condition. The sweep is a
+            // guard that hands back anything found anyway instead of leaving it behind.
+            self.collect_inputs(&mut self.exec.lock(), on_input);
         }
         Ok(DrainSummary {
             timed_out,
@@ -174,13 +199,7 @@ impl KernelCore {
         {
             let mut exec = self.exec.lock();
             let exec = &mut *exec;
-            let capacity = exec.inbox.capacity();
-            for ring in [&mut exec.inbox, &mut exec.lane] {
-                ring.consume(capacity, |slot| {
-                    on_input(slot);
-                    Step::Next
-                });
-            }
+            self.collect_inputs(exec, on_input);
             for (tag, corr, bytes) in exec.stranded.drain(..) {
                 on_output(SlotRef {
                     position: 0,

@@ -32,8 +32,10 @@ pub type OutputConsumer = Consumer<Arc<HostRing>>;
 const LINGER_ROUNDS: u32 = 256;
 
 /// How long a closer waits for senders that claimed a slot before the close to finish
-/// writing it (they are mid-copy; this is microseconds unless a thread was preempted).
-const PUBLISH_SPINS: u32 = 1 << 22;
+/// writing it: as long as it takes. Nothing blocks between a claim and its publish (a
+/// copy of the message), and a claim dropped by a panic is published as cancelled, so
+/// the wait ends as soon as the sender's thread runs again.
+const PUBLISH_SPINS: u32 = u32::MAX;
 
 /// A message as a handler sees it: borrowed from its inbox slot.
 #[derive(Clone, Copy, Debug)]
