@@ -144,6 +144,23 @@ impl Runtime {
         self.cpu.ring_bytes_in_use()
     }
 
+    /// The Prometheus text exposition (format 0.0.4) of the runtime and every kernel it
+    /// holds: per-kernel counters read from the control blocks (`gyre_kernel_*_total`,
+    /// labelled `kernel` and `id`), inbox depth and utilisation, heartbeat, state, ring
+    /// memory, and runtime totals (`gyre_runtime_*`). Serve it from your own `/metrics`
+    /// handler.
+    ///
+    /// ```
+    /// let runtime = gyre::Runtime::builder().build()?;
+    /// let k = runtime.launch(gyre::KernelSpec::<u32, u32>::new("echo").cpu(|x, out| Ok(out.emit(*x)?)))?;
+    /// let text = runtime.prometheus_text();
+    /// assert!(text.contains(r#"gyre_kernel_processed_total{kernel="echo""#));
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    pub fn prometheus_text(&self) -> String {
+        self.cpu.prometheus_text()
+    }
+
     /// Threads the runtime runs: pool workers and live dedicated kernels.
     pub fn threads_in_use(&self) -> usize {
         self.cpu.threads_in_use()

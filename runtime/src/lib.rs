@@ -12,6 +12,8 @@ pub mod abi;
 pub mod backend;
 pub mod control;
 pub mod lifecycle;
+#[cfg(not(loom))]
+pub mod metrics;
 pub mod ring;
 mod sync;
 #[cfg(not(loom))]

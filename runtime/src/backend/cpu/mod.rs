@@ -215,6 +215,19 @@ impl CpuBackend {
         Ok(kernel)
     }
 
+    /// The Prometheus text exposition of the backend and its kernels (see
+    /// [`crate::metrics`]).
+    pub fn prometheus_text(&self) -> String {
+        let kernels: Vec<_> = self.held().iter().map(|k| k.sample()).collect();
+        let runtime = crate::metrics::RuntimeSample {
+            workers: self.workers(),
+            worker_utilisation: self.utilisation(),
+            threads: self.threads_in_use(),
+            ring_bytes: kernels.iter().map(|k| k.ring_bytes).sum(),
+        };
+        crate::metrics::prometheus_text(&runtime, &kernels)
+    }
+
     /// Every kernel the backend holds.
     pub fn kernels(&self) -> Vec<Arc<KernelCore>> {
         self.kernels.lock().clone()

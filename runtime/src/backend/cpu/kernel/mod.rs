@@ -344,6 +344,20 @@ impl KernelCore {
         2 * config.inbox.region_bytes() + config.outbox.map_or(0, |o| o.region_bytes())
     }
 
+    /// The kernel's numbers now, for metrics.
+    pub fn sample(&self) -> crate::metrics::KernelSample {
+        crate::metrics::KernelSample {
+            name: self.config.name.clone(),
+            id: self.id,
+            state: self.state(),
+            counters: self.counters(),
+            inbox_depth: self.inbox_len(),
+            inbox_capacity: 2 * self.config.inbox.capacity(),
+            heartbeat: self.heartbeat(),
+            ring_bytes: self.ring_bytes(),
+        }
+    }
+
     /// Bytes of ring memory this kernel holds.
     pub fn ring_bytes(&self) -> usize {
         Self::ring_bytes_for(&self.config)
