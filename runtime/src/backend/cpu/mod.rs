@@ -210,7 +210,7 @@ impl CpuBackend {
             threads.retain(|t| !t.is_finished());
             threads.push(handle);
         }
-        tracing::debug!(kernel = %name, id, ?placement, "kernel launched");
+        tracing::info!(kernel = %name, id, ?placement, "kernel launched");
         kernels.push(kernel.clone());
         Ok(kernel)
     }

@@ -32,6 +32,7 @@ impl KernelCore {
     }
 
     fn issue(self: &Arc<Self>, command: Command) -> u32 {
+        tracing::debug!(kernel = %self.config.name, id = self.id, ?command, "lifecycle command");
         let epoch = self.control.issue(command);
         self.wake();
         epoch

@@ -696,7 +696,7 @@ impl KernelCore {
     fn publish_state(&self, exec: &mut Exec, next: Result<State, lifecycle::LifecycleError>) {
         if let Ok(state) = next {
             if state != exec.state {
-                tracing::debug!(kernel = %self.config.name, from = ?exec.state, to = ?state, "kernel state");
+                tracing::info!(kernel = %self.config.name, id = self.id, from = ?exec.state, to = ?state, "kernel state");
             }
             exec.state = state;
         }
@@ -771,7 +771,8 @@ impl KernelCore {
                 Ok(Err(error)) => {
                     handled += 1;
                     errors += 1;
-                    tracing::warn!(kernel = %self.config.name, %error, "handler reported an error");
+                    // Per message, so debug: the `errors` counter is the place to watch.
+                    tracing::debug!(kernel = %self.config.name, %error, "handler reported an error");
                     Step::Next
                 }
                 Err(payload) => {
