@@ -10,6 +10,7 @@ use gyre_runtime::abi::State;
 use gyre_runtime::backend::cpu::{
     ExclusiveLane, KernelCore, OutputConsumer, RecvFailure, SendFailure,
 };
+use gyre_runtime::health::{Health, HealthPolicy};
 use gyre_runtime::ring::SlotRef;
 
 use crate::report::Report;
@@ -133,6 +134,19 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
             inbox_len: self.core.inbox_len(),
             heartbeat: self.core.heartbeat(),
         }
+    }
+
+    /// The kernel's health under the default [`HealthPolicy`] (watchdog 1 s, inbox 80 %,
+    /// error rate 10 %). The watchdog compares the heartbeat with what the previous call
+    /// saw, so call it periodically: a kernel with messages waiting whose heartbeat stood
+    /// still for longer than the watchdog timeout between two calls is reported unhealthy.
+    pub fn health(&self) -> Health {
+        self.core.health(&HealthPolicy::default())
+    }
+
+    /// The kernel's health under `policy` (see [`Kernel::health`]).
+    pub fn health_with(&self, policy: &HealthPolicy) -> Health {
+        self.core.health(policy)
     }
 
     // ---- lifecycle --------------------------------------------------------------------

@@ -45,6 +45,7 @@ pub use error::{Error, SendError};
 pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
+pub use gyre_runtime::health::{Health, HealthPolicy, HealthStatus};
 pub use kernel::{Backpressure, ExclusiveSender, Kernel, KernelMetrics, Receiver, Sender};
 pub use report::{
     DrainReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,

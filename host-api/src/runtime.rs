@@ -161,6 +161,22 @@ impl Runtime {
         self.cpu.prometheus_text()
     }
 
+    /// The health of every kernel the runtime holds under `policy`: the worst status and
+    /// every reason (see [`crate::Kernel::health`]).
+    pub fn health(
+        &self,
+        policy: &gyre_runtime::health::HealthPolicy,
+    ) -> gyre_runtime::health::Health {
+        let mut status = gyre_runtime::health::HealthStatus::Healthy;
+        let mut reasons = Vec::new();
+        for kernel in self.cpu.kernels() {
+            let health = kernel.health(policy);
+            status = status.min(health.status);
+            reasons.extend(health.reasons);
+        }
+        gyre_runtime::health::Health { status, reasons }
+    }
+
     /// Threads the runtime runs: pool workers and live dedicated kernels.
     pub fn threads_in_use(&self) -> usize {
         self.cpu.threads_in_use()

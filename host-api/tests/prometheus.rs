@@ -74,7 +74,7 @@ fn exposition_parses_and_reports_each_kernel() {
     assert_eq!(value(&s, "gyre_kernel_errors_total", "evens"), 5.0);
     assert_eq!(value(&s, "gyre_kernel_processed_total", "idle"), 0.0);
     assert_eq!(value(&s, "gyre_kernel_inbox_depth", "idle"), 3.0);
-    assert!((value(&s, "gyre_kernel_inbox_utilisation", "idle") - 3.0 / 16.0).abs() < 1e-9);
+    assert!((value(&s, "gyre_kernel_inbox_utilisation", "idle") - 3.0 / 8.0).abs() < 1e-9);
     let states: HashMap<String, f64> = s
         .samples
         .iter()

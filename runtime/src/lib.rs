@@ -11,6 +11,8 @@ pub mod abi;
 #[cfg(not(loom))]
 pub mod backend;
 pub mod control;
+#[cfg(not(loom))]
+pub mod health;
 pub mod lifecycle;
 #[cfg(not(loom))]
 pub mod metrics;

@@ -25,8 +25,10 @@ pub struct KernelSample {
     pub counters: Counters<u64>,
     /// Messages waiting in its inbox.
     pub inbox_depth: u32,
-    /// Slots of its inbox rings (the shared ring and the single-producer lane).
+    /// Slots of each of its inbox rings (the shared ring and the single-producer lane).
     pub inbox_capacity: u32,
+    /// Fill level of its fuller inbox ring, `0..=1`: the one that makes senders wait.
+    pub inbox_utilisation: f64,
     /// Its heartbeat word.
     pub heartbeat: u32,
     /// Bytes of ring memory it holds.
@@ -90,7 +92,7 @@ fn describe() {
     );
     describe_gauge!(
         "gyre_kernel_inbox_utilisation",
-        "Inbox depth over inbox capacity."
+        "Fill level of a kernel's fuller inbox ring (shared ring or single-producer lane)."
     );
     describe_gauge!("gyre_kernel_heartbeat", "A kernel's heartbeat word.");
     describe_gauge!(
@@ -139,8 +141,7 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
             counter!("gyre_kernel_stalls_total", labels.clone()).absolute(c.stalls);
             counter!("gyre_kernel_errors_total", labels.clone()).absolute(c.errors);
             gauge!("gyre_kernel_inbox_depth", labels.clone()).set(f64::from(k.inbox_depth));
-            gauge!("gyre_kernel_inbox_utilisation", labels.clone())
-                .set(f64::from(k.inbox_depth) / f64::from(k.inbox_capacity.max(1)));
+            gauge!("gyre_kernel_inbox_utilisation", labels.clone()).set(k.inbox_utilisation);
             gauge!("gyre_kernel_heartbeat", labels.clone()).set(f64::from(k.heartbeat));
             gauge!("gyre_kernel_ring_bytes", labels.clone()).set(k.ring_bytes as f64);
             for state in STATES {

@@ -232,6 +232,8 @@ pub struct KernelCore {
     /// the previous one is checked against where the kernel is going.
     lifecycle: Mutex<Option<(u32, State)>>,
     fault: Mutex<Option<String>>,
+    /// What the health watchdog saw last time it looked.
+    watchdog: Mutex<Option<crate::health::Watchdog>>,
     /// Notified when inbox slots are freed (blocked senders wait on it).
     pub(crate) inbox_space: Signal,
     /// Notified when messages are emitted (receivers wait on it).
@@ -320,6 +322,7 @@ impl KernelCore {
             stopped: AtomicBool::new(false),
             lifecycle: Mutex::new(None),
             fault: Mutex::new(None),
+            watchdog: Mutex::new(None),
             inbox_space: Signal::new(),
             outbox_items: Signal::new(),
             outbox_space: Signal::new(),
@@ -352,10 +355,22 @@ impl KernelCore {
             state: self.state(),
             counters: self.counters(),
             inbox_depth: self.inbox_len(),
-            inbox_capacity: 2 * self.config.inbox.capacity(),
+            inbox_capacity: self.config.inbox.capacity(),
+            inbox_utilisation: f64::from(self.inbox.len().max(self.lane.len()))
+                / f64::from(self.config.inbox.capacity()),
             heartbeat: self.heartbeat(),
             ring_bytes: self.ring_bytes(),
         }
+    }
+
+    /// The kernel's health under `policy`, judged against what the previous call saw
+    /// (the watchdog's memory lives in the kernel).
+    pub fn health(&self, policy: &crate::health::HealthPolicy) -> crate::health::Health {
+        let sample = self.sample();
+        let now = std::time::Instant::now();
+        let mut watchdog = self.watchdog.lock();
+        let watchdog = watchdog.get_or_insert_with(|| crate::health::Watchdog::new(&sample, now));
+        crate::health::evaluate(&sample, policy, watchdog, now)
     }
 
     /// Bytes of ring memory this kernel holds.
@@ -758,6 +773,8 @@ impl KernelCore {
             if panic.is_some() || self.terminating.load(Ordering::Relaxed) {
                 return Step::Keep;
             }
+            // One beat per message, so a slow but live handler never looks stalled.
+            control.beat();
             let message = Message {
                 tag: slot.tag,
                 corr: slot.corr,

@@ -1,0 +1,143 @@
+//! Health: is a kernel doing its job? Evaluated from the same control-block words the
+//! metrics read, so it works the same on every backend.
+//!
+//! A kernel is
+//! - **Unhealthy** when it faulted, or when its heartbeat has not moved for longer than
+//!   the watchdog timeout while it has messages to process (a stuck handler);
+//! - **Degraded** when its inbox is fuller than a threshold, or when more than a given
+//!   share of the messages handled since the previous evaluation failed;
+//! - **Healthy** otherwise.
+//!
+//! The watchdog is evaluated when health is asked for: each evaluation compares the
+//! heartbeat with the value and time seen by the previous one.
+
+use std::time::{Duration, Instant};
+
+use crate::abi::State;
+use crate::lifecycle;
+use crate::metrics::KernelSample;
+
+/// Thresholds of the health evaluation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HealthPolicy {
+    /// How long a heartbeat may stand still while work is pending (default 1 s).
+    pub watchdog: Duration,
+    /// Inbox fill level, `0..=1`, above which a kernel is degraded (default 0.8).
+    pub inbox_threshold: f64,
+    /// Share of failed messages, `0..=1`, above which a kernel is degraded (default 0.1).
+    pub error_rate: f64,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            watchdog: Duration::from_secs(1),
+            inbox_threshold: 0.8,
+            error_rate: 0.1,
+        }
+    }
+}
+
+/// The verdict, worst first when ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HealthStatus {
+    /// Faulted or stuck.
+    Unhealthy,
+    /// Working, but under pressure.
+    Degraded,
+    /// Working.
+    Healthy,
+}
+
+/// A verdict with its reasons (empty when healthy).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The verdict.
+    pub status: HealthStatus,
+    /// Why, one sentence per finding.
+    pub reasons: Vec<String>,
+}
+
+/// What the watchdog remembers between evaluations of one kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct Watchdog {
+    heartbeat: u32,
+    since: Instant,
+    processed: u64,
+    errors: u64,
+}
+
+impl Watchdog {
+    /// A watchdog that has seen `sample` at `now`.
+    pub fn new(sample: &KernelSample, now: Instant) -> Self {
+        Self {
+            heartbeat: sample.heartbeat,
+            since: now,
+            processed: sample.counters.processed,
+            errors: sample.counters.errors,
+        }
+    }
+}
+
+/// Evaluates `sample` at `now` against `policy`, updating `watchdog`.
+pub fn evaluate(
+    sample: &KernelSample,
+    policy: &HealthPolicy,
+    watchdog: &mut Watchdog,
+    now: Instant,
+) -> Health {
+    let mut unhealthy = Vec::new();
+    let mut degraded = Vec::new();
+    if sample.state == State::Faulted {
+        unhealthy.push(format!("kernel `{}` faulted", sample.name));
+    }
+    if sample.heartbeat != watchdog.heartbeat {
+        watchdog.heartbeat = sample.heartbeat;
+        watchdog.since = now;
+    } else if lifecycle::processes_messages(sample.state) && sample.inbox_depth > 0 {
+        let still = now.saturating_duration_since(watchdog.since);
+        if still > policy.watchdog {
+            unhealthy.push(format!(
+                "kernel `{}` has {} messages waiting but its heartbeat has not moved for {still:.1?} \
+                 (watchdog {:?}): its handler may be stuck; terminate it to get its messages back",
+                sample.name, sample.inbox_depth, policy.watchdog
+            ));
+        }
+    } else {
+        // Idle or not processing: a still heartbeat is expected; restart the clock.
+        watchdog.since = now;
+    }
+    let fill = sample.inbox_utilisation;
+    if fill > policy.inbox_threshold {
+        degraded.push(format!(
+            "kernel `{}`'s inbox is {:.0}% full (threshold {:.0}%)",
+            sample.name,
+            fill * 100.0,
+            policy.inbox_threshold * 100.0
+        ));
+    }
+    let handled = sample.counters.processed.saturating_sub(watchdog.processed);
+    let failed = sample.counters.errors.saturating_sub(watchdog.errors);
+    watchdog.processed = sample.counters.processed;
+    watchdog.errors = sample.counters.errors;
+    if handled > 0 && failed as f64 / handled as f64 > policy.error_rate {
+        degraded.push(format!(
+            "kernel `{}` failed {failed} of the {handled} messages handled since the last check \
+             (threshold {:.0}%)",
+            sample.name,
+            policy.error_rate * 100.0
+        ));
+    }
+    let status = if !unhealthy.is_empty() {
+        HealthStatus::Unhealthy
+    } else if !degraded.is_empty() {
+        HealthStatus::Degraded
+    } else {
+        HealthStatus::Healthy
+    };
+    unhealthy.extend(degraded);
+    Health {
+        status,
+        reasons: unhealthy,
+    }
+}
