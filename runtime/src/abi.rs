@@ -161,6 +161,16 @@ impl Command {
 }
 
 impl State {
+    /// Every state, in word order.
+    pub const ALL: [Self; 6] = [
+        Self::Launched,
+        Self::Active,
+        Self::Paused,
+        Self::Draining,
+        Self::Terminated,
+        Self::Faulted,
+    ];
+
     /// Decodes a state word; `None` for a word no kernel writes.
     pub const fn from_word(word: u32) -> Option<Self> {
         Some(match word {

@@ -104,14 +104,7 @@ pub const fn transition(from: State, event: Event) -> Result<State, LifecycleErr
 mod tests {
     use super::*;
 
-    const STATES: [State; 6] = [
-        State::Launched,
-        State::Active,
-        State::Paused,
-        State::Draining,
-        State::Terminated,
-        State::Faulted,
-    ];
+    const STATES: [State; 6] = State::ALL;
     const EVENTS: [Event; 9] = [
         Event::Command(Command::None),
         Event::Command(Command::Activate),

@@ -48,15 +48,6 @@ pub struct RuntimeSample {
     pub ring_bytes: usize,
 }
 
-const STATES: [State; 6] = [
-    State::Launched,
-    State::Active,
-    State::Paused,
-    State::Draining,
-    State::Terminated,
-    State::Faulted,
-];
-
 fn state_name(state: State) -> &'static str {
     match state {
         State::Launched => "launched",
@@ -144,7 +135,7 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
             gauge!("gyre_kernel_inbox_utilisation", labels.clone()).set(k.inbox_utilisation);
             gauge!("gyre_kernel_heartbeat", labels.clone()).set(f64::from(k.heartbeat));
             gauge!("gyre_kernel_ring_bytes", labels.clone()).set(k.ring_bytes as f64);
-            for state in STATES {
+            for state in State::ALL {
                 let mut with_state = labels.clone();
                 with_state.push(Label::new("state", state_name(state)));
                 gauge!("gyre_kernel_state", with_state).set(if state == k.state {
