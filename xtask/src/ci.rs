@@ -98,6 +98,12 @@ pub fn setup(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The examples CI runs (step name, example name); each finishes in seconds.
+const EXAMPLES: [(&str, &str); 2] = [
+    ("example quickstart", "quickstart"),
+    ("example pipeline", "pipeline"),
+];
+
 /// Runs setup, then every check, in the order CI runs them.
 ///
 /// # Errors
@@ -105,7 +111,7 @@ pub fn setup(root: &Path) -> Result<(), String> {
 pub fn ci(root: &Path) -> Result<(), String> {
     let start = Instant::now();
     setup(root)?;
-    let steps = [
+    let steps: Vec<Step> = [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
         Step::new(
             "generated ABI files are fresh",
@@ -126,8 +132,11 @@ pub fn ci(root: &Path) -> Result<(), String> {
         ),
         // Unit, integration and doc tests; examples are built (benches are not run here).
         Step::new("tests", "cargo", &["test", "--workspace"]),
+    ]
+    .into_iter()
+    .chain(EXAMPLES.iter().map(|&(step, example)| {
         Step::new(
-            "example quickstart",
+            step,
             "cargo",
             &[
                 "run",
@@ -135,40 +144,29 @@ pub fn ci(root: &Path) -> Result<(), String> {
                 "-p",
                 "gyre-examples",
                 "--example",
-                "quickstart",
-            ],
-        ),
-        Step::new(
-            "example pipeline",
-            "cargo",
-            &[
-                "run",
-                "--quiet",
-                "-p",
-                "gyre-examples",
-                "--example",
-                "pipeline",
-            ],
-        ),
-        Step::new(
-            "loom models",
-            "cargo",
-            &[
-                "test",
-                "--release",
-                "-p",
-                "gyre-runtime",
-                "--test",
-                "loom_ring",
-                "--test",
-                "loom_control",
-                "--target-dir",
-                "target/loom",
+                example,
             ],
         )
-        .env("RUSTFLAGS", "--cfg loom")
-        .env("LOOM_MAX_PREEMPTIONS", "3"),
-    ];
+    }))
+    .chain([Step::new(
+        "loom models",
+        "cargo",
+        &[
+            "test",
+            "--release",
+            "-p",
+            "gyre-runtime",
+            "--test",
+            "loom_ring",
+            "--test",
+            "loom_control",
+            "--target-dir",
+            "target/loom",
+        ],
+    )
+    .env("RUSTFLAGS", "--cfg loom")
+    .env("LOOM_MAX_PREEMPTIONS", "3")])
+    .collect();
     for step in &steps {
         step.run(root)?;
     }

@@ -73,6 +73,16 @@ pub struct Producer<M: RingMemory> {
     closed: AtomicBool,
 }
 
+/// What [`Producer::room`] found.
+enum Room {
+    /// The positions are free.
+    Fits,
+    /// Only this many slots are free.
+    Full(u32),
+    /// The consumer has passed the `tail` the caller read (another producer moved it).
+    StaleTail,
+}
+
 /// Positions claimed by one producer. Write each slot, then [`Claim::publish`].
 ///
 /// Dropping a claim without publishing cancels it: its slots are published as
@@ -120,30 +130,13 @@ impl<M: RingMemory> Producer<M> {
                 return Err(ClaimError::Closed);
             }
             let tail = self.mem.tail().load(Ordering::Relaxed);
-            // ORDERING: Acquire pairs with the Release store of `cached_head` below, made
-            // by whichever producer of this side loaded that head: the consumer's reads
-            // of the slots before it happen before our writes (transitively, through
-            // that producer's Acquire load of `head`).
-            let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
-            // Another producer may have moved `cached_head` past our `tail` (or back to
-            // an older head), so `used` can exceed the capacity; never subtract then.
-            if used > capacity || capacity - used < len {
-                // ORDERING: Acquire pairs with the consumer's Release store of `head` in
-                // `Consumer::release`: its reads of the slots before `head` happen before
-                // our writes to them.
-                let head = self.mem.head().load(Ordering::Acquire);
-                // ORDERING: Release passes the synchronisation above on to producers that
-                // use the cached value instead of loading `head` (see the load above).
-                self.cached_head.store(head, Ordering::Release);
-                let used = tail.wrapping_sub(head);
-                if used > capacity {
+            match self.room(tail, len) {
+                Room::Fits => {}
+                Room::Full(free) => return Err(ClaimError::Full { free }),
+                Room::StaleTail => {
                     // The consumer passed the `tail` we read: it is stale; read again.
                     spin_hint();
                     continue;
-                }
-                let free = capacity - used;
-                if free < len {
-                    return Err(ClaimError::Full { free });
                 }
             }
             // ORDERING: SeqCst (Acquire would do) pairs with the read-modify-write of
@@ -197,18 +190,13 @@ impl<M: RingMemory> Producer<M> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(ClaimError::Closed);
         }
-        // We are the only writer of `tail` (caller's guarantee), so our read is current.
+        // We are the only writer of `tail` (caller's guarantee), so our read is current
+        // and never stale.
         let tail = self.mem.tail().load(Ordering::Relaxed);
-        // ORDERING: Acquire/Release on `cached_head` as in `try_claim`.
-        let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
-        if used > capacity || capacity - used < len {
-            // ORDERING: Acquire pairs with the consumer's Release store of `head`.
-            let head = self.mem.head().load(Ordering::Acquire);
-            self.cached_head.store(head, Ordering::Release);
-            let free = capacity - tail.wrapping_sub(head);
-            if free < len {
-                return Err(ClaimError::Full { free });
-            }
+        match self.room(tail, len) {
+            Room::Fits => {}
+            Room::Full(free) => return Err(ClaimError::Full { free }),
+            Room::StaleTail => unreachable!("a single producer's own tail is never stale"),
         }
         // Relaxed: consumers never read `tail` for correctness (they read stamps).
         self.mem
@@ -321,6 +309,37 @@ impl<M: RingMemory> Producer<M> {
     /// Number of slots.
     pub fn capacity(&self) -> u32 {
         self.mem.capacity()
+    }
+
+    /// Whether `len` positions from `tail` are free, reading the consumer's `head` only
+    /// when the cached copy says they are not.
+    fn room(&self, tail: u32, len: u32) -> Room {
+        let capacity = self.mem.capacity();
+        // ORDERING: Acquire pairs with the Release store of `cached_head` below, made by
+        // whichever producer of this side loaded that head: the consumer's reads of the
+        // slots before it happen before our writes (transitively, through that
+        // producer's Acquire load of `head`).
+        let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
+        // Another producer may have moved `cached_head` past our `tail` (or back to an
+        // older head), so `used` can exceed the capacity; never subtract then.
+        if used <= capacity && capacity - used >= len {
+            return Room::Fits;
+        }
+        // ORDERING: Acquire pairs with the consumer's Release store of `head` in
+        // `Consumer::release`: its reads of the slots before `head` happen before our
+        // writes to them.
+        let head = self.mem.head().load(Ordering::Acquire);
+        // ORDERING: Release passes the synchronisation above on to producers that use
+        // the cached value instead of loading `head` (see the load above).
+        self.cached_head.store(head, Ordering::Release);
+        let used = tail.wrapping_sub(head);
+        if used > capacity {
+            Room::StaleTail
+        } else if capacity - used < len {
+            Room::Full(capacity - used)
+        } else {
+            Room::Fits
+        }
     }
 
     fn stamp_full(&self, position: u32) {
