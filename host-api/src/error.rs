@@ -33,6 +33,10 @@ pub enum Error {
         /// Its alignment.
         align: usize,
     },
+    /// A route was refused (unknown kernel, type or slot-size mismatch, a cycle, a
+    /// stopped downstream).
+    #[error(transparent)]
+    Route(#[from] gyre_runtime::routing::RouteError),
     /// A capacity or slot size is invalid.
     #[error("kernel `{kernel}`: {source}")]
     Layout {

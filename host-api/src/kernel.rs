@@ -93,7 +93,7 @@ impl<In, Out> std::fmt::Debug for Kernel<In, Out> {
     }
 }
 
-fn read<T: Message>(slot: SlotRef<'_>) -> T {
+pub(crate) fn read<T: Message>(slot: SlotRef<'_>) -> T {
     bytemuck::pod_read_unaligned(&slot.payload[..std::mem::size_of::<T>()])
 }
 
@@ -134,6 +134,12 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
             inbox_len: self.core.inbox_len(),
             heartbeat: self.core.heartbeat(),
         }
+    }
+
+    /// End-to-end latency quantiles of requests answered through this kernel (see
+    /// [`crate::Requester`]), from its HDR histogram; `None` before the first.
+    pub fn latency(&self) -> Option<gyre_runtime::metrics::LatencySummary> {
+        self.core.latency()
     }
 
     /// The kernel's health under the default [`HealthPolicy`] (watchdog 1 s, inbox 80 %,
@@ -225,6 +231,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
             timed_out: summary.timed_out,
             final_state: summary.final_state.unwrap_or(State::Terminated),
             fault: summary.fault,
+            abandoned: summary.abandoned,
             undelivered,
             undelivered_outputs,
         }
@@ -418,6 +425,18 @@ impl<In> std::fmt::Debug for Sender<In> {
 }
 
 impl<In: Message> Sender<In> {
+    pub(crate) fn for_core(core: Arc<KernelCore>) -> Self {
+        Self {
+            core,
+            policy: Backpressure::Block,
+            _types: PhantomData,
+        }
+    }
+
+    pub(crate) fn core(&self) -> &Arc<KernelCore> {
+        &self.core
+    }
+
     /// This sender with another policy.
     #[must_use]
     pub fn backpressure(mut self, policy: Backpressure) -> Self {
@@ -459,6 +478,19 @@ impl<In: Message> Sender<In> {
     /// As [`Kernel::try_send`].
     pub fn try_send(&self, message: In) -> Result<(), SendError<In>> {
         try_send(&self.core, message, 0)
+    }
+
+    /// Sends with a correlation id from async code (see [`Sender::send_async`]).
+    ///
+    /// # Errors
+    /// As [`Sender::send`].
+    pub async fn send_async_with_corr(&self, message: In, corr: u64) -> Result<(), SendError<In>> {
+        match self.policy {
+            Backpressure::Fail => try_send(&self.core, message, corr),
+            Backpressure::Block | Backpressure::Timeout(_) => {
+                send_async(&self.core, message, corr).await
+            }
+        }
     }
 
     /// Sends from async code according to the policy (`Timeout` acts as `Block`; wrap
@@ -569,7 +601,7 @@ async fn send_async<In: Message>(
 /// Tries `attempt` once without reading the clock, then waits on the kernel's output
 /// signal (spin, yield, park) until it yields something other than `Empty` or the
 /// timeout passes.
-fn wait_recv<T>(
+pub(crate) fn wait_recv<T>(
     core: &KernelCore,
     timeout: Option<Duration>,
     mut attempt: impl FnMut() -> Result<T, RecvFailure>,
@@ -596,7 +628,7 @@ fn wait_recv<T>(
     }
 }
 
-fn recv_error(core: &KernelCore, failure: RecvFailure) -> Error {
+pub(crate) fn recv_error(core: &KernelCore, failure: RecvFailure) -> Error {
     let kernel = core.config().name.clone();
     match failure {
         RecvFailure::NoOutput => Error::NoHostOutput { kernel },

@@ -36,19 +36,25 @@
 #![warn(missing_docs)]
 
 mod error;
+mod group;
 mod kernel;
 mod report;
+mod request;
 mod runtime;
 mod spec;
 
 pub use error::{Error, SendError};
+pub use group::{Group, GroupBuilder, Pipeline, PipelineBuilder, Stage};
 pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
 pub use gyre_runtime::health::{Health, HealthPolicy, HealthStatus};
+pub use gyre_runtime::metrics::LatencySummary;
+pub use gyre_runtime::routing::{DeadLetter, RouteError};
 pub use kernel::{Backpressure, ExclusiveSender, Kernel, KernelMetrics, Receiver, Sender};
 pub use report::{
-    DrainReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,
+    DrainReport, GroupReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,
 };
+pub use request::Requester;
 pub use runtime::{Backend, Runtime, RuntimeBuilder};
 pub use spec::{Emit, KernelSpec, Message};

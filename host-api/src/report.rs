@@ -22,6 +22,10 @@ pub struct Report<In, Out> {
     /// Its fault, if it faulted. The first undelivered input is then the message whose
     /// handler panicked.
     pub fault: Option<String>,
+    /// Whether its handler did not return within the command timeout, so the host took
+    /// its rings over: the first undelivered input is the message that was in hand (its
+    /// earlier emits were delivered, so a retry may repeat them).
+    pub abandoned: bool,
     /// Messages still in its inbox, in order.
     pub undelivered: Vec<In>,
     /// Messages it emitted that were not received: for a drain, only emits that were
@@ -45,6 +49,16 @@ pub struct RawMessage {
     pub bytes: Vec<u8>,
 }
 
+impl RawMessage {
+    /// The message read as `T` (the type the kernel takes or emits).
+    ///
+    /// # Panics
+    /// When `T` is larger than the slot payload.
+    pub fn read<T: bytemuck::Pod>(&self) -> T {
+        bytemuck::pod_read_unaligned(&self.bytes[..std::mem::size_of::<T>()])
+    }
+}
+
 /// One kernel's outcome in a [`ShutdownReport`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelShutdown {
@@ -58,23 +72,54 @@ pub struct KernelShutdown {
     pub final_state: State,
     /// Its fault, if any.
     pub fault: Option<String>,
-    /// An error stopping it, if any (for example a handler stuck past the timeout).
+    /// An error stopping it, if any.
     pub error: Option<crate::Error>,
+    /// Whether its handler did not return in time and the host took its rings over (the
+    /// first undelivered input is the message in hand).
+    pub abandoned: bool,
     /// Inputs handed back.
     pub undelivered: Vec<RawMessage>,
     /// Outputs handed back.
     pub undelivered_outputs: Vec<RawMessage>,
 }
 
-/// What [`crate::Runtime::shutdown`] returns: one entry per kernel that was still
-/// running (already terminated kernels are left out).
+/// What [`crate::Runtime::shutdown`], [`crate::Group::drain`] and
+/// [`crate::Group::terminate`] return: one entry per kernel that was still running
+/// (already terminated kernels are left out), in the order they were stopped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Per kernel.
     pub kernels: Vec<KernelShutdown>,
 }
 
+/// What a group's drain or terminate returns.
+pub type GroupReport = ShutdownReport;
+
 impl ShutdownReport {
+    /// The entry of the kernel named `name`.
+    pub fn kernel(&self, name: &str) -> Option<&KernelShutdown> {
+        self.kernels.iter().find(|k| k.kernel == name)
+    }
+
+    /// Every input handed back, read as `T`, over all kernels whose inputs are `T`
+    /// (the caller knows which: name them in `kernels`).
+    pub fn undelivered_as<T: bytemuck::Pod>(&self, kernels: &[&str]) -> Vec<T> {
+        self.kernels
+            .iter()
+            .filter(|k| kernels.contains(&k.kernel.as_str()))
+            .flat_map(|k| k.undelivered.iter().map(RawMessage::read::<T>))
+            .collect()
+    }
+
+    /// Every output handed back, read as `T`, over the kernels named in `kernels`.
+    pub fn undelivered_outputs_as<T: bytemuck::Pod>(&self, kernels: &[&str]) -> Vec<T> {
+        self.kernels
+            .iter()
+            .filter(|k| kernels.contains(&k.kernel.as_str()))
+            .flat_map(|k| k.undelivered_outputs.iter().map(RawMessage::read::<T>))
+            .collect()
+    }
+
     /// Messages handed back, inputs and outputs, over all kernels.
     pub fn undelivered_count(&self) -> usize {
         self.kernels

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use gyre_runtime::backend::cpu::{Budget, CpuBackend, KernelConfig, LaunchError};
 
-use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
-use crate::spec::{join, KernelSpec, Message};
+use crate::report::ShutdownReport;
+use crate::spec::{KernelSpec, Message};
 use crate::{Error, Kernel};
 
 /// Which backend runs the kernels.
@@ -209,6 +209,7 @@ impl Runtime {
             name: spec.name,
             inbox,
             outbox,
+            ports: spec.ports,
             placement: spec.placement,
             quantum: spec.quantum,
             command_timeout: self.command_timeout,
@@ -225,48 +226,90 @@ impl Runtime {
         })
     }
 
+    /// A builder for a group of kernels routed to each other, launched together (see
+    /// [`crate::Group`]). Launching one kernel with [`Runtime::launch`] is a group of one.
+    pub fn group(&self, name: impl Into<String>) -> crate::GroupBuilder<'_> {
+        crate::GroupBuilder::new(self, name.into())
+    }
+
+    /// A builder for a linear pipeline: each stage's output routed to the next stage's
+    /// inbox, the last stage's output to the host (see [`crate::Pipeline`]).
+    pub fn pipeline<In: Message>(
+        &self,
+        name: impl Into<String>,
+    ) -> crate::PipelineBuilder<'_, In, In> {
+        crate::PipelineBuilder::new(self, name.into())
+    }
+
+    /// Routes output port `port` of an already launched kernel `from` to the inbox of
+    /// kernel `to`, replacing what the port was bound to. Messages the port stashed
+    /// (waiting for room) go to the new target, in order.
+    ///
+    /// On the CPU backend every route is direct; on GPU backends a route between two
+    /// separately launched groups is relayed through the host. Prefer declaring routes in
+    /// a [`crate::GroupBuilder`]: topology (cycles) is checked there.
+    ///
+    /// # Errors
+    /// [`Error::Route`] when the port does not exist, `to` is stopped, or its slots are too
+    /// small for `from`'s messages.
+    pub fn connect<A: Message, B: Message, C: Message>(
+        &self,
+        from: &Kernel<A, B>,
+        port: u32,
+        to: &Kernel<B, C>,
+    ) -> Result<(), Error> {
+        from.core
+            .bind(
+                port,
+                gyre_runtime::backend::cpu::PortTarget::Kernel {
+                    core: to.core.clone(),
+                    exclusive: false,
+                },
+                std::mem::size_of::<B>(),
+                false,
+            )
+            .map_err(Error::Route)
+    }
+
+    /// Restarts a terminated or faulted kernel with its configuration, handler and
+    /// routes; it comes back in state `Launched` (activate it). A faulted kernel keeps
+    /// the messages still queued in its inbox, and the message its handler panicked on
+    /// goes to the dead letters with the fault as reason. The handler is the same value
+    /// (state kept in the closure carries over).
+    ///
+    /// # Errors
+    /// [`Error::Lifecycle`] when the kernel is running; [`Error::Unresponsive`] when a
+    /// handler abandoned by a terminate still has not returned.
+    pub fn restart<In: Message, Out: Message>(
+        &self,
+        kernel: &Kernel<In, Out>,
+    ) -> Result<(), Error> {
+        self.cpu
+            .restart(&kernel.core)
+            .map_err(|e| Error::from_command(kernel.name(), e))
+    }
+
+    /// Takes every dead letter kept so far: messages a handler failed on (with its
+    /// error), messages emitted to a port bound to the dead-letter sink, and emits that
+    /// found their downstream kernel stopped. Oldest first.
+    pub fn take_dead_letters(&self) -> Vec<gyre_runtime::routing::DeadLetter> {
+        self.cpu.dead_letters().take()
+    }
+
+    /// Dead letters ever kept (taken or not).
+    pub fn dead_letter_total(&self) -> u64 {
+        self.cpu.dead_letters().total()
+    }
+
     /// Drains every running kernel (faulted ones are terminated), sharing `timeout`,
     /// then stops the runtime's threads. Kernels that do not finish in time are
     /// terminated; everything they did not deliver is in the report.
     pub fn shutdown(self, timeout: Duration) -> ShutdownReport {
-        let mut handed_back: Vec<(u32, bool, RawMessage)> = Vec::new();
-        let outcomes = self.cpu.shutdown(timeout, &mut |kernel, is_input, slot| {
-            handed_back.push((
-                kernel.id(),
-                is_input,
-                RawMessage {
-                    corr: join(slot.corr),
-                    bytes: slot.payload.to_vec(),
-                },
-            ));
-        });
-        let mut report = ShutdownReport::default();
-        for (kernel, outcome) in outcomes {
-            let (mut undelivered, mut undelivered_outputs) = (Vec::new(), Vec::new());
-            for (_, is_input, message) in handed_back.extract_if(.., |(id, ..)| *id == kernel.id())
-            {
-                if is_input {
-                    undelivered.push(message);
-                } else {
-                    undelivered_outputs.push(message);
-                }
-            }
-            let counters = kernel.counters();
-            let (timed_out, error) = match outcome {
-                Ok(summary) => (summary.timed_out, None),
-                Err(e) => (false, Some(Error::from_command(&kernel.config().name, e))),
-            };
-            report.kernels.push(KernelShutdown {
-                kernel: kernel.config().name.clone(),
-                processed: counters.processed,
-                timed_out,
-                final_state: kernel.state(),
-                fault: kernel.fault(),
-                error,
-                undelivered,
-                undelivered_outputs,
-            });
-        }
+        let deadline = std::time::Instant::now() + timeout;
+        let kernels = self.cpu.kernels_in_drain_order();
+        let report =
+            crate::group::stop_kernels(kernels.iter(), crate::group::Stop::Drain(deadline));
+        self.cpu.stop_threads();
         report
     }
 }

@@ -26,14 +26,39 @@ pub struct Emit<'a, 'b, Out> {
 }
 
 impl<Out: Message> Emit<'_, '_, Out> {
-    /// Emits `message` to the kernel's host-bound output, carrying the correlation id of
-    /// the message being handled. Waits while the output ring is full (backpressure).
+    /// Emits `message` to output port 0 (the host output unless routed elsewhere),
+    /// carrying the correlation id of the message being handled. Never waits: when the
+    /// target ring is full the message is kept and the kernel takes no more input until
+    /// it is delivered (backpressure, counted as a stall).
     ///
     /// # Errors
-    /// [`EmitError`] when the kernel has no host output, or is terminated while waiting
-    /// for room (the message then comes back in the terminate report).
+    /// [`EmitError`] when the port is unbound or the message does not fit the target's
+    /// slots. Returning the error from the handler sends the input to the dead letters.
     pub fn emit(&mut self, message: Out) -> Result<(), EmitError> {
         self.inner.emit(self.corr, bytemuck::bytes_of(&message))
+    }
+
+    /// Emits `message` to output port `port` (see [`crate::Group::route`]).
+    ///
+    /// # Errors
+    /// As [`Emit::emit`], and [`EmitError::NoSuchPort`].
+    pub fn emit_to(&mut self, port: u32, message: Out) -> Result<(), EmitError> {
+        self.inner
+            .emit_to(port, self.corr, bytemuck::bytes_of(&message))
+    }
+
+    /// Like [`Emit::emit_to`] with an explicit correlation id.
+    ///
+    /// # Errors
+    /// As [`Emit::emit_to`].
+    pub fn emit_to_with_corr(
+        &mut self,
+        port: u32,
+        message: Out,
+        corr: u64,
+    ) -> Result<(), EmitError> {
+        self.inner
+            .emit_to(port, split(corr), bytemuck::bytes_of(&message))
     }
 
     /// Like [`Emit::emit`] with an explicit correlation id.
@@ -47,6 +72,11 @@ impl<Out: Message> Emit<'_, '_, Out> {
     /// The correlation id of the message being handled.
     pub fn corr(&self) -> u64 {
         join(self.corr)
+    }
+
+    /// Number of output ports (see [`KernelSpec::ports`]).
+    pub fn port_count(&self) -> u32 {
+        self.inner.port_count()
     }
 }
 
@@ -79,6 +109,7 @@ pub struct KernelSpec<In, Out> {
     pub(crate) host_output: Option<u32>,
     pub(crate) placement: Placement,
     pub(crate) quantum: u32,
+    pub(crate) ports: u32,
     pub(crate) cpu: Option<CpuFn<In, Out>>,
 }
 
@@ -94,6 +125,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
             host_output: Some(1024),
             placement: Placement::Pool,
             quantum: 64,
+            ports: 1,
             cpu: None,
         }
     }
@@ -136,6 +168,16 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     #[must_use]
     pub fn placement(mut self, placement: Placement) -> Self {
         self.placement = placement;
+        self
+    }
+
+    /// Number of output ports (at least 1, default 1). Port 0 goes to the host output
+    /// unless routed elsewhere; bind the others with [`crate::Group::route`],
+    /// [`crate::Group::to_host`] or [`crate::Group::to_dead_letters`]. A handler picks
+    /// the port with [`Emit::emit_to`].
+    #[must_use]
+    pub fn ports(mut self, ports: u32) -> Self {
+        self.ports = ports.max(1);
         self
     }
 

@@ -3,6 +3,7 @@
 //! - [`abi`]: the memory contract shared with device code;
 //! - [`ring`]: the lock-free ring over any memory;
 //! - [`control`] and [`lifecycle`]: a kernel's control block and state machine;
+//! - [`routing`]: ports, routes, topology checks and the dead-letter sink;
 //! - [`backend`]: the backends (the CPU backend is always built).
 //!
 //! Most users want the `gyre` crate, which wraps this one in a typed API.
@@ -17,6 +18,8 @@ pub mod lifecycle;
 #[cfg(not(loom))]
 pub mod metrics;
 pub mod ring;
+#[cfg(not(loom))]
+pub mod routing;
 mod sync;
 #[cfg(not(loom))]
 pub mod wait;

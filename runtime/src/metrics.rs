@@ -6,8 +6,12 @@
 //! `metrics-exporter-prometheus` recorder made for the call: series of kernels that are
 //! gone disappear, and nothing is installed as the process-global recorder.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use metrics::{counter, describe_counter, describe_gauge, gauge, Label};
 use metrics_exporter_prometheus::PrometheusBuilder;
+use parking_lot::Mutex;
 
 use crate::abi::State;
 use crate::control::Counters;
@@ -33,6 +37,119 @@ pub struct KernelSample {
     pub heartbeat: u32,
     /// Bytes of ring memory it holds.
     pub ring_bytes: usize,
+    /// Time spent in turns that handled messages, in nanoseconds.
+    pub busy_ns: u64,
+    /// Messages processed per second over the last [`THROUGHPUT_WINDOW`].
+    pub throughput: f64,
+    /// End-to-end latency of what came back to the host through this kernel, if any
+    /// was measured.
+    pub latency: Option<LatencySummary>,
+}
+
+/// How far back the sliding-window throughput looks.
+pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Quantiles of a latency histogram, in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// An HDR histogram of latencies (1 ns to 1 hour, 3 significant digits), shared by the
+/// threads that record into it. Allocated on the first record (it is a few hundred KB),
+/// so the thousands of kernels that never see a latency cost nothing.
+#[derive(Debug, Default)]
+pub struct LatencyRecorder {
+    histogram: Mutex<Option<hdrhistogram::Histogram<u64>>>,
+}
+
+impl LatencyRecorder {
+    /// An empty recorder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one latency in nanoseconds (clamped into the histogram's range).
+    pub fn record(&self, ns: u64) {
+        self.histogram
+            .lock()
+            .get_or_insert_with(|| {
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                    .expect("static histogram bounds are valid")
+            })
+            .saturating_record(ns.max(1));
+    }
+
+    /// The quantiles so far, or `None` when nothing was recorded.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        let h = self.histogram.lock();
+        let h = h.as_ref().filter(|h| !h.is_empty())?;
+        Some(LatencySummary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        })
+    }
+
+    /// Forgets everything recorded.
+    pub fn reset(&self) {
+        *self.histogram.lock() = None;
+    }
+}
+
+/// A sliding window of (time, processed) readings, for throughput.
+#[derive(Debug)]
+pub struct ThroughputWindow {
+    readings: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl ThroughputWindow {
+    /// A window whose first reading is `0` processed at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            readings: Mutex::new(VecDeque::from([(start, 0)])),
+        }
+    }
+
+    /// Adds a reading and returns messages per second since the oldest reading still
+    /// inside the window (or the newest one just outside it, so a rare reader still
+    /// gets a rate).
+    pub fn rate(&self, now: Instant, processed: u64) -> f64 {
+        let mut readings = self.readings.lock();
+        while readings.len() > 1
+            && readings
+                .get(1)
+                .is_some_and(|&(t, _)| now.saturating_duration_since(t) > THROUGHPUT_WINDOW)
+        {
+            readings.pop_front();
+        }
+        if readings.len() >= 64 {
+            // Keep the window small: drop a middle reading.
+            let middle = readings.len() / 2;
+            readings.remove(middle);
+        }
+        readings.push_back((now, processed));
+        let (t0, p0) = readings[0];
+        let seconds = now.saturating_duration_since(t0).as_secs_f64();
+        if seconds <= 0.0 {
+            return 0.0;
+        }
+        processed.saturating_sub(p0) as f64 / seconds
+    }
 }
 
 /// The runtime's own numbers at one moment.
@@ -46,6 +163,8 @@ pub struct RuntimeSample {
     pub threads: usize,
     /// Bytes of ring memory held by all kernels.
     pub ring_bytes: usize,
+    /// Messages ever sent to the dead-letter sink.
+    pub dead_letters: u64,
 }
 
 fn state_name(state: State) -> &'static str {
@@ -94,6 +213,26 @@ fn describe() {
         "gyre_kernel_state",
         "1 for the state a kernel is in, 0 for the others."
     );
+    describe_counter!(
+        "gyre_kernel_handler_microseconds_total",
+        "Time a kernel spent in turns that handled messages (handler calls and ring work)."
+    );
+    describe_gauge!(
+        "gyre_kernel_throughput_per_second",
+        "Messages processed per second over a sliding window of 10 s."
+    );
+    describe_gauge!(
+        "gyre_kernel_latency_seconds",
+        "End-to-end latency quantiles (HDR histogram) of requests and host-sent messages that came back through this kernel."
+    );
+    describe_counter!(
+        "gyre_kernel_latency_samples_total",
+        "Latencies recorded into a kernel's histogram."
+    );
+    describe_counter!(
+        "gyre_runtime_dead_letters_total",
+        "Messages sent to the dead-letter sink."
+    );
     describe_gauge!("gyre_runtime_kernels", "Kernels the runtime holds.");
     describe_gauge!("gyre_runtime_workers", "Worker threads of the pool.");
     describe_gauge!(
@@ -135,6 +274,22 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
             gauge!("gyre_kernel_inbox_utilisation", labels.clone()).set(k.inbox_utilisation);
             gauge!("gyre_kernel_heartbeat", labels.clone()).set(f64::from(k.heartbeat));
             gauge!("gyre_kernel_ring_bytes", labels.clone()).set(k.ring_bytes as f64);
+            counter!("gyre_kernel_handler_microseconds_total", labels.clone())
+                .absolute(k.busy_ns / 1_000);
+            gauge!("gyre_kernel_throughput_per_second", labels.clone()).set(k.throughput);
+            if let Some(l) = &k.latency {
+                counter!("gyre_kernel_latency_samples_total", labels.clone()).absolute(l.count);
+                for (q, ns) in [
+                    ("0.5", l.p50),
+                    ("0.9", l.p90),
+                    ("0.99", l.p99),
+                    ("0.999", l.p999),
+                ] {
+                    let mut with_q = labels.clone();
+                    with_q.push(Label::new("quantile", q));
+                    gauge!("gyre_kernel_latency_seconds", with_q).set(ns as f64 / 1e9);
+                }
+            }
             for state in State::ALL {
                 let mut with_state = labels.clone();
                 with_state.push(Label::new("state", state_name(state)));
@@ -150,6 +305,7 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
         gauge!("gyre_runtime_worker_utilisation").set(runtime.worker_utilisation);
         gauge!("gyre_runtime_threads").set(runtime.threads as f64);
         gauge!("gyre_runtime_ring_bytes").set(runtime.ring_bytes as f64);
+        counter!("gyre_runtime_dead_letters_total").absolute(runtime.dead_letters);
         counter!("gyre_runtime_processed_total")
             .absolute(kernels.iter().map(|k| k.counters.processed).sum());
     });

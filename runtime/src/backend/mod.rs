@@ -65,4 +65,7 @@ pub struct DrainSummary {
     pub final_state: Option<State>,
     /// The fault, if the kernel faulted.
     pub fault: Option<String>,
+    /// Whether the kernel's handler did not return within the command timeout and the
+    /// host took its rings over: the first message handed back is the one in hand.
+    pub abandoned: bool,
 }

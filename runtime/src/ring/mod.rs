@@ -247,6 +247,55 @@ impl<M: RingMemory> Producer<M> {
         wait_published(&self.mem, head, tail, spins)
     }
 
+    /// Closes the ring, waits until every claim made before the close is published, and
+    /// hands the messages at positions `from` up to the final tail to `f` without
+    /// consuming them. Returns how many it handed over.
+    ///
+    /// This is how a host takes a ring over from a consumer that stopped answering (a
+    /// handler that never returns): the consumer must take nothing at or after `from`
+    /// any more (it may still read those slots, and release positions, never reuse
+    /// them). Once the ring is closed and published no producer writes a slot again, so
+    /// reading beside such a consumer is sound.
+    pub fn read_closed(&self, from: u32, mut f: impl FnMut(SlotRef<'_>)) -> u32 {
+        let tail = self.close();
+        let published = self.wait_published(tail, u32::MAX);
+        debug_assert!(
+            published,
+            "an unbounded wait returns only when all is published"
+        );
+        let capacity = self.mem.capacity();
+        let mut position = from;
+        let mut handed = 0;
+        while (1..=capacity).contains(&tail.wrapping_sub(position)) {
+            // ORDERING: Acquire pairs with the Release store of the stamp in `publish`.
+            if self.mem.stamp(position & self.mask).load(Ordering::Acquire)
+                == position.wrapping_add(1)
+            {
+                // SAFETY: the stamp marks the slot full for `position`, seen with Acquire;
+                // the ring is closed and every claim before `tail` is published, so no
+                // producer writes this slot again, and the consumer only reads it.
+                unsafe {
+                    self.mem.with_body(position & self.mask, |body| {
+                        if let Some(slot) = parse_slot(position, body) {
+                            handed += 1;
+                            f(slot);
+                        }
+                    });
+                }
+            }
+            position = position.wrapping_add(1);
+        }
+        handed
+    }
+
+    /// Reopens a ring closed by [`Producer::close`] for a restarted kernel. Call only
+    /// once its consumer took (or the host collected) everything up to the final tail.
+    pub fn reopen(&self) {
+        // ORDERING: Relaxed: the ring is empty and idle, and a claim is correct whether it
+        // sees the reopen now or a little later (it fails with `Closed` until then).
+        self.closed.store(false, Ordering::Relaxed);
+    }
+
     /// Whether [`Producer::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
@@ -499,19 +548,10 @@ impl<M: RingMemory> Consumer<M> {
             // have not released it, so the producer does not write it.
             let step = unsafe {
                 self.mem.with_body(position & self.mask, |body| {
-                    let word = |at: usize| {
-                        u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default())
-                    };
-                    let tag = word(0);
-                    if tag & TAG_KIND_MASK == KIND_CANCELLED {
-                        return Step::Next;
+                    match parse_slot(position, body) {
+                        Some(slot) => f(slot),
+                        None => Step::Next,
                     }
-                    f(SlotRef {
-                        position,
-                        tag,
-                        corr: [word(4), word(8)],
-                        payload: &body[12..],
-                    })
                 })
             };
             match step {
@@ -550,6 +590,18 @@ impl<M: RingMemory> Consumer<M> {
     pub fn capacity(&self) -> u32 {
         self.mem.capacity()
     }
+}
+
+/// The message in a slot body, or `None` for a cancelled slot.
+fn parse_slot(position: u32, body: &[u8]) -> Option<SlotRef<'_>> {
+    let word = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default());
+    let tag = word(0);
+    (tag & TAG_KIND_MASK != KIND_CANCELLED).then(|| SlotRef {
+        position,
+        tag,
+        corr: [word(4), word(8)],
+        payload: &body[12..],
+    })
 }
 
 /// Waits until every position in `from..tail` is stamped full, spinning at most `spins`

@@ -9,20 +9,19 @@ mod pool;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 pub use kernel::{
     EmitError, Emitter, ExclusiveLane, Handler, HandlerError, KernelConfig, KernelCore, Message,
-    OutputConsumer, RecvFailure, SendFailure,
+    OutputConsumer, PortTarget, RecvFailure, SendFailure,
 };
 use pool::Pool;
 
-use super::{CommandError, DrainSummary, Placement};
+use super::{CommandError, Placement};
 use crate::abi::State;
 use crate::lifecycle;
-use crate::ring::SlotRef;
+use crate::routing::DeadLetters;
 
 /// Kernel ids fit the 16-bit sender field of a slot tag, below the host's id.
 const MAX_KERNEL_ID: u32 = crate::abi::HOST_SENDER_ID - 1;
@@ -44,6 +43,7 @@ pub struct CpuBackend {
     kernels: Mutex<Vec<Arc<KernelCore>>>,
     dedicated: Mutex<Vec<JoinHandle<()>>>,
     next_id: Mutex<u32>,
+    dead: Arc<DeadLetters>,
 }
 
 /// Why a launch was refused.
@@ -108,6 +108,7 @@ impl CpuBackend {
             dedicated: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
             budget,
+            dead: Arc::new(DeadLetters::new()),
         }
     }
 
@@ -196,23 +197,64 @@ impl CpuBackend {
         };
         let placement = config.placement;
         let name = config.name.clone();
-        let kernel = Arc::new(KernelCore::new(id, config, handler, self.pool.clone()));
+        let kernel = Arc::new(KernelCore::new(
+            id,
+            config,
+            handler,
+            self.pool.clone(),
+            self.dead.clone(),
+        ));
         if placement == Placement::Dedicated {
-            let runner = kernel.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("gyre-{name}"))
-                .spawn(move || runner.run_dedicated())
-                .map_err(|e| LaunchError::Thread {
-                    name: name.clone(),
-                    reason: e.to_string(),
-                })?;
-            let mut threads = self.dedicated.lock();
-            threads.retain(|t| !t.is_finished());
-            threads.push(handle);
+            self.spawn_dedicated(&kernel)?;
         }
         tracing::info!(kernel = %name, id, ?placement, "kernel launched");
         kernels.push(kernel.clone());
         Ok(kernel)
+    }
+
+    fn spawn_dedicated(&self, kernel: &Arc<KernelCore>) -> Result<(), LaunchError> {
+        let runner = kernel.clone();
+        let name = kernel.config().name.clone();
+        kernel.set_thread_alive(true);
+        let handle = std::thread::Builder::new()
+            .name(format!("gyre-{name}"))
+            .spawn(move || runner.run_dedicated())
+            .map_err(|e| {
+                kernel.set_thread_alive(false);
+                LaunchError::Thread {
+                    name,
+                    reason: e.to_string(),
+                }
+            })?;
+        let mut threads = self.dedicated.lock();
+        threads.retain(|t| !t.is_finished());
+        threads.push(handle);
+        Ok(())
+    }
+
+    /// Restarts a terminated or faulted kernel with its configuration, handler and
+    /// routes, in state `Launched`. A faulted kernel keeps the messages queued in its
+    /// inbox (they are processed once it is activated again); the message its handler
+    /// panicked on goes to the dead-letter sink with the fault as reason.
+    ///
+    /// # Errors
+    /// [`CommandError`] when the kernel is not stopped, or it was abandoned with its
+    /// handler still running.
+    pub fn restart(&self, kernel: &Arc<KernelCore>) -> Result<(), CommandError> {
+        let needs_thread = kernel.restart_in_place()?;
+        if needs_thread {
+            self.spawn_dedicated(kernel)
+                .map_err(|e| CommandError::Faulted {
+                    name: kernel.config().name.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The runtime's dead-letter sink.
+    pub fn dead_letters(&self) -> &Arc<DeadLetters> {
+        &self.dead
     }
 
     /// The Prometheus text exposition of the backend and its kernels (see
@@ -224,6 +266,7 @@ impl CpuBackend {
             worker_utilisation: self.utilisation(),
             threads: self.threads_in_use(),
             ring_bytes: kernels.iter().map(|k| k.ring_bytes).sum(),
+            dead_letters: self.dead.total(),
         };
         crate::metrics::prometheus_text(&runtime, &kernels)
     }
@@ -233,42 +276,41 @@ impl CpuBackend {
         self.kernels.lock().clone()
     }
 
-    /// Drains every kernel that is still running, sharing `timeout` (faulted ones are
-    /// terminated), then stops the threads. `on_undelivered(kernel, is_input, message)`
-    /// gets every message handed back. Returns each kernel with its outcome.
-    pub fn shutdown(
-        &self,
-        timeout: Duration,
-        on_undelivered: &mut dyn FnMut(&KernelCore, bool, SlotRef<'_>),
-    ) -> Vec<(Arc<KernelCore>, Result<DrainSummary, CommandError>)> {
-        let deadline = Instant::now() + timeout;
-        let sink = std::cell::RefCell::new(on_undelivered);
-        let mut results = Vec::new();
-        for kernel in self.kernels() {
-            let mut inputs = |s: SlotRef<'_>| (sink.borrow_mut())(&kernel, true, s);
-            let mut outputs = |s: SlotRef<'_>| (sink.borrow_mut())(&kernel, false, s);
-            let result = match kernel.state() {
-                State::Terminated => continue,
-                State::Faulted => kernel.terminate(&mut inputs, &mut outputs),
-                _ => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    kernel.drain(left, &mut inputs, &mut outputs)
+    /// Every kernel the backend holds, upstream before downstream along their routes
+    /// (kernels in a cycle in launch order): the order to drain them in.
+    pub fn kernels_in_drain_order(&self) -> Vec<Arc<KernelCore>> {
+        let kernels = self.kernels();
+        let index: std::collections::HashMap<u32, usize> = kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.id(), i))
+            .collect();
+        let mut edges = Vec::new();
+        for (from, kernel) in kernels.iter().enumerate() {
+            for to in kernel.routes().into_iter().flatten() {
+                if let Some(&to) = index.get(&to) {
+                    edges.push((from, to));
                 }
-            };
-            results.push((kernel, result));
+            }
         }
-        self.stop_threads();
-        results
+        crate::routing::drain_order(kernels.len(), &edges)
+            .into_iter()
+            .map(|i| kernels[i].clone())
+            .collect()
     }
 
-    fn stop_threads(&self) {
+    /// Stops the pool and the dedicated threads (threads stuck in a handler are left
+    /// behind after a short wait), and unbinds every route.
+    pub fn stop_threads(&self) {
         self.pool.stop();
         for kernel in self.kernels.lock().iter() {
             kernel.wake_thread();
         }
         let threads = std::mem::take(&mut *self.dedicated.lock());
-        for handle in threads {
-            let _ = handle.join();
+        pool::join_or_detach(threads, "dedicated kernel");
+        // Routes between kernels hold them alive; a cycle of routes would leak.
+        for kernel in self.kernels.lock().iter() {
+            kernel.unbind_all();
         }
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct Pool {
     shutdown: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
     workers: usize,
+    /// Workers started to replace workers stuck in abandoned kernels, not yet retired:
+    /// a stuck worker that comes back retires itself while this is positive.
+    surplus: AtomicUsize,
     /// Nanoseconds workers spent running kernels, summed over workers.
     busy_ns: AtomicU64,
     started: Instant,
@@ -39,18 +42,39 @@ impl Pool {
             shutdown: AtomicBool::new(false),
             threads: Mutex::new(Vec::with_capacity(workers)),
             workers,
+            surplus: AtomicUsize::new(0),
             busy_ns: AtomicU64::new(0),
             started: Instant::now(),
         });
         for index in 0..workers {
-            let worker = pool.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("gyre-worker-{index}"))
-                .spawn(move || worker.work())
+            pool.spawn_worker(index)
                 .expect("spawning a gyre worker thread failed");
-            pool.threads.lock().push(handle);
         }
         pool
+    }
+
+    fn spawn_worker(self: &Arc<Self>, index: usize) -> std::io::Result<()> {
+        let worker = self.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("gyre-worker-{index}"))
+            .spawn(move || worker.work())?;
+        self.threads.lock().push(handle);
+        Ok(())
+    }
+
+    /// Starts a worker in place of one stuck in a handler that a terminate abandoned, so
+    /// the other kernels keep their share of the pool. The stuck worker retires when
+    /// its handler returns. Dedicated kernels need nothing: their thread is their own.
+    pub(crate) fn replace_stuck_worker(self: &Arc<Self>, placement: crate::backend::Placement) {
+        if placement != crate::backend::Placement::Pool || self.is_shut_down() {
+            return;
+        }
+        self.surplus.fetch_add(1, Ordering::Relaxed);
+        let index = self.threads.lock().len();
+        if let Err(e) = self.spawn_worker(index) {
+            self.surplus.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "could not start a worker to replace a stuck one");
+        }
     }
 
     pub(crate) fn push(&self, kernel: Arc<KernelCore>) {
@@ -82,6 +106,10 @@ impl Pool {
                 kernel.run_scheduled();
                 self.busy_ns
                     .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                if kernel.is_abandoned() && self.retire_one() {
+                    // This worker was stuck in the abandoned kernel and was replaced.
+                    return;
+                }
                 continue;
             }
             if self.is_shut_down() {
@@ -91,6 +119,13 @@ impl Pool {
                 (self.queued.load(Ordering::Acquire) > 0 || self.is_shut_down()).then_some(())
             });
         }
+    }
+
+    /// Takes one retirement, if a replacement worker was started.
+    fn retire_one(&self) -> bool {
+        self.surplus
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Whether some kernel waits in the run queue (racy).
@@ -122,14 +157,36 @@ impl Pool {
         self.shutdown.store(true, Ordering::Release);
         self.signal.notify();
         let threads = std::mem::take(&mut *self.threads.lock());
-        let me = std::thread::current().id();
-        for handle in threads {
-            if handle.thread().id() != me {
-                // A worker that panicked already reported it; nothing to add.
-                let _ = handle.join();
-            }
-        }
+        join_or_detach(threads, "worker");
         self.queue.lock().clear();
         self.queued.store(0, Ordering::Relaxed);
+    }
+}
+
+/// How long stopping waits for a thread before leaving it behind.
+const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Joins `threads`, except the calling thread and threads still busy after
+/// [`JOIN_PATIENCE`] (stuck in a handler that never returns): those are detached, with a
+/// warning, so stopping a runtime never hangs on user code.
+pub(crate) fn join_or_detach(threads: Vec<JoinHandle<()>>, what: &str) {
+    let me = std::thread::current().id();
+    let deadline = Instant::now() + JOIN_PATIENCE;
+    for handle in threads {
+        if handle.thread().id() == me {
+            continue;
+        }
+        while !handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if handle.is_finished() {
+            // A thread that panicked already reported it; nothing to add.
+            let _ = handle.join();
+        } else {
+            tracing::warn!(
+                thread = handle.thread().name().unwrap_or("?"),
+                "a gyre {what} thread is still inside a handler; leaving it behind"
+            );
+        }
     }
 }

@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Exec, KernelCore, PUBLISH_SPINS};
+use super::{Exec, KernelCore, INBOX_RING, LANE_RING, NOT_IN_HAND, PUBLISH_SPINS};
 use crate::abi::{Command, State};
 use crate::backend::{CommandError, DrainSummary};
 use crate::lifecycle::{self, Event};
-use crate::ring::{SlotRef, Step};
+use crate::ring::{RingMemory, SlotRef, Step};
 use crate::sync::Ordering;
 
 impl KernelCore {
@@ -138,8 +138,9 @@ impl KernelCore {
         drop(serial);
         let stopped = self.wait_state(deadline, |k| lifecycle::is_stopped(k.state()));
         let timed_out = !stopped;
+        let mut abandoned = false;
         if timed_out || self.state() == State::Faulted {
-            self.stop(on_input, on_output, false)?;
+            abandoned = self.stop(on_input, on_output, false)?;
         } else {
             // Drained: the inbox is empty, by the kernel's end condition. The sweep is a
             // guard that hands back anything found anyway instead of leaving it behind.
@@ -147,6 +148,7 @@ impl KernelCore {
         }
         Ok(DrainSummary {
             timed_out,
+            abandoned,
             ..self.summary()
         })
     }
@@ -159,6 +161,7 @@ impl KernelCore {
             timed_out: false,
             final_state: Some(self.state()),
             fault: self.fault(),
+            abandoned: false,
         }
     }
 
@@ -173,8 +176,11 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
-        self.stop(on_input, on_output, true)?;
-        Ok(self.summary())
+        let abandoned = self.stop(on_input, on_output, true)?;
+        Ok(DrainSummary {
+            abandoned,
+            ..self.summary()
+        })
     }
 
     fn stop(
@@ -182,33 +188,29 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
         take_ring_outputs: bool,
-    ) -> Result<(), CommandError> {
+    ) -> Result<bool, CommandError> {
         let mut serial = self.lifecycle.lock();
         let target = lifecycle::transition(
             self.effective_state(*serial),
             Event::Command(Command::Terminate),
         )?;
         self.terminating.store(true, Ordering::Release);
-        self.outbox_space.notify();
         self.close_inbox();
         let epoch = self.issue(Command::Terminate);
         *serial = Some((epoch, target));
         let timeout = self.config.command_timeout;
-        if !self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
-            return Err(self.unresponsive(timeout));
-        }
-        {
+        let mut abandoned = false;
+        if self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
             let mut exec = self.exec.lock();
             let exec = &mut *exec;
             self.collect_inputs(exec, on_input);
-            for (tag, corr, bytes) in exec.stranded.drain(..) {
-                on_output(SlotRef {
-                    position: 0,
-                    tag,
-                    corr,
-                    payload: &bytes,
-                });
+            for port in &mut exec.ports {
+                port.take_stash(on_output);
             }
+        } else if !self.abandon(on_input) {
+            return Err(self.unresponsive(timeout));
+        } else {
+            abandoned = true;
         }
         if take_ring_outputs {
             if let Some(rx) = self.outbox_rx.lock().as_mut() {
@@ -219,7 +221,109 @@ impl KernelCore {
                 });
             }
         }
+        self.wake_space_waiters();
         self.outbox_items.notify();
-        Ok(())
+        Ok(abandoned)
+    }
+
+    /// Takes the inbox rings over from a handler that did not return within the command
+    /// timeout: hands `on_input` the message in its hands first, then every message
+    /// queued behind it, and marks the kernel terminated without its acknowledgement.
+    /// Returns `false` (and does nothing) when no handler is running: the kernel is
+    /// waiting for a worker, not stuck.
+    ///
+    /// The thread stays inside the handler; if it ever returns, its emits are refused
+    /// and it takes nothing more. Messages the handler emitted before it got stuck were
+    /// delivered, so the message in hand may be seen twice if it is sent again.
+    fn abandon(self: &Arc<Self>, on_input: &mut dyn FnMut(SlotRef<'_>)) -> bool {
+        let in_hand = self.local.in_hand.load(Ordering::Relaxed);
+        if in_hand == NOT_IN_HAND {
+            return false;
+        }
+        self.abandoned.store(true, Ordering::SeqCst);
+        let (ring, position) = (in_hand >> 32, in_hand as u32);
+        tracing::error!(
+            kernel = %self.config.name,
+            id = self.id,
+            "handler did not return within the command timeout; kernel abandoned and its messages handed back"
+        );
+        *self.fault.lock() = Some(format!(
+            "terminated while its handler ran for longer than the command timeout ({:?}); the message in hand was handed back",
+            self.config.command_timeout
+        ));
+        let rings = [(INBOX_RING, &self.inbox), (LANE_RING, &self.lane)];
+        // The ring holding the message in hand first, from that message on; the other
+        // from its consumer's released head (nothing of it is in hand).
+        for (number, producer) in rings.iter().filter(|(n, _)| *n == ring) {
+            debug_assert_eq!(*number, ring);
+            producer.read_closed(position, &mut *on_input);
+        }
+        for (_, producer) in rings.iter().filter(|(n, _)| *n != ring) {
+            // ORDERING: Acquire pairs with the consumer's Release store of `head`.
+            let head = producer.memory().head().load(Ordering::Acquire);
+            producer.read_closed(head, &mut *on_input);
+        }
+        // ORDERING: Release pairs with the Acquire load in `try_recv_from`.
+        self.stopped.store(true, Ordering::Release);
+        self.pool.replace_stuck_worker(self.config.placement);
+        self.state_changed.notify();
+        true
+    }
+
+    pub(crate) fn set_thread_alive(&self, alive: bool) {
+        self.thread_alive.store(alive, Ordering::Relaxed);
+    }
+
+    /// Moves a stopped kernel back to `Launched` with its configuration, handler and
+    /// routes (see [`crate::backend::cpu::CpuBackend::restart`]). Returns whether it
+    /// needs a new dedicated thread.
+    pub(crate) fn restart_in_place(self: &Arc<Self>) -> Result<bool, CommandError> {
+        let mut serial = self.lifecycle.lock();
+        let from = self.state();
+        lifecycle::transition(from, Event::Restart)?;
+        if self.is_abandoned() {
+            // The thread stuck in the handler still holds the kernel side.
+            let Some(exec) = self.exec.try_lock_for(self.config.command_timeout) else {
+                return Err(self.unresponsive(self.config.command_timeout));
+            };
+            drop(exec);
+        }
+        let Some(mut exec) = self.exec.try_lock_for(self.config.command_timeout) else {
+            return Err(self.unresponsive(self.config.command_timeout));
+        };
+        let exec = &mut *exec;
+        if from == State::Faulted && !self.terminating.load(Ordering::Relaxed) {
+            // The message the handler panicked on is first in one of the inbox rings;
+            // it would panic again, so it goes to the dead-letter sink.
+            let reason = self.fault().unwrap_or_else(|| "faulted".into());
+            let consumer = if exec.poisoned.take() == Some(LANE_RING) {
+                &mut exec.lane
+            } else {
+                &mut exec.inbox
+            };
+            consumer.consume(1, |slot| {
+                self.dead_letter_input(&slot, reason.clone());
+                Step::Next
+            });
+        }
+        self.inbox.reopen();
+        self.lane.reopen();
+        self.terminating.store(false, Ordering::Relaxed);
+        self.abandoned.store(false, Ordering::Relaxed);
+        self.output_stalled.store(false, Ordering::Relaxed);
+        *self.fault.lock() = None;
+        *self.watchdog.lock() = None;
+        exec.control.set_error(0);
+        exec.state = State::Launched;
+        exec.control.set_state(State::Launched);
+        self.stopped.store(false, Ordering::Release);
+        *serial = None;
+        tracing::info!(kernel = %self.config.name, id = self.id, ?from, "kernel restarted");
+        self.state_changed.notify();
+        self.wake();
+        Ok(
+            self.config.placement == crate::backend::Placement::Dedicated
+                && !self.thread_alive.load(Ordering::Relaxed),
+        )
     }
 }

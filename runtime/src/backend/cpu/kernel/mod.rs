@@ -17,7 +17,8 @@ use crate::backend::Placement;
 use crate::control::{Counters, HostControl, HostSide, KernelSide};
 use crate::lifecycle::{self, Event};
 use crate::ring::{Claim, ClaimError, Consumer, HostRing, Producer, RingLayout, SlotRef, Step};
-use crate::sync::{asym, AtomicBool, Ordering};
+use crate::routing::{DeadLetter, DeadLetters};
+use crate::sync::{asym, AtomicBool, AtomicU64, Ordering};
 use crate::wait::Signal;
 
 type Ring = Arc<HostRing>;
@@ -72,24 +73,36 @@ where
     }
 }
 
-/// Why an emit did not reach the output ring.
+/// Why an emit was refused. Nothing was written; the handler decides what to do
+/// (returning the error sends the input message to the dead-letter sink).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EmitError {
-    /// The kernel has no host-bound output.
-    #[error("this kernel has no output ring: give its spec a host output to emit")]
-    NoOutput,
-    /// The payload is larger than the output slot.
-    #[error("emitted {len} bytes into an output slot of {max} payload bytes: raise the output slot size")]
+    /// The port is not bound to anything.
+    #[error("output port {port} is not bound: give the kernel a host output, or route the port to a kernel or the dead-letter sink")]
+    Unbound {
+        /// The port.
+        port: u32,
+    },
+    /// The kernel has fewer ports.
+    #[error("output port {port} does not exist; the kernel has {ports}: raise KernelSpec::ports")]
+    NoSuchPort {
+        /// The port asked for.
+        port: u32,
+        /// How many the kernel has.
+        ports: u32,
+    },
+    /// The payload is larger than the target's slots.
+    #[error("emitted {len} bytes into slots of {max} payload bytes: raise the target's slot size")]
     TooLarge {
         /// Bytes emitted.
         len: usize,
         /// Payload bytes per slot.
         max: usize,
     },
-    /// The kernel is being terminated while its output ring is full; the message was
-    /// kept and comes back in the terminate report.
-    #[error("the kernel is terminating and its output ring is full; the message is handed back in the report")]
-    Terminating,
+    /// A terminate gave up waiting for this handler and handed its message back; what
+    /// it emits now is refused so the message is not delivered twice.
+    #[error("the kernel was terminated while this handler ran and its message was handed back; the emit is refused")]
+    Abandoned,
 }
 
 impl From<EmitError> for HandlerError {
@@ -98,76 +111,15 @@ impl From<EmitError> for HandlerError {
     }
 }
 
-/// What a handler emits through.
+/// What a handler emits through: one call per message, see [`Emitter::emit_to`].
 #[derive(Debug)]
 pub struct Emitter<'a> {
-    core: &'a KernelCore,
+    core: &'a Arc<KernelCore>,
+    ports: &'a mut [ports::Port],
     emitted: u32,
     stalls: u32,
-    stranded: &'a mut Vec<(u32, [u32; 2], Vec<u8>)>,
-}
-
-impl Emitter<'_> {
-    /// Emits one message to the host-bound output, writing it into its slot in place.
-    /// Waits (spin, yield, park) while the output ring is full, counting a stall.
-    ///
-    /// # Errors
-    /// [`EmitError`] when the kernel has no output, the payload is too large, or the
-    /// kernel is terminated while waiting (the message then comes back in the report).
-    pub fn emit(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), EmitError> {
-        let core = self.core;
-        let Some(outbox) = &core.outbox else {
-            return Err(EmitError::NoOutput);
-        };
-        let max = outbox.memory().layout().payload_bytes() as usize;
-        if payload.len() > max {
-            return Err(EmitError::TooLarge {
-                len: payload.len(),
-                max,
-            });
-        }
-        let tag = make_tag(KIND_MESSAGE, core.id);
-        let mut stalled = false;
-        loop {
-            // SAFETY: the output ring has one producer, the thread running this kernel,
-            // which holds the kernel's exec lock for the whole turn; it is never closed.
-            match unsafe { outbox.try_claim_exclusive(1) } {
-                Ok(claim) => {
-                    claim.write(0, tag, corr, |slot| {
-                        slot[..payload.len()].copy_from_slice(payload);
-                    });
-                    claim.publish();
-                    self.emitted += 1;
-                    return Ok(());
-                }
-                Err(ClaimError::Full { .. }) => {
-                    if !stalled {
-                        stalled = true;
-                        self.stalls += 1;
-                    }
-                    let waited = core.outbox_space.wait_until(None, || {
-                        if core.terminating.load(Ordering::Acquire) {
-                            Some(false)
-                        } else {
-                            (outbox.free() > 0).then_some(true)
-                        }
-                    });
-                    if waited == Some(false) {
-                        self.stranded.push((tag, corr, payload.to_vec()));
-                        return Err(EmitError::Terminating);
-                    }
-                }
-                Err(ClaimError::Closed | ClaimError::TooMany) => {
-                    unreachable!("the output ring is never closed and a claim of one always fits")
-                }
-            }
-        }
-    }
-
-    /// The kernel's id (the sender id in the tags of what it emits).
-    pub fn kernel_id(&self) -> u32 {
-        self.core.id
-    }
+    /// Some port stashed a message: take no more input this turn.
+    stalled: bool,
 }
 
 /// Static configuration of a kernel.
@@ -179,6 +131,9 @@ pub struct KernelConfig {
     pub inbox: RingLayout,
     /// Host-bound output layout, if the kernel has one.
     pub outbox: Option<RingLayout>,
+    /// Number of output ports (at least 1). Port 0 starts bound to the host output when
+    /// there is one; every other port starts unbound.
+    pub ports: u32,
     /// Where it runs.
     pub placement: Placement,
     /// Most messages handled per scheduling turn (fairness between pooled kernels).
@@ -197,7 +152,9 @@ struct Exec {
     control: KernelSide<Arc<HostControl>>,
     handler: Box<dyn Handler>,
     state: State,
-    stranded: Vec<(u32, [u32; 2], Vec<u8>)>,
+    ports: Vec<ports::Port>,
+    /// The inbox ring holding the message the handler panicked on, once faulted.
+    poisoned: Option<u64>,
 }
 
 /// One kernel: shared by its host handles, the scheduler and the thread running it.
@@ -238,13 +195,38 @@ pub struct KernelCore {
     pub(crate) inbox_space: Signal,
     /// Notified when messages are emitted (receivers wait on it).
     pub(crate) outbox_items: Signal,
-    /// Notified when output slots are freed (a blocked emit waits on it).
-    outbox_space: Signal,
     /// Notified when the kernel publishes a state.
     state_changed: Signal,
     /// Notified when a dedicated kernel has something to do.
     work: Signal,
+    /// Where handler failures and undeliverable emits go.
+    dead: Arc<DeadLetters>,
+    /// Upstream kernels waiting for room in this kernel's inbox.
+    space_waiters: Mutex<Vec<Arc<KernelCore>>>,
+    has_space_waiters: AtomicBool,
+    /// Written by the thread running the kernel around every message: its own line.
+    local: CachePadded<KernelLocal>,
+    /// Set when a terminate gave up on a handler that did not return and collected the
+    /// kernel's rings without it.
+    abandoned: AtomicBool,
+    /// Whether a dedicated kernel's thread runs (false once it returned).
+    thread_alive: AtomicBool,
+    /// End-to-end latencies of what came back to the host through this kernel.
+    latency: crate::metrics::LatencyRecorder,
+    throughput: crate::metrics::ThroughputWindow,
 }
+
+/// Words the thread running a kernel writes as it goes.
+#[derive(Debug)]
+struct KernelLocal {
+    /// The message in the handler's hands now: `ring << 32 | position`, or [`NOT_IN_HAND`].
+    in_hand: AtomicU64,
+    /// Nanoseconds spent in turns that handled messages.
+    busy_ns: AtomicU64,
+}
+
+/// `in_hand` when no handler runs.
+const NOT_IN_HAND: u64 = u64::MAX;
 
 impl std::fmt::Debug for KernelCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,6 +273,7 @@ impl KernelCore {
         config: KernelConfig,
         handler: Box<dyn Handler>,
         pool: Arc<Pool>,
+        dead: Arc<DeadLetters>,
     ) -> Self {
         let inbox_ring = Arc::new(HostRing::new(config.inbox));
         let lane_ring = Arc::new(HostRing::new(config.inbox));
@@ -303,7 +286,16 @@ impl KernelCore {
             control: KernelSide::new(control.clone()),
             handler,
             state: State::Launched,
-            stranded: Vec::new(),
+            ports: (0..config.ports.max(1))
+                .map(|port| {
+                    ports::Port::new(if port == 0 && outbox_ring.is_some() {
+                        PortTarget::Host
+                    } else {
+                        PortTarget::Unbound
+                    })
+                })
+                .collect(),
+            poisoned: None,
         };
         Self {
             id,
@@ -325,9 +317,19 @@ impl KernelCore {
             watchdog: Mutex::new(None),
             inbox_space: Signal::new(),
             outbox_items: Signal::new(),
-            outbox_space: Signal::new(),
             state_changed: Signal::new(),
             work: Signal::new(),
+            dead,
+            space_waiters: Mutex::new(Vec::new()),
+            has_space_waiters: AtomicBool::new(false),
+            local: CachePadded::new(KernelLocal {
+                in_hand: AtomicU64::new(NOT_IN_HAND),
+                busy_ns: AtomicU64::new(0),
+            }),
+            abandoned: AtomicBool::new(false),
+            thread_alive: AtomicBool::new(false),
+            latency: crate::metrics::LatencyRecorder::new(),
+            throughput: crate::metrics::ThroughputWindow::new(std::time::Instant::now()),
         }
     }
 
@@ -349,11 +351,17 @@ impl KernelCore {
 
     /// The kernel's numbers now, for metrics.
     pub fn sample(&self) -> crate::metrics::KernelSample {
+        let counters = self.counters();
         crate::metrics::KernelSample {
+            busy_ns: self.busy_ns(),
+            throughput: self
+                .throughput
+                .rate(std::time::Instant::now(), counters.processed),
+            latency: self.latency.summary(),
             name: self.config.name.clone(),
             id: self.id,
             state: self.state(),
-            counters: self.counters(),
+            counters,
             inbox_depth: self.inbox_len(),
             inbox_capacity: self.config.inbox.capacity(),
             inbox_utilisation: f64::from(self.inbox.len().max(self.lane.len()))
@@ -379,8 +387,54 @@ impl KernelCore {
     }
 
     /// The state the kernel last published.
+    ///
+    /// A kernel abandoned by a terminate (its handler never returned) reads as
+    /// `Terminated`: the host took its rings over without the kernel's acknowledgement.
     pub fn state(&self) -> State {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return State::Terminated;
+        }
         self.control.state()
+    }
+
+    /// Records one end-to-end latency (nanoseconds) of something that came back to the
+    /// host through this kernel.
+    pub fn record_latency(&self, ns: u64) {
+        self.latency.record(ns);
+    }
+
+    /// The latency histogram's quantiles, if anything was recorded.
+    pub fn latency(&self) -> Option<crate::metrics::LatencySummary> {
+        self.latency.summary()
+    }
+
+    /// Whether a handler is running now (racy).
+    pub fn is_busy(&self) -> bool {
+        self.local.in_hand.load(Ordering::Relaxed) != NOT_IN_HAND
+    }
+
+    /// Whether emits wait in a port's stash for room downstream (racy: a kernel in the
+    /// middle of a turn counts as having some).
+    pub fn has_stashed(&self) -> bool {
+        self.exec
+            .try_lock()
+            .is_none_or(|exec| exec.ports.iter().any(ports::Port::is_stalled))
+    }
+
+    /// Whether a terminate gave up on this kernel's handler (see [`KernelCore::state`]).
+    pub fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds the kernel spent in turns that handled messages (handler calls and
+    /// the ring work around them).
+    pub fn busy_ns(&self) -> u64 {
+        self.local.busy_ns.load(Ordering::Relaxed)
+    }
+
+    /// The runtime's dead-letter sink.
+    pub fn dead_letters(&self) -> &Arc<DeadLetters> {
+        &self.dead
     }
 
     /// The fault message, if the kernel faulted.
@@ -563,10 +617,10 @@ impl KernelCore {
     }
 
     fn after_output_consumed(self: &Arc<Self>) {
-        self.outbox_space.notify();
-        // ORDERING: the light fence inside `notify` above orders our release of the slot
-        // before this load; pairs with the kernel's store of `output_stalled`, heavy fence
-        // and re-check of free space in `run_batch`.
+        // ORDERING: orders our release of the slot before the load below; pairs with the
+        // kernel's store of `output_stalled`, heavy fence and re-check of the ring in
+        // `request_room` / `flush_ports`.
+        asym::light();
         if self.output_stalled.load(Ordering::Relaxed)
             && self.output_stalled.swap(false, Ordering::AcqRel)
         {
@@ -662,10 +716,12 @@ impl KernelCore {
         let mut exec = self.exec.lock();
         loop {
             // A faulted kernel keeps its thread: it must still acknowledge `Terminate`.
-            if self.step(&mut exec) == State::Terminated && !self.has_work() {
-                return;
-            }
-            if self.pool.is_shut_down() {
+            // The flag is cleared under the exec lock, which `restart` takes to decide
+            // whether the kernel needs a new thread.
+            if (self.step(&mut exec) == State::Terminated && !self.has_work())
+                || self.pool.is_shut_down()
+            {
+                self.thread_alive.store(false, Ordering::Relaxed);
                 return;
             }
             if self.has_work() {
@@ -680,11 +736,15 @@ impl KernelCore {
     }
 
     /// Applies pending commands, then handles one batch. Returns the state after.
-    fn step(&self, exec: &mut Exec) -> State {
+    fn step(self: &Arc<Self>, exec: &mut Exec) -> State {
         self.apply_commands(exec);
         if lifecycle::processes_messages(exec.state) {
             self.run_batch(exec);
-            if exec.state == State::Draining && exec.inbox.is_empty() && exec.lane.is_empty() {
+            if exec.state == State::Draining
+                && exec.inbox.is_empty()
+                && exec.lane.is_empty()
+                && !exec.ports.iter().any(ports::Port::is_stalled)
+            {
                 self.publish_state(exec, lifecycle::transition(State::Draining, Event::Drained));
             }
         }
@@ -723,58 +783,55 @@ impl KernelCore {
         }
         self.state_changed.notify();
         if lifecycle::is_stopped(exec.state) {
-            // Receivers waiting for output learn that no more will come.
+            // Receivers waiting for output learn that no more will come; upstream
+            // kernels waiting for room learn that none will (their emits go to the
+            // dead-letter sink).
             self.outbox_items.notify();
             self.inbox_space.notify();
+            self.wake_space_waiters();
         }
     }
 
-    fn run_batch(&self, exec: &mut Exec) {
-        let mut budget = self.config.quantum;
-        if let Some(outbox) = &self.outbox {
-            let mut free = outbox.free_up_to(self.config.quantum);
-            if free == 0 {
-                self.output_stalled.store(true, Ordering::SeqCst);
-                // ORDERING: store, heavy fence, then the re-check; pairs with the light
-                // fence in `after_output_consumed` (Dekker): either the receiver sees the
-                // flag or we see the space it freed.
-                asym::heavy();
-                free = outbox.free();
-                if free == 0 {
-                    exec.control.count(Counters {
-                        stalls: 1,
-                        ..Counters::default()
-                    });
-                    return;
-                }
-                self.output_stalled.store(false, Ordering::Relaxed);
-            }
-            budget = budget.min(free);
-        }
+    fn run_batch(self: &Arc<Self>, exec: &mut Exec) {
         let Exec {
             inbox,
             lane,
             lane_first,
             control,
             handler,
-            stranded,
+            ports,
             ..
         } = exec;
+        // Deliver what waited for room first; while something still waits, take no input
+        // (the target wakes this kernel when it frees room).
+        if ports.iter().any(ports::Port::is_stalled) && !self.flush_ports(ports) {
+            control.count(Counters {
+                stalls: 1,
+                ..Counters::default()
+            });
+            self.notify_ports(ports);
+            return;
+        }
+        let budget = self.config.quantum;
+        let started = std::time::Instant::now();
         let mut emitter = Emitter {
             core: self,
+            ports,
             emitted: 0,
             stalls: 0,
-            stranded,
+            stalled: false,
         };
         let mut handled = 0u32;
         let mut errors = 0u32;
         let mut panic: Option<String> = None;
-        let mut on_slot = |slot: SlotRef<'_>| {
-            if panic.is_some() || self.terminating.load(Ordering::Relaxed) {
+        let in_hand = &self.local.in_hand;
+        let mut on_slot = |ring: u64, slot: SlotRef<'_>| {
+            if emitter.stalled || panic.is_some() || self.terminating.load(Ordering::Relaxed) {
                 return Step::Keep;
             }
             // One beat per message, so a slow but live handler never looks stalled.
             control.beat();
+            in_hand.store(ring << 32 | u64::from(slot.position), Ordering::Relaxed);
             let message = Message {
                 tag: slot.tag,
                 corr: slot.corr,
@@ -790,6 +847,7 @@ impl KernelCore {
                     errors += 1;
                     // Per message, so debug: the `errors` counter is the place to watch.
                     tracing::debug!(kernel = %self.config.name, %error, "handler reported an error");
+                    self.dead_letter_input(&slot, error.0);
                     Step::Next
                 }
                 Err(payload) => {
@@ -800,14 +858,27 @@ impl KernelCore {
         };
         // Both inbox rings share the turn's budget; which goes first alternates.
         *lane_first = !*lane_first;
-        let (first, second) = if *lane_first {
-            (lane, inbox)
+        let (first, second, first_ring) = if *lane_first {
+            (lane, inbox, LANE_RING)
         } else {
-            (inbox, lane)
+            (inbox, lane, INBOX_RING)
         };
-        let mut released = first.consume(budget, &mut on_slot);
-        released += second.consume(budget - released.min(budget), &mut on_slot);
-        let (emitted, stalls) = (emitter.emitted, emitter.stalls);
+        let mut released = first.consume(budget, |s| on_slot(first_ring, s));
+        released += second.consume(budget - released.min(budget), |s| {
+            on_slot(first_ring ^ 1, s)
+        });
+        if panic.is_some() {
+            exec.poisoned = Some(in_hand.load(Ordering::Relaxed) >> 32);
+        }
+        in_hand.store(NOT_IN_HAND, Ordering::Relaxed);
+        let (emitted, mut stalls, stalled) = (emitter.emitted, emitter.stalls, emitter.stalled);
+        if handled > 0 {
+            let busy = started.elapsed().as_nanos() as u64;
+            self.local.busy_ns.fetch_add(busy, Ordering::Relaxed);
+        }
+        if stalled && self.flush_ports(ports) {
+            stalls = stalls.saturating_sub(1);
+        }
         control.count(Counters {
             received: handled,
             processed: handled,
@@ -818,21 +889,40 @@ impl KernelCore {
         control.beat();
         if released > 0 {
             self.inbox_space.notify();
+            self.wake_space_waiters();
         }
-        if emitted > 0 {
-            self.outbox_items.notify();
-        }
+        self.notify_ports(ports);
         if let Some(reason) = panic {
-            tracing::error!(kernel = %self.config.name, %reason, "handler panicked; kernel faulted");
-            *self.fault.lock() = Some(format!("handler panicked: {reason}"));
-            exec.control.set_error(fault::HANDLER_PANIC);
-            self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
-            // Senders now get `Faulted`; messages already queued wait for `terminate`.
-            self.inbox.close();
-            self.lane.close();
+            self.fault_on_panic(exec, &reason);
         }
     }
+
+    /// Sends a received message to the dead-letter sink with `reason`.
+    fn dead_letter_input(&self, slot: &SlotRef<'_>, reason: String) {
+        self.dead.push(DeadLetter {
+            kernel: self.config.name.clone(),
+            reason,
+            is_input: true,
+            tag: slot.tag,
+            corr: slot.corr,
+            payload: slot.payload.to_vec(),
+        });
+    }
+
+    fn fault_on_panic(&self, exec: &mut Exec, reason: &str) {
+        tracing::error!(kernel = %self.config.name, %reason, "handler panicked; kernel faulted");
+        *self.fault.lock() = Some(format!("handler panicked: {reason}"));
+        exec.control.set_error(fault::HANDLER_PANIC);
+        self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
+        // Senders now get `Faulted`; messages already queued wait for `terminate`.
+        self.inbox.close();
+        self.lane.close();
+    }
 }
+
+/// `in_hand` ring numbers.
+const INBOX_RING: u64 = 0;
+const LANE_RING: u64 = 1;
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -846,5 +936,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 mod control_ops;
 mod lane;
+mod ports;
 
 pub use lane::ExclusiveLane;
+pub use ports::PortTarget;

@@ -1,0 +1,274 @@
+//! Request/reply over a kernel or a pipeline, matched by correlation id.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use gyre_runtime::backend::cpu::{KernelCore, OutputConsumer, RecvFailure};
+use parking_lot::Mutex;
+
+use crate::kernel::{read, recv_error};
+use crate::spec::{join, Message};
+use crate::{Error, Kernel, Sender};
+
+enum Slot<Out> {
+    Waiting(Option<Waker>),
+    Ready(Out),
+}
+
+struct Shared<Out> {
+    output: Arc<KernelCore>,
+    rx: Mutex<Option<OutputConsumer>>,
+    pending: Mutex<HashMap<u64, Slot<Out>>>,
+    unmatched: Mutex<Vec<(u64, Out)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl<Out> Drop for Shared<Out> {
+    fn drop(&mut self) {
+        if let Some(rx) = self.rx.lock().take() {
+            self.output.return_output(rx);
+        }
+    }
+}
+
+/// Sends requests and waits for their replies, many in flight at once, from threads or
+/// async tasks. Each request gets a fresh correlation id; the kernel (or the last stage
+/// of a pipeline) replies by emitting with the same id, which [`crate::Emit::emit`] does
+/// by default. Whoever waits receives for everyone: there is no background task.
+///
+/// The requester takes the output's receiving end for itself (like
+/// [`Kernel::receiver`]). Request-to-reply latency goes into the output kernel's latency
+/// histogram (see [`Kernel::latency`]).
+///
+/// ```
+/// use gyre::{KernelSpec, Runtime};
+///
+/// let runtime = Runtime::builder().build()?;
+/// let square = runtime.launch(KernelSpec::<u64, u64>::new("square").cpu(|x, out| Ok(out.emit(x * x)?)))?;
+/// square.activate()?;
+/// let requester = square.requester()?;
+/// assert_eq!(requester.request(12)?, 144);
+/// # Ok::<(), gyre::Error>(())
+/// ```
+pub struct Requester<In, Out> {
+    input: Sender<In>,
+    shared: Arc<Shared<Out>>,
+    _types: PhantomData<fn(In) -> Out>,
+}
+
+impl<In, Out> Clone for Requester<In, Out> {
+    fn clone(&self) -> Self {
+        Self {
+            input: self.input.clone(),
+            shared: self.shared.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<In, Out> std::fmt::Debug for Requester<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("output", &self.shared.output.config().name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a request's slot when its wait ends or is cancelled.
+struct PendingGuard<'a, Out> {
+    shared: &'a Shared<Out>,
+    corr: u64,
+}
+
+impl<Out> Drop for PendingGuard<'_, Out> {
+    fn drop(&mut self) {
+        if let Some(Slot::Ready(late)) = self.shared.pending.lock().remove(&self.corr) {
+            // The reply came while the waiter gave up: keep it.
+            self.shared.unmatched.lock().push((self.corr, late));
+        }
+    }
+}
+
+impl<In: Message, Out: Message> Requester<In, Out> {
+    pub(crate) fn over(input: Arc<KernelCore>, output: Arc<KernelCore>) -> Result<Self, Error> {
+        let rx = output
+            .take_output()
+            .map_err(|failure| recv_error(&output, failure))?;
+        Ok(Self {
+            input: Sender::for_core(input),
+            shared: Arc::new(Shared {
+                output,
+                rx: Mutex::new(Some(rx)),
+                pending: Mutex::new(HashMap::new()),
+                unmatched: Mutex::new(Vec::new()),
+                next: std::sync::atomic::AtomicU64::new(1),
+            }),
+            _types: PhantomData,
+        })
+    }
+
+    fn begin(&self) -> (u64, PendingGuard<'_, Out>) {
+        let corr = self
+            .shared
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.pending.lock().insert(corr, Slot::Waiting(None));
+        (
+            corr,
+            PendingGuard {
+                shared: &self.shared,
+                corr,
+            },
+        )
+    }
+
+    /// Takes the reply of `corr` if it arrived, registering `waker` otherwise; then
+    /// receives for everyone while the output has something. `Some` ends the wait.
+    fn poll_reply(&self, corr: u64, waker: Option<&Waker>) -> Option<Result<Out, Error>> {
+        {
+            let mut pending = self.shared.pending.lock();
+            match pending.get_mut(&corr) {
+                Some(Slot::Ready(_)) => {
+                    if let Some(Slot::Ready(out)) = pending.remove(&corr) {
+                        return Some(Ok(out));
+                    }
+                }
+                Some(Slot::Waiting(registered)) => {
+                    if let Some(waker) = waker {
+                        if !registered.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                            *registered = Some(waker.clone());
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+        // Another waiter is receiving: it hands our reply over and wakes us.
+        let mut rx = self.shared.rx.try_lock()?;
+        let rx = rx.as_mut()?;
+        let output = &self.shared.output;
+        let mut handed = false;
+        let result = loop {
+            match output.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr))) {
+                Ok((out, c)) if c == corr => break Some(Ok(out)),
+                Ok((out, c)) => {
+                    let mut pending = self.shared.pending.lock();
+                    if let Some(slot) = pending.get_mut(&c) {
+                        if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Ready(out)) {
+                            w.wake();
+                        }
+                        handed = true;
+                    } else {
+                        self.shared.unmatched.lock().push((c, out));
+                    }
+                }
+                Err(RecvFailure::Empty) => break None,
+                Err(failure) => break Some(Err(recv_error(output, failure))),
+            }
+        };
+        if handed {
+            // Blocking waiters wait on the output signal.
+            output.outbox_items().notify();
+        }
+        if matches!(result, Some(Ok(_))) {
+            self.shared.pending.lock().remove(&corr);
+        }
+        result
+    }
+
+    fn finish(&self, started: Instant, result: Result<Out, Error>) -> Result<Out, Error> {
+        if result.is_ok() {
+            self.shared
+                .output
+                .record_latency(started.elapsed().as_nanos() as u64);
+        }
+        result
+    }
+
+    /// Sends `request` and waits for its reply.
+    ///
+    /// # Errors
+    /// The send's error (the request is `Copy`: keep it to retry), or the output
+    /// kernel's when it stops before replying.
+    pub fn request(&self, request: In) -> Result<Out, Error> {
+        self.request_within(request, None)
+    }
+
+    /// Sends `request` and waits at most `timeout` for its reply. A reply that comes
+    /// later is kept in [`Requester::take_unmatched`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], or as [`Requester::request`].
+    pub fn request_timeout(&self, request: In, timeout: Duration) -> Result<Out, Error> {
+        self.request_within(request, Some(timeout))
+    }
+
+    fn request_within(&self, request: In, timeout: Option<Duration>) -> Result<Out, Error> {
+        let started = Instant::now();
+        let (corr, _guard) = self.begin();
+        self.input
+            .send_with_corr(request, corr)
+            .map_err(|e| e.error)?;
+        let deadline = timeout.map(|t| started + t);
+        let output = &self.shared.output;
+        let result = output
+            .outbox_items()
+            .wait_until(deadline, || self.poll_reply(corr, None))
+            .unwrap_or_else(|| {
+                Err(Error::Timeout {
+                    kernel: output.config().name.clone(),
+                    after: timeout.unwrap_or_default(),
+                })
+            });
+        self.finish(started, result)
+    }
+
+    /// Sends `request` from async code and waits for its reply without blocking the
+    /// executor thread.
+    ///
+    /// # Cancel safety
+    /// If the future is dropped after the request was sent, its reply (when it comes) is
+    /// kept in [`Requester::take_unmatched`].
+    ///
+    /// # Errors
+    /// As [`Requester::request`].
+    pub async fn request_async(&self, request: In) -> Result<Out, Error> {
+        let started = Instant::now();
+        let (corr, _guard) = self.begin();
+        self.input
+            .send_async_with_corr(request, corr)
+            .await
+            .map_err(|e| e.error)?;
+        let output = &self.shared.output;
+        let result = poll_fn(|cx| {
+            if let Some(done) = self.poll_reply(corr, Some(cx.waker())) {
+                return Poll::Ready(done);
+            }
+            output
+                .outbox_items()
+                .poll_until(cx, || self.poll_reply(corr, None))
+        })
+        .await;
+        self.finish(started, result)
+    }
+
+    /// Replies nobody waited for any more (their request timed out or was cancelled),
+    /// with their correlation ids.
+    pub fn take_unmatched(&self) -> Vec<(u64, Out)> {
+        std::mem::take(&mut *self.shared.unmatched.lock())
+    }
+}
+
+impl<In: Message, Out: Message> Kernel<In, Out> {
+    /// A [`Requester`] over this kernel: it takes the kernel's host output for itself.
+    ///
+    /// # Errors
+    /// [`Error::NoHostOutput`], or [`Error::ReceiverTaken`] when the output is taken.
+    pub fn requester(&self) -> Result<Requester<In, Out>, Error> {
+        Requester::over(self.core.clone(), self.core.clone())
+    }
+}

@@ -1,0 +1,478 @@
+//! A kernel's output ports on the CPU backend: where each emit goes, and the stash that
+//! keeps emits whose target ring is full until it has room.
+//!
+//! An emit never blocks the thread running the kernel (a pool worker may be the only
+//! thread that can run the downstream kernel): when the target ring is full the message
+//! goes to the port's stash, the kernel finishes the message in hand, counts a stall and
+//! takes no more input until every stash is delivered. The target wakes it when it frees
+//! room. A stash holds at most what one message emits, so memory stays bounded, and what
+//! is stashed comes back in a terminate report.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{Emitter, KernelCore};
+use crate::abi::{make_tag, KIND_MESSAGE};
+use crate::ring::{ClaimError, SlotRef};
+use crate::routing::{DeadLetter, RouteError};
+use crate::sync::{asym, Ordering};
+
+/// Where a port's messages go.
+#[derive(Debug, Default)]
+pub enum PortTarget {
+    /// Nowhere yet: an emit to it is an error ([`super::EmitError::Unbound`]).
+    #[default]
+    Unbound,
+    /// The kernel's host-bound output ring.
+    Host,
+    /// Another kernel's inbox.
+    Kernel {
+        /// The downstream kernel.
+        core: Arc<KernelCore>,
+        /// Whether this port owns the downstream's single-producer lane (claims without a
+        /// compare-and-swap) rather than sharing its inbox with other producers.
+        exclusive: bool,
+    },
+    /// The runtime's dead-letter sink.
+    DeadLetters,
+}
+
+/// One output port: its target, the messages waiting for room in it, and what was
+/// delivered to it this turn.
+#[derive(Debug, Default)]
+pub(crate) struct Port {
+    pub(crate) target: PortTarget,
+    stash: Stash,
+    /// Messages delivered into the target ring since the target was last woken.
+    delivered: u32,
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        if let PortTarget::Kernel {
+            core,
+            exclusive: true,
+        } = &self.target
+        {
+            // ORDERING: Release pairs with the Acquire swap in `take_lane`: our claims
+            // happen before the next holder's.
+            core.lane_taken.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Messages that found their target ring full, in emit order, packed into one buffer
+/// that is reused once empty (no allocation per stall after warm-up).
+#[derive(Debug, Default)]
+struct Stash {
+    bytes: Vec<u8>,
+    items: VecDeque<(u32, [u32; 2], usize, usize)>,
+}
+
+impl Stash {
+    fn push(&mut self, tag: u32, corr: [u32; 2], payload: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.items.push_back((tag, corr, start, payload.len()));
+    }
+
+    fn front(&self) -> Option<(u32, [u32; 2], &[u8])> {
+        let &(tag, corr, start, len) = self.items.front()?;
+        Some((tag, corr, &self.bytes[start..start + len]))
+    }
+
+    fn pop_front(&mut self) {
+        self.items.pop_front();
+        if self.items.is_empty() {
+            self.bytes.clear();
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// What one delivery attempt did.
+enum Delivery {
+    Delivered,
+    Full,
+    /// The target stopped taking messages; the message went to the dead-letter sink.
+    DeadLettered,
+}
+
+impl Port {
+    pub(crate) fn new(target: PortTarget) -> Self {
+        Self {
+            target,
+            stash: Stash::default(),
+            delivered: 0,
+        }
+    }
+
+    /// Whether messages wait in the stash.
+    pub(crate) fn is_stalled(&self) -> bool {
+        !self.stash.is_empty()
+    }
+
+    /// Hands every stashed message to `f` and empties the stash (terminate).
+    pub(crate) fn take_stash(&mut self, f: &mut dyn FnMut(SlotRef<'_>)) {
+        while let Some((tag, corr, payload)) = self.stash.front() {
+            f(SlotRef {
+                position: 0,
+                tag,
+                corr,
+                payload,
+            });
+            self.stash.pop_front();
+        }
+    }
+}
+
+impl KernelCore {
+    /// Payload bytes per slot of a port target's ring, if it has one.
+    fn target_payload_bytes(&self, target: &PortTarget) -> Option<usize> {
+        match target {
+            PortTarget::Host => self
+                .outbox
+                .as_ref()
+                .map(|o| o.memory().layout().payload_bytes() as usize),
+            PortTarget::Kernel { core, .. } => Some(core.inbox_payload_bytes()),
+            PortTarget::Unbound | PortTarget::DeadLetters => None,
+        }
+    }
+
+    /// Writes one message into `target`'s ring in place, or reports it full. Call only
+    /// from the thread running this kernel (it holds the exec lock).
+    fn try_deliver(
+        &self,
+        target: &PortTarget,
+        tag: u32,
+        corr: [u32; 2],
+        payload: &[u8],
+    ) -> Delivery {
+        let claimed = match target {
+            PortTarget::Host => {
+                let outbox = self
+                    .outbox
+                    .as_ref()
+                    .expect("a Host port needs an output ring");
+                // SAFETY: the output ring's only producer is the thread running this
+                // kernel, which holds the exec lock for the whole turn.
+                unsafe { outbox.try_claim_exclusive(1) }
+            }
+            PortTarget::Kernel {
+                core,
+                exclusive: true,
+            } => {
+                // SAFETY: this port owns the downstream's lane (`bind` took it through
+                // `lane_taken`, and `Drop for Port` gives it back), and the port is used
+                // only by the thread holding this kernel's exec lock: one producer.
+                unsafe { core.lane.try_claim_exclusive(1) }
+            }
+            PortTarget::Kernel { core, .. } => core.inbox.try_claim(1),
+            PortTarget::Unbound | PortTarget::DeadLetters => {
+                unreachable!("only ring targets are delivered to")
+            }
+        };
+        match claimed {
+            Ok(claim) => {
+                claim.write(0, tag, corr, |slot| {
+                    slot[..payload.len()].copy_from_slice(payload)
+                });
+                claim.publish();
+                Delivery::Delivered
+            }
+            Err(ClaimError::Full { .. }) => Delivery::Full,
+            Err(ClaimError::Closed) => {
+                let PortTarget::Kernel { core, .. } = target else {
+                    unreachable!("the host-bound output ring is never closed")
+                };
+                self.dead.push(DeadLetter {
+                    kernel: self.config.name.clone(),
+                    reason: format!(
+                        "downstream kernel `{}` stopped taking messages ({:?})",
+                        core.config.name,
+                        core.closed_state()
+                    ),
+                    is_input: false,
+                    tag,
+                    corr,
+                    payload: payload.to_vec(),
+                });
+                Delivery::DeadLettered
+            }
+            Err(ClaimError::TooMany) => unreachable!("a claim of one always fits"),
+        }
+    }
+
+    /// Asks `target` to wake this kernel when it frees room, then fences so that either
+    /// the target sees the request or the caller's re-check sees the room.
+    fn request_room(self: &Arc<Self>, target: &PortTarget) {
+        self.output_stalled.store(true, Ordering::SeqCst);
+        if let PortTarget::Kernel { core, .. } = target {
+            core.space_waiters.lock().push(self.clone());
+            core.has_space_waiters.store(true, Ordering::SeqCst);
+        }
+        // ORDERING: heavy fence between the stores above and the caller's re-check of
+        // the ring; pairs with the light fence in `wake_space_waiters` (kernel targets)
+        // and in `after_output_consumed` (the host output): Dekker, one side sees the other.
+        asym::heavy();
+    }
+
+    /// Wakes the kernels that wait for room in this kernel's inbox. Called after this
+    /// kernel (or a terminate) released inbox slots, and when it stops.
+    pub(super) fn wake_space_waiters(&self) {
+        // ORDERING: orders the release of inbox slots before the flag load; pairs with
+        // the heavy fence in `request_room`.
+        asym::light();
+        if self.has_space_waiters.load(Ordering::Relaxed)
+            && self.has_space_waiters.swap(false, Ordering::AcqRel)
+        {
+            let waiters = std::mem::take(&mut *self.space_waiters.lock());
+            for waiter in waiters {
+                waiter.output_stalled.store(false, Ordering::Relaxed);
+                waiter.wake();
+            }
+        }
+    }
+
+    /// Delivers what the stashes hold, in order. Returns whether every stash is empty;
+    /// when one is not, this kernel is registered to be woken when its target frees room.
+    pub(super) fn flush_ports(self: &Arc<Self>, ports: &mut [Port]) -> bool {
+        for port in ports.iter_mut() {
+            let mut asked = false;
+            while let Some((tag, corr, payload)) = port.stash.front() {
+                match self.try_deliver(&port.target, tag, corr, payload) {
+                    Delivery::Delivered => port.delivered += 1,
+                    Delivery::DeadLettered => {}
+                    Delivery::Full if !asked => {
+                        self.request_room(&port.target);
+                        asked = true;
+                        continue;
+                    }
+                    Delivery::Full => return false,
+                }
+                port.stash.pop_front();
+            }
+        }
+        self.output_stalled.store(false, Ordering::Relaxed);
+        true
+    }
+
+    /// Wakes the consumers of every port that got messages this turn.
+    pub(super) fn notify_ports(&self, ports: &mut [Port]) {
+        for port in ports.iter_mut().filter(|p| p.delivered > 0) {
+            port.delivered = 0;
+            match &port.target {
+                PortTarget::Host => self.outbox_items.notify(),
+                PortTarget::Kernel { core, .. } => core.wake(),
+                PortTarget::Unbound | PortTarget::DeadLetters => {}
+            }
+        }
+    }
+
+    /// Binds output port `port` to `target`, replacing what it was bound to (and giving
+    /// back a downstream lane it held). With `exclusive`, a kernel target's
+    /// single-producer lane is taken for this port when it is free.
+    ///
+    /// # Errors
+    /// [`RouteError`] when the port does not exist, the target kernel stopped, its slots
+    /// are smaller than `message_bytes`, or this kernel's turn does not end within the
+    /// command timeout.
+    pub fn bind(
+        &self,
+        port: u32,
+        target: PortTarget,
+        message_bytes: usize,
+        exclusive: bool,
+    ) -> Result<(), RouteError> {
+        let ports = self.config.ports;
+        if port >= ports {
+            return Err(RouteError::NoSuchPort {
+                kernel: self.config.name.clone(),
+                port,
+                ports,
+            });
+        }
+        let target = match target {
+            PortTarget::Kernel { core, .. } => {
+                let state = core.state();
+                if crate::lifecycle::is_stopped(state) || core.inbox.is_closed() {
+                    return Err(RouteError::Stopped {
+                        kernel: core.config.name.clone(),
+                        state: state_name(core.closed_state()),
+                    });
+                }
+                if core.inbox_payload_bytes() < message_bytes {
+                    return Err(RouteError::SlotTooSmall {
+                        from: self.config.name.clone(),
+                        to: core.config.name.clone(),
+                        message_bytes,
+                        slot_payload_bytes: core.inbox_payload_bytes(),
+                    });
+                }
+                let exclusive = exclusive
+                    // ORDERING: Acquire pairs with the Release store in `Drop for Port` /
+                    // `ExclusiveLane::drop`: the previous holder's claims happen first.
+                    && !core.lane_taken.swap(true, Ordering::Acquire);
+                PortTarget::Kernel { core, exclusive }
+            }
+            PortTarget::Host if self.outbox.is_none() => {
+                return Err(RouteError::NoSuchPort {
+                    kernel: format!("{} (no host output ring)", self.config.name),
+                    port,
+                    ports,
+                })
+            }
+            other => other,
+        };
+        if let PortTarget::Host = target {
+            if self.target_payload_bytes(&target).unwrap_or(0) < message_bytes {
+                return Err(RouteError::SlotTooSmall {
+                    from: self.config.name.clone(),
+                    to: "host".into(),
+                    message_bytes,
+                    slot_payload_bytes: self.target_payload_bytes(&target).unwrap_or(0),
+                });
+            }
+        }
+        let mut fresh = Port::new(target);
+        let Some(mut exec) = self.exec.try_lock_for(self.config.command_timeout) else {
+            // Dropping `fresh` gives back a lane taken above.
+            return Err(RouteError::Busy(self.config.name.clone()));
+        };
+        let slot = &mut exec.ports[port as usize];
+        // Keep what the old target had not taken yet: it goes to the new target, in order.
+        fresh.stash = std::mem::take(&mut slot.stash);
+        *slot = fresh;
+        drop(exec);
+        // Stashed messages now head for the new target: run a turn to deliver them.
+        self.output_stalled.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Where each port goes now: `None` for the host output, the dead-letter sink or an
+    /// unbound port, else the downstream kernel's id.
+    pub fn routes(&self) -> Vec<Option<u32>> {
+        self.exec
+            .lock()
+            .ports
+            .iter()
+            .map(|p| match &p.target {
+                PortTarget::Kernel { core, .. } => Some(core.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Unbinds every port (breaks reference cycles between kernels routed in a cycle).
+    pub(crate) fn unbind_all(&self) {
+        if let Some(mut exec) = self.exec.try_lock() {
+            for port in &mut exec.ports {
+                if !port.is_stalled() {
+                    *port = Port::default();
+                }
+            }
+        }
+    }
+}
+
+impl Emitter<'_> {
+    /// Emits one message to output port `port`, writing it into the target's slot in
+    /// place. Never waits: when the target ring is full the message is kept in the
+    /// port's stash (the kernel then takes no more input until it is delivered, counted
+    /// as a stall); when the target kernel stopped, it goes to the dead-letter sink.
+    ///
+    /// # Errors
+    /// [`super::EmitError`] when the port does not exist or is unbound, the payload does
+    /// not fit the target's slots, or the kernel was abandoned by a terminate.
+    pub fn emit_to(
+        &mut self,
+        port: u32,
+        corr: [u32; 2],
+        payload: &[u8],
+    ) -> Result<(), super::EmitError> {
+        use super::EmitError;
+        let core = self.core;
+        if core.abandoned.load(Ordering::Relaxed) {
+            return Err(EmitError::Abandoned);
+        }
+        let ports = self.ports.len() as u32;
+        let Some(slot) = self.ports.get_mut(port as usize) else {
+            return Err(EmitError::NoSuchPort { port, ports });
+        };
+        let tag = make_tag(KIND_MESSAGE, core.id);
+        match &slot.target {
+            PortTarget::Unbound => Err(EmitError::Unbound { port }),
+            PortTarget::DeadLetters => {
+                core.dead.push(DeadLetter {
+                    kernel: core.config.name.clone(),
+                    reason: format!("port {port} is bound to the dead-letter sink"),
+                    is_input: false,
+                    tag,
+                    corr,
+                    payload: payload.to_vec(),
+                });
+                self.emitted += 1;
+                Ok(())
+            }
+            target => {
+                let max = core.target_payload_bytes(target).unwrap_or(0);
+                if payload.len() > max {
+                    return Err(EmitError::TooLarge {
+                        len: payload.len(),
+                        max,
+                    });
+                }
+                self.emitted += 1;
+                if slot.is_stalled() {
+                    slot.stash.push(tag, corr, payload);
+                    return Ok(());
+                }
+                match core.try_deliver(target, tag, corr, payload) {
+                    Delivery::Delivered => slot.delivered += 1,
+                    Delivery::DeadLettered => {}
+                    Delivery::Full => {
+                        slot.stash.push(tag, corr, payload);
+                        if !self.stalled {
+                            self.stalled = true;
+                            self.stalls += 1;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Emits to port 0 (see [`Emitter::emit_to`]).
+    ///
+    /// # Errors
+    /// As [`Emitter::emit_to`].
+    pub fn emit(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), super::EmitError> {
+        self.emit_to(0, corr, payload)
+    }
+
+    /// Number of output ports.
+    pub fn port_count(&self) -> u32 {
+        self.ports.len() as u32
+    }
+
+    /// The kernel's id (the sender id in the tags of what it emits).
+    pub fn kernel_id(&self) -> u32 {
+        self.core.id
+    }
+}
+
+fn state_name(state: crate::abi::State) -> &'static str {
+    use crate::abi::State;
+    match state {
+        State::Launched => "launched",
+        State::Active => "active",
+        State::Paused => "paused",
+        State::Draining => "draining",
+        State::Terminated => "terminated",
+        State::Faulted => "faulted",
+    }
+}
