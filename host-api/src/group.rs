@@ -377,6 +377,20 @@ impl Group {
         )
     }
 
+    /// Terminates one kernel of the group by name; the others keep running (what they
+    /// emit toward it from now on goes to the dead letters).
+    ///
+    /// # Errors
+    /// [`Error::Route`] with [`RouteError::UnknownKernel`] when no kernel has that name.
+    pub fn terminate_kernel(&self, name: &str) -> Result<GroupReport, Error> {
+        let kernel = self
+            .kernels
+            .iter()
+            .find(|k| k.config().name == name)
+            .ok_or_else(|| RouteError::UnknownKernel(name.to_owned()))?;
+        Ok(stop_kernels(std::iter::once(kernel), Stop::Terminate))
+    }
+
     /// The worst health of the group's kernels and every reason.
     pub fn health(&self, policy: &crate::HealthPolicy) -> crate::Health {
         combine_health(self.kernels.iter().map(|k| k.health(policy)))
@@ -685,6 +699,12 @@ impl<In: Message, Out: Message> Pipeline<In, Out> {
     /// [`Error::ReceiverTaken`] when the last stage's output is already taken.
     pub fn requester(&self) -> Result<crate::Requester<In, Out>, Error> {
         crate::Requester::over(self.input.core().clone(), self.output.clone())
+    }
+
+    /// End-to-end latency quantiles of requests answered through the pipeline (see
+    /// [`crate::Requester`]); `None` before the first.
+    pub fn latency(&self) -> Option<crate::LatencySummary> {
+        self.output.latency()
     }
 
     /// Drains the stages upstream first (see [`Group::drain`]).

@@ -96,6 +96,11 @@ pub struct ShutdownReport {
 pub type GroupReport = ShutdownReport;
 
 impl ShutdownReport {
+    /// The kernels in the report, in the order they were stopped.
+    pub fn kernel_names(&self) -> Vec<&str> {
+        self.kernels.iter().map(|k| k.kernel.as_str()).collect()
+    }
+
     /// The entry of the kernel named `name`.
     pub fn kernel(&self, name: &str) -> Option<&KernelShutdown> {
         self.kernels.iter().find(|k| k.kernel == name)

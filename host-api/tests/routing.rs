@@ -1,0 +1,349 @@
+//! Routing: kernel-to-kernel delivery with backpressure, topology errors, dead letters,
+//! stuck handlers abandoned by terminate, restart with routes kept.
+
+use std::time::Duration;
+
+use gyre::{
+    Error, HandlerError, HealthPolicy, HealthStatus, KernelSpec, Placement, RouteError, Runtime,
+    State,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_full_downstream_back_pressures_upstream_and_nothing_is_dropped() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let mut g = rt.group("bp");
+    let up = g.add(
+        KernelSpec::<u64, u64>::new("up")
+            .capacity(64)
+            .no_host_output()
+            .cpu(|x, out| Ok(out.emit(x + 1)?)),
+    );
+    let down = g.add(
+        KernelSpec::<u64, u64>::new("down")
+            .capacity(4)
+            .cpu(|x, out| Ok(out.emit(x * 10)?)),
+    );
+    g.route(up, 0, down);
+    let group = g.launch().unwrap();
+    let (up, down) = (group.kernel(up), group.kernel(down));
+    up.activate().unwrap();
+    // `down` stays Launched: its 4-slot inbox fills and `up` must stall, not drop.
+    for i in 0..40 {
+        up.send(i).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let m = up.metrics();
+    assert!(m.stalls > 0, "upstream never stalled: {m:?}");
+    assert!(m.processed < 40, "upstream cannot have handled all: {m:?}");
+    assert_eq!(down.metrics().inbox_len, 4);
+    down.activate().unwrap();
+    let got: Vec<u64> = (0..40)
+        .map(|_| down.recv_timeout(SECOND).unwrap())
+        .collect();
+    assert_eq!(got, (0..40).map(|i| (i + 1) * 10).collect::<Vec<_>>());
+    let report = group.drain(SECOND * 5);
+    assert_eq!(report.undelivered_count(), 0, "{report:?}");
+    assert_eq!(
+        report.kernel_names(),
+        ["up", "down"],
+        "drained upstream first"
+    );
+}
+
+#[test]
+fn topology_errors_are_clear() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let mut g = rt.group("cycle");
+    let a = g.add(KernelSpec::<u32, u32>::new("a").cpu(|x, out| Ok(out.emit(*x)?)));
+    let b = g.add(KernelSpec::<u32, u32>::new("b").cpu(|x, out| Ok(out.emit(*x)?)));
+    g.route(a, 0, b).route(b, 0, a);
+    let err = g.launch().unwrap_err();
+    assert!(
+        matches!(err, Error::Route(RouteError::Cycle(ref c)) if c.contains('a') && c.contains('b')),
+        "{err}"
+    );
+    assert!(err.to_string().contains("allow_cycles"), "{err}");
+
+    let mut g = rt.group("names");
+    g.add(KernelSpec::<u32, u64>::new("wide").cpu(|x, out| Ok(out.emit(u64::from(*x))?)));
+    g.add(KernelSpec::<u32, u32>::new("narrow").cpu(|x, out| Ok(out.emit(*x)?)));
+    let err = g.route_by_name("wide", 0, "nobody").unwrap_err();
+    assert!(
+        matches!(err, Error::Route(RouteError::UnknownKernel(ref k)) if k == "nobody"),
+        "{err}"
+    );
+    let err = g.route_by_name("wide", 0, "narrow").unwrap_err();
+    assert!(
+        matches!(err, Error::Route(RouteError::TypeMismatch { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("u64"), "{err}");
+
+    let mut g = rt.group("ports");
+    let a = g.add(KernelSpec::<u32, u32>::new("a").cpu(|x, out| Ok(out.emit(*x)?)));
+    let b = g.add(KernelSpec::<u32, u32>::new("b").cpu(|x, out| Ok(out.emit(*x)?)));
+    g.route(a, 3, b);
+    let err = g.launch().unwrap_err();
+    assert!(
+        matches!(err, Error::Route(RouteError::NoSuchPort { port: 3, .. })),
+        "{err}"
+    );
+
+    // Binding to a terminated kernel.
+    let a = rt
+        .launch(KernelSpec::<u32, u32>::new("a2").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    let b = rt
+        .launch(KernelSpec::<u32, u32>::new("b2").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    b.terminate().unwrap();
+    let err = rt.connect(&a, 0, &b).unwrap_err();
+    assert!(
+        matches!(err, Error::Route(RouteError::Stopped { .. })),
+        "{err}"
+    );
+}
+
+#[test]
+fn failed_messages_and_dead_letter_ports_reach_the_dead_letters() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let mut g = rt.group("dl");
+    let split = g.add(KernelSpec::<u32, u32>::new("split").ports(2).cpu(|x, out| {
+        if *x == 13 {
+            return Err(HandlerError(format!("unlucky {x}")));
+        }
+        Ok(out.emit_to(x % 2, *x)?)
+    }));
+    g.to_dead_letters(split, 1);
+    let group = g.launch().unwrap();
+    group.activate().unwrap();
+    let split = group.kernel(split);
+    for x in [2, 3, 13, 4] {
+        split.send(x).unwrap();
+    }
+    assert_eq!(split.recv().unwrap(), 2);
+    assert_eq!(split.recv().unwrap(), 4);
+    let dead = rt.take_dead_letters();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let read = |d: &gyre::DeadLetter| u32::from_ne_bytes(d.payload[..4].try_into().unwrap());
+    assert_eq!(read(&dead[0]), 3);
+    assert!(!dead[0].is_input && dead[0].reason.contains("dead-letter"));
+    assert_eq!(read(&dead[1]), 13);
+    assert!(dead[1].is_input && dead[1].reason == "unlucky 13");
+    assert_eq!(rt.dead_letter_total(), 2);
+    assert!(rt
+        .prometheus_text()
+        .contains("gyre_runtime_dead_letters_total 2"));
+}
+
+#[test]
+fn emits_toward_a_stopped_downstream_become_dead_letters() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let pipeline = rt
+        .pipeline::<u32>("p")
+        .stage(KernelSpec::<u32, u32>::new("first").cpu(|x, out| Ok(out.emit(*x)?)))
+        .stage(KernelSpec::<u32, u32>::new("second").cpu(|x, out| Ok(out.emit(*x)?)))
+        .launch()
+        .unwrap();
+    pipeline.activate().unwrap();
+    pipeline.send(1).unwrap();
+    assert_eq!(pipeline.recv().unwrap(), 1);
+    let names = pipeline.group().kernel_names();
+    assert_eq!(names, ["first", "second"]);
+    // Terminate the second stage alone; the first keeps running.
+    let report = pipeline.group().terminate_kernel("second").unwrap();
+    assert_eq!(report.kernel_names(), ["second"]);
+    assert_eq!(report.undelivered_count(), 0);
+    pipeline.send(2).unwrap();
+    let deadline = std::time::Instant::now() + SECOND * 5;
+    let dead = loop {
+        let dead = rt.take_dead_letters();
+        if !dead.is_empty() || std::time::Instant::now() > deadline {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].reason.contains("second"), "{:?}", dead[0]);
+}
+
+#[test]
+fn a_handler_that_never_returns_is_abandoned_and_its_messages_come_back() {
+    let rt = Runtime::builder()
+        .workers(1)
+        .command_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let stuck = rt
+        .launch(KernelSpec::<u64, u64>::new("stuck").cpu(|x, out| {
+            if *x == 1 {
+                loop {
+                    std::thread::park();
+                }
+            }
+            Ok(out.emit(*x)?)
+        }))
+        .unwrap();
+    let other = rt
+        .launch(KernelSpec::<u64, u64>::new("other").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    stuck.activate().unwrap();
+    other.activate().unwrap();
+    for i in 0..5 {
+        stuck.send(i).unwrap();
+    }
+    assert_eq!(stuck.recv().unwrap(), 0);
+    let policy = HealthPolicy {
+        watchdog: Duration::from_millis(150),
+        ..HealthPolicy::default()
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(stuck.health_with(&policy).status, HealthStatus::Healthy);
+    let unhealthy = loop {
+        let health = stuck.health_with(&policy);
+        if health.status == HealthStatus::Unhealthy {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < SECOND * 5,
+            "never unhealthy: {health:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(unhealthy >= Duration::from_millis(150), "{unhealthy:?}");
+    let report = stuck.terminate().unwrap();
+    assert!(report.abandoned, "{report:?}");
+    assert_eq!(
+        report.undelivered,
+        vec![1, 2, 3, 4],
+        "in hand first, then the queue"
+    );
+    assert_eq!(report.final_state, State::Terminated);
+    assert!(report.fault.unwrap().contains("command timeout"));
+    // The only worker is stuck; a replacement runs the other kernels.
+    other.send(7).unwrap();
+    assert_eq!(other.recv_timeout(SECOND * 5).unwrap(), 7);
+    // Dropping the runtime leaves the stuck thread behind instead of hanging.
+    let dropped = std::time::Instant::now();
+    drop(rt);
+    assert!(dropped.elapsed() < SECOND * 10);
+}
+
+#[test]
+fn restart_keeps_routes_and_dead_letters_the_poison_message() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let mut g = rt.group("restart");
+    let fragile = g.add(
+        KernelSpec::<u32, u32>::new("fragile")
+            .no_host_output()
+            .placement(Placement::Dedicated)
+            .cpu(|x, out| {
+                assert!(*x != 666, "cannot handle {x}");
+                Ok(out.emit(*x)?)
+            }),
+    );
+    let sink = g.add(KernelSpec::<u32, u32>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)));
+    g.route(fragile, 0, sink);
+    let group = g.launch().unwrap();
+    let (fragile, sink) = (group.kernel(fragile), group.kernel(sink));
+    sink.activate().unwrap();
+    fragile.deactivate().unwrap();
+    for x in [1, 666, 2, 3] {
+        fragile.send(x).unwrap();
+    }
+    fragile.activate().unwrap();
+    assert_eq!(sink.recv().unwrap(), 1);
+    let deadline = std::time::Instant::now() + SECOND * 5;
+    while fragile.state() != State::Faulted {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    rt.restart(&fragile).unwrap();
+    assert_eq!(fragile.state(), State::Launched);
+    fragile.activate().unwrap();
+    assert_eq!(sink.recv_timeout(SECOND * 5).unwrap(), 2);
+    assert_eq!(sink.recv_timeout(SECOND * 5).unwrap(), 3);
+    fragile.send(4).unwrap();
+    assert_eq!(
+        sink.recv_timeout(SECOND * 5).unwrap(),
+        4,
+        "the route survived"
+    );
+    let dead = rt.take_dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("cannot handle 666"), "{dead:?}");
+    let report = group.drain(SECOND * 5);
+    assert_eq!(report.undelivered_count(), 0);
+}
+
+#[test]
+fn requests_in_flight_get_their_own_replies_and_latency_is_recorded() {
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let pipeline = rt
+        .pipeline::<u64>("rr")
+        .stage(KernelSpec::<u64, u64>::new("inc").cpu(|x, out| Ok(out.emit(x + 1)?)))
+        .stage(KernelSpec::<u64, u64>::new("dbl").cpu(|x, out| Ok(out.emit(x * 2)?)))
+        .launch()
+        .unwrap();
+    pipeline.activate().unwrap();
+    let requester = pipeline.requester().unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let requester = requester.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let x = t * 1000 + i;
+                    assert_eq!(requester.request(x).unwrap(), (x + 1) * 2);
+                }
+            })
+        })
+        .collect();
+    let rt_tokio = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt_tokio.block_on(async {
+        let futures: Vec<_> = (0..100u64)
+            .map(|x| {
+                let requester = requester.clone();
+                async move { (x, requester.request_async(x).await.unwrap()) }
+            })
+            .collect();
+        for (x, reply) in futures_join(futures).await {
+            assert_eq!(reply, (x + 1) * 2);
+        }
+    });
+    for t in threads {
+        t.join().unwrap();
+    }
+    let latency = pipeline.latency().unwrap();
+    assert_eq!(latency.count, 900);
+    assert!(latency.p50 > 0 && latency.p50 <= latency.p99 && latency.p99 <= latency.max);
+    let text = rt.prometheus_text();
+    assert!(text.contains("gyre_kernel_latency_seconds{"), "{text}");
+}
+
+/// Polls every future to completion on the current task (no extra crate).
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter().map(Option::unwrap).collect()
+}
