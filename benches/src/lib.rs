@@ -23,6 +23,10 @@
 //! send-to-receive time recorded in an HDR histogram) and [`echo_throughput`] (a window
 //! of messages in flight). [`ping_pong`] measures the raw cost of bouncing one cache line
 //! between two threads, the floor under every round trip on this machine.
+//!
+//! The [`workloads`] module holds the two workloads of the pipeline report
+//! (`src/bin/gyre-bench-pipeline.rs`): a three-stage pipeline and round-robin actors, with
+//! their baselines.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +35,8 @@ use std::time::{Duration, Instant};
 
 use gyre::{Backend, Kernel, KernelSpec, Placement, Runtime};
 use hdrhistogram::Histogram;
+
+pub mod workloads;
 
 /// Slots in every ring and channel, in each direction.
 pub const CAPACITY: u32 = 1024;

@@ -178,7 +178,7 @@ impl KernelCore {
         match claimed {
             Ok(claim) => {
                 claim.write(0, tag, corr, |slot| {
-                    slot[..payload.len()].copy_from_slice(payload)
+                    slot[..payload.len()].copy_from_slice(payload);
                 });
                 claim.publish();
                 Delivery::Delivered
