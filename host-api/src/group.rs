@@ -400,11 +400,17 @@ impl Group {
 pub(crate) fn combine_health(all: impl Iterator<Item = crate::Health>) -> crate::Health {
     let mut status = crate::HealthStatus::Healthy;
     let mut reasons = Vec::new();
+    let mut stalled = false;
     for health in all {
         status = status.min(health.status);
         reasons.extend(health.reasons);
+        stalled |= health.stalled;
     }
-    crate::Health { status, reasons }
+    crate::Health {
+        status,
+        reasons,
+        stalled,
+    }
 }
 
 /// Waits until no kernel has a message in a ring, nor one in a handler, twice in a row.

@@ -136,6 +136,11 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         }
     }
 
+    /// Restarts its fault policy made over its life.
+    pub fn restarts(&self) -> u64 {
+        self.core.restarts()
+    }
+
     /// End-to-end latency quantiles of requests answered through this kernel (see
     /// [`crate::Requester`]), from its HDR histogram; `None` before the first.
     pub fn latency(&self) -> Option<gyre_runtime::metrics::LatencySummary> {

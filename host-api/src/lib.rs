@@ -48,7 +48,7 @@ pub use group::{Group, GroupBuilder, Pipeline, PipelineBuilder, Stage};
 pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
-pub use gyre_runtime::health::{Health, HealthPolicy, HealthStatus};
+pub use gyre_runtime::health::{FaultPolicy, Health, HealthPolicy, HealthStatus, RestartPolicy};
 pub use gyre_runtime::metrics::LatencySummary;
 pub use gyre_runtime::routing::{DeadLetter, RouteError};
 pub use kernel::{Backpressure, ExclusiveSender, Kernel, KernelMetrics, Receiver, Sender};

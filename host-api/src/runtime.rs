@@ -167,14 +167,7 @@ impl Runtime {
         &self,
         policy: &gyre_runtime::health::HealthPolicy,
     ) -> gyre_runtime::health::Health {
-        let mut status = gyre_runtime::health::HealthStatus::Healthy;
-        let mut reasons = Vec::new();
-        for kernel in self.cpu.kernels() {
-            let health = kernel.health(policy);
-            status = status.min(health.status);
-            reasons.extend(health.reasons);
-        }
-        gyre_runtime::health::Health { status, reasons }
+        crate::group::combine_health(self.cpu.kernels().iter().map(|k| k.health(policy)))
     }
 
     /// Threads the runtime runs: pool workers and live dedicated kernels.
@@ -213,6 +206,8 @@ impl Runtime {
             placement: spec.placement,
             quantum: spec.quantum,
             command_timeout: self.command_timeout,
+            fault_policy: spec.fault_policy,
+            watchdog: spec.watchdog,
         };
         let core = self.cpu.launch(config, handler).map_err(|e| match e {
             LaunchError::RingMemoryBudget { .. } | LaunchError::ThreadBudget { .. } => {

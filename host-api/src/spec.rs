@@ -110,6 +110,8 @@ pub struct KernelSpec<In, Out> {
     pub(crate) placement: Placement,
     pub(crate) quantum: u32,
     pub(crate) ports: u32,
+    pub(crate) fault_policy: gyre_runtime::health::FaultPolicy,
+    pub(crate) watchdog: Option<std::time::Duration>,
     pub(crate) cpu: Option<CpuFn<In, Out>>,
 }
 
@@ -126,6 +128,8 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
             placement: Placement::Pool,
             quantum: 64,
             ports: 1,
+            fault_policy: gyre_runtime::health::FaultPolicy::Report,
+            watchdog: None,
             cpu: None,
         }
     }
@@ -178,6 +182,32 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     #[must_use]
     pub fn ports(mut self, ports: u32) -> Self {
         self.ports = ports.max(1);
+        self
+    }
+
+    /// What the runtime does when the kernel faults (default
+    /// [`crate::FaultPolicy::Report`]): report only, terminate it (its messages go to the
+    /// dead letters), or restart it with exponential backoff behind a circuit breaker.
+    ///
+    /// ```
+    /// use gyre::{FaultPolicy, KernelSpec, RestartPolicy};
+    /// let spec = KernelSpec::<u32, u32>::new("fragile")
+    ///     .on_fault(FaultPolicy::Restart(RestartPolicy { max_restarts: 3, ..RestartPolicy::default() }));
+    /// ```
+    #[must_use]
+    pub fn on_fault(mut self, policy: gyre_runtime::health::FaultPolicy) -> Self {
+        self.fault_policy = policy;
+        self
+    }
+
+    /// A background watchdog: when the kernel's heartbeat stands still for `timeout`
+    /// while messages wait (a handler stuck), the kernel is reported faulted and its
+    /// fault policy applies (`Terminate` and `Restart` take its rings over after the
+    /// command timeout and send its messages to the dead letters). Without it, stalls
+    /// are only reported by [`crate::Kernel::health`].
+    #[must_use]
+    pub fn watchdog(mut self, timeout: std::time::Duration) -> Self {
+        self.watchdog = Some(timeout);
         self
     }
 

@@ -56,6 +56,8 @@ pub struct Health {
     pub status: HealthStatus,
     /// Why, one sentence per finding.
     pub reasons: Vec<String>,
+    /// Whether the watchdog found the heartbeat standing still while messages wait.
+    pub stalled: bool,
 }
 
 /// What the watchdog remembers between evaluations of one kernel.
@@ -88,6 +90,7 @@ pub fn evaluate(
 ) -> Health {
     let mut unhealthy = Vec::new();
     let mut degraded = Vec::new();
+    let mut stalled = false;
     if sample.state == State::Faulted {
         unhealthy.push(format!("kernel `{}` faulted", sample.name));
     }
@@ -97,6 +100,7 @@ pub fn evaluate(
     } else if lifecycle::processes_messages(sample.state) && sample.inbox_depth > 0 {
         let still = now.saturating_duration_since(watchdog.since);
         if still > policy.watchdog {
+            stalled = true;
             unhealthy.push(format!(
                 "kernel `{}` has {} messages waiting but its heartbeat has not moved for {still:.1?} \
                  (watchdog {:?}): its handler may be stuck; terminate it to get its messages back",
@@ -139,5 +143,56 @@ pub fn evaluate(
     Health {
         status,
         reasons: unhealthy,
+        stalled,
+    }
+}
+
+/// What the runtime does when a kernel faults (a panicking handler, a device error, or
+/// its watchdog finding the heartbeat stalled while messages wait).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FaultPolicy {
+    /// Report only (the default): the kernel stays `Faulted`, its health says why, and
+    /// the host decides (terminate to collect its messages, or restart it).
+    #[default]
+    Report,
+    /// Terminate it at once; every message it holds goes to the dead-letter sink with
+    /// the fault as reason.
+    Terminate,
+    /// Restart it with exponential backoff, and open the circuit (leave it faulted,
+    /// unhealthy) after too many faults in a row.
+    Restart(RestartPolicy),
+}
+
+/// How [`FaultPolicy::Restart`] restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Restarts in a row before the circuit opens (the kernel then stays faulted).
+    pub max_restarts: u32,
+    /// Wait before the first restart; doubled for each further one in a row.
+    pub initial_backoff: Duration,
+    /// Longest wait between restarts.
+    pub max_backoff: Duration,
+    /// A kernel that runs this long after a restart without faulting starts counting
+    /// from zero again.
+    pub reset_after: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(5),
+            reset_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before restart number `attempt` (0-based) in a row.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        self.initial_backoff
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max_backoff)
     }
 }

@@ -6,6 +6,7 @@
 
 mod kernel;
 mod pool;
+mod supervisor;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -41,9 +42,10 @@ pub struct CpuBackend {
     budget: Budget,
     pool: Arc<Pool>,
     kernels: Mutex<Vec<Arc<KernelCore>>>,
-    dedicated: Mutex<Vec<JoinHandle<()>>>,
+    dedicated: Arc<Mutex<Vec<JoinHandle<()>>>>,
     next_id: Mutex<u32>,
     dead: Arc<DeadLetters>,
+    supervisor: Arc<supervisor::Supervisor>,
 }
 
 /// Why a launch was refused.
@@ -102,13 +104,20 @@ impl CpuBackend {
 
     /// Starts a backend with `workers` pool threads and the given resource budget.
     pub fn with_budget(workers: usize, budget: Budget) -> Self {
+        let dead = Arc::new(DeadLetters::new());
+        let dedicated = Arc::new(Mutex::new(Vec::new()));
+        let threads = dedicated.clone();
+        let respawn: supervisor::Respawn = Box::new(move |kernel: &Arc<KernelCore>| {
+            spawn_dedicated(&threads, kernel).map_err(|e| e.to_string())
+        });
         Self {
             pool: Pool::start(workers.max(1)),
             kernels: Mutex::new(Vec::new()),
-            dedicated: Mutex::new(Vec::new()),
+            dedicated,
             next_id: Mutex::new(0),
             budget,
-            dead: Arc::new(DeadLetters::new()),
+            supervisor: supervisor::Supervisor::new(dead.clone(), respawn),
+            dead,
         }
     }
 
@@ -203,33 +212,15 @@ impl CpuBackend {
             handler,
             self.pool.clone(),
             self.dead.clone(),
+            self.supervisor.clone(),
         ));
         if placement == Placement::Dedicated {
-            self.spawn_dedicated(&kernel)?;
+            spawn_dedicated(&self.dedicated, &kernel)?;
         }
+        self.supervisor.watch(&kernel);
         tracing::info!(kernel = %name, id, ?placement, "kernel launched");
         kernels.push(kernel.clone());
         Ok(kernel)
-    }
-
-    fn spawn_dedicated(&self, kernel: &Arc<KernelCore>) -> Result<(), LaunchError> {
-        let runner = kernel.clone();
-        let name = kernel.config().name.clone();
-        kernel.set_thread_alive(true);
-        let handle = std::thread::Builder::new()
-            .name(format!("gyre-{name}"))
-            .spawn(move || runner.run_dedicated())
-            .map_err(|e| {
-                kernel.set_thread_alive(false);
-                LaunchError::Thread {
-                    name,
-                    reason: e.to_string(),
-                }
-            })?;
-        let mut threads = self.dedicated.lock();
-        threads.retain(|t| !t.is_finished());
-        threads.push(handle);
-        Ok(())
     }
 
     /// Restarts a terminated or faulted kernel with its configuration, handler and
@@ -243,11 +234,10 @@ impl CpuBackend {
     pub fn restart(&self, kernel: &Arc<KernelCore>) -> Result<(), CommandError> {
         let needs_thread = kernel.restart_in_place()?;
         if needs_thread {
-            self.spawn_dedicated(kernel)
-                .map_err(|e| CommandError::Faulted {
-                    name: kernel.config().name.clone(),
-                    reason: e.to_string(),
-                })?;
+            spawn_dedicated(&self.dedicated, kernel).map_err(|e| CommandError::Faulted {
+                name: kernel.config().name.clone(),
+                reason: e.to_string(),
+            })?;
         }
         Ok(())
     }
@@ -302,6 +292,7 @@ impl CpuBackend {
     /// Stops the pool and the dedicated threads (threads stuck in a handler are left
     /// behind after a short wait), and unbinds every route.
     pub fn stop_threads(&self) {
+        self.supervisor.stop();
         self.pool.stop();
         for kernel in self.kernels.lock().iter() {
             kernel.wake_thread();
@@ -319,4 +310,28 @@ impl Drop for CpuBackend {
     fn drop(&mut self) {
         self.stop_threads();
     }
+}
+
+/// Starts the thread of a dedicated kernel and keeps its handle in `threads`.
+fn spawn_dedicated(
+    threads: &Mutex<Vec<JoinHandle<()>>>,
+    kernel: &Arc<KernelCore>,
+) -> Result<(), LaunchError> {
+    let runner = kernel.clone();
+    let name = kernel.config().name.clone();
+    kernel.set_thread_alive(true);
+    let handle = std::thread::Builder::new()
+        .name(format!("gyre-{name}"))
+        .spawn(move || runner.run_dedicated())
+        .map_err(|e| {
+            kernel.set_thread_alive(false);
+            LaunchError::Thread {
+                name,
+                reason: e.to_string(),
+            }
+        })?;
+    let mut threads = threads.lock();
+    threads.retain(|t| !t.is_finished());
+    threads.push(handle);
+    Ok(())
 }

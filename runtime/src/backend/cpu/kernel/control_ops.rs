@@ -247,10 +247,16 @@ impl KernelCore {
             id = self.id,
             "handler did not return within the command timeout; kernel abandoned and its messages handed back"
         );
-        *self.fault.lock() = Some(format!(
+        let what = format!(
             "terminated while its handler ran for longer than the command timeout ({:?}); the message in hand was handed back",
             self.config.command_timeout
-        ));
+        );
+        let mut fault = self.fault.lock();
+        *fault = Some(match fault.take() {
+            Some(earlier) => format!("{earlier}; {what}"),
+            None => what,
+        });
+        drop(fault);
         let rings = [(INBOX_RING, &self.inbox), (LANE_RING, &self.lane)];
         // The ring holding the message in hand first, from that message on; the other
         // from its consumer's released head (nothing of it is in hand).
@@ -313,6 +319,7 @@ impl KernelCore {
         self.output_stalled.store(false, Ordering::Relaxed);
         *self.fault.lock() = None;
         *self.watchdog.lock() = None;
+        *self.supervisor_watchdog.lock() = None;
         exec.control.set_error(0);
         exec.state = State::Launched;
         exec.control.set_state(State::Launched);

@@ -12,6 +12,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::pool::Pool;
+use super::supervisor::{RestartState, Supervisor};
 use crate::abi::{fault, make_tag, State, KIND_MESSAGE};
 use crate::backend::Placement;
 use crate::control::{Counters, HostControl, HostSide, KernelSide};
@@ -140,6 +141,11 @@ pub struct KernelConfig {
     pub quantum: u32,
     /// How long lifecycle calls wait for an acknowledgement.
     pub command_timeout: Duration,
+    /// What the runtime does when the kernel faults.
+    pub fault_policy: crate::health::FaultPolicy,
+    /// A background watchdog: the kernel is faulted when its heartbeat stands still
+    /// this long while messages wait (then its fault policy applies).
+    pub watchdog: Option<Duration>,
 }
 
 /// The kernel side, owned by whichever thread runs the kernel.
@@ -214,6 +220,10 @@ pub struct KernelCore {
     /// End-to-end latencies of what came back to the host through this kernel.
     latency: crate::metrics::LatencyRecorder,
     throughput: crate::metrics::ThroughputWindow,
+    supervisor: Arc<Supervisor>,
+    restart_state: Mutex<RestartState>,
+    /// The supervisor's watchdog memory (apart from the one `health` callers use).
+    supervisor_watchdog: Mutex<Option<crate::health::Watchdog>>,
 }
 
 /// Words the thread running a kernel writes as it goes.
@@ -274,6 +284,7 @@ impl KernelCore {
         handler: Box<dyn Handler>,
         pool: Arc<Pool>,
         dead: Arc<DeadLetters>,
+        supervisor: Arc<Supervisor>,
     ) -> Self {
         let inbox_ring = Arc::new(HostRing::new(config.inbox));
         let lane_ring = Arc::new(HostRing::new(config.inbox));
@@ -330,6 +341,9 @@ impl KernelCore {
             thread_alive: AtomicBool::new(false),
             latency: crate::metrics::LatencyRecorder::new(),
             throughput: crate::metrics::ThroughputWindow::new(std::time::Instant::now()),
+            supervisor,
+            restart_state: Mutex::new(RestartState::default()),
+            supervisor_watchdog: Mutex::new(None),
         }
     }
 
@@ -374,11 +388,64 @@ impl KernelCore {
     /// The kernel's health under `policy`, judged against what the previous call saw
     /// (the watchdog's memory lives in the kernel).
     pub fn health(&self, policy: &crate::health::HealthPolicy) -> crate::health::Health {
-        let sample = self.sample();
+        let mut health = Self::evaluate_with(&self.watchdog, &self.sample(), policy);
+        let restarts = self.restart_state.lock();
+        if restarts.circuit_open {
+            health.status = crate::health::HealthStatus::Unhealthy;
+            health.reasons.push(format!(
+                "kernel `{}`'s circuit is open: it faulted again after {} restarts in a row; restart it by hand",
+                self.config.name, restarts.in_a_row
+            ));
+        }
+        health
+    }
+
+    fn evaluate_with(
+        memory: &Mutex<Option<crate::health::Watchdog>>,
+        sample: &crate::metrics::KernelSample,
+        policy: &crate::health::HealthPolicy,
+    ) -> crate::health::Health {
         let now = std::time::Instant::now();
-        let mut watchdog = self.watchdog.lock();
-        let watchdog = watchdog.get_or_insert_with(|| crate::health::Watchdog::new(&sample, now));
-        crate::health::evaluate(&sample, policy, watchdog, now)
+        let mut watchdog = memory.lock();
+        let watchdog = watchdog.get_or_insert_with(|| crate::health::Watchdog::new(sample, now));
+        crate::health::evaluate(sample, policy, watchdog, now)
+    }
+
+    /// The health as the supervisor's background watchdog sees it (its own memory).
+    pub(crate) fn watchdog_health(
+        &self,
+        policy: &crate::health::HealthPolicy,
+    ) -> crate::health::Health {
+        Self::evaluate_with(&self.supervisor_watchdog, &self.sample(), policy)
+    }
+
+    /// Records `reason` as the kernel's fault when it has none yet.
+    pub(crate) fn note_fault(&self, reason: &str) {
+        self.fault.lock().get_or_insert_with(|| reason.to_owned());
+    }
+
+    pub(crate) fn restart_state(&self) -> &Mutex<RestartState> {
+        &self.restart_state
+    }
+
+    /// Asks the supervisor to apply the fault policy (after a watchdog termination).
+    pub(crate) fn request_supervised_restart(self: &Arc<Self>) {
+        self.supervisor.report_fault(self.clone());
+    }
+
+    /// Whether the kernel is faulted and its fault policy will restart it (receivers
+    /// keep waiting instead of being told that nothing more will come).
+    fn restart_pending(&self) -> bool {
+        matches!(
+            self.config.fault_policy,
+            crate::health::FaultPolicy::Restart(_)
+        ) && self.state() == State::Faulted
+            && !self.restart_state.lock().circuit_open
+    }
+
+    /// Restarts done by the kernel's fault policy over its life.
+    pub fn restarts(&self) -> u64 {
+        self.restart_state.lock().total
     }
 
     /// Bytes of ring memory this kernel holds.
@@ -582,7 +649,7 @@ impl KernelCore {
         // Stopped and empty: nothing more will come. The kernel sets `stopped` after its
         // last emit, so emptiness is re-checked after reading the flag.
         // ORDERING: Acquire pairs with the Release store in `publish_state`.
-        if self.stopped.load(Ordering::Acquire) && rx.is_empty() {
+        if self.stopped.load(Ordering::Acquire) && rx.is_empty() && !self.restart_pending() {
             Err(RecvFailure::Closed(self.state()))
         } else {
             Err(RecvFailure::Empty)
@@ -909,7 +976,7 @@ impl KernelCore {
         });
     }
 
-    fn fault_on_panic(&self, exec: &mut Exec, reason: &str) {
+    fn fault_on_panic(self: &Arc<Self>, exec: &mut Exec, reason: &str) {
         tracing::error!(kernel = %self.config.name, %reason, "handler panicked; kernel faulted");
         *self.fault.lock() = Some(format!("handler panicked: {reason}"));
         exec.control.set_error(fault::HANDLER_PANIC);
@@ -917,6 +984,7 @@ impl KernelCore {
         // Senders now get `Faulted`; messages already queued wait for `terminate`.
         self.inbox.close();
         self.lane.close();
+        self.supervisor.report_fault(self.clone());
     }
 }
 

@@ -1,0 +1,177 @@
+//! Fault policies: restart with backoff, the circuit breaker, terminate, and the
+//! background watchdog.
+
+use std::time::{Duration, Instant};
+
+use gyre::{FaultPolicy, HealthStatus, KernelSpec, Placement, RestartPolicy, Runtime, State};
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn policy(max_restarts: u32) -> FaultPolicy {
+    FaultPolicy::Restart(RestartPolicy {
+        max_restarts,
+        initial_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+        reset_after: Duration::from_secs(60),
+    })
+}
+
+fn read_u64(bytes: &[u8]) -> u64 {
+    u64::from_ne_bytes(bytes[..8].try_into().unwrap())
+}
+
+#[test]
+fn restart_policy_restarts_and_keeps_the_queue() {
+    for placement in [Placement::Pool, Placement::Dedicated] {
+        let rt = Runtime::builder().workers(1).build().unwrap();
+        let k = rt
+            .launch(
+                KernelSpec::<u64, u64>::new("fragile")
+                    .placement(placement)
+                    .on_fault(policy(5))
+                    .cpu(|x, out| {
+                        assert!(x % 10 != 7, "cannot take {x}");
+                        Ok(out.emit(*x)?)
+                    }),
+            )
+            .unwrap();
+        k.activate().unwrap();
+        for x in 0..30 {
+            k.send(x).unwrap();
+        }
+        let got: Vec<u64> = (0..27)
+            .map(|_| k.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        let expected: Vec<u64> = (0..30).filter(|x| x % 10 != 7).collect();
+        assert_eq!(got, expected, "{placement:?}");
+        assert_eq!(k.restarts(), 3);
+        let dead: Vec<u64> = rt
+            .take_dead_letters()
+            .iter()
+            .map(|d| read_u64(&d.payload))
+            .collect();
+        assert_eq!(dead, [7, 17, 27]);
+        assert_eq!(k.state(), State::Active);
+        let report = k.drain(Duration::from_secs(5)).unwrap();
+        assert!(report.undelivered.is_empty());
+    }
+}
+
+#[test]
+fn the_circuit_opens_after_too_many_restarts_in_a_row() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let k = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("doomed")
+                .on_fault(policy(2))
+                .cpu(|x, _| panic!("never works ({x})")),
+        )
+        .unwrap();
+    k.activate().unwrap();
+    for x in 0..5 {
+        k.send(x).unwrap();
+    }
+    wait_for("the circuit to open", || {
+        k.health()
+            .reasons
+            .iter()
+            .any(|r| r.contains("circuit is open"))
+    });
+    assert_eq!(k.restarts(), 2);
+    assert_eq!(k.state(), State::Faulted);
+    assert_eq!(k.health().status, HealthStatus::Unhealthy);
+    // Three faults: three poison messages went to the dead letters... the third one is
+    // still in the inbox of the faulted kernel; terminate hands it back.
+    assert_eq!(rt.take_dead_letters().len(), 2);
+    let report = k.terminate().unwrap();
+    assert_eq!(report.undelivered, [2, 3, 4]);
+}
+
+#[test]
+fn terminate_policy_sends_everything_to_the_dead_letters() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let k = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("strict")
+                .on_fault(FaultPolicy::Terminate)
+                .cpu(|x, out| {
+                    assert!(*x != 3, "bad {x}");
+                    Ok(out.emit(*x)?)
+                }),
+        )
+        .unwrap();
+    k.deactivate().unwrap();
+    for x in 0..6 {
+        k.send(x).unwrap();
+    }
+    k.activate().unwrap();
+    wait_for("the policy to terminate", || k.state() == State::Terminated);
+    let mut dead: Vec<(bool, u64)> = rt
+        .take_dead_letters()
+        .iter()
+        .map(|d| (d.is_input, read_u64(&d.payload)))
+        .collect();
+    dead.sort_unstable();
+    // Outputs 0..3 emitted but not received, inputs 3 (the poison) to 5.
+    assert_eq!(
+        dead,
+        [
+            (false, 0),
+            (false, 1),
+            (false, 2),
+            (true, 3),
+            (true, 4),
+            (true, 5)
+        ]
+    );
+}
+
+#[test]
+fn the_background_watchdog_terminates_a_stuck_kernel() {
+    let rt = Runtime::builder()
+        .workers(2)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let k = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("sleepy")
+                .watchdog(Duration::from_millis(100))
+                .on_fault(FaultPolicy::Terminate)
+                .cpu(|x, out| {
+                    if *x == 2 {
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Ok(out.emit(*x)?)
+                }),
+        )
+        .unwrap();
+    k.activate().unwrap();
+    for x in 0..4 {
+        k.send(x).unwrap();
+    }
+    let started = Instant::now();
+    wait_for("the watchdog", || k.state() == State::Terminated);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    assert!(k.fault().unwrap().contains("watchdog"), "{:?}", k.fault());
+    let mut dead: Vec<(bool, u64)> = rt
+        .take_dead_letters()
+        .iter()
+        .map(|d| (d.is_input, read_u64(&d.payload)))
+        .collect();
+    dead.sort_unstable();
+    assert_eq!(dead, [(false, 0), (false, 1), (true, 2), (true, 3)]);
+    assert!(
+        k.fault().unwrap().contains("command timeout"),
+        "{:?}",
+        k.fault()
+    );
+}
