@@ -37,6 +37,8 @@
 
 mod error;
 mod group;
+#[cfg(feature = "http")]
+mod http;
 mod kernel;
 mod report;
 mod request;
@@ -51,6 +53,8 @@ pub use gyre_runtime::backend::Placement;
 pub use gyre_runtime::health::{FaultPolicy, Health, HealthPolicy, HealthStatus, RestartPolicy};
 pub use gyre_runtime::metrics::LatencySummary;
 pub use gyre_runtime::routing::{DeadLetter, RouteError};
+#[cfg(feature = "http")]
+pub use http::MetricsServer;
 pub use kernel::{Backpressure, ExclusiveSender, Kernel, KernelMetrics, Receiver, Sender};
 pub use report::{
     DrainReport, GroupReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,

@@ -161,6 +161,25 @@ impl Runtime {
         self.cpu.prometheus_text()
     }
 
+    /// Serves [`Runtime::prometheus_text`] at `http://ADDR/metrics` from a small
+    /// server thread until the returned handle is dropped (feature `http`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "http")] {
+    /// let runtime = gyre::Runtime::builder().build()?;
+    /// let server = runtime.serve_metrics("127.0.0.1:0".parse().unwrap())?;
+    /// println!("scrape http://{}/metrics", server.local_addr());
+    /// # }
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Launch`] when the address cannot be bound.
+    #[cfg(feature = "http")]
+    pub fn serve_metrics(&self, addr: std::net::SocketAddr) -> Result<crate::MetricsServer, Error> {
+        crate::http::MetricsServer::start(self.cpu.clone(), addr)
+    }
+
     /// The health of every kernel the runtime holds under `policy`: the worst status and
     /// every reason (see [`crate::Kernel::health`]).
     pub fn health(

@@ -125,6 +125,7 @@ pub fn ci(root: &Path) -> Result<(), String> {
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
@@ -132,6 +133,19 @@ pub fn ci(root: &Path) -> Result<(), String> {
         ),
         // Unit, integration and doc tests; examples are built (benches are not run here).
         Step::new("tests", "cargo", &["test", "--workspace"]),
+        Step::new(
+            "tests of the http feature",
+            "cargo",
+            &[
+                "test",
+                "-p",
+                "gyre",
+                "--features",
+                "http",
+                "--test",
+                "http_metrics",
+            ],
+        ),
     ]
     .into_iter()
     .chain(EXAMPLES.iter().map(|&(step, example)| {
