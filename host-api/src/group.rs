@@ -451,7 +451,7 @@ pub(crate) fn stop_kernels<'a>(
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
         let keep = |into: &mut Vec<RawMessage>, s: SlotRef<'_>| {
             into.push(RawMessage {
-                corr: join(s.corr),
+                corr: join(s.user_corr()),
                 bytes: s.payload.to_vec(),
             });
         };

@@ -22,6 +22,8 @@ impl<T: bytemuck::Pod + Send + 'static> Message for T {}
 pub struct Emit<'a, 'b, Out> {
     inner: &'a mut Emitter<'b>,
     corr: [u32; 2],
+    /// The message in hand carries a host send time in `corr`, not a user id.
+    timed: bool,
     _out: PhantomData<fn(Out)>,
 }
 
@@ -69,9 +71,13 @@ impl<Out: Message> Emit<'_, '_, Out> {
         self.inner.emit(split(corr), bytemuck::bytes_of(&message))
     }
 
-    /// The correlation id of the message being handled.
+    /// The correlation id of the message being handled (0 when the sender set none).
     pub fn corr(&self) -> u64 {
-        join(self.corr)
+        if self.timed {
+            0
+        } else {
+            join(self.corr)
+        }
     }
 
     /// Number of output ports (see [`KernelSpec::ports`]).
@@ -263,6 +269,8 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
                 let mut emit = Emit {
                     inner: out,
                     corr: message.corr,
+                    timed: message.tag & gyre_runtime::abi::TAG_KIND_MASK
+                        == gyre_runtime::abi::KIND_TIMED,
                     _out: PhantomData,
                 };
                 typed(input, &mut emit)

@@ -62,6 +62,7 @@ typedef uint32_t gyre_u32;
 #define GYRE_TAG_KIND_MASK       0xFFFFu
 #define GYRE_TAG_SENDER_SHIFT    16u
 #define GYRE_KIND_MESSAGE        0u
+#define GYRE_KIND_TIMED          1u
 #define GYRE_KIND_CANCELLED      0xFFFFu
 #define GYRE_HOST_SENDER_ID      0xFFFFu
 

@@ -59,6 +59,14 @@ pub const TAG_SENDER_SHIFT: u32 = 16;
 /// Message kind of an ordinary message.
 pub const KIND_MESSAGE: u32 = 0;
 
+/// Message kind of an ordinary message whose correlation id carries the time the host
+/// sent it (nanoseconds since the runtime's clock epoch), for the end-to-end latency
+/// histogram. The host samples one message in 64 this way (only messages sent without
+/// a correlation id of their own); a kernel that emits with the correlation id of the
+/// message it handles keeps the kind, so the time travels through a pipeline, and the
+/// host strips it (correlation id 0) when it receives the message.
+pub const KIND_TIMED: u32 = 1;
+
 /// Message kind of a slot a producer claimed but gave up (for example because the ring
 /// was closed meanwhile). Consumers skip it; it carries no message.
 pub const KIND_CANCELLED: u32 = 0xFFFF;

@@ -46,6 +46,17 @@ pub struct KernelSample {
     pub latency: Option<LatencySummary>,
 }
 
+/// Nanoseconds on the runtime's monotonic clock (since the first call in the process):
+/// what a timed message carries in its correlation id (see [`crate::abi::KIND_TIMED`]).
+pub fn clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// One host-sent message in this many (by ring position, so no shared counter) is timed
+/// for the end-to-end latency histogram.
+pub const LATENCY_SAMPLE_EVERY: u32 = 64;
+
 /// How far back the sliding-window throughput looks.
 pub const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
 

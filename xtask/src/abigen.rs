@@ -332,6 +332,7 @@ pub fn constants() -> Vec<ConstantGroup> {
                 abi_constant!(TAG_KIND_MASK, Hex),
                 abi_constant!(TAG_SENDER_SHIFT, Dec),
                 abi_constant!(KIND_MESSAGE, Dec),
+                abi_constant!(KIND_TIMED, Dec),
                 abi_constant!(KIND_CANCELLED, Hex),
                 abi_constant!(HOST_SENDER_ID, Hex),
             ],

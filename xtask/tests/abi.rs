@@ -40,6 +40,7 @@ fn rust_constants() -> Vec<(&'static str, u32)> {
         ("GYRE_TAG_KIND_MASK", abi::TAG_KIND_MASK),
         ("GYRE_TAG_SENDER_SHIFT", abi::TAG_SENDER_SHIFT),
         ("GYRE_KIND_MESSAGE", abi::KIND_MESSAGE),
+        ("GYRE_KIND_TIMED", abi::KIND_TIMED),
         ("GYRE_KIND_CANCELLED", abi::KIND_CANCELLED),
         ("GYRE_HOST_SENDER_ID", abi::HOST_SENDER_ID),
         ("GYRE_CMD_NONE", Command::None as u32),

@@ -592,6 +592,23 @@ impl<M: RingMemory> Consumer<M> {
     }
 }
 
+impl SlotRef<'_> {
+    /// Whether the correlation id carries a host send time (see
+    /// [`crate::abi::KIND_TIMED`]) rather than one of the user's.
+    pub fn is_timed(&self) -> bool {
+        self.tag & TAG_KIND_MASK == crate::abi::KIND_TIMED
+    }
+
+    /// The correlation id as the user set it: 0 for a timed message.
+    pub fn user_corr(&self) -> [u32; 2] {
+        if self.is_timed() {
+            [0, 0]
+        } else {
+            self.corr
+        }
+    }
+}
+
 /// The message in a slot body, or `None` for a cancelled slot.
 fn parse_slot(position: u32, body: &[u8]) -> Option<SlotRef<'_>> {
     let word = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default());

@@ -121,6 +121,9 @@ pub struct Emitter<'a> {
     stalls: u32,
     /// Some port stashed a message: take no more input this turn.
     stalled: bool,
+    /// The correlation id of the message in hand when it is timed: an emit carrying it
+    /// stays timed, so the host send time travels to whoever receives the result.
+    timed_corr: Option<[u32; 2]>,
 }
 
 /// Static configuration of a kernel.
@@ -565,7 +568,17 @@ impl KernelCore {
         }
         match claim() {
             Ok(claim) => {
-                let tag = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
+                // Time one message in LATENCY_SAMPLE_EVERY (by position: no shared
+                // counter), if it carries no correlation id of the user's.
+                let (kind, corr) = if corr == [0, 0]
+                    && claim.start() % crate::metrics::LATENCY_SAMPLE_EVERY == 0
+                {
+                    let now = crate::metrics::clock_ns();
+                    (crate::abi::KIND_TIMED, [now as u32, (now >> 32) as u32])
+                } else {
+                    (KIND_MESSAGE, corr)
+                };
+                let tag = make_tag(kind, crate::abi::HOST_SENDER_ID);
                 claim.write(0, tag, corr, |slot| {
                     slot[..payload.len()].copy_from_slice(payload);
                 });
@@ -638,7 +651,15 @@ impl KernelCore {
         let mut out = None;
         rx.consume(1, |slot| {
             if let Some(f) = f.take() {
-                out = Some(f(slot));
+                if slot.is_timed() {
+                    let sent = u64::from(slot.corr[0]) | (u64::from(slot.corr[1]) << 32);
+                    self.latency
+                        .record(crate::metrics::clock_ns().saturating_sub(sent));
+                }
+                out = Some(f(SlotRef {
+                    corr: slot.user_corr(),
+                    ..slot
+                }));
             }
             Step::Last
         });
@@ -887,6 +908,7 @@ impl KernelCore {
             emitted: 0,
             stalls: 0,
             stalled: false,
+            timed_corr: None,
         };
         let mut handled = 0u32;
         let mut errors = 0u32;
@@ -899,6 +921,7 @@ impl KernelCore {
             // One beat per message, so a slow but live handler never looks stalled.
             control.beat();
             in_hand.store(ring << 32 | u64::from(slot.position), Ordering::Relaxed);
+            emitter.timed_corr = slot.is_timed().then_some(slot.corr);
             let message = Message {
                 tag: slot.tag,
                 corr: slot.corr,

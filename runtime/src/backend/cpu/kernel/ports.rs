@@ -402,7 +402,12 @@ impl Emitter<'_> {
         let Some(slot) = self.ports.get_mut(port as usize) else {
             return Err(EmitError::NoSuchPort { port, ports });
         };
-        let tag = make_tag(KIND_MESSAGE, core.id);
+        let kind = if self.timed_corr == Some(corr) {
+            crate::abi::KIND_TIMED
+        } else {
+            KIND_MESSAGE
+        };
+        let tag = make_tag(kind, core.id);
         match &slot.target {
             PortTarget::Unbound => Err(EmitError::Unbound { port }),
             PortTarget::DeadLetters => {
