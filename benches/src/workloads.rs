@@ -168,12 +168,20 @@ pub enum PipelineSubject {
     Rtrb,
     /// Baseline: [`CrossbeamPipeline`].
     Crossbeam,
-    // gyre subjects: one variant each, here.
+    /// [`GyrePipeline`] on a pool of one worker (host + worker fill the two cores).
+    GyrePool1,
+    /// [`GyrePipeline`] on a pool of two workers.
+    GyrePool2,
 }
 
 impl PipelineSubject {
     /// Everything the report measures, in interleaving order.
-    pub const ALL: &'static [Self] = &[Self::Rtrb, Self::Crossbeam];
+    pub const ALL: &'static [Self] = &[
+        Self::GyrePool1,
+        Self::Rtrb,
+        Self::GyrePool2,
+        Self::Crossbeam,
+    ];
     /// The baselines the report divides by.
     pub const BASELINES: &'static [Self] = &[Self::Rtrb, Self::Crossbeam];
 
@@ -182,6 +190,8 @@ impl PipelineSubject {
         match self {
             Self::Rtrb => "rtrb",
             Self::Crossbeam => "crossbeam",
+            Self::GyrePool1 => "gyre-pool-1w",
+            Self::GyrePool2 => "gyre-pool-2w",
         }
     }
 
@@ -196,6 +206,8 @@ impl PipelineSubject {
         match self {
             Self::Rtrb => measure_pipeline(RtrbPipeline::start(), messages),
             Self::Crossbeam => measure_pipeline(CrossbeamPipeline::start(), messages),
+            Self::GyrePool1 => measure_pipeline(GyrePipeline::start(1), messages),
+            Self::GyrePool2 => measure_pipeline(GyrePipeline::start(2), messages),
         }
     }
 }
@@ -559,12 +571,13 @@ pub fn measure_actors<A: ActorSystem>(mut system: A, messages: u64) -> Duration 
 pub enum ActorSubject {
     /// Baseline: [`TokioActors`].
     Tokio,
-    // gyre subjects: one variant each, here.
+    /// [`GyreActors`]: one pooled kernel per actor, two workers.
+    Gyre,
 }
 
 impl ActorSubject {
     /// Everything the report measures, in interleaving order.
-    pub const ALL: &'static [Self] = &[Self::Tokio];
+    pub const ALL: &'static [Self] = &[Self::Gyre, Self::Tokio];
     /// The baselines the report divides by.
     pub const BASELINES: &'static [Self] = &[Self::Tokio];
 
@@ -572,6 +585,7 @@ impl ActorSubject {
     pub fn name(self) -> &'static str {
         match self {
             Self::Tokio => "tokio",
+            Self::Gyre => "gyre",
         }
     }
 
@@ -585,6 +599,7 @@ impl ActorSubject {
     pub fn run(self, messages: u64, actors: usize) -> Duration {
         match self {
             Self::Tokio => measure_actors(TokioActors::start(actors), messages),
+            Self::Gyre => measure_actors(GyreActors::start(actors), messages),
         }
     }
 }
@@ -686,5 +701,185 @@ impl ActorSystem for TokioActors {
             "the benchmark received every result before stopping"
         );
         runtime.shutdown_timeout(Duration::from_secs(10));
+    }
+}
+
+/// The gyre pipeline: three pooled kernels in one group, each stage routed into the next
+/// one's single-producer lane (a kernel-to-kernel route, no host hop), the host sending
+/// through the first stage's `ExclusiveSender` and receiving through the last stage's
+/// `Receiver`.
+pub struct GyrePipeline {
+    runtime: gyre::Runtime,
+    group: gyre::Group,
+    tx: gyre::ExclusiveSender<Msg>,
+    rx: gyre::Receiver<Msg>,
+}
+
+impl GyrePipeline {
+    /// The pipeline on a pool of `workers` threads, rings of [`PIPELINE_CAPACITY`] slots.
+    ///
+    /// # Panics
+    /// When the runtime or a kernel cannot start.
+    pub fn start(workers: usize) -> Self {
+        let runtime = gyre::Runtime::builder()
+            .backend(gyre::Backend::Cpu)
+            .workers(workers)
+            .build()
+            .expect("the gyre runtime starts");
+        let capacity = PIPELINE_CAPACITY as u32;
+        let spec = |name: &str, stage: fn(Msg) -> Msg| {
+            gyre::KernelSpec::<Msg, Msg>::new(name)
+                .capacity(capacity)
+                .host_output(capacity)
+                .cpu(move |m, out| Ok(out.emit(stage(*m))?))
+        };
+        let mut g = runtime.group("bench-pipeline");
+        let s1 = g.add(spec("stage1", stage1).no_host_output());
+        let s2 = g.add(spec("stage2", stage2).no_host_output());
+        let s3 = g.add(spec("stage3", stage3));
+        g.route(s1, 0, s2).route(s2, 0, s3);
+        let group = g.launch().expect("the pipeline launches");
+        group.activate().expect("the pipeline activates");
+        let tx = group
+            .kernel(s1)
+            .exclusive_sender()
+            .expect("a fresh kernel's lane is free");
+        let rx = group
+            .kernel(s3)
+            .receiver()
+            .expect("a fresh kernel's output is free");
+        Self {
+            runtime,
+            group,
+            tx,
+            rx,
+        }
+    }
+}
+
+impl Pipeline for GyrePipeline {
+    fn send(&mut self, msg: Msg) {
+        self.tx.send(msg).expect("the pipeline takes messages");
+    }
+
+    fn recv(&mut self) -> Msg {
+        self.rx.recv().expect("the pipeline emits")
+    }
+
+    fn shutdown(self) {
+        let Self {
+            runtime,
+            group,
+            tx,
+            rx,
+        } = self;
+        drop((tx, rx));
+        let report = group.drain(Duration::from_secs(10));
+        assert_eq!(report.undelivered_count(), 0, "{report:?}");
+        drop(runtime.shutdown(Duration::from_secs(10)));
+    }
+}
+
+/// The gyre actors: one pooled kernel per actor (its [`ActorState`] in the handler), two
+/// workers like the tokio baseline; every actor's port 0 routed into one collector
+/// kernel's inbox (fan-in), whose host output the host reads. The host sends through
+/// each actor's `ExclusiveSender`.
+pub struct GyreActors {
+    runtime: gyre::Runtime,
+    group: gyre::Group,
+    senders: Vec<gyre::ExclusiveSender<Msg>>,
+    results: gyre::Receiver<ActorResult>,
+}
+
+impl GyreActors {
+    /// Worker threads of the pool.
+    pub const WORKERS: usize = 2;
+
+    /// `actors` actor kernels with inboxes of [`ACTOR_CAPACITY`] slots and the collector.
+    ///
+    /// # Panics
+    /// When `actors` is zero or a kernel cannot start.
+    pub fn start(actors: usize) -> Self {
+        assert!(actors > 0, "the actor workload needs at least one actor");
+        let runtime = gyre::Runtime::builder()
+            .backend(gyre::Backend::Cpu)
+            .workers(Self::WORKERS)
+            .build()
+            .expect("the gyre runtime starts");
+        let mut g = runtime.group("bench-actors");
+        let collector = g.add(
+            gyre::KernelSpec::<ActorResult, ActorResult>::new("collector")
+                .capacity((actors as u32).next_power_of_two())
+                .host_output((actors as u32).next_power_of_two())
+                .cpu(|r, out| Ok(out.emit(*r)?)),
+        );
+        let stages: Vec<_> = (0..actors)
+            .map(|a| {
+                let mut state = ActorState::new(a);
+                let stage = g.add(
+                    gyre::KernelSpec::<Msg, ActorResult>::new(format!("actor-{a}"))
+                        .capacity(ACTOR_CAPACITY as u32)
+                        .no_host_output()
+                        .cpu(move |m, out| match state.handle(m) {
+                            Some(result) => Ok(out.emit(result)?),
+                            None => Ok(()),
+                        }),
+                );
+                g.route(stage, 0, collector);
+                stage
+            })
+            .collect();
+        let group = g.launch().expect("the actors launch");
+        group.activate().expect("the actors activate");
+        let senders = stages
+            .iter()
+            .map(|&s| {
+                group
+                    .kernel(s)
+                    .exclusive_sender()
+                    .expect("a fresh kernel's lane is free")
+            })
+            .collect();
+        let results = group
+            .kernel(collector)
+            .receiver()
+            .expect("a fresh kernel's output is free");
+        Self {
+            runtime,
+            group,
+            senders,
+            results,
+        }
+    }
+}
+
+impl ActorSystem for GyreActors {
+    fn actors(&self) -> usize {
+        self.senders.len()
+    }
+
+    fn send(&mut self, actor: usize, msg: Msg) {
+        self.senders[actor]
+            .send(msg)
+            .expect("the actor takes messages");
+    }
+
+    fn recv_result(&mut self) -> ActorResult {
+        self.results
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every actor answers its flush")
+    }
+
+    fn shutdown(self) {
+        let Self {
+            runtime,
+            group,
+            senders,
+            results,
+        } = self;
+        drop((senders, results));
+        let report = group.drain(Duration::from_secs(30));
+        assert_eq!(report.undelivered_count(), 0, "{report:?}");
+        drop(runtime.shutdown(Duration::from_secs(10)));
     }
 }

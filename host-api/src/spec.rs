@@ -94,8 +94,9 @@ pub(crate) fn join(corr: [u32; 2]) -> u64 {
     u64::from(corr[0]) | (u64::from(corr[1]) << 32)
 }
 
-type CpuFn<In, Out> =
-    Box<dyn FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send>;
+/// The CPU handler, type-erased once when the spec is built: one indirect call per
+/// message, straight into the user's closure.
+type CpuFn = Box<dyn gyre_runtime::backend::cpu::Handler>;
 
 /// A kernel's definition: name, message types, rings, placement and implementations.
 ///
@@ -118,7 +119,8 @@ pub struct KernelSpec<In, Out> {
     pub(crate) ports: u32,
     pub(crate) fault_policy: gyre_runtime::health::FaultPolicy,
     pub(crate) watchdog: Option<std::time::Duration>,
-    pub(crate) cpu: Option<CpuFn<In, Out>>,
+    pub(crate) cpu: Option<CpuFn>,
+    _types: PhantomData<fn(In) -> Out>,
 }
 
 impl<In: Message, Out: Message> KernelSpec<In, Out> {
@@ -137,6 +139,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
             fault_policy: gyre_runtime::health::FaultPolicy::Report,
             watchdog: None,
             cpu: None,
+            _types: PhantomData,
         }
     }
 
@@ -228,11 +231,24 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     /// [`Emit`] for its outputs. State lives in the closure. Return an error to count the
     /// message as failed (the kernel goes on); a panic faults the kernel.
     #[must_use]
-    pub fn cpu<F>(mut self, handler: F) -> Self
+    pub fn cpu<F>(mut self, mut handler: F) -> Self
     where
         F: FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
     {
-        self.cpu = Some(Box::new(handler));
+        let size = std::mem::size_of::<In>();
+        self.cpu = Some(Box::new(
+            move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+                let input: &In = bytemuck::from_bytes(&message.payload[..size]);
+                let mut emit = Emit {
+                    inner: out,
+                    corr: message.corr,
+                    timed: message.tag & gyre_runtime::abi::TAG_KIND_MASK
+                        == gyre_runtime::abi::KIND_TIMED,
+                    _out: PhantomData,
+                };
+                handler(input, &mut emit)
+            },
+        ));
         self
     }
 
@@ -258,24 +274,8 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     }
 
     /// The CPU handler, type-erased for the backend.
-    pub(crate) fn take_cpu_handler(
-        &mut self,
-    ) -> Option<Box<dyn gyre_runtime::backend::cpu::Handler>> {
-        let mut typed = self.cpu.take()?;
-        let size = std::mem::size_of::<In>();
-        Some(Box::new(
-            move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
-                let input: &In = bytemuck::from_bytes(&message.payload[..size]);
-                let mut emit = Emit {
-                    inner: out,
-                    corr: message.corr,
-                    timed: message.tag & gyre_runtime::abi::TAG_KIND_MASK
-                        == gyre_runtime::abi::KIND_TIMED,
-                    _out: PhantomData,
-                };
-                typed(input, &mut emit)
-            },
-        ))
+    pub(crate) fn take_cpu_handler(&mut self) -> Option<CpuFn> {
+        self.cpu.take()
     }
 }
 

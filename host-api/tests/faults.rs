@@ -112,8 +112,13 @@ fn terminate_policy_sends_everything_to_the_dead_letters() {
     }
     k.activate().unwrap();
     wait_for("the policy to terminate", || k.state() == State::Terminated);
-    let mut dead: Vec<(bool, u64)> = rt
-        .take_dead_letters()
+    // The state flips when the kernel acknowledges; the supervisor collects right after.
+    let mut letters = Vec::new();
+    wait_for("the dead letters", || {
+        letters.extend(rt.take_dead_letters());
+        letters.len() >= 6
+    });
+    let mut dead: Vec<(bool, u64)> = letters
         .iter()
         .map(|d| (d.is_input, read_u64(&d.payload)))
         .collect();
@@ -162,8 +167,12 @@ fn the_background_watchdog_terminates_a_stuck_kernel() {
     wait_for("the watchdog", || k.state() == State::Terminated);
     assert!(started.elapsed() >= Duration::from_millis(100));
     assert!(k.fault().unwrap().contains("watchdog"), "{:?}", k.fault());
-    let mut dead: Vec<(bool, u64)> = rt
-        .take_dead_letters()
+    let mut letters = Vec::new();
+    wait_for("the dead letters", || {
+        letters.extend(rt.take_dead_letters());
+        letters.len() >= 4
+    });
+    let mut dead: Vec<(bool, u64)> = letters
         .iter()
         .map(|d| (d.is_input, read_u64(&d.payload)))
         .collect();

@@ -12,9 +12,13 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::kernel::KernelCore;
+use super::kernel::{KernelCore, Turn};
+use crate::sync::asym;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::wait::Signal;
+
+/// Most kernels that go idle before the worker pays one heavy fence for all of them.
+const IDLE_BATCH: usize = 32;
 
 /// The shared worker pool.
 #[derive(Debug)]
@@ -100,16 +104,33 @@ impl Pool {
     }
 
     fn work(&self) {
+        // Kernels that went idle and still need the re-check after a heavy fence: one
+        // fence (a `membarrier` system call) serves a batch of them, so a runtime whose
+        // kernels each get one message at a time (round-robin over thousands) does not
+        // pay a system call per message. The batch is checked before the worker looks
+        // for more work in an empty queue, so nothing waits behind an idle worker.
+        let mut went_idle: Vec<Arc<KernelCore>> = Vec::with_capacity(IDLE_BATCH);
         loop {
             if let Some(kernel) = self.pop() {
                 let start = Instant::now();
-                kernel.run_scheduled();
+                let turn = kernel.run_scheduled();
                 self.busy_ns
                     .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 if kernel.is_abandoned() && self.retire_one() {
                     // This worker was stuck in the abandoned kernel and was replaced.
+                    Self::recheck(&mut went_idle);
                     return;
                 }
+                if turn == Turn::WentIdle {
+                    went_idle.push(kernel);
+                    if went_idle.len() == IDLE_BATCH {
+                        Self::recheck(&mut went_idle);
+                    }
+                }
+                continue;
+            }
+            if !went_idle.is_empty() {
+                Self::recheck(&mut went_idle);
                 continue;
             }
             if self.is_shut_down() {
@@ -118,6 +139,19 @@ impl Pool {
             self.signal.wait_until(None, || {
                 (self.queued.load(Ordering::Acquire) > 0 || self.is_shut_down()).then_some(())
             });
+        }
+    }
+
+    fn recheck(went_idle: &mut Vec<Arc<KernelCore>>) {
+        if went_idle.is_empty() {
+            return;
+        }
+        // ORDERING: heavy fence between each kernel's `scheduled = false` store (in
+        // `run_scheduled`) and the loads in its `has_work`; pairs with the light fence in
+        // `KernelCore::wake` (Dekker).
+        asym::heavy();
+        for kernel in went_idle.drain(..) {
+            kernel.recheck_idle();
         }
     }
 

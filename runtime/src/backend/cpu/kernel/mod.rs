@@ -570,7 +570,7 @@ impl KernelCore {
             Ok(claim) => {
                 // Time one message in LATENCY_SAMPLE_EVERY (by position: no shared
                 // counter), if it carries no correlation id of the user's.
-                let (kind, corr) = if corr == [0, 0]
+                let (kind, corr) = if (corr[0] | corr[1]) == 0
                     && claim.start() % crate::metrics::LATENCY_SAMPLE_EVERY == 0
                 {
                     let now = crate::metrics::clock_ns();
@@ -728,8 +728,9 @@ impl KernelCore {
         match self.config.placement {
             Placement::Pool => {
                 // ORDERING: light fence orders our publish before the load of
-                // `scheduled`; pairs with the heavy fence after `scheduled = false` and
-                // the re-check in `run_scheduled` (Dekker: one of us sees the other).
+                // `scheduled`; pairs with the worker's heavy fence after
+                // `scheduled = false` and the re-check in `recheck_idle` (Dekker: one of
+                // us sees the other).
                 asym::light();
                 if !self.scheduled.load(Ordering::Relaxed)
                     && !self.scheduled.swap(true, Ordering::AcqRel)
@@ -765,7 +766,7 @@ impl KernelCore {
     /// Runs the kernel on a pool worker: turns while it has work, requeued behind other
     /// waiting kernels after each (fairness); while no other kernel waits it lingers a
     /// little for the next message before going idle.
-    pub(crate) fn run_scheduled(self: &Arc<Self>) {
+    pub(crate) fn run_scheduled(self: &Arc<Self>) -> Turn {
         let mut exec = self.exec.lock();
         'turns: loop {
             self.step(&mut exec);
@@ -781,15 +782,18 @@ impl KernelCore {
                 // Still scheduled: hand the worker to the next kernel, run again later.
                 drop(exec);
                 self.pool.push(self.clone());
-                return;
+                return Turn::Requeued;
             }
         }
         drop(exec);
         self.scheduled.store(false, Ordering::SeqCst);
-        // ORDERING: heavy fence between the store above and the loads in `has_work`;
-        // pairs with the light fence in `wake` so a message published meanwhile is never
-        // left unscheduled. Paid once per idle transition, not per message.
-        asym::heavy();
+        Turn::WentIdle
+    }
+
+    /// The second half of going idle, after the worker's heavy fence (one fence for a
+    /// batch of kernels that went idle, see [`Pool`]): a message published meanwhile
+    /// is never left unscheduled.
+    pub(crate) fn recheck_idle(self: &Arc<Self>) {
         if self.has_work() && !self.scheduled.swap(true, Ordering::AcqRel) {
             self.pool.push(self.clone());
         }
@@ -1009,6 +1013,16 @@ impl KernelCore {
         self.lane.close();
         self.supervisor.report_fault(self.clone());
     }
+}
+
+/// How a pool turn of a kernel ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// It still has work and went back to the run queue.
+    Requeued,
+    /// It ran out of work and cleared its `scheduled` flag; the worker must heavy-fence
+    /// and then call [`KernelCore::recheck_idle`].
+    WentIdle,
 }
 
 /// `in_hand` ring numbers.

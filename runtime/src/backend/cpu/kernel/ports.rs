@@ -402,7 +402,10 @@ impl Emitter<'_> {
         let Some(slot) = self.ports.get_mut(port as usize) else {
             return Err(EmitError::NoSuchPort { port, ports });
         };
-        let kind = if self.timed_corr == Some(corr) {
+        let kind = if self
+            .timed_corr
+            .is_some_and(|t| t[0] == corr[0] && t[1] == corr[1])
+        {
             crate::abi::KIND_TIMED
         } else {
             KIND_MESSAGE
