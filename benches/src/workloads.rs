@@ -54,7 +54,7 @@ pub const ACTORS: usize = 1000;
 /// Messages per actor measurement in the report (flushes not counted).
 pub const ACTOR_MESSAGES: u64 = 500_000;
 /// Slots in each actor's inbox.
-pub const ACTOR_CAPACITY: usize = 1024;
+pub const ACTOR_CAPACITY: usize = 64;
 /// Sequence number that marks a flush; no workload message uses it.
 pub const FLUSH_SEQ: u64 = u64::MAX;
 /// Failed tries the spinning baselines spin for before they start to yield.

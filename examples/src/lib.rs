@@ -1,3 +1,19 @@
-//! Helpers shared by the examples and their tests.
+//! Sample gyre programs, as library modules so that tests can run them with small sizes
+//! and check their results; the binaries in `examples/` run them with default sizes.
+//!
+//! The pattern examples each expose `run(...) -> Result<Outcome, gyre::Error>`, whose
+//! `Outcome` holds what happened and prints a summary:
+//! - [`fan_out`]: a router with one port per worker, round-robin or by key;
+//! - [`scatter_gather`]: split jobs over workers, combine partials by job id (fan-in);
+//! - [`request_reply`]: a two-stage pipeline answering async and blocking requests;
+//! - [`coordinator_worker`]: a coordinator handing tasks to workers with bounded
+//!   capacity, results coming back around a cycle;
+//! - [`bsp`]: bulk-synchronous supersteps (connected components) with a barrier kernel.
 
+pub mod bsp;
+pub mod coordinator_worker;
+pub mod fan_out;
 pub mod idle;
+pub mod request_reply;
+pub mod rng;
+pub mod scatter_gather;

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::marker::PhantomData;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{fence, AtomicBool};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ struct Shared<Out> {
     pending: Mutex<HashMap<u64, Slot<Out>>>,
     unmatched: Mutex<Vec<(u64, Out)>>,
     next: std::sync::atomic::AtomicU64,
+    /// Set by a waiter that found another one receiving.
+    contended: AtomicBool,
 }
 
 impl<Out> Drop for Shared<Out> {
@@ -106,6 +110,7 @@ impl<In: Message, Out: Message> Requester<In, Out> {
                 pending: Mutex::new(HashMap::new()),
                 unmatched: Mutex::new(Vec::new()),
                 next: std::sync::atomic::AtomicU64::new(1),
+                contended: AtomicBool::new(false),
             }),
             _types: PhantomData,
         })
@@ -147,9 +152,18 @@ impl<In: Message, Out: Message> Requester<In, Out> {
                 None => {}
             }
         }
-        // Another waiter is receiving: it hands our reply over and wakes us.
-        let mut rx = self.shared.rx.try_lock()?;
-        let rx = rx.as_mut()?;
+        let mut guard = if let Some(guard) = self.shared.rx.try_lock() {
+            guard
+        } else {
+            // Another waiter is receiving: it hands our reply over, or, when it leaves
+            // with replies still in the ring, sees `contended` and wakes us. Store, fence,
+            // try again; it releases, fences, loads (a store-buffering pair: one of us
+            // sees the other).
+            self.shared.contended.store(true, SeqCst);
+            fence(SeqCst);
+            self.shared.rx.try_lock()?
+        };
+        let rx = guard.as_mut()?;
         let output = &self.shared.output;
         let mut handed = false;
         let result = loop {
@@ -170,8 +184,11 @@ impl<In: Message, Out: Message> Requester<In, Out> {
                 Err(failure) => break Some(Err(recv_error(output, failure))),
             }
         };
-        if handed {
-            // Blocking waiters wait on the output signal.
+        drop(guard);
+        fence(SeqCst);
+        if handed || self.shared.contended.swap(false, SeqCst) {
+            // Blocking waiters wait on the output signal, and waiters that found the
+            // receiving end busy may have replies left in the ring.
             output.outbox_items().notify();
         }
         if matches!(result, Some(Ok(_))) {

@@ -140,6 +140,16 @@ pub struct Counters<T> {
     pub errors: T,
 }
 
+impl Counters<u32> {
+    /// One stall and nothing else.
+    pub fn stall() -> Self {
+        Self {
+            stalls: 1,
+            ..Self::default()
+        }
+    }
+}
+
 /// What the host reads of a kernel's status line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Status {

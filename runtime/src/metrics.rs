@@ -53,8 +53,9 @@ pub fn clock_ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// One host-sent message in this many (by ring position, so no shared counter) is timed
-/// for the end-to-end latency histogram.
+/// One host-sent message in this many (by ring position, so no shared counter: the last
+/// position of each run of this many, so a kernel that only ever gets a few messages
+/// never allocates a histogram) is timed for the end-to-end latency histogram.
 pub const LATENCY_SAMPLE_EVERY: u32 = 64;
 
 /// How far back the sliding-window throughput looks.
@@ -77,9 +78,9 @@ pub struct LatencySummary {
     pub max: u64,
 }
 
-/// An HDR histogram of latencies (1 ns to 1 hour, 3 significant digits), shared by the
-/// threads that record into it. Allocated on the first record (it is a few hundred KB),
-/// so the thousands of kernels that never see a latency cost nothing.
+/// An HDR histogram of latencies (1 ns to 1 hour, 2 significant digits: quantiles within
+/// 1 %), shared by the threads that record into it. Allocated on the first record (it is
+/// tens of KB), so the thousands of kernels that never see a latency cost nothing.
 #[derive(Debug, Default)]
 pub struct LatencyRecorder {
     histogram: Mutex<Option<hdrhistogram::Histogram<u64>>>,
@@ -96,7 +97,7 @@ impl LatencyRecorder {
         self.histogram
             .lock()
             .get_or_insert_with(|| {
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000_000, 2)
                     .expect("static histogram bounds are valid")
             })
             .saturating_record(ns.max(1));

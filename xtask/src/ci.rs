@@ -99,9 +99,14 @@ pub fn setup(root: &Path) -> Result<(), String> {
 }
 
 /// The examples CI runs (step name, example name); each finishes in seconds.
-const EXAMPLES: [(&str, &str); 2] = [
+const EXAMPLES: [(&str, &str); 7] = [
     ("example quickstart", "quickstart"),
     ("example pipeline", "pipeline"),
+    ("example fan_out", "fan_out"),
+    ("example scatter_gather", "scatter_gather"),
+    ("example request_reply", "request_reply"),
+    ("example coordinator_worker", "coordinator_worker"),
+    ("example bsp", "bsp"),
 ];
 
 /// Runs setup, then every check, in the order CI runs them.

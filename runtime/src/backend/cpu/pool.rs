@@ -20,6 +20,9 @@ use crate::wait::Signal;
 /// Most kernels that go idle before the worker pays one heavy fence for all of them.
 const IDLE_BATCH: usize = 32;
 
+/// Spins on an empty run queue before a worker re-checks the kernels that went idle.
+const RECHECK_SPINS: u32 = 256;
+
 /// The shared worker pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
@@ -105,20 +108,23 @@ impl Pool {
 
     fn work(&self) {
         // Kernels that went idle and still need the re-check after a heavy fence: one
-        // fence (a `membarrier` system call) serves a batch of them, so a runtime whose
-        // kernels each get one message at a time (round-robin over thousands) does not
-        // pay a system call per message. The batch is checked before the worker looks
-        // for more work in an empty queue, so nothing waits behind an idle worker.
+        // fence (a `membarrier` system call, a few microseconds) serves a batch of them,
+        // so a runtime whose kernels each get one message at a time (round-robin over
+        // thousands) does not pay a system call per message. The batch is checked when it
+        // is full, and when the queue stayed empty for a moment (before the worker starts
+        // to back off), so a message that raced a kernel going idle waits at most that
+        // long.
         let mut went_idle: Vec<Arc<KernelCore>> = Vec::with_capacity(IDLE_BATCH);
+        // Time spent running kernels is read at the edges of busy periods, not per turn.
+        let mut busy_since: Option<Instant> = None;
         loop {
             if let Some(kernel) = self.pop() {
-                let start = Instant::now();
+                busy_since.get_or_insert_with(Instant::now);
                 let turn = kernel.run_scheduled();
-                self.busy_ns
-                    .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
                 if kernel.is_abandoned() && self.retire_one() {
                     // This worker was stuck in the abandoned kernel and was replaced.
                     Self::recheck(&mut went_idle);
+                    self.add_busy(busy_since.take());
                     return;
                 }
                 if turn == Turn::WentIdle {
@@ -130,15 +136,33 @@ impl Pool {
                 continue;
             }
             if !went_idle.is_empty() {
-                Self::recheck(&mut went_idle);
+                // More work usually comes within a few hundred nanoseconds; wait that long
+                // before paying for the fence.
+                for _ in 0..RECHECK_SPINS {
+                    if self.has_queued() {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                if !self.has_queued() {
+                    Self::recheck(&mut went_idle);
+                }
                 continue;
             }
+            self.add_busy(busy_since.take());
             if self.is_shut_down() {
                 return;
             }
             self.signal.wait_until(None, || {
                 (self.queued.load(Ordering::Acquire) > 0 || self.is_shut_down()).then_some(())
             });
+        }
+    }
+
+    fn add_busy(&self, since: Option<Instant>) {
+        if let Some(since) = since {
+            self.busy_ns
+                .fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
         }
     }
 

@@ -204,9 +204,7 @@ impl KernelCore {
             let mut exec = self.exec.lock();
             let exec = &mut *exec;
             self.collect_inputs(exec, on_input);
-            for port in &mut exec.ports {
-                port.take_stash(on_output);
-            }
+            exec.stash.take_all(on_output);
         } else if !self.abandon(on_input) {
             return Err(self.unresponsive(timeout));
         } else {

@@ -117,9 +117,10 @@ impl From<EmitError> for HandlerError {
 pub struct Emitter<'a> {
     core: &'a Arc<KernelCore>,
     ports: &'a mut [ports::Port],
+    stash: &'a mut ports::Stash,
     emitted: u32,
     stalls: u32,
-    /// Some port stashed a message: take no more input this turn.
+    /// An emit was stashed: take no more input this turn.
     stalled: bool,
     /// The correlation id of the message in hand when it is timed: an emit carrying it
     /// stays timed, so the host send time travels to whoever receives the result.
@@ -162,6 +163,8 @@ struct Exec {
     handler: Box<dyn Handler>,
     state: State,
     ports: Vec<ports::Port>,
+    /// Emits waiting for room downstream, in emit order.
+    stash: ports::Stash,
     /// The inbox ring holding the message the handler panicked on, once faulted.
     poisoned: Option<u64>,
 }
@@ -309,6 +312,7 @@ impl KernelCore {
                     })
                 })
                 .collect(),
+            stash: ports::Stash::default(),
             poisoned: None,
         };
         Self {
@@ -488,7 +492,7 @@ impl KernelCore {
     pub fn has_stashed(&self) -> bool {
         self.exec
             .try_lock()
-            .is_none_or(|exec| exec.ports.iter().any(ports::Port::is_stalled))
+            .is_none_or(|exec| !exec.stash.is_empty())
     }
 
     /// Whether a terminate gave up on this kernel's handler (see [`KernelCore::state`]).
@@ -571,7 +575,8 @@ impl KernelCore {
                 // Time one message in LATENCY_SAMPLE_EVERY (by position: no shared
                 // counter), if it carries no correlation id of the user's.
                 let (kind, corr) = if (corr[0] | corr[1]) == 0
-                    && claim.start() % crate::metrics::LATENCY_SAMPLE_EVERY == 0
+                    && claim.start() % crate::metrics::LATENCY_SAMPLE_EVERY
+                        == crate::metrics::LATENCY_SAMPLE_EVERY - 1
                 {
                     let now = crate::metrics::clock_ns();
                     (crate::abi::KIND_TIMED, [now as u32, (now >> 32) as u32])
@@ -835,7 +840,7 @@ impl KernelCore {
             if exec.state == State::Draining
                 && exec.inbox.is_empty()
                 && exec.lane.is_empty()
-                && !exec.ports.iter().any(ports::Port::is_stalled)
+                && exec.stash.is_empty()
             {
                 self.publish_state(exec, lifecycle::transition(State::Draining, Event::Drained));
             }
@@ -892,15 +897,13 @@ impl KernelCore {
             control,
             handler,
             ports,
+            stash,
             ..
         } = exec;
         // Deliver what waited for room first; while something still waits, take no input
         // (the target wakes this kernel when it frees room).
-        if ports.iter().any(ports::Port::is_stalled) && !self.flush_ports(ports) {
-            control.count(Counters {
-                stalls: 1,
-                ..Counters::default()
-            });
+        if !stash.is_empty() && !self.flush_stash(ports, stash) {
+            control.count(Counters::stall());
             self.notify_ports(ports);
             return;
         }
@@ -909,6 +912,7 @@ impl KernelCore {
         let mut emitter = Emitter {
             core: self,
             ports,
+            stash,
             emitted: 0,
             stalls: 0,
             stalled: false,
@@ -970,7 +974,7 @@ impl KernelCore {
             let busy = started.elapsed().as_nanos() as u64;
             self.local.busy_ns.fetch_add(busy, Ordering::Relaxed);
         }
-        if stalled && self.flush_ports(ports) {
+        if stalled && self.flush_stash(ports, stash) {
             stalls = stalls.saturating_sub(1);
         }
         control.count(Counters {

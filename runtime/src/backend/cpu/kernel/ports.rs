@@ -3,10 +3,12 @@
 //!
 //! An emit never blocks the thread running the kernel (a pool worker may be the only
 //! thread that can run the downstream kernel): when the target ring is full the message
-//! goes to the port's stash, the kernel finishes the message in hand, counts a stall and
-//! takes no more input until every stash is delivered. The target wakes it when it frees
-//! room. A stash holds at most what one message emits, so memory stays bounded, and what
-//! is stashed comes back in a terminate report.
+//! goes to the kernel's stash, and so does every later emit, whatever its port, so the
+//! kernel's emits reach their targets in the order they were made (a "done" message on
+//! one port never overtakes the updates stashed for another). The kernel finishes the
+//! message in hand, counts a stall and takes no more input until the stash is delivered;
+//! the target wakes it when it frees room. The stash holds at most what one message
+//! emits, so memory stays bounded, and what is stashed comes back in a terminate report.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -37,12 +39,10 @@ pub enum PortTarget {
     DeadLetters,
 }
 
-/// One output port: its target, the messages waiting for room in it, and what was
-/// delivered to it this turn.
+/// One output port: its target, and what was delivered to it this turn.
 #[derive(Debug, Default)]
 pub(crate) struct Port {
     pub(crate) target: PortTarget,
-    stash: Stash,
     /// Messages delivered into the target ring since the target was last woken.
     delivered: u32,
 }
@@ -61,24 +61,26 @@ impl Drop for Port {
     }
 }
 
-/// Messages that found their target ring full, in emit order, packed into one buffer
-/// that is reused once empty (no allocation per stall after warm-up).
+/// Emits waiting for room, in emit order across ports, packed into one buffer that is
+/// reused once empty (no allocation per stall after warm-up).
 #[derive(Debug, Default)]
-struct Stash {
+pub(crate) struct Stash {
     bytes: Vec<u8>,
-    items: VecDeque<(u32, [u32; 2], usize, usize)>,
+    /// (port, tag, corr, start, len)
+    items: VecDeque<(u32, u32, [u32; 2], usize, usize)>,
 }
 
 impl Stash {
-    fn push(&mut self, tag: u32, corr: [u32; 2], payload: &[u8]) {
+    fn push(&mut self, port: u32, tag: u32, corr: [u32; 2], payload: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
-        self.items.push_back((tag, corr, start, payload.len()));
+        self.items
+            .push_back((port, tag, corr, start, payload.len()));
     }
 
-    fn front(&self) -> Option<(u32, [u32; 2], &[u8])> {
-        let &(tag, corr, start, len) = self.items.front()?;
-        Some((tag, corr, &self.bytes[start..start + len]))
+    fn front(&self) -> Option<(u32, u32, [u32; 2], &[u8])> {
+        let &(port, tag, corr, start, len) = self.items.front()?;
+        Some((port, tag, corr, &self.bytes[start..start + len]))
     }
 
     fn pop_front(&mut self) {
@@ -88,8 +90,22 @@ impl Stash {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether emits wait for room.
+    pub(crate) fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// Hands every stashed message to `f` and empties the stash (terminate).
+    pub(crate) fn take_all(&mut self, f: &mut dyn FnMut(SlotRef<'_>)) {
+        while let Some((_, tag, corr, payload)) = self.front() {
+            f(SlotRef {
+                position: 0,
+                tag,
+                corr,
+                payload,
+            });
+            self.pop_front();
+        }
     }
 }
 
@@ -105,26 +121,7 @@ impl Port {
     pub(crate) fn new(target: PortTarget) -> Self {
         Self {
             target,
-            stash: Stash::default(),
             delivered: 0,
-        }
-    }
-
-    /// Whether messages wait in the stash.
-    pub(crate) fn is_stalled(&self) -> bool {
-        !self.stash.is_empty()
-    }
-
-    /// Hands every stashed message to `f` and empties the stash (terminate).
-    pub(crate) fn take_stash(&mut self, f: &mut dyn FnMut(SlotRef<'_>)) {
-        while let Some((tag, corr, payload)) = self.stash.front() {
-            f(SlotRef {
-                position: 0,
-                tag,
-                corr,
-                payload,
-            });
-            self.stash.pop_front();
         }
     }
 }
@@ -237,24 +234,23 @@ impl KernelCore {
         }
     }
 
-    /// Delivers what the stashes hold, in order. Returns whether every stash is empty;
-    /// when one is not, this kernel is registered to be woken when its target frees room.
-    pub(super) fn flush_ports(self: &Arc<Self>, ports: &mut [Port]) -> bool {
-        for port in ports.iter_mut() {
-            let mut asked = false;
-            while let Some((tag, corr, payload)) = port.stash.front() {
-                match self.try_deliver(&port.target, tag, corr, payload) {
-                    Delivery::Delivered => port.delivered += 1,
-                    Delivery::DeadLettered => {}
-                    Delivery::Full if !asked => {
-                        self.request_room(&port.target);
-                        asked = true;
-                        continue;
-                    }
-                    Delivery::Full => return false,
+    /// Delivers what the stash holds, in order. Returns whether it is empty; when it is
+    /// not, this kernel is registered to be woken when the blocking target frees room.
+    pub(super) fn flush_stash(self: &Arc<Self>, ports: &mut [Port], stash: &mut Stash) -> bool {
+        let mut asked = false;
+        while let Some((port, tag, corr, payload)) = stash.front() {
+            let port = &mut ports[port as usize];
+            match self.try_deliver(&port.target, tag, corr, payload) {
+                Delivery::Delivered => port.delivered += 1,
+                Delivery::DeadLettered => {}
+                Delivery::Full if !asked => {
+                    self.request_room(&port.target);
+                    asked = true;
+                    continue;
                 }
-                port.stash.pop_front();
+                Delivery::Full => return false,
             }
+            stash.pop_front();
         }
         self.output_stalled.store(false, Ordering::Relaxed);
         true
@@ -337,15 +333,13 @@ impl KernelCore {
                 });
             }
         }
-        let mut fresh = Port::new(target);
+        let fresh = Port::new(target);
         let Some(mut exec) = self.exec.try_lock_for(self.config.command_timeout) else {
             // Dropping `fresh` gives back a lane taken above.
             return Err(RouteError::Busy(self.config.name.clone()));
         };
-        let slot = &mut exec.ports[port as usize];
-        // Keep what the old target had not taken yet: it goes to the new target, in order.
-        fresh.stash = std::mem::take(&mut slot.stash);
-        *slot = fresh;
+        // What the stash holds for this port now goes to the new target, in order.
+        exec.ports[port as usize] = fresh;
         drop(exec);
         // Stashed messages now head for the new target: run a turn to deliver them.
         self.output_stalled.store(false, Ordering::Relaxed);
@@ -369,8 +363,8 @@ impl KernelCore {
     /// Unbinds every port (breaks reference cycles between kernels routed in a cycle).
     pub(crate) fn unbind_all(&self) {
         if let Some(mut exec) = self.exec.try_lock() {
-            for port in &mut exec.ports {
-                if !port.is_stalled() {
+            if exec.stash.is_empty() {
+                for port in &mut exec.ports {
                     *port = Port::default();
                 }
             }
@@ -434,15 +428,16 @@ impl Emitter<'_> {
                     });
                 }
                 self.emitted += 1;
-                if slot.is_stalled() {
-                    slot.stash.push(tag, corr, payload);
+                if !self.stash.is_empty() {
+                    // Behind an earlier emit that waits for room: keep emit order.
+                    self.stash.push(port, tag, corr, payload);
                     return Ok(());
                 }
                 match core.try_deliver(target, tag, corr, payload) {
                     Delivery::Delivered => slot.delivered += 1,
                     Delivery::DeadLettered => {}
                     Delivery::Full => {
-                        slot.stash.push(tag, corr, payload);
+                        self.stash.push(port, tag, corr, payload);
                         if !self.stalled {
                             self.stalled = true;
                             self.stalls += 1;
