@@ -2,7 +2,7 @@
 
 use gyre_bench::workloads::{
     check_output, check_results, drive_actors, drive_pipeline, expected_output, stage1, stage2,
-    stage3, ActorSubject, ActorSystem, PipelineSubject, TokioActors, STAGES,
+    stage3, ActorSubject, ActorSystem, PipelineSubject, TokioActors, ACTOR_CAPACITY, STAGES,
 };
 use gyre_bench::Msg;
 
@@ -35,14 +35,14 @@ fn every_pipeline_baseline_passes_its_checks() {
 #[test]
 fn every_actor_baseline_passes_its_checks() {
     for subject in ActorSubject::ALL {
-        let took = subject.run(MESSAGES, ACTORS);
+        let took = subject.run(MESSAGES, ACTORS, ACTOR_CAPACITY);
         assert!(took.as_nanos() > 0, "{} measured something", subject.name());
     }
 }
 
 #[test]
 fn actors_can_be_driven_repeatedly_with_a_count_not_a_multiple_of_the_actors() {
-    let mut system = TokioActors::start(ACTORS);
+    let mut system = TokioActors::start(ACTORS, ACTOR_CAPACITY);
     drive_actors(&mut system, 0, 0);
     drive_actors(&mut system, 0, 1_234);
     drive_actors(&mut system, 1_234, 777);

@@ -2,7 +2,7 @@
 //! (`gyre_bench::workloads`).
 //!
 //! ```text
-//! cargo run --release -p gyre-bench --bin gyre-bench-pipeline [ROUNDS] [--only pipeline|actors]
+//! cargo run --release -p gyre-bench --bin gyre-bench-pipeline [ROUNDS] [--only pipeline|actors] [--actor-capacity N]
 //! ```
 //!
 //! Runs `ROUNDS` (default [`DEFAULT_ROUNDS`]) rounds. Each round measures a cache-line
@@ -27,7 +27,8 @@ const DEFAULT_ROUNDS: usize = 40;
 const PP_COUNT: u64 = 20_000;
 /// No round starts after this many seconds.
 const TIME_CAP_S: u64 = 60;
-const USAGE: &str = "usage: gyre-bench-pipeline [ROUNDS] [--only pipeline|actors]   \
+const USAGE: &str =
+    "usage: gyre-bench-pipeline [ROUNDS] [--only pipeline|actors] [--actor-capacity N]   \
                      (ROUNDS default 40)";
 
 /// One subject's throughput over the rounds.
@@ -151,6 +152,7 @@ struct Options {
     rounds: usize,
     pipeline: bool,
     actors: bool,
+    actor_capacity: usize,
 }
 
 fn parse_args() -> Options {
@@ -158,6 +160,7 @@ fn parse_args() -> Options {
         rounds: DEFAULT_ROUNDS,
         pipeline: true,
         actors: true,
+        actor_capacity: ACTOR_CAPACITY,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -167,6 +170,13 @@ fn parse_args() -> Options {
                 Some("actors") => options.pipeline = false,
                 _ => usage_exit("--only takes pipeline or actors"),
             },
+            "--actor-capacity" => {
+                options.actor_capacity = args
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|n| n.is_power_of_two())
+                    .unwrap_or_else(|| usage_exit("--actor-capacity takes a power of two"));
+            }
             "-h" | "--help" => usage_exit("gyre-bench-pipeline: interleaved workload benchmarks"),
             _ => {
                 options.rounds = arg
@@ -199,7 +209,8 @@ fn main() {
     let mut actors = Workload::new(
         format!(
             "actors: {ACTORS} actors, {ACTOR_MESSAGES} messages round-robin, inbox capacity \
-             {ACTOR_CAPACITY}"
+             {}",
+            options.actor_capacity
         ),
         ActorSubject::ALL
             .iter()
@@ -237,7 +248,7 @@ fn main() {
             series.per_round.push(rate(PIPELINE_MESSAGES, took));
         }
         for (subject, series) in ActorSubject::ALL.iter().zip(&mut actors.series) {
-            let took = subject.run(ACTOR_MESSAGES, ACTORS);
+            let took = subject.run(ACTOR_MESSAGES, ACTORS, options.actor_capacity);
             series.per_round.push(rate(ACTOR_MESSAGES, took));
         }
         let mut cells = vec![format!("round {number:>2} pp {pp_ns:>4.0}")];

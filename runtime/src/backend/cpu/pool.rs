@@ -5,7 +5,6 @@
 //! messages, for fairness) and requeues it at the back if it still has work. Idle workers
 //! spin, yield, then park on a [`Signal`], so an idle runtime uses no CPU.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -18,16 +17,17 @@ use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::wait::Signal;
 
 /// Most kernels that go idle before the worker pays one heavy fence for all of them.
-const IDLE_BATCH: usize = 32;
+const IDLE_BATCH: usize = 256;
 
 /// Spins on an empty run queue before a worker re-checks the kernels that went idle.
-const RECHECK_SPINS: u32 = 256;
+const RECHECK_SPINS: u32 = 2048;
 
 /// The shared worker pool.
 #[derive(Debug)]
 pub(crate) struct Pool {
-    queue: Mutex<VecDeque<Arc<KernelCore>>>,
-    queued: AtomicUsize,
+    /// The run queue: lock-free, so a host thread waking thousands of kernels does not
+    /// contend with the workers on a lock.
+    queue: crossbeam_deque::Injector<Arc<KernelCore>>,
     signal: Signal,
     shutdown: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -43,8 +43,7 @@ pub(crate) struct Pool {
 impl Pool {
     pub(crate) fn start(workers: usize) -> Arc<Self> {
         let pool = Arc::new(Self {
-            queue: Mutex::new(VecDeque::new()),
-            queued: AtomicUsize::new(0),
+            queue: crossbeam_deque::Injector::new(),
             signal: Signal::new(),
             shutdown: AtomicBool::new(false),
             threads: Mutex::new(Vec::with_capacity(workers)),
@@ -89,21 +88,18 @@ impl Pool {
             // No worker will run it; the runtime is being dropped.
             return;
         }
-        self.queue.lock().push_back(kernel);
-        // ORDERING: Release pairs with the Acquire load in `pop`'s fast check, so a
-        // worker that sees the count also sees the queued kernel (it takes the lock).
-        self.queued.fetch_add(1, Ordering::Release);
+        self.queue.push(kernel);
         self.signal.notify();
     }
 
     fn pop(&self) -> Option<Arc<KernelCore>> {
-        // ORDERING: Acquire pairs with the Release increment in `push`.
-        if self.queued.load(Ordering::Acquire) == 0 {
-            return None;
+        loop {
+            match self.queue.steal() {
+                crossbeam_deque::Steal::Success(kernel) => return Some(kernel),
+                crossbeam_deque::Steal::Empty => return None,
+                crossbeam_deque::Steal::Retry => std::hint::spin_loop(),
+            }
         }
-        let kernel = self.queue.lock().pop_front()?;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        Some(kernel)
     }
 
     fn work(&self) {
@@ -154,7 +150,7 @@ impl Pool {
                 return;
             }
             self.signal.wait_until(None, || {
-                (self.queued.load(Ordering::Acquire) > 0 || self.is_shut_down()).then_some(())
+                (self.has_queued() || self.is_shut_down()).then_some(())
             });
         }
     }
@@ -188,7 +184,7 @@ impl Pool {
 
     /// Whether some kernel waits in the run queue (racy).
     pub(crate) fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) > 0
+        !self.queue.is_empty()
     }
 
     pub(crate) fn is_shut_down(&self) -> bool {
@@ -216,8 +212,7 @@ impl Pool {
         self.signal.notify();
         let threads = std::mem::take(&mut *self.threads.lock());
         join_or_detach(threads, "worker");
-        self.queue.lock().clear();
-        self.queued.store(0, Ordering::Relaxed);
+        while self.pop().is_some() {}
     }
 }
 

@@ -737,9 +737,12 @@ impl KernelCore {
                 // `scheduled = false` and the re-check in `recheck_idle` (Dekker: one of
                 // us sees the other).
                 asym::light();
-                if !self.scheduled.load(Ordering::Relaxed)
-                    && !self.scheduled.swap(true, Ordering::AcqRel)
-                {
+                if !self.scheduled.load(Ordering::Relaxed) {
+                    // A plain store, not a swap: a locked instruction here would wait for
+                    // the message just written to drain from the store buffer, on every
+                    // send to an idle kernel. Two wakers may both push the kernel; a
+                    // duplicate entry is harmless (see `run_scheduled`).
+                    self.scheduled.store(true, Ordering::Relaxed);
                     self.pool.push(self.clone());
                 }
             }
@@ -772,7 +775,17 @@ impl KernelCore {
     /// waiting kernels after each (fairness); while no other kernel waits it lingers a
     /// little for the next message before going idle.
     pub(crate) fn run_scheduled(self: &Arc<Self>) -> Turn {
-        let mut exec = self.exec.lock();
+        let Some(mut exec) = self.exec.try_lock() else {
+            // Another worker runs it (a duplicate queue entry), or the host holds it for a
+            // moment (bind, collect): put the entry back so the work is not forgotten. An
+            // abandoned kernel's stuck thread never lets go, so drop the entry then.
+            if self.is_abandoned() {
+                return Turn::Dropped;
+            }
+            std::thread::yield_now();
+            self.pool.push(self.clone());
+            return Turn::Requeued;
+        };
         'turns: loop {
             self.step(&mut exec);
             let mut lingered = 0;
@@ -1024,6 +1037,8 @@ impl KernelCore {
 pub(crate) enum Turn {
     /// It still has work and went back to the run queue.
     Requeued,
+    /// Nothing to do for this entry (an abandoned kernel).
+    Dropped,
     /// It ran out of work and cleared its `scheduled` flag; the worker must heavy-fence
     /// and then call [`KernelCore::recheck_idle`].
     WentIdle,
