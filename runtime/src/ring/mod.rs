@@ -71,6 +71,8 @@ pub struct Producer<M: RingMemory> {
     cached_head: AtomicU32,
     /// Set once by `close`; producers that claim afterwards cancel their claim.
     closed: AtomicBool,
+    /// Set once a heavy fence ran after `closed` was set: a later `close` needs none.
+    close_fenced: AtomicBool,
 }
 
 /// What [`Producer::room`] found.
@@ -107,6 +109,7 @@ impl<M: RingMemory> Producer<M> {
             mask,
             cached_head: AtomicU32::new(head),
             closed: AtomicBool::new(false),
+            close_fenced: AtomicBool::new(false),
         }
     }
 
@@ -224,17 +227,38 @@ impl<M: RingMemory> Producer<M> {
     /// and will be published (as a message or as cancelled); no position at or after it
     /// will ever hold a message. Pair with [`Consumer::wait_published`].
     pub fn close(&self) -> u32 {
-        // ORDERING: SeqCst, pairs with the claim in `try_claim` (see there); the store
-        // is sequenced before the release half of the RMW below.
-        self.closed.store(true, Ordering::SeqCst);
-        // ORDERING: heavy side of the asymmetric fence that `try_claim_exclusive` pairs
-        // with its light side (see there).
-        asym::heavy();
+        let [tail] = Self::close_all([self]);
+        tail
+    }
+
+    /// Closes several producer sides at once with one heavy fence (a system call on
+    /// Linux) instead of one each; returns their final tails (see [`Producer::close`]).
+    pub fn close_all<const N: usize>(producers: [&Self; N]) -> [u32; N] {
+        if producers
+            .iter()
+            .any(|p| !p.close_fenced.load(Ordering::Acquire))
+        {
+            for producer in producers {
+                // ORDERING: SeqCst, pairs with the claim in `try_claim` (see there); the
+                // store is sequenced before the release half of the RMW below.
+                producer.closed.store(true, Ordering::SeqCst);
+            }
+            // ORDERING: heavy side of the asymmetric fence that `try_claim_exclusive`
+            // pairs with its light side (see there). Once it ran after `closed` was set,
+            // every later claim sees `closed` or is seen by a later `close`'s read of
+            // `tail`, so closing again needs no fence.
+            asym::heavy();
+            for producer in producers {
+                // ORDERING: Release pairs with the Acquire load above: a closer that skips
+                // the fence sees `closed` stored and fenced.
+                producer.close_fenced.store(true, Ordering::Release);
+            }
+        }
         // ORDERING: a read-modify-write, not a load: it reads the latest `tail` in its
         // modification order and (Release) heads the release sequence that later claims
         // read from, so the argument in `try_claim` needs no single total order (loom
         // cannot check one: it treats SeqCst accesses as AcqRel).
-        self.mem.tail().fetch_add(0, Ordering::SeqCst)
+        producers.map(|p| p.mem.tail().fetch_add(0, Ordering::SeqCst))
     }
 
     /// Waits until every position before `tail` (a value returned by
@@ -293,6 +317,7 @@ impl<M: RingMemory> Producer<M> {
     pub fn reopen(&self) {
         // ORDERING: Relaxed: the ring is empty and idle, and a claim is correct whether it
         // sees the reopen now or a little later (it fails with `Closed` until then).
+        self.close_fenced.store(false, Ordering::Relaxed);
         self.closed.store(false, Ordering::Relaxed);
     }
 

@@ -7,7 +7,7 @@ use super::{Exec, KernelCore, INBOX_RING, LANE_RING, NOT_IN_HAND, PUBLISH_SPINS}
 use crate::abi::{Command, State};
 use crate::backend::{CommandError, DrainSummary};
 use crate::lifecycle::{self, Event};
-use crate::ring::{RingMemory, SlotRef, Step};
+use crate::ring::{Producer, RingMemory, SlotRef, Step};
 use crate::sync::Ordering;
 
 impl KernelCore {
@@ -84,8 +84,8 @@ impl KernelCore {
 
     /// Closes the inbox and waits until senders that claimed before the close finished.
     fn close_inbox(&self) {
-        for ring in [&self.inbox, &self.lane] {
-            let tail = ring.close();
+        let tails = Producer::close_all([&self.inbox, &self.lane]);
+        for (ring, tail) in [&self.inbox, &self.lane].into_iter().zip(tails) {
             let published = ring.wait_published(tail, PUBLISH_SPINS);
             debug_assert!(
                 published,

@@ -1026,8 +1026,7 @@ impl KernelCore {
         exec.control.set_error(fault::HANDLER_PANIC);
         self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
         // Senders now get `Faulted`; messages already queued wait for `terminate`.
-        self.inbox.close();
-        self.lane.close();
+        Producer::close_all([&self.inbox, &self.lane]);
         self.supervisor.report_fault(self.clone());
     }
 }
