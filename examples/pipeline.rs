@@ -1,9 +1,9 @@
 //! A three-stage stream of sensor frames: calibrate → filter → aggregate.
 //!
-//! Each stage is a resident kernel. The host feeds the first stage and relays each
-//! stage's output into the next (kernel-to-kernel routes that skip the host come with
-//! the routing layer). At the end the stages are drained in order, upstream first, so
-//! nothing in flight is lost, and each prints its metrics.
+//! Each stage is a resident kernel; the three are launched as one group whose routes carry
+//! each stage's output straight into the next stage's inbox (no host hop). The host feeds
+//! the first stage and receives the window summaries of the last. At the end the group is
+//! drained upstream first, so nothing in flight is lost, and each stage prints its metrics.
 //!
 //! Run with `cargo run --release --example pipeline` (add a frame count to change the
 //! default of 200,000).
@@ -12,7 +12,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
-use gyre::{Error, Kernel, KernelSpec, Placement, Runtime};
+use gyre::{Error, Group, Kernel, KernelSpec, Placement, Runtime};
+
+type Stages = (
+    Kernel<Frame, Frame>,
+    Kernel<Frame, Frame>,
+    Kernel<Frame, Summary>,
+);
 
 const SENSORS: u32 = 16;
 const WINDOW: u32 = 1000;
@@ -46,60 +52,34 @@ fn raw_value(sensor: u32, seq: u32) -> f32 {
     }
 }
 
-/// Forwards everything `from` emits into `to` until `from` is drained and all its
-/// output was forwarded, then drains `to`: upstream first, so nothing is lost.
-fn relay<Out: gyre::Message>(
-    from: Kernel<Frame, Frame>,
-    to: Kernel<Frame, Out>,
-) -> thread::JoinHandle<Result<(), Error>> {
-    thread::spawn(move || {
-        // One thread on each end: the exclusive endpoints skip the locks and
-        // compare-and-swaps the shared handles need.
-        let mut input = from.receiver()?;
-        let mut output = to.exclusive_sender()?;
-        loop {
-            match input.recv() {
-                Ok(frame) => output.send(frame)?,
-                Err(Error::Terminated { .. }) => break,
-                Err(other) => return Err(other),
-            }
-        }
-        to.drain(Duration::from_secs(30)).map(drop)
-    })
-}
-
-type Stages = (
-    Kernel<Frame, Frame>,
-    Kernel<Frame, Frame>,
-    Kernel<Frame, Summary>,
-);
-
-/// Launches and activates the three stages.
-fn launch_stages(runtime: &Runtime) -> Result<Stages, Error> {
-    let calibrate = runtime.launch(
+/// The three stages as one group: calibrate's output routed into filter's inbox, filter's
+/// into aggregate's (kernel-to-kernel, no host hop), aggregate's to the host.
+fn launch_stages(runtime: &Runtime) -> Result<(Group, Stages), Error> {
+    let mut g = runtime.group("sensors");
+    let calibrate = g.add(
         KernelSpec::<Frame, Frame>::new("calibrate")
             .capacity(4096)
-            .host_output(4096)
+            .no_host_output()
             .cpu(|f, out| {
                 Ok(out.emit(Frame {
                     raw: f.raw * 0.5 + 1.0,
                     ..*f
                 })?)
             }),
-    )?;
-    let filter = runtime.launch(
+    );
+    let filter = g.add(
         KernelSpec::<Frame, Frame>::new("filter")
             .capacity(4096)
-            .host_output(4096)
+            .no_host_output()
             .cpu(|f, out| {
                 if f.raw.is_finite() && f.raw < 10_000.0 {
                     out.emit(*f)?;
                 }
                 Ok(())
             }),
-    )?;
+    );
     let mut windows = vec![(0u32, 0.0f32, f32::MIN); SENSORS as usize];
-    let aggregate = runtime.launch(
+    let aggregate = g.add(
         KernelSpec::<Frame, Summary>::new("aggregate")
             .capacity(4096)
             .host_output(1024)
@@ -120,12 +100,16 @@ fn launch_stages(runtime: &Runtime) -> Result<Stages, Error> {
                 }
                 Ok(())
             }),
-    )?;
-    for k in [&calibrate, &filter] {
-        k.activate()?;
-    }
-    aggregate.activate()?;
-    Ok((calibrate, filter, aggregate))
+    );
+    g.route(calibrate, 0, filter).route(filter, 0, aggregate);
+    let group = g.launch()?;
+    group.activate()?;
+    let stages = (
+        group.kernel(calibrate),
+        group.kernel(filter),
+        group.kernel(aggregate),
+    );
+    Ok((group, stages))
 }
 
 fn main() -> Result<(), Error> {
@@ -140,11 +124,10 @@ fn main() -> Result<(), Error> {
         runtime.workers()
     );
 
-    let (calibrate, filter, aggregate) = launch_stages(&runtime)?;
+    let (group, (calibrate, filter, aggregate)) = launch_stages(&runtime)?;
+    println!("routes: {:?}", group.routes());
 
     let start = Instant::now();
-    let relay_1 = relay(calibrate.clone(), filter.clone());
-    let relay_2 = relay(filter.clone(), aggregate.clone());
     let source = {
         let calibrate = calibrate.clone();
         thread::spawn(move || -> Result<(), Error> {
@@ -158,10 +141,16 @@ fn main() -> Result<(), Error> {
                     _pad: 0,
                 })?;
             }
-            // Upstream first: the relays drain the next stage when this one is done.
-            calibrate.drain(Duration::from_secs(30)).map(drop)
+            Ok(())
         })
     };
+    let drainer = thread::spawn(move || {
+        source.join().expect("source thread")?;
+        // Upstream first: each stage finishes what it holds and delivers it downstream
+        // before the next one drains, so nothing in flight is lost.
+        let report = group.drain(Duration::from_secs(30));
+        Ok::<_, Error>(report)
+    });
 
     let mut summaries = 0u32;
     let mut summaries_rx = aggregate.receiver()?;
@@ -182,10 +171,10 @@ fn main() -> Result<(), Error> {
             Err(other) => return Err(other),
         }
     }
-    source.join().expect("source thread")?;
-    relay_1.join().expect("relay thread")?;
-    relay_2.join().expect("relay thread")?;
+    let report = drainer.join().expect("drain thread")?;
     let elapsed = start.elapsed();
+    assert_eq!(report.undelivered_count(), 0, "{report:?}");
+    println!("drained in order: {:?}", report.kernel_names());
 
     println!("\n{frames} frames through 3 stages in {elapsed:.2?} ({:.2} M frames/s); {summaries} window summaries", f64::from(frames) / elapsed.as_secs_f64() / 1e6);
     println!(
