@@ -117,3 +117,65 @@ fn exposition_parses_and_reports_each_kernel() {
         s.docs.keys()
     );
 }
+
+#[test]
+fn exposition_carries_latency_handler_time_throughput_and_dead_letters() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let k = rt
+        .launch(KernelSpec::<u64, u64>::new("timed").cpu(|x, out| {
+            if *x == 5 {
+                return Err(gyre::HandlerError("five".into()));
+            }
+            // Measurable handler time.
+            std::hint::black_box((0..200).sum::<u64>());
+            Ok(out.emit(*x)?)
+        }))
+        .unwrap();
+    k.activate().unwrap();
+    // 128 sends: positions 63 and 127 are timed; 5 fails and is dead-lettered.
+    for i in 0..128 {
+        k.send(i).unwrap();
+        if i != 5 {
+            k.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+    }
+    while k.metrics().processed < 128 {
+        std::thread::yield_now();
+    }
+    let text = rt.prometheus_text();
+    let s = scrape(&text);
+    assert_eq!(
+        value(&s, "gyre_kernel_latency_samples_total", "timed"),
+        2.0,
+        "{text}"
+    );
+    let quantiles: Vec<(String, f64)> = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "gyre_kernel_latency_seconds")
+        .map(|x| match x.value {
+            Value::Gauge(v) => (x.labels.get("quantile").unwrap().to_owned(), v),
+            ref other => panic!("latency: unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(quantiles.len(), 4, "p50, p90, p99, p999: {text}");
+    assert!(
+        quantiles.iter().all(|(_, v)| *v > 0.0 && *v < 10.0),
+        "{quantiles:?}"
+    );
+    assert!(value(&s, "gyre_kernel_handler_microseconds_total", "timed") >= 0.0);
+    assert!(
+        value(&s, "gyre_kernel_throughput_per_second", "timed") > 0.0,
+        "{text}"
+    );
+    let dead = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "gyre_runtime_dead_letters_total")
+        .unwrap();
+    assert!(
+        matches!(dead.value, Value::Counter(v) if v == 1.0),
+        "{:?}",
+        dead.value
+    );
+}
