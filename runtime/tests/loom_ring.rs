@@ -447,6 +447,68 @@ fn close_races_an_exclusive_claim() {
     });
 }
 
+/// Two closers race an exclusive sender: the first to finish its heavy fence marks the
+/// ring fenced, and a later `close` skips the fence (`close_all`). The messages consumed
+/// after waiting on the smaller of the two tails are exactly the sends that returned
+/// `Ok`, and nothing is published past it.
+#[test]
+fn closing_again_needs_no_fence() {
+    loom::model(|| {
+        let (producer, mut consumer) = ring(2, 0);
+        let first = Arc::clone(&producer);
+        let second = Arc::clone(&producer);
+        let sender = thread::spawn(move || {
+            let mut sent = Vec::new();
+            for value in 1..=2 {
+                // SAFETY: this thread is the ring's only producer; `close` may race it,
+                // which the claim allows.
+                match unsafe { producer.try_claim_exclusive(1) } {
+                    Ok(claim) => {
+                        fill(&claim, 0, 1, value);
+                        claim.publish();
+                        sent.push(value);
+                    }
+                    Err(ClaimError::Closed) => break,
+                    Err(other) => panic!("two messages fit two slots, got {other:?}"),
+                }
+            }
+            sent
+        });
+        let closer = thread::spawn(move || first.close());
+        let tail = second.close();
+        let first_tail = closer.join().expect("closer thread");
+        // Each closer's tail must cover every send that returned `Ok`: check the smaller.
+        let tail = if tail.wrapping_sub(first_tail) < 1 << 31 {
+            first_tail
+        } else {
+            tail
+        };
+        assert!(
+            consumer.wait_published(tail, u32::MAX),
+            "claims before the close get published"
+        );
+        let mut got = Vec::new();
+        consumer.consume(4, |slot| {
+            got.push(decode(&slot).value);
+            Step::Next
+        });
+        let sent = sender.join().expect("producer thread");
+        assert_eq!(
+            got, sent,
+            "consumed after wait_published != sends that returned Ok"
+        );
+        let mut late = 0;
+        consumer.consume(4, |_| {
+            late += 1;
+            Step::Next
+        });
+        assert_eq!(
+            late, 0,
+            "a message was published after close returned its tail"
+        );
+    });
+}
+
 /// The closer waits on the producer side (`Producer::wait_published`) while the
 /// consumer keeps consuming and a sender races the close, on a ring of one slot: the
 /// consumer may free the slot of a position the closer has yet to check, and a claim
