@@ -383,3 +383,51 @@ fn host_sent_messages_are_timed_end_to_end_through_a_pipeline() {
     pipeline.send_with_corr(5, 77).unwrap();
     assert_eq!(pipeline.recv_with_corr().unwrap(), (12, 77));
 }
+
+#[test]
+fn rebinding_a_stalled_port_sends_what_waits_to_the_new_target() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let up = rt
+        .launch(
+            KernelSpec::<u32, u32>::new("up")
+                .no_host_output()
+                .cpu(|x, out| Ok(out.emit(*x)?)),
+        )
+        .unwrap();
+    let a = rt
+        .launch(
+            KernelSpec::<u32, u32>::new("a")
+                .capacity(2)
+                .cpu(|x, out| Ok(out.emit(*x)?)),
+        )
+        .unwrap();
+    let b = rt
+        .launch(KernelSpec::<u32, u32>::new("b").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    rt.connect(&up, 0, &a).unwrap();
+    up.activate().unwrap();
+    b.activate().unwrap();
+    for x in 0..5 {
+        up.send(x).unwrap();
+    }
+    // `a` is not active: two fit its inbox, the third waits in `up`'s stash.
+    let deadline = std::time::Instant::now() + SECOND * 5;
+    while up.metrics().stalls == 0 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", up.metrics());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    rt.connect(&up, 0, &b).unwrap();
+    let got: Vec<u32> = (0..3)
+        .map(|_| b.recv_timeout(SECOND * 5).unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        [2, 3, 4],
+        "the stashed emit and the rest go to the new target"
+    );
+    a.activate().unwrap();
+    assert_eq!(a.recv().unwrap(), 0);
+    assert_eq!(a.recv().unwrap(), 1);
+    let report = rt.shutdown(SECOND * 5);
+    assert_eq!(report.undelivered_count(), 0, "{report:?}");
+}

@@ -182,7 +182,9 @@ fn run(me: &Weak<Supervisor>) {
 }
 
 fn check_watchdog(sup: &Supervisor, kernel: &Arc<KernelCore>, timeout: Duration) {
-    if kernel.state() == State::Faulted || kernel.is_abandoned() {
+    // Faulted or abandoned already, or tripped before (its terminate may still be
+    // waiting for the handler): one trip per fault.
+    if kernel.state() == State::Faulted || kernel.is_abandoned() || kernel.fault().is_some() {
         return;
     }
     let health = kernel.watchdog_health(&HealthPolicy {

@@ -238,8 +238,23 @@ impl KernelCore {
     /// not, this kernel is registered to be woken when the blocking target frees room.
     pub(super) fn flush_stash(self: &Arc<Self>, ports: &mut [Port], stash: &mut Stash) -> bool {
         let mut asked = false;
-        while let Some((port, tag, corr, payload)) = stash.front() {
-            let port = &mut ports[port as usize];
+        while let Some((number, tag, corr, payload)) = stash.front() {
+            let port = &mut ports[number as usize];
+            if matches!(port.target, PortTarget::Unbound | PortTarget::DeadLetters) {
+                // The port was rebound while these waited: nothing to deliver them to.
+                self.dead.push(DeadLetter {
+                    kernel: self.config.name.clone(),
+                    reason: format!(
+                        "port {number} was rebound to no ring while this emit waited for room"
+                    ),
+                    is_input: false,
+                    tag,
+                    corr,
+                    payload: payload.to_vec(),
+                });
+                stash.pop_front();
+                continue;
+            }
             match self.try_deliver(&port.target, tag, corr, payload) {
                 Delivery::Delivered => port.delivered += 1,
                 Delivery::DeadLettered => {}
@@ -277,7 +292,7 @@ impl KernelCore {
     /// are smaller than `message_bytes`, or this kernel's turn does not end within the
     /// command timeout.
     pub fn bind(
-        &self,
+        self: &Arc<Self>,
         port: u32,
         target: PortTarget,
         message_bytes: usize,
@@ -343,6 +358,7 @@ impl KernelCore {
         drop(exec);
         // Stashed messages now head for the new target: run a turn to deliver them.
         self.output_stalled.store(false, Ordering::Relaxed);
+        self.wake();
         Ok(())
     }
 
