@@ -227,6 +227,7 @@ impl Runtime {
             command_timeout: self.command_timeout,
             fault_policy: spec.fault_policy,
             watchdog: spec.watchdog,
+            handler_factory: spec.factory.take(),
         };
         let core = self.cpu.launch(config, handler).map_err(|e| match e {
             LaunchError::RingMemoryBudget { .. } | LaunchError::ThreadBudget { .. } => {
@@ -288,8 +289,9 @@ impl Runtime {
     /// Restarts a terminated or faulted kernel with its configuration, handler and
     /// routes; it comes back in state `Launched` (activate it). A faulted kernel keeps
     /// the messages still queued in its inbox, and the message its handler panicked on
-    /// goes to the dead letters with the fault as reason. The handler is the same value
-    /// (state kept in the closure carries over).
+    /// goes to the dead letters with the fault as reason. A spec built with
+    /// [`KernelSpec::cpu_factory`] gets a fresh handler; one built with `cpu` keeps its
+    /// handler value (state kept in the closure carries over).
     ///
     /// # Errors
     /// [`Error::Lifecycle`] when the kernel is running; [`Error::Unresponsive`] when a

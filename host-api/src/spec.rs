@@ -120,6 +120,7 @@ pub struct KernelSpec<In, Out> {
     pub(crate) fault_policy: gyre_runtime::health::FaultPolicy,
     pub(crate) watchdog: Option<std::time::Duration>,
     pub(crate) cpu: Option<CpuFn>,
+    pub(crate) factory: Option<gyre_runtime::backend::cpu::HandlerFactory>,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -139,6 +140,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
             fault_policy: gyre_runtime::health::FaultPolicy::Report,
             watchdog: None,
             cpu: None,
+            factory: None,
             _types: PhantomData,
         }
     }
@@ -231,23 +233,38 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     /// [`Emit`] for its outputs. State lives in the closure. Return an error to count the
     /// message as failed (the kernel goes on); a panic faults the kernel.
     #[must_use]
-    pub fn cpu<F>(mut self, mut handler: F) -> Self
+    pub fn cpu<F>(mut self, handler: F) -> Self
     where
         F: FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
     {
-        let size = std::mem::size_of::<In>();
-        self.cpu = Some(Box::new(
-            move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
-                let input: &In = bytemuck::from_bytes(&message.payload[..size]);
-                let mut emit = Emit {
-                    inner: out,
-                    corr: message.corr,
-                    timed: message.tag & gyre_runtime::abi::TAG_KIND_MASK
-                        == gyre_runtime::abi::KIND_TIMED,
-                    _out: PhantomData,
-                };
-                handler(input, &mut emit)
-            },
+        self.cpu = Some(erase(handler));
+        self.factory = None;
+        self
+    }
+
+    /// The CPU implementation as a factory: `make` builds the handler at launch and again
+    /// at every restart (by hand or by a fault policy), so a restarted kernel starts from
+    /// fresh state instead of the state a panic left behind.
+    ///
+    /// ```
+    /// use gyre::KernelSpec;
+    /// let spec = KernelSpec::<u32, u32>::new("counter").cpu_factory(|| {
+    ///     let mut seen = 0u32;
+    ///     move |x: &u32, out: &mut gyre::Emit<'_, '_, u32>| {
+    ///         seen += 1;
+    ///         Ok(out.emit(x + seen)?)
+    ///     }
+    /// });
+    /// ```
+    #[must_use]
+    pub fn cpu_factory<M, F>(mut self, make: M) -> Self
+    where
+        M: Fn() -> F + Send + Sync + 'static,
+        F: FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
+    {
+        self.cpu = Some(erase(make()));
+        self.factory = Some(gyre_runtime::backend::cpu::HandlerFactory(
+            std::sync::Arc::new(move || erase(make())),
         ));
         self
     }
@@ -277,6 +294,28 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     pub(crate) fn take_cpu_handler(&mut self) -> Option<CpuFn> {
         self.cpu.take()
     }
+}
+
+/// Type-erases a typed handler for the backend: one indirect call per message, straight
+/// into the user's closure.
+fn erase<In: Message, Out: Message, F>(mut handler: F) -> CpuFn
+where
+    F: FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
+{
+    let size = std::mem::size_of::<In>();
+    Box::new(
+        move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+            let input: &In = bytemuck::from_bytes(&message.payload[..size]);
+            let mut emit = Emit {
+                inner: out,
+                corr: message.corr,
+                timed: message.tag & gyre_runtime::abi::TAG_KIND_MASK
+                    == gyre_runtime::abi::KIND_TIMED,
+                _out: PhantomData,
+            };
+            handler(input, &mut emit)
+        },
+    )
 }
 
 /// The slot size for message type `T`: `asked` if given and large enough, else the

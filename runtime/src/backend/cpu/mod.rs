@@ -14,8 +14,8 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 pub use kernel::{
-    EmitError, Emitter, ExclusiveLane, Handler, HandlerError, KernelConfig, KernelCore, Message,
-    OutputConsumer, PortTarget, RecvFailure, SendFailure,
+    EmitError, Emitter, ExclusiveLane, Handler, HandlerError, HandlerFactory, KernelConfig,
+    KernelCore, Message, OutputConsumer, PortTarget, RecvFailure, SendFailure,
 };
 use pool::Pool;
 

@@ -310,6 +310,9 @@ impl KernelCore {
                 Step::Next
             });
         }
+        if let Some(factory) = &self.config.handler_factory {
+            exec.handler = (factory.0)();
+        }
         self.inbox.reopen();
         self.lane.reopen();
         self.terminating.store(false, Ordering::Relaxed);

@@ -127,6 +127,17 @@ pub struct Emitter<'a> {
     timed_corr: Option<[u32; 2]>,
 }
 
+/// Makes a fresh handler: what a restart runs instead of the old handler value, so a
+/// handler whose state a panic left half-updated starts clean.
+#[derive(Clone)]
+pub struct HandlerFactory(pub Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>);
+
+impl std::fmt::Debug for HandlerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HandlerFactory")
+    }
+}
+
 /// Static configuration of a kernel.
 #[derive(Clone, Debug)]
 pub struct KernelConfig {
@@ -150,6 +161,9 @@ pub struct KernelConfig {
     /// A background watchdog: the kernel is faulted when its heartbeat stands still
     /// this long while messages wait (then its fault policy applies).
     pub watchdog: Option<Duration>,
+    /// Makes the handler a restart installs; without one a restart keeps the handler value
+    /// (and whatever state it holds).
+    pub handler_factory: Option<HandlerFactory>,
 }
 
 /// The kernel side, owned by whichever thread runs the kernel.
