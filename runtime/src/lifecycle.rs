@@ -58,6 +58,18 @@ fn explain(from: State, event: Event) -> String {
     format!("cannot {what} a kernel in state {from:?}: {hint}")
 }
 
+/// The state's name in lower case, as metrics labels and messages spell it.
+pub const fn state_name(state: State) -> &'static str {
+    match state {
+        State::Launched => "launched",
+        State::Active => "active",
+        State::Paused => "paused",
+        State::Draining => "draining",
+        State::Terminated => "terminated",
+        State::Faulted => "faulted",
+    }
+}
+
 /// Whether a state is final until a restart.
 pub const fn is_stopped(state: State) -> bool {
     matches!(state, State::Terminated | State::Faulted)

@@ -179,17 +179,6 @@ pub struct RuntimeSample {
     pub dead_letters: u64,
 }
 
-fn state_name(state: State) -> &'static str {
-    match state {
-        State::Launched => "launched",
-        State::Active => "active",
-        State::Paused => "paused",
-        State::Draining => "draining",
-        State::Terminated => "terminated",
-        State::Faulted => "faulted",
-    }
-}
-
 fn describe() {
     describe_counter!(
         "gyre_kernel_received_total",
@@ -304,7 +293,7 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
             }
             for state in State::ALL {
                 let mut with_state = labels.clone();
-                with_state.push(Label::new("state", state_name(state)));
+                with_state.push(Label::new("state", crate::lifecycle::state_name(state)));
                 gauge!("gyre_kernel_state", with_state).set(if state == k.state {
                     1.0
                 } else {

@@ -393,6 +393,56 @@ fn close_races_a_claim() {
     });
 }
 
+/// Sends 1 and 2 through exclusive claims until the ring is closed; returns what was sent.
+fn spawn_exclusive_sender(producer: Arc<Producer<Mem>>) -> thread::JoinHandle<Vec<u32>> {
+    thread::spawn(move || {
+        let mut sent = Vec::new();
+        for value in 1..=2 {
+            // SAFETY: this thread is the ring's only producer; `close` may race it,
+            // which the claim allows.
+            match unsafe { producer.try_claim_exclusive(1) } {
+                Ok(claim) => {
+                    fill(&claim, 0, 1, value);
+                    claim.publish();
+                    sent.push(value);
+                }
+                Err(ClaimError::Closed) => break,
+                Err(other) => panic!("two messages fit two slots, got {other:?}"),
+            }
+        }
+        sent
+    })
+}
+
+/// After a close returned `tail`: the messages consumed once everything before `tail` is
+/// published, while the sender may still run, are exactly the sends that returned `Ok`
+/// (known once `sender` is joined, after consuming), and nothing comes after them.
+fn check_closed_at(consumer: &mut Consumer<Mem>, tail: u32, sender: thread::JoinHandle<Vec<u32>>) {
+    assert!(
+        consumer.wait_published(tail, u32::MAX),
+        "claims before the close get published"
+    );
+    let mut got = Vec::new();
+    consumer.consume(4, |slot| {
+        got.push(decode(&slot).value);
+        Step::Next
+    });
+    let sent = sender.join().expect("producer thread");
+    assert_eq!(
+        got, sent,
+        "consumed after wait_published != sends that returned Ok"
+    );
+    let mut late = 0;
+    consumer.consume(4, |_| {
+        late += 1;
+        Step::Next
+    });
+    assert_eq!(
+        late, 0,
+        "a message was published after close returned its tail"
+    );
+}
+
 /// The single-producer claim (`try_claim_exclusive`: plain store of `tail`, then the light
 /// side of the asymmetric fence and a load of `closed`) racing `close` (store `closed`,
 /// heavy side, RMW of `tail`): the messages consumed after `wait_published` are exactly
@@ -402,48 +452,9 @@ fn close_races_an_exclusive_claim() {
     loom::model(|| {
         let (producer, mut consumer) = ring(2, 0);
         let closer = Arc::clone(&producer);
-        let sender = thread::spawn(move || {
-            let mut sent = Vec::new();
-            for value in 1..=2 {
-                // SAFETY: this thread is the ring's only producer; `close` may race it,
-                // which the claim allows.
-                match unsafe { producer.try_claim_exclusive(1) } {
-                    Ok(claim) => {
-                        fill(&claim, 0, 1, value);
-                        claim.publish();
-                        sent.push(value);
-                    }
-                    Err(ClaimError::Closed) => break,
-                    Err(other) => panic!("two messages fit two slots, got {other:?}"),
-                }
-            }
-            sent
-        });
-
+        let sender = spawn_exclusive_sender(producer);
         let tail = closer.close();
-        assert!(
-            consumer.wait_published(tail, u32::MAX),
-            "claims before the close get published"
-        );
-        let mut got = Vec::new();
-        consumer.consume(4, |slot| {
-            got.push(decode(&slot).value);
-            Step::Next
-        });
-        let sent = sender.join().expect("producer thread");
-        assert_eq!(
-            got, sent,
-            "consumed after wait_published != sends that returned Ok"
-        );
-        let mut late = 0;
-        consumer.consume(4, |_| {
-            late += 1;
-            Step::Next
-        });
-        assert_eq!(
-            late, 0,
-            "a message was published after close returned its tail"
-        );
+        check_closed_at(&mut consumer, tail, sender);
     });
 }
 
@@ -457,23 +468,7 @@ fn closing_again_needs_no_fence() {
         let (producer, mut consumer) = ring(2, 0);
         let first = Arc::clone(&producer);
         let second = Arc::clone(&producer);
-        let sender = thread::spawn(move || {
-            let mut sent = Vec::new();
-            for value in 1..=2 {
-                // SAFETY: this thread is the ring's only producer; `close` may race it,
-                // which the claim allows.
-                match unsafe { producer.try_claim_exclusive(1) } {
-                    Ok(claim) => {
-                        fill(&claim, 0, 1, value);
-                        claim.publish();
-                        sent.push(value);
-                    }
-                    Err(ClaimError::Closed) => break,
-                    Err(other) => panic!("two messages fit two slots, got {other:?}"),
-                }
-            }
-            sent
-        });
+        let sender = spawn_exclusive_sender(producer);
         let closer = thread::spawn(move || first.close());
         let tail = second.close();
         let first_tail = closer.join().expect("closer thread");
@@ -483,29 +478,7 @@ fn closing_again_needs_no_fence() {
         } else {
             tail
         };
-        assert!(
-            consumer.wait_published(tail, u32::MAX),
-            "claims before the close get published"
-        );
-        let mut got = Vec::new();
-        consumer.consume(4, |slot| {
-            got.push(decode(&slot).value);
-            Step::Next
-        });
-        let sent = sender.join().expect("producer thread");
-        assert_eq!(
-            got, sent,
-            "consumed after wait_published != sends that returned Ok"
-        );
-        let mut late = 0;
-        consumer.consume(4, |_| {
-            late += 1;
-            Step::Next
-        });
-        assert_eq!(
-            late, 0,
-            "a message was published after close returned its tail"
-        );
+        check_closed_at(&mut consumer, tail, sender);
     });
 }
 

@@ -312,7 +312,7 @@ impl KernelCore {
                 if crate::lifecycle::is_stopped(state) || core.inbox.is_closed() {
                     return Err(RouteError::Stopped {
                         kernel: core.config.name.clone(),
-                        state: state_name(core.closed_state()),
+                        state: crate::lifecycle::state_name(core.closed_state()),
                     });
                 }
                 if core.inbox_payload_bytes() < message_bytes {
@@ -481,17 +481,5 @@ impl Emitter<'_> {
     /// The kernel's id (the sender id in the tags of what it emits).
     pub fn kernel_id(&self) -> u32 {
         self.core.id
-    }
-}
-
-fn state_name(state: crate::abi::State) -> &'static str {
-    use crate::abi::State;
-    match state {
-        State::Launched => "launched",
-        State::Active => "active",
-        State::Paused => "paused",
-        State::Draining => "draining",
-        State::Terminated => "terminated",
-        State::Faulted => "faulted",
     }
 }
