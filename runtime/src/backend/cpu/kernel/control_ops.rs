@@ -205,6 +205,7 @@ impl KernelCore {
             let exec = &mut *exec;
             self.collect_inputs(exec, on_input);
             exec.stash.take_all(on_output);
+            self.local.stash_pending.store(false, Ordering::Relaxed);
         } else if !self.abandon(on_input) {
             return Err(self.unresponsive(timeout));
         } else {

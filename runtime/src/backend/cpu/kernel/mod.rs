@@ -253,6 +253,9 @@ struct KernelLocal {
     in_hand: AtomicU64,
     /// Nanoseconds spent in turns that handled messages.
     busy_ns: AtomicU64,
+    /// Emits wait in the stash: work even when the inbox is empty (the kernel's copy of
+    /// `!exec.stash.is_empty()`, for `has_work`, which cannot take the exec lock).
+    stash_pending: AtomicBool,
 }
 
 /// `in_hand` when no handler runs.
@@ -357,6 +360,7 @@ impl KernelCore {
             local: CachePadded::new(KernelLocal {
                 in_hand: AtomicU64::new(NOT_IN_HAND),
                 busy_ns: AtomicU64::new(0),
+                stash_pending: AtomicBool::new(false),
             }),
             abandoned: AtomicBool::new(false),
             thread_alive: AtomicBool::new(false),
@@ -782,7 +786,11 @@ impl KernelCore {
         if self.output_stalled.load(Ordering::Relaxed) {
             return false;
         }
-        self.inbox.has_published() || self.lane.has_published() || state == State::Draining
+        // A stash whose target has room again is work even with an empty inbox.
+        self.local.stash_pending.load(Ordering::Relaxed)
+            || self.inbox.has_published()
+            || self.lane.has_published()
+            || state == State::Draining
     }
 
     /// Runs the kernel on a pool worker: turns while it has work, requeued behind other
@@ -934,6 +942,7 @@ impl KernelCore {
             self.notify_ports(ports);
             return;
         }
+        self.local.stash_pending.store(false, Ordering::Relaxed);
         let budget = self.config.quantum;
         let started = std::time::Instant::now();
         let mut emitter = Emitter {
@@ -1001,7 +1010,7 @@ impl KernelCore {
             let busy = started.elapsed().as_nanos() as u64;
             self.local.busy_ns.fetch_add(busy, Ordering::Relaxed);
         }
-        if stalled && self.flush_stash(ports, stash) {
+        if stalled && self.flush_stash_after_turn(ports, stash) {
             stalls = stalls.saturating_sub(1);
         }
         control.count(Counters {
@@ -1020,6 +1029,19 @@ impl KernelCore {
         if let Some(reason) = panic {
             self.fault_on_panic(exec, &reason);
         }
+    }
+
+    /// Delivers what the turn stashed, and records whether some still waits: before the
+    /// kernel can go idle, its idle re-check (after the heavy fence) must see that the
+    /// stash is work once the target frees room. Returns whether all was delivered.
+    fn flush_stash_after_turn(
+        self: &Arc<Self>,
+        ports: &mut [ports::Port],
+        stash: &mut ports::Stash,
+    ) -> bool {
+        let delivered = self.flush_stash(ports, stash);
+        self.local.stash_pending.store(!delivered, Ordering::Relaxed);
+        delivered
     }
 
     /// Sends a received message to the dead-letter sink with `reason`.
