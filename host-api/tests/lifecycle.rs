@@ -125,6 +125,8 @@ fn drain_twice_is_an_error_while_the_first_runs() {
     loop {
         match k.try_send(5) {
             Err(e) if matches!(e.error, Error::Draining { .. }) => break,
+            // The drain thread may start late on a busy machine: the inbox can fill first.
+            Err(e) if matches!(e.error, Error::Full { .. }) => {}
             Err(e) => panic!("unexpected {e}"),
             // Before the drain closes the inbox, sends still go in (and will be drained).
             Ok(()) => accepted += 1,

@@ -39,11 +39,11 @@ pub enum PortTarget {
     DeadLetters,
 }
 
-/// One output port: its target, and what was delivered to it this turn.
+/// One output port: its target, and what the stash delivered to it this turn.
 #[derive(Debug, Default)]
 pub(crate) struct Port {
     pub(crate) target: PortTarget,
-    /// Messages delivered into the target ring since the target was last woken.
+    /// Stashed messages delivered into the target ring since the target was last woken.
     delivered: u32,
 }
 
@@ -271,15 +271,20 @@ impl KernelCore {
         true
     }
 
-    /// Wakes the consumers of every port that got messages this turn.
+    /// Wakes the consumer of one ring target.
+    fn notify_target(&self, target: &PortTarget) {
+        match target {
+            PortTarget::Host => self.outbox_items.notify(),
+            PortTarget::Kernel { core, .. } => core.wake(),
+            PortTarget::Unbound | PortTarget::DeadLetters => {}
+        }
+    }
+
+    /// Wakes the consumers of every port that got stashed messages delivered this turn.
     pub(super) fn notify_ports(&self, ports: &mut [Port]) {
         for port in ports.iter_mut().filter(|p| p.delivered > 0) {
             port.delivered = 0;
-            match &port.target {
-                PortTarget::Host => self.outbox_items.notify(),
-                PortTarget::Kernel { core, .. } => core.wake(),
-                PortTarget::Unbound | PortTarget::DeadLetters => {}
-            }
+            self.notify_target(&port.target);
         }
     }
 
@@ -450,7 +455,10 @@ impl Emitter<'_> {
                     return Ok(());
                 }
                 match core.try_deliver(target, tag, corr, payload) {
-                    Delivery::Delivered => slot.delivered += 1,
+                    // Wake the consumer now, not at the end of the turn: a handler that
+                    // takes long (or never returns) must not hold back what it already
+                    // emitted. Costs a load when the consumer is awake.
+                    Delivery::Delivered => core.notify_target(target),
                     Delivery::DeadLettered => {}
                     Delivery::Full => {
                         self.stash.push(port, tag, corr, payload);
