@@ -25,8 +25,12 @@
 //! - **Zero allocation per message**: `send` copies the message into its ring slot in
 //!   place; the handler reads it from the slot; `emit` writes into the output slot.
 //! - **Backpressure**: a full inbox blocks, fails or times out per [`Sender`] policy,
-//!   always handing the message back; a full output ring makes the kernel wait
-//!   (counted as a stall).
+//!   always handing the message back; a full output ring (host output or a downstream
+//!   kernel's inbox) makes the kernel stop taking input until it has room (counted as
+//!   a stall), without blocking a worker thread.
+//! - **Routing**: handlers emit to ports bound to the host, another kernel's inbox or the
+//!   dead letters; [`Runtime::group`] and [`Runtime::pipeline`] launch routed kernels as
+//!   one unit and drain them upstream first.
 //! - **Lifecycle**: `Launched → Active ⇄ Paused → Draining → Terminated`, any live
 //!   state `→ Faulted`. Commands are acknowledged by the kernel through its control block.
 //! - **Nothing lost**: every message sent is processed or handed back in a report; a

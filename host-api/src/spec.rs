@@ -40,7 +40,7 @@ impl<Out: Message> Emit<'_, '_, Out> {
         self.inner.emit(self.corr, bytemuck::bytes_of(&message))
     }
 
-    /// Emits `message` to output port `port` (see [`crate::Group::route`]).
+    /// Emits `message` to output port `port` (see [`crate::GroupBuilder::route`]).
     ///
     /// # Errors
     /// As [`Emit::emit`], and [`EmitError::NoSuchPort`].
@@ -187,8 +187,8 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     }
 
     /// Number of output ports (at least 1, default 1). Port 0 goes to the host output
-    /// unless routed elsewhere; bind the others with [`crate::Group::route`],
-    /// [`crate::Group::to_host`] or [`crate::Group::to_dead_letters`]. A handler picks
+    /// unless routed elsewhere; bind the others with [`crate::GroupBuilder::route`],
+    /// [`crate::GroupBuilder::to_host`] or [`crate::GroupBuilder::to_dead_letters`]. A handler picks
     /// the port with [`Emit::emit_to`].
     #[must_use]
     pub fn ports(mut self, ports: u32) -> Self {

@@ -1040,7 +1040,9 @@ impl KernelCore {
         stash: &mut ports::Stash,
     ) -> bool {
         let delivered = self.flush_stash(ports, stash);
-        self.local.stash_pending.store(!delivered, Ordering::Relaxed);
+        self.local
+            .stash_pending
+            .store(!delivered, Ordering::Relaxed);
         delivered
     }
 
