@@ -116,7 +116,7 @@ impl CpuBackend {
             dedicated,
             next_id: Mutex::new(0),
             budget,
-            supervisor: supervisor::Supervisor::new(dead.clone(), respawn),
+            supervisor: supervisor::Supervisor::new(respawn),
             dead,
         }
     }

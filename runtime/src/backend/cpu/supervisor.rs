@@ -14,7 +14,6 @@ use parking_lot::Mutex;
 use super::kernel::KernelCore;
 use crate::abi::State;
 use crate::health::{FaultPolicy, HealthPolicy, RestartPolicy};
-use crate::routing::{DeadLetter, DeadLetters};
 use crate::sync::{AtomicBool, Ordering};
 use crate::wait::Signal;
 
@@ -44,7 +43,6 @@ pub(crate) struct Supervisor {
     queue: Mutex<Queue>,
     shutdown: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
-    dead: Arc<DeadLetters>,
     respawn: Respawn,
 }
 
@@ -55,13 +53,12 @@ impl std::fmt::Debug for Supervisor {
 }
 
 impl Supervisor {
-    pub(crate) fn new(dead: Arc<DeadLetters>, respawn: Respawn) -> Arc<Self> {
+    pub(crate) fn new(respawn: Respawn) -> Arc<Self> {
         Arc::new(Self {
             signal: Signal::new(),
             queue: Mutex::new(Queue::default()),
             shutdown: AtomicBool::new(false),
             thread: Mutex::new(None),
-            dead,
             respawn,
         })
     }
@@ -108,26 +105,6 @@ impl Supervisor {
             super::pool::join_or_detach(vec![handle], "supervisor");
         }
     }
-
-    fn dead_letter_all(&self, kernel: &Arc<KernelCore>, why: &str) {
-        let reason = format!(
-            "kernel `{}` terminated by its fault policy: {why}",
-            kernel.config().name
-        );
-        let keep = |is_input: bool, s: crate::ring::SlotRef<'_>| {
-            self.dead.push(DeadLetter {
-                kernel: kernel.config().name.clone(),
-                reason: reason.clone(),
-                is_input,
-                tag: s.tag,
-                corr: s.corr,
-                payload: s.payload.to_vec(),
-            });
-        };
-        if let Err(e) = kernel.terminate(&mut |s| keep(true, s), &mut |s| keep(false, s)) {
-            tracing::error!(kernel = %kernel.config().name, error = %e, "fault policy could not terminate the kernel");
-        }
-    }
 }
 
 /// A restart that falls due at a time.
@@ -156,7 +133,7 @@ fn run(me: &Weak<Supervisor>) {
             for kernel in &watched {
                 if let Some(timeout) = kernel.config().watchdog {
                     watch_period = Some(watch_period.map_or(timeout, |p| p.min(timeout)) / 4);
-                    check_watchdog(&sup, kernel, timeout);
+                    check_watchdog(kernel, timeout);
                 }
             }
             next_watch = now + watch_period.unwrap_or(Duration::from_secs(1));
@@ -164,7 +141,7 @@ fn run(me: &Weak<Supervisor>) {
         // Faults reported since the last round.
         let faulted = std::mem::take(&mut sup.queue.lock().faulted);
         for kernel in faulted {
-            on_fault(&sup, &kernel, &mut due);
+            on_fault(&kernel, &mut due);
         }
         // Restarts that fell due.
         let now = Instant::now();
@@ -181,7 +158,7 @@ fn run(me: &Weak<Supervisor>) {
     }
 }
 
-fn check_watchdog(sup: &Supervisor, kernel: &Arc<KernelCore>, timeout: Duration) {
+fn check_watchdog(kernel: &Arc<KernelCore>, timeout: Duration) {
     // Faulted or abandoned already, or tripped before (its terminate may still be
     // waiting for the handler): one trip per fault.
     if kernel.state() == State::Faulted || kernel.is_abandoned() || kernel.fault().is_some() {
@@ -202,24 +179,15 @@ fn check_watchdog(sup: &Supervisor, kernel: &Arc<KernelCore>, timeout: Duration)
         // Terminating waits up to the command timeout for the stuck handler, then takes
         // the rings over; done aside so other kernels' restarts stay on time.
         let kernel = kernel.clone();
-        let dead = sup.dead.clone();
         let policy = kernel.config().fault_policy;
         let reported = std::thread::Builder::new()
             .name("gyre-watchdog".into())
             .spawn(move || {
                 let why = kernel.fault().unwrap_or_default();
-                let name = kernel.config().name.clone();
-                let keep = |is_input: bool, s: crate::ring::SlotRef<'_>| {
-                    dead.push(DeadLetter {
-                        kernel: name.clone(),
-                        reason: format!("kernel `{name}` terminated by its watchdog: {why}"),
-                        is_input,
-                        tag: s.tag,
-                        corr: s.corr,
-                        payload: s.payload.to_vec(),
-                    });
-                };
-                let _ = kernel.terminate(&mut |s| keep(true, s), &mut |s| keep(false, s));
+                kernel.terminate_to_dead_letters(&format!(
+                    "kernel `{}` terminated by its watchdog: {why}",
+                    kernel.config().name
+                ));
                 if matches!(policy, FaultPolicy::Restart(_)) {
                     kernel.request_supervised_restart();
                 }
@@ -230,12 +198,15 @@ fn check_watchdog(sup: &Supervisor, kernel: &Arc<KernelCore>, timeout: Duration)
     }
 }
 
-fn on_fault(sup: &Supervisor, kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
+fn on_fault(kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
     match kernel.config().fault_policy {
         FaultPolicy::Report => {}
         FaultPolicy::Terminate => {
             let why = kernel.fault().unwrap_or_else(|| "faulted".into());
-            sup.dead_letter_all(kernel, &why);
+            kernel.terminate_to_dead_letters(&format!(
+                "kernel `{}` terminated by its fault policy: {why}",
+                kernel.config().name
+            ));
         }
         FaultPolicy::Restart(policy) => schedule_restart(kernel, &policy, due),
     }

@@ -1048,14 +1048,32 @@ impl KernelCore {
 
     /// Sends a received message to the dead-letter sink with `reason`.
     fn dead_letter_input(&self, slot: &SlotRef<'_>, reason: String) {
+        self.dead_letter(true, reason, slot);
+    }
+
+    /// Sends one message this kernel received (`is_input`) or emitted to the dead-letter
+    /// sink with `reason`.
+    pub(crate) fn dead_letter(&self, is_input: bool, reason: String, slot: &SlotRef<'_>) {
         self.dead.push(DeadLetter {
             kernel: self.config.name.clone(),
             reason,
-            is_input: true,
+            is_input,
             tag: slot.tag,
             corr: slot.corr,
             payload: slot.payload.to_vec(),
         });
+    }
+
+    /// Terminates the kernel and sends every message it hands back, inputs and outputs,
+    /// to the dead-letter sink with `reason` (what fault policies do).
+    pub(crate) fn terminate_to_dead_letters(self: &Arc<Self>, reason: &str) {
+        let result = self.terminate(
+            &mut |s| self.dead_letter(true, reason.to_owned(), &s),
+            &mut |s| self.dead_letter(false, reason.to_owned(), &s),
+        );
+        if let Err(e) = result {
+            tracing::error!(kernel = %self.config.name, error = %e, "could not terminate the kernel for its fault policy");
+        }
     }
 
     fn fault_on_panic(self: &Arc<Self>, exec: &mut Exec, reason: &str) {

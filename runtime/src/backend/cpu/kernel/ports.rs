@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::{Emitter, KernelCore};
 use crate::abi::{make_tag, KIND_MESSAGE};
 use crate::ring::{ClaimError, SlotRef};
-use crate::routing::{DeadLetter, RouteError};
+use crate::routing::RouteError;
 use crate::sync::{asym, Ordering};
 
 /// Where a port's messages go.
@@ -185,18 +185,12 @@ impl KernelCore {
                 let PortTarget::Kernel { core, .. } = target else {
                     unreachable!("the host-bound output ring is never closed")
                 };
-                self.dead.push(DeadLetter {
-                    kernel: self.config.name.clone(),
-                    reason: format!(
-                        "downstream kernel `{}` stopped taking messages ({:?})",
-                        core.config.name,
-                        core.closed_state()
-                    ),
-                    is_input: false,
-                    tag,
-                    corr,
-                    payload: payload.to_vec(),
-                });
+                let reason = format!(
+                    "downstream kernel `{}` stopped taking messages ({:?})",
+                    core.config.name,
+                    core.closed_state()
+                );
+                self.dead_letter(false, reason, &emitted_slot(tag, corr, payload));
                 Delivery::DeadLettered
             }
             Err(ClaimError::TooMany) => unreachable!("a claim of one always fits"),
@@ -242,16 +236,9 @@ impl KernelCore {
             let port = &mut ports[number as usize];
             if matches!(port.target, PortTarget::Unbound | PortTarget::DeadLetters) {
                 // The port was rebound while these waited: nothing to deliver them to.
-                self.dead.push(DeadLetter {
-                    kernel: self.config.name.clone(),
-                    reason: format!(
-                        "port {number} was rebound to no ring while this emit waited for room"
-                    ),
-                    is_input: false,
-                    tag,
-                    corr,
-                    payload: payload.to_vec(),
-                });
+                let reason =
+                    format!("port {number} was rebound to no ring while this emit waited for room");
+                self.dead_letter(false, reason, &emitted_slot(tag, corr, payload));
                 stash.pop_front();
                 continue;
             }
@@ -429,14 +416,8 @@ impl Emitter<'_> {
         match &slot.target {
             PortTarget::Unbound => Err(EmitError::Unbound { port }),
             PortTarget::DeadLetters => {
-                core.dead.push(DeadLetter {
-                    kernel: core.config.name.clone(),
-                    reason: format!("port {port} is bound to the dead-letter sink"),
-                    is_input: false,
-                    tag,
-                    corr,
-                    payload: payload.to_vec(),
-                });
+                let reason = format!("port {port} is bound to the dead-letter sink");
+                core.dead_letter(false, reason, &emitted_slot(tag, corr, payload));
                 self.emitted += 1;
                 Ok(())
             }
@@ -489,5 +470,15 @@ impl Emitter<'_> {
     /// The kernel's id (the sender id in the tags of what it emits).
     pub fn kernel_id(&self) -> u32 {
         self.core.id
+    }
+}
+
+/// An emitted message as a slot view, for the dead-letter sink.
+fn emitted_slot(tag: u32, corr: [u32; 2], payload: &[u8]) -> SlotRef<'_> {
+    SlotRef {
+        position: 0,
+        tag,
+        corr,
+        payload,
     }
 }
