@@ -17,7 +17,7 @@ use gyre_runtime::backend::cpu::{KernelCore, PortTarget};
 use gyre_runtime::ring::SlotRef;
 use gyre_runtime::routing::{self, RouteError};
 
-use crate::kernel::{read, recv_error, wait_recv};
+use crate::kernel::{recv_shared, try_recv_shared};
 use crate::report::{GroupReport, KernelShutdown, RawMessage};
 use crate::spec::{join, Message};
 use crate::{Error, Kernel, KernelSpec, Runtime, SendError, Sender};
@@ -684,18 +684,11 @@ impl<In: Message, Out: Message> Pipeline<In, Out> {
     /// # Errors
     /// As [`Kernel::try_recv`].
     pub fn try_recv(&self) -> Result<Option<Out>, Error> {
-        match self.output.try_recv(read::<Out>) {
-            Ok(m) => Ok(Some(m)),
-            Err(gyre_runtime::backend::cpu::RecvFailure::Empty) => Ok(None),
-            Err(f) => Err(recv_error(&self.output, f)),
-        }
+        try_recv_shared(&self.output)
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
-        let core = &self.output;
-        wait_recv(core, timeout, || {
-            core.try_recv(|s| (read::<Out>(s), join(s.corr)))
-        })
+        recv_shared(&self.output, timeout)
     }
 
     /// A requester over the pipeline: send a request into the first stage, get the

@@ -356,11 +356,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// # Errors
     /// As [`Kernel::recv`].
     pub fn try_recv(&self) -> Result<Option<Out>, Error> {
-        match self.core.try_recv(|s| read::<Out>(s)) {
-            Ok(message) => Ok(Some(message)),
-            Err(RecvFailure::Empty) => Ok(None),
-            Err(failure) => Err(self.recv_error(failure)),
-        }
+        try_recv_shared(&self.core)
     }
 
     /// Receives, waiting at most `timeout`.
@@ -392,10 +388,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
-        let core = &self.core;
-        wait_recv(core, timeout, || {
-            core.try_recv(|s| (read::<Out>(s), join(s.corr)))
-        })
+        recv_shared(&self.core, timeout)
     }
 
     fn recv_error(&self, failure: RecvFailure) -> Error {
@@ -631,6 +624,27 @@ pub(crate) fn wait_recv<T>(
             after: timeout.unwrap_or_default(),
         }),
     }
+}
+
+/// Takes the next host-bound message of `core` through its shared receiving end, without
+/// waiting: `Ok(None)` when nothing is there yet.
+pub(crate) fn try_recv_shared<Out: Message>(core: &Arc<KernelCore>) -> Result<Option<Out>, Error> {
+    match core.try_recv(|s| read::<Out>(s)) {
+        Ok(message) => Ok(Some(message)),
+        Err(RecvFailure::Empty) => Ok(None),
+        Err(failure) => Err(recv_error(core, failure)),
+    }
+}
+
+/// Receives the next host-bound message of `core` with its correlation id through its
+/// shared receiving end, waiting at most `timeout` (forever with `None`).
+pub(crate) fn recv_shared<Out: Message>(
+    core: &Arc<KernelCore>,
+    timeout: Option<Duration>,
+) -> Result<(Out, u64), Error> {
+    wait_recv(core, timeout, || {
+        core.try_recv(|s| (read::<Out>(s), join(s.corr)))
+    })
 }
 
 pub(crate) fn recv_error(core: &KernelCore, failure: RecvFailure) -> Error {
