@@ -6,6 +6,8 @@
 //! [`crate::lifecycle`]; a backend differs only in who runs the kernel side.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use std::time::Duration;
 

@@ -1,0 +1,735 @@
+//! [`Device`] on a real GPU, through the CUDA driver API (cudarc's `driver::result` and
+//! `driver::sys` layers).
+//!
+//! Layered like cudarc: the unsafe driver calls live in small owning resources
+//! (`Context`, `HostAllocation`, `DeviceAllocation`, `LoadedModule`, `Stream`),
+//! each holding an `Arc<Context>` so the primary context outlives everything made in it.
+//! [`DriverDevice`] composes them into the safe [`Device`] interface.
+//!
+//! Two rules from the design shape this file:
+//! - A persistent grid runs until told to stop, on a non-blocking stream of its own.
+//!   Nothing here may wait for all work of the device: copies and memsets go on a
+//!   dedicated non-blocking copy stream and wait for that stream only; the legacy default
+//!   stream is never used.
+//! - Host memory shared with a grid is cached pinned memory (`cuMemHostAlloc` with
+//!   `DEVICEMAP | PORTABLE`, never `WRITECOMBINED`): the host polls it, and write-combined
+//!   memory is uncached for host reads.
+
+use std::ffi::{c_int, c_uint, c_void, CString};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use cudarc::driver::result::{self as cu, DriverError};
+use cudarc::driver::sys::{
+    self, CUcontext, CUdevice, CUdevice_attribute, CUdeviceptr, CUfunction, CUfunction_attribute,
+    CUmodule, CUresult, CUstream,
+};
+use parking_lot::Mutex;
+
+use super::device::{
+    Device, DeviceError, DeviceMemory, LaunchShape, MappedMemory, Module, Running,
+};
+use super::{nvrtc, probe};
+
+/// The entry point every group module defines.
+const ENTRY: &std::ffi::CStr = c"gyre_group_main";
+
+/// Maps a failed driver call to [`DeviceError::Driver`], naming the call and the result.
+fn driver_error(call: &'static str) -> impl FnOnce(DriverError) -> DeviceError {
+    move |error| DeviceError::Driver {
+        call,
+        message: probe::describe_driver_error(error),
+    }
+}
+
+/// A device's primary context, retained for as long as this value lives.
+struct Context {
+    device: CUdevice,
+    ordinal: usize,
+    raw: CUcontext,
+    /// Errors of driver calls made while dropping resources, kept to report later.
+    drop_errors: Mutex<Vec<DeviceError>>,
+}
+
+// SAFETY: a CUDA context handle may be used from any thread (it is made current on each
+// thread that calls in); the driver synchronises its own state.
+unsafe impl Send for Context {}
+// SAFETY: as for `Send`; `drop_errors` is behind a mutex.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// Retains the primary context of `device`.
+    fn retain(device: CUdevice, ordinal: usize) -> Result<Self, DeviceError> {
+        // SAFETY: `device` came from cuDeviceGet after cuInit.
+        let raw = unsafe { cu::primary_ctx::retain(device) }
+            .map_err(driver_error("cuDevicePrimaryCtxRetain"))?;
+        Ok(Self {
+            device,
+            ordinal,
+            raw,
+            drop_errors: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Makes this context current on the calling thread (if it is not already).
+    fn bind(&self) -> Result<(), DeviceError> {
+        if cu::ctx::get_current().map_err(driver_error("cuCtxGetCurrent"))? == Some(self.raw) {
+            return Ok(());
+        }
+        // SAFETY: `raw` is the primary context retained by `self`, still alive.
+        unsafe { cu::ctx::set_current(self.raw) }.map_err(driver_error("cuCtxSetCurrent"))
+    }
+
+    /// Records the failure of a driver call made in a `Drop`, where it cannot be returned.
+    fn record_drop_error(&self, call: &'static str, error: DriverError) {
+        let error = driver_error(call)(error);
+        tracing::warn!(device = self.ordinal, "{error}");
+        let mut errors = self.drop_errors.lock();
+        // Bounded: a context in a sticky error state fails every call.
+        if errors.len() < 64 {
+            errors.push(error);
+        }
+    }
+
+    /// Binds for a `Drop`; false (after recording why) when the context cannot be bound.
+    fn bind_for_drop(&self) -> bool {
+        match self.bind() {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(device = self.ordinal, "{error}");
+                self.drop_errors.lock().push(error);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: `device` is the device whose primary context `self` retained, once.
+        if let Err(error) = unsafe { cu::primary_ctx::release(self.device) } {
+            tracing::warn!(
+                device = self.ordinal,
+                "{}",
+                driver_error("cuDevicePrimaryCtxRelease")(error)
+            );
+        }
+    }
+}
+
+/// Pinned, device-mapped host memory from `cuMemHostAlloc`, freed on drop.
+struct HostAllocation {
+    ctx: Arc<Context>,
+    ptr: *mut c_void,
+}
+
+// SAFETY: the allocation is plain memory owned by this value; the pointer is only freed,
+// once, in `drop`.
+unsafe impl Send for HostAllocation {}
+// SAFETY: as for `Send`; `&HostAllocation` gives no access to the bytes.
+unsafe impl Sync for HostAllocation {}
+
+impl Drop for HostAllocation {
+    fn drop(&mut self) {
+        if !self.ctx.bind_for_drop() {
+            return;
+        }
+        // SAFETY: `ptr` came from cuMemHostAlloc in this context and is freed only here;
+        // the `MappedMemory` owning `self` is being dropped, so no one uses the bytes.
+        if let Err(error) = unsafe { cu::free_host(self.ptr) } {
+            self.ctx.record_drop_error("cuMemFreeHost", error);
+        }
+    }
+}
+
+/// Device memory, freed on drop.
+///
+/// From the stream-ordered allocator (`cuMemAllocAsync` on the copy stream) where the
+/// device supports memory pools: its free (`cuMemFreeAsync`) does not wait for the
+/// device, while `cuMemFree` may synchronise with the whole device, which would wait
+/// forever for a persistent grid of another group. `cuMemAlloc`/`cuMemFree` otherwise.
+struct DeviceAllocation {
+    ctx: Arc<Context>,
+    ptr: CUdeviceptr,
+    /// The stream the memory was allocated on, when it came from the stream-ordered
+    /// allocator.
+    stream: Option<Arc<Stream>>,
+}
+
+impl Drop for DeviceAllocation {
+    fn drop(&mut self) {
+        if !self.ctx.bind_for_drop() {
+            return;
+        }
+        match &self.stream {
+            Some(stream) => {
+                // SAFETY: `ptr` came from cuMemAllocAsync on `stream`, which is live (held
+                // here), and is freed only here. The owner of the `DeviceMemory` keeps it
+                // alive while a grid uses it, so no grid uses it any more.
+                if let Err(error) = unsafe { cu::free_async(self.ptr, stream.raw) } {
+                    self.ctx.record_drop_error("cuMemFreeAsync", error);
+                }
+            }
+            None => {
+                // SAFETY: `ptr` came from cuMemAlloc in this context and is freed only
+                // here.
+                if let Err(error) = unsafe { cu::free_sync(self.ptr) } {
+                    self.ctx.record_drop_error("cuMemFree", error);
+                }
+            }
+        }
+    }
+}
+
+/// A loaded module and its entry function, unloaded on drop. Shared (`Arc`) between the
+/// [`Module`] and every grid launched from it, so a running grid keeps its code loaded.
+struct LoadedModule {
+    ctx: Arc<Context>,
+    module: CUmodule,
+    function: CUfunction,
+}
+
+// SAFETY: module and function handles may be used from any thread with the context
+// current; the module is unloaded only in `drop`.
+unsafe impl Send for LoadedModule {}
+// SAFETY: as for `Send`; the handles are never mutated.
+unsafe impl Sync for LoadedModule {}
+
+impl Drop for LoadedModule {
+    fn drop(&mut self) {
+        if !self.ctx.bind_for_drop() {
+            return;
+        }
+        // SAFETY: `module` was loaded in this context and is unloaded only here; no grid
+        // uses it any more (each holds an `Arc` of `self`).
+        if let Err(error) = unsafe { cu::module::unload(self.module) } {
+            self.ctx.record_drop_error("cuModuleUnload", error);
+        }
+    }
+}
+
+/// A non-blocking stream (`CU_STREAM_NON_BLOCKING`: no implicit synchronisation with the
+/// legacy default stream).
+struct Stream {
+    ctx: Arc<Context>,
+    raw: CUstream,
+}
+
+// SAFETY: stream handles may be used from any thread with the context current.
+unsafe impl Send for Stream {}
+// SAFETY: as for `Send`; the handle is never mutated.
+unsafe impl Sync for Stream {}
+
+impl Stream {
+    /// Creates a non-blocking stream in `ctx` (which the caller has bound).
+    fn new(ctx: &Arc<Context>) -> Result<Self, DeviceError> {
+        let raw = cu::stream::create(cu::stream::StreamKind::NonBlocking)
+            .map_err(driver_error("cuStreamCreate"))?;
+        Ok(Self {
+            ctx: Arc::clone(ctx),
+            raw,
+        })
+    }
+
+    /// Waits for the work queued on this stream only.
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        // SAFETY: `raw` is a live stream of the bound context.
+        unsafe { cu::stream::synchronize(self.raw) }.map_err(driver_error("cuStreamSynchronize"))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if !self.ctx.bind_for_drop() {
+            return;
+        }
+        // SAFETY: `raw` is live and destroyed only here. (cuStreamDestroy does not wait
+        // for queued work; callers that may still have work queued leak the stream
+        // instead, see `RunningGrid`.)
+        if let Err(error) = unsafe { cu::stream::destroy(self.raw) } {
+            self.ctx.record_drop_error("cuStreamDestroy", error);
+        }
+    }
+}
+
+/// A CUDA GPU driven through the driver API.
+///
+/// Made by [`DriverDevice::new`], which checks that the device can run gyre's groups:
+/// cooperative launch, mapped host memory and compute capability 7.0 or newer (the device
+/// code uses `ld.acquire`/`st.release` at system scope and `__nanosleep`).
+pub struct DriverDevice {
+    ctx: Arc<Context>,
+    name: String,
+    /// Compute capability (major, minor).
+    capability: (u32, u32),
+    multiprocessors: u32,
+    /// Whether device memory comes from the stream-ordered allocator.
+    memory_pools: bool,
+    /// The stream all allocations, copies and memsets go on (never the legacy default
+    /// stream).
+    copy_stream: Arc<Stream>,
+    /// Serialises the use of `copy_stream`, so a synchronize waits only for the caller's
+    /// own work.
+    copy_lock: Mutex<()>,
+}
+
+impl fmt::Debug for DriverDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DriverDevice")
+            .field("ordinal", &self.ctx.ordinal)
+            .field("name", &self.name)
+            .field("capability", &self.capability)
+            .field("multiprocessors", &self.multiprocessors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DriverDevice {
+    /// Opens CUDA device `ordinal` (as numbered under `CUDA_VISIBLE_DEVICES`).
+    ///
+    /// # Errors
+    /// [`DeviceError::Unavailable`] when there is no driver, no such device, or the device
+    /// lacks cooperative launch, mapped host memory or compute capability 7.0;
+    /// [`DeviceError::Driver`] when a driver call fails.
+    pub fn new(ordinal: usize) -> Result<Self, DeviceError> {
+        let info = probe::load_driver()?;
+        if ordinal >= info.device_count {
+            return Err(DeviceError::Unavailable(format!(
+                "CUDA device {ordinal} does not exist: {} device(s) visible (check \
+                 CUDA_VISIBLE_DEVICES)",
+                info.device_count
+            )));
+        }
+        let index = c_int::try_from(ordinal).map_err(|_| {
+            DeviceError::Unavailable(format!("CUDA device {ordinal} does not exist"))
+        })?;
+        let device = cu::device::get(index).map_err(driver_error("cuDeviceGet"))?;
+        let name = cu::device::get_name(device).map_err(driver_error("cuDeviceGetName"))?;
+        let attribute = |attribute: CUdevice_attribute| -> Result<i32, DeviceError> {
+            // SAFETY: `device` came from cuDeviceGet.
+            unsafe { cu::device::get_attribute(device, attribute) }
+                .map_err(driver_error("cuDeviceGetAttribute"))
+        };
+        let major = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        let describe = format!("CUDA device {ordinal} ({name}, sm_{major}{minor})");
+        if major < 7 {
+            return Err(DeviceError::Unavailable(format!(
+                "{describe} is too old: gyre needs compute capability 7.0 or newer \
+                 (system-scope acquire/release and __nanosleep)"
+            )));
+        }
+        if attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? == 0 {
+            return Err(DeviceError::Unavailable(format!(
+                "{describe} cannot launch cooperative grids, which gyre needs for \
+                 forward progress between the blocks of a group"
+            )));
+        }
+        if attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY)? == 0 {
+            return Err(DeviceError::Unavailable(format!(
+                "{describe} cannot map host memory, which gyre's host rings live in"
+            )));
+        }
+        let multiprocessors =
+            attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+
+        let memory_pools =
+            attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED)? != 0;
+
+        let ctx = Arc::new(Context::retain(device, ordinal)?);
+        ctx.bind()?;
+        let copy_stream = Arc::new(Stream::new(&ctx)?);
+        Ok(Self {
+            ctx,
+            name,
+            capability: (
+                u32::try_from(major).unwrap_or(0),
+                u32::try_from(minor).unwrap_or(0),
+            ),
+            multiprocessors: u32::try_from(multiprocessors).unwrap_or(0),
+            memory_pools,
+            copy_stream,
+            copy_lock: Mutex::new(()),
+        })
+    }
+
+    /// The device's name (`"NVIDIA H100 80GB HBM3"`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ctx.ordinal
+    }
+
+    /// Compute capability as (major, minor).
+    pub fn compute_capability(&self) -> (u32, u32) {
+        self.capability
+    }
+
+    /// The virtual architecture NVRTC compiles for (`"compute_90"`).
+    pub fn virtual_arch(&self) -> String {
+        format!("compute_{}{}", self.capability.0, self.capability.1)
+    }
+
+    /// The real architecture (`"sm_90"`), for `ptxas`.
+    pub fn real_arch(&self) -> String {
+        format!("sm_{}{}", self.capability.0, self.capability.1)
+    }
+
+    /// Streaming multiprocessors on the device.
+    pub fn multiprocessor_count(&self) -> u32 {
+        self.multiprocessors
+    }
+
+    /// Takes the errors of driver calls made while freeing resources (which `Drop` cannot
+    /// return), oldest first.
+    pub fn take_drop_errors(&self) -> Vec<DeviceError> {
+        std::mem::take(&mut *self.ctx.drop_errors.lock())
+    }
+
+    /// The loaded module behind a [`Module`] this device compiled.
+    fn loaded<'m>(&self, module: &'m Module) -> Result<&'m Arc<LoadedModule>, DeviceError> {
+        let loaded = module
+            .inner()
+            .downcast_ref::<Arc<LoadedModule>>()
+            .ok_or_else(|| DeviceError::Driver {
+                call: "cuModuleGetFunction",
+                message: "the module was not compiled by a CUDA driver device".to_owned(),
+            })?;
+        if !Arc::ptr_eq(&loaded.ctx, &self.ctx) {
+            return Err(DeviceError::Driver {
+                call: "cuModuleGetFunction",
+                message: "the module was compiled for another CUDA device".to_owned(),
+            });
+        }
+        Ok(loaded)
+    }
+
+    /// Checks `offset .. offset + len` lies within an allocation of `bytes` bytes.
+    fn check_range(
+        call: &'static str,
+        offset: usize,
+        len: usize,
+        bytes: usize,
+    ) -> Result<(), DeviceError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= bytes => Ok(()),
+            _ => Err(DeviceError::Driver {
+                call,
+                message: format!(
+                    "range {offset}..{offset}+{len} is outside the {bytes}-byte allocation"
+                ),
+            }),
+        }
+    }
+}
+
+impl Device for DriverDevice {
+    fn describe(&self) -> String {
+        format!(
+            "{} (sm_{}{}, {} SMs)",
+            self.name, self.capability.0, self.capability.1, self.multiprocessors
+        )
+    }
+
+    fn is_emulated(&self) -> bool {
+        false
+    }
+
+    fn alloc_mapped(&self, bytes: usize) -> Result<MappedMemory, DeviceError> {
+        self.ctx.bind()?;
+        // Never WRITECOMBINED: the host reads this memory (design rule 7).
+        let flags = sys::CU_MEMHOSTALLOC_DEVICEMAP | sys::CU_MEMHOSTALLOC_PORTABLE;
+        // SAFETY: the context is current; the returned bytes are zeroed below before any
+        // use.
+        let ptr = unsafe { cu::malloc_host(bytes.max(1), flags as c_uint) }
+            .map_err(driver_error("cuMemHostAlloc"))?;
+        let Some(host) = NonNull::new(ptr.cast::<u8>()) else {
+            return Err(DeviceError::Driver {
+                call: "cuMemHostAlloc",
+                message: "returned a null pointer".to_owned(),
+            });
+        };
+        let allocation = HostAllocation {
+            ctx: Arc::clone(&self.ctx),
+            ptr,
+        };
+        let mut device: CUdeviceptr = 0;
+        // SAFETY: `ptr` is a live DEVICEMAP allocation of this context; flags must be 0.
+        unsafe { sys::cuMemHostGetDevicePointer_v2(&raw mut device, ptr, 0) }
+            .result()
+            .map_err(driver_error("cuMemHostGetDevicePointer"))?;
+        // SAFETY: `host` points to at least `bytes` bytes that nothing else references yet.
+        unsafe { host.as_ptr().write_bytes(0, bytes) };
+        // SAFETY: `host` and `device` address the same `bytes` zeroed bytes, page aligned
+        // (cuMemHostAlloc allocates whole pages), valid until `allocation` is dropped.
+        Ok(unsafe { MappedMemory::from_raw(host, device, bytes, Box::new(allocation)) })
+    }
+
+    fn alloc_device(&self, bytes: usize) -> Result<DeviceMemory, DeviceError> {
+        self.ctx.bind()?;
+        let _copy = self.copy_lock.lock();
+        let stream = &self.copy_stream;
+        let allocation = if self.memory_pools {
+            // SAFETY: the context is current and the stream live; the memory is zeroed on
+            // the same stream below, and the stream is synchronised before any other stream
+            // (a grid's) can use it.
+            let ptr = unsafe { cu::malloc_async(stream.raw, bytes.max(1)) }
+                .map_err(driver_error("cuMemAllocAsync"))?;
+            DeviceAllocation {
+                ctx: Arc::clone(&self.ctx),
+                ptr,
+                stream: Some(Arc::clone(stream)),
+            }
+        } else {
+            // SAFETY: the context is current; the memory is zeroed below before any use.
+            let ptr =
+                unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(driver_error("cuMemAlloc"))?;
+            DeviceAllocation {
+                ctx: Arc::clone(&self.ctx),
+                ptr,
+                stream: None,
+            }
+        };
+        let ptr = allocation.ptr;
+        // SAFETY: `ptr` is a live allocation of at least `bytes` bytes; the stream is live.
+        // The memset is ordered on the copy stream after the allocation, awaited below.
+        unsafe { cu::memset_d8_async(ptr, 0, bytes, stream.raw) }
+            .map_err(driver_error("cuMemsetD8Async"))?;
+        stream.synchronize()?;
+        // SAFETY: `ptr` is the device address of `bytes` zeroed bytes, aligned to at least
+        // 256 (the guarantee of cuMemAlloc and of the default memory pool), allocated until
+        // `allocation` is dropped.
+        Ok(unsafe { DeviceMemory::from_raw(ptr, bytes, Box::new(allocation)) })
+    }
+
+    fn write_device(
+        &self,
+        dst: &DeviceMemory,
+        offset: usize,
+        src: &[u8],
+    ) -> Result<(), DeviceError> {
+        Self::check_range("cuMemcpyHtoDAsync", offset, src.len(), dst.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind()?;
+        let _copy = self.copy_lock.lock();
+        let stream = &self.copy_stream;
+        // SAFETY: the destination range lies within a live allocation (checked above);
+        // `src` stays borrowed until the stream is synchronised below, so the
+        // asynchronous copy never outlives it.
+        unsafe { cu::memcpy_htod_async(dst.device_ptr() + offset as u64, src, stream.raw) }
+            .map_err(driver_error("cuMemcpyHtoDAsync"))?;
+        stream.synchronize()
+    }
+
+    fn read_device(
+        &self,
+        src: &DeviceMemory,
+        offset: usize,
+        dst: &mut [u8],
+    ) -> Result<(), DeviceError> {
+        Self::check_range("cuMemcpyDtoHAsync", offset, dst.len(), src.len())?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind()?;
+        let _copy = self.copy_lock.lock();
+        let stream = &self.copy_stream;
+        // SAFETY: the source range lies within a live allocation (checked above); `dst`
+        // stays mutably borrowed until the stream is synchronised below.
+        unsafe { cu::memcpy_dtoh_async(dst, src.device_ptr() + offset as u64, stream.raw) }
+            .map_err(driver_error("cuMemcpyDtoHAsync"))?;
+        stream.synchronize()
+    }
+
+    fn compile(&self, source: &str, headers: &[(&str, &str)]) -> Result<Module, DeviceError> {
+        let compiled =
+            nvrtc::compile_ptx(source, "gyre_group.cu", headers, &self.virtual_arch(), &[])?;
+        let image = CString::new(compiled.ptx).map_err(|_| DeviceError::Driver {
+            call: "cuModuleLoadData",
+            message: "NVRTC produced PTX containing a NUL byte".to_owned(),
+        })?;
+        self.ctx.bind()?;
+        // SAFETY: `image` is a NUL-terminated PTX image that outlives the call; the
+        // context is current.
+        let module = unsafe { cu::module::load_data(image.as_ptr().cast()) }.map_err(|error| {
+            let mut error = driver_error("cuModuleLoadData")(error);
+            if let DeviceError::Driver { message, .. } = &mut error {
+                if message.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") {
+                    message.push_str(
+                        " (the NVIDIA driver is older than NVRTC: update the driver, or use an \
+                         NVRTC no newer than the driver's CUDA version)",
+                    );
+                }
+            }
+            error
+        })?;
+        let entry = ENTRY.to_owned();
+        // SAFETY: `module` is live (just loaded).
+        let function = match unsafe { cu::module::get_function(module, entry) } {
+            Ok(function) => function,
+            Err(error) => {
+                // SAFETY: `module` is live and not referenced elsewhere.
+                let _ = unsafe { cu::module::unload(module) };
+                return Err(driver_error("cuModuleGetFunction")(error));
+            }
+        };
+        let loaded = Arc::new(LoadedModule {
+            ctx: Arc::clone(&self.ctx),
+            module,
+            function,
+        });
+        let function_attribute = |attribute: CUfunction_attribute| {
+            // SAFETY: `function` belongs to the live module `loaded` holds.
+            unsafe { cu::function::get_function_attribute(function, attribute) }
+                .ok()
+                .and_then(|value| u32::try_from(value).ok())
+        };
+        let registers = function_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS);
+        let local_bytes =
+            function_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES);
+        let mut module = Module::new(Box::new(loaded));
+        module.registers = registers;
+        module.local_bytes = local_bytes;
+        Ok(module)
+    }
+
+    fn max_resident_blocks(&self, module: &Module, threads: u32) -> Result<u32, DeviceError> {
+        let loaded = self.loaded(module)?;
+        let block_size = c_int::try_from(threads).map_err(|_| DeviceError::Driver {
+            call: "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            message: format!("{threads} threads per block is out of range"),
+        })?;
+        self.ctx.bind()?;
+        // SAFETY: the function belongs to a live module of this (current) context.
+        let per_sm = unsafe {
+            cu::occupancy::max_active_block_per_multiprocessor(loaded.function, block_size, 0)
+        }
+        .map_err(driver_error("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+        Ok(u32::try_from(per_sm)
+            .unwrap_or(0)
+            .saturating_mul(self.multiprocessors))
+    }
+
+    fn launch(
+        &self,
+        module: &Module,
+        shape: LaunchShape,
+        kernels: u64,
+        kernel_count: u32,
+    ) -> Result<Box<dyn Running>, DeviceError> {
+        let loaded = Arc::clone(self.loaded(module)?);
+        self.ctx.bind()?;
+        let stream = Stream::new(&self.ctx)?;
+        let mut kernels_arg: u64 = kernels;
+        let mut count_arg: u32 = kernel_count;
+        let mut params: [*mut c_void; 2] = [
+            (&raw mut kernels_arg).cast::<c_void>(),
+            (&raw mut count_arg).cast::<c_void>(),
+        ];
+        // SAFETY: the function is live (its module is held by `loaded`, which the grid
+        // keeps); its parameters are `(const gyre_kernel_desc*, unsigned)`, matching the
+        // u64 device address and u32 passed by pointer, which the driver copies before
+        // returning; the memory they address is the caller's to keep alive while the grid
+        // runs (the group owns it and outlives the grid).
+        let launched = unsafe {
+            cu::launch_cooperative_kernel(
+                loaded.function,
+                (shape.blocks, 1, 1),
+                (shape.threads, 1, 1),
+                0,
+                stream.raw,
+                &mut params,
+            )
+        };
+        if let Err(error) = launched {
+            if error.0 == CUresult::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE {
+                let available = self.max_resident_blocks(module, shape.threads)?;
+                return Err(DeviceError::DoesNotFit {
+                    needed: shape.blocks,
+                    available,
+                    threads: shape.threads,
+                });
+            }
+            return Err(driver_error("cuLaunchCooperativeKernel")(error));
+        }
+        Ok(Box::new(RunningGrid {
+            stream: Some(stream),
+            module: Some(loaded),
+        }))
+    }
+}
+
+/// A cooperative grid running on its own stream.
+struct RunningGrid {
+    /// `None` only while dropping.
+    stream: Option<Stream>,
+    /// Keeps the grid's code loaded; `None` only while dropping.
+    module: Option<Arc<LoadedModule>>,
+}
+
+impl RunningGrid {
+    fn query_status(&self) -> Result<CUresult, DeviceError> {
+        let Some(stream) = &self.stream else {
+            return Ok(CUresult::CUDA_SUCCESS);
+        };
+        stream.ctx.bind()?;
+        // SAFETY: the stream is live (destroyed only when `self` drops).
+        Ok(unsafe { sys::cuStreamQuery(stream.raw) })
+    }
+}
+
+impl Running for RunningGrid {
+    fn query(&self) -> Result<bool, DeviceError> {
+        match self.query_status()? {
+            CUresult::CUDA_SUCCESS => Ok(true),
+            CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            other => Err(driver_error("cuStreamQuery")(DriverError(other))),
+        }
+    }
+}
+
+impl Drop for RunningGrid {
+    fn drop(&mut self) {
+        // A grid that has not finished still runs the module's code on the stream:
+        // destroying either could not wait for it without blocking this thread, so both are
+        // leaked instead. A grid that failed is gone; its resources can be freed.
+        if matches!(self.query_status(), Ok(CUresult::CUDA_ERROR_NOT_READY)) {
+            tracing::warn!(
+                "dropping a CUDA grid that is still running: its stream and module are leaked"
+            );
+            std::mem::forget(self.stream.take());
+            std::mem::forget(self.module.take());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_a_device_without_a_driver_is_unavailable_not_a_panic() {
+        match DriverDevice::new(0) {
+            Ok(device) => eprintln!("CUDA device present: {}", device.describe()),
+            Err(DeviceError::Unavailable(message)) => {
+                assert!(!message.is_empty());
+                eprintln!("no CUDA device (as expected without a GPU): {message}");
+            }
+            Err(other) => panic!("expected Unavailable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ranges_are_checked_without_overflow() {
+        assert!(DriverDevice::check_range("c", 0, 8, 8).is_ok());
+        assert!(DriverDevice::check_range("c", 8, 0, 8).is_ok());
+        assert!(DriverDevice::check_range("c", 1, 8, 8).is_err());
+        assert!(DriverDevice::check_range("c", usize::MAX, 2, 8).is_err());
+    }
+}

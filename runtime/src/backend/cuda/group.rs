@@ -1,0 +1,1346 @@
+//! The host side of a group on a CUDA device: allocation, launch, sending, receiving,
+//! lifecycle commands, drain, terminate and the report.
+//!
+//! Everything here talks to the device through [`Device`] and to the kernels through the
+//! shared memory protocol only (`crate::ring` over mapped memory, `crate::control`), so
+//! the same code drives a GPU ([`super::driver::DriverDevice`]) and the emulation
+//! ([`super::emulated::EmulatedDevice`]) the conformance tests use.
+
+use std::collections::VecDeque;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::codegen::{self, HandlerCode};
+use super::device::{Device, DeviceError, DeviceMemory, LaunchShape, MappedMemory, Running};
+use super::plan::{self, KernelDesc, Pending, RingRef};
+use crate::abi::{
+    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, HOST_SENDER_ID, KIND_MESSAGE,
+    SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
+};
+use crate::backend::CommandError;
+use crate::control::{ControlMemory, Counters, HostSide};
+use crate::health::{self, Health, HealthPolicy, Watchdog};
+use crate::lifecycle::{self, Event};
+use crate::metrics::KernelSample;
+use crate::ring::{ClaimError, Consumer, Producer, RawRing, RingLayout, RingMemory, Step};
+use crate::routing::DeadLetter;
+use crate::sync::AtomicU32;
+use crate::wait::Backoff;
+
+/// Where a port's messages go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The kernel's host outbox ([`CudaGroup::try_recv`]).
+    Host,
+    /// Kernel `i` of the group, through a ring in device memory.
+    Kernel(usize),
+    /// The dead letters ([`CudaGroup::take_dead_letters`]).
+    DeadLetters,
+}
+
+/// A route from a kernel's port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Index of the emitting kernel.
+    pub from: usize,
+    /// Its port.
+    pub port: u32,
+    /// Where the port's messages go.
+    pub to: Target,
+}
+
+/// One kernel of a group plan.
+#[derive(Clone, Debug)]
+pub struct KernelPlan {
+    /// Its name (unique in the group).
+    pub name: String,
+    /// Its device function.
+    pub handler: HandlerCode,
+    /// Handler parameters (`ctx->params`).
+    pub params: [u32; plan::PARAM_WORDS],
+    /// Whether one thread handles each batch, in order (stateful kernels).
+    pub sequential: bool,
+    /// Bytes of device state, zeroed at launch (`ctx->state`).
+    pub state_bytes: u32,
+    /// Slots of each inbox ring (the host's and each upstream route's).
+    pub capacity: u32,
+    /// Bytes per inbox slot, header included.
+    pub slot_bytes: u32,
+    /// Slots of the host outbox.
+    pub out_capacity: u32,
+    /// Bytes per host outbox slot, header included.
+    pub out_slot_bytes: u32,
+    /// Output ports.
+    pub ports: u32,
+    /// Most emits per message.
+    pub max_emits: u32,
+    /// Most messages per batch (0: one per thread of the block).
+    pub quantum: u32,
+    /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
+    pub origin: u32,
+}
+
+impl KernelPlan {
+    /// A kernel with defaults: 1,024-slot rings of 64-byte slots, one port, up to four
+    /// emits per message, one message per thread per batch.
+    pub fn new(name: impl Into<String>, handler: HandlerCode) -> Self {
+        Self {
+            name: name.into(),
+            handler,
+            params: [0; plan::PARAM_WORDS],
+            sequential: false,
+            state_bytes: 0,
+            capacity: 1024,
+            slot_bytes: 64,
+            out_capacity: 1024,
+            out_slot_bytes: 64,
+            ports: 1,
+            max_emits: 4,
+            quantum: 0,
+            origin: 0,
+        }
+    }
+}
+
+/// A group to launch: kernels, routes (ports without a route go to the host) and the
+/// block size.
+#[derive(Clone, Debug)]
+pub struct GroupPlan {
+    /// The group's name.
+    pub name: String,
+    /// Its kernels; block `i` of the grid runs kernel `i`.
+    pub kernels: Vec<KernelPlan>,
+    /// Its routes.
+    pub routes: Vec<Route>,
+    /// Threads per block (1 to 256).
+    pub threads: u32,
+}
+
+/// What went wrong launching or running a group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The device refused or failed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The plan is invalid; the message says what to change.
+    #[error("group `{group}`: {message}")]
+    Invalid {
+        /// The group.
+        group: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Why a send did not go through; the message is handed back.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The inbox is full.
+    #[error("kernel `{kernel}`'s inbox is full: retry, or raise its capacity")]
+    Full {
+        /// The kernel.
+        kernel: String,
+    },
+    /// The kernel no longer takes messages (draining, terminated or faulted).
+    #[error("kernel `{kernel}` takes no more messages: it is draining or stopped")]
+    Closed {
+        /// The kernel.
+        kernel: String,
+    },
+    /// The message does not fit the inbox slot.
+    #[error("a {bytes}-byte message does not fit kernel `{kernel}`'s {room}-byte slot payload: raise its slot size")]
+    TooLarge {
+        /// The kernel.
+        kernel: String,
+        /// The message's size.
+        bytes: usize,
+        /// The slot payload.
+        room: u32,
+    },
+    /// The group faulted.
+    #[error("group faulted: {0}")]
+    Faulted(String),
+}
+
+/// A message read back from a ring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Kind (low 16 bits) and sender id (high 16 bits).
+    pub tag: u32,
+    /// Correlation id.
+    pub corr: [u32; 2],
+    /// The slot's payload (the message is at its start).
+    pub payload: Vec<u8>,
+}
+
+impl Message {
+    /// The message kind.
+    pub fn kind(&self) -> u32 {
+        self.tag & TAG_KIND_MASK
+    }
+
+    /// The sending kernel's id.
+    pub fn sender(&self) -> u32 {
+        self.tag >> TAG_SENDER_SHIFT
+    }
+}
+
+/// What one kernel left when its group stopped.
+#[derive(Clone, Debug)]
+pub struct KernelReport {
+    /// The kernel.
+    pub name: String,
+    /// Its final state.
+    pub state: State,
+    /// Its counters, widened.
+    pub counters: Counters<u64>,
+    /// Messages that reached it and were never handled: its host inbox and every ring
+    /// from an upstream kernel, oldest first per ring.
+    pub undelivered: Vec<Message>,
+    /// Outputs it made but could not deliver (a terminate while it waited for room),
+    /// with their port.
+    pub undelivered_outputs: Vec<(u32, Message)>,
+}
+
+/// What a drain or terminate of a group did.
+#[derive(Clone, Debug)]
+pub struct GroupReport {
+    /// One report per kernel, in plan order.
+    pub kernels: Vec<KernelReport>,
+    /// Whether a drain ran out of time (the rest was terminated).
+    pub timed_out: bool,
+    /// The device error that ended the group, if one did.
+    pub fault: Option<String>,
+}
+
+impl GroupReport {
+    /// Every undelivered message and output of every kernel.
+    pub fn undelivered_count(&self) -> usize {
+        self.kernels
+            .iter()
+            .map(|k| k.undelivered.len() + k.undelivered_outputs.len())
+            .sum()
+    }
+}
+
+/// A control block in mapped memory.
+struct MappedControl {
+    memory: MappedMemory,
+}
+
+// SAFETY: the mapped block is 256 bytes, 128-aligned, alive as long as `memory`; every
+// word is accessed through these atomics on the host (the device uses its own atomics on
+// the same words, per the protocol).
+unsafe impl ControlMemory for MappedControl {
+    fn word(&self, byte_offset: usize) -> &AtomicU32 {
+        assert!(byte_offset.is_multiple_of(4) && byte_offset < size_of::<ControlBlock>());
+        // SAFETY: in bounds and aligned (asserted), valid while `self.memory` lives.
+        #[allow(clippy::cast_ptr_alignment)]
+        unsafe {
+            AtomicU32::from_ptr(
+                self.memory
+                    .host_ptr()
+                    .as_ptr()
+                    .add(byte_offset)
+                    .cast::<u32>(),
+            )
+        }
+    }
+}
+
+/// A ring in mapped memory and the memory that holds it.
+struct MappedRing {
+    ring: RawRing,
+    _memory: MappedMemory,
+}
+
+// SAFETY: forwards to the RawRing, whose memory `_memory` keeps alive.
+unsafe impl RingMemory for MappedRing {
+    fn capacity(&self) -> u32 {
+        self.ring.capacity()
+    }
+    fn slot_bytes(&self) -> u32 {
+        self.ring.slot_bytes()
+    }
+    fn head(&self) -> &AtomicU32 {
+        self.ring.head()
+    }
+    fn tail(&self) -> &AtomicU32 {
+        self.ring.tail()
+    }
+    fn stamp(&self, index: u32) -> &AtomicU32 {
+        self.ring.stamp(index)
+    }
+    unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { self.ring.with_body_mut(index, f) }
+    }
+    unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { self.ring.with_body(index, f) }
+    }
+}
+
+fn mapped_ring(
+    device: &dyn Device,
+    layout: RingLayout,
+    origin: u32,
+) -> Result<(MappedRing, u64), DeviceError> {
+    let memory = device.alloc_mapped(layout.region_bytes())?;
+    // SAFETY: fresh, zeroed, 4096-aligned memory of the region's size, not shared yet.
+    let ring = unsafe { RawRing::init(memory.host_ptr(), layout, origin) };
+    let address = memory.device_ptr();
+    Ok((
+        MappedRing {
+            ring,
+            _memory: memory,
+        },
+        address,
+    ))
+}
+
+/// Host memory aligned to 128 bytes, for building and reading back device rings.
+struct Staging {
+    ptr: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl Staging {
+    fn new(bytes: usize) -> Self {
+        let layout = std::alloc::Layout::from_size_align(bytes.max(1), 128)
+            .expect("ring regions are far below isize::MAX");
+        // SAFETY: nonzero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self { ptr, layout }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: owned allocation of this size.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+/// A kernel-to-kernel ring in device memory.
+struct Edge {
+    to: usize,
+    memory: DeviceMemory,
+    layout: RingLayout,
+}
+
+struct KernelRt {
+    plan: KernelPlan,
+    id: u32,
+    control: HostSide<MappedControl>,
+    inbox: Producer<MappedRing>,
+    outbox: Mutex<Consumer<MappedRing>>,
+    /// Outputs moved out of the outbox while the host drained or stopped the group, still
+    /// for the user to receive.
+    overflow: Mutex<VecDeque<Message>>,
+    dead: Mutex<Consumer<MappedRing>>,
+    _state: Option<DeviceMemory>,
+    scratch: DeviceMemory,
+    record_stride: u32,
+    commands: Mutex<()>,
+    watchdog: Mutex<Option<Watchdog>>,
+    collected: Mutex<bool>,
+}
+
+/// A group of kernels resident on a CUDA device (or its emulation).
+pub struct CudaGroup {
+    name: String,
+    device: Arc<dyn Device>,
+    kernels: Vec<KernelRt>,
+    edges: Vec<Edge>,
+    order: Vec<usize>,
+    descs: Option<DeviceMemory>,
+    running: Mutex<Option<Box<dyn Running>>>,
+    fault: Mutex<Option<String>>,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for CudaGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaGroup")
+            .field("name", &self.name)
+            .field("device", &self.device.describe())
+            .field(
+                "kernels",
+                &self
+                    .kernels
+                    .iter()
+                    .map(|k| &k.plan.name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(group: &str, message: impl Into<String>) -> GroupError {
+    GroupError::Invalid {
+        group: group.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn layout(
+    group: &str,
+    kernel: &str,
+    what: &str,
+    capacity: u32,
+    slot_bytes: u32,
+) -> Result<RingLayout, GroupError> {
+    RingLayout::new(capacity, slot_bytes)
+        .map_err(|e| invalid(group, format!("kernel `{kernel}`'s {what}: {e}")))
+}
+
+/// One step of a host wait loop: spin, then yield, then sleep 50 us at a time (a host
+/// waiting on a device has nothing to wake it but polling).
+fn pause(backoff: &mut Backoff) {
+    if !backoff.snooze() {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+fn round16(x: u32) -> u32 {
+    x.div_ceil(16) * 16
+}
+
+impl CudaGroup {
+    /// Checks, allocates, compiles and launches a group; its kernels start in state
+    /// `Launched` (resident, not processing) and wait for [`CudaGroup::activate_all`].
+    ///
+    /// # Errors
+    /// [`GroupError::Invalid`] for a plan that cannot work (the message says what to
+    /// change), [`GroupError::Device`] when allocation, compilation (with the compiler's
+    /// log) or the launch fails, or the group does not fit on the device.
+    #[allow(clippy::too_many_lines)]
+    pub fn launch(
+        device: Arc<dyn Device>,
+        plan: GroupPlan,
+        command_timeout: Duration,
+    ) -> Result<Self, GroupError> {
+        let group = plan.name.as_str();
+        let n = plan.kernels.len();
+        if n == 0 {
+            return Err(invalid(group, "a group needs at least one kernel"));
+        }
+        if !(1..=plan::MAX_THREADS).contains(&plan.threads) {
+            return Err(invalid(
+                group,
+                format!("{} threads per block: use 1 to 256", plan.threads),
+            ));
+        }
+        for (i, k) in plan.kernels.iter().enumerate() {
+            if plan.kernels[..i].iter().any(|o| o.name == k.name) {
+                return Err(invalid(
+                    group,
+                    format!("two kernels are named `{}`: rename one", k.name),
+                ));
+            }
+            if k.ports as usize > plan::MAX_PORTS {
+                return Err(invalid(
+                    group,
+                    format!("kernel `{}` has {} ports: at most 8", k.name, k.ports),
+                ));
+            }
+            if k.quantum > plan.threads {
+                return Err(invalid(
+                    group,
+                    format!(
+                        "kernel `{}`'s quantum {} exceeds the {} threads per block",
+                        k.name, k.quantum, plan.threads
+                    ),
+                ));
+            }
+            if k.max_emits == 0 {
+                return Err(invalid(
+                    group,
+                    format!("kernel `{}`: max_emits must be at least 1", k.name),
+                ));
+            }
+        }
+        // Every port goes somewhere: the host unless routed.
+        let mut targets: Vec<Vec<Target>> = plan
+            .kernels
+            .iter()
+            .map(|k| vec![Target::Host; k.ports as usize])
+            .collect();
+        let mut routed: Vec<Vec<bool>> = plan
+            .kernels
+            .iter()
+            .map(|k| vec![false; k.ports as usize])
+            .collect();
+        let mut graph = Vec::new();
+        for r in &plan.routes {
+            let from = plan.kernels.get(r.from).ok_or_else(|| {
+                invalid(group, format!("a route starts at kernel {} of {n}", r.from))
+            })?;
+            if r.port >= from.ports {
+                return Err(invalid(
+                    group,
+                    format!(
+                        "kernel `{}` has no port {} (it has {})",
+                        from.name, r.port, from.ports
+                    ),
+                ));
+            }
+            if routed[r.from][r.port as usize] {
+                return Err(invalid(
+                    group,
+                    format!("port {} of kernel `{}` is routed twice", r.port, from.name),
+                ));
+            }
+            routed[r.from][r.port as usize] = true;
+            if let Target::Kernel(to) = r.to {
+                if to >= n {
+                    return Err(invalid(
+                        group,
+                        format!("a route ends at kernel {to} of {n}"),
+                    ));
+                }
+                graph.push((r.from, to));
+            }
+            targets[r.from][r.port as usize] = r.to;
+        }
+        let order = crate::routing::topological_order(n, &graph).map_err(|cycle| {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| plan.kernels[i].name.as_str())
+                .collect();
+            invalid(
+                group,
+                format!(
+                    "routes form a cycle through {}: the CUDA backend drains upstream first and \
+                     cannot drain a cycle; break it or run the group on the CPU backend",
+                    names.join(" → ")
+                ),
+            )
+        })?;
+        for (i, k) in plan.kernels.iter().enumerate() {
+            let inboxes = 1 + graph.iter().filter(|&&(_, to)| to == i).count();
+            if inboxes > plan::MAX_INBOXES {
+                return Err(invalid(group, format!("kernel `{}` has {inboxes} inbox rings: at most 8 (the host's and 7 routes)", k.name)));
+            }
+        }
+
+        // Handlers: one dispatch case per distinct function.
+        let mut handlers: Vec<HandlerCode> = Vec::new();
+        let mut cases = Vec::with_capacity(n);
+        for k in &plan.kernels {
+            let case = match handlers.iter().position(|h| h == &k.handler) {
+                Some(case) => case,
+                None => {
+                    handlers.push(k.handler.clone());
+                    handlers.len() - 1
+                }
+            };
+            cases.push(case as u32);
+        }
+        let source = codegen::group_source(&handlers, plan.threads);
+        let headers = codegen::headers();
+        let module = device.compile(&source, &headers)?;
+        let available = device.max_resident_blocks(&module, plan.threads)?;
+        if available < n as u32 {
+            return Err(DeviceError::DoesNotFit {
+                needed: n as u32,
+                available,
+                threads: plan.threads,
+            }
+            .into());
+        }
+
+        // Memory: control blocks and host rings mapped, routes and state on the device.
+        let mut kernels = Vec::with_capacity(n);
+        let mut control_addresses = Vec::with_capacity(n);
+        let mut host_addresses = Vec::with_capacity(n);
+        for (i, k) in plan.kernels.iter().enumerate() {
+            let memory = device.alloc_mapped(size_of::<ControlBlock>())?;
+            let block = ControlBlock {
+                magic: CONTROL_MAGIC,
+                abi_version: ABI_VERSION,
+                kernel_id: i as u32,
+                state: State::Launched as u32,
+                ..bytemuck::Zeroable::zeroed()
+            };
+            // SAFETY: fresh mapped memory of the block's size and 128-aligned; the device
+            // does not run yet.
+            #[allow(clippy::cast_ptr_alignment)]
+            unsafe {
+                memory
+                    .host_ptr()
+                    .as_ptr()
+                    .cast::<ControlBlock>()
+                    .write(block);
+            }
+            control_addresses.push(memory.device_ptr());
+            let control = HostSide::new(MappedControl { memory });
+            let in_layout = layout(group, &k.name, "inbox", k.capacity, k.slot_bytes)?;
+            let out_layout = layout(
+                group,
+                &k.name,
+                "host outbox",
+                k.out_capacity,
+                k.out_slot_bytes,
+            )?;
+            let biggest = in_layout.payload_bytes().max(out_layout.payload_bytes());
+            let dead_slot = (SLOT_HEADER_BYTES + 16 + biggest).next_power_of_two();
+            let dead_layout = layout(
+                group,
+                &k.name,
+                "dead-letter ring",
+                k.capacity.max(64),
+                dead_slot,
+            )?;
+            let (inbox, inbox_at) = mapped_ring(&*device, in_layout, k.origin)?;
+            let (outbox, outbox_at) = mapped_ring(&*device, out_layout, k.origin)?;
+            let (dead, dead_at) = mapped_ring(&*device, dead_layout, k.origin)?;
+            host_addresses.push((inbox_at, outbox_at, dead_at, out_layout, dead_layout));
+            let state = if k.state_bytes > 0 {
+                Some(device.alloc_device(k.state_bytes as usize)?)
+            } else {
+                None
+            };
+            kernels.push((inbox, outbox, dead, control, state));
+        }
+        let mut edges = Vec::new();
+        let mut descs = vec![<KernelDesc as bytemuck::Zeroable>::zeroed(); n];
+        for (i, k) in plan.kernels.iter().enumerate() {
+            let (inbox_at, outbox_at, dead_at, out_layout, dead_layout) = host_addresses[i];
+            let desc = &mut descs[i];
+            desc.control = control_addresses[i];
+            desc.dead_letters = dead_at;
+            desc.handler = cases[i];
+            desc.kernel_id = i as u32;
+            desc.n_ports = k.ports;
+            desc.quantum = if k.quantum == 0 {
+                plan.threads
+            } else {
+                k.quantum
+            };
+            desc.max_emits = k.max_emits;
+            desc.flags = if k.sequential {
+                plan::FLAG_SEQUENTIAL
+            } else {
+                0
+            };
+            desc.params = k.params;
+            desc.inbox[0] = RingRef {
+                header: inbox_at,
+                scope: plan::SCOPE_SYSTEM,
+                ..RingRef::default()
+            };
+            desc.n_inboxes = 1;
+            let mut widest = 0u32;
+            for (port, target) in targets[i].iter().enumerate() {
+                let r = &mut desc.port[port];
+                match *target {
+                    Target::Host => {
+                        *r = RingRef {
+                            header: outbox_at,
+                            scope: plan::SCOPE_SYSTEM,
+                            kind: plan::PORT_HOST,
+                            payload_bytes: out_layout.payload_bytes(),
+                            ..RingRef::default()
+                        };
+                    }
+                    Target::DeadLetters => {
+                        *r = RingRef {
+                            header: dead_at,
+                            scope: plan::SCOPE_SYSTEM,
+                            kind: plan::PORT_DEAD,
+                            payload_bytes: dead_layout.payload_bytes() - 16,
+                            ..RingRef::default()
+                        };
+                    }
+                    Target::Kernel(to) => {
+                        let down = &plan.kernels[to];
+                        let edge_layout =
+                            layout(group, &down.name, "inbox", down.capacity, down.slot_bytes)?;
+                        let memory = device.alloc_device(edge_layout.region_bytes())?;
+                        let mut staging = Staging::new(edge_layout.region_bytes());
+                        // SAFETY: fresh 128-aligned staging memory of the region's size.
+                        let _ = unsafe { RawRing::init(staging.ptr, edge_layout, down.origin) };
+                        device.write_device(&memory, 0, staging.bytes_mut())?;
+                        *r = RingRef {
+                            header: memory.device_ptr(),
+                            scope: plan::SCOPE_DEVICE,
+                            kind: plan::PORT_KERNEL,
+                            peer_control: control_addresses[to],
+                            payload_bytes: edge_layout.payload_bytes(),
+                            reserved: 0,
+                        };
+                        edges.push((i, memory, edge_layout, to));
+                    }
+                }
+                widest = widest.max(desc.port[port].payload_bytes);
+            }
+            desc.record_stride = plan::RECORD_HEADER_BYTES + round16(widest.max(16));
+        }
+        for (_, memory, _, to) in &edges {
+            let desc = &mut descs[*to];
+            let slot = desc.n_inboxes as usize;
+            desc.inbox[slot] = RingRef {
+                header: memory.device_ptr(),
+                scope: plan::SCOPE_DEVICE,
+                ..RingRef::default()
+            };
+            desc.n_inboxes += 1;
+        }
+        let mut runtimes = Vec::with_capacity(n);
+        for (i, ((inbox, outbox, dead, control, state), k)) in
+            kernels.into_iter().zip(&plan.kernels).enumerate()
+        {
+            let desc = &mut descs[i];
+            let scratch_bytes = plan::SCRATCH_HEADER_BYTES as usize
+                + desc.quantum as usize * desc.max_emits as usize * desc.record_stride as usize;
+            let scratch = device.alloc_device(scratch_bytes)?;
+            desc.scratch = scratch.device_ptr();
+            desc.state = state.as_ref().map_or(0, DeviceMemory::device_ptr);
+            runtimes.push(KernelRt {
+                plan: k.clone(),
+                id: i as u32,
+                control,
+                inbox: Producer::new(inbox),
+                outbox: Mutex::new(Consumer::new(outbox)),
+                overflow: Mutex::new(VecDeque::new()),
+                dead: Mutex::new(Consumer::new(dead)),
+                _state: state,
+                scratch,
+                record_stride: desc.record_stride,
+                commands: Mutex::new(()),
+                watchdog: Mutex::new(None),
+                collected: Mutex::new(false),
+            });
+        }
+        let table = device.alloc_device(size_of::<KernelDesc>() * n)?;
+        device.write_device(&table, 0, bytemuck::cast_slice(&descs))?;
+        let running = device.launch(
+            &module,
+            LaunchShape {
+                blocks: n as u32,
+                threads: plan.threads,
+            },
+            table.device_ptr(),
+            n as u32,
+        )?;
+        tracing::info!(group = %plan.name, kernels = n, threads = plan.threads, device = %device.describe(), "launched CUDA group");
+        Ok(Self {
+            name: plan.name,
+            device,
+            kernels: runtimes,
+            edges: edges
+                .into_iter()
+                .map(|(_, memory, layout, to)| Edge { to, memory, layout })
+                .collect(),
+            order,
+            descs: Some(table),
+            running: Mutex::new(Some(running)),
+            fault: Mutex::new(None),
+            dead_letters: Mutex::new(Vec::new()),
+            command_timeout,
+        })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Arc<dyn Device> {
+        &self.device
+    }
+
+    /// The index of the kernel named `name`.
+    pub fn kernel_index(&self, name: &str) -> Option<usize> {
+        self.kernels.iter().position(|k| k.plan.name == name)
+    }
+
+    /// Number of kernels.
+    pub fn len(&self) -> usize {
+        self.kernels.len()
+    }
+
+    /// Whether the group has no kernels (never: launch refuses that).
+    pub fn is_empty(&self) -> bool {
+        self.kernels.is_empty()
+    }
+
+    /// The device error that ended the group, if one did. Queries the grid's stream.
+    pub fn fault(&self) -> Option<String> {
+        if let Some(fault) = self.fault.lock().clone() {
+            return Some(fault);
+        }
+        let mut running = self.running.lock();
+        if let Some(grid) = running.as_ref() {
+            match grid.query() {
+                Ok(_) => None,
+                Err(e) => {
+                    let reason = format!("device error: {e}");
+                    tracing::error!(group = %self.name, %reason, "CUDA group faulted");
+                    *running = None;
+                    *self.fault.lock() = Some(reason.clone());
+                    Some(reason)
+                }
+            }
+        } else {
+            None
+        }
+    }
+
+    /// Whether the grid finished (every kernel exited), or the group faulted.
+    fn grid_finished(&self) -> bool {
+        if self.fault().is_some() {
+            return true;
+        }
+        self.running
+            .lock()
+            .as_ref()
+            .is_none_or(|grid| grid.query().unwrap_or(true))
+    }
+
+    /// Sends one message to kernel `k`'s host inbox without waiting.
+    ///
+    /// # Errors
+    /// [`SendError`] when the inbox is full, closed, the message too large, or the group
+    /// faulted.
+    pub fn try_send(&self, k: usize, payload: &[u8], corr: [u32; 2]) -> Result<(), SendError> {
+        let kernel = &self.kernels[k];
+        let room = kernel.inbox.memory().slot_bytes() - SLOT_HEADER_BYTES;
+        if payload.len() > room as usize {
+            return Err(SendError::TooLarge {
+                kernel: kernel.plan.name.clone(),
+                bytes: payload.len(),
+                room,
+            });
+        }
+        match kernel.inbox.try_claim(1) {
+            Ok(claim) => {
+                let tag = (HOST_SENDER_ID << TAG_SENDER_SHIFT) | KIND_MESSAGE;
+                claim.write(0, tag, corr, |slot| {
+                    slot[..payload.len()].copy_from_slice(payload);
+                    slot[payload.len()..].fill(0);
+                });
+                claim.publish();
+                Ok(())
+            }
+            Err(ClaimError::Full { .. } | ClaimError::TooMany) => {
+                if let Some(fault) = self.fault() {
+                    return Err(SendError::Faulted(fault));
+                }
+                Err(SendError::Full {
+                    kernel: kernel.plan.name.clone(),
+                })
+            }
+            Err(ClaimError::Closed) => Err(SendError::Closed {
+                kernel: kernel.plan.name.clone(),
+            }),
+        }
+    }
+
+    /// Sends one message, waiting up to `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`CudaGroup::try_send`]; `Full` once the timeout passed.
+    pub fn send(
+        &self,
+        k: usize,
+        payload: &[u8],
+        corr: [u32; 2],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new();
+        loop {
+            match self.try_send(k, payload, corr) {
+                Err(SendError::Full { .. }) if Instant::now() < deadline => pause(&mut backoff),
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes one output of kernel `k` from its host outbox, if one is there.
+    ///
+    /// # Errors
+    /// The device error, when the group faulted and nothing is left to receive.
+    pub fn try_recv(&self, k: usize) -> Result<Option<Message>, String> {
+        let kernel = &self.kernels[k];
+        if let Some(message) = kernel.overflow.lock().pop_front() {
+            return Ok(Some(message));
+        }
+        let mut taken = None;
+        kernel.outbox.lock().consume(1, |slot| {
+            taken = Some(Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload.to_vec(),
+            });
+            Step::Last
+        });
+        match taken {
+            Some(message) => Ok(Some(message)),
+            None => match self.fault() {
+                Some(fault) => Err(fault),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Hands kernel `k`'s next output to `f` without copying it, if one is there.
+    pub fn try_recv_with<R>(
+        &self,
+        k: usize,
+        f: impl FnOnce(u32, [u32; 2], &[u8]) -> R,
+    ) -> Option<R> {
+        let kernel = &self.kernels[k];
+        if let Some(message) = kernel.overflow.lock().pop_front() {
+            return Some(f(message.tag, message.corr, &message.payload));
+        }
+        let mut f = Some(f);
+        let mut out = None;
+        kernel.outbox.lock().consume(1, |slot| {
+            if let Some(f) = f.take() {
+                out = Some(f(slot.tag, slot.corr, slot.payload));
+            }
+            Step::Last
+        });
+        out
+    }
+
+    /// Waits up to `timeout` for one output of kernel `k`, querying the grid meanwhile.
+    ///
+    /// # Errors
+    /// A message saying it timed out, or the device error.
+    pub fn recv_timeout(&self, k: usize, timeout: Duration) -> Result<Message, String> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(message) = self.try_recv(k)? {
+                return Ok(message);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for an output of kernel `{}`",
+                    self.kernels[k].plan.name
+                ));
+            }
+            pause(&mut backoff);
+        }
+    }
+
+    /// Moves every message waiting in the dead-letter rings to the group's list, and
+    /// returns the list.
+    pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        self.collect_dead_letters();
+        std::mem::take(&mut *self.dead_letters.lock())
+    }
+
+    fn collect_dead_letters(&self) {
+        let mut letters = Vec::new();
+        for kernel in &self.kernels {
+            kernel.dead.lock().consume(u32::MAX, |slot| {
+                let word = |i: usize| {
+                    u32::from_ne_bytes(
+                        slot.payload[i * 4..i * 4 + 4]
+                            .try_into()
+                            .unwrap_or_default(),
+                    )
+                };
+                let (reason, code, port, kind) = (word(0), word(1), word(2), word(3));
+                let reason_text = match reason {
+                    plan::DEAD_HANDLER_ERROR => {
+                        format!("handler returned error code {}", code as i32)
+                    }
+                    plan::DEAD_PORT => {
+                        format!("emitted to port {port}, which is bound to the dead letters")
+                    }
+                    plan::DEAD_STOPPED => {
+                        format!("emitted to port {port}, whose kernel has stopped")
+                    }
+                    other => format!("unknown dead-letter reason {other}"),
+                };
+                let sender = slot.tag >> TAG_SENDER_SHIFT;
+                letters.push(DeadLetter {
+                    kernel: kernel.plan.name.clone(),
+                    reason: reason_text,
+                    is_input: reason == plan::DEAD_HANDLER_ERROR,
+                    tag: (sender << TAG_SENDER_SHIFT) | (kind & TAG_KIND_MASK),
+                    corr: slot.corr,
+                    payload: slot.payload[16..].to_vec(),
+                });
+                Step::Next
+            });
+        }
+        self.dead_letters.lock().extend(letters);
+    }
+
+    /// Moves every output waiting in kernel `k`'s host outbox to its overflow queue, so a
+    /// kernel that stops never waits on a host that is not receiving.
+    fn pump_outbox(&self, k: usize) {
+        let kernel = &self.kernels[k];
+        let mut moved = Vec::new();
+        kernel.outbox.lock().consume(u32::MAX, |slot| {
+            moved.push(Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload.to_vec(),
+            });
+            Step::Next
+        });
+        if !moved.is_empty() {
+            kernel.overflow.lock().extend(moved);
+        }
+    }
+
+    fn pump_all(&self) {
+        for k in 0..self.kernels.len() {
+            self.pump_outbox(k);
+        }
+        self.collect_dead_letters();
+    }
+
+    /// Kernel `k`'s state, as it last acknowledged it.
+    pub fn state(&self, k: usize) -> State {
+        if self.fault.lock().is_some() {
+            return State::Faulted;
+        }
+        self.kernels[k].control.state()
+    }
+
+    /// Kernel `k`'s counters, widened to u64.
+    pub fn counters(&self, k: usize) -> Counters<u64> {
+        self.kernels[k].control.counters()
+    }
+
+    /// A sample of kernel `k` for metrics and health.
+    pub fn sample(&self, k: usize) -> KernelSample {
+        let kernel = &self.kernels[k];
+        let status = kernel.control.status();
+        let depth = kernel.inbox.len();
+        let capacity = kernel.inbox.capacity();
+        KernelSample {
+            name: kernel.plan.name.clone(),
+            id: kernel.id,
+            state: self.state(k),
+            counters: kernel.control.counters(),
+            inbox_depth: depth,
+            inbox_capacity: capacity,
+            inbox_utilisation: f64::from(depth) / f64::from(capacity),
+            heartbeat: status.heartbeat,
+            ring_bytes: kernel.inbox.memory().ring.layout().region_bytes(),
+            // Not measured on the device: handler time and latency histograms need
+            // device clocks the control block has no words for.
+            busy_ns: 0,
+            throughput: 0.0,
+            latency: None,
+        }
+    }
+
+    /// Kernel `k`'s health: faulted, or its heartbeat standing still while messages wait
+    /// for longer than `policy.watchdog`, is unhealthy (the device heartbeat is the one
+    /// the CPU backend's watchdog reads, from the same control-block word).
+    pub fn health(&self, k: usize, policy: &HealthPolicy) -> Health {
+        let sample = self.sample(k);
+        let now = Instant::now();
+        let mut watchdog = self.kernels[k].watchdog.lock();
+        let watchdog = watchdog.get_or_insert_with(|| Watchdog::new(&sample, now));
+        health::evaluate(&sample, policy, watchdog, now)
+    }
+
+    /// Issues `command` to kernel `k` and waits for its acknowledgement.
+    ///
+    /// # Errors
+    /// [`CommandError::Lifecycle`] for a transition the state machine refuses,
+    /// [`CommandError::Unresponsive`] after the command timeout, [`CommandError::Faulted`]
+    /// when the group faulted.
+    pub fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
+        let kernel = &self.kernels[k];
+        let _serial = kernel.commands.lock();
+        if let Some(reason) = self.fault() {
+            return Err(CommandError::Faulted {
+                name: kernel.plan.name.clone(),
+                reason,
+            });
+        }
+        let from = kernel.control.state();
+        let target = lifecycle::transition(from, Event::Command(command))?;
+        if command == Command::Drain || command == Command::Terminate {
+            // Nothing new after this: the host inbox is closed and every claim that
+            // raced the close is published (as a message or cancelled) before the
+            // kernel reads the command.
+            let tail = kernel.inbox.close();
+            kernel.inbox.wait_published(tail, u32::MAX);
+        }
+        let epoch = kernel.control.issue(command);
+        let deadline = Instant::now() + self.command_timeout;
+        let mut backoff = Backoff::new();
+        loop {
+            if kernel.control.acknowledged(epoch) {
+                let state = kernel.control.state();
+                if state == State::Faulted {
+                    return Err(CommandError::Faulted {
+                        name: kernel.plan.name.clone(),
+                        reason: format!(
+                            "the kernel reported fault code {}",
+                            kernel.control.status().error_code
+                        ),
+                    });
+                }
+                // A drain is acknowledged as Draining, then as Terminated.
+                let _ = target;
+                return Ok(state);
+            }
+            if let Some(reason) = self.fault() {
+                return Err(CommandError::Faulted {
+                    name: kernel.plan.name.clone(),
+                    reason,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(CommandError::Unresponsive {
+                    name: kernel.plan.name.clone(),
+                    waited: self.command_timeout,
+                });
+            }
+            // Keep outputs flowing while waiting: a kernel may be finishing a batch
+            // whose emits wait for room in the host outbox.
+            self.pump_outbox(k);
+            pause(&mut backoff);
+        }
+    }
+
+    /// Activates every kernel, downstream first.
+    ///
+    /// # Errors
+    /// The first command that failed.
+    pub fn activate_all(&self) -> Result<(), CommandError> {
+        for &k in self.order.iter().rev() {
+            self.command(k, Command::Activate)?;
+        }
+        Ok(())
+    }
+
+    /// Drains the group: upstream kernels first (topological order), each processes
+    /// everything in its inboxes and delivers its outputs, then terminates. Outputs for
+    /// the host stay receivable. If `timeout` passes, the rest is terminated and the
+    /// report says `timed_out`.
+    pub fn drain(&self, timeout: Duration) -> GroupReport {
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        for &k in &self.order {
+            let state = self.state(k);
+            if lifecycle::is_stopped(state) {
+                continue;
+            }
+            if self.command(k, Command::Drain).is_err() {
+                timed_out = self.fault().is_none();
+                break;
+            }
+            let mut backoff = Backoff::new();
+            loop {
+                self.pump_all();
+                let state = self.kernels[k].control.state();
+                if lifecycle::is_stopped(state) || self.fault().is_some() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                    break;
+                }
+                pause(&mut backoff);
+            }
+            if timed_out {
+                break;
+            }
+        }
+        if timed_out {
+            tracing::warn!(group = %self.name, "drain timed out: terminating the rest");
+        }
+        let mut report = self.stop(deadline.max(Instant::now() + self.command_timeout));
+        report.timed_out = timed_out;
+        report
+    }
+
+    /// Terminates every kernel after the batch in hand; everything left in a ring comes
+    /// back in the report.
+    pub fn terminate(&self) -> GroupReport {
+        self.stop(Instant::now() + self.command_timeout)
+    }
+
+    fn stop(&self, deadline: Instant) -> GroupReport {
+        for &k in &self.order {
+            let state = self.state(k);
+            if !lifecycle::is_stopped(state) {
+                if let Err(e) = self.command(k, Command::Terminate) {
+                    tracing::warn!(group = %self.name, kernel = %self.kernels[k].plan.name, error = %e, "terminate");
+                }
+            }
+        }
+        // Every block exits after its kernel terminated: wait for the grid, then the
+        // device rings can be read back.
+        let mut backoff = Backoff::new();
+        while !self.grid_finished() {
+            self.pump_all();
+            if Instant::now() >= deadline {
+                break;
+            }
+            pause(&mut backoff);
+        }
+        let finished = self.grid_finished();
+        if finished {
+            self.running.lock().take();
+        } else {
+            tracing::error!(group = %self.name, "the grid did not finish: device rings cannot be read back");
+        }
+        self.pump_all();
+        let fault = self.fault.lock().clone();
+        let mut reports: Vec<KernelReport> = self
+            .kernels
+            .iter()
+            .enumerate()
+            .map(|(k, kernel)| KernelReport {
+                name: kernel.plan.name.clone(),
+                state: self.state(k),
+                counters: kernel.control.counters(),
+                undelivered: Vec::new(),
+                undelivered_outputs: Vec::new(),
+            })
+            .collect();
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            let mut collected = kernel.collected.lock();
+            if *collected {
+                continue;
+            }
+            // The host inbox: from the kernel's final head.
+            // ORDERING: Acquire pairs with the device's release of head.
+            let head = kernel
+                .inbox
+                .memory()
+                .head()
+                .load(std::sync::atomic::Ordering::Acquire);
+            kernel.inbox.read_closed(head, |slot| {
+                reports[k].undelivered.push(Message {
+                    tag: slot.tag,
+                    corr: slot.corr,
+                    payload: slot.payload.to_vec(),
+                });
+            });
+            if finished && fault.is_none() {
+                if let Err(e) = self.read_pending(k, &mut reports[k]) {
+                    tracing::error!(group = %self.name, kernel = %kernel.plan.name, error = %e, "reading back unpublished outputs");
+                }
+                *collected = true;
+            }
+        }
+        if finished && fault.is_none() {
+            for edge in &self.edges {
+                match self.read_edge(edge) {
+                    Ok(messages) => reports[edge.to].undelivered.extend(messages),
+                    Err(e) => {
+                        tracing::error!(group = %self.name, error = %e, "reading back a kernel-to-kernel ring")
+                    }
+                }
+            }
+        }
+        GroupReport {
+            kernels: reports,
+            timed_out: false,
+            fault,
+        }
+    }
+
+    /// Reads what a terminate left in kernel `k`'s staging records.
+    fn read_pending(&self, k: usize, report: &mut KernelReport) -> Result<(), DeviceError> {
+        let kernel = &self.kernels[k];
+        let mut header = [0u8; size_of::<Pending>()];
+        self.device.read_device(&kernel.scratch, 0, &mut header)?;
+        let pending: Pending = bytemuck::pod_read_unaligned(&header);
+        if pending.valid != 1 {
+            return Ok(());
+        }
+        let max_emits = kernel.plan.max_emits as usize;
+        let stride = kernel.record_stride as usize;
+        for e in pending.first..pending.count.min(kernel.plan.max_emits) {
+            let at = plan::SCRATCH_HEADER_BYTES as usize
+                + (pending.message as usize * max_emits + e as usize) * stride;
+            let mut record = vec![0u8; stride];
+            self.device.read_device(&kernel.scratch, at, &mut record)?;
+            let word = |i: usize| {
+                u32::from_ne_bytes(record[i * 4..i * 4 + 4].try_into().unwrap_or_default())
+            };
+            let (port, bytes, kind) = (word(0), word(1) as usize, word(2));
+            let start = plan::RECORD_HEADER_BYTES as usize;
+            report.undelivered_outputs.push((
+                port,
+                Message {
+                    tag: (kernel.id << TAG_SENDER_SHIFT) | kind,
+                    corr: [word(4), word(5)],
+                    payload: record[start..start + bytes.min(stride - start)].to_vec(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads back the messages left in a kernel-to-kernel ring.
+    fn read_edge(&self, edge: &Edge) -> Result<Vec<Message>, DeviceError> {
+        let mut staging = Staging::new(edge.layout.region_bytes());
+        self.device
+            .read_device(&edge.memory, 0, staging.bytes_mut())?;
+        // SAFETY: the staging copy holds a ring region written by RawRing::init and the
+        // device's protocol; nothing else touches it.
+        let ring = unsafe { RawRing::from_raw(staging.ptr) }.map_err(|e| DeviceError::Driver {
+            call: "read back a device ring",
+            message: e.to_string(),
+        })?;
+        let mut consumer = Consumer::new(ring);
+        let mut messages = Vec::new();
+        consumer.consume(u32::MAX, |slot| {
+            messages.push(Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload.to_vec(),
+            });
+            Step::Next
+        });
+        drop(consumer);
+        drop(staging);
+        Ok(messages)
+    }
+}
+
+impl Drop for CudaGroup {
+    fn drop(&mut self) {
+        let running = self.running.lock().is_some() && self.fault.lock().is_none();
+        if !running {
+            return;
+        }
+        let report = self.stop(Instant::now() + self.command_timeout);
+        let lost = report.undelivered_count();
+        if lost > 0 {
+            tracing::warn!(group = %self.name, undelivered = lost, "CUDA group dropped without drain or terminate: its undelivered messages are discarded");
+        }
+        if self.running.lock().is_some() {
+            // The grid still runs and may touch every buffer: never free memory under
+            // it. Leak the group's allocations instead.
+            tracing::error!(group = %self.name, "grid still running at drop: leaking its memory");
+            let kernels = std::mem::take(&mut self.kernels);
+            let edges = std::mem::take(&mut self.edges);
+            std::mem::forget(kernels);
+            std::mem::forget(edges);
+            std::mem::forget(self.descs.take());
+        }
+    }
+}

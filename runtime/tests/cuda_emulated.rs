@@ -1,0 +1,36 @@
+//! Cross-language conformance: gyre's CUDA C (`ring.cuh`, `persistent.cuh`, the
+//! built-ins), compiled for the host with g++ and run in threads (the emulated device),
+//! against the Rust host side of the CUDA backend over the same memory layout.
+//!
+//! This is an EMULATION of the device side, not a GPU: it checks the protocol, the
+//! resident loop and the handlers for real, with real concurrency; the GPU-only tests
+//! (`cuda_gpu.rs`, run by `cargo xtask gpu-validate`) run the same scenarios on a GPU.
+#![cfg(feature = "cuda")]
+
+mod cuda_scenarios;
+
+use cuda_scenarios::Scenarios;
+
+fn scenarios() -> Option<Scenarios> {
+    match gyre_runtime::backend::cuda::emulated_device() {
+        Ok(device) => Some(Scenarios::new(device)),
+        Err(e) => {
+            // CI installs g++ (cargo xtask setup); a machine without one skips, loudly.
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
+macro_rules! scenario {
+    ($($name:ident),* $(,)?) => {$(
+        #[test]
+        fn $name() {
+            if let Some(s) = scenarios() {
+                s.$name();
+            }
+        }
+    )*};
+}
+
+scenario!(echo_round_trip);
