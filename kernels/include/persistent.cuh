@@ -341,11 +341,18 @@ GYRE_DEVICE int gyre_wait_room(gyre_block *b, const gyre_kernel_desc *k, gyre_pr
         }
         b->heartbeat += 1u;
         gyre_publish_counters(b, c);
-        /* A pause or drain waits for the room like everything else; a terminate stops. */
+        /* A terminate stops now (the caller records what is left, then acknowledges);
+         * a pause or drain is acknowledged now and takes effect after this batch, so a
+         * host waiting for it never waits on a downstream that waits on the host. */
         gyre_u32 seen = gyre_load_relaxed(&c->command_epoch, GYRE_SCOPE_SYSTEM);
         if (seen != b->epoch) {
+            gyre_u32 epoch = gyre_load_acquire(&c->command_epoch, GYRE_SCOPE_SYSTEM);
             gyre_u32 cmd = gyre_load_relaxed(&c->command, GYRE_SCOPE_SYSTEM);
             if (cmd == GYRE_CMD_TERMINATE) {
+                return 0;
+            }
+            (void)epoch;
+            if (gyre_poll_command(b, c)) {
                 return 0;
             }
         }

@@ -4,13 +4,15 @@
 //! - [`ring`]: the lock-free ring over any memory;
 //! - [`control`] and [`lifecycle`]: a kernel's control block and state machine;
 //! - [`routing`]: ports, routes, topology checks and the dead-letter sink;
-//! - [`backend`]: the backends (the CPU backend is always built).
+//! - [`backend`]: the backends (the CPU backend is always built);
+//! - [`builtins`]: the built-in kernels' descriptions and their CPU reference.
 //!
 //! Most users want the `gyre` crate, which wraps this one in a typed API.
 
 pub mod abi;
 #[cfg(not(loom))]
 pub mod backend;
+pub mod builtins;
 pub mod control;
 #[cfg(not(loom))]
 pub mod health;

@@ -33,4 +33,10 @@ macro_rules! scenario {
     )*};
 }
 
-scenario!(echo_round_trip);
+scenario!(
+    echo_round_trip,
+    wraparound_past_u32_max,
+    full_rings,
+    drain_with_messages_in_flight,
+    terminate_returns_undelivered,
+);

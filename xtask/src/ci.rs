@@ -1,45 +1,75 @@
 //! `cargo xtask setup` and `cargo xtask ci`: install what the tests need, then run
 //! every check CI runs, in order, stopping at the first failure.
 
+use std::io::{Read, Write};
 use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::cuda::{self, Toolkit};
 
 /// One step of a pipeline: a name and the command it runs.
-struct Step {
-    name: &'static str,
-    program: &'static str,
-    args: Vec<&'static str>,
-    env: Vec<(&'static str, &'static str)>,
+pub(crate) struct Step {
+    pub(crate) name: String,
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// What a step did, output included (see [`Step::run_captured`]).
+pub(crate) struct Outcome {
+    pub(crate) name: String,
+    pub(crate) command: String,
+    /// `Ok(())` on success, else why it failed (exit status or could not start).
+    pub(crate) result: Result<(), String>,
+    pub(crate) duration: Duration,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Step {
-    fn new(name: &'static str, program: &'static str, args: &[&'static str]) -> Self {
+    pub(crate) fn new(name: impl Into<String>, program: impl Into<String>, args: &[&str]) -> Self {
         Self {
-            name,
-            program,
-            args: args.to_vec(),
+            name: name.into(),
+            program: program.into(),
+            args: args.iter().map(|&arg| arg.to_owned()).collect(),
             env: Vec::new(),
         }
     }
 
-    fn env(mut self, key: &'static str, value: &'static str) -> Self {
-        self.env.push((key, value));
+    pub(crate) fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
-    fn run(&self, root: &Path) -> Result<(), String> {
-        let start = Instant::now();
-        println!(
-            "==> {} ({} {})",
-            self.name,
-            self.program,
-            self.args.join(" ")
-        );
-        let status = Command::new(self.program)
+    pub(crate) fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(vars);
+        self
+    }
+
+    /// `program arg arg ...`, as printed and reported.
+    pub(crate) fn command_line(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn command(&self, root: &Path) -> Command {
+        let mut command = Command::new(&self.program);
+        command
             .args(&self.args)
-            .envs(self.env.iter().copied())
-            .current_dir(root)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(root);
+        command
+    }
+
+    pub(crate) fn run(&self, root: &Path) -> Result<(), String> {
+        let start = Instant::now();
+        println!("==> {} ({})", self.name, self.command_line());
+        let status = self
+            .command(root)
             .status()
             .map_err(|e| format!("{}: could not start `{}`: {e}", self.name, self.program))?;
         println!(
@@ -54,6 +84,84 @@ impl Step {
             Err(format!("step `{}` failed ({status})", self.name))
         }
     }
+
+    /// Runs the step like [`run`](Self::run), its output shown as it comes and also
+    /// kept, and never stops at a failure: the outcome says what happened.
+    pub(crate) fn run_captured(&self, root: &Path) -> Outcome {
+        let start = Instant::now();
+        println!("==> {} ({})", self.name, self.command_line());
+        let spawned = self
+            .command(root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let (result, stdout, stderr) = match spawned {
+            Err(e) => (
+                Err(format!("could not start `{}`: {e}", self.program)),
+                String::new(),
+                String::new(),
+            ),
+            Ok(mut child) => {
+                let out = child.stdout.take().map(|pipe| tee(pipe, false));
+                let err = child.stderr.take().map(|pipe| tee(pipe, true));
+                let status = child.wait();
+                let collect = |handle: Option<thread::JoinHandle<Vec<u8>>>| {
+                    handle
+                        .and_then(|h| h.join().ok())
+                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                        .unwrap_or_default()
+                };
+                let (stdout, stderr) = (collect(out), collect(err));
+                let result = match status {
+                    Ok(status) if status.success() => Ok(()),
+                    Ok(status) => Err(format!("exited with {status}")),
+                    Err(e) => Err(format!("could not wait for `{}`: {e}", self.program)),
+                };
+                (result, stdout, stderr)
+            }
+        };
+        let duration = start.elapsed();
+        println!(
+            "<== {} {} in {duration:.1?}",
+            self.name,
+            if result.is_ok() { "ok" } else { "FAILED" },
+        );
+        Outcome {
+            name: self.name.clone(),
+            command: self.command_line(),
+            result,
+            duration,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+/// Copies `pipe` to this process's stdout (or stderr) as it comes, and returns all of
+/// it when the pipe closes.
+fn tee(mut pipe: impl Read + Send + 'static, to_stderr: bool) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buffer = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(&buffer[..n]);
+                    // Showing the output is best effort; keeping it is what matters.
+                    let _ = if to_stderr {
+                        std::io::stderr().write_all(&buffer[..n])
+                    } else {
+                        std::io::stdout().write_all(&buffer[..n])
+                    };
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        kept
+    })
 }
 
 fn have(program: &str, arg: &str) -> bool {
@@ -64,11 +172,21 @@ fn have(program: &str, arg: &str) -> bool {
 }
 
 /// Installs what the tests need when it is missing: the rustfmt and clippy
-/// components and a C/C++ compiler (the ABI header test compiles `gyre_abi.h`).
+/// components, a C/C++ compiler (the ABI header test compiles `gyre_abi.h`; `nvcc`
+/// uses `g++` as its host compiler), and the CUDA compilers from PyPI (see
+/// [`cuda`]; no GPU needed).
 ///
 /// # Errors
 /// A message naming what could not be installed.
 pub fn setup(root: &Path) -> Result<(), String> {
+    setup_with_toolkit(root).map(|_| ())
+}
+
+/// [`setup`], returning the CUDA toolkit it found or installed.
+///
+/// # Errors
+/// A message naming what could not be installed.
+pub fn setup_with_toolkit(root: &Path) -> Result<Toolkit, String> {
     if !have("rustfmt", "--version") {
         Step::new(
             "install rustfmt",
@@ -94,9 +212,45 @@ pub fn setup(root: &Path) -> Result<(), String> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run(root)?;
     }
+    let toolkit = setup_cuda(root)?;
     println!("setup: everything the tests need is installed");
-    Ok(())
+    Ok(toolkit)
 }
+
+/// Installs the CUDA compilers into [`cuda::default_dir`] when missing (pip first,
+/// when there is none), checks them, and says whether `nvcc` builds cubins here.
+fn setup_cuda(root: &Path) -> Result<Toolkit, String> {
+    let toolkit = Toolkit::default_location()?;
+    if !toolkit.is_complete() && !cuda::have_pip() {
+        Step::new("apt-get update", "apt-get", &["update", "-q"]).run(root)?;
+        Step::new(
+            "install pip",
+            "apt-get",
+            &["install", "-y", "-q", "python3-pip"],
+        )
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run(root)?;
+    }
+    toolkit.install()?;
+    let version = toolkit.verify()?;
+    println!(
+        "cuda: {version}; ptxas {}, NVRTC {}",
+        toolkit.ptxas().display(),
+        toolkit.nvrtc_lib().display()
+    );
+    match toolkit.nvcc_cubin_check(&root.join("target").join("xtask-cuda-probe")) {
+        Ok(()) => println!(
+            "cuda: nvcc builds sm_80 cubins ({})",
+            toolkit.nvcc().display()
+        ),
+        // Not fatal: the runtime compiles through NVRTC; nvcc is optional.
+        Err(error) => println!("cuda: warning: nvcc cannot build cubins here: {error}"),
+    }
+    Ok(toolkit)
+}
+
+/// The name of the CI step that tests the CUDA backend without a GPU.
+pub const CUDA_STEP: &str = "cuda (NVRTC + ptxas, emulated conformance)";
 
 /// The examples CI runs (step name, example name); each finishes in seconds.
 const EXAMPLES: [(&str, &str); 7] = [
@@ -115,8 +269,22 @@ const EXAMPLES: [(&str, &str); 7] = [
 /// The first step that failed.
 pub fn ci(root: &Path) -> Result<(), String> {
     let start = Instant::now();
-    setup(root)?;
-    let steps: Vec<Step> = [
+    let toolkit = setup_with_toolkit(root)?;
+    let steps = ci_steps(&toolkit);
+    for step in &steps {
+        step.run(root)?;
+    }
+    println!(
+        "ci: all {} steps passed in {:.0?}",
+        steps.len() + 1,
+        start.elapsed()
+    );
+    Ok(())
+}
+
+/// The checks `ci` runs after setup, in order.
+fn ci_steps(toolkit: &Toolkit) -> Vec<Step> {
+    [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
         Step::new(
             "generated ABI files are fresh",
@@ -138,6 +306,14 @@ pub fn ci(root: &Path) -> Result<(), String> {
         ),
         // Unit, integration and doc tests; examples are built (benches are not run here).
         Step::new("tests", "cargo", &["test", "--workspace"]),
+        // The CUDA backend without a GPU: kernels compiled through the runtime's NVRTC
+        // path and ptxas, the CUDA ring code run on the host against the Rust side.
+        Step::new(
+            CUDA_STEP,
+            "cargo",
+            &["test", "-p", "gyre-runtime", "--features", "cuda"],
+        )
+        .envs(toolkit.env()),
         Step::new(
             "tests of the http feature",
             "cargo",
@@ -185,14 +361,46 @@ pub fn ci(root: &Path) -> Result<(), String> {
     )
     .env("RUSTFLAGS", "--cfg loom")
     .env("LOOM_MAX_PREEMPTIONS", "3")])
-    .collect();
-    for step in &steps {
-        step.run(root)?;
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cuda_step_follows_the_tests_with_the_toolkit_env() {
+        let toolkit = Toolkit::at("/t");
+        let steps = ci_steps(&toolkit);
+        let names: Vec<&str> = steps.iter().map(|step| step.name.as_str()).collect();
+        let tests = names.iter().position(|&n| n == "tests").unwrap();
+        assert_eq!(names[tests + 1], CUDA_STEP);
+        let cuda = &steps[tests + 1];
+        assert_eq!(
+            cuda.command_line(),
+            "cargo test -p gyre-runtime --features cuda"
+        );
+        for key in ["GYRE_PTXAS", "GYRE_NVRTC_LIB", "LD_LIBRARY_PATH", "PATH"] {
+            assert!(cuda.env.iter().any(|(k, _)| k == key), "{key} not set");
+        }
+        let clippy = steps.iter().find(|step| step.name == "clippy").unwrap();
+        assert!(clippy.args.iter().any(|arg| arg == "--all-features"));
     }
-    println!(
-        "ci: all {} steps passed in {:.0?}",
-        steps.len() + 1,
-        start.elapsed()
-    );
-    Ok(())
+
+    #[test]
+    fn captured_steps_keep_output_and_failure() {
+        let step =
+            Step::new("probe", "sh", &["-c", "echo out; echo err >&2; exit 3"]).env("PROBE", "1");
+        let outcome = step.run_captured(&std::env::temp_dir());
+        assert_eq!(outcome.stdout, "out\n");
+        assert_eq!(outcome.stderr, "err\n");
+        assert!(outcome.result.unwrap_err().contains('3'));
+        let ok = Step::new("probe", "sh", &["-c", "test \"$PROBE\" = 1"])
+            .env("PROBE", "1")
+            .run_captured(&std::env::temp_dir());
+        assert!(ok.result.is_ok());
+        let missing =
+            Step::new("probe", "/nonexistent/program", &[]).run_captured(&std::env::temp_dir());
+        assert!(missing.result.unwrap_err().contains("could not start"));
+    }
 }

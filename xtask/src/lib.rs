@@ -6,11 +6,17 @@
 //! - [`abigen`]: generates `kernels/include/gyre_abi.h` and `shaders/gyre_abi.wgsl`
 //!   from `gyre_runtime::abi`.
 //! - [`ci`]: `setup` (installs what the tests need) and `ci` (runs every check).
+//! - [`cuda`]: the CUDA compilers from PyPI (`ptxas`, `nvcc`, NVRTC, headers) that
+//!   `setup` installs outside the repository, and the environment that exposes them.
+//! - [`gpu`]: `gpu-validate`, the GPU-only tests and CUDA benchmarks on a machine with
+//!   an NVIDIA GPU, with a report.
 
 use std::path::{Path, PathBuf};
 
 pub mod abigen;
 pub mod ci;
+pub mod cuda;
+pub mod gpu;
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {

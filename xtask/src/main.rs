@@ -12,6 +12,10 @@ fn main() -> ExitCode {
         Some("abi") => abi(&args[2..]),
         Some("setup") => report("setup", xtask::ci::setup(&workspace_root())),
         Some("ci") => report("ci", xtask::ci::ci(&workspace_root())),
+        Some("gpu-validate") => report(
+            "gpu-validate",
+            xtask::gpu::gpu_validate(&workspace_root()).map(|_| ()),
+        ),
         Some("help" | "-h" | "--help") => {
             println!("{}", usage());
             ExitCode::SUCCESS
@@ -35,8 +39,12 @@ subcommands:
   abi            regenerate kernels/include/gyre_abi.h and shaders/gyre_abi.wgsl
                  from runtime/src/abi.rs
   abi --check    fail if those files differ from what the generator produces
-  setup          install what the tests need (compilers, rustup components)
-  ci             setup, then format, ABI freshness, clippy, tests, examples, loom
+  setup          install what the tests need (compilers, rustup components, and the
+                 CUDA compilers from PyPI into ~/.cache/gyre; no GPU needed)
+  ci             setup, then format, ABI freshness, clippy, tests, CUDA tests
+                 (NVRTC + ptxas, no GPU), examples, loom
+  gpu-validate   on a machine with an NVIDIA GPU and driver: setup, then the GPU-only
+                 tests and the CUDA benchmarks; writes target/gpu-validate/report.md
   help           print this text"
 }
 

@@ -539,13 +539,13 @@ impl CudaGroup {
         let mut handlers: Vec<HandlerCode> = Vec::new();
         let mut cases = Vec::with_capacity(n);
         for k in &plan.kernels {
-            let case = match handlers.iter().position(|h| h == &k.handler) {
-                Some(case) => case,
-                None => {
+            let case = handlers
+                .iter()
+                .position(|h| h == &k.handler)
+                .unwrap_or_else(|| {
                     handlers.push(k.handler.clone());
                     handlers.len() - 1
-                }
-            };
+                });
             cases.push(case as u32);
         }
         let source = codegen::group_source(&handlers, plan.threads);
@@ -961,7 +961,7 @@ impl CudaGroup {
                 let (reason, code, port, kind) = (word(0), word(1), word(2), word(3));
                 let reason_text = match reason {
                     plan::DEAD_HANDLER_ERROR => {
-                        format!("handler returned error code {}", code as i32)
+                        format!("handler returned error code {}", code.cast_signed())
                     }
                     plan::DEAD_PORT => {
                         format!("emitted to port {port}, which is bound to the dead letters")
@@ -1115,8 +1115,8 @@ impl CudaGroup {
                 });
             }
             // Keep outputs flowing while waiting: a kernel may be finishing a batch
-            // whose emits wait for room in the host outbox.
-            self.pump_outbox(k);
+            // whose emits wait for room downstream, down to a host outbox.
+            self.pump_all();
             pause(&mut backoff);
         }
     }
@@ -1249,7 +1249,7 @@ impl CudaGroup {
                 match self.read_edge(edge) {
                     Ok(messages) => reports[edge.to].undelivered.extend(messages),
                     Err(e) => {
-                        tracing::error!(group = %self.name, error = %e, "reading back a kernel-to-kernel ring")
+                        tracing::error!(group = %self.name, error = %e, "reading back a kernel-to-kernel ring");
                     }
                 }
             }
@@ -1315,8 +1315,7 @@ impl CudaGroup {
             });
             Step::Next
         });
-        drop(consumer);
-        drop(staging);
+        // The consumer's view points into `staging`, which outlives it (declared first).
         Ok(messages)
     }
 }
