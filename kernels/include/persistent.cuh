@@ -185,6 +185,8 @@ typedef struct gyre_block {
     gyre_u32 batches;
     gyre_u32 heads[GYRE_MAX_INBOXES];
     gyre_producer ports[GYRE_MAX_PORTS];
+    gyre_u32 alias[GYRE_MAX_PORTS]; /* ports sharing a ring (the host outbox) share
+                                       the first such port's producer */
     gyre_producer dead;
     gyre_u32 full[GYRE_MAX_THREADS];   /* 1: message, 2: cancelled, 0: not published */
     gyre_u32 status[GYRE_MAX_THREADS]; /* handler result */
@@ -415,7 +417,7 @@ GYRE_DEVICE gyre_u32 gyre_publish_emits(gyre_block *b, const gyre_kernel_desc *k
             continue;
         }
         GyreRingHeader *r = gyre_ring(port->header);
-        gyre_producer *p = &b->ports[h->port];
+        gyre_producer *p = &b->ports[b->alias[h->port]];
         int room = gyre_wait_room(b, k, p, r, port->scope, port);
         if (room == 0) {
             return e;
@@ -543,7 +545,15 @@ GYRE_DEVICE void gyre_run_kernel(const gyre_kernel_desc *kernels, gyre_u32 kerne
                                            k->inbox[i].scope);
         }
         for (gyre_u32 i = 0; i < k->n_ports; ++i) {
-            if (k->port[i].kind != GYRE_PORT_DEAD) {
+            /* One producer per ring: every port bound to the host shares the outbox. */
+            b.alias[i] = i;
+            for (gyre_u32 j = 0; j < i; ++j) {
+                if (k->port[j].header == k->port[i].header) {
+                    b.alias[i] = j;
+                    break;
+                }
+            }
+            if (k->port[i].kind != GYRE_PORT_DEAD && b.alias[i] == i) {
                 gyre_producer_init(&b.ports[i], gyre_ring(k->port[i].header), k->port[i].scope);
             }
         }

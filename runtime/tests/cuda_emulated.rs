@@ -39,4 +39,9 @@ scenario!(
     full_rings,
     drain_with_messages_in_flight,
     terminate_returns_undelivered,
+    handler_error_goes_to_dead_letters,
+    heartbeat_and_counters,
+    dead_letter_routes,
+    compile_error_names_the_line,
+    builtins_match_reference,
 );

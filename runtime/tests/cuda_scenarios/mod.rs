@@ -270,6 +270,278 @@ impl Scenarios {
         assert_eq!(report.kernels[1].state, State::Terminated);
         assert_eq!(report.kernels[1].counters.processed, 0);
     }
+
+    /// A handler that reports an error: the message goes to the dead letters with the
+    /// code, the error is counted, the other messages flow, and the kernel keeps running.
+    pub fn handler_error_goes_to_dead_letters(&self) {
+        let handler = HandlerCode::Source {
+            function: "odd_fails".into(),
+            file: "odd_fails.cu".into(),
+            source: "__device__ int odd_fails(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {\n\
+                     \x20   unsigned long long v = *(const unsigned long long *)msg;\n\
+                     \x20   if (v % 2u == 1u) { return 7; }\n\
+                     \x20   return gyre_emit(ctx, 0, msg, 8);\n}\n"
+                .into(),
+        };
+        let group = self.launch(vec![KernelPlan::new("odd", handler)], vec![]);
+        group.activate_all().unwrap();
+        for i in 0..50u64 {
+            group
+                .send(0, &i.to_ne_bytes(), [i as u32, 1], TIMEOUT)
+                .unwrap();
+        }
+        let got: Vec<u64> = (0..25)
+            .map(|_| value(&group.recv_timeout(0, TIMEOUT).unwrap()))
+            .collect();
+        assert_eq!(got, (0..50).filter(|v| v % 2 == 0).collect::<Vec<_>>());
+        let report = group.drain(TIMEOUT);
+        assert_eq!(report.kernels[0].counters.errors, 25);
+        assert_eq!(report.kernels[0].counters.processed, 50);
+        let letters = group.take_dead_letters();
+        assert_eq!(letters.len(), 25);
+        for (n, letter) in letters.iter().enumerate() {
+            let v = u64::from_ne_bytes(letter.payload[..8].try_into().unwrap());
+            assert_eq!(v, 2 * n as u64 + 1, "in order");
+            assert!(letter.is_input);
+            assert_eq!(letter.corr, [v as u32, 1]);
+            assert!(letter.reason.contains("error code 7"), "{}", letter.reason);
+            assert_eq!(letter.kernel, "odd");
+        }
+    }
+
+    /// The heartbeat moves while the kernel is resident, idle or not; counters are exact.
+    pub fn heartbeat_and_counters(&self) {
+        let group = self.launch(vec![KernelPlan::new("echo", echo8())], vec![]);
+        group.activate_all().unwrap();
+        let before = group.sample(0).heartbeat;
+        std::thread::sleep(Duration::from_millis(50));
+        let after = group.sample(0).heartbeat;
+        assert_ne!(before, after, "an idle resident kernel still beats");
+        for i in 0..10u64 {
+            group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+        }
+        for _ in 0..10 {
+            group.recv_timeout(0, TIMEOUT).unwrap();
+        }
+        let health = group.health(0, &gyre_runtime::health::HealthPolicy::default());
+        assert_eq!(
+            health.status,
+            gyre_runtime::health::HealthStatus::Healthy,
+            "{health:?}"
+        );
+        let c = group.counters(0);
+        assert_eq!(
+            (c.received, c.processed, c.emitted, c.errors),
+            (10, 10, 10, 0)
+        );
+        // Pause: messages queue, none is processed, none is lost.
+        assert_eq!(group.command(0, Command::Pause).unwrap(), State::Paused);
+        for i in 10..20u64 {
+            group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            group.counters(0).processed,
+            10,
+            "a paused kernel processes nothing"
+        );
+        assert_eq!(group.sample(0).inbox_depth, 10);
+        assert_eq!(group.command(0, Command::Activate).unwrap(), State::Active);
+        let got: Vec<u64> = (0..10)
+            .map(|_| value(&group.recv_timeout(0, TIMEOUT).unwrap()))
+            .collect();
+        assert_eq!(got, (10..20).collect::<Vec<_>>());
+        let report = group.drain(TIMEOUT);
+        assert_eq!(report.kernels[0].counters.processed, 20);
+    }
+
+    /// A port bound to the dead letters, and a route to a kernel that stopped: both land
+    /// in the dead letters with their reason; nothing is lost.
+    pub fn dead_letter_routes(&self) {
+        let split = HandlerCode::Source {
+            function: "split".into(),
+            file: "split.cu".into(),
+            source: "__device__ int split(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {\n\
+                     \x20   unsigned long long v = *(const unsigned long long *)msg;\n\
+                     \x20   return gyre_emit(ctx, v % 2u == 0u ? 0u : 1u, msg, 8);\n}\n"
+                .into(),
+        };
+        let mut up = KernelPlan::new("split", split);
+        up.ports = 2;
+        let mut down = KernelPlan::new("down", echo8());
+        down.capacity = 2;
+        let group = self.launch(
+            vec![up, down],
+            vec![
+                Route {
+                    from: 0,
+                    port: 0,
+                    to: Target::Kernel(1),
+                },
+                Route {
+                    from: 0,
+                    port: 1,
+                    to: Target::DeadLetters,
+                },
+            ],
+        );
+        group.activate_all().unwrap();
+        // Stop the downstream: even values then find it stopped once its ring is full.
+        group.command(1, Command::Terminate).unwrap();
+        let total = 40u64;
+        for i in 0..total {
+            group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while group.counters(0).processed < total {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream must not block on a stopped kernel"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let report = group.terminate();
+        let letters = group.take_dead_letters();
+        let odd: Vec<u64> = letters
+            .iter()
+            .filter(|l| l.reason.contains("bound to the dead letters"))
+            .map(|l| u64::from_ne_bytes(l.payload[..8].try_into().unwrap()))
+            .collect();
+        let stopped: Vec<u64> = letters
+            .iter()
+            .filter(|l| l.reason.contains("has stopped"))
+            .map(|l| u64::from_ne_bytes(l.payload[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(odd, (0..total).filter(|v| v % 2 == 1).collect::<Vec<_>>());
+        assert!(letters.iter().all(|l| !l.is_input));
+        let in_ring: Vec<u64> = report.kernels[1].undelivered.iter().map(value).collect();
+        let mut even: Vec<u64> = stopped.iter().chain(&in_ring).copied().collect();
+        even.sort_unstable();
+        assert_eq!(
+            even,
+            (0..total).filter(|v| v % 2 == 0).collect::<Vec<_>>(),
+            "every even value once"
+        );
+        assert_eq!(in_ring.len(), 2, "the stopped kernel's ring holds what fit");
+    }
+
+    /// A handler that does not compile: the launch fails with the compiler's log, which
+    /// names the handler's file and line.
+    pub fn compile_error_names_the_line(&self) {
+        let broken = HandlerCode::Source {
+            function: "broken".into(),
+            file: "broken.cu".into(),
+            source: "__device__ int broken(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {\n\
+                     \x20   return gyre_emit(ctx, 0, msg 8);\n}\n"
+                .into(),
+        };
+        let err = CudaGroup::launch(
+            Arc::clone(&self.device),
+            GroupPlan {
+                name: "broken".into(),
+                kernels: vec![KernelPlan::new("broken", broken)],
+                routes: vec![],
+                threads: self.threads,
+            },
+            TIMEOUT,
+        )
+        .expect_err("a syntax error must fail the launch");
+        let text = err.to_string();
+        assert!(
+            text.contains("broken.cu:2") || text.contains("broken.cu(2)"),
+            "the error must name the file and line: {text}"
+        );
+    }
+
+    /// Every built-in, fed the same random records as its CPU reference, emits the same
+    /// bytes to the same ports in the same order.
+    pub fn builtins_match_reference(&self) {
+        use gyre_runtime::builtins::{Builtin, Record};
+        let builtins = [
+            Builtin::Echo { bytes: 16 },
+            Builtin::Affine { a: 1.5, b: -0.25 },
+            Builtin::Filter { lo: -1.0, hi: 2.5 },
+            Builtin::Window { size: 7 },
+            Builtin::Histogram {
+                bins: 5,
+                lo: -3.0,
+                hi: 4.0,
+                every: 9,
+            },
+            Builtin::Scatter { ports: 3 },
+            Builtin::Gather,
+        ];
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let inputs: Vec<Record> = (0..300u32)
+            .map(|seq| {
+                let r = next();
+                let value = match r % 17 {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => -0.0,
+                    _ => ((r >> 16) % 20_000) as f32 / 1000.0 - 10.0,
+                };
+                Record {
+                    key: (r >> 40) as u32,
+                    seq,
+                    value,
+                    aux: r as u32,
+                }
+            })
+            .collect();
+        for builtin in builtins {
+            let plan = KernelPlan::builtin(builtin.name(), &builtin).unwrap();
+            let ports = plan.ports as usize;
+            let group = self.launch(vec![plan], vec![]);
+            // Several ports to the host share the kernel's outbox, in emit order.
+            let mut expected: Vec<(u32, Vec<u8>)> = Vec::new();
+            let mut reference = builtin.reference();
+            for input in &inputs {
+                reference
+                    .handle(bytemuck::bytes_of(input), &mut |port, bytes| {
+                        expected.push((port, bytes.to_vec()))
+                    })
+                    .unwrap();
+            }
+            group.activate_all().unwrap();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for input in &inputs {
+                group
+                    .send(0, bytemuck::bytes_of(input), [0, 0], TIMEOUT)
+                    .unwrap();
+                while let Some(m) = group.try_recv(0).unwrap() {
+                    got.push(m.payload);
+                }
+            }
+            let report = group.drain(TIMEOUT);
+            assert_eq!(report.undelivered_count(), 0);
+            while let Some(m) = group.try_recv(0).unwrap() {
+                got.push(m.payload);
+            }
+            assert_eq!(
+                got.len(),
+                expected.len(),
+                "{}: output count",
+                builtin.name()
+            );
+            for (n, ((_, want), have)) in expected.iter().zip(&got).enumerate() {
+                assert_eq!(
+                    &have[..want.len()],
+                    &want[..],
+                    "{}: output {n} differs",
+                    builtin.name()
+                );
+            }
+            assert_eq!(group.take_dead_letters().len(), 0, "{}", builtin.name());
+            let _ = ports;
+        }
+    }
 }
 
 pub fn value(m: &Message) -> u64 {

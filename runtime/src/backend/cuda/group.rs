@@ -105,6 +105,32 @@ impl KernelPlan {
     }
 }
 
+impl KernelPlan {
+    /// A kernel running a built-in, with its parameters, state, ports and slot sizes.
+    ///
+    /// # Errors
+    /// The built-in's own validation message, for parameters out of range.
+    pub fn builtin(
+        name: impl Into<String>,
+        builtin: &crate::builtins::Builtin,
+    ) -> Result<Self, String> {
+        builtin.validate()?;
+        let slot = |payload: u32| {
+            (SLOT_HEADER_BYTES + payload)
+                .next_power_of_two()
+                .max(crate::abi::MIN_SLOT_BYTES)
+        };
+        let mut plan = Self::new(name, HandlerCode::Builtin(builtin.cuda_function()));
+        plan.params = builtin.params();
+        plan.sequential = builtin.sequential();
+        plan.state_bytes = builtin.state_bytes();
+        plan.ports = builtin.ports();
+        plan.slot_bytes = slot(builtin.input_bytes());
+        plan.out_slot_bytes = slot(builtin.output_bytes());
+        Ok(plan)
+    }
+}
+
 /// A group to launch: kernels, routes (ports without a route go to the host) and the
 /// block size.
 #[derive(Clone, Debug)]
