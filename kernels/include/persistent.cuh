@@ -169,7 +169,8 @@ GYRE_DEVICE int gyre_emit(gyre_ctx *ctx, gyre_u32 port, const void *data, gyre_u
     return gyre_emit_corr(ctx, port, data, bytes, ctx->corr[0], ctx->corr[1]);
 }
 
-__device__ int gyre_dispatch(gyre_u32 handler, gyre_ctx *ctx, const void *msg, gyre_u32 bytes);
+__device__ __forceinline__ int gyre_dispatch(gyre_u32 handler, gyre_ctx *ctx, const void *msg,
+                                              gyre_u32 bytes);
 
 /* Block state, in shared memory: the leader's cursors and counters, and the batch. */
 typedef struct gyre_block {

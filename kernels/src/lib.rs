@@ -37,3 +37,7 @@ pub const HEADERS: [(&str, &str); 6] = [
     ("gyre_emu.h", GYRE_EMU_H),
     ("gyre_emu_launch.h", GYRE_EMU_LAUNCH_H),
 ];
+
+/// `examples/moving_average.cu`: an example user handler (a moving average per key),
+/// compiled in CI through the runtime's NVRTC path.
+pub const EXAMPLE_MOVING_AVERAGE_CU: &str = include_str!("../examples/moving_average.cu");

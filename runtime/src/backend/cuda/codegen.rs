@@ -75,7 +75,7 @@ pub fn group_source(handlers: &[HandlerCode], threads: u32) -> String {
     }
     out.push_str("\n#line 1 \"gyre_dispatch.cu\"\n");
     out.push_str(
-        "__device__ int gyre_dispatch(gyre_u32 handler, gyre_ctx *ctx, const void *msg, \
+        "__device__ __forceinline__ int gyre_dispatch(gyre_u32 handler, gyre_ctx *ctx, const void *msg, \
          gyre_u32 bytes) {\n    switch (handler) {\n",
     );
     for (case, handler) in handlers.iter().enumerate() {
@@ -88,7 +88,7 @@ pub fn group_source(handlers: &[HandlerCode], threads: u32) -> String {
     out.push_str("    default: return GYRE_ERR_NO_HANDLER;\n    }\n}\n\n");
     let _ = write!(
         out,
-        "extern \"C\" __global__ void __launch_bounds__({threads}) gyre_group_main(\n    \
+        "extern \"C\" __global__ void __launch_bounds__({threads}, 1) gyre_group_main(\n    \
          const gyre_kernel_desc *kernels, gyre_u32 kernel_count) {{\n    \
          gyre_run_kernel(kernels, kernel_count);\n}}\n"
     );
