@@ -61,6 +61,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// Kernel source did not compile (a CUDA handler, or the group it is part of). `log`
+    /// is the compiler's output: it names the file (`FUNCTION.cu` for a handler given
+    /// with `gyre::cuda::CudaKernel::source`) and the line of each error.
+    #[error("kernel source did not compile ({compiler}); fix the lines the log names:\n{log}")]
+    Compile {
+        /// Which compiler (`"NVRTC 13.5"`, `"g++ (emulation)"`).
+        compiler: String,
+        /// The compiler's log, with file names and line numbers.
+        log: String,
+    },
     /// The runtime refused a launch.
     #[error("could not launch kernel: {0}")]
     Launch(String),

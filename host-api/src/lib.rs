@@ -35,10 +35,25 @@
 //!   state `→ Faulted`. Commands are acknowledged by the kernel through its control block.
 //! - **Nothing lost**: every message sent is processed or handed back in a report; a
 //!   panicking handler faults only its kernel.
+//!
+//! ## CUDA groups
+//!
+//! With feature `cuda`, a runtime built with [`Backend::Cuda`] (a GPU) or
+//! [`Backend::CudaEmulated`] (the host emulation, for developing CUDA handlers without a
+//! GPU) also launches groups of CUDA kernels: `Runtime::cuda_group` declares the
+//! kernels (CUDA C handlers or built-ins) and their routes, and launches them as a whole.
+//! The group API is explicit because the CUDA kernels of a group are resident together
+//! in one cooperative grid: that is what keeps routes between them on the device and
+//! guarantees every kernel makes progress, so a group is launched, drained and terminated
+//! as a unit. CPU kernels ([`Runtime::launch`], [`Runtime::group`]) and CUDA groups
+//! coexist in one runtime: the CPU worker pool is there whatever the backend. See the
+//! `cuda` module (feature `cuda`) for the whole flow.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod group;
 #[cfg(feature = "http")]

@@ -11,14 +11,151 @@ use crate::spec::{KernelSpec, Message};
 use crate::{Error, Kernel};
 
 /// Which backend runs the kernels.
+///
+/// Every runtime keeps its CPU worker pool, whatever the choice: kernels launched with
+/// [`Runtime::launch`], [`Runtime::group`] and [`Runtime::pipeline`] run there.
+/// [`Backend::Cuda`] and [`Backend::CudaEmulated`] add a CUDA device on which groups
+/// launched with `Runtime::cuda_group` (feature `cuda`) run, next to the CPU kernels.
+///
+/// Every variant exists in every build, so code that names one compiles everywhere;
+/// building a runtime with a CUDA variant in a gyre built without the `cuda` feature
+/// returns [`Error::BackendUnavailable`].
+///
+/// ```
+/// use gyre::{Backend, Error, Runtime};
+///
+/// let runtime = match Runtime::builder().backend(Backend::Cuda).build() {
+///     Ok(runtime) => runtime,
+///     // No GPU, no driver, or no `cuda` feature: the reason says which.
+///     Err(Error::BackendUnavailable { reason, .. }) => {
+///         eprintln!("falling back to the CPU: {reason}");
+///         Runtime::builder().backend(Backend::Cpu).build()?
+///     }
+///     Err(other) => return Err(other),
+/// };
+/// assert!(["cpu", "cuda"].contains(&runtime.backend_name()));
+/// # Ok::<(), gyre::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// Worker threads on the host: always available.
     Cpu,
-    /// The best backend available here. GPU backends are not part of this build yet,
-    /// so this is the CPU backend (the choice is logged).
+    /// The best backend for [`Runtime::launch`], [`Runtime::group`] and
+    /// [`Runtime::pipeline`], which run on the CPU backend's pool: so this is always the
+    /// CPU backend. With feature `cuda` it also probes the CUDA driver (never panicking)
+    /// and logs whether a device was found; CUDA groups need an explicit
+    /// [`Backend::Cuda`] (they are launched with `Runtime::cuda_group`).
     #[default]
     Auto,
+    /// The first NVIDIA GPU, through the CUDA driver (feature `cuda`). Building fails
+    /// with [`Error::BackendUnavailable`] saying what is missing (libcuda, a driver that
+    /// initialises, a device that can run persistent kernels) instead of panicking.
+    Cuda,
+    /// The CUDA backend's host emulation (feature `cuda`): group sources compiled for
+    /// the host with g++ (or `$GYRE_EMU_CXX`) and run in threads, driven by the same host
+    /// code as a GPU. For developing and testing CUDA handlers without a GPU; it is not
+    /// a GPU and says nothing about GPU speed.
+    CudaEmulated,
+}
+
+impl Backend {
+    /// The name [`Runtime::backend_name`] reports for a runtime built with this backend
+    /// (`"auto"` for [`Backend::Auto`], which resolves to `"cpu"`).
+    fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Auto => "auto",
+            Self::Cuda => "cuda",
+            Self::CudaEmulated => "cuda-emulated",
+        }
+    }
+}
+
+/// The backend a builder resolved to.
+struct Chosen {
+    name: &'static str,
+    #[cfg(feature = "cuda")]
+    device: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
+}
+
+impl Chosen {
+    fn cpu() -> Self {
+        Self {
+            name: "cpu",
+            #[cfg(feature = "cuda")]
+            device: None,
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn choose(backend: Backend) -> Result<Chosen, Error> {
+    match backend {
+        Backend::Cpu => Ok(Chosen::cpu()),
+        Backend::Auto => {
+            tracing::info!(
+                "backend Auto chose the CPU backend: this gyre is built without GPU backends \
+                 (enable the `cuda` feature of gyre for CUDA groups)"
+            );
+            Ok(Chosen::cpu())
+        }
+        Backend::Cuda | Backend::CudaEmulated => Err(Error::BackendUnavailable {
+            backend: backend.name(),
+            reason: "this gyre is built without CUDA support: enable the `cuda` feature of \
+                     gyre (`gyre = { version = \"...\", features = [\"cuda\"] }` in Cargo.toml, \
+                     or `--features gyre/cuda`)"
+                .to_owned(),
+        }),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn choose(backend: Backend) -> Result<Chosen, Error> {
+    use gyre_runtime::backend::cuda;
+    let unavailable = |error: cuda::DeviceError| Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: error.to_string(),
+    };
+    match backend {
+        Backend::Cpu => Ok(Chosen::cpu()),
+        Backend::Auto => {
+            // The probe never panics: it checks for libcuda before cudarc touches it.
+            match cuda::probe::load_driver() {
+                Ok(driver) => tracing::info!(
+                    devices = driver.device_count,
+                    driver = %driver.driver_version_string(),
+                    "backend Auto chose the CPU backend for kernels launched with \
+                     Runtime::launch/group/pipeline (they run on the CPU pool); a CUDA device \
+                     was found: launch CUDA groups with Runtime::cuda_group on a runtime built \
+                     with Backend::Cuda"
+                ),
+                Err(why) => tracing::info!(
+                    reason = %why,
+                    "backend Auto chose the CPU backend for kernels launched with \
+                     Runtime::launch/group/pipeline (they run on the CPU pool); no CUDA device \
+                     was found, so CUDA groups (Runtime::cuda_group, with Backend::Cuda) cannot \
+                     run here"
+                ),
+            }
+            Ok(Chosen::cpu())
+        }
+        Backend::Cuda => {
+            let device = cuda::default_device().map_err(unavailable)?;
+            tracing::info!(device = %device.describe(), "backend Cuda: CUDA groups run on this device");
+            Ok(Chosen {
+                name: "cuda",
+                device: Some(device),
+            })
+        }
+        Backend::CudaEmulated => {
+            let device = cuda::emulated_device().map_err(unavailable)?;
+            tracing::info!(device = %device.describe(), "backend CudaEmulated: CUDA groups run in the host emulation (not a GPU)");
+            Ok(Chosen {
+                name: "cuda-emulated",
+                device: Some(device),
+            })
+        }
+    }
 }
 
 /// Builds a [`Runtime`].
@@ -73,20 +210,30 @@ impl RuntimeBuilder {
 
     /// Starts the runtime.
     ///
+    /// Never panics, whatever the backend: a missing driver or device is an error.
+    ///
+    /// ```
+    /// let runtime = gyre::Runtime::builder().backend(gyre::Backend::Auto).build()?;
+    /// assert_eq!(runtime.backend_name(), "cpu");
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
     /// # Errors
-    /// [`Error::BackendUnavailable`] when the backend asked for cannot run here.
+    /// [`Error::BackendUnavailable`] when the backend asked for cannot run here: a CUDA
+    /// backend in a gyre built without feature `cuda`, no usable CUDA driver or device
+    /// for [`Backend::Cuda`] (the reason says what is missing), no C++ compiler for
+    /// [`Backend::CudaEmulated`].
     pub fn build(self) -> Result<Runtime, Error> {
+        let chosen = choose(self.backend)?;
         let workers = self.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        if self.backend == Backend::Auto {
-            tracing::info!(
-                "backend Auto chose the CPU backend: no GPU backend is built into this gyre"
-            );
-        }
         Ok(Runtime {
             cpu: Arc::new(CpuBackend::with_budget(workers, self.budget)),
             command_timeout: self.command_timeout,
+            backend_name: chosen.name,
+            #[cfg(feature = "cuda")]
+            cuda: chosen.device,
         })
     }
 }
@@ -109,7 +256,11 @@ impl RuntimeBuilder {
 #[derive(Debug)]
 pub struct Runtime {
     cpu: Arc<CpuBackend>,
-    command_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    backend_name: &'static str,
+    /// The CUDA device groups run on, when the runtime was built with a CUDA backend.
+    #[cfg(feature = "cuda")]
+    pub(crate) cuda: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
 }
 
 impl Runtime {
@@ -123,9 +274,18 @@ impl Runtime {
         }
     }
 
-    /// The name of the backend in use.
+    /// The name of the backend the runtime was built with: `"cpu"` (also for
+    /// [`Backend::Auto`]), `"cuda"` or `"cuda-emulated"`. Kernels launched with
+    /// [`Runtime::launch`] run on the CPU pool whatever it says; a CUDA backend adds a
+    /// device for CUDA groups.
+    ///
+    /// ```
+    /// let runtime = gyre::Runtime::builder().backend(gyre::Backend::Cpu).build()?;
+    /// assert_eq!(runtime.backend_name(), "cpu");
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
     pub fn backend_name(&self) -> &'static str {
-        "cpu"
+        self.backend_name
     }
 
     /// Worker threads in the CPU pool.

@@ -8,6 +8,11 @@
 //!   (the emulated device: threads, not a GPU).
 //!
 //! The runtime hands these to NVRTC by name, so device code needs no files on disk.
+//!
+//! When `cargo xtask kernels` has compiled the built-ins module ahead of time with `nvcc`
+//! (cubins for sm_80, sm_86, sm_89 and sm_90, and compute_90 PTX), the build embeds those
+//! images ([`prebuilt`]), provided they were built from the current headers (see
+//! `build.rs`). Without them, the runtime compiles the built-ins through NVRTC.
 
 /// `include/gyre_abi.h`: the ABI as C, with `static_assert`s on every offset and size.
 pub const GYRE_ABI_H: &str = include_str!("../include/gyre_abi.h");
@@ -41,3 +46,37 @@ pub const HEADERS: [(&str, &str); 6] = [
 /// `examples/moving_average.cu`: an example user handler (a moving average per key),
 /// compiled in CI through the runtime's NVRTC path.
 pub const EXAMPLE_MOVING_AVERAGE_CU: &str = include_str!("../examples/moving_average.cu");
+
+include!(concat!(env!("OUT_DIR"), "/prebuilt.rs"));
+
+/// The architectures `cargo xtask kernels` builds cubins of the built-ins module for.
+pub const PREBUILT_CUBIN_ARCHS: [&str; 4] = ["sm_80", "sm_86", "sm_89", "sm_90"];
+
+/// The virtual architecture of the prebuilt PTX of the built-ins module: the driver
+/// compiles it at load time for any device of compute capability 9.0 or newer.
+pub const PREBUILT_PTX_ARCH: &str = "compute_90";
+
+/// The built-ins module compiled ahead of time for `arch`: a cubin for `"sm_80"`,
+/// `"sm_86"`, `"sm_89"` or `"sm_90"`, PTX text for `"compute_90"`; `None` for any other
+/// architecture, or when the build embedded no images (no `nvcc` ran, or the images were
+/// stale).
+///
+/// Either is a valid `cuModuleLoadData` image (PTX once NUL-terminated).
+pub fn prebuilt(arch: &str) -> Option<&'static [u8]> {
+    PREBUILT
+        .iter()
+        .find(|&&(name, _)| name == arch)
+        .map(|&(_, image)| image)
+}
+
+/// The architectures [`prebuilt`] has an image for (empty when none was embedded).
+pub fn prebuilt_archs() -> &'static [&'static str] {
+    PREBUILT_ARCHS
+}
+
+/// The CUDA C the embedded images were compiled from (the runtime's built-ins
+/// translation unit when `cargo xtask kernels` ran); `None` when none is embedded. The
+/// runtime uses the images only if this equals the source it would compile itself.
+pub fn prebuilt_source() -> Option<&'static str> {
+    PREBUILT_SOURCE
+}

@@ -27,8 +27,9 @@ fn nvrtc_available() -> bool {
     }
 }
 
-fn all_handlers() -> Vec<HandlerCode> {
-    let mut handlers: Vec<HandlerCode> = [
+/// One of each built-in, in the order of [`codegen::BUILTIN_FUNCTIONS`].
+fn every_builtin() -> [Builtin; 7] {
+    [
         Builtin::Echo { bytes: 8 },
         Builtin::Affine { a: 1.0, b: 0.0 },
         Builtin::Filter { lo: 0.0, hi: 1.0 },
@@ -42,9 +43,13 @@ fn all_handlers() -> Vec<HandlerCode> {
         Builtin::Scatter { ports: 2 },
         Builtin::Gather,
     ]
-    .iter()
-    .map(|b| HandlerCode::Builtin(b.cuda_function()))
-    .collect();
+}
+
+fn all_handlers() -> Vec<HandlerCode> {
+    let mut handlers: Vec<HandlerCode> = every_builtin()
+        .iter()
+        .map(|b| HandlerCode::Builtin(b.cuda_function()))
+        .collect();
     handlers.push(HandlerCode::Source {
         function: "moving_average".into(),
         source: gyre_kernels::EXAMPLE_MOVING_AVERAGE_CU.into(),
@@ -130,5 +135,37 @@ fn a_broken_handler_fails_the_compile_with_its_line() {
             );
         }
         other => panic!("expected a compile error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_builtins_module_dispatches_every_builtin_in_canonical_order() {
+    let names: Vec<&str> = every_builtin().iter().map(Builtin::cuda_function).collect();
+    assert_eq!(names, codegen::BUILTIN_FUNCTIONS);
+    let source = codegen::builtins_source();
+    for (case, function) in codegen::BUILTIN_FUNCTIONS.iter().enumerate() {
+        assert!(
+            source.contains(&format!("case {case}u: return {function}(")),
+            "case {case} is not {function}"
+        );
+    }
+    // Any block size a group may ask for launches it.
+    assert!(source.contains("__launch_bounds__(256, 1)"));
+}
+
+#[test]
+fn the_builtins_module_compiles_through_nvrtc() {
+    if !nvrtc_available() {
+        return;
+    }
+    let source = codegen::builtins_source();
+    let headers = codegen::headers();
+    for arch in ["compute_80", "compute_90"] {
+        let compiled = nvrtc::compile_ptx(&source, "gyre_builtins.cu", &headers, arch, &[])
+            .unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert!(
+            compiled.ptx.contains(".entry gyre_group_main"),
+            "{arch}: no entry point"
+        );
     }
 }

@@ -252,6 +252,10 @@ fn setup_cuda(root: &Path) -> Result<Toolkit, String> {
 /// The name of the CI step that tests the CUDA backend without a GPU.
 pub const CUDA_STEP: &str = "cuda (NVRTC + ptxas, emulated conformance)";
 
+/// The name of the CI step that compiles the built-ins ahead of time (`cargo xtask
+/// kernels`).
+pub const KERNELS_STEP: &str = "prebuilt CUDA kernels (nvcc)";
+
 /// The examples CI runs (step name, example name); each finishes in seconds.
 const EXAMPLES: [(&str, &str); 7] = [
     ("example quickstart", "quickstart"),
@@ -304,6 +308,14 @@ fn ci_steps(toolkit: &Toolkit) -> Vec<Step> {
                 "warnings",
             ],
         ),
+        // The built-ins compiled ahead of time (about 5 s of nvcc), so the tests build
+        // gyre-kernels with the images embedded.
+        Step::new(
+            KERNELS_STEP,
+            "cargo",
+            &["run", "--quiet", "-p", "xtask", "--", "kernels"],
+        )
+        .envs(toolkit.env()),
         // Unit, integration and doc tests; examples are built (benches are not run here).
         Step::new("tests", "cargo", &["test", "--workspace"]),
         // The CUDA backend without a GPU: kernels compiled through the runtime's NVRTC
@@ -383,6 +395,11 @@ mod tests {
         for key in ["GYRE_PTXAS", "GYRE_NVRTC_LIB", "LD_LIBRARY_PATH", "PATH"] {
             assert!(cuda.env.iter().any(|(k, _)| k == key), "{key} not set");
         }
+        assert_eq!(names[tests - 1], KERNELS_STEP);
+        assert_eq!(
+            steps[tests - 1].command_line(),
+            "cargo run --quiet -p xtask -- kernels"
+        );
         let clippy = steps.iter().find(|step| step.name == "clippy").unwrap();
         assert!(clippy.args.iter().any(|arg| arg == "--all-features"));
     }

@@ -3,10 +3,12 @@
 //!
 //! 1. a driver must be there (`nvidia-smi` runs, or `ldconfig -p` knows `libcuda.so.1`);
 //! 2. the CUDA compilers are found or installed, as `cargo xtask setup` does;
-//! 3. the device is recorded (`nvidia-smi --query-gpu=...`);
-//! 4. with the toolkit's environment, every step of [`steps`] runs, each to the end
+//! 3. the built-ins are compiled ahead of time with `nvcc` (`cargo xtask kernels`), so
+//!    the GPU tests load those images;
+//! 4. the device is recorded (`nvidia-smi --query-gpu=...`);
+//! 5. with the toolkit's environment, every step of [`steps`] runs, each to the end
 //!    even when an earlier one failed;
-//! 5. the report (date, commit, device, and per step: command, result, duration, full
+//! 6. the report (date, commit, device, and per step: command, result, duration, full
 //!    stdout and stderr) is written whatever happened, and its path printed.
 
 use std::fmt::Write as _;
@@ -124,6 +126,21 @@ fn validate(root: &Path, report: &mut Report) -> bool {
     if let Some(rustc) = first_line("rustc", &["--version"], root) {
         report.preflight.push(format!("rustc: {rustc}"));
     }
+    // The built-ins prebuilt with nvcc, so the GPU runs load them rather than NVRTC's.
+    // Not fatal: without them the runtime compiles through NVRTC.
+    report.preflight.push(match crate::kernels::build(root) {
+        Ok(crate::kernels::Built::Images { dir, nvcc_wall, .. }) => format!(
+            "prebuilt kernels: built in {} ({nvcc_wall:.1?} of nvcc)",
+            dir.display()
+        ),
+        Ok(crate::kernels::Built::NoNvcc(nvcc)) => format!(
+            "prebuilt kernels: none ({} not found; the built-ins compile through NVRTC)",
+            nvcc.display()
+        ),
+        Err(error) => {
+            format!("prebuilt kernels: FAILED (the built-ins compile through NVRTC): {error}")
+        }
+    });
     report.device = device_info();
     println!("gpu-validate: device\n{}", report.device);
     let env = toolkit.env();

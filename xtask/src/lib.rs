@@ -8,6 +8,8 @@
 //! - [`ci`]: `setup` (installs what the tests need) and `ci` (runs every check).
 //! - [`cuda`]: the CUDA compilers from PyPI (`ptxas`, `nvcc`, NVRTC, headers) that
 //!   `setup` installs outside the repository, and the environment that exposes them.
+//! - [`kernels`]: `kernels`, the built-ins module compiled ahead of time with `nvcc`
+//!   for the `gyre-kernels` crate to embed.
 //! - [`gpu`]: `gpu-validate`, the GPU-only tests and CUDA benchmarks on a machine with
 //!   an NVIDIA GPU, with a report.
 
@@ -17,6 +19,7 @@ pub mod abigen;
 pub mod ci;
 pub mod cuda;
 pub mod gpu;
+pub mod kernels;
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {

@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("abi") => abi(&args[2..]),
         Some("setup") => report("setup", xtask::ci::setup(&workspace_root())),
+        Some("kernels") => report("kernels", xtask::kernels::kernels(&workspace_root())),
         Some("ci") => report("ci", xtask::ci::ci(&workspace_root())),
         Some("gpu-validate") => report(
             "gpu-validate",
@@ -41,10 +42,14 @@ subcommands:
   abi --check    fail if those files differ from what the generator produces
   setup          install what the tests need (compilers, rustup components, and the
                  CUDA compilers from PyPI into ~/.cache/gyre; no GPU needed)
-  ci             setup, then format, ABI freshness, clippy, tests, CUDA tests
-                 (NVRTC + ptxas, no GPU), examples, loom
+  kernels        compile the CUDA built-ins ahead of time with nvcc (cubins for
+                 sm_80/86/89/90 and compute_90 PTX, into target/gyre-kernels) for
+                 gyre-kernels to embed; without nvcc, says NVRTC will be used at run time
+  ci             setup, then format, ABI freshness, clippy, prebuilt CUDA kernels
+                 (nvcc), tests, CUDA tests (NVRTC + ptxas, no GPU), examples, loom
   gpu-validate   on a machine with an NVIDIA GPU and driver: setup, then the GPU-only
-                 tests and the CUDA benchmarks; writes target/gpu-validate/report.md
+                 tests and the CUDA benchmarks (the built-ins prebuilt with nvcc
+                 first); writes target/gpu-validate/report.md
   help           print this text"
 }
 

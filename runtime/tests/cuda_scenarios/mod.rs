@@ -505,7 +505,7 @@ impl Scenarios {
             for input in &inputs {
                 reference
                     .handle(bytemuck::bytes_of(input), &mut |port, bytes| {
-                        expected.push((port, bytes.to_vec()))
+                        expected.push((port, bytes.to_vec()));
                     })
                     .unwrap();
             }

@@ -33,6 +33,33 @@ impl HandlerCode {
     }
 }
 
+/// The seven built-in device functions of `builtins.cuh`, in their canonical order: in a
+/// group whose every kernel is a built-in, dispatch case `i` is `BUILTIN_FUNCTIONS[i]`,
+/// so one module ([`builtins_source`]) serves every such group. That module is the one
+/// `cargo xtask kernels` compiles ahead of time with `nvcc` (see
+/// [`super::device::Device::compile_builtins`]). The names are
+/// [`Builtin::cuda_function`](crate::builtins::Builtin::cuda_function)'s.
+pub const BUILTIN_FUNCTIONS: [&str; 7] = [
+    "gyre_builtin_echo",
+    "gyre_builtin_affine",
+    "gyre_builtin_filter",
+    "gyre_builtin_window",
+    "gyre_builtin_histogram",
+    "gyre_builtin_scatter",
+    "gyre_builtin_gather",
+];
+
+/// The translation unit of the built-ins module: [`group_source`] over
+/// [`BUILTIN_FUNCTIONS`] in their order, with the block size bounded by
+/// [`plan::MAX_THREADS`] (256), so any block size a group may ask for launches it.
+pub fn builtins_source() -> String {
+    let handlers: Vec<HandlerCode> = BUILTIN_FUNCTIONS
+        .iter()
+        .map(|&function| HandlerCode::Builtin(function))
+        .collect();
+    group_source(&handlers, plan::MAX_THREADS)
+}
+
 /// The headers every group source includes, by the names it includes them with.
 pub fn headers() -> [(&'static str, &'static str); 4] {
     [

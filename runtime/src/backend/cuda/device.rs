@@ -9,6 +9,8 @@ use std::any::Any;
 use std::fmt;
 use std::ptr::NonNull;
 
+use super::codegen;
+
 /// Host memory the device can address: cached (not write-combined) pinned memory mapped
 /// into the device's address space, or plain host memory under emulation.
 ///
@@ -213,6 +215,17 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// with their contents). The entry point is `extern "C" __global__ void
     /// gyre_group_main(const gyre_kernel_desc* kernels, unsigned kernel_count)`.
     fn compile(&self, source: &str, headers: &[(&str, &str)]) -> Result<Module, DeviceError>;
+
+    /// The built-ins module: [`codegen::builtins_source`], whose dispatch case `i` is
+    /// [`codegen::BUILTIN_FUNCTIONS`]`[i]` and which launches with any block size up to
+    /// 256. A group whose every kernel is a built-in runs on it.
+    ///
+    /// The default compiles that source with [`compile`](Self::compile). A GPU loads the
+    /// image `cargo xtask kernels` built ahead of time with `nvcc` when one was embedded
+    /// for it, and compiles through NVRTC only otherwise.
+    fn compile_builtins(&self) -> Result<Module, DeviceError> {
+        self.compile(&codegen::builtins_source(), &codegen::headers())
+    }
 
     /// The most blocks of `threads` threads of this module that can be resident at once
     /// (occupancy per multiprocessor × multiprocessors): a cooperative grid larger than

@@ -18,7 +18,7 @@
 use std::ffi::{c_int, c_uint, c_void, CString};
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use cudarc::driver::result::{self as cu, DriverError};
 use cudarc::driver::sys::{
@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use super::device::{
     Device, DeviceError, DeviceMemory, LaunchShape, MappedMemory, Module, Running,
 };
-use super::{nvrtc, probe};
+use super::{codegen, nvrtc, probe};
 
 /// The entry point every group module defines.
 const ENTRY: &std::ffi::CStr = c"gyre_group_main";
@@ -408,6 +408,122 @@ impl DriverDevice {
         Ok(loaded)
     }
 
+    /// Loads a module image (a cubin, or NUL-terminated PTX that the driver compiles for
+    /// this device) and finds its entry point, with the registers and local memory the
+    /// driver reports for it.
+    fn load_module(&self, image: &[u8]) -> Result<Module, DeviceError> {
+        // An embedded image may sit at any address; the driver reads an ELF image's
+        // headers in place, so hand it a copy aligned to 8 bytes.
+        let mut aligned = vec![0u64; image.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..image.len()].copy_from_slice(image);
+        self.ctx.bind()?;
+        // SAFETY: `aligned` holds a whole cubin or NUL-terminated PTX image (the caller's
+        // contract) and outlives the call, which copies what it keeps; the context is
+        // current.
+        let module =
+            unsafe { cu::module::load_data(aligned.as_ptr().cast()) }.map_err(|error| {
+                let mut error = driver_error("cuModuleLoadData")(error);
+                if let DeviceError::Driver { message, .. } = &mut error {
+                    if message.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") {
+                        message.push_str(
+                        " (the NVIDIA driver is older than NVRTC: update the driver, or use an \
+                         NVRTC no newer than the driver's CUDA version)",
+                    );
+                    }
+                }
+                error
+            })?;
+        let entry = ENTRY.to_owned();
+        // SAFETY: `module` is live (just loaded).
+        let function = match unsafe { cu::module::get_function(module, entry) } {
+            Ok(function) => function,
+            Err(error) => {
+                // SAFETY: `module` is live and not referenced elsewhere.
+                let _ = unsafe { cu::module::unload(module) };
+                return Err(driver_error("cuModuleGetFunction")(error));
+            }
+        };
+        let loaded = Arc::new(LoadedModule {
+            ctx: Arc::clone(&self.ctx),
+            module,
+            function,
+        });
+        let function_attribute = |attribute: CUfunction_attribute| {
+            // SAFETY: `function` belongs to the live module `loaded` holds.
+            unsafe { cu::function::get_function_attribute(function, attribute) }
+                .ok()
+                .and_then(|value| u32::try_from(value).ok())
+        };
+        let registers = function_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS);
+        let local_bytes =
+            function_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES);
+        let mut module = Module::new(Box::new(loaded));
+        module.registers = registers;
+        module.local_bytes = local_bytes;
+        Ok(module)
+    }
+
+    /// Loads the prebuilt built-ins image for `arch` (a cubin, or PTX for a `compute_`
+    /// architecture); why not, when there is none or it does not load.
+    fn load_prebuilt(&self, arch: &str) -> Result<Module, String> {
+        let image = gyre_kernels::prebuilt(arch).ok_or_else(|| format!("no {arch} image"))?;
+        let loaded = if arch.starts_with("compute_") {
+            // PTX is loaded as NUL-terminated text.
+            let mut text = image.to_vec();
+            text.push(0);
+            self.load_module(&text)
+        } else {
+            self.load_module(image)
+        };
+        loaded.map_err(|error| format!("the {arch} image did not load: {error}"))
+    }
+
+    /// The built-ins module and how it was obtained, best first: the prebuilt cubin for
+    /// this exact architecture, the prebuilt compute_90 PTX (compiled by the driver, on
+    /// compute capability 9.0 and newer), else NVRTC. The prebuilt images are used only
+    /// when they were compiled from the source this runtime generates; one that does not
+    /// load is skipped for the next way.
+    fn builtins_module(&self) -> Result<(Module, String), DeviceError> {
+        let sm = self.real_arch();
+        let source = codegen::builtins_source();
+        let why_not = match gyre_kernels::prebuilt_source() {
+            None => "none was embedded (run `cargo xtask kernels` where nvcc is)".to_owned(),
+            Some(built) if built != source => {
+                "the embedded images were built from another runtime's source (rerun \
+                 `cargo xtask kernels`)"
+                    .to_owned()
+            }
+            Some(_) => {
+                let mut why_not = Vec::new();
+                match self.load_prebuilt(&sm) {
+                    Ok(module) => return Ok((module, format!("prebuilt {sm} cubin"))),
+                    Err(reason) => why_not.push(reason),
+                }
+                let ptx_arch = gyre_kernels::PREBUILT_PTX_ARCH;
+                if self.capability.0 >= 9 {
+                    match self.load_prebuilt(ptx_arch) {
+                        Ok(module) => {
+                            let path = format!("prebuilt {ptx_arch} PTX, compiled by the driver");
+                            return Ok((module, path));
+                        }
+                        Err(reason) => why_not.push(reason),
+                    }
+                } else {
+                    why_not.push(format!("{ptx_arch} PTX does not run on {sm}"));
+                }
+                why_not.join("; ")
+            }
+        };
+        let module = self.compile(&source, &codegen::headers())?;
+        Ok((
+            module,
+            format!(
+                "compiled by NVRTC for {} (no prebuilt image used: {why_not})",
+                self.virtual_arch()
+            ),
+        ))
+    }
+
     /// Checks `offset .. offset + len` lies within an allocation of `bytes` bytes.
     fn check_range(
         call: &'static str,
@@ -554,48 +670,16 @@ impl Device for DriverDevice {
             call: "cuModuleLoadData",
             message: "NVRTC produced PTX containing a NUL byte".to_owned(),
         })?;
-        self.ctx.bind()?;
-        // SAFETY: `image` is a NUL-terminated PTX image that outlives the call; the
-        // context is current.
-        let module = unsafe { cu::module::load_data(image.as_ptr().cast()) }.map_err(|error| {
-            let mut error = driver_error("cuModuleLoadData")(error);
-            if let DeviceError::Driver { message, .. } = &mut error {
-                if message.contains("CUDA_ERROR_UNSUPPORTED_PTX_VERSION") {
-                    message.push_str(
-                        " (the NVIDIA driver is older than NVRTC: update the driver, or use an \
-                         NVRTC no newer than the driver's CUDA version)",
-                    );
-                }
-            }
-            error
-        })?;
-        let entry = ENTRY.to_owned();
-        // SAFETY: `module` is live (just loaded).
-        let function = match unsafe { cu::module::get_function(module, entry) } {
-            Ok(function) => function,
-            Err(error) => {
-                // SAFETY: `module` is live and not referenced elsewhere.
-                let _ = unsafe { cu::module::unload(module) };
-                return Err(driver_error("cuModuleGetFunction")(error));
-            }
-        };
-        let loaded = Arc::new(LoadedModule {
-            ctx: Arc::clone(&self.ctx),
-            module,
-            function,
+        self.load_module(image.as_bytes_with_nul())
+    }
+
+    fn compile_builtins(&self) -> Result<Module, DeviceError> {
+        let (module, path) = self.builtins_module()?;
+        tracing::debug!(device = self.ctx.ordinal, "CUDA built-ins module: {path}");
+        static LOGGED: Once = Once::new();
+        LOGGED.call_once(|| {
+            tracing::info!(device = self.ctx.ordinal, "CUDA built-ins module: {path}");
         });
-        let function_attribute = |attribute: CUfunction_attribute| {
-            // SAFETY: `function` belongs to the live module `loaded` holds.
-            unsafe { cu::function::get_function_attribute(function, attribute) }
-                .ok()
-                .and_then(|value| u32::try_from(value).ok())
-        };
-        let registers = function_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS);
-        let local_bytes =
-            function_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES);
-        let mut module = Module::new(Box::new(loaded));
-        module.registers = registers;
-        module.local_bytes = local_bytes;
         Ok(module)
     }
 

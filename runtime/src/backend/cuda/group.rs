@@ -561,22 +561,38 @@ impl CudaGroup {
             }
         }
 
-        // Handlers: one dispatch case per distinct function.
-        let mut handlers: Vec<HandlerCode> = Vec::new();
-        let mut cases = Vec::with_capacity(n);
-        for k in &plan.kernels {
-            let case = handlers
-                .iter()
-                .position(|h| h == &k.handler)
-                .unwrap_or_else(|| {
-                    handlers.push(k.handler.clone());
-                    handlers.len() - 1
-                });
-            cases.push(case as u32);
-        }
-        let source = codegen::group_source(&handlers, plan.threads);
-        let headers = codegen::headers();
-        let module = device.compile(&source, &headers)?;
+        // Handlers. A group of built-ins only uses the canonical built-ins module (case
+        // `i` is `BUILTIN_FUNCTIONS[i]`), which may be prebuilt; any other group gets one
+        // dispatch case per distinct function, compiled for it.
+        let builtin_cases: Option<Vec<u32>> = plan
+            .kernels
+            .iter()
+            .map(|k| match &k.handler {
+                HandlerCode::Builtin(function) => codegen::BUILTIN_FUNCTIONS
+                    .iter()
+                    .position(|builtin| builtin == function)
+                    .map(|case| case as u32),
+                HandlerCode::Source { .. } => None,
+            })
+            .collect();
+        let (module, cases) = if let Some(cases) = builtin_cases {
+            (device.compile_builtins()?, cases)
+        } else {
+            let mut handlers: Vec<HandlerCode> = Vec::new();
+            let mut cases = Vec::with_capacity(n);
+            for k in &plan.kernels {
+                let case = handlers
+                    .iter()
+                    .position(|h| h == &k.handler)
+                    .unwrap_or_else(|| {
+                        handlers.push(k.handler.clone());
+                        handlers.len() - 1
+                    });
+                cases.push(case as u32);
+            }
+            let source = codegen::group_source(&handlers, plan.threads);
+            (device.compile(&source, &codegen::headers())?, cases)
+        };
         let available = device.max_resident_blocks(&module, plan.threads)?;
         if available < n as u32 {
             return Err(DeviceError::DoesNotFit {

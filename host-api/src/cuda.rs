@@ -1,0 +1,662 @@
+//! CUDA groups: kernels resident together on a GPU as one cooperative grid (feature
+//! `cuda`).
+//!
+//! On CUDA the unit of launch is a *group*: every kernel of a group runs in the same
+//! cooperative grid (one block per kernel), so that routes between them stay on the
+//! device and every kernel is guaranteed to make progress. A CUDA group is therefore
+//! declared explicitly, launched as a whole and stopped as a whole:
+//!
+//! 1. build a [`Runtime`] with [`crate::Backend::Cuda`] (a GPU) or
+//!    [`crate::Backend::CudaEmulated`] (the host emulation, for developing handlers
+//!    without a GPU);
+//! 2. [`Runtime::cuda_group`] → [`CudaGroupBuilder`]: [`add`](CudaGroupBuilder::add)
+//!    each [`CudaKernel`] (a CUDA C handler or a [`Builtin`]), getting a typed
+//!    [`CudaStage`]; [`route`](CudaGroupBuilder::route) ports to other stages (type
+//!    checked at compile time); unrouted ports go to the host output;
+//! 3. [`launch`](CudaGroupBuilder::launch): checks, compiles (a compiler error comes back
+//!    as [`Error::Compile`] with the log), allocates and starts the grid →
+//!    [`CudaGroupHandle`];
+//! 4. [`activate`](CudaGroupHandle::activate), [`send`](CudaGroupHandle::send) and
+//!    [`recv`](CudaGroupHandle::recv) typed messages per stage;
+//! 5. [`drain`](CudaGroupHandle::drain) or [`terminate`](CudaGroupHandle::terminate):
+//!    a [`CudaReport`] with everything that was not delivered.
+//!
+//! The same runtime keeps its CPU worker pool: [`Runtime::launch`] and
+//! [`Runtime::group`] kernels run there, next to the CUDA groups.
+//! [`Runtime::shutdown`] stops the CPU kernels only; a CUDA group is stopped by its
+//! handle (dropping the handle terminates it, discarding what it held, with a warning).
+//! Likewise [`Runtime::health`], [`Runtime::prometheus_text`] and
+//! [`Runtime::take_dead_letters`] cover the CPU kernels; a CUDA group answers for its own
+//! kernels through [`CudaGroupHandle::health`], [`CudaGroupHandle::counters`] and
+//! [`CudaGroupHandle::take_dead_letters`].
+//!
+//! ```
+//! use gyre::cuda::{Builtin, CudaKernel, Record};
+//! use gyre::{Backend, Runtime};
+//! use std::time::Duration;
+//!
+//! let runtime = match Runtime::builder().backend(Backend::CudaEmulated).build() {
+//!     Ok(runtime) => runtime,
+//!     Err(e) => {
+//!         eprintln!("skipped: {e}");
+//!         return Ok(());
+//!     }
+//! };
+//! let mut g = runtime.cuda_group("scale-then-keep")?;
+//! let scale = g.add(CudaKernel::<Record, Record>::builtin("scale", Builtin::Affine { a: 2.0, b: 0.0 }));
+//! let keep = g.add(CudaKernel::<Record, Record>::builtin("keep", Builtin::Filter { lo: 0.0, hi: 10.0 }));
+//! g.route(&scale, 0, &keep);
+//! let group = g.launch()?;
+//! group.activate()?;
+//! for i in 0..8u32 {
+//!     group.send(&scale, Record { key: 0, seq: i, value: i as f32, aux: 0 })?;
+//! }
+//! let report = group.drain(Duration::from_secs(20));
+//! assert_eq!(report.undelivered_count(), 0);
+//! let mut kept = Vec::new();
+//! while let Some(r) = group.try_recv(&keep).ok().flatten() {
+//!     kept.push(r.value);
+//! }
+//! assert_eq!(kept, [0.0, 2.0, 4.0, 6.0, 8.0]);
+//! # Ok::<(), gyre::Error>(())
+//! ```
+
+mod report;
+mod spec;
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gyre_runtime::abi::State;
+use gyre_runtime::backend::cuda::group::SendError as RawSendError;
+use gyre_runtime::backend::cuda::{
+    CudaGroup, Device, DeviceError, GroupError, GroupPlan, KernelPlan, Route, Target,
+};
+use gyre_runtime::backend::CommandError;
+use gyre_runtime::control::Counters;
+use gyre_runtime::health::{Health, HealthPolicy};
+use gyre_runtime::routing::DeadLetter;
+use gyre_runtime::wait::Backoff;
+
+pub use gyre_runtime::backend::cuda::group::{KernelReport, Message as SlotMessage};
+pub use gyre_runtime::backend::cuda::GroupReport;
+pub use gyre_runtime::builtins::{Aggregate, Builtin, Histogram, Record};
+pub use report::CudaReport;
+pub use spec::CudaKernel;
+
+use crate::spec::Message;
+use crate::{Error, Runtime, SendError};
+
+/// Identifies the group a stage belongs to, so a stage is never used on another group.
+static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A kernel of a CUDA group: its index in the group, typed by its messages. Copy it
+/// freely; it is only valid with the group it was added to.
+pub struct CudaStage<In, Out> {
+    index: usize,
+    group_id: u64,
+    _types: PhantomData<fn(In) -> Out>,
+}
+
+impl<In, Out> Clone for CudaStage<In, Out> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<In, Out> Copy for CudaStage<In, Out> {}
+
+impl<In, Out> std::fmt::Debug for CudaStage<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaStage")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In, Out> CudaStage<In, Out> {
+    /// The kernel's index in its group (block `index` of the grid runs it).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+}
+
+impl Runtime {
+    /// A builder for a group of CUDA kernels, launched together as one cooperative grid
+    /// on the runtime's CUDA device (see [`crate::cuda`]).
+    ///
+    /// ```
+    /// # use gyre::{Backend, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let g = runtime.cuda_group("pipeline")?;
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when the runtime was not built with
+    /// [`crate::Backend::Cuda`] or [`crate::Backend::CudaEmulated`].
+    pub fn cuda_group(&self, name: impl Into<String>) -> Result<CudaGroupBuilder, Error> {
+        let device = self.cuda.clone().ok_or_else(|| Error::BackendUnavailable {
+            backend: "cuda",
+            reason: format!(
+                "this runtime was built with the {} backend, which has no CUDA device: build \
+                 it with `.backend(Backend::Cuda)` (a GPU) or `.backend(Backend::CudaEmulated)` \
+                 (the host emulation) to launch CUDA groups",
+                self.backend_name()
+            ),
+        })?;
+        let threads = if device.is_emulated() { 4 } else { 64 };
+        Ok(CudaGroupBuilder {
+            device,
+            name: name.into(),
+            group_id: NEXT_GROUP_ID.fetch_add(1, Ordering::Relaxed),
+            kernels: Vec::new(),
+            routes: Vec::new(),
+            threads,
+            command_timeout: self.command_timeout,
+        })
+    }
+}
+
+/// Builds a CUDA group: add kernels, route their ports, launch (see [`crate::cuda`]).
+pub struct CudaGroupBuilder {
+    device: Arc<dyn Device>,
+    name: String,
+    group_id: u64,
+    /// Each kernel's plan, or why it cannot be planned (reported at launch).
+    kernels: Vec<Result<KernelPlan, Error>>,
+    routes: Vec<Route>,
+    threads: u32,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for CudaGroupBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaGroupBuilder")
+            .field("name", &self.name)
+            .field("device", &self.device.describe())
+            .field("kernels", &self.kernels.len())
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaGroupBuilder {
+    /// Adds a kernel; block `index` of the grid will run it. A kernel whose types or
+    /// built-in parameters are invalid makes [`CudaGroupBuilder::launch`] fail.
+    ///
+    /// ```
+    /// # use gyre::cuda::{Builtin, CudaKernel, Record};
+    /// # use gyre::{Backend, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let mut g = runtime.cuda_group("one")?;
+    /// let stage = g.add(CudaKernel::<Record, Record>::builtin("pass", Builtin::Gather));
+    /// assert_eq!(stage.index(), 0);
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    pub fn add<In: Message, Out: Message>(
+        &mut self,
+        kernel: CudaKernel<In, Out>,
+    ) -> CudaStage<In, Out> {
+        self.kernels.push(kernel.plan());
+        CudaStage {
+            index: self.kernels.len() - 1,
+            group_id: self.group_id,
+            _types: PhantomData,
+        }
+    }
+
+    /// Routes output port `port` of `from` to the inbox of `to`, through a ring in
+    /// device memory. `from`'s output type must be `to`'s input type.
+    ///
+    /// ```
+    /// # use gyre::cuda::{Builtin, CudaKernel, Record};
+    /// # use gyre::{Backend, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let mut g = runtime.cuda_group("two")?;
+    /// let a = g.add(CudaKernel::<Record, Record>::builtin("a", Builtin::Gather));
+    /// let b = g.add(CudaKernel::<Record, Record>::builtin("b", Builtin::Gather));
+    /// g.route(&a, 0, &b);
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// When a stage belongs to another group.
+    pub fn route<A, B, C>(
+        &mut self,
+        from: &CudaStage<A, B>,
+        port: u32,
+        to: &CudaStage<B, C>,
+    ) -> &mut Self {
+        self.check(from.group_id);
+        self.check(to.group_id);
+        self.routes.push(Route {
+            from: from.index,
+            port,
+            to: Target::Kernel(to.index),
+        });
+        self
+    }
+
+    /// Sends what `stage` emits to port `port` to the dead letters
+    /// ([`CudaGroupHandle::take_dead_letters`]).
+    ///
+    /// ```
+    /// # use gyre::cuda::{Builtin, CudaKernel, Record};
+    /// # use gyre::{Backend, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let mut g = runtime.cuda_group("split")?;
+    /// let split = g.add(CudaKernel::<Record, Record>::builtin("split", Builtin::Scatter { ports: 2 }));
+    /// g.to_dead_letters(&split, 1);
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn to_dead_letters<In, Out>(&mut self, stage: &CudaStage<In, Out>, port: u32) -> &mut Self {
+        self.check(stage.group_id);
+        self.routes.push(Route {
+            from: stage.index,
+            port,
+            to: Target::DeadLetters,
+        });
+        self
+    }
+
+    /// Threads per block, 1 to 256: each kernel handles up to this many messages at
+    /// once. Default 64 on a GPU, 4 under emulation (where each thread is a host thread).
+    ///
+    /// ```
+    /// # use gyre::{Backend, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let mut g = runtime.cuda_group("narrow")?;
+    /// g.threads(2);
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    pub fn threads(&mut self, threads: u32) -> &mut Self {
+        self.threads = threads;
+        self
+    }
+
+    fn check(&self, group_id: u64) {
+        assert_eq!(
+            group_id, self.group_id,
+            "this stage belongs to another CUDA group than `{}`",
+            self.name
+        );
+    }
+
+    /// Checks the group, compiles its kernels into one module, allocates its rings and
+    /// launches the grid. Its kernels start in state `Launched` (resident, queueing
+    /// messages, not processing them) until [`CudaGroupHandle::activate`].
+    ///
+    /// ```
+    /// # use gyre::cuda::{Builtin, CudaKernel, Record};
+    /// # use gyre::{Backend, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let mut g = runtime.cuda_group("one")?;
+    /// let stage = g.add(CudaKernel::<Record, Record>::builtin("pass", Builtin::Gather));
+    /// let group = g.launch()?;
+    /// assert_eq!(group.state(&stage), gyre::State::Launched);
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// - [`Error::Compile`] when a handler does not compile: the message has the
+    ///   compiler's log, naming `FUNCTION.cu` and the line;
+    /// - [`Error::MessageAlignment`] or [`Error::Launch`] for message types that do not
+    ///   fit a slot or a built-in, invalid built-in parameters, or a group that cannot
+    ///   work (unknown ports, a cycle, too many kernels for the device, ...): the message
+    ///   says what to change;
+    /// - [`Error::BackendUnavailable`] when the device went away.
+    pub fn launch(self) -> Result<CudaGroupHandle, Error> {
+        let kernels = self.kernels.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let names = kernels.iter().map(|k| k.name.clone()).collect();
+        let plan = GroupPlan {
+            name: self.name.clone(),
+            kernels,
+            routes: self.routes,
+            threads: self.threads,
+        };
+        let backend = if self.device.is_emulated() {
+            "cuda-emulated"
+        } else {
+            "cuda"
+        };
+        let group =
+            CudaGroup::launch(self.device, plan, self.command_timeout).map_err(|e| match e {
+                GroupError::Device(DeviceError::Compile { compiler, log }) => {
+                    Error::Compile { compiler, log }
+                }
+                GroupError::Device(DeviceError::Unavailable(reason)) => {
+                    Error::BackendUnavailable { backend, reason }
+                }
+                other => Error::Launch(format!("CUDA group `{}`: {other}", self.name)),
+            })?;
+        Ok(CudaGroupHandle {
+            group,
+            names,
+            group_id: self.group_id,
+            command_timeout: self.command_timeout,
+        })
+    }
+}
+
+/// A launched CUDA group: typed sending and receiving per stage, lifecycle, reports.
+///
+/// Sends, receives and lifecycle calls take `&self` and may come from several threads.
+/// Dropping the handle terminates the group (what it still held is discarded, with a
+/// warning): drain or terminate it first to get the [`CudaReport`].
+pub struct CudaGroupHandle {
+    group: CudaGroup,
+    names: Vec<String>,
+    group_id: u64,
+    command_timeout: Duration,
+}
+
+impl std::fmt::Debug for CudaGroupHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaGroupHandle")
+            .field("group", &self.group)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaGroupHandle {
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        self.group.name()
+    }
+
+    /// The device the group runs on (`"emulated (g++)"`, or the GPU's name).
+    pub fn device_description(&self) -> String {
+        self.group.device().describe()
+    }
+
+    /// The kernel index of `stage`, checking it belongs to this group.
+    fn index<In, Out>(&self, stage: &CudaStage<In, Out>) -> usize {
+        assert_eq!(
+            stage.group_id,
+            self.group_id,
+            "this stage belongs to another CUDA group than `{}`",
+            self.name()
+        );
+        stage.index
+    }
+
+    /// Activates every kernel (downstream first, so none emits to a kernel not yet
+    /// processing). Messages sent before are processed in order.
+    ///
+    /// # Errors
+    /// [`Error::Lifecycle`] when a kernel is draining or stopped, [`Error::Unresponsive`]
+    /// when one does not acknowledge within the runtime's command timeout,
+    /// [`Error::Faulted`] when the group faulted.
+    pub fn activate(&self) -> Result<(), Error> {
+        self.group.activate_all().map_err(|e| match e {
+            CommandError::Lifecycle(source) => Error::Lifecycle {
+                kernel: format!("{} (group)", self.name()),
+                source,
+            },
+            CommandError::Unresponsive { name, waited } => Error::Unresponsive {
+                kernel: name,
+                waited,
+            },
+            CommandError::Faulted { name, reason } => Error::Faulted {
+                kernel: name,
+                reason,
+            },
+        })
+    }
+
+    /// Sends `message` to the host inbox of `stage`, waiting up to the runtime's command
+    /// timeout while it is full.
+    ///
+    /// # Errors
+    /// With the message handed back: [`Error::Timeout`] when no room freed in time;
+    /// [`Error::Draining`], [`Error::Terminated`] or [`Error::Faulted`] when the kernel
+    /// takes no more messages.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn send<In: Message, Out>(
+        &self,
+        stage: &CudaStage<In, Out>,
+        message: In,
+    ) -> Result<(), SendError<In>> {
+        self.send_timeout(stage, message, self.command_timeout)
+    }
+
+    /// Sends, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`CudaGroupHandle::send`].
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn send_timeout<In: Message, Out>(
+        &self,
+        stage: &CudaStage<In, Out>,
+        message: In,
+        timeout: Duration,
+    ) -> Result<(), SendError<In>> {
+        let k = self.index(stage);
+        self.group
+            .send(k, bytemuck::bytes_of(&message), [0, 0], timeout)
+            .map_err(|e| SendError {
+                error: self.send_error::<In>(k, e, Some(timeout)),
+                message,
+            })
+    }
+
+    /// Sends without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Full`] when the inbox is full, or as [`CudaGroupHandle::send`]; the
+    /// message comes back.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn try_send<In: Message, Out>(
+        &self,
+        stage: &CudaStage<In, Out>,
+        message: In,
+    ) -> Result<(), SendError<In>> {
+        let k = self.index(stage);
+        self.group
+            .try_send(k, bytemuck::bytes_of(&message), [0, 0])
+            .map_err(|e| SendError {
+                error: self.send_error::<In>(k, e, None),
+                message,
+            })
+    }
+
+    fn send_error<In>(&self, k: usize, error: RawSendError, waited: Option<Duration>) -> Error {
+        let kernel = self.names[k].clone();
+        match error {
+            RawSendError::Full { .. } => match waited {
+                Some(after) => Error::Timeout { kernel, after },
+                None => Error::Full { kernel },
+            },
+            RawSendError::Closed { .. } => self.stopped(k),
+            RawSendError::Faulted(reason) => Error::Faulted { kernel, reason },
+            RawSendError::TooLarge { bytes, room, .. } => Error::MessageTooLarge {
+                type_name: std::any::type_name::<In>(),
+                size: bytes,
+                slot_bytes: room + gyre_runtime::abi::SLOT_HEADER_BYTES,
+                max: room as usize,
+                suggested: (bytes + gyre_runtime::abi::SLOT_HEADER_BYTES as usize)
+                    .next_power_of_two()
+                    .try_into()
+                    .unwrap_or(u32::MAX),
+            },
+        }
+    }
+
+    /// The error for a kernel that takes or makes no more messages.
+    fn stopped(&self, k: usize) -> Error {
+        let kernel = self.names[k].clone();
+        match self.group.state(k) {
+            State::Faulted => Error::Faulted {
+                kernel,
+                reason: self
+                    .group
+                    .fault()
+                    .unwrap_or_else(|| "the kernel reported a fault".to_owned()),
+            },
+            State::Terminated => Error::Terminated { kernel },
+            _ => Error::Draining { kernel },
+        }
+    }
+
+    /// Receives the next output `stage` sent to the host, waiting for one.
+    ///
+    /// # Errors
+    /// [`Error::Terminated`] (or [`Error::Faulted`]) when the kernel stopped and every
+    /// output it made was received.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn recv<In, Out: Message>(&self, stage: &CudaStage<In, Out>) -> Result<Out, Error> {
+        self.recv_within(stage, None)
+    }
+
+    /// Receives, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when nothing came in time, or as [`CudaGroupHandle::recv`].
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn recv_timeout<In, Out: Message>(
+        &self,
+        stage: &CudaStage<In, Out>,
+        timeout: Duration,
+    ) -> Result<Out, Error> {
+        self.recv_within(stage, Some(timeout))
+    }
+
+    /// Receives without waiting; `Ok(None)` when nothing is there yet.
+    ///
+    /// # Errors
+    /// As [`CudaGroupHandle::recv`].
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn try_recv<In, Out: Message>(
+        &self,
+        stage: &CudaStage<In, Out>,
+    ) -> Result<Option<Out>, Error> {
+        let k = self.index(stage);
+        // The state first: a kernel that acknowledged its stop had published every output,
+        // so an empty outbox after that means nothing more will come.
+        let state = self.group.state(k);
+        match self.group.try_recv(k) {
+            Ok(Some(message)) => Ok(Some(report::read_message(&message))),
+            Ok(None) if matches!(state, State::Terminated | State::Faulted) => Err(self.stopped(k)),
+            Ok(None) => Ok(None),
+            Err(reason) => Err(Error::Faulted {
+                kernel: self.names[k].clone(),
+                reason,
+            }),
+        }
+    }
+
+    fn recv_within<In, Out: Message>(
+        &self,
+        stage: &CudaStage<In, Out>,
+        timeout: Option<Duration>,
+    ) -> Result<Out, Error> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(message) = self.try_recv(stage)? {
+                return Ok(message);
+            }
+            if let (Some(deadline), Some(after)) = (deadline, timeout) {
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        kernel: self.names[stage.index].clone(),
+                        after,
+                    });
+                }
+            }
+            // A host waiting on a device has nothing to wake it but polling.
+            if !backoff.snooze() {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Refuses new messages (senders get [`Error::Draining`]), then drains the kernels
+    /// upstream first: each processes everything in its inboxes and delivers its
+    /// outputs, then terminates. Outputs for the host stay receivable. If `timeout`
+    /// passes, the rest is terminated and the report says `timed_out`.
+    pub fn drain(&self, timeout: Duration) -> CudaReport {
+        CudaReport {
+            report: self.group.drain(timeout),
+            group_id: self.group_id,
+        }
+    }
+
+    /// Terminates every kernel after the batch in hand; every message still in a ring
+    /// comes back in the report. Outputs already in a host output stay receivable.
+    pub fn terminate(&self) -> CudaReport {
+        CudaReport {
+            report: self.group.terminate(),
+            group_id: self.group_id,
+        }
+    }
+
+    /// The health of the kernel of `stage` under the default [`HealthPolicy`]: faulted,
+    /// or its heartbeat standing still while messages wait, is unhealthy. The watchdog
+    /// compares heartbeats between calls: call it periodically.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn health<In, Out>(&self, stage: &CudaStage<In, Out>) -> Health {
+        self.health_with(stage, &HealthPolicy::default())
+    }
+
+    /// The health of the kernel of `stage` under `policy` (see
+    /// [`CudaGroupHandle::health`]).
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn health_with<In, Out>(
+        &self,
+        stage: &CudaStage<In, Out>,
+        policy: &HealthPolicy,
+    ) -> Health {
+        self.group.health(self.index(stage), policy)
+    }
+
+    /// The state of the kernel of `stage`, as it last acknowledged it.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn state<In, Out>(&self, stage: &CudaStage<In, Out>) -> State {
+        self.group.state(self.index(stage))
+    }
+
+    /// The counters of the kernel of `stage` (received, processed, emitted, stalls,
+    /// errors), read from its control block.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn counters<In, Out>(&self, stage: &CudaStage<In, Out>) -> Counters<u64> {
+        self.group.counters(self.index(stage))
+    }
+
+    /// The device error that ended the group, if one did.
+    pub fn fault(&self) -> Option<String> {
+        self.group.fault()
+    }
+
+    /// Takes every dead letter of the group so far: messages a handler returned an
+    /// error for (with the code), and messages emitted to a port bound to the dead
+    /// letters. Oldest first per kernel.
+    pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        self.group.take_dead_letters()
+    }
+}

@@ -1,0 +1,163 @@
+//! Embeds the built-ins module that `cargo xtask kernels` compiled ahead of time with
+//! `nvcc`, when there is one and it is fresh.
+//!
+//! Looks in `$GYRE_PREBUILT_DIR`, else `<workspace>/target/gyre-kernels/`, for
+//! `builtins.sm_{80,86,89,90}.cubin`, `builtins.compute_90.ptx`, the source they were
+//! compiled from (`builtins.cu`) and `builtins.source-hash`. The images are embedded only
+//! when that hash equals the hash of the current headers (`include/*.cuh` and
+//! `include/gyre_abi.h`) and that `builtins.cu`: an image built from other headers is
+//! never embedded. Writes `$OUT_DIR/prebuilt.rs` (`src/lib.rs` includes it) in every case.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The images `cargo xtask kernels` builds: (architecture, file name).
+const IMAGES: [(&str, &str); 5] = [
+    ("sm_80", "builtins.sm_80.cubin"),
+    ("sm_86", "builtins.sm_86.cubin"),
+    ("sm_89", "builtins.sm_89.cubin"),
+    ("sm_90", "builtins.sm_90.cubin"),
+    ("compute_90", "builtins.compute_90.ptx"),
+];
+
+/// The source the images were compiled from.
+const SOURCE: &str = "builtins.cu";
+
+/// The hash `cargo xtask kernels` wrote once every image was built.
+const HASH: &str = "builtins.source-hash";
+
+/// FNV-1a, 64 bits, continuing from `hash`. The same function as `xtask::kernels::fnv1a64`.
+fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// The hash of named files, in the given order: per file its name, a 0 byte, its length
+/// (u64, little endian) and its bytes. The same function as `xtask::kernels::source_hash`.
+fn source_hash(files: &[(String, Vec<u8>)]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325;
+    for (name, bytes) in files {
+        hash = fnv1a64(hash, name.as_bytes());
+        hash = fnv1a64(hash, &[0]);
+        hash = fnv1a64(hash, &(bytes.len() as u64).to_le_bytes());
+        hash = fnv1a64(hash, bytes);
+    }
+    hash
+}
+
+/// The headers the built-ins module includes, sorted by name: `*.cuh` and `gyre_abi.h`.
+fn headers(include: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(include)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", include.display()))
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| {
+                    Path::new(name)
+                        .extension()
+                        .is_some_and(|ext| ext.eq_ignore_ascii_case("cuh"))
+                        || name == "gyre_abi.h"
+                })
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Whether `dir` holds images built from the current headers.
+fn fresh(dir: &Path, include: &Path) -> bool {
+    let (Ok(recorded), Ok(source)) = (
+        fs::read_to_string(dir.join(HASH)),
+        fs::read(dir.join(SOURCE)),
+    ) else {
+        return false;
+    };
+    let mut files: Vec<(String, Vec<u8>)> = headers(include)
+        .iter()
+        .map(|path| {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            (name.into_owned(), read(path))
+        })
+        .collect();
+    files.push((SOURCE.to_owned(), source));
+    recorded.trim() == format!("{:016x}", source_hash(&files))
+}
+
+fn main() {
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let include = manifest.join("include");
+    let dir = if let Some(dir) = env::var_os("GYRE_PREBUILT_DIR").filter(|dir| !dir.is_empty()) {
+        PathBuf::from(dir)
+    } else {
+        let dir = manifest
+            .parent()
+            .unwrap_or(&manifest)
+            .join("target")
+            .join("gyre-kernels");
+        // A missing watched path would rerun this script on every build: make it exist
+        // (empty until `cargo xtask kernels` fills it). Best effort.
+        let _ = fs::create_dir_all(&dir);
+        dir
+    };
+    println!("cargo:rerun-if-env-changed=GYRE_PREBUILT_DIR");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    for header in headers(&include) {
+        println!("cargo:rerun-if-changed={}", header.display());
+    }
+
+    let present: Vec<(&str, PathBuf)> = IMAGES
+        .iter()
+        .map(|&(arch, file)| (arch, dir.join(file)))
+        .filter(|(_, path)| path.is_file())
+        .collect();
+    let embed = if present.is_empty() {
+        false
+    } else if fresh(&dir, &include) {
+        true
+    } else {
+        println!("cargo:warning=prebuilt CUDA images are stale; run cargo xtask kernels");
+        false
+    };
+
+    let mut out = String::from("// Generated by kernels/build.rs.\n");
+    out.push_str("const PREBUILT: &[(&str, &[u8])] = &[\n");
+    if embed {
+        for (arch, path) in &present {
+            let _ = writeln!(
+                out,
+                "    ({arch:?}, include_bytes!({:?})),",
+                path.display().to_string()
+            );
+        }
+    }
+    out.push_str("];\n");
+    out.push_str("const PREBUILT_ARCHS: &[&str] = &[");
+    if embed {
+        for (arch, _) in &present {
+            let _ = write!(out, "{arch:?}, ");
+        }
+    }
+    out.push_str("];\n");
+    if embed {
+        let _ = writeln!(
+            out,
+            "const PREBUILT_SOURCE: Option<&str> = Some(include_str!({:?}));",
+            dir.join(SOURCE).display().to_string()
+        );
+    } else {
+        out.push_str("const PREBUILT_SOURCE: Option<&str> = None;\n");
+    }
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
+    fs::write(out_dir.join("prebuilt.rs"), out).expect("cannot write prebuilt.rs");
+}

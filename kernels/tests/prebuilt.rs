@@ -1,0 +1,25 @@
+//! The prebuilt images' lookup: unknown architectures have none, and what is listed can
+//! be found.
+
+#[test]
+fn an_unknown_architecture_has_no_prebuilt_image() {
+    assert_eq!(gyre_kernels::prebuilt("sm_00"), None);
+    assert_eq!(gyre_kernels::prebuilt(""), None);
+    assert_eq!(gyre_kernels::prebuilt("compute_80"), None);
+}
+
+#[test]
+fn every_listed_architecture_has_an_image_and_the_source() {
+    let archs = gyre_kernels::prebuilt_archs();
+    for arch in archs {
+        let image = gyre_kernels::prebuilt(arch).unwrap_or_else(|| panic!("{arch} listed"));
+        assert!(!image.is_empty(), "{arch}: empty image");
+        assert!(
+            gyre_kernels::PREBUILT_CUBIN_ARCHS.contains(arch)
+                || *arch == gyre_kernels::PREBUILT_PTX_ARCH,
+            "{arch} is not an architecture xtask builds"
+        );
+    }
+    assert_eq!(archs.is_empty(), gyre_kernels::prebuilt_source().is_none());
+    eprintln!("prebuilt CUDA images embedded: {archs:?}");
+}
