@@ -449,6 +449,20 @@ pub fn echo_throughput<E: Echo>(echo: &mut E, count: u64, window: u64) -> Durati
     start.elapsed()
 }
 
+/// The median of `values` (the mean of the middle two for an even count; NaN when empty):
+/// how every harness here summarises its per-round ratios.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        f64::midpoint(values[n / 2 - 1], values[n / 2])
+    }
+}
+
 /// Messages per second.
 pub fn rate(count: u64, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64()

@@ -287,6 +287,7 @@ pub fn ci(root: &Path) -> Result<(), String> {
 }
 
 /// The checks `ci` runs after setup, in order.
+#[allow(clippy::too_many_lines)] // one entry per CI step, in order
 fn ci_steps(toolkit: &Toolkit) -> Vec<Step> {
     [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
@@ -319,11 +320,41 @@ fn ci_steps(toolkit: &Toolkit) -> Vec<Step> {
         // Unit, integration and doc tests; examples are built (benches are not run here).
         Step::new("tests", "cargo", &["test", "--workspace"]),
         // The CUDA backend without a GPU: kernels compiled through the runtime's NVRTC
-        // path and ptxas, the CUDA ring code run on the host against the Rust side.
+        // path and ptxas, the CUDA ring code run on the host against the Rust side, and
+        // the typed CUDA groups of the gyre crate on the emulated device.
         Step::new(
             CUDA_STEP,
             "cargo",
-            &["test", "-p", "gyre-runtime", "--features", "cuda"],
+            &[
+                "test",
+                "-p",
+                "gyre-runtime",
+                "-p",
+                "gyre",
+                "--features",
+                "gyre-runtime/cuda,gyre/cuda",
+            ],
+        )
+        .envs(toolkit.env()),
+        // The CUDA benchmark harness, one short round on the emulated device (a smoke
+        // test of the harness; its numbers are not GPU numbers and are not kept).
+        Step::new(
+            "cuda benchmark harness (emulated, smoke)",
+            "cargo",
+            &[
+                "run",
+                "--release",
+                "-p",
+                "gyre-bench",
+                "--features",
+                "cuda",
+                "--bin",
+                "gyre-bench-cuda",
+                "--",
+                "--emulated",
+                "--rounds",
+                "1",
+            ],
         )
         .envs(toolkit.env()),
         Step::new(
@@ -390,7 +421,7 @@ mod tests {
         let cuda = &steps[tests + 1];
         assert_eq!(
             cuda.command_line(),
-            "cargo test -p gyre-runtime --features cuda"
+            "cargo test -p gyre-runtime -p gyre --features gyre-runtime/cuda,gyre/cuda"
         );
         for key in ["GYRE_PTXAS", "GYRE_NVRTC_LIB", "LD_LIBRARY_PATH", "PATH"] {
             assert!(cuda.env.iter().any(|(k, _)| k == key), "{key} not set");

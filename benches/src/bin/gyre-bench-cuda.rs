@@ -39,7 +39,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gyre_bench::round_trip_histogram;
+use gyre_bench::{median, round_trip_histogram};
 use gyre_runtime::backend::cuda::codegen::HandlerCode;
 use gyre_runtime::backend::cuda::group::SendError;
 use gyre_runtime::backend::cuda::{
@@ -428,18 +428,6 @@ fn launches(
         }
     }
     Ok(start.elapsed())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        f64::midpoint(values[n / 2 - 1], values[n / 2])
-    }
 }
 
 fn p(h: &Histogram<u64>, q: f64) -> f64 {

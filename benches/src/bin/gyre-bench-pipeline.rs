@@ -19,7 +19,7 @@ use gyre_bench::workloads::{
     ActorSubject, PipelineSubject, ACTORS, ACTOR_CAPACITY, ACTOR_MESSAGES, PIPELINE_CAPACITY,
     PIPELINE_MESSAGES, PIPELINE_WINDOW, WARM_UP_DIVISOR,
 };
-use gyre_bench::{ping_pong, rate};
+use gyre_bench::{median, ping_pong, rate};
 
 /// Rounds when the command line names none.
 const DEFAULT_ROUNDS: usize = 40;
@@ -128,18 +128,6 @@ fn paired_ratio(subject: &Series, baseline: &Series) -> f64 {
             .map(|(s, b)| s / b)
             .collect(),
     )
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        f64::midpoint(values[n / 2 - 1], values[n / 2])
-    }
 }
 
 fn usage_exit(why: &str) -> ! {

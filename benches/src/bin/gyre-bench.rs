@@ -20,8 +20,8 @@
 use std::time::{Duration, Instant};
 
 use gyre_bench::{
-    echo_throughput, ping_pong, rate, round_trip, round_trip_histogram, Echo, Subject, CAPACITY,
-    WINDOW,
+    echo_throughput, median, ping_pong, rate, round_trip, round_trip_histogram, Echo, Subject,
+    CAPACITY, WINDOW,
 };
 
 /// Round trips per subject per round, after `RT_WARM_UP` unrecorded ones.
@@ -95,18 +95,6 @@ fn measure(subject: Subject, phase: Phase) -> Measured {
     }
     server.shutdown();
     measured
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        f64::midpoint(values[n / 2 - 1], values[n / 2])
-    }
 }
 
 /// Why a round is or is not used.
