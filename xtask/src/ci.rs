@@ -173,8 +173,9 @@ fn have(program: &str, arg: &str) -> bool {
 
 /// Installs what the tests need when it is missing: the rustfmt and clippy
 /// components, a C/C++ compiler (the ABI header test compiles `gyre_abi.h`; `nvcc`
-/// uses `g++` as its host compiler), and the CUDA compilers from PyPI (see
-/// [`cuda`]; no GPU needed).
+/// uses `g++` as its host compiler), the Vulkan loader and Mesa's software Vulkan
+/// driver (lavapipe: the wgpu tests run on it; see [`setup_vulkan`]), and the CUDA
+/// compilers from PyPI (see [`cuda`]; no GPU needed).
 ///
 /// # Errors
 /// A message naming what could not be installed.
@@ -212,9 +213,107 @@ pub fn setup_with_toolkit(root: &Path) -> Result<Toolkit, String> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .run(root)?;
     }
+    setup_vulkan(root)?;
     let toolkit = setup_cuda(root)?;
     println!("setup: everything the tests need is installed");
     Ok(toolkit)
+}
+
+/// Where Vulkan drivers install their ICD manifests on Debian.
+const VULKAN_ICD_DIR: &str = "/usr/share/vulkan/icd.d";
+
+/// The ICD manifests of Mesa's software Vulkan driver (lavapipe) in `dir`:
+/// `lvp_icd.<arch>.json`.
+fn lavapipe_manifests(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.strip_prefix("lvp_icd."))
+                .and_then(|rest| rest.strip_suffix(".json"))
+                .is_some_and(|arch| !arch.is_empty())
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Where the dynamic linker finds the Vulkan loader (`libvulkan.so.1`), from
+/// `ldconfig -p`; `None` when it is not installed (or `ldconfig` cannot be run).
+fn vulkan_loader() -> Option<String> {
+    ["ldconfig", "/sbin/ldconfig", "/usr/sbin/ldconfig"]
+        .iter()
+        .find_map(|program| {
+            let output = Command::new(program).arg("-p").output().ok()?;
+            output
+                .status
+                .success()
+                .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+        })
+        .and_then(|cache| find_in_ld_cache(&cache, "libvulkan.so.1"))
+}
+
+/// The path `ldconfig -p` lists for `library`, if any. Its lines read
+/// `\tlibvulkan.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libvulkan.so.1`.
+fn find_in_ld_cache(cache: &str, library: &str) -> Option<String> {
+    cache.lines().find_map(|line| {
+        let (name, path) = line.trim().split_once(" => ")?;
+        (name.split_whitespace().next() == Some(library)).then(|| path.trim().to_owned())
+    })
+}
+
+/// Installs the Vulkan loader (`libvulkan1`) and Mesa's software Vulkan driver
+/// (`mesa-vulkan-drivers`, lavapipe) when missing, so the wgpu tests have an adapter
+/// on a machine without a GPU, and says what it found.
+fn setup_vulkan(root: &Path) -> Result<(), String> {
+    let icd_dir = Path::new(VULKAN_ICD_DIR);
+    let mut missing = Vec::new();
+    if let Some(path) = vulkan_loader() {
+        println!("vulkan: loader {path}");
+    } else {
+        println!("vulkan: no Vulkan loader (libvulkan.so.1)");
+        missing.push("libvulkan1");
+    }
+    let manifests = lavapipe_manifests(icd_dir);
+    if manifests.is_empty() {
+        println!("vulkan: no lavapipe driver ({VULKAN_ICD_DIR}/lvp_icd.*.json)");
+        missing.push("mesa-vulkan-drivers");
+    } else {
+        for manifest in &manifests {
+            println!("vulkan: lavapipe {}", manifest.display());
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Step::new("apt-get update", "apt-get", &["update", "-q"]).run(root)?;
+    let args: Vec<&str> = ["install", "-y", "-q"]
+        .into_iter()
+        .chain(missing.iter().copied())
+        .collect();
+    Step::new(
+        format!("install {}", missing.join(" and ")),
+        "apt-get",
+        &args,
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run(root)?;
+    let loader = vulkan_loader().ok_or("vulkan: libvulkan.so.1 is still missing after install")?;
+    let manifests = lavapipe_manifests(icd_dir);
+    if manifests.is_empty() {
+        return Err(format!(
+            "vulkan: no {VULKAN_ICD_DIR}/lvp_icd.*.json after installing mesa-vulkan-drivers"
+        ));
+    }
+    println!(
+        "vulkan: loader {loader}, lavapipe {}",
+        manifests[0].display()
+    );
+    Ok(())
 }
 
 /// Installs the CUDA compilers into [`cuda::default_dir`] when missing (pip first,
@@ -256,6 +355,47 @@ pub const CUDA_STEP: &str = "cuda (NVRTC + ptxas, emulated conformance)";
 /// kernels`).
 pub const KERNELS_STEP: &str = "prebuilt CUDA kernels (nvcc)";
 
+/// The name of the CI step that runs the wgpu tests on Mesa's software Vulkan.
+pub const WGPU_STEP: &str = "wgpu (lavapipe)";
+
+/// Whether the manifest text declares a feature named `feature` in its `[features]`
+/// table.
+fn declares_feature(manifest: &str, feature: &str) -> bool {
+    let mut in_features = false;
+    manifest.lines().map(str::trim).any(|line| {
+        if line.starts_with('[') {
+            in_features = line == "[features]";
+            return false;
+        }
+        in_features
+            && line
+                .split_once('=')
+                .is_some_and(|(key, _)| key.trim().trim_matches('"') == feature)
+    })
+}
+
+/// The wgpu CI step: the runtime's wgpu tests, and the gyre crate's when it has a
+/// `wgpu` feature, on any adapter, lavapipe included.
+fn wgpu_step(host_api_has_wgpu: bool) -> Step {
+    let args: &[&str] = if host_api_has_wgpu {
+        &[
+            "test",
+            "-p",
+            "gyre-runtime",
+            "-p",
+            "gyre",
+            "--features",
+            "gyre-runtime/wgpu,gyre/wgpu",
+        ]
+    } else {
+        &["test", "-p", "gyre-runtime", "--features", "wgpu"]
+    };
+    Step::new(WGPU_STEP, "cargo", args)
+        .env("WGPU_BACKEND", "vulkan")
+        // The tests may use a software adapter, and fail (not skip) without one.
+        .env("GYRE_WGPU_ALLOW_SOFTWARE", "1")
+}
+
 /// The examples CI runs (step name, example name); each finishes in seconds.
 const EXAMPLES: [(&str, &str); 7] = [
     ("example quickstart", "quickstart"),
@@ -274,7 +414,9 @@ const EXAMPLES: [(&str, &str); 7] = [
 pub fn ci(root: &Path) -> Result<(), String> {
     let start = Instant::now();
     let toolkit = setup_with_toolkit(root)?;
-    let steps = ci_steps(&toolkit);
+    let host_api_has_wgpu = std::fs::read_to_string(root.join("host-api").join("Cargo.toml"))
+        .is_ok_and(|manifest| declares_feature(&manifest, "wgpu"));
+    let steps = ci_steps(&toolkit, host_api_has_wgpu);
     for step in &steps {
         step.run(root)?;
     }
@@ -286,9 +428,10 @@ pub fn ci(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The checks `ci` runs after setup, in order.
+/// The checks `ci` runs after setup, in order; `host_api_has_wgpu`: whether the gyre
+/// crate has a `wgpu` feature (its tests then join the wgpu step).
 #[allow(clippy::too_many_lines)] // one entry per CI step, in order
-fn ci_steps(toolkit: &Toolkit) -> Vec<Step> {
+fn ci_steps(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
     [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
         Step::new(
@@ -336,6 +479,8 @@ fn ci_steps(toolkit: &Toolkit) -> Vec<Step> {
             ],
         )
         .envs(toolkit.env()),
+        // The wgpu backend on Mesa's software Vulkan (lavapipe, installed by setup).
+        wgpu_step(host_api_has_wgpu),
         // The CUDA benchmark harness, one short round on the emulated device (a smoke
         // test of the harness; its numbers are not GPU numbers and are not kept).
         Step::new(
@@ -414,7 +559,7 @@ mod tests {
     #[test]
     fn the_cuda_step_follows_the_tests_with_the_toolkit_env() {
         let toolkit = Toolkit::at("/t");
-        let steps = ci_steps(&toolkit);
+        let steps = ci_steps(&toolkit, false);
         let names: Vec<&str> = steps.iter().map(|step| step.name.as_str()).collect();
         let tests = names.iter().position(|&n| n == "tests").unwrap();
         assert_eq!(names[tests + 1], CUDA_STEP);
@@ -433,6 +578,76 @@ mod tests {
         );
         let clippy = steps.iter().find(|step| step.name == "clippy").unwrap();
         assert!(clippy.args.iter().any(|arg| arg == "--all-features"));
+    }
+
+    #[test]
+    fn the_wgpu_step_follows_the_cuda_step_on_lavapipe() {
+        let toolkit = Toolkit::at("/t");
+        for (host_api_has_wgpu, command) in [
+            (false, "cargo test -p gyre-runtime --features wgpu"),
+            (
+                true,
+                "cargo test -p gyre-runtime -p gyre --features gyre-runtime/wgpu,gyre/wgpu",
+            ),
+        ] {
+            let steps = ci_steps(&toolkit, host_api_has_wgpu);
+            let names: Vec<&str> = steps.iter().map(|step| step.name.as_str()).collect();
+            let cuda = names.iter().position(|&n| n == CUDA_STEP).unwrap();
+            assert_eq!(names[cuda + 1], WGPU_STEP);
+            let wgpu = &steps[cuda + 1];
+            assert_eq!(wgpu.command_line(), command);
+            for (key, value) in [
+                ("WGPU_BACKEND", "vulkan"),
+                ("GYRE_WGPU_ALLOW_SOFTWARE", "1"),
+            ] {
+                assert!(
+                    wgpu.env.iter().any(|(k, v)| k == key && v == value),
+                    "{key}={value} not set"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn features_are_read_from_the_features_table_only() {
+        let manifest = "[package]\nname = \"gyre\"\n\n[dependencies]\nwgpu = \"30\"\n\n\
+                        [features]\nhttp = []\ncuda = [\"gyre-runtime/cuda\"]\n";
+        assert!(declares_feature(manifest, "cuda"));
+        assert!(!declares_feature(manifest, "wgpu"));
+        let with_wgpu = format!("{manifest}wgpu = [\"gyre-runtime/wgpu\"]\n[lints]\n");
+        assert!(declares_feature(&with_wgpu, "wgpu"));
+        let host_api =
+            std::fs::read_to_string(crate::workspace_root().join("host-api/Cargo.toml")).unwrap();
+        assert!(declares_feature(&host_api, "cuda"));
+    }
+
+    #[test]
+    fn the_vulkan_loader_is_found_in_the_ld_cache() {
+        let cache = "1234 libs found in cache `/etc/ld.so.cache'\n\
+                     \tlibvulkan.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libvulkan.so.1\n\
+                     \tlibvulkan.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libvulkan.so\n";
+        assert_eq!(
+            find_in_ld_cache(cache, "libvulkan.so.1").as_deref(),
+            Some("/lib/x86_64-linux-gnu/libvulkan.so.1")
+        );
+        assert_eq!(find_in_ld_cache(cache, "libcuda.so.1"), None);
+    }
+
+    #[test]
+    fn lavapipe_manifests_are_found_by_name() {
+        let dir = std::env::temp_dir().join(format!("gyre-xtask-icd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in [
+            "lvp_icd.x86_64.json",
+            "radeon_icd.x86_64.json",
+            "lvp_icd..json",
+        ] {
+            std::fs::write(dir.join(name), "{}").unwrap();
+        }
+        let found = lavapipe_manifests(&dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [dir.join("lvp_icd.x86_64.json")]);
+        assert!(lavapipe_manifests(&dir).is_empty());
     }
 
     #[test]

@@ -8,6 +8,9 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod group;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::time::Duration;
 

@@ -1,0 +1,329 @@
+//! Choosing a wgpu adapter and opening a device on it.
+//!
+//! [`open`] enumerates the adapters of the native backends (Vulkan, Metal, DX12, or
+//! those named by the `WGPU_BACKEND` environment variable, e.g. `WGPU_BACKEND=vulkan`),
+//! picks the best one the [`AdapterChoice`] allows, and requests a device with the
+//! WebGPU default limits except for the storage buffer limits, raised to the adapter's:
+//! all the rings of a group live in one storage buffer.
+//!
+//! Software adapters (Mesa's lavapipe, `DeviceType::Cpu`) run every compute shader
+//! correctly but slower than the CPU backend would, so they are used only when asked
+//! for ([`AdapterChoice::AllowSoftware`]); CI runs every wgpu test on lavapipe.
+//!
+//! The device reports failures asynchronously: [`GpuContext::lost`] says whether (and
+//! why) the device was lost, and [`GpuContext::take_error`] hands back the first
+//! error no error scope captured. Nothing here panics on a driver failure.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Which adapters [`open`] may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdapterChoice {
+    /// A hardware adapter only (discrete, integrated or virtual GPU), never a software
+    /// one: what `Backend::Auto` uses, since a software adapter is slower than the CPU
+    /// backend.
+    PreferHardware,
+    /// A hardware adapter when there is one, else a software adapter (Mesa's lavapipe,
+    /// `DeviceType::Cpu`): what `Backend::WgpuSoftware` and the CI tests use.
+    AllowSoftware,
+}
+
+/// Why [`open`] found no device.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// No usable adapter on any enabled backend.
+    #[error(
+        "no Vulkan/Metal/DX12 adapter (backends tried: {backends}): install a GPU driver, or \
+         Mesa's software Vulkan (apt-get install mesa-vulkan-drivers), and allow software \
+         adapters with Backend::WgpuSoftware"
+    )]
+    NoAdapter {
+        /// The backends enumerated (`WGPU_BACKEND` restricts them).
+        backends: String,
+    },
+    /// Only software adapters, and [`AdapterChoice::PreferHardware`] was asked for.
+    #[error(
+        "only a software adapter ({name}) is available; Backend::Auto does not use it over \
+         the CPU backend; ask for it with Backend::WgpuSoftware"
+    )]
+    OnlySoftware {
+        /// The software adapter found, as [`describe`] writes it.
+        name: String,
+    },
+    /// The adapter refused to open a device.
+    #[error("the adapter {adapter} could not open a device: {source}")]
+    RequestDevice {
+        /// The adapter, as [`describe`] writes it.
+        adapter: String,
+        /// What wgpu said.
+        #[source]
+        source: wgpu::RequestDeviceError,
+    },
+}
+
+/// An open device: what every wgpu group of a runtime shares.
+#[derive(Debug)]
+pub struct GpuContext {
+    /// The device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// The adapter the device was opened on.
+    pub info: wgpu::AdapterInfo,
+    /// Why the device was lost, set once by the device-lost callback.
+    lost: Arc<Mutex<Option<String>>>,
+    /// The first error no error scope captured and no one has taken yet.
+    error: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// Why the device was lost (`None` while it is usable). Once lost, every later
+    /// submission fails; the device must be opened again.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().clone()
+    }
+
+    /// The first error (validation, out of memory, internal) that no error scope
+    /// captured since the last call, if any. Later errors that arrive while one is
+    /// pending are logged and dropped: the first is the cause.
+    pub fn take_error(&self) -> Option<String> {
+        self.error.lock().take()
+    }
+}
+
+/// One line naming an adapter: `llvmpipe (LLVM 15.0.6, 256 bits) — Cpu, Vulkan, driver
+/// llvmpipe (Mesa 22.3.6 (LLVM 15.0.6))`.
+pub fn describe(info: &wgpu::AdapterInfo) -> String {
+    let mut line = format!("{} — {:?}, {:?}", info.name, info.device_type, info.backend);
+    match (info.driver.is_empty(), info.driver_info.is_empty()) {
+        (true, true) => {}
+        (false, true) => {
+            let _ = write!(line, ", driver {}", info.driver);
+        }
+        (true, false) => {
+            let _ = write!(line, ", driver {}", info.driver_info);
+        }
+        (false, false) => {
+            let _ = write!(line, ", driver {} ({})", info.driver, info.driver_info);
+        }
+    }
+    line
+}
+
+/// The backends [`open`] enumerates: `WGPU_BACKEND` when set (a comma-separated list:
+/// `vulkan`, `metal`, `dx12`), else every native backend this build has.
+pub fn backends() -> wgpu::Backends {
+    (wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12).with_env()
+}
+
+/// How much `open` prefers a device type; `None`: never used.
+fn rank(device_type: wgpu::DeviceType, choice: AdapterChoice) -> Option<u8> {
+    match device_type {
+        wgpu::DeviceType::DiscreteGpu => Some(4),
+        wgpu::DeviceType::IntegratedGpu => Some(3),
+        wgpu::DeviceType::VirtualGpu => Some(2),
+        wgpu::DeviceType::Cpu | wgpu::DeviceType::Other => match choice {
+            AdapterChoice::AllowSoftware if device_type == wgpu::DeviceType::Cpu => Some(1),
+            AdapterChoice::AllowSoftware => Some(0),
+            AdapterChoice::PreferHardware => None,
+        },
+    }
+}
+
+/// Opens a device on the best adapter `choice` allows: a discrete GPU, else an
+/// integrated one, else a virtual one, else (only with
+/// [`AdapterChoice::AllowSoftware`]) a software adapter.
+///
+/// # Errors
+/// [`AdapterError::NoAdapter`] when there is no adapter able to run compute shaders,
+/// [`AdapterError::OnlySoftware`] when only software adapters exist and `choice` is
+/// [`AdapterChoice::PreferHardware`], [`AdapterError::RequestDevice`] when the adapter
+/// refuses the device.
+pub fn open(choice: AdapterChoice) -> Result<GpuContext, AdapterError> {
+    let backends = backends();
+    let usable = wgpu::Instance::enabled_backend_features().intersection(backends);
+    let no_adapter = || AdapterError::NoAdapter {
+        backends: if usable.is_empty() {
+            "none this build supports; check WGPU_BACKEND".to_owned()
+        } else {
+            usable
+                .iter_names()
+                .map(|(name, _)| name.to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    };
+    // `Instance::new` panics when the build has no backend for this platform.
+    if usable.is_empty() {
+        return Err(no_adapter());
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle().with_env()
+    });
+    let adapters: Vec<wgpu::Adapter> = pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .filter(|adapter| {
+            adapter
+                .get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        })
+        .collect();
+    for adapter in &adapters {
+        tracing::debug!(adapter = %describe(&adapter.get_info()), "wgpu adapter found");
+    }
+    let best = adapters
+        .iter()
+        .filter_map(|adapter| Some((rank(adapter.get_info().device_type, choice)?, adapter)))
+        .max_by_key(|&(rank, _)| rank)
+        .map(|(_, adapter)| adapter);
+    let Some(adapter) = best else {
+        return Err(match adapters.first() {
+            Some(software) => AdapterError::OnlySoftware {
+                name: describe(&software.get_info()),
+            },
+            None => no_adapter(),
+        });
+    };
+    let info = adapter.get_info();
+    let adapter_limits = adapter.limits();
+    let required_limits = wgpu::Limits {
+        max_storage_buffer_binding_size: adapter_limits.max_storage_buffer_binding_size,
+        max_buffer_size: adapter_limits.max_buffer_size,
+        ..wgpu::Limits::default().or_worse_values_from(&adapter_limits)
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("gyre"),
+        required_limits,
+        ..wgpu::DeviceDescriptor::default()
+    }))
+    .map_err(|source| AdapterError::RequestDevice {
+        adapter: describe(&info),
+        source,
+    })?;
+
+    let lost = Arc::new(Mutex::new(None));
+    let lost_slot = Arc::clone(&lost);
+    device.set_device_lost_callback(move |reason, message| {
+        let why = format!("{reason:?}: {message}");
+        tracing::warn!(reason = %why, "wgpu device lost");
+        lost_slot.lock().get_or_insert(why);
+    });
+    let error = Arc::new(Mutex::new(None));
+    let error_slot = Arc::clone(&error);
+    device.on_uncaptured_error(Arc::new(move |uncaptured: wgpu::Error| {
+        let message = uncaptured.to_string();
+        tracing::warn!(error = %message, "wgpu error");
+        error_slot.lock().get_or_insert(message);
+    }));
+    tracing::info!(adapter = %describe(&info), "wgpu device opened");
+    Ok(GpuContext {
+        device,
+        queue,
+        info,
+        lost,
+        error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the environment promises a software adapter (CI sets it; lavapipe).
+    fn software_required() -> bool {
+        std::env::var_os("GYRE_WGPU_ALLOW_SOFTWARE").is_some_and(|v| v == "1")
+    }
+
+    #[test]
+    fn allow_software_opens_a_device() {
+        let context = match open(AdapterChoice::AllowSoftware) {
+            Ok(context) => context,
+            Err(error) => {
+                assert!(
+                    !software_required(),
+                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but no adapter: {error}"
+                );
+                eprintln!("skipped: no wgpu adapter: {error}");
+                return;
+            }
+        };
+        eprintln!("adapter: {}", describe(&context.info));
+        if open(AdapterChoice::PreferHardware).is_err() {
+            // No hardware adapter: the one opened is the software one (lavapipe).
+            assert_eq!(context.info.device_type, wgpu::DeviceType::Cpu);
+        }
+        assert!(context.lost().is_none());
+        assert!(context.take_error().is_none());
+        assert!(context.device.limits().max_storage_buffer_binding_size >= 128 << 20);
+    }
+
+    #[test]
+    fn prefer_hardware_refuses_a_software_adapter() {
+        match open(AdapterChoice::PreferHardware) {
+            Ok(context) => {
+                assert_ne!(context.info.device_type, wgpu::DeviceType::Cpu);
+                eprintln!(
+                    "skipped: a hardware adapter exists: {}",
+                    describe(&context.info)
+                );
+            }
+            Err(AdapterError::OnlySoftware { name }) => {
+                let message = AdapterError::OnlySoftware { name: name.clone() }.to_string();
+                assert!(message.contains("Backend::WgpuSoftware"), "{message}");
+                assert!(name.contains("Cpu"), "{name}");
+                eprintln!("refused as expected: {message}");
+            }
+            Err(error) => {
+                assert!(
+                    !software_required(),
+                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but: {error}"
+                );
+                eprintln!("skipped: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn validation_errors_are_captured() {
+        let context = match open(AdapterChoice::AllowSoftware) {
+            Ok(context) => context,
+            Err(error) => {
+                assert!(
+                    !software_required(),
+                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but no adapter: {error}"
+                );
+                eprintln!("skipped: no wgpu adapter: {error}");
+                return;
+            }
+        };
+        // A storage buffer that cannot be mapped for reading: a validation error.
+        let _buffer = context.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("invalid"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let error = context.take_error().expect("the validation error is kept");
+        assert!(!error.is_empty());
+        assert!(context.take_error().is_none(), "taken once");
+        assert!(context.lost().is_none());
+    }
+
+    #[test]
+    fn ranks_prefer_hardware_and_keep_software_out_unless_allowed() {
+        use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu, Other, VirtualGpu};
+        let hardware = AdapterChoice::PreferHardware;
+        let software = AdapterChoice::AllowSoftware;
+        assert!(rank(DiscreteGpu, hardware) > rank(IntegratedGpu, hardware));
+        assert!(rank(IntegratedGpu, hardware) > rank(VirtualGpu, hardware));
+        assert_eq!(rank(Cpu, hardware), None);
+        assert_eq!(rank(Other, hardware), None);
+        assert!(rank(VirtualGpu, software) > rank(Cpu, software));
+        assert!(rank(Cpu, software) > rank(Other, software));
+    }
+}

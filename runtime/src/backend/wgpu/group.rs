@@ -1,0 +1,1511 @@
+//! The host side of a group on the wgpu backend: resident state, ticked execution.
+//!
+//! Every ring and control block of the group lives in one storage buffer, in the ABI's
+//! layout. The host cannot touch that buffer while the device may use it, so the host
+//! keeps **mirrors** and a ticker thread moves words between them at tick boundaries:
+//!
+//! - each kernel's host inbox is a host ring (`Producer` for senders, unchanged); the
+//!   ticker uploads newly published slots into the device copy before a submission and
+//!   stores the device's `head` back into the mirror after it (the ticker plays the
+//!   consumer side of the mirror: one writer per word);
+//! - each kernel's control block has a host mirror (`HostSide`, unchanged): commands are
+//!   written there and uploaded; the status line (state, ack, heartbeat, counters) is
+//!   copied back into it, state before acknowledgement, so `status()` reads what the
+//!   device wrote with the same ordering argument as on every backend;
+//! - each kernel's outbox and dead-letter ring are copied back after every tick; the
+//!   ticker moves new messages into a bounded host ring that receivers consume, and
+//!   uploads the new `head` before the next tick (the device never overwrites what the
+//!   host has not taken).
+//!
+//! A tick is one submission: uploads (`write_buffer`), one dispatch per kernel in
+//! topological order (each a single invocation handling up to its quantum; the dispatch
+//! boundary orders an upstream kernel's emits before its downstream reads them), copies
+//! of the control blocks, ring headers, outboxes and dead-letter rings into a staging
+//! buffer (two, used alternately), then a map and a read. Ticks run back to back while
+//! any ring holds work, a command waits or a kernel drains, and stop when the group is
+//! idle: the ticker then parks until a send, a command or a receive wakes it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use super::adapter::GpuContext;
+use super::codegen::{self, WgslHandler};
+use crate::abi::{
+    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, HOST_SENDER_ID, KIND_MESSAGE,
+    LINE_BYTES, RING_HEADER_BYTES, SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
+};
+use crate::backend::group::{GroupReport, KernelReport, Message, Route, SendError, Target};
+use crate::backend::CommandError;
+use crate::control::{ControlMemory, Counters, HostControl, HostSide};
+use crate::health::{self, Health, HealthPolicy, Watchdog};
+use crate::lifecycle::{self, Event};
+use crate::metrics::KernelSample;
+use crate::ring::{ClaimError, Consumer, HostRing, Producer, RingLayout, RingMemory, Step};
+use crate::routing::DeadLetter;
+use crate::wait::Signal;
+
+/// Words of one kernel's descriptor (`GYRE_DESC_WORDS` in tick.wgsl).
+const DESC_WORDS: usize = 80;
+const D_CONTROL: usize = 0;
+const D_HANDLER: usize = 1;
+const D_KERNEL_ID: usize = 2;
+const D_N_INBOXES: usize = 3;
+const D_N_PORTS: usize = 4;
+const D_QUANTUM: usize = 5;
+const D_MAX_EMITS: usize = 6;
+const D_DEAD: usize = 7;
+const D_STATE: usize = 8;
+const D_STATE_WORDS: usize = 9;
+const D_SCRATCH: usize = 10;
+const D_PARAMS: usize = 16;
+const D_INBOX: usize = 32;
+const D_PORT: usize = 48;
+const NONE: u32 = u32::MAX;
+const PORT_HOST: u32 = 1;
+const PORT_KERNEL: u32 = 2;
+const PORT_DEAD: u32 = 3;
+const DEAD_HANDLER_ERROR: u32 = 1;
+const DEAD_PORT: u32 = 2;
+const DEAD_STOPPED: u32 = 3;
+/// Most inbox rings and ports of a kernel.
+const MAX_LINKS: usize = 8;
+
+/// One kernel of a wgpu group plan.
+#[derive(Clone, Debug)]
+pub struct WgpuKernelPlan {
+    /// Its name (unique in the group).
+    pub name: String,
+    /// Its WGSL handler.
+    pub handler: WgslHandler,
+    /// Handler parameters (`gyre_param`).
+    pub params: [u32; 16],
+    /// Words of state, zeroed at launch (`gyre_state_load` / `gyre_state_store`).
+    pub state_words: u32,
+    /// Slots of each inbox ring.
+    pub capacity: u32,
+    /// Bytes per inbox slot, header included.
+    pub slot_bytes: u32,
+    /// Slots of the host outbox.
+    pub out_capacity: u32,
+    /// Bytes per host outbox slot, header included.
+    pub out_slot_bytes: u32,
+    /// Output ports.
+    pub ports: u32,
+    /// Most emits per message.
+    pub max_emits: u32,
+    /// Most messages one tick handles.
+    pub quantum: u32,
+    /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
+    pub origin: u32,
+}
+
+impl WgpuKernelPlan {
+    /// A kernel with defaults: 1,024-slot rings of 64-byte slots, one port, four emits per
+    /// message, up to 1,024 messages per tick.
+    pub fn new(name: impl Into<String>, handler: WgslHandler) -> Self {
+        Self {
+            name: name.into(),
+            handler,
+            params: [0; 16],
+            state_words: 0,
+            capacity: 1024,
+            slot_bytes: 64,
+            out_capacity: 1024,
+            out_slot_bytes: 64,
+            ports: 1,
+            max_emits: 4,
+            quantum: 1024,
+            origin: 0,
+        }
+    }
+
+    /// A kernel running a built-in, with its parameters, state, ports and slot sizes.
+    ///
+    /// # Errors
+    /// The built-in's own validation message.
+    pub fn builtin(
+        name: impl Into<String>,
+        builtin: &crate::builtins::Builtin,
+    ) -> Result<Self, String> {
+        builtin.validate()?;
+        let slot = |payload: u32| {
+            (SLOT_HEADER_BYTES + payload)
+                .next_power_of_two()
+                .max(crate::abi::MIN_SLOT_BYTES)
+        };
+        let mut plan = Self::new(name, WgslHandler::Builtin(builtin.cuda_function()));
+        plan.params = builtin.params();
+        plan.state_words = builtin.state_bytes().div_ceil(4);
+        plan.ports = builtin.ports();
+        plan.slot_bytes = slot(builtin.input_bytes());
+        plan.out_slot_bytes = slot(builtin.output_bytes());
+        Ok(plan)
+    }
+}
+
+/// A wgpu group to launch.
+#[derive(Clone, Debug)]
+pub struct WgpuGroupPlan {
+    /// The group's name.
+    pub name: String,
+    /// Its kernels.
+    pub kernels: Vec<WgpuKernelPlan>,
+    /// Its routes; ports without one go to the host.
+    pub routes: Vec<Route>,
+}
+
+/// What went wrong launching a wgpu group.
+#[derive(Debug, thiserror::Error)]
+pub enum WgpuError {
+    /// The plan is invalid; the message says what to change.
+    #[error("group `{group}`: {message}")]
+    Invalid {
+        /// The group.
+        group: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A handler's WGSL did not validate; the message names the file and line.
+    #[error("WGSL did not validate: {0}")]
+    Shader(String),
+    /// The device refused something.
+    #[error("wgpu: {0}")]
+    Device(String),
+}
+
+fn invalid(group: &str, message: impl Into<String>) -> WgpuError {
+    WgpuError::Invalid {
+        group: group.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// A bump allocator of byte offsets in the group buffer.
+struct Layout {
+    bytes: u64,
+}
+
+impl Layout {
+    fn take(&mut self, bytes: u64) -> u64 {
+        let at = self.bytes.next_multiple_of(u64::from(LINE_BYTES) * 2);
+        self.bytes = at + bytes;
+        at
+    }
+}
+
+/// One region copied back after every tick: `len` bytes at `src` in the group buffer to
+/// `dst` in the staging buffer.
+#[derive(Clone, Copy, Debug)]
+struct Copy {
+    src: u64,
+    dst: u64,
+    len: u64,
+}
+
+struct KernelRt {
+    plan: WgpuKernelPlan,
+    id: u32,
+    control: HostSide<HostControl>,
+    inbox: Producer<Arc<HostRing>>,
+    outbox_tx: Producer<Arc<HostRing>>,
+    outbox: Mutex<Consumer<Arc<HostRing>>>,
+    overflow: Mutex<VecDeque<Message>>,
+    watchdog: Mutex<Option<Watchdog>>,
+    commands: Mutex<()>,
+    /// Byte offsets in the group buffer.
+    at_control: u64,
+    at_inbox: u64,
+    at_outbox: u64,
+    at_dead: u64,
+    in_layout: RingLayout,
+    out_layout: RingLayout,
+    dead_layout: RingLayout,
+    /// Staging offsets of this kernel's copies.
+    st_control: u64,
+    st_inbox_header: u64,
+    st_outbox: u64,
+    st_dead: u64,
+}
+
+/// A kernel-to-kernel ring.
+struct Edge {
+    to: usize,
+    at: u64,
+    layout: RingLayout,
+    st_header: u64,
+}
+
+/// Ticker-only cursors of one kernel.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cursors {
+    uploaded: u32,
+    uploaded_epoch: u32,
+    out_head: u32,
+    out_head_uploaded: u32,
+    dead_head: u32,
+    dead_head_uploaded: u32,
+}
+
+struct Engine {
+    gpu: Arc<GpuContext>,
+    mem: wgpu::Buffer,
+    staging: [wgpu::Buffer; 2],
+    which: usize,
+    pipelines: Vec<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    copies: Vec<Copy>,
+    staging_bytes: u64,
+    cursors: Vec<Cursors>,
+    ticks: u64,
+}
+
+/// A group of kernels with resident state on a wgpu device, run in ticks.
+pub struct WgpuGroup {
+    inner: Arc<Inner>,
+    ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
+    name: String,
+    kernels: Vec<KernelRt>,
+    edges: Vec<Edge>,
+    order: Vec<usize>,
+    engine: Mutex<Engine>,
+    /// Set by senders, commands and receivers; the ticker clears it when it starts a tick.
+    work: AtomicBool,
+    wake: Signal,
+    /// Notified after every tick.
+    ticked: Signal,
+    stop: AtomicBool,
+    fault: Mutex<Option<String>>,
+    dead_letters: Mutex<Vec<DeadLetter>>,
+    command_timeout: Duration,
+    adapter: String,
+}
+
+impl std::fmt::Debug for WgpuGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuGroup")
+            .field("name", &self.inner.name)
+            .field("adapter", &self.inner.adapter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WgpuGroup {
+    /// Checks, validates, allocates and starts a group: its kernels start `Launched`
+    /// (resident, not processing) and its ticker thread waits for work.
+    ///
+    /// # Errors
+    /// [`WgpuError::Invalid`] for a plan that cannot work, [`WgpuError::Shader`] for WGSL
+    /// that does not validate (naming the file and line), [`WgpuError::Device`] when the
+    /// device refuses.
+    #[allow(clippy::too_many_lines)]
+    pub fn launch(
+        gpu: Arc<GpuContext>,
+        plan: WgpuGroupPlan,
+        command_timeout: Duration,
+    ) -> Result<Self, WgpuError> {
+        let group = plan.name.as_str();
+        let n = plan.kernels.len();
+        if n == 0 {
+            return Err(invalid(group, "a group needs at least one kernel"));
+        }
+        for (i, k) in plan.kernels.iter().enumerate() {
+            if plan.kernels[..i].iter().any(|o| o.name == k.name) {
+                return Err(invalid(
+                    group,
+                    format!("two kernels are named `{}`: rename one", k.name),
+                ));
+            }
+            if k.ports as usize > MAX_LINKS {
+                return Err(invalid(
+                    group,
+                    format!("kernel `{}` has {} ports: at most 8", k.name, k.ports),
+                ));
+            }
+            if k.max_emits == 0 || k.quantum == 0 {
+                return Err(invalid(
+                    group,
+                    format!(
+                        "kernel `{}`: max_emits and quantum must be at least 1",
+                        k.name
+                    ),
+                ));
+            }
+        }
+        let mut targets: Vec<Vec<Target>> = plan
+            .kernels
+            .iter()
+            .map(|k| vec![Target::Host; k.ports as usize])
+            .collect();
+        let mut routed: Vec<Vec<bool>> = plan
+            .kernels
+            .iter()
+            .map(|k| vec![false; k.ports as usize])
+            .collect();
+        let mut graph = Vec::new();
+        for r in &plan.routes {
+            let from = plan.kernels.get(r.from).ok_or_else(|| {
+                invalid(group, format!("a route starts at kernel {} of {n}", r.from))
+            })?;
+            if r.port >= from.ports {
+                return Err(invalid(
+                    group,
+                    format!(
+                        "kernel `{}` has no port {} (it has {})",
+                        from.name, r.port, from.ports
+                    ),
+                ));
+            }
+            if std::mem::replace(&mut routed[r.from][r.port as usize], true) {
+                return Err(invalid(
+                    group,
+                    format!("port {} of kernel `{}` is routed twice", r.port, from.name),
+                ));
+            }
+            if let Target::Kernel(to) = r.to {
+                if to >= n {
+                    return Err(invalid(
+                        group,
+                        format!("a route ends at kernel {to} of {n}"),
+                    ));
+                }
+                graph.push((r.from, to));
+            }
+            targets[r.from][r.port as usize] = r.to;
+        }
+        let order = crate::routing::topological_order(n, &graph).map_err(|cycle| {
+            let names: Vec<&str> = cycle
+                .iter()
+                .map(|&i| plan.kernels[i].name.as_str())
+                .collect();
+            invalid(
+                group,
+                format!(
+                    "routes form a cycle through {}: a tick runs kernels in topological order, so \
+                     the wgpu backend cannot run a cycle; break it or use the CPU backend",
+                    names.join(" → ")
+                ),
+            )
+        })?;
+        for (i, k) in plan.kernels.iter().enumerate() {
+            let inboxes = 1 + graph.iter().filter(|&&(_, to)| to == i).count();
+            if inboxes > MAX_LINKS {
+                return Err(invalid(
+                    group,
+                    format!("kernel `{}` has {inboxes} inbox rings: at most 8", k.name),
+                ));
+            }
+        }
+
+        // Layout: control blocks first (one copy), then each kernel's rings and state.
+        let ring_layout = |k: &WgpuKernelPlan, what: &str, capacity: u32, slot: u32| {
+            RingLayout::new(capacity, slot)
+                .map_err(|e| invalid(group, format!("kernel `{}`'s {what}: {e}", k.name)))
+        };
+        let mut layout = Layout { bytes: 0 };
+        let controls = layout.take(size_of::<ControlBlock>() as u64 * n as u64);
+        let mut kernels = Vec::with_capacity(n);
+        let mut msg_words = 12u32;
+        let mut copies = vec![Copy {
+            src: controls,
+            dst: 0,
+            len: size_of::<ControlBlock>() as u64 * n as u64,
+        }];
+        let mut staging = copies[0].len;
+        let mut stage = |copies: &mut Vec<Copy>, src: u64, len: u64| {
+            let dst = staging.next_multiple_of(8);
+            staging = dst + len;
+            copies.push(Copy { src, dst, len });
+            dst
+        };
+        let mut states = Vec::with_capacity(n);
+        for (i, k) in plan.kernels.iter().enumerate() {
+            let in_layout = ring_layout(k, "inbox", k.capacity, k.slot_bytes)?;
+            let out_layout = ring_layout(k, "host outbox", k.out_capacity, k.out_slot_bytes)?;
+            let biggest = in_layout.payload_bytes().max(out_layout.payload_bytes());
+            let dead_layout = ring_layout(
+                k,
+                "dead-letter ring",
+                k.capacity.max(64),
+                (SLOT_HEADER_BYTES + 16 + biggest).next_power_of_two(),
+            )?;
+            msg_words = msg_words.max(dead_layout.payload_bytes() / 4);
+            let at_inbox = layout.take(in_layout.region_bytes() as u64);
+            let at_outbox = layout.take(out_layout.region_bytes() as u64);
+            let at_dead = layout.take(dead_layout.region_bytes() as u64);
+            let at_state = layout.take(u64::from(k.state_words.max(1)) * 4);
+            let at_scratch = layout.take(64);
+            states.push((at_state, at_scratch));
+            let st_inbox_header = stage(&mut copies, at_inbox, u64::from(RING_HEADER_BYTES));
+            let st_outbox = stage(&mut copies, at_outbox, out_layout.region_bytes() as u64);
+            let st_dead = stage(&mut copies, at_dead, dead_layout.region_bytes() as u64);
+            let mirror = HostControl::new(i as u32);
+            // The host outbox: the ticker produces into it, receivers consume.
+            let outbox = Arc::new(HostRing::with_origin(out_layout, 0));
+            kernels.push(KernelRt {
+                plan: k.clone(),
+                id: i as u32,
+                control: HostSide::new(mirror),
+                inbox: Producer::new(Arc::new(HostRing::with_origin(in_layout, k.origin))),
+                outbox_tx: Producer::new(Arc::clone(&outbox)),
+                outbox: Mutex::new(Consumer::new(outbox)),
+                overflow: Mutex::new(VecDeque::new()),
+                watchdog: Mutex::new(None),
+                commands: Mutex::new(()),
+                at_control: controls + size_of::<ControlBlock>() as u64 * i as u64,
+                at_inbox,
+                at_outbox,
+                at_dead,
+                in_layout,
+                out_layout,
+                dead_layout,
+                st_control: size_of::<ControlBlock>() as u64 * i as u64,
+                st_inbox_header,
+                st_outbox,
+                st_dead,
+            });
+        }
+        let mut edges = Vec::new();
+        for (i, _) in plan.kernels.iter().enumerate() {
+            for (port, target) in targets[i].iter().enumerate() {
+                if let Target::Kernel(to) = *target {
+                    let down = &plan.kernels[to];
+                    let edge_layout = ring_layout(down, "inbox", down.capacity, down.slot_bytes)?;
+                    msg_words = msg_words.max(edge_layout.payload_bytes() / 4);
+                    let at = layout.take(edge_layout.region_bytes() as u64);
+                    let st_header = stage(&mut copies, at, u64::from(RING_HEADER_BYTES));
+                    edges.push((
+                        i,
+                        port,
+                        to,
+                        Edge {
+                            to,
+                            at,
+                            layout: edge_layout,
+                            st_header,
+                        },
+                    ));
+                }
+            }
+        }
+        for k in &kernels {
+            msg_words = msg_words
+                .max(k.in_layout.payload_bytes() / 4)
+                .max(k.out_layout.payload_bytes() / 4);
+        }
+        let total = layout.bytes.next_multiple_of(256);
+        let limits = gpu.device.limits();
+        if total > u64::from(limits.max_storage_buffer_binding_size)
+            || total > limits.max_buffer_size
+        {
+            return Err(invalid(
+                group,
+                format!(
+                    "the group needs {total} bytes of rings and state but this adapter binds at most {} \
+                     bytes: use smaller capacities or slots, or split the group",
+                    limits.max_storage_buffer_binding_size
+                ),
+            ));
+        }
+
+        // Descriptors.
+        let mut desc = vec![0u32; DESC_WORDS * n];
+        let word = |byte: u64| (byte / 4) as u32;
+        let mut handlers: Vec<WgslHandler> = Vec::new();
+        for (i, k) in kernels.iter().enumerate() {
+            let plan_k = &k.plan;
+            let case = handlers
+                .iter()
+                .position(|h| h == &plan_k.handler)
+                .unwrap_or_else(|| {
+                    handlers.push(plan_k.handler.clone());
+                    handlers.len() - 1
+                });
+            let d = &mut desc[i * DESC_WORDS..(i + 1) * DESC_WORDS];
+            d[D_CONTROL] = word(k.at_control);
+            d[D_HANDLER] = case as u32;
+            d[D_KERNEL_ID] = i as u32;
+            d[D_N_PORTS] = plan_k.ports;
+            d[D_QUANTUM] = plan_k.quantum;
+            d[D_MAX_EMITS] = plan_k.max_emits;
+            d[D_DEAD] = word(k.at_dead);
+            d[D_STATE] = word(states[i].0);
+            d[D_STATE_WORDS] = plan_k.state_words;
+            d[D_SCRATCH] = word(states[i].1);
+            d[D_PARAMS..D_PARAMS + 16].copy_from_slice(&plan_k.params);
+            d[D_INBOX] = word(k.at_inbox);
+            d[D_INBOX + 1] = NONE;
+            d[D_N_INBOXES] = 1;
+            for (port, target) in targets[i].iter().enumerate() {
+                let e = D_PORT + port * 4;
+                match *target {
+                    Target::Host => {
+                        d[e] = word(k.at_outbox);
+                        d[e + 1] = PORT_HOST;
+                        d[e + 2] = k.out_layout.payload_bytes();
+                        d[e + 3] = NONE;
+                    }
+                    Target::DeadLetters => {
+                        d[e] = word(k.at_dead);
+                        d[e + 1] = PORT_DEAD;
+                        d[e + 2] = k.dead_layout.payload_bytes() - 16;
+                        d[e + 3] = NONE;
+                    }
+                    Target::Kernel(_) => {}
+                }
+            }
+        }
+        for (from, port, to, edge) in &edges {
+            let e = from * DESC_WORDS + D_PORT + port * 4;
+            desc[e] = word(edge.at);
+            desc[e + 1] = PORT_KERNEL;
+            desc[e + 2] = edge.layout.payload_bytes();
+            desc[e + 3] = word(kernels[*to].at_control);
+            let d = to * DESC_WORDS;
+            let slot = desc[d + D_N_INBOXES] as usize;
+            desc[d + D_INBOX + slot * 2] = word(edge.at);
+            desc[d + D_INBOX + slot * 2 + 1] = word(kernels[*from].at_control);
+            desc[d + D_N_INBOXES] += 1;
+        }
+
+        // The module: validated with naga first, for errors that name the line.
+        let module = codegen::group_module(&handlers, n, msg_words);
+        codegen::validate(&module).map_err(WgpuError::Shader)?;
+        let device = &gpu.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(group),
+            source: wgpu::ShaderSource::Wgsl(module.source.clone().into()),
+        });
+        let pipelines: Vec<wgpu::ComputePipeline> = (0..n)
+            .map(|k| {
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&format!("{group}/{}", plan.kernels[k].name)),
+                    layout: None,
+                    module: &shader,
+                    entry_point: Some(&format!("gyre_kernel_{k}")),
+                    compilation_options: wgpu::PipelineCompilationOptions::default(),
+                    cache: None,
+                })
+            })
+            .collect();
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(WgpuError::Device(format!(
+                "creating the group's pipelines: {error}"
+            )));
+        }
+
+        // Buffers, initialised on the host: every ring header and stamp, every control
+        // block, then one upload.
+        let mut image = vec![0u8; total as usize];
+        let mut init_ring = |at: u64, layout: RingLayout, origin: u32| {
+            let mut ring = HostRing::with_origin(layout, origin);
+            let bytes = ring_bytes(&mut ring, layout);
+            image[at as usize..at as usize + bytes.len()].copy_from_slice(&bytes);
+        };
+        for k in &kernels {
+            init_ring(k.at_inbox, k.in_layout, k.plan.origin);
+            init_ring(k.at_outbox, k.out_layout, 0);
+            init_ring(k.at_dead, k.dead_layout, 0);
+        }
+        for (_, _, to, edge) in &edges {
+            init_ring(edge.at, edge.layout, kernels[*to].plan.origin);
+        }
+        for k in &kernels {
+            let block = ControlBlock {
+                magic: CONTROL_MAGIC,
+                abi_version: ABI_VERSION,
+                kernel_id: k.id,
+                state: State::Launched as u32,
+                ..bytemuck::Zeroable::zeroed()
+            };
+            let at = k.at_control as usize;
+            image[at..at + size_of::<ControlBlock>()].copy_from_slice(bytemuck::bytes_of(&block));
+        }
+        let mem = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("gyre group rings"),
+            size: total,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        gpu.queue.write_buffer(&mem, 0, &image);
+        let desc_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("gyre group descriptors"),
+            size: (desc.len() * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        gpu.queue
+            .write_buffer(&desc_buf, 0, bytemuck::cast_slice(&desc));
+        let staging_bytes = staging.next_multiple_of(8);
+        let make_staging = || {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gyre group readback"),
+                size: staging_bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(group),
+            layout: &pipelines[0].get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: mem.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: desc_buf.as_entire_binding(),
+                },
+            ],
+        });
+        let cursors = kernels
+            .iter()
+            .map(|k| Cursors {
+                uploaded: k.plan.origin,
+                ..Cursors::default()
+            })
+            .collect();
+        let engine = Engine {
+            gpu: Arc::clone(&gpu),
+            mem,
+            staging: [make_staging(), make_staging()],
+            which: 0,
+            pipelines,
+            bind_group,
+            copies,
+            staging_bytes,
+            cursors,
+            ticks: 0,
+        };
+        let adapter = super::adapter::describe(&gpu.info);
+        tracing::info!(group, kernels = n, %adapter, "launched wgpu group (resident state, ticked execution)");
+        let inner = Arc::new(Inner {
+            name: plan.name,
+            kernels,
+            edges: edges.into_iter().map(|(_, _, _, e)| e).collect(),
+            order,
+            engine: Mutex::new(engine),
+            work: AtomicBool::new(true),
+            wake: Signal::new(),
+            ticked: Signal::new(),
+            stop: AtomicBool::new(false),
+            fault: Mutex::new(None),
+            dead_letters: Mutex::new(Vec::new()),
+            command_timeout,
+            adapter,
+        });
+        let runner = Arc::clone(&inner);
+        let ticker = std::thread::Builder::new()
+            .name(format!("gyre-wgpu-{}", inner.name))
+            .spawn(move || runner.run())
+            .map_err(|e| WgpuError::Device(format!("starting the ticker thread: {e}")))?;
+        Ok(Self {
+            inner,
+            ticker: Some(ticker),
+        })
+    }
+
+    /// The adapter the group runs on.
+    pub fn adapter(&self) -> &str {
+        &self.inner.adapter
+    }
+
+    /// The index of the kernel named `name`.
+    pub fn kernel_index(&self, name: &str) -> Option<usize> {
+        self.inner.kernels.iter().position(|k| k.plan.name == name)
+    }
+
+    /// Ticks run so far.
+    pub fn ticks(&self) -> u64 {
+        self.inner.engine.lock().ticks
+    }
+
+    /// The device error that ended the group, if one did.
+    pub fn fault(&self) -> Option<String> {
+        self.inner.fault.lock().clone()
+    }
+
+    /// Sends one message to kernel `k` without waiting.
+    ///
+    /// # Errors
+    /// [`SendError`] when the inbox is full, closed, the message too large, or the group
+    /// faulted.
+    pub fn try_send(&self, k: usize, payload: &[u8], corr: [u32; 2]) -> Result<(), SendError> {
+        let inner = &self.inner;
+        let kernel = &inner.kernels[k];
+        if let Some(fault) = inner.fault.lock().clone() {
+            return Err(SendError::Faulted(fault));
+        }
+        let room = kernel.in_layout.payload_bytes();
+        if payload.len() > room as usize {
+            return Err(SendError::TooLarge {
+                kernel: kernel.plan.name.clone(),
+                bytes: payload.len(),
+                room,
+            });
+        }
+        match kernel.inbox.try_claim(1) {
+            Ok(claim) => {
+                claim.write(
+                    0,
+                    (HOST_SENDER_ID << TAG_SENDER_SHIFT) | KIND_MESSAGE,
+                    corr,
+                    |slot| {
+                        slot[..payload.len()].copy_from_slice(payload);
+                        slot[payload.len()..].fill(0);
+                    },
+                );
+                claim.publish();
+                inner.poke();
+                Ok(())
+            }
+            Err(ClaimError::Full { .. } | ClaimError::TooMany) => Err(SendError::Full {
+                kernel: kernel.plan.name.clone(),
+            }),
+            Err(ClaimError::Closed) => Err(SendError::Closed {
+                kernel: kernel.plan.name.clone(),
+            }),
+        }
+    }
+
+    /// Sends one message, waiting up to `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`WgpuGroup::try_send`]; `Full` once the timeout passed.
+    pub fn send(
+        &self,
+        k: usize,
+        payload: &[u8],
+        corr: [u32; 2],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        let sent = self.inner.ticked.wait_until(Some(deadline), || {
+            match self.try_send(k, payload, corr) {
+                Err(SendError::Full { .. }) => None,
+                other => {
+                    last = Some(other);
+                    Some(())
+                }
+            }
+        });
+        match (sent, last) {
+            (Some(()), Some(result)) => result,
+            _ => Err(SendError::Full {
+                kernel: self.inner.kernels[k].plan.name.clone(),
+            }),
+        }
+    }
+
+    /// Takes one output of kernel `k`, if one is there.
+    pub fn try_recv(&self, k: usize) -> Option<Message> {
+        let kernel = &self.inner.kernels[k];
+        if let Some(message) = kernel.overflow.lock().pop_front() {
+            return Some(message);
+        }
+        let mut taken = None;
+        let n = kernel.outbox.lock().consume(1, |slot| {
+            taken = Some(Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload.to_vec(),
+            });
+            Step::Last
+        });
+        if n > 0 {
+            // Room in the host outbox: the ticker may move more outputs.
+            self.inner.poke();
+        }
+        taken
+    }
+
+    /// Waits up to `timeout` for one output of kernel `k`.
+    ///
+    /// # Errors
+    /// A message saying it timed out, or the device error.
+    pub fn recv_timeout(&self, k: usize, timeout: Duration) -> Result<Message, String> {
+        let deadline = Instant::now() + timeout;
+        self.inner
+            .ticked
+            .wait_until(Some(deadline), || {
+                if let Some(m) = self.try_recv(k) {
+                    return Some(Ok(m));
+                }
+                self.fault().map(Err)
+            })
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "timed out after {timeout:?} waiting for an output of kernel `{}`",
+                    self.inner.kernels[k].plan.name
+                ))
+            })
+    }
+
+    /// Every dead letter so far.
+    pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
+        std::mem::take(&mut *self.inner.dead_letters.lock())
+    }
+
+    /// Kernel `k`'s state as last copied back.
+    pub fn state(&self, k: usize) -> State {
+        if self.inner.fault.lock().is_some() {
+            return State::Faulted;
+        }
+        self.inner.kernels[k].control.state()
+    }
+
+    /// Kernel `k`'s counters, widened.
+    pub fn counters(&self, k: usize) -> Counters<u64> {
+        self.inner.kernels[k].control.counters()
+    }
+
+    /// A sample of kernel `k` for metrics and health.
+    pub fn sample(&self, k: usize) -> KernelSample {
+        let kernel = &self.inner.kernels[k];
+        let status = kernel.control.status();
+        let depth = kernel.inbox.len();
+        let capacity = kernel.inbox.capacity();
+        KernelSample {
+            name: kernel.plan.name.clone(),
+            id: kernel.id,
+            state: self.state(k),
+            counters: kernel.control.counters(),
+            inbox_depth: depth,
+            inbox_capacity: capacity,
+            inbox_utilisation: f64::from(depth) / f64::from(capacity),
+            heartbeat: status.heartbeat,
+            ring_bytes: kernel.in_layout.region_bytes(),
+            busy_ns: 0,
+            throughput: 0.0,
+            latency: None,
+        }
+    }
+
+    /// Kernel `k`'s health, from the same words and evaluation as every backend (the
+    /// heartbeat moves once per tick).
+    pub fn health(&self, k: usize, policy: &HealthPolicy) -> Health {
+        let sample = self.sample(k);
+        let now = Instant::now();
+        let mut watchdog = self.inner.kernels[k].watchdog.lock();
+        let watchdog = watchdog.get_or_insert_with(|| Watchdog::new(&sample, now));
+        health::evaluate(&sample, policy, watchdog, now)
+    }
+
+    /// Issues `command` to kernel `k`; it applies at the start of the next tick. Waits for
+    /// the acknowledgement.
+    ///
+    /// # Errors
+    /// As on every backend: a refused transition, no acknowledgement in time, a fault.
+    pub fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
+        self.inner.command(k, command)
+    }
+
+    /// Activates every kernel.
+    ///
+    /// # Errors
+    /// The first command that failed.
+    pub fn activate_all(&self) -> Result<(), CommandError> {
+        for &k in self.inner.order.iter().rev() {
+            self.command(k, Command::Activate)?;
+        }
+        Ok(())
+    }
+
+    /// Drains the group: the host inboxes are closed, every kernel processes what reached
+    /// it, and a kernel terminates once its inboxes are empty and its upstream kernels
+    /// terminated (so upstream finishes first, within the same ticks). Outputs stay
+    /// receivable. After `timeout` the rest is terminated.
+    pub fn drain(&self, timeout: Duration) -> GroupReport {
+        let inner = &self.inner;
+        let deadline = Instant::now() + timeout;
+        let mut timed_out = false;
+        for &k in &inner.order {
+            if !lifecycle::is_stopped(self.state(k)) && inner.command(k, Command::Drain).is_err() {
+                timed_out = inner.fault.lock().is_none();
+            }
+        }
+        let done = inner.ticked.wait_until(Some(deadline), || {
+            (inner.fault.lock().is_some()
+                || (0..inner.kernels.len())
+                    .all(|k| lifecycle::is_stopped(inner.kernels[k].control.state())))
+            .then_some(())
+        });
+        if done.is_none() {
+            timed_out = true;
+            tracing::warn!(group = %inner.name, "drain timed out: terminating the rest");
+        }
+        let mut report = self.stop_all();
+        report.timed_out = timed_out;
+        report
+    }
+
+    /// Terminates every kernel at the next tick; everything left in a ring comes back in
+    /// the report.
+    pub fn terminate(&self) -> GroupReport {
+        self.stop_all()
+    }
+
+    fn stop_all(&self) -> GroupReport {
+        let inner = &self.inner;
+        for &k in &inner.order {
+            if !lifecycle::is_stopped(self.state(k)) {
+                if let Err(e) = inner.command(k, Command::Terminate) {
+                    tracing::warn!(group = %inner.name, kernel = %inner.kernels[k].plan.name, error = %e, "terminate");
+                }
+            }
+        }
+        inner.report()
+    }
+
+    /// Makes the device lost, as a driver reset would (for tests of the fault path).
+    pub fn lose_device_for_test(&self) {
+        self.inner.engine.lock().gpu.device.destroy();
+        self.inner.poke();
+    }
+}
+
+impl Drop for WgpuGroup {
+    fn drop(&mut self) {
+        let running = (0..self.inner.kernels.len()).any(|k| !lifecycle::is_stopped(self.state(k)));
+        if running && self.inner.fault.lock().is_none() {
+            let report = self.stop_all();
+            if report.undelivered_count() > 0 {
+                tracing::warn!(group = %self.inner.name, undelivered = report.undelivered_count(), "wgpu group dropped without drain or terminate: its undelivered messages are discarded");
+            }
+        }
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.wake.notify();
+        if let Some(ticker) = self.ticker.take() {
+            let _ = ticker.join();
+        }
+    }
+}
+
+/// The bytes of a freshly initialised ring region.
+fn ring_bytes(ring: &mut HostRing, layout: RingLayout) -> Vec<u8> {
+    let mut out = vec![0u8; layout.region_bytes()];
+    let header = crate::abi::RingHeader {
+        magic: crate::abi::RING_MAGIC,
+        abi_version: ABI_VERSION,
+        capacity: layout.capacity(),
+        slot_bytes: layout.slot_bytes(),
+        origin: ring.head().load(Ordering::Relaxed),
+        tail: ring.tail().load(Ordering::Relaxed),
+        head: ring.head().load(Ordering::Relaxed),
+        ..bytemuck::Zeroable::zeroed()
+    };
+    out[..RING_HEADER_BYTES as usize].copy_from_slice(bytemuck::bytes_of(&header));
+    for i in 0..layout.capacity() {
+        let at = RING_HEADER_BYTES as usize + i as usize * layout.slot_bytes() as usize;
+        out[at..at + 4].copy_from_slice(&ring.stamp(i).load(Ordering::Relaxed).to_ne_bytes());
+    }
+    out
+}
+
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap_or_default())
+}
+
+impl Inner {
+    /// Something for the ticker to do.
+    fn poke(&self) {
+        self.work.store(true, Ordering::SeqCst);
+        self.wake.notify();
+    }
+
+    fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
+        let kernel = &self.kernels[k];
+        let _serial = kernel.commands.lock();
+        if let Some(reason) = self.fault.lock().clone() {
+            return Err(CommandError::Faulted {
+                name: kernel.plan.name.clone(),
+                reason,
+            });
+        }
+        let from = kernel.control.state();
+        lifecycle::transition(from, Event::Command(command))?;
+        if command == Command::Drain || command == Command::Terminate {
+            // Every send that will ever happen is published before the command uploads:
+            // the ticker uploads published slots before the command words.
+            let tail = kernel.inbox.close();
+            kernel.inbox.wait_published(tail, u32::MAX);
+        }
+        let epoch = kernel.control.issue(command);
+        self.poke();
+        let deadline = Instant::now() + self.command_timeout;
+        let acked = self.ticked.wait_until(Some(deadline), || {
+            if kernel.control.acknowledged(epoch) {
+                return Some(Ok(kernel.control.state()));
+            }
+            self.fault.lock().clone().map(|reason| {
+                Err(CommandError::Faulted {
+                    name: kernel.plan.name.clone(),
+                    reason,
+                })
+            })
+        });
+        match acked {
+            Some(Ok(State::Faulted)) => Err(CommandError::Faulted {
+                name: kernel.plan.name.clone(),
+                reason: format!(
+                    "the kernel reported fault code {}",
+                    kernel.control.status().error_code
+                ),
+            }),
+            Some(result) => result,
+            None => Err(CommandError::Unresponsive {
+                name: kernel.plan.name.clone(),
+                waited: self.command_timeout,
+            }),
+        }
+    }
+
+    /// The ticker: ticks while there is work, parks when idle.
+    fn run(&self) {
+        let mut pending = true;
+        while !self.stop.load(Ordering::SeqCst) {
+            if !pending {
+                let woke = self.wake.wait_until(None, || {
+                    (self.stop.load(Ordering::SeqCst) || self.work.load(Ordering::SeqCst))
+                        .then_some(())
+                });
+                if woke.is_none() || self.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
+            self.work.store(false, Ordering::SeqCst);
+            if self.fault.lock().is_some() {
+                pending = false;
+                self.ticked.notify();
+                continue;
+            }
+            pending = match self.tick() {
+                Ok(pending) => pending,
+                Err(reason) => {
+                    tracing::error!(group = %self.name, %reason, "wgpu group faulted");
+                    *self.fault.lock() = Some(reason);
+                    false
+                }
+            };
+            self.ticked.notify();
+        }
+    }
+
+    /// One tick. Returns whether more work is pending.
+    #[allow(clippy::too_many_lines)]
+    fn tick(&self) -> Result<bool, String> {
+        let mut engine = self.engine.lock();
+        let engine = &mut *engine;
+        let gpu = Arc::clone(&engine.gpu);
+        if let Some(lost) = gpu.lost() {
+            return Err(format!("device lost: {lost}"));
+        }
+        let queue = &gpu.queue;
+        // Uploads: new inbox slots, then commands (a drain or terminate comes after every
+        // message sent before it), then the host's consumer heads.
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            let c = &mut engine.cursors[k];
+            let ring = kernel.inbox.memory();
+            let layout = kernel.in_layout;
+            let mask = layout.capacity() - 1;
+            let mut end = c.uploaded;
+            while end.wrapping_sub(c.uploaded) < layout.capacity()
+                && ring.stamp(end & mask).load(Ordering::Acquire) == end.wrapping_add(1)
+            {
+                end = end.wrapping_add(1);
+            }
+            let mut position = c.uploaded;
+            while position != end {
+                // One write per contiguous run of slots (a run ends where the ring wraps).
+                let first = position & mask;
+                let run = (end.wrapping_sub(position)).min(layout.capacity() - first);
+                let slot = layout.slot_bytes() as usize;
+                let mut bytes = vec![0u8; run as usize * slot];
+                for i in 0..run {
+                    let index = first + i;
+                    let at = i as usize * slot;
+                    bytes[at..at + 4]
+                        .copy_from_slice(&ring.stamp(index).load(Ordering::Acquire).to_ne_bytes());
+                    // SAFETY: the stamp says the slot is published for this position and
+                    // the device has not consumed it (it is past the uploaded cursor), so
+                    // no producer writes it now.
+                    unsafe {
+                        ring.with_body(index, |body| bytes[at + 4..at + slot].copy_from_slice(body))
+                    };
+                }
+                let offset = kernel.at_inbox
+                    + u64::from(RING_HEADER_BYTES)
+                    + u64::from(first) * u64::from(layout.slot_bytes());
+                queue.write_buffer(&engine.mem, offset, &bytes);
+                position = position.wrapping_add(run);
+            }
+            c.uploaded = end;
+            let epoch = kernel.control.epoch();
+            if epoch != c.uploaded_epoch {
+                let mirror = kernel.control.memory();
+                let command = mirror
+                    .word(std::mem::offset_of!(ControlBlock, command))
+                    .load(Ordering::Acquire);
+                let words = [command, epoch];
+                queue.write_buffer(
+                    &engine.mem,
+                    kernel.at_control + std::mem::offset_of!(ControlBlock, command) as u64,
+                    bytemuck::cast_slice(&words),
+                );
+                c.uploaded_epoch = epoch;
+            }
+            let head_at = std::mem::offset_of!(crate::abi::RingHeader, head) as u64;
+            if c.out_head != c.out_head_uploaded {
+                queue.write_buffer(
+                    &engine.mem,
+                    kernel.at_outbox + head_at,
+                    &c.out_head.to_ne_bytes(),
+                );
+                c.out_head_uploaded = c.out_head;
+            }
+            if c.dead_head != c.dead_head_uploaded {
+                queue.write_buffer(
+                    &engine.mem,
+                    kernel.at_dead + head_at,
+                    &c.dead_head.to_ne_bytes(),
+                );
+                c.dead_head_uploaded = c.dead_head;
+            }
+        }
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gyre tick"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("gyre tick"),
+                timestamp_writes: None,
+            });
+            pass.set_bind_group(0, &engine.bind_group, &[]);
+            for &k in &self.order {
+                pass.set_pipeline(&engine.pipelines[k]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
+        let staging = &engine.staging[engine.which];
+        engine.which ^= 1;
+        for copy in &engine.copies {
+            encoder.copy_buffer_to_buffer(&engine.mem, copy.src, staging, copy.dst, copy.len);
+        }
+        queue.submit([encoder.finish()]);
+        let mapped = Arc::new(Mutex::new(None));
+        let result = Arc::clone(&mapped);
+        staging.map_async(wgpu::MapMode::Read, .., move |r| *result.lock() = Some(r));
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| format!("waiting for a tick: {e}"))?;
+        if let Some(lost) = gpu.lost() {
+            return Err(format!("device lost: {lost}"));
+        }
+        match mapped.lock().take() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("reading back a tick: {e}")),
+            None => return Err("reading back a tick: the map did not complete".to_owned()),
+        }
+        if let Some(error) = gpu.take_error() {
+            return Err(error);
+        }
+        engine.ticks += 1;
+        let mut pending = false;
+        {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| format!("reading back a tick: {e}"))?;
+            let bytes: &[u8] = &view;
+            let mut letters = Vec::new();
+            for (k, kernel) in self.kernels.iter().enumerate() {
+                let c = &mut engine.cursors[k];
+                // The status line, acknowledgement last (Release), as a kernel writes it.
+                let base = kernel.st_control as usize;
+                let mirror = kernel.control.memory();
+                for field in [
+                    std::mem::offset_of!(ControlBlock, state),
+                    std::mem::offset_of!(ControlBlock, heartbeat),
+                    std::mem::offset_of!(ControlBlock, error_code),
+                    std::mem::offset_of!(ControlBlock, received),
+                    std::mem::offset_of!(ControlBlock, processed),
+                    std::mem::offset_of!(ControlBlock, emitted),
+                    std::mem::offset_of!(ControlBlock, stalls),
+                    std::mem::offset_of!(ControlBlock, errors),
+                ] {
+                    mirror
+                        .word(field)
+                        .store(read_u32(bytes, base + field), Ordering::Relaxed);
+                }
+                let ack = std::mem::offset_of!(ControlBlock, ack_epoch);
+                // ORDERING: Release pairs with HostSide::status's Acquire of ack_epoch.
+                mirror
+                    .word(ack)
+                    .store(read_u32(bytes, base + ack), Ordering::Release);
+                let state = State::from_word(read_u32(
+                    bytes,
+                    base + std::mem::offset_of!(ControlBlock, state),
+                ));
+                if state == Some(State::Draining)
+                    || kernel.control.epoch() != read_u32(bytes, base + ack)
+                {
+                    pending = true;
+                }
+                // The device's inbox head: free room for senders.
+                let head_at = std::mem::offset_of!(crate::abi::RingHeader, head);
+                let head = read_u32(bytes, kernel.st_inbox_header as usize + head_at);
+                // ORDERING: Release pairs with the producers' Acquire of head: the device
+                // finished reading those slots in a completed submission.
+                kernel.inbox.memory().head().store(head, Ordering::Release);
+                if head != c.uploaded
+                    && lifecycle::processes_messages(state.unwrap_or(State::Faulted))
+                {
+                    pending = true;
+                }
+                // Outputs: move new messages of the device outbox into the host outbox.
+                let out = &bytes[kernel.st_outbox as usize
+                    ..kernel.st_outbox as usize + kernel.out_layout.region_bytes()];
+                let (moved, left) = take_messages(
+                    out,
+                    kernel.out_layout,
+                    &mut c.out_head,
+                    |tag, corr, payload| match kernel.outbox_tx.try_claim(1) {
+                        Ok(claim) => {
+                            claim.write(0, tag, corr, |slot| slot.copy_from_slice(payload));
+                            claim.publish();
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                );
+                if moved > 0 {
+                    pending = true; // the device outbox has room again: stalled kernels go on
+                }
+                let _ = left;
+                let dead = &bytes[kernel.st_dead as usize
+                    ..kernel.st_dead as usize + kernel.dead_layout.region_bytes()];
+                take_messages(
+                    dead,
+                    kernel.dead_layout,
+                    &mut c.dead_head,
+                    |tag, corr, payload| {
+                        letters.push(dead_letter(&kernel.plan.name, tag, corr, payload));
+                        true
+                    },
+                );
+            }
+            for edge in &self.edges {
+                let tail = read_u32(
+                    bytes,
+                    edge.st_header as usize + std::mem::offset_of!(crate::abi::RingHeader, tail),
+                );
+                let head = read_u32(
+                    bytes,
+                    edge.st_header as usize + std::mem::offset_of!(crate::abi::RingHeader, head),
+                );
+                if tail != head
+                    && lifecycle::processes_messages(self.kernels[edge.to].control.state())
+                {
+                    pending = true;
+                }
+            }
+            if !letters.is_empty() {
+                self.dead_letters.lock().extend(letters);
+            }
+        }
+        staging.unmap();
+        Ok(pending || self.work.load(Ordering::SeqCst))
+    }
+
+    /// The report once every kernel stopped (or the group faulted).
+    fn report(&self) -> GroupReport {
+        let fault = self.fault.lock().clone();
+        let mut reports: Vec<KernelReport> = self
+            .kernels
+            .iter()
+            .map(|k| KernelReport {
+                name: k.plan.name.clone(),
+                state: if fault.is_some() {
+                    State::Faulted
+                } else {
+                    k.control.state()
+                },
+                counters: k.control.counters(),
+                undelivered: Vec::new(),
+                undelivered_outputs: Vec::new(),
+            })
+            .collect();
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            // The host inbox mirror holds every message not consumed on the device: from the
+            // device's last head on.
+            // ORDERING: Acquire pairs with the ticker's Release store of head.
+            let head = kernel.inbox.memory().head().load(Ordering::Acquire);
+            kernel.inbox.read_closed(head, |slot| {
+                reports[k].undelivered.push(Message {
+                    tag: slot.tag,
+                    corr: slot.corr,
+                    payload: slot.payload.to_vec(),
+                });
+            });
+        }
+        if fault.is_none() {
+            match self.read_leftovers() {
+                Ok((per_edge, per_outbox)) => {
+                    for (edge, messages) in self.edges.iter().zip(per_edge) {
+                        reports[edge.to].undelivered.extend(messages);
+                    }
+                    // Outputs the host outbox had no room for stay receivable.
+                    for (kernel, messages) in self.kernels.iter().zip(per_outbox) {
+                        kernel.overflow.lock().extend(messages);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(group = %self.name, error = %e, "reading back the group's rings")
+                }
+            }
+        }
+        GroupReport {
+            kernels: reports,
+            timed_out: false,
+            fault,
+        }
+    }
+
+    /// Copies every kernel-to-kernel ring and every host outbox back (once the kernels
+    /// stopped) and reads what is left in them: messages still in a route, and outputs
+    /// the ticker could not yet move to the host.
+    fn read_leftovers(&self) -> Result<(Vec<Vec<Message>>, Vec<Vec<Message>>), String> {
+        let mut engine = self.engine.lock();
+        let engine = &mut *engine;
+        let gpu = Arc::clone(&engine.gpu);
+        let mut regions: Vec<(u64, RingLayout, Option<u32>)> =
+            self.edges.iter().map(|e| (e.at, e.layout, None)).collect();
+        for (k, kernel) in self.kernels.iter().enumerate() {
+            regions.push((
+                kernel.at_outbox,
+                kernel.out_layout,
+                Some(engine.cursors[k].out_head),
+            ));
+        }
+        let total: u64 = regions.iter().map(|r| r.1.region_bytes() as u64).sum();
+        let readback = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("gyre leftovers readback"),
+            size: total,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gyre leftovers readback"),
+            });
+        let mut at = 0;
+        for (src, layout, _) in &regions {
+            let len = layout.region_bytes() as u64;
+            encoder.copy_buffer_to_buffer(&engine.mem, *src, &readback, at, len);
+            at += len;
+        }
+        gpu.queue.submit([encoder.finish()]);
+        let mapped = Arc::new(Mutex::new(None));
+        let result = Arc::clone(&mapped);
+        readback.map_async(wgpu::MapMode::Read, .., move |r| *result.lock() = Some(r));
+        gpu.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| e.to_string())?;
+        match mapped.lock().take() {
+            Some(Ok(())) => {}
+            other => return Err(format!("mapping the readback: {other:?}")),
+        }
+        let view = readback.get_mapped_range(..).map_err(|e| e.to_string())?;
+        let mut edges = Vec::new();
+        let mut outboxes = Vec::new();
+        let mut at = 0usize;
+        for (i, (_, layout, from)) in regions.iter().enumerate() {
+            let len = layout.region_bytes();
+            let region = &view[at..at + len];
+            let mut position = from.unwrap_or_else(|| {
+                read_u32(region, std::mem::offset_of!(crate::abi::RingHeader, head))
+            });
+            let mut messages = Vec::new();
+            take_messages(region, *layout, &mut position, |tag, corr, payload| {
+                messages.push(Message {
+                    tag,
+                    corr,
+                    payload: payload.to_vec(),
+                });
+                true
+            });
+            if i < self.edges.len() {
+                edges.push(messages);
+            } else {
+                engine.cursors[i - self.edges.len()].out_head = position;
+                outboxes.push(messages);
+            }
+            at += len;
+        }
+        drop(view);
+        readback.unmap();
+        Ok((edges, outboxes))
+    }
+}
+
+/// Reads the messages of a copied ring region from `*head` on while stamps say they are
+/// published, handing each (tag, corr, payload) to `take`, which returns false to stop.
+/// Cancelled slots are skipped. Returns (messages taken, whether some were left).
+fn take_messages(
+    region: &[u8],
+    layout: RingLayout,
+    head: &mut u32,
+    mut take: impl FnMut(u32, [u32; 2], &[u8]) -> bool,
+) -> (u32, bool) {
+    let slot = layout.slot_bytes() as usize;
+    let mask = layout.capacity() - 1;
+    let mut taken = 0;
+    loop {
+        let at = RING_HEADER_BYTES as usize + (*head & mask) as usize * slot;
+        if read_u32(region, at) != head.wrapping_add(1) {
+            return (taken, false);
+        }
+        let tag = read_u32(region, at + 4);
+        if tag & TAG_KIND_MASK != crate::abi::KIND_CANCELLED {
+            let corr = [read_u32(region, at + 8), read_u32(region, at + 12)];
+            if !take(tag, corr, &region[at + 16..at + slot]) {
+                return (taken, true);
+            }
+            taken += 1;
+        }
+        *head = head.wrapping_add(1);
+    }
+}
+
+fn dead_letter(kernel: &str, tag: u32, corr: [u32; 2], payload: &[u8]) -> DeadLetter {
+    let word = |i: usize| read_u32(payload, i * 4);
+    let (reason, code, port, kind) = (word(0), word(1), word(2), word(3));
+    let reason_text = match reason {
+        DEAD_HANDLER_ERROR => format!("handler returned error code {}", code.cast_signed()),
+        DEAD_PORT => format!("emitted to port {port}, which is bound to the dead letters"),
+        DEAD_STOPPED => format!("emitted to port {port}, whose kernel has stopped"),
+        other => format!("unknown dead-letter reason {other}"),
+    };
+    let sender = tag >> TAG_SENDER_SHIFT;
+    DeadLetter {
+        kernel: kernel.to_owned(),
+        reason: reason_text,
+        is_input: reason == DEAD_HANDLER_ERROR,
+        tag: (sender << TAG_SENDER_SHIFT) | (kind & TAG_KIND_MASK),
+        corr,
+        payload: payload[16..].to_vec(),
+    }
+}

@@ -1,0 +1,5 @@
+//! The wgpu backend.
+
+pub mod adapter;
+pub mod codegen;
+pub mod group;

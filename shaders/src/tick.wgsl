@@ -1,0 +1,382 @@
+// tick.wgsl: one tick of a gyre kernel on the wgpu backend, the device side of the ring
+// protocol in WGSL, and the handler interface.
+//
+// The wgpu backend runs kernels in TICKS, not as resident loops: WebGPU gives no
+// forward-progress guarantee between workgroups and no host access to a buffer the GPU is
+// using, so a kernel cannot spin waiting for the host. State stays resident in storage
+// buffers across ticks. One tick is one queue submission: the host uploads what it sent,
+// then every kernel of the group runs once (one dispatch each, in topological order), and
+// the host copies back control blocks, ring headers and its outboxes.
+//
+// Memory: every ring and control block of a group lives in one storage buffer `mem`, laid
+// out exactly as runtime/docs/ABI.md says (ring region = 384-byte header + slots; control
+// block = 256 bytes), addressed in u32 words. Every word is accessed through its atomic
+// view (atomicLoad / atomicStore, relaxed: WGSL has nothing else); ordering between
+// producer and consumer comes from the dispatch and submission boundaries (ABI.md § 10):
+// a kernel only ever reads what an earlier dispatch or the host (before the submission)
+// wrote. The consumer logic is still the stamp test of § 5, word for word.
+//
+// A kernel runs as ONE invocation (workgroup size 1): it handles up to `quantum` messages
+// of its inboxes in order. Before each message it checks that every output ring has room
+// for `max_emits` messages; when one does not, it counts a stall and stops for this tick,
+// leaving the message in its inbox (the downstream kernel or the host frees room by the
+// next tick). So a handler never finds a ring full, and no emit is ever half done.
+//
+// Concatenated by the runtime before builtins.wgsl, the user handlers and the generated
+// dispatch and entry points (runtime/src/backend/wgpu/codegen.rs), which also defines
+// GYRE_MSG_WORDS.
+
+@group(0) @binding(0) var<storage, read_write> mem: array<atomic<u32>>;
+@group(0) @binding(1) var<storage, read> desc: array<u32>;
+
+// ---- Layout (words) ---------------------------------------------------------------------
+
+// Ring header (ABI.md § 2): capacity at 2, slot_bytes at 3, tail at 32, head at 64, slots
+// after the 96-word header.
+const GYRE_RING_CAPACITY: u32 = 2u;
+const GYRE_RING_SLOT_BYTES: u32 = 3u;
+const GYRE_RING_TAIL: u32 = 32u;
+const GYRE_RING_HEAD: u32 = 64u;
+const GYRE_RING_SLOTS: u32 = 96u;
+
+// Control block (ABI.md § 7).
+const GYRE_CB_COMMAND: u32 = 3u;
+const GYRE_CB_COMMAND_EPOCH: u32 = 4u;
+const GYRE_CB_STATE: u32 = 32u;
+const GYRE_CB_ACK_EPOCH: u32 = 33u;
+const GYRE_CB_HEARTBEAT: u32 = 34u;
+const GYRE_CB_ERROR_CODE: u32 = 35u;
+const GYRE_CB_RECEIVED: u32 = 36u;
+const GYRE_CB_PROCESSED: u32 = 37u;
+const GYRE_CB_EMITTED: u32 = 38u;
+const GYRE_CB_STALLS: u32 = 39u;
+const GYRE_CB_ERRORS: u32 = 40u;
+
+// Kernel descriptor (runtime/src/backend/wgpu/plan.rs), GYRE_DESC_WORDS words per kernel.
+const GYRE_DESC_WORDS: u32 = 80u;
+const GYRE_D_CONTROL: u32 = 0u;
+const GYRE_D_HANDLER: u32 = 1u;
+const GYRE_D_KERNEL_ID: u32 = 2u;
+const GYRE_D_N_INBOXES: u32 = 3u;
+const GYRE_D_N_PORTS: u32 = 4u;
+const GYRE_D_QUANTUM: u32 = 5u;
+const GYRE_D_MAX_EMITS: u32 = 6u;
+const GYRE_D_DEAD: u32 = 7u;
+const GYRE_D_STATE: u32 = 8u;
+const GYRE_D_STATE_WORDS: u32 = 9u;
+const GYRE_D_SCRATCH: u32 = 10u;
+const GYRE_D_PARAMS: u32 = 16u;
+const GYRE_D_INBOX: u32 = 32u;  // 8 x (ring header, upstream control or GYRE_NONE)
+const GYRE_D_PORT: u32 = 48u;   // 8 x (ring header, kind, payload bytes, peer control or GYRE_NONE)
+const GYRE_NONE: u32 = 0xFFFFFFFFu;
+
+const GYRE_PORT_HOST: u32 = 1u;
+const GYRE_PORT_KERNEL: u32 = 2u;
+const GYRE_PORT_DEAD: u32 = 3u;
+
+const GYRE_DEAD_HANDLER_ERROR: u32 = 1u;
+const GYRE_DEAD_PORT: u32 = 2u;
+const GYRE_DEAD_STOPPED: u32 = 3u;
+
+// Results of gyre_emit and the dispatch (handlers return 0 or codes of their own).
+const GYRE_OK: u32 = 0u;
+const GYRE_ERR_NO_PORT: u32 = 0xFFFFFFFFu;
+const GYRE_ERR_TOO_LARGE: u32 = 0xFFFFFFFEu;
+const GYRE_ERR_TOO_MANY: u32 = 0xFFFFFFFDu;
+const GYRE_ERR_NO_HANDLER: u32 = 0xFFFFFFFCu;
+
+// ---- The handler interface -------------------------------------------------------------
+
+struct GyreMsg {
+    w: array<u32, GYRE_MSG_WORDS>,
+}
+
+struct GyreCtx {
+    kernel: u32,
+    desc: u32,
+    state: u32,
+    state_words: u32,
+    kind: u32,
+    sender: u32,
+    corr0: u32,
+    corr1: u32,
+    emits: u32,
+    n_ports: u32,
+}
+
+fn gyre_param(ctx: ptr<function, GyreCtx>, i: u32) -> u32 {
+    return desc[(*ctx).desc + GYRE_D_PARAMS + min(i, 15u)];
+}
+
+fn gyre_state_load(ctx: ptr<function, GyreCtx>, i: u32) -> u32 {
+    if (i >= (*ctx).state_words) {
+        return 0u;
+    }
+    return atomicLoad(&mem[(*ctx).state + i]);
+}
+
+fn gyre_state_store(ctx: ptr<function, GyreCtx>, i: u32, v: u32) {
+    if (i < (*ctx).state_words) {
+        atomicStore(&mem[(*ctx).state + i], v);
+    }
+}
+
+// ---- Ring protocol ---------------------------------------------------------------------
+
+fn gyre_slot(ring: u32, pos: u32) -> u32 {
+    let cap = atomicLoad(&mem[ring + GYRE_RING_CAPACITY]);
+    let slot_words = atomicLoad(&mem[ring + GYRE_RING_SLOT_BYTES]) / 4u;
+    return ring + GYRE_RING_SLOTS + (pos & (cap - 1u)) * slot_words;
+}
+
+fn gyre_payload_bytes(ring: u32) -> u32 {
+    return atomicLoad(&mem[ring + GYRE_RING_SLOT_BYTES]) - 16u;
+}
+
+// Consumer test (ABI.md § 5): position `pos` holds a message iff its stamp is pos + 1.
+fn gyre_ready(ring: u32, pos: u32) -> bool {
+    return atomicLoad(&mem[gyre_slot(ring, pos)]) == pos + 1u;
+}
+
+// Free positions for the single producer (ABI.md § 4 step 3; never capacity - used before
+// checking used <= capacity).
+fn gyre_free(ring: u32) -> u32 {
+    let cap = atomicLoad(&mem[ring + GYRE_RING_CAPACITY]);
+    let used = atomicLoad(&mem[ring + GYRE_RING_TAIL]) - atomicLoad(&mem[ring + GYRE_RING_HEAD]);
+    if (used > cap) {
+        return 0u;
+    }
+    return cap - used;
+}
+
+// Publishes one message (ABI.md § 4 steps 7-8): tag, corr and payload, the stamp last,
+// then the tail. `words` payload words come from `msg`; the rest of the slot is zeroed.
+fn gyre_push(ring: u32, tag: u32, corr0: u32, corr1: u32, msg: ptr<function, GyreMsg>, bytes: u32) {
+    let pos = atomicLoad(&mem[ring + GYRE_RING_TAIL]);
+    let slot = gyre_slot(ring, pos);
+    atomicStore(&mem[slot + 1u], tag);
+    atomicStore(&mem[slot + 2u], corr0);
+    atomicStore(&mem[slot + 3u], corr1);
+    let room = gyre_payload_bytes(ring) / 4u;
+    let words = (bytes + 3u) / 4u;
+    for (var i = 0u; i < room; i++) {
+        var v = 0u;
+        if (i < words && i < GYRE_MSG_WORDS) {
+            v = (*msg).w[i];
+            if (i == words - 1u && (bytes & 3u) != 0u) {
+                // Keep only the message's own bytes of its last word.
+                v = v & ((1u << ((bytes & 3u) * 8u)) - 1u);
+            }
+        }
+        atomicStore(&mem[slot + 4u + i], v);
+    }
+    atomicStore(&mem[slot], pos + 1u);
+    atomicStore(&mem[ring + GYRE_RING_TAIL], pos + 1u);
+}
+
+fn gyre_stopped(control: u32) -> bool {
+    if (control == GYRE_NONE) {
+        return false;
+    }
+    let s = atomicLoad(&mem[control + GYRE_CB_STATE]);
+    return s == GYRE_STATE_TERMINATED || s == GYRE_STATE_FAULTED;
+}
+
+// Writes a dead letter: a 16-byte reason block (reason, code, port, kind), then the
+// message. The caller checked there is room.
+fn gyre_dead_letter(d: u32, reason: u32, code: u32, port: u32, kind: u32, corr0: u32, corr1: u32,
+                    msg: ptr<function, GyreMsg>, bytes: u32) {
+    let ring = desc[d + GYRE_D_DEAD];
+    var letter: GyreMsg;
+    letter.w[0] = reason;
+    letter.w[1] = code;
+    letter.w[2] = port;
+    letter.w[3] = kind;
+    let room = gyre_payload_bytes(ring) - 16u;
+    let n = min(min(bytes, room), (GYRE_MSG_WORDS - 4u) * 4u);
+    for (var i = 0u; i < (n + 3u) / 4u; i++) {
+        letter.w[4u + i] = (*msg).w[i];
+    }
+    let tag = (desc[d + GYRE_D_KERNEL_ID] << GYRE_TAG_SENDER_SHIFT) | GYRE_KIND_MESSAGE;
+    gyre_push(ring, tag, corr0, corr1, &letter, 16u + n);
+}
+
+fn gyre_emit(ctx: ptr<function, GyreCtx>, port: u32, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+    let d = (*ctx).desc;
+    if (port >= (*ctx).n_ports) {
+        return GYRE_ERR_NO_PORT;
+    }
+    let p = d + GYRE_D_PORT + port * 4u;
+    let ring = desc[p];
+    let kind = desc[p + 1u];
+    if (bytes > desc[p + 2u] || bytes > GYRE_MSG_WORDS * 4u) {
+        return GYRE_ERR_TOO_LARGE;
+    }
+    if ((*ctx).emits >= desc[d + GYRE_D_MAX_EMITS]) {
+        return GYRE_ERR_TOO_MANY;
+    }
+    // A message emitted with the correlation id of the message in hand keeps its kind.
+    var out_kind = GYRE_KIND_MESSAGE;
+    if ((*ctx).kind == GYRE_KIND_TIMED) {
+        out_kind = GYRE_KIND_TIMED;
+    }
+    (*ctx).emits += 1u;
+    if (kind == GYRE_PORT_DEAD) {
+        gyre_dead_letter(d, GYRE_DEAD_PORT, 0u, port, out_kind, (*ctx).corr0, (*ctx).corr1, msg, bytes);
+        return GYRE_OK;
+    }
+    if (kind == GYRE_PORT_KERNEL && gyre_stopped(desc[p + 3u])) {
+        gyre_dead_letter(d, GYRE_DEAD_STOPPED, 0u, port, out_kind, (*ctx).corr0, (*ctx).corr1, msg, bytes);
+        return GYRE_OK;
+    }
+    let tag = (desc[d + GYRE_D_KERNEL_ID] << GYRE_TAG_SENDER_SHIFT) | out_kind;
+    gyre_push(ring, tag, (*ctx).corr0, (*ctx).corr1, msg, bytes);
+    return GYRE_OK;
+}
+
+// Whether every output ring (and the dead-letter ring) has room for one more message's
+// worth of emits: max_emits each, plus the dead letter of a failing handler.
+fn gyre_room(d: u32) -> bool {
+    let need = desc[d + GYRE_D_MAX_EMITS];
+    for (var p = 0u; p < desc[d + GYRE_D_N_PORTS]; p++) {
+        let e = d + GYRE_D_PORT + p * 4u;
+        let kind = desc[e + 1u];
+        if (kind == GYRE_PORT_DEAD) {
+            continue;
+        }
+        if (kind == GYRE_PORT_KERNEL && gyre_stopped(desc[e + 3u])) {
+            continue;
+        }
+        if (gyre_free(desc[e]) < need) {
+            return false;
+        }
+    }
+    return gyre_free(desc[d + GYRE_D_DEAD]) >= need + 1u;
+}
+
+// ---- The tick --------------------------------------------------------------------------
+
+fn gyre_tick(k: u32) {
+    let d = k * GYRE_DESC_WORDS;
+    let c = desc[d + GYRE_D_CONTROL];
+    var state = atomicLoad(&mem[c + GYRE_CB_STATE]);
+
+    // Commands apply between ticks: the host wrote command and epoch before this
+    // submission; the kernel answers with state then epoch (ABI.md § 7).
+    let epoch = atomicLoad(&mem[c + GYRE_CB_COMMAND_EPOCH]);
+    if (epoch != atomicLoad(&mem[c + GYRE_CB_ACK_EPOCH])) {
+        let command = atomicLoad(&mem[c + GYRE_CB_COMMAND]);
+        let stopped = state == GYRE_STATE_TERMINATED || state == GYRE_STATE_FAULTED;
+        if (!stopped) {
+            switch command {
+                case 0u: { }
+                case 1u: { state = GYRE_STATE_ACTIVE; }
+                case 2u: { state = GYRE_STATE_PAUSED; }
+                case 3u: { state = GYRE_STATE_DRAINING; }
+                case 4u: { state = GYRE_STATE_TERMINATED; }
+                default: {
+                    atomicStore(&mem[c + GYRE_CB_ERROR_CODE], GYRE_FAULT_BAD_COMMAND);
+                    state = GYRE_STATE_FAULTED;
+                }
+            }
+        }
+        atomicStore(&mem[c + GYRE_CB_STATE], state);
+        atomicStore(&mem[c + GYRE_CB_ACK_EPOCH], epoch);
+    }
+    atomicStore(&mem[c + GYRE_CB_HEARTBEAT], atomicLoad(&mem[c + GYRE_CB_HEARTBEAT]) + 1u);
+    if (state != GYRE_STATE_ACTIVE && state != GYRE_STATE_DRAINING) {
+        return;
+    }
+
+    var received = atomicLoad(&mem[c + GYRE_CB_RECEIVED]);
+    var processed = atomicLoad(&mem[c + GYRE_CB_PROCESSED]);
+    var emitted = atomicLoad(&mem[c + GYRE_CB_EMITTED]);
+    var stalls = atomicLoad(&mem[c + GYRE_CB_STALLS]);
+    var errors = atomicLoad(&mem[c + GYRE_CB_ERRORS]);
+    let inboxes = desc[d + GYRE_D_N_INBOXES];
+    let quantum = desc[d + GYRE_D_QUANTUM];
+    let scratch = desc[d + GYRE_D_SCRATCH];
+    let first = atomicLoad(&mem[scratch]);
+    var n = 0u;
+    var stalled = false;
+    for (var j = 0u; j < inboxes; j++) {
+        let i = (first + j) % inboxes;
+        let ring = desc[d + GYRE_D_INBOX + i * 2u];
+        var head = atomicLoad(&mem[ring + GYRE_RING_HEAD]);
+        let payload = gyre_payload_bytes(ring);
+        loop {
+            if (n >= quantum || !gyre_ready(ring, head)) {
+                break;
+            }
+            let slot = gyre_slot(ring, head);
+            let tag = atomicLoad(&mem[slot + 1u]);
+            if ((tag & GYRE_TAG_KIND_MASK) == GYRE_KIND_CANCELLED) {
+                head += 1u;
+                continue;
+            }
+            if (!gyre_room(d)) {
+                stalls += 1u;
+                stalled = true;
+                break;
+            }
+            var msg: GyreMsg;
+            let words = min(payload / 4u, GYRE_MSG_WORDS);
+            for (var w = 0u; w < words; w++) {
+                msg.w[w] = atomicLoad(&mem[slot + 4u + w]);
+            }
+            var ctx: GyreCtx;
+            ctx.kernel = k;
+            ctx.desc = d;
+            ctx.state = desc[d + GYRE_D_STATE];
+            ctx.state_words = desc[d + GYRE_D_STATE_WORDS];
+            ctx.kind = tag & GYRE_TAG_KIND_MASK;
+            ctx.sender = tag >> GYRE_TAG_SENDER_SHIFT;
+            ctx.corr0 = atomicLoad(&mem[slot + 2u]);
+            ctx.corr1 = atomicLoad(&mem[slot + 3u]);
+            ctx.emits = 0u;
+            ctx.n_ports = desc[d + GYRE_D_N_PORTS];
+            let status = gyre_dispatch(desc[d + GYRE_D_HANDLER], &ctx, &msg, payload);
+            received += 1u;
+            processed += 1u;
+            emitted += ctx.emits;
+            if (status != GYRE_OK) {
+                errors += 1u;
+                // The original message, as it was in the inbox.
+                var original: GyreMsg;
+                for (var w = 0u; w < words; w++) {
+                    original.w[w] = atomicLoad(&mem[slot + 4u + w]);
+                }
+                gyre_dead_letter(d, GYRE_DEAD_HANDLER_ERROR, status, 0u, ctx.kind, ctx.corr0, ctx.corr1,
+                                 &original, payload);
+            }
+            head += 1u;
+            n += 1u;
+        }
+        atomicStore(&mem[ring + GYRE_RING_HEAD], head);
+        if (stalled || n >= quantum) {
+            atomicStore(&mem[scratch], i + 1u);
+            break;
+        }
+    }
+
+    if (state == GYRE_STATE_DRAINING && !stalled && n < quantum) {
+        // Done when every inbox is empty and every upstream kernel stopped: nothing more
+        // can arrive (the host closed the host inbox before it issued the drain).
+        var done = true;
+        for (var i = 0u; i < inboxes; i++) {
+            let ring = desc[d + GYRE_D_INBOX + i * 2u];
+            let upstream = desc[d + GYRE_D_INBOX + i * 2u + 1u];
+            if (gyre_ready(ring, atomicLoad(&mem[ring + GYRE_RING_HEAD])) || (upstream != GYRE_NONE && !gyre_stopped(upstream))) {
+                done = false;
+            }
+        }
+        if (done) {
+            atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_TERMINATED);
+        }
+    }
+    atomicStore(&mem[c + GYRE_CB_RECEIVED], received);
+    atomicStore(&mem[c + GYRE_CB_PROCESSED], processed);
+    atomicStore(&mem[c + GYRE_CB_EMITTED], emitted);
+    atomicStore(&mem[c + GYRE_CB_STALLS], stalls);
+    atomicStore(&mem[c + GYRE_CB_ERRORS], errors);
+}
