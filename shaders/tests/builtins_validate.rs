@@ -12,7 +12,7 @@ use gyre_runtime::builtins::{self, Builtin};
 use gyre_shaders::{BUILTINS_WGSL, GYRE_ABI_WGSL};
 
 /// The handler interface of `tick.wgsl`, with trivial bodies.
-const STUB_PRELUDE: &str = r#"
+const STUB_PRELUDE: &str = r"
 const GYRE_MSG_WORDS: u32 = 16u;
 
 struct GyreMsg {
@@ -68,10 +68,10 @@ fn gyre_emit(ctx: ptr<function, GyreCtx>, port: u32, msg: ptr<function, GyreMsg>
     (*ctx).emits += 1u;
     return GYRE_OK;
 }
-"#;
+";
 
 /// Calls every built-in once.
-const STUB_ENTRY: &str = r#"
+const STUB_ENTRY: &str = r"
 @group(0) @binding(0) var<storage, read_write> stub_results: array<u32, 8>;
 
 @compute @workgroup_size(1)
@@ -88,7 +88,7 @@ fn main() {
     stub_results[6] = gyre_builtin_gather(&ctx, &msg, 64u);
     stub_results[7] = stub_out[0] + ctx.emits;
 }
-"#;
+";
 
 /// One of each built-in.
 fn all_builtins() -> [Builtin; 7] {

@@ -315,6 +315,64 @@ mod tests {
     }
 
     #[test]
+    fn the_device_copies_and_maps_a_buffer() {
+        let context = match open(AdapterChoice::AllowSoftware) {
+            Ok(context) => context,
+            Err(error) => {
+                assert!(
+                    !software_required(),
+                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but no adapter: {error}"
+                );
+                eprintln!("skipped: no wgpu adapter: {error}");
+                return;
+            }
+        };
+        let words: Vec<u32> = (0..64).collect();
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let size = bytes.len() as u64;
+        let storage = context.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("storage"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let staging = context.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        context.queue.write_buffer(&storage, 0, bytes);
+        let mut encoder = context
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        encoder.copy_buffer_to_buffer(&storage, 0, &staging, 0, size);
+        let submission = context.queue.submit([encoder.finish()]);
+        let (mapped_tx, mapped_rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = mapped_tx.send(result);
+        });
+        context
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: Some(std::time::Duration::from_secs(10)),
+            })
+            .expect("the copy completes");
+        mapped_rx
+            .try_recv()
+            .expect("poll ran the map callback")
+            .expect("mapped");
+        let view = staging.get_mapped_range(..).expect("a mapped range");
+        assert_eq!(bytemuck::cast_slice::<u8, u32>(&view), &words[..]);
+        drop(view);
+        staging.unmap();
+        assert!(context.take_error().is_none());
+    }
+
+    #[test]
     fn ranks_prefer_hardware_and_keep_software_out_unless_allowed() {
         use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu, Other, VirtualGpu};
         let hardware = AdapterChoice::PreferHardware;

@@ -122,11 +122,7 @@ pub fn validate(module: &GroupModule) -> Result<(), String> {
         let at = e
             .location(&module.source)
             .map(|l| module.locate(l.line_number as usize));
-        describe(
-            at,
-            &e.message().to_owned(),
-            &e.emit_to_string(&module.source),
-        )
+        describe(at, e.message(), &e.emit_to_string(&module.source))
     })?;
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),

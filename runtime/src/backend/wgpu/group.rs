@@ -239,6 +239,9 @@ struct Edge {
     st_header: u64,
 }
 
+/// Messages left in each kernel-to-kernel ring, and in each kernel's device outbox.
+type Leftovers = (Vec<Vec<Message>>, Vec<Vec<Message>>);
+
 /// Ticker-only cursors of one kernel.
 #[derive(Clone, Copy, Debug, Default)]
 struct Cursors {
@@ -258,7 +261,6 @@ struct Engine {
     pipelines: Vec<wgpu::ComputePipeline>,
     bind_group: wgpu::BindGroup,
     copies: Vec<Copy>,
-    staging_bytes: u64,
     cursors: Vec<Cursors>,
     ticks: u64,
 }
@@ -281,6 +283,9 @@ struct Inner {
     /// Notified after every tick.
     ticked: Signal,
     stop: AtomicBool,
+    /// Set by drain and terminate: outputs beyond the host outbox go to the overflow
+    /// queue instead of making a kernel wait.
+    unbounded: AtomicBool,
     fault: Mutex<Option<String>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
     command_timeout: Duration,
@@ -305,6 +310,7 @@ impl WgpuGroup {
     /// that does not validate (naming the file and line), [`WgpuError::Device`] when the
     /// device refuses.
     #[allow(clippy::too_many_lines)]
+    #[allow(clippy::needless_pass_by_value)] // the group keeps a clone; callers hand theirs over
     pub fn launch(
         gpu: Arc<GpuContext>,
         plan: WgpuGroupPlan,
@@ -501,9 +507,7 @@ impl WgpuGroup {
         }
         let total = layout.bytes.next_multiple_of(256);
         let limits = gpu.device.limits();
-        if total > u64::from(limits.max_storage_buffer_binding_size)
-            || total > limits.max_buffer_size
-        {
+        if total > limits.max_storage_buffer_binding_size || total > limits.max_buffer_size {
             return Err(invalid(
                 group,
                 format!(
@@ -583,11 +587,31 @@ impl WgpuGroup {
             label: Some(group),
             source: wgpu::ShaderSource::Wgsl(module.source.clone().into()),
         });
+        // One layout for every kernel's pipeline, so one bind group serves the whole tick.
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let bind_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(group),
+            entries: &[storage(0, false), storage(1, true)],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(group),
+            bind_group_layouts: &[Some(&bind_layout)],
+            immediate_size: 0,
+        });
         let pipelines: Vec<wgpu::ComputePipeline> = (0..n)
             .map(|k| {
                 device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(&format!("{group}/{}", plan.kernels[k].name)),
-                    layout: None,
+                    layout: Some(&pipeline_layout),
                     module: &shader,
                     entry_point: Some(&format!("gyre_kernel_{k}")),
                     compilation_options: wgpu::PipelineCompilationOptions::default(),
@@ -656,7 +680,7 @@ impl WgpuGroup {
         };
         let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(group),
-            layout: &pipelines[0].get_bind_group_layout(0),
+            layout: &bind_layout,
             entries: &[
                 wgpu::BindGroupEntry {
                     binding: 0,
@@ -683,7 +707,6 @@ impl WgpuGroup {
             pipelines,
             bind_group,
             copies,
-            staging_bytes,
             cursors,
             ticks: 0,
         };
@@ -699,6 +722,7 @@ impl WgpuGroup {
             wake: Signal::new(),
             ticked: Signal::new(),
             stop: AtomicBool::new(false),
+            unbounded: AtomicBool::new(false),
             fault: Mutex::new(None),
             dead_letters: Mutex::new(Vec::new()),
             command_timeout,
@@ -811,9 +835,7 @@ impl WgpuGroup {
     /// Takes one output of kernel `k`, if one is there.
     pub fn try_recv(&self, k: usize) -> Option<Message> {
         let kernel = &self.inner.kernels[k];
-        if let Some(message) = kernel.overflow.lock().pop_front() {
-            return Some(message);
-        }
+        // The host outbox first: the overflow queue only ever holds newer outputs.
         let mut taken = None;
         let n = kernel.outbox.lock().consume(1, |slot| {
             taken = Some(Message {
@@ -826,8 +848,9 @@ impl WgpuGroup {
         if n > 0 {
             // Room in the host outbox: the ticker may move more outputs.
             self.inner.poke();
+            return taken;
         }
-        taken
+        kernel.overflow.lock().pop_front()
     }
 
     /// Waits up to `timeout` for one output of kernel `k`.
@@ -930,6 +953,10 @@ impl WgpuGroup {
         let inner = &self.inner;
         let deadline = Instant::now() + timeout;
         let mut timed_out = false;
+        // From now on no kernel waits on a host that is not receiving: outputs beyond the
+        // host outbox wait in the overflow queue (still receivable, in order).
+        inner.unbounded.store(true, Ordering::SeqCst);
+        inner.poke();
         for &k in &inner.order {
             if !lifecycle::is_stopped(self.state(k)) && inner.command(k, Command::Drain).is_err() {
                 timed_out = inner.fault.lock().is_none();
@@ -941,6 +968,12 @@ impl WgpuGroup {
                     .all(|k| lifecycle::is_stopped(inner.kernels[k].control.state())))
             .then_some(())
         });
+        eprintln!(
+            "DEBUG drain done={done:?} states={:?}",
+            (0..inner.kernels.len())
+                .map(|k| inner.kernels[k].control.state())
+                .collect::<Vec<_>>()
+        );
         if done.is_none() {
             timed_out = true;
             tracing::warn!(group = %inner.name, "drain timed out: terminating the rest");
@@ -958,6 +991,7 @@ impl WgpuGroup {
 
     fn stop_all(&self) -> GroupReport {
         let inner = &self.inner;
+        inner.unbounded.store(true, Ordering::SeqCst);
         for &k in &inner.order {
             if !lifecycle::is_stopped(self.state(k)) {
                 if let Err(e) = inner.command(k, Command::Terminate) {
@@ -1141,7 +1175,9 @@ impl Inner {
                     // the device has not consumed it (it is past the uploaded cursor), so
                     // no producer writes it now.
                     unsafe {
-                        ring.with_body(index, |body| bytes[at + 4..at + slot].copy_from_slice(body))
+                        ring.with_body(index, |body| {
+                            bytes[at + 4..at + slot].copy_from_slice(body)
+                        });
                     };
                 }
                 let offset = kernel.at_inbox
@@ -1277,23 +1313,37 @@ impl Inner {
                 // Outputs: move new messages of the device outbox into the host outbox.
                 let out = &bytes[kernel.st_outbox as usize
                     ..kernel.st_outbox as usize + kernel.out_layout.region_bytes()];
-                let (moved, left) = take_messages(
+                // The host outbox holds older outputs than the overflow queue, so once
+                // the queue is in use everything newer goes there too.
+                let unbounded = self.unbounded.load(Ordering::SeqCst);
+                let mut overflow = kernel.overflow.lock();
+                let moved = take_messages(
                     out,
                     kernel.out_layout,
                     &mut c.out_head,
-                    |tag, corr, payload| match kernel.outbox_tx.try_claim(1) {
-                        Ok(claim) => {
-                            claim.write(0, tag, corr, |slot| slot.copy_from_slice(payload));
-                            claim.publish();
-                            true
+                    |tag, corr, payload| {
+                        if overflow.is_empty() {
+                            if let Ok(claim) = kernel.outbox_tx.try_claim(1) {
+                                claim.write(0, tag, corr, |slot| slot.copy_from_slice(payload));
+                                claim.publish();
+                                return true;
+                            }
                         }
-                        Err(_) => false,
+                        if unbounded {
+                            overflow.push_back(Message {
+                                tag,
+                                corr,
+                                payload: payload.to_vec(),
+                            });
+                            return true;
+                        }
+                        false
                     },
                 );
+                drop(overflow);
                 if moved > 0 {
                     pending = true; // the device outbox has room again: stalled kernels go on
                 }
-                let _ = left;
                 let dead = &bytes[kernel.st_dead as usize
                     ..kernel.st_dead as usize + kernel.dead_layout.region_bytes()];
                 take_messages(
@@ -1372,7 +1422,7 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(group = %self.name, error = %e, "reading back the group's rings")
+                    tracing::error!(group = %self.name, error = %e, "reading back the group's rings");
                 }
             }
         }
@@ -1386,7 +1436,7 @@ impl Inner {
     /// Copies every kernel-to-kernel ring and every host outbox back (once the kernels
     /// stopped) and reads what is left in them: messages still in a route, and outputs
     /// the ticker could not yet move to the host.
-    fn read_leftovers(&self) -> Result<(Vec<Vec<Message>>, Vec<Vec<Message>>), String> {
+    fn read_leftovers(&self) -> Result<Leftovers, String> {
         let mut engine = self.engine.lock();
         let engine = &mut *engine;
         let gpu = Arc::clone(&engine.gpu);
@@ -1463,26 +1513,26 @@ impl Inner {
 
 /// Reads the messages of a copied ring region from `*head` on while stamps say they are
 /// published, handing each (tag, corr, payload) to `take`, which returns false to stop.
-/// Cancelled slots are skipped. Returns (messages taken, whether some were left).
+/// Cancelled slots are skipped. Returns the number of messages taken.
 fn take_messages(
     region: &[u8],
     layout: RingLayout,
     head: &mut u32,
     mut take: impl FnMut(u32, [u32; 2], &[u8]) -> bool,
-) -> (u32, bool) {
+) -> u32 {
     let slot = layout.slot_bytes() as usize;
     let mask = layout.capacity() - 1;
     let mut taken = 0;
     loop {
         let at = RING_HEADER_BYTES as usize + (*head & mask) as usize * slot;
         if read_u32(region, at) != head.wrapping_add(1) {
-            return (taken, false);
+            return taken;
         }
         let tag = read_u32(region, at + 4);
         if tag & TAG_KIND_MASK != crate::abi::KIND_CANCELLED {
             let corr = [read_u32(region, at + 8), read_u32(region, at + 12)];
             if !take(tag, corr, &region[at + 16..at + slot]) {
-                return (taken, true);
+                return taken;
             }
             taken += 1;
         }
