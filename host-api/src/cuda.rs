@@ -65,16 +65,14 @@ mod report;
 mod spec;
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gyre_runtime::abi::State;
 use gyre_runtime::backend::cuda::group::SendError as RawSendError;
 use gyre_runtime::backend::cuda::{
     CudaGroup, Device, DeviceError, GroupError, GroupPlan, KernelPlan, Route, Target,
 };
-use gyre_runtime::backend::CommandError;
 use gyre_runtime::control::Counters;
 use gyre_runtime::health::{Health, HealthPolicy};
 use gyre_runtime::routing::DeadLetter;
@@ -86,11 +84,9 @@ pub use gyre_runtime::builtins::{Aggregate, Builtin, Histogram, Record};
 pub use report::CudaReport;
 pub use spec::CudaKernel;
 
+use crate::gpu_common;
 use crate::spec::Message;
 use crate::{Error, Runtime, SendError};
-
-/// Identifies the group a stage belongs to, so a stage is never used on another group.
-static NEXT_GROUP_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A kernel of a CUDA group: its index in the group, typed by its messages. Copy it
 /// freely; it is only valid with the group it was added to.
@@ -150,7 +146,7 @@ impl Runtime {
         Ok(CudaGroupBuilder {
             device,
             name: name.into(),
-            group_id: NEXT_GROUP_ID.fetch_add(1, Ordering::Relaxed),
+            group_id: gpu_common::next_group_id(),
             kernels: Vec::new(),
             routes: Vec::new(),
             threads,
@@ -393,20 +389,9 @@ impl CudaGroupHandle {
     /// when one does not acknowledge within the runtime's command timeout,
     /// [`Error::Faulted`] when the group faulted.
     pub fn activate(&self) -> Result<(), Error> {
-        self.group.activate_all().map_err(|e| match e {
-            CommandError::Lifecycle(source) => Error::Lifecycle {
-                kernel: format!("{} (group)", self.name()),
-                source,
-            },
-            CommandError::Unresponsive { name, waited } => Error::Unresponsive {
-                kernel: name,
-                waited,
-            },
-            CommandError::Faulted { name, reason } => Error::Faulted {
-                kernel: name,
-                reason,
-            },
-        })
+        self.group
+            .activate_all()
+            .map_err(|e| gpu_common::command_error(self.name(), e))
     }
 
     /// Sends `message` to the host inbox of `stage`, waiting up to the runtime's command
@@ -472,41 +457,12 @@ impl CudaGroupHandle {
     }
 
     fn send_error<In>(&self, k: usize, error: RawSendError, waited: Option<Duration>) -> Error {
-        let kernel = self.names[k].clone();
-        match error {
-            RawSendError::Full { .. } => match waited {
-                Some(after) => Error::Timeout { kernel, after },
-                None => Error::Full { kernel },
-            },
-            RawSendError::Closed { .. } => self.stopped(k),
-            RawSendError::Faulted(reason) => Error::Faulted { kernel, reason },
-            RawSendError::TooLarge { bytes, room, .. } => Error::MessageTooLarge {
-                type_name: std::any::type_name::<In>(),
-                size: bytes,
-                slot_bytes: room + gyre_runtime::abi::SLOT_HEADER_BYTES,
-                max: room as usize,
-                suggested: (bytes + gyre_runtime::abi::SLOT_HEADER_BYTES as usize)
-                    .next_power_of_two()
-                    .try_into()
-                    .unwrap_or(u32::MAX),
-            },
-        }
+        gpu_common::send_error::<In>(&self.names[k], error, waited, || self.stopped(k))
     }
 
     /// The error for a kernel that takes or makes no more messages.
     fn stopped(&self, k: usize) -> Error {
-        let kernel = self.names[k].clone();
-        match self.group.state(k) {
-            State::Faulted => Error::Faulted {
-                kernel,
-                reason: self
-                    .group
-                    .fault()
-                    .unwrap_or_else(|| "the kernel reported a fault".to_owned()),
-            },
-            State::Terminated => Error::Terminated { kernel },
-            _ => Error::Draining { kernel },
-        }
+        gpu_common::stopped(&self.names[k], self.group.state(k), self.group.fault())
     }
 
     /// Receives the next output `stage` sent to the host, waiting for one.
@@ -552,7 +508,7 @@ impl CudaGroupHandle {
         // so an empty outbox after that means nothing more will come.
         let state = self.group.state(k);
         match self.group.try_recv(k) {
-            Ok(Some(message)) => Ok(Some(report::read_message(&message))),
+            Ok(Some(message)) => Ok(Some(gpu_common::read_message(&message))),
             Ok(None) if matches!(state, State::Terminated | State::Faulted) => Err(self.stopped(k)),
             Ok(None) => Ok(None),
             Err(reason) => Err(Error::Faulted {
@@ -567,25 +523,19 @@ impl CudaGroupHandle {
         stage: &CudaStage<In, Out>,
         timeout: Option<Duration>,
     ) -> Result<Out, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
         let mut backoff = Backoff::new();
-        loop {
-            if let Some(message) = self.try_recv(stage)? {
-                return Ok(message);
-            }
-            if let (Some(deadline), Some(after)) = (deadline, timeout) {
-                if Instant::now() >= deadline {
-                    return Err(Error::Timeout {
-                        kernel: self.names[stage.index].clone(),
-                        after,
-                    });
+        gpu_common::recv_until(
+            &self.names[self.index(stage)],
+            timeout,
+            || self.try_recv(stage),
+            |_| {
+                // A host waiting on a device has nothing to wake it but polling.
+                if !backoff.snooze() {
+                    std::thread::sleep(Duration::from_micros(50));
                 }
-            }
-            // A host waiting on a device has nothing to wake it but polling.
-            if !backoff.snooze() {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
+                None
+            },
+        )
     }
 
     /// Refuses new messages (senders get [`Error::Draining`]), then drains the kernels

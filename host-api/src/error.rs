@@ -61,12 +61,13 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// Kernel source did not compile (a CUDA handler, or the group it is part of). `log`
-    /// is the compiler's output: it names the file (`FUNCTION.cu` for a handler given
-    /// with `gyre::cuda::CudaKernel::source`) and the line of each error.
+    /// Kernel source did not compile (a CUDA or WGSL handler, or the group it is part
+    /// of). `log` is the compiler's output: it names the file (`FUNCTION.cu` for a handler
+    /// given with `gyre::cuda::CudaKernel::source`, `FUNCTION.wgsl` for one given with
+    /// `gyre::wgpu::WgpuKernel::source`) and the line of each error.
     #[error("kernel source did not compile ({compiler}); fix the lines the log names:\n{log}")]
     Compile {
-        /// Which compiler (`"NVRTC 13.5"`, `"g++ (emulation)"`).
+        /// Which compiler (`"NVRTC 13.5"`, `"g++ (emulation)"`, `"naga (WGSL)"`).
         compiler: String,
         /// The compiler's log, with file names and line numbers.
         log: String,

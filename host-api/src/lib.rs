@@ -48,6 +48,23 @@
 //! as a unit. CPU kernels ([`Runtime::launch`], [`Runtime::group`]) and CUDA groups
 //! coexist in one runtime: the CPU worker pool is there whatever the backend. See the
 //! `cuda` module (feature `cuda`) for the whole flow.
+//!
+//! ## wgpu groups: resident state, ticked execution
+//!
+//! With feature `wgpu`, a runtime built with [`Backend::Wgpu`] (a hardware adapter on
+//! Vulkan, Metal or DX12) or [`Backend::WgpuSoftware`] (software adapters allowed, such
+//! as Mesa's lavapipe) launches groups of WGSL kernels: `Runtime::wgpu_group` declares
+//! the kernels (WGSL handlers or built-ins) and their routes, and launches them as a
+//! whole. WebGPU cannot run a resident spin loop (no forward-progress guarantee between
+//! workgroups, no host access to a buffer in use), so a wgpu group keeps its rings, control
+//! blocks and handler state resident in device memory and runs in ticks: one submission
+//! uploads what the host sent, dispatches every kernel of the group in topological order
+//! and copies the outputs back; ticks run back to back while work is pending and stop when
+//! the group is idle. The kernels of a group share its ticks, which is what keeps routes
+//! between them on the device, so a group is launched, drained and terminated as a unit,
+//! and its routes form no cycle. WGSL that does not validate fails the launch with naga's
+//! message, naming the handler's file and line. As with CUDA, the CPU worker pool is there
+//! whatever the backend. See the `wgpu` module (feature `wgpu`) for the whole flow.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -55,6 +72,8 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod gpu_common;
 mod group;
 #[cfg(feature = "http")]
 mod http;
@@ -63,6 +82,8 @@ mod report;
 mod request;
 mod runtime;
 mod spec;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 pub use error::{Error, SendError};
 pub use group::{Group, GroupBuilder, Pipeline, PipelineBuilder, Stage};

@@ -15,11 +15,14 @@ use crate::{Error, Kernel};
 /// Every runtime keeps its CPU worker pool, whatever the choice: kernels launched with
 /// [`Runtime::launch`], [`Runtime::group`] and [`Runtime::pipeline`] run there.
 /// [`Backend::Cuda`] and [`Backend::CudaEmulated`] add a CUDA device on which groups
-/// launched with `Runtime::cuda_group` (feature `cuda`) run, next to the CPU kernels.
+/// launched with `Runtime::cuda_group` (feature `cuda`) run, next to the CPU kernels;
+/// [`Backend::Wgpu`] and [`Backend::WgpuSoftware`] add a wgpu adapter on which groups
+/// launched with `Runtime::wgpu_group` (feature `wgpu`) run. A runtime has at most one
+/// GPU backend: one built for CUDA has no wgpu adapter, and the other way round.
 ///
 /// Every variant exists in every build, so code that names one compiles everywhere;
-/// building a runtime with a CUDA variant in a gyre built without the `cuda` feature
-/// returns [`Error::BackendUnavailable`].
+/// building a runtime with a CUDA variant in a gyre built without the `cuda` feature, or
+/// a wgpu variant without the `wgpu` feature, returns [`Error::BackendUnavailable`].
 ///
 /// ```
 /// use gyre::{Backend, Error, Runtime};
@@ -43,8 +46,10 @@ pub enum Backend {
     /// The best backend for [`Runtime::launch`], [`Runtime::group`] and
     /// [`Runtime::pipeline`], which run on the CPU backend's pool: so this is always the
     /// CPU backend. With feature `cuda` it also probes the CUDA driver (never panicking)
-    /// and logs whether a device was found; CUDA groups need an explicit
-    /// [`Backend::Cuda`] (they are launched with `Runtime::cuda_group`).
+    /// and logs whether a device was found; with feature `wgpu` it looks for a hardware
+    /// wgpu adapter (never a software one, which would be slower than the CPU backend)
+    /// and logs what it found. GPU groups need an explicit backend: [`Backend::Cuda`]
+    /// for `Runtime::cuda_group`, [`Backend::Wgpu`] for `Runtime::wgpu_group`.
     #[default]
     Auto,
     /// The first NVIDIA GPU, through the CUDA driver (feature `cuda`). Building fails
@@ -56,6 +61,16 @@ pub enum Backend {
     /// code as a GPU. For developing and testing CUDA handlers without a GPU; it is not
     /// a GPU and says nothing about GPU speed.
     CudaEmulated,
+    /// A hardware wgpu adapter (feature `wgpu`): the best discrete, integrated or
+    /// virtual GPU on Vulkan, Metal or DX12 (`WGPU_BACKEND` restricts them), never a
+    /// software adapter. Building fails with [`Error::BackendUnavailable`] carrying the
+    /// adapter error (no adapter, only a software one, a device that would not open).
+    Wgpu,
+    /// A wgpu adapter, software ones allowed (feature `wgpu`): a hardware adapter when
+    /// there is one, else a software one such as Mesa's lavapipe. For developing and
+    /// testing WGSL handlers without a GPU (CI runs every wgpu test on lavapipe); a
+    /// software adapter says nothing about GPU speed.
+    WgpuSoftware,
 }
 
 impl Backend {
@@ -67,6 +82,8 @@ impl Backend {
             Self::Auto => "auto",
             Self::Cuda => "cuda",
             Self::CudaEmulated => "cuda-emulated",
+            Self::Wgpu => "wgpu",
+            Self::WgpuSoftware => "wgpu-software",
         }
     }
 }
@@ -76,6 +93,8 @@ struct Chosen {
     name: &'static str,
     #[cfg(feature = "cuda")]
     device: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
+    #[cfg(feature = "wgpu")]
+    gpu: Option<Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>>,
 }
 
 impl Chosen {
@@ -84,78 +103,144 @@ impl Chosen {
             name: "cpu",
             #[cfg(feature = "cuda")]
             device: None,
+            #[cfg(feature = "wgpu")]
+            gpu: None,
         }
     }
 }
 
-#[cfg(not(feature = "cuda"))]
 fn choose(backend: Backend) -> Result<Chosen, Error> {
     match backend {
         Backend::Cpu => Ok(Chosen::cpu()),
         Backend::Auto => {
+            #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
             tracing::info!(
                 "backend Auto chose the CPU backend: this gyre is built without GPU backends \
-                 (enable the `cuda` feature of gyre for CUDA groups)"
+                 (enable the `cuda` or `wgpu` feature of gyre for GPU groups)"
             );
+            #[cfg(feature = "cuda")]
+            probe_cuda();
+            #[cfg(feature = "wgpu")]
+            probe_wgpu();
             Ok(Chosen::cpu())
         }
-        Backend::Cuda | Backend::CudaEmulated => Err(Error::BackendUnavailable {
-            backend: backend.name(),
-            reason: "this gyre is built without CUDA support: enable the `cuda` feature of \
-                     gyre (`gyre = { version = \"...\", features = [\"cuda\"] }` in Cargo.toml, \
-                     or `--features gyre/cuda`)"
-                .to_owned(),
-        }),
+        Backend::Cuda | Backend::CudaEmulated => choose_cuda(backend),
+        Backend::Wgpu | Backend::WgpuSoftware => choose_wgpu(backend),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
+    Err(Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: "this gyre is built without CUDA support: enable the `cuda` feature of \
+                 gyre (`gyre = { version = \"...\", features = [\"cuda\"] }` in Cargo.toml, \
+                 or `--features gyre/cuda`)"
+            .to_owned(),
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn probe_cuda() {
+    // The probe never panics: it checks for libcuda before cudarc touches it.
+    match gyre_runtime::backend::cuda::probe::load_driver() {
+        Ok(driver) => tracing::info!(
+            devices = driver.device_count,
+            driver = %driver.driver_version_string(),
+            "backend Auto chose the CPU backend for kernels launched with \
+             Runtime::launch/group/pipeline (they run on the CPU pool); a CUDA device \
+             was found: launch CUDA groups with Runtime::cuda_group on a runtime built \
+             with Backend::Cuda"
+        ),
+        Err(why) => tracing::info!(
+            reason = %why,
+            "backend Auto chose the CPU backend for kernels launched with \
+             Runtime::launch/group/pipeline (they run on the CPU pool); no CUDA device \
+             was found, so CUDA groups (Runtime::cuda_group, with Backend::Cuda) cannot \
+             run here"
+        ),
     }
 }
 
 #[cfg(feature = "cuda")]
-fn choose(backend: Backend) -> Result<Chosen, Error> {
+fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
     use gyre_runtime::backend::cuda;
     let unavailable = |error: cuda::DeviceError| Error::BackendUnavailable {
         backend: backend.name(),
         reason: error.to_string(),
     };
-    match backend {
-        Backend::Cpu => Ok(Chosen::cpu()),
-        Backend::Auto => {
-            // The probe never panics: it checks for libcuda before cudarc touches it.
-            match cuda::probe::load_driver() {
-                Ok(driver) => tracing::info!(
-                    devices = driver.device_count,
-                    driver = %driver.driver_version_string(),
-                    "backend Auto chose the CPU backend for kernels launched with \
-                     Runtime::launch/group/pipeline (they run on the CPU pool); a CUDA device \
-                     was found: launch CUDA groups with Runtime::cuda_group on a runtime built \
-                     with Backend::Cuda"
-                ),
-                Err(why) => tracing::info!(
-                    reason = %why,
-                    "backend Auto chose the CPU backend for kernels launched with \
-                     Runtime::launch/group/pipeline (they run on the CPU pool); no CUDA device \
-                     was found, so CUDA groups (Runtime::cuda_group, with Backend::Cuda) cannot \
-                     run here"
-                ),
-            }
-            Ok(Chosen::cpu())
-        }
-        Backend::Cuda => {
-            let device = cuda::default_device().map_err(unavailable)?;
-            tracing::info!(device = %device.describe(), "backend Cuda: CUDA groups run on this device");
-            Ok(Chosen {
-                name: "cuda",
-                device: Some(device),
-            })
-        }
-        Backend::CudaEmulated => {
-            let device = cuda::emulated_device().map_err(unavailable)?;
-            tracing::info!(device = %device.describe(), "backend CudaEmulated: CUDA groups run in the host emulation (not a GPU)");
-            Ok(Chosen {
-                name: "cuda-emulated",
-                device: Some(device),
-            })
-        }
+    if backend == Backend::CudaEmulated {
+        let device = cuda::emulated_device().map_err(unavailable)?;
+        tracing::info!(device = %device.describe(), "backend CudaEmulated: CUDA groups run in the host emulation (not a GPU)");
+        let mut chosen = Chosen::cpu();
+        chosen.name = "cuda-emulated";
+        chosen.device = Some(device);
+        return Ok(chosen);
     }
+    let device = cuda::default_device().map_err(unavailable)?;
+    tracing::info!(device = %device.describe(), "backend Cuda: CUDA groups run on this device");
+    let mut chosen = Chosen::cpu();
+    chosen.name = "cuda";
+    chosen.device = Some(device);
+    Ok(chosen)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
+    Err(Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: "this gyre is built without wgpu support: enable the `wgpu` feature of \
+                 gyre (`gyre = { version = \"...\", features = [\"wgpu\"] }` in Cargo.toml, \
+                 or `--features gyre/wgpu`)"
+            .to_owned(),
+    })
+}
+
+#[cfg(feature = "wgpu")]
+fn probe_wgpu() {
+    use gyre_runtime::backend::wgpu::adapter;
+    // Hardware adapters only: a software adapter is slower than the CPU backend. The
+    // device opened here is closed again: wgpu groups need an explicit Backend::Wgpu.
+    match adapter::open(adapter::AdapterChoice::PreferHardware) {
+        Ok(gpu) => tracing::info!(
+            adapter = %adapter::describe(&gpu.info),
+            "backend Auto chose the CPU backend for kernels launched with \
+             Runtime::launch/group/pipeline (they run on the CPU pool); a hardware wgpu \
+             adapter was found: launch wgpu groups with Runtime::wgpu_group on a runtime \
+             built with Backend::Wgpu"
+        ),
+        Err(why) => tracing::info!(
+            reason = %why,
+            "backend Auto chose the CPU backend for kernels launched with \
+             Runtime::launch/group/pipeline (they run on the CPU pool); no hardware wgpu \
+             adapter was found, so wgpu groups need Backend::WgpuSoftware here"
+        ),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
+    use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, AdapterError};
+    let choice = if backend == Backend::Wgpu {
+        AdapterChoice::PreferHardware
+    } else {
+        AdapterChoice::AllowSoftware
+    };
+    let gpu = adapter::open(choice).map_err(|error| Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: match error {
+            AdapterError::OnlySoftware { .. } => {
+                format!("Backend::Wgpu uses hardware adapters only, and {error}")
+            }
+            other => other.to_string(),
+        },
+    })?;
+    let described = adapter::describe(&gpu.info);
+    tracing::info!(adapter = %described, backend = backend.name(), "wgpu groups run on this adapter");
+    let mut chosen = Chosen::cpu();
+    chosen.name = backend.name();
+    chosen.gpu = Some(Arc::new(gpu));
+    Ok(chosen)
 }
 
 /// Builds a [`Runtime`].
@@ -220,9 +305,11 @@ impl RuntimeBuilder {
     ///
     /// # Errors
     /// [`Error::BackendUnavailable`] when the backend asked for cannot run here: a CUDA
-    /// backend in a gyre built without feature `cuda`, no usable CUDA driver or device
-    /// for [`Backend::Cuda`] (the reason says what is missing), no C++ compiler for
-    /// [`Backend::CudaEmulated`].
+    /// backend in a gyre built without feature `cuda` (or a wgpu backend without feature
+    /// `wgpu`), no usable CUDA driver or device for [`Backend::Cuda`] (the reason says
+    /// what is missing), no C++ compiler for [`Backend::CudaEmulated`], no hardware
+    /// adapter for [`Backend::Wgpu`] or no adapter at all for [`Backend::WgpuSoftware`]
+    /// (the reason is the adapter error).
     pub fn build(self) -> Result<Runtime, Error> {
         let chosen = choose(self.backend)?;
         let workers = self.workers.unwrap_or_else(|| {
@@ -234,6 +321,8 @@ impl RuntimeBuilder {
             backend_name: chosen.name,
             #[cfg(feature = "cuda")]
             cuda: chosen.device,
+            #[cfg(feature = "wgpu")]
+            wgpu: chosen.gpu,
         })
     }
 }
@@ -261,6 +350,9 @@ pub struct Runtime {
     /// The CUDA device groups run on, when the runtime was built with a CUDA backend.
     #[cfg(feature = "cuda")]
     pub(crate) cuda: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
+    /// The wgpu adapter groups run on, when the runtime was built with a wgpu backend.
+    #[cfg(feature = "wgpu")]
+    pub(crate) wgpu: Option<Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>>,
 }
 
 impl Runtime {
@@ -275,9 +367,10 @@ impl Runtime {
     }
 
     /// The name of the backend the runtime was built with: `"cpu"` (also for
-    /// [`Backend::Auto`]), `"cuda"` or `"cuda-emulated"`. Kernels launched with
-    /// [`Runtime::launch`] run on the CPU pool whatever it says; a CUDA backend adds a
-    /// device for CUDA groups.
+    /// [`Backend::Auto`]), `"cuda"`, `"cuda-emulated"`, `"wgpu"` or `"wgpu-software"`.
+    /// Kernels launched with [`Runtime::launch`] run on the CPU pool whatever it says; a
+    /// CUDA backend adds a device for CUDA groups, a wgpu backend an adapter for wgpu
+    /// groups.
     ///
     /// ```
     /// let runtime = gyre::Runtime::builder().backend(gyre::Backend::Cpu).build()?;

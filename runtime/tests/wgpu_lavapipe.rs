@@ -300,6 +300,7 @@ fn dead_letter_routes_and_stopped_downstream() {
     );
     let mut up = WgpuKernelPlan::new("split", split);
     up.ports = 2;
+    up.max_emits = 1;
     let mut down = WgpuKernelPlan::new("down", echo8());
     down.capacity = 2;
     let group = launch(
@@ -349,6 +350,24 @@ fn dead_letter_routes_and_stopped_downstream() {
     even.extend(report.kernels[1].undelivered.iter().map(value));
     even.sort_unstable();
     assert_eq!(even, (0..total).filter(|v| v % 2 == 0).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_output_ring_smaller_than_the_emit_budget_is_refused() {
+    let Some(gpu) = gpu() else { return };
+    let mut k = WgpuKernelPlan::new("echo", echo8());
+    k.out_capacity = 2;
+    let err = WgpuGroup::launch(
+        Arc::clone(&gpu),
+        WgpuGroupPlan {
+            name: "small".into(),
+            kernels: vec![k],
+            routes: vec![],
+        },
+        TIMEOUT,
+    )
+    .expect_err("a kernel that could never take a message must be refused");
+    assert!(err.to_string().contains("lower max_emits"), "{err}");
 }
 
 #[test]

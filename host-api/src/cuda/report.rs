@@ -1,10 +1,11 @@
 //! [`CudaReport`]: what a drain or terminate of a CUDA group hands back.
 
 use gyre_runtime::abi::State;
-use gyre_runtime::backend::cuda::group::{KernelReport, Message as SlotMessage};
+use gyre_runtime::backend::cuda::group::KernelReport;
 use gyre_runtime::backend::cuda::GroupReport;
 
 use super::CudaStage;
+use crate::gpu_common;
 use crate::spec::Message;
 
 /// What [`super::CudaGroupHandle::drain`] and [`super::CudaGroupHandle::terminate`]
@@ -96,11 +97,7 @@ impl CudaReport {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn undelivered<In: Message>(&self, stage: &CudaStage<In, impl Sized>) -> Vec<In> {
-        self.kernel(stage)
-            .undelivered
-            .iter()
-            .map(|m| read(&m.payload))
-            .collect()
+        gpu_common::undelivered(self.kernel(stage))
     }
 
     /// Outputs the kernel of `stage` made but could not deliver (a terminate while they
@@ -112,28 +109,6 @@ impl CudaReport {
         &self,
         stage: &CudaStage<impl Sized, Out>,
     ) -> Vec<(u32, Out)> {
-        self.kernel(stage)
-            .undelivered_outputs
-            .iter()
-            .map(|(port, m)| (*port, read(&m.payload)))
-            .collect()
+        gpu_common::undelivered_outputs(self.kernel(stage))
     }
-}
-
-/// The first `size_of::<T>()` bytes of a slot payload as a `T` (zero-extended if the
-/// payload is shorter, which a slot sized for `T` never is).
-pub(super) fn read<T: bytemuck::Pod>(payload: &[u8]) -> T {
-    let size = std::mem::size_of::<T>();
-    if payload.len() >= size {
-        bytemuck::pod_read_unaligned(&payload[..size])
-    } else {
-        let mut value = T::zeroed();
-        bytemuck::bytes_of_mut(&mut value)[..payload.len()].copy_from_slice(payload);
-        value
-    }
-}
-
-/// A slot message as `T`.
-pub(super) fn read_message<T: bytemuck::Pod>(message: &SlotMessage) -> T {
-    read(&message.payload)
 }

@@ -2,11 +2,11 @@
 
 use std::marker::PhantomData;
 
-use gyre_runtime::abi::{MAX_SLOT_BYTES, MIN_SLOT_BYTES, PAYLOAD_ALIGN, SLOT_HEADER_BYTES};
 use gyre_runtime::backend::cuda::codegen::HandlerCode;
 use gyre_runtime::backend::cuda::KernelPlan;
 use gyre_runtime::builtins::{Builtin, PARAM_WORDS};
 
+use crate::gpu_common;
 use crate::spec::Message;
 use crate::Error;
 
@@ -247,42 +247,15 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
 
     /// The runtime's plan of this kernel, after checking its types and built-in.
     pub(crate) fn plan(self) -> Result<KernelPlan, Error> {
-        let in_size = std::mem::size_of::<In>();
-        let out_size = std::mem::size_of::<Out>();
-        let mut in_bytes = in_size;
-        let mut out_bytes = out_size;
-        if let Some(builtin) = self.builtin {
-            builtin
-                .validate()
-                .map_err(|why| Error::Launch(format!("kernel `{}`: {why}", self.name)))?;
-            let reads = builtin.input_bytes() as usize;
-            let emits = builtin.output_bytes() as usize;
-            if in_size < reads {
-                return Err(Error::Launch(format!(
-                    "kernel `{}`: built-in {} reads {reads}-byte messages but its input type \
-                     `{}` is {in_size} bytes: use a {reads}-byte input type (gyre::cuda::Record \
-                     for record built-ins)",
-                    self.name,
-                    builtin.name(),
-                    std::any::type_name::<In>()
-                )));
+        let (in_bytes, out_bytes) = match &self.builtin {
+            Some(builtin) => {
+                gpu_common::builtin_payloads::<In, Out>(&self.name, builtin, "gyre::cuda")?
             }
-            if out_size != emits {
-                return Err(Error::Launch(format!(
-                    "kernel `{}`: built-in {} emits {emits}-byte messages but its output type \
-                     `{}` is {out_size} bytes: use the built-in's output type (Record, \
-                     Aggregate or Histogram in gyre::cuda)",
-                    self.name,
-                    builtin.name(),
-                    std::any::type_name::<Out>()
-                )));
-            }
-            in_bytes = in_bytes.max(reads);
-            out_bytes = out_bytes.max(emits);
-        }
+            None => (std::mem::size_of::<In>(), std::mem::size_of::<Out>()),
+        };
         let mut plan = KernelPlan::new(self.name, self.handler);
-        plan.slot_bytes = slot_for::<In>(in_bytes)?;
-        plan.out_slot_bytes = slot_for::<Out>(out_bytes)?;
+        plan.slot_bytes = gpu_common::slot_for::<In>(in_bytes)?;
+        plan.out_slot_bytes = gpu_common::slot_for::<Out>(out_bytes)?;
         plan.capacity = self.capacity;
         plan.out_capacity = self.out_capacity;
         plan.ports = self.ports;
@@ -292,27 +265,5 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
         plan.sequential = self.sequential;
         plan.state_bytes = self.state_bytes;
         Ok(plan)
-    }
-}
-
-/// The slot size for messages of type `T` that take `bytes` bytes of payload: the
-/// smallest power of two that holds them and the header, at least [`MIN_SLOT_BYTES`].
-fn slot_for<T>(bytes: usize) -> Result<u32, Error> {
-    let type_name = std::any::type_name::<T>();
-    let align = std::mem::align_of::<T>();
-    if align > PAYLOAD_ALIGN as usize {
-        return Err(Error::MessageAlignment { type_name, align });
-    }
-    let needed = (bytes + SLOT_HEADER_BYTES as usize)
-        .next_power_of_two()
-        .max(MIN_SLOT_BYTES as usize);
-    match u32::try_from(needed) {
-        Ok(slot) if slot <= MAX_SLOT_BYTES => Ok(slot),
-        _ => Err(Error::Launch(format!(
-            "message type `{type_name}` takes {bytes} bytes but the largest slot \
-             ({MAX_SLOT_BYTES} bytes) holds {} payload bytes: shrink the type, or split it \
-             into several messages",
-            MAX_SLOT_BYTES - SLOT_HEADER_BYTES
-        ))),
     }
 }

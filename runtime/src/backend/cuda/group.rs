@@ -526,7 +526,11 @@ impl CudaGroup {
                 k.out_slot_bytes,
             )?;
             let biggest = in_layout.payload_bytes().max(out_layout.payload_bytes());
-            let dead_slot = (SLOT_HEADER_BYTES + 16 + biggest).next_power_of_two();
+            // A dead letter is the message after a 16-byte reason block; at the largest slot
+            // size the last 16 bytes of a message do not fit and are cut (documented).
+            let dead_slot = (SLOT_HEADER_BYTES + 16 + biggest)
+                .next_power_of_two()
+                .min(crate::abi::MAX_SLOT_BYTES);
             let dead_layout = layout(
                 group,
                 &k.name,

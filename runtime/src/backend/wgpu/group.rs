@@ -263,6 +263,10 @@ struct Engine {
     copies: Vec<Copy>,
     cursors: Vec<Cursors>,
     ticks: u64,
+    /// What the last tick saw (counters, states, acknowledgements, outputs moved): a tick
+    /// that changes none of it, after uploading nothing, is a fixed point, and ticking
+    /// again would only spin until the host sends, receives or commands.
+    fingerprint: u64,
 }
 
 /// A group of kernels with resident state on a wgpu device, run in ticks.
@@ -399,6 +403,30 @@ impl WgpuGroup {
                 ),
             )
         })?;
+        // A kernel takes a message only when each output ring has room for all the emits
+        // it may make (no emit is ever half done): a ring smaller than that would stall it
+        // for good.
+        for (i, k) in plan.kernels.iter().enumerate() {
+            let mut rings = vec![("its host outbox".to_owned(), k.out_capacity)];
+            for &(from, to) in &graph {
+                if from == i {
+                    rings.push((
+                        format!("the inbox of `{}`", plan.kernels[to].name),
+                        plan.kernels[to].capacity,
+                    ));
+                }
+            }
+            if let Some((what, capacity)) = rings.into_iter().find(|&(_, c)| c < k.max_emits) {
+                return Err(invalid(
+                    group,
+                    format!(
+                        "kernel `{}` may emit {} messages per message but {what} holds {capacity}: \
+                         raise that capacity or lower max_emits",
+                        k.name, k.max_emits
+                    ),
+                ));
+            }
+        }
         for (i, k) in plan.kernels.iter().enumerate() {
             let inboxes = 1 + graph.iter().filter(|&&(_, to)| to == i).count();
             if inboxes > MAX_LINKS {
@@ -438,8 +466,12 @@ impl WgpuGroup {
             let dead_layout = ring_layout(
                 k,
                 "dead-letter ring",
-                k.capacity.max(64),
-                (SLOT_HEADER_BYTES + 16 + biggest).next_power_of_two(),
+                k.capacity
+                    .max(64)
+                    .max((k.max_emits + 1).next_power_of_two()),
+                (SLOT_HEADER_BYTES + 16 + biggest)
+                    .next_power_of_two()
+                    .min(crate::abi::MAX_SLOT_BYTES),
             )?;
             msg_words = msg_words.max(dead_layout.payload_bytes() / 4);
             let at_inbox = layout.take(in_layout.region_bytes() as u64);
@@ -709,6 +741,7 @@ impl WgpuGroup {
             copies,
             cursors,
             ticks: 0,
+            fingerprint: 0,
         };
         let adapter = super::adapter::describe(&gpu.info);
         tracing::info!(group, kernels = n, %adapter, "launched wgpu group (resident state, ticked execution)");
@@ -1148,6 +1181,7 @@ impl Inner {
         let queue = &gpu.queue;
         // Uploads: new inbox slots, then commands (a drain or terminate comes after every
         // message sent before it), then the host's consumer heads.
+        let mut uploaded_any = false;
         for (k, kernel) in self.kernels.iter().enumerate() {
             let c = &mut engine.cursors[k];
             let ring = kernel.inbox.memory();
@@ -1176,15 +1210,18 @@ impl Inner {
                     // no producer writes it now.
                     unsafe {
                         ring.with_body(index, |body| {
-                            bytes[at + 4..at + slot].copy_from_slice(body)
+                            bytes[at + 4..at + slot].copy_from_slice(body);
                         });
-                    };
+                    }
                 }
                 let offset = kernel.at_inbox
                     + u64::from(RING_HEADER_BYTES)
                     + u64::from(first) * u64::from(layout.slot_bytes());
                 queue.write_buffer(&engine.mem, offset, &bytes);
                 position = position.wrapping_add(run);
+            }
+            if c.uploaded != end {
+                uploaded_any = true;
             }
             c.uploaded = end;
             let epoch = kernel.control.epoch();
@@ -1200,6 +1237,7 @@ impl Inner {
                     bytemuck::cast_slice(&words),
                 );
                 c.uploaded_epoch = epoch;
+                uploaded_any = true;
             }
             let head_at = std::mem::offset_of!(crate::abi::RingHeader, head) as u64;
             if c.out_head != c.out_head_uploaded {
@@ -1209,6 +1247,7 @@ impl Inner {
                     &c.out_head.to_ne_bytes(),
                 );
                 c.out_head_uploaded = c.out_head;
+                uploaded_any = true;
             }
             if c.dead_head != c.dead_head_uploaded {
                 queue.write_buffer(
@@ -1217,6 +1256,7 @@ impl Inner {
                     &c.dead_head.to_ne_bytes(),
                 );
                 c.dead_head_uploaded = c.dead_head;
+                uploaded_any = true;
             }
         }
         let mut encoder = gpu
@@ -1260,6 +1300,10 @@ impl Inner {
         }
         engine.ticks += 1;
         let mut pending = false;
+        let mut fingerprint = 0xcbf2_9ce4_8422_2325_u64;
+        let mut mix = |word: u64| {
+            fingerprint = (fingerprint ^ word).wrapping_mul(0x0100_0000_01b3);
+        };
         {
             let view = staging
                 .get_mapped_range(..)
@@ -1294,6 +1338,15 @@ impl Inner {
                     bytes,
                     base + std::mem::offset_of!(ControlBlock, state),
                 ));
+                for field in [
+                    std::mem::offset_of!(ControlBlock, state),
+                    std::mem::offset_of!(ControlBlock, ack_epoch),
+                    std::mem::offset_of!(ControlBlock, received),
+                    std::mem::offset_of!(ControlBlock, processed),
+                    std::mem::offset_of!(ControlBlock, emitted),
+                ] {
+                    mix(u64::from(read_u32(bytes, base + field)));
+                }
                 if state == Some(State::Draining)
                     || kernel.control.epoch() != read_u32(bytes, base + ack)
                 {
@@ -1344,6 +1397,7 @@ impl Inner {
                 if moved > 0 {
                     pending = true; // the device outbox has room again: stalled kernels go on
                 }
+                mix(u64::from(c.out_head));
                 let dead = &bytes[kernel.st_dead as usize
                     ..kernel.st_dead as usize + kernel.dead_layout.region_bytes()];
                 take_messages(
@@ -1376,7 +1430,11 @@ impl Inner {
             }
         }
         staging.unmap();
-        Ok(pending || self.work.load(Ordering::SeqCst))
+        // A tick that uploaded nothing and changed nothing is a fixed point: only the host
+        // can change it (a send, a receive or a command pokes the ticker).
+        let progress = uploaded_any || fingerprint != engine.fingerprint;
+        engine.fingerprint = fingerprint;
+        Ok((pending && progress) || self.work.load(Ordering::SeqCst))
     }
 
     /// The report once every kernel stopped (or the group faulted).

@@ -1,0 +1,114 @@
+//! [`WgpuReport`]: what a drain or terminate of a wgpu group hands back.
+
+use gyre_runtime::abi::State;
+use gyre_runtime::backend::group::{GroupReport, KernelReport};
+
+use super::WgpuStage;
+use crate::gpu_common;
+use crate::spec::Message;
+
+/// What [`super::WgpuGroupHandle::drain`] and [`super::WgpuGroupHandle::terminate`]
+/// return: the runtime's [`GroupReport`] (one [`KernelReport`] per kernel, in the order
+/// they were added), with typed readers per stage.
+///
+/// Nothing is dropped silently: every message sent to a kernel was processed (counted)
+/// or is in its `undelivered`; every output it made was delivered (to the host output,
+/// where it stays receivable, or downstream) or is in its `undelivered_outputs`.
+///
+/// ```
+/// # use gyre::wgpu::{Builtin, Record, WgpuKernel};
+/// # use gyre::{Backend, Runtime};
+/// # let Ok(runtime) = Runtime::builder().backend(Backend::WgpuSoftware).build() else { return Ok(()) };
+/// let mut g = runtime.wgpu_group("held")?;
+/// let stage = g.add(WgpuKernel::<Record, Record>::builtin("pass", Builtin::Gather));
+/// let group = g.launch()?;
+/// // Never activated: a terminate hands the queued message back.
+/// group.send(&stage, Record { key: 1, seq: 2, value: 3.0, aux: 4 })?;
+/// let report = group.terminate();
+/// assert_eq!(report.undelivered::<Record>(&stage), [Record { key: 1, seq: 2, value: 3.0, aux: 4 }]);
+/// assert_eq!(report.processed(&stage), 0);
+/// # Ok::<(), gyre::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct WgpuReport {
+    pub(super) report: GroupReport,
+    pub(super) group_id: u64,
+}
+
+impl WgpuReport {
+    /// The runtime's report, untyped: counters, final states, and messages as slot bytes.
+    pub fn group_report(&self) -> &GroupReport {
+        &self.report
+    }
+
+    /// The runtime's report, untyped.
+    pub fn into_inner(self) -> GroupReport {
+        self.report
+    }
+
+    /// Whether a drain ran out of time (the rest of the group was terminated).
+    pub fn timed_out(&self) -> bool {
+        self.report.timed_out
+    }
+
+    /// The device error that ended the group (a lost device, a failed submission), if
+    /// one did.
+    pub fn fault(&self) -> Option<&str> {
+        self.report.fault.as_deref()
+    }
+
+    /// Every undelivered message and output of every kernel.
+    pub fn undelivered_count(&self) -> usize {
+        self.report.undelivered_count()
+    }
+
+    /// The report of the kernel of `stage`.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn kernel<In, Out>(&self, stage: &WgpuStage<In, Out>) -> &KernelReport {
+        assert_eq!(
+            stage.group_id, self.group_id,
+            "this stage belongs to another wgpu group"
+        );
+        &self.report.kernels[stage.index]
+    }
+
+    /// Messages the kernel of `stage` processed over its life.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn processed<In, Out>(&self, stage: &WgpuStage<In, Out>) -> u64 {
+        self.kernel(stage).counters.processed
+    }
+
+    /// The state the kernel of `stage` ended in.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn final_state<In, Out>(&self, stage: &WgpuStage<In, Out>) -> State {
+        self.kernel(stage).state
+    }
+
+    /// Messages that reached the kernel of `stage` and were never handled (its host
+    /// inbox, then each ring from an upstream kernel, oldest first per ring), read as
+    /// its input type.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn undelivered<In: Message>(&self, stage: &WgpuStage<In, impl Sized>) -> Vec<In> {
+        gpu_common::undelivered(self.kernel(stage))
+    }
+
+    /// Outputs the kernel of `stage` made but could not deliver (a terminate while they
+    /// waited for room downstream), read as its output type, with their port.
+    ///
+    /// # Panics
+    /// When `stage` belongs to another group.
+    pub fn undelivered_outputs<Out: Message>(
+        &self,
+        stage: &WgpuStage<impl Sized, Out>,
+    ) -> Vec<(u32, Out)> {
+        gpu_common::undelivered_outputs(self.kernel(stage))
+    }
+}

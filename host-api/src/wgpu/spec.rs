@@ -1,0 +1,254 @@
+//! [`WgpuKernel`]: one kernel of a wgpu group, typed by its messages.
+
+use std::marker::PhantomData;
+
+use gyre_runtime::backend::wgpu::codegen::WgslHandler;
+use gyre_runtime::backend::wgpu::group::WgpuKernelPlan;
+use gyre_runtime::builtins::{Builtin, PARAM_WORDS};
+
+use crate::gpu_common;
+use crate::spec::Message;
+use crate::Error;
+
+/// A kernel of a wgpu group: its name, its WGSL handler, its rings, typed by the message
+/// it takes (`In`) and the message it emits (`Out`).
+///
+/// Slot sizes follow the message types: `size_of::<T>()` plus the 16-byte slot header,
+/// rounded up to a power of two, at least 32 bytes. A type larger than the largest slot
+/// (65,536 bytes, header included) is refused when the group launches.
+///
+/// ```
+/// use gyre::wgpu::{Builtin, Record, WgpuKernel};
+///
+/// // A user handler, in WGSL.
+/// let double = WgpuKernel::<u32, u32>::source("double", "double_it", r"
+///     fn double_it(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+///         (*msg).w[0] = (*msg).w[0] * 2u;
+///         return gyre_emit(ctx, 0u, msg, 4u);
+///     }")
+///     .capacity(256)
+///     .max_emits(1);
+/// // A built-in: parameters, ports and state come from the built-in.
+/// let scale = WgpuKernel::<Record, Record>::builtin("scale", Builtin::Affine { a: 2.0, b: 1.0 });
+/// assert_eq!((double.name(), scale.name()), ("double", "scale"));
+/// ```
+pub struct WgpuKernel<In, Out> {
+    name: String,
+    handler: WgslHandler,
+    builtin: Option<Builtin>,
+    capacity: u32,
+    out_capacity: u32,
+    ports: u32,
+    max_emits: u32,
+    quantum: u32,
+    params: [u32; PARAM_WORDS],
+    state_words: u32,
+    _types: PhantomData<fn(In) -> Out>,
+}
+
+impl<In, Out> std::fmt::Debug for WgpuKernel<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuKernel")
+            .field("name", &self.name)
+            .field("function", &self.handler.function())
+            .field("capacity", &self.capacity)
+            .field("ports", &self.ports)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<In: Message, Out: Message> WgpuKernel<In, Out> {
+    fn new(name: String, handler: WgslHandler) -> Self {
+        Self {
+            name,
+            handler,
+            builtin: None,
+            capacity: 1024,
+            out_capacity: 1024,
+            ports: 1,
+            max_emits: 4,
+            quantum: 1024,
+            params: [0; PARAM_WORDS],
+            state_words: 0,
+            _types: PhantomData,
+        }
+    }
+
+    /// A kernel running a handler written in WGSL: `wgsl` defines
+    /// `fn FUNCTION(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32)
+    /// -> u32` (and anything it needs). `(*msg).w` holds the message (an `In`, as 32-bit
+    /// words from the start of a slot payload of `bytes` bytes); the handler emits with
+    /// `gyre_emit(ctx, port, msg, bytes)` (any `GyreMsg` it filled), reads its parameters
+    /// with `gyre_param(ctx, i)` and its state with `gyre_state_load(ctx, i)` /
+    /// `gyre_state_store(ctx, i, v)`, and returns 0 (`GYRE_OK`), or an error code, which
+    /// sends the message to the dead letters. Validation errors name the file
+    /// `FUNCTION.wgsl`, with line numbers counted from the start of `wgsl`.
+    ///
+    /// Defaults: inbox and host output of 1,024 slots, one port, up to four emits per
+    /// message, up to 1,024 messages per tick, no state.
+    ///
+    /// ```
+    /// let k = gyre::wgpu::WgpuKernel::<f32, f32>::source("neg", "neg", r"
+    ///     fn neg(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+    ///         (*msg).w[0] = bitcast<u32>(-bitcast<f32>((*msg).w[0]));
+    ///         return gyre_emit(ctx, 0u, msg, 4u);
+    ///     }");
+    /// assert_eq!(k.name(), "neg");
+    /// ```
+    pub fn source(
+        name: impl Into<String>,
+        function: impl Into<String>,
+        wgsl: impl Into<String>,
+    ) -> Self {
+        let function = function.into();
+        let file = format!("{function}.wgsl");
+        Self::new(
+            name.into(),
+            WgslHandler::Source {
+                function,
+                source: wgsl.into(),
+                file,
+            },
+        )
+    }
+
+    /// A kernel running one of gyre's built-ins (its WGSL implementation), with its
+    /// parameters, ports and state taken from `builtin`. Its parameters are checked at
+    /// launch ([`Builtin::validate`]), and so are the message types: `In` must hold what
+    /// the built-in reads ([`Builtin::input_bytes`]) and `Out` must be what it emits
+    /// ([`Builtin::output_bytes`]): [`gyre_runtime::builtins::Record`] for most.
+    ///
+    /// ```
+    /// use gyre::wgpu::{Aggregate, Builtin, Record, WgpuKernel};
+    /// let window = WgpuKernel::<Record, Aggregate>::builtin("win", Builtin::Window { size: 8 });
+    /// assert_eq!(window.name(), "win");
+    /// ```
+    pub fn builtin(name: impl Into<String>, builtin: Builtin) -> Self {
+        let mut spec = Self::new(name.into(), WgslHandler::Builtin(builtin.cuda_function()));
+        spec.builtin = Some(builtin);
+        spec.params = builtin.params();
+        spec.state_words = builtin.state_bytes().div_ceil(4);
+        spec.ports = builtin.ports();
+        spec
+    }
+
+    /// The kernel's name (unique in its group).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Slots of each inbox ring (the host's and one per upstream route): a power of
+    /// two. Default 1,024.
+    ///
+    /// ```
+    /// # use gyre::wgpu::{Builtin, Record, WgpuKernel};
+    /// let k = WgpuKernel::<Record, Record>::builtin("pass", Builtin::Gather).capacity(64);
+    /// ```
+    #[must_use]
+    pub fn capacity(mut self, slots: u32) -> Self {
+        self.capacity = slots;
+        self
+    }
+
+    /// Slots of the host output ring (what `recv` reads): a power of two. Default 1,024.
+    ///
+    /// ```
+    /// # use gyre::wgpu::{Builtin, Record, WgpuKernel};
+    /// let k = WgpuKernel::<Record, Record>::builtin("pass", Builtin::Gather).host_output(64);
+    /// ```
+    #[must_use]
+    pub fn host_output(mut self, slots: u32) -> Self {
+        self.out_capacity = slots;
+        self
+    }
+
+    /// Output ports (1 to 8, default 1; a built-in sets its own). Ports without a route
+    /// go to the host output.
+    ///
+    /// ```
+    /// # use gyre::wgpu::WgpuKernel;
+    /// let k = WgpuKernel::<u32, u32>::source("split", "split", "/* ... */").ports(2);
+    /// ```
+    #[must_use]
+    pub fn ports(mut self, ports: u32) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// Most messages the handler emits per message it handles (at least 1, default 4):
+    /// a tick takes a message only when its outputs have room for this many.
+    ///
+    /// ```
+    /// # use gyre::wgpu::WgpuKernel;
+    /// let k = WgpuKernel::<u32, u32>::source("one", "one", "/* ... */").max_emits(1);
+    /// ```
+    #[must_use]
+    pub fn max_emits(mut self, emits: u32) -> Self {
+        self.max_emits = emits;
+        self
+    }
+
+    /// Most messages the kernel handles per tick (at least 1, default 1,024): lower it so
+    /// one busy kernel does not lengthen every tick of its group.
+    ///
+    /// ```
+    /// # use gyre::wgpu::WgpuKernel;
+    /// let k = WgpuKernel::<u32, u32>::source("k", "k", "/* ... */").quantum(64);
+    /// ```
+    #[must_use]
+    pub fn quantum(mut self, messages: u32) -> Self {
+        self.quantum = messages;
+        self
+    }
+
+    /// The handler's parameter words (`gyre_param(ctx, i)`; floats as their bit
+    /// patterns). A built-in sets them from its parameters; setting them replaces those.
+    ///
+    /// ```
+    /// # use gyre::wgpu::WgpuKernel;
+    /// let mut words = [0u32; 16];
+    /// words[0] = 3;
+    /// let k = WgpuKernel::<u32, u32>::source("add", "add_param", "/* ... */").params(words);
+    /// ```
+    #[must_use]
+    pub fn params(mut self, words: [u32; PARAM_WORDS]) -> Self {
+        self.params = words;
+        self
+    }
+
+    /// 32-bit words of device memory for the handler's state (`gyre_state_load` /
+    /// `gyre_state_store`), zeroed at launch and kept across messages and ticks (the
+    /// resident state). Default 0 (a built-in sets what it needs). A kernel handles its
+    /// messages one at a time, in order, so state updates need no synchronisation.
+    ///
+    /// ```
+    /// # use gyre::wgpu::WgpuKernel;
+    /// let k = WgpuKernel::<u32, u32>::source("sum", "running_sum", "/* ... */").state_words(2);
+    /// ```
+    #[must_use]
+    pub fn state_words(mut self, words: u32) -> Self {
+        self.state_words = words;
+        self
+    }
+
+    /// The runtime's plan of this kernel, after checking its types and built-in.
+    pub(crate) fn plan(self) -> Result<WgpuKernelPlan, Error> {
+        let (in_bytes, out_bytes) = match &self.builtin {
+            Some(builtin) => {
+                gpu_common::builtin_payloads::<In, Out>(&self.name, builtin, "gyre::wgpu")?
+            }
+            None => (std::mem::size_of::<In>(), std::mem::size_of::<Out>()),
+        };
+        let mut plan = WgpuKernelPlan::new(self.name, self.handler);
+        plan.slot_bytes = gpu_common::slot_for::<In>(in_bytes)?;
+        plan.out_slot_bytes = gpu_common::slot_for::<Out>(out_bytes)?;
+        plan.capacity = self.capacity;
+        plan.out_capacity = self.out_capacity;
+        plan.ports = self.ports;
+        plan.max_emits = self.max_emits;
+        plan.quantum = self.quantum;
+        plan.params = self.params;
+        plan.state_words = self.state_words;
+        Ok(plan)
+    }
+}
