@@ -157,16 +157,14 @@ fn gyre_push(ring: u32, tag: u32, corr0: u32, corr1: u32, msg: ptr<function, Gyr
     atomicStore(&mem[slot + 1u], tag);
     atomicStore(&mem[slot + 2u], corr0);
     atomicStore(&mem[slot + 3u], corr1);
-    let room = gyre_payload_bytes(ring) / 4u;
-    let words = (bytes + 3u) / 4u;
-    for (var i = 0u; i < room; i++) {
-        var v = 0u;
-        if (i < words && i < GYRE_MSG_WORDS) {
-            v = (*msg).w[i];
-            if (i == words - 1u && (bytes & 3u) != 0u) {
-                // Keep only the message's own bytes of its last word.
-                v = v & ((1u << ((bytes & 3u) * 8u)) - 1u);
-            }
+    // The message's words only: like every producer of this ABI, the rest of the payload
+    // keeps the bytes of an earlier lap (consumers read a message by its type's size).
+    let words = min((bytes + 3u) / 4u, min(gyre_payload_bytes(ring) / 4u, GYRE_MSG_WORDS));
+    for (var i = 0u; i < words; i++) {
+        var v = (*msg).w[i];
+        if (i == words - 1u && (bytes & 3u) != 0u) {
+            // Keep only the message's own bytes of its last word.
+            v = v & ((1u << ((bytes & 3u) * 8u)) - 1u);
         }
         atomicStore(&mem[slot + 4u + i], v);
     }
@@ -234,10 +232,14 @@ fn gyre_emit(ctx: ptr<function, GyreCtx>, port: u32, msg: ptr<function, GyreMsg>
     return GYRE_OK;
 }
 
-// Whether every output ring (and the dead-letter ring) has room for one more message's
-// worth of emits: max_emits each, plus the dead letter of a failing handler.
-fn gyre_room(d: u32) -> bool {
+// How many messages this kernel can handle now without any output ring filling up: each
+// message may emit max_emits messages to any one ring, and its dead letters (max_emits
+// emits toward dead or stopped ports, plus its own if the handler fails) to the
+// dead-letter ring. Within a dispatch room only shrinks (only this kernel produces into
+// these rings; their consumers run later), so one check covers the whole batch.
+fn gyre_budget(d: u32) -> u32 {
     let need = desc[d + GYRE_D_MAX_EMITS];
+    var budget = gyre_free(desc[d + GYRE_D_DEAD]) / (need + 1u);
     for (var p = 0u; p < desc[d + GYRE_D_N_PORTS]; p++) {
         let e = d + GYRE_D_PORT + p * 4u;
         let kind = desc[e + 1u];
@@ -247,11 +249,9 @@ fn gyre_room(d: u32) -> bool {
         if (kind == GYRE_PORT_KERNEL && gyre_stopped(desc[e + 3u])) {
             continue;
         }
-        if (gyre_free(desc[e]) < need) {
-            return false;
-        }
+        budget = min(budget, gyre_free(desc[e]) / need);
     }
-    return gyre_free(desc[d + GYRE_D_DEAD]) >= need + 1u;
+    return budget;
 }
 
 // ---- The tick --------------------------------------------------------------------------
@@ -297,6 +297,7 @@ fn gyre_tick(k: u32) {
     let quantum = desc[d + GYRE_D_QUANTUM];
     let scratch = desc[d + GYRE_D_SCRATCH];
     let first = atomicLoad(&mem[scratch]);
+    let budget = gyre_budget(d);
     var n = 0u;
     var stalled = false;
     for (var j = 0u; j < inboxes; j++) {
@@ -304,17 +305,24 @@ fn gyre_tick(k: u32) {
         let ring = desc[d + GYRE_D_INBOX + i * 2u];
         var head = atomicLoad(&mem[ring + GYRE_RING_HEAD]);
         let payload = gyre_payload_bytes(ring);
+        // The ring's geometry, read once.
+        let mask = atomicLoad(&mem[ring + GYRE_RING_CAPACITY]) - 1u;
+        let slot_words = atomicLoad(&mem[ring + GYRE_RING_SLOT_BYTES]) / 4u;
+        let slots = ring + GYRE_RING_SLOTS;
         loop {
-            if (n >= quantum || !gyre_ready(ring, head)) {
+            if (n >= quantum) {
                 break;
             }
-            let slot = gyre_slot(ring, head);
+            let slot = slots + (head & mask) * slot_words;
+            if (atomicLoad(&mem[slot]) != head + 1u) {
+                break;
+            }
             let tag = atomicLoad(&mem[slot + 1u]);
             if ((tag & GYRE_TAG_KIND_MASK) == GYRE_KIND_CANCELLED) {
                 head += 1u;
                 continue;
             }
-            if (!gyre_room(d)) {
+            if (n >= budget) {
                 stalls += 1u;
                 stalled = true;
                 break;

@@ -395,7 +395,10 @@ fn wgpu_step(host_api_has_wgpu: bool) -> Step {
         // The tests may use a software adapter, and fail (not skip) without one.
         .env("GYRE_WGPU_ALLOW_SOFTWARE", "1")
         // Mesa's Vulkan loader complains on every device open without one.
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir().to_string_lossy().into_owned())
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::temp_dir().to_string_lossy().into_owned(),
+        )
 }
 
 /// The examples CI runs (step name, example name); each finishes in seconds.

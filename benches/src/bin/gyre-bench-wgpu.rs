@@ -1,0 +1,877 @@
+//! The wgpu backend's benchmarks: resident state in ticks against one dispatch per message.
+//!
+//! ```text
+//! cargo run --release -p gyre-bench --features wgpu --bin gyre-bench-wgpu [--rounds N] [--quick] \
+//!     [--pipeline-quantum N]
+//! ```
+//!
+//! Runs on the best adapter `AdapterChoice::AllowSoftware` finds (a GPU, else Mesa's
+//! lavapipe) and prints it first. Five measurements, each in rounds that interleave the
+//! subject with its baseline (the order alternating from round to round), every ratio
+//! taken within a round and the median over rounds reported (as `gyre-bench` does):
+//!
+//! 1. **Ticked throughput**: a sender thread streams 8-byte messages into a resident echo
+//!    (the built-in echo, 4,096-slot rings, quantum 2,048) while the main thread receives
+//!    and checks every one, in order. Messages per second.
+//! 2. **Baseline: one dispatch per message**, in the same rounds: the honest way without
+//!    gyre. For each message, `write_buffer` its 8 bytes into a storage buffer, one compute
+//!    dispatch of a shader that copies them to an output buffer, a copy of the output into
+//!    a `MAP_READ` buffer, submit, `map_async` + `poll` (wait), read, unmap. Pipeline,
+//!    bind group and buffers are made once. Messages per second, and the ratio ticked /
+//!    dispatch (acceptance: ≥ 500×).
+//! 3. **Round trip** through the same resident echo, one message in flight, every round
+//!    trip in an HDR histogram (p50, p99). **Floor**, in the same rounds: a bare
+//!    submission that only copies 4 bytes from a buffer to a `MAP_READ` buffer, then map,
+//!    poll, read, unmap: the least one submission and readback costs on this adapter.
+//!    The ratio round trip p50 / floor p50 (acceptance: ≤ 2×).
+//! 4. **Pipeline throughput**: `Record`s streamed through three kernels in one group
+//!    (affine → filter that passes all → gather, each hop a device ring), checked in order
+//!    and by value. Their quantum is 2,048 like the echo's unless `--pipeline-quantum N`
+//!    says otherwise (a smaller quantum makes shorter ticks).
+//! 5. **Tick overhead**: measured as the wall time per tick while the round trips of 3
+//!    run (`ticks()` before and after; the group ticks back to back while a message is in
+//!    flight and parks when idle, so this is the time of one tick of an active group with
+//!    at most one message in it), and derived as round trip p50 − floor p50 (what a round
+//!    trip costs beyond one bare submission). Ticks per round trip are printed too.
+//!
+//! Every group is drained at the end; the run fails if anything was left undelivered or
+//! dead-lettered. Without an adapter it prints why and exits 0, or 1 when
+//! `GYRE_WGPU_ALLOW_SOFTWARE=1` (as CI sets). The acceptance targets are reported, not
+//! enforced: the exit status says whether the run worked, not whether the targets were
+//! met. The last line is `RESULT adapter="…" tick_throughput=… dispatch_throughput=…
+//! ratio=… rt_p50_us=… floor_p50_us=… rt_ratio=… pipeline_throughput=…
+//! tick_overhead_us=…`.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gyre_bench::{median, rate, round_trip_histogram};
+use gyre_runtime::backend::group::{Message, Route, Target};
+use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, GpuContext};
+use gyre_runtime::backend::wgpu::group::{WgpuGroup, WgpuGroupPlan, WgpuKernelPlan};
+use gyre_runtime::builtins::{Builtin, Record};
+use hdrhistogram::Histogram;
+
+/// Set to `1` to make a missing adapter a failure (CI sets it).
+const REQUIRE_VAR: &str = "GYRE_WGPU_ALLOW_SOFTWARE";
+/// Command timeout of the groups, and how long one message or readback may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Slots of every ring, and messages per tick (quantum = capacity).
+const CAPACITY: u32 = 4096;
+/// Messages per kernel per tick: the most the runtime allows (`MAX_QUANTUM`).
+const QUANTUM: u32 = gyre_runtime::backend::wgpu::group::MAX_QUANTUM;
+/// Acceptance: ticked throughput at least this many times dispatch-per-message.
+const TARGET_RATIO: f64 = 500.0;
+/// Acceptance: round trip p50 at most this many times the floor p50.
+const TARGET_RT_RATIO: f64 = 2.0;
+const USAGE: &str = "usage: gyre-bench-wgpu [--rounds N] [--quick] [--pipeline-quantum N]";
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    rounds: usize,
+    /// Unrecorded round trips, floors and dispatches before the first round.
+    warm_up: u64,
+    /// Round trips (and floors) per round.
+    rt_per_round: u64,
+    /// Messages streamed through the echo per round.
+    tp_per_round: u64,
+    /// Messages of the dispatch-per-message baseline per round.
+    dispatch_per_round: u64,
+    /// Records streamed through the pipeline per round.
+    pipe_per_round: u64,
+}
+
+impl Sizes {
+    const FULL: Self = Self {
+        rounds: 5,
+        warm_up: 200,
+        rt_per_round: 1_000,
+        tp_per_round: 400_000,
+        dispatch_per_round: 2_000,
+        pipe_per_round: 200_000,
+    };
+    /// A CI smoke run (well under 20 s on lavapipe).
+    const QUICK: Self = Self {
+        rounds: 2,
+        warm_up: 20,
+        rt_per_round: 200,
+        tp_per_round: 40_000,
+        dispatch_per_round: 300,
+        pipe_per_round: 20_000,
+    };
+}
+
+/// A kernel plan for a built-in with the benchmark's rings: `CAPACITY` slots in and out,
+/// `quantum` messages per tick, one emit per message (every built-in used here emits at most one).
+fn kernel(name: &str, builtin: &Builtin, quantum: u32) -> Result<WgpuKernelPlan, String> {
+    let mut plan = WgpuKernelPlan::builtin(name, builtin)?;
+    plan.capacity = CAPACITY;
+    plan.out_capacity = CAPACITY;
+    plan.quantum = quantum;
+    plan.max_emits = 1;
+    Ok(plan)
+}
+
+fn launch(
+    gpu: &Arc<GpuContext>,
+    name: &str,
+    kernels: Vec<WgpuKernelPlan>,
+    routes: Vec<Route>,
+) -> Result<WgpuGroup, String> {
+    let group = WgpuGroup::launch(
+        Arc::clone(gpu),
+        WgpuGroupPlan {
+            name: name.to_owned(),
+            kernels,
+            routes,
+        },
+        TIMEOUT,
+    )
+    .map_err(|e| format!("launching group `{name}`: {e}"))?;
+    group
+        .activate_all()
+        .map_err(|e| format!("activating group `{name}`: {e}"))?;
+    Ok(group)
+}
+
+/// What a message of number `seq` carries, and how its output is checked.
+trait Workload: Sync {
+    /// The payload of message `seq`.
+    fn payload(&self, seq: u64) -> Vec<u8>;
+    /// Checks the output of message `seq`.
+    fn check(&self, seq: u64, message: &Message) -> Result<(), String>;
+}
+
+/// 8 bytes, the sequence number; the echo hands them back.
+struct EchoLoad;
+
+impl Workload for EchoLoad {
+    fn payload(&self, seq: u64) -> Vec<u8> {
+        seq.to_ne_bytes().to_vec()
+    }
+
+    fn check(&self, seq: u64, m: &Message) -> Result<(), String> {
+        let value = m
+            .payload
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes);
+        if value != Some(seq) {
+            return Err(format!("echo of {seq}: got {value:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// A `Record` per message through affine (`2v + 1`) → filter (passes all) → gather.
+struct PipeLoad;
+
+impl PipeLoad {
+    const A: f32 = 2.0;
+    const B: f32 = 1.0;
+
+    fn record(seq: u64) -> Record {
+        Record {
+            key: seq as u32 ^ 0x5a5a,
+            seq: seq as u32,
+            value: (seq % (1 << 20)) as f32,
+            aux: (seq >> 32) as u32,
+        }
+    }
+}
+
+impl Workload for PipeLoad {
+    fn payload(&self, seq: u64) -> Vec<u8> {
+        bytemuck::bytes_of(&Self::record(seq)).to_vec()
+    }
+
+    fn check(&self, seq: u64, m: &Message) -> Result<(), String> {
+        let mut expected = Self::record(seq);
+        let product = Self::A * expected.value;
+        expected.value = product + Self::B;
+        let got = m
+            .payload
+            .get(..16)
+            .map(bytemuck::pod_read_unaligned::<Record>);
+        if got != Some(expected) {
+            return Err(format!(
+                "pipeline output of {seq}: expected {expected:?}, got {got:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A resident group seen from the host: kernel `input` takes the messages, kernel
+/// `output` hands the results back.
+struct Resident<'g, W> {
+    group: &'g WgpuGroup,
+    input: usize,
+    output: usize,
+    load: W,
+}
+
+impl<W: Workload> Resident<'_, W> {
+    fn send(&self, seq: u64) -> Result<(), String> {
+        let corr = [seq as u32, (seq >> 32) as u32];
+        self.group
+            .send(self.input, &self.load.payload(seq), corr, TIMEOUT)
+            .map_err(|e| format!("send {seq}: {e}"))
+    }
+
+    fn recv(&self, seq: u64) -> Result<(), String> {
+        let m = self.group.recv_timeout(self.output, TIMEOUT)?;
+        if m.corr != [seq as u32, (seq >> 32) as u32] {
+            return Err(format!(
+                "expected the output of {seq}, got correlation id {:?} (out of order?)",
+                m.corr
+            ));
+        }
+        self.load.check(seq, &m)
+    }
+
+    /// `count` round trips from `first`, one message in flight, recorded in `histogram`
+    /// (ns). Returns (total time, ticks run meanwhile).
+    fn round_trips(
+        &self,
+        first: u64,
+        count: u64,
+        histogram: &mut Histogram<u64>,
+    ) -> Result<(Duration, u64), String> {
+        let ticks = self.group.ticks();
+        let start = Instant::now();
+        for seq in first..first + count {
+            let t = Instant::now();
+            self.send(seq)?;
+            self.recv(seq)?;
+            histogram.saturating_record(t.elapsed().as_nanos() as u64);
+        }
+        Ok((start.elapsed(), self.group.ticks() - ticks))
+    }
+
+    /// Streams `count` messages from `first` from a sender thread while this thread
+    /// receives and checks them, in order. Returns (time to the last output, ticks).
+    fn stream(&self, first: u64, count: u64) -> Result<(Duration, u64), String> {
+        let ticks = self.group.ticks();
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            let sender = std::thread::Builder::new()
+                .name("gyre-bench-wgpu-sender".into())
+                .spawn_scoped(scope, || {
+                    for seq in first..first + count {
+                        self.send(seq)?;
+                    }
+                    Ok::<(), String>(())
+                })
+                .map_err(|e| format!("spawning the sender thread: {e}"))?;
+            let received = (first..first + count).try_for_each(|seq| self.recv(seq));
+            let sent = sender
+                .join()
+                .map_err(|_| "the sender thread panicked".to_owned())?;
+            received.and(sent)
+        })?;
+        Ok((start.elapsed(), self.group.ticks() - ticks))
+    }
+}
+
+/// Drains a group; fails if anything was left undelivered or dead-lettered, or if a
+/// kernel processed other than `sent` messages.
+fn drain(group: &WgpuGroup, name: &str, sent: u64) -> Result<(), String> {
+    let report = group.drain(TIMEOUT);
+    if report.timed_out {
+        return Err(format!("group `{name}`: the drain timed out"));
+    }
+    if let Some(fault) = &report.fault {
+        return Err(format!("group `{name}` faulted: {fault}"));
+    }
+    let undelivered = report.undelivered_count();
+    if undelivered != 0 {
+        return Err(format!(
+            "group `{name}`: {undelivered} message(s) left undelivered"
+        ));
+    }
+    let last = report.kernels.len() - 1;
+    let mut left = 0;
+    while group.try_recv(last).is_some() {
+        left += 1;
+    }
+    if left != 0 {
+        return Err(format!(
+            "group `{name}`: {left} output(s) received by no one"
+        ));
+    }
+    let dead = group.take_dead_letters();
+    if !dead.is_empty() {
+        return Err(format!(
+            "group `{name}`: {} dead letter(s), first: {}",
+            dead.len(),
+            dead[0].reason
+        ));
+    }
+    for k in &report.kernels {
+        if k.counters.processed != sent {
+            return Err(format!(
+                "group `{name}`: kernel `{}` processed {} messages, {sent} were sent",
+                k.name, k.counters.processed
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The dispatch-per-message baseline and the submission floor, on the group's device.
+struct Direct {
+    gpu: Arc<GpuContext>,
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    input: wgpu::Buffer,
+    output: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    floor_src: wgpu::Buffer,
+    floor_readback: wgpu::Buffer,
+    /// Set by the map callback: 1 mapped, 2 failed.
+    mapped: Arc<AtomicU32>,
+}
+
+/// What the floor's source buffer holds.
+const FLOOR_WORD: u32 = 0x6779_7265;
+
+/// The shader dispatched per message: copies one 8-byte message from input to output.
+const COPY_SHADER: &str = "\
+@group(0) @binding(0) var<storage, read> input: array<u32, 2>;
+@group(0) @binding(1) var<storage, read_write> output: array<u32, 2>;
+
+@compute @workgroup_size(1)
+fn main() {
+    output[0] = input[0];
+    output[1] = input[1];
+}
+";
+
+impl Direct {
+    fn new(gpu: &Arc<GpuContext>) -> Result<Self, String> {
+        let device = &gpu.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("dispatch-per-message"),
+            source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("dispatch-per-message"),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        let buffer = |label: &str, size: u64, usage: wgpu::BufferUsages| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        use wgpu::BufferUsages as U;
+        let input = buffer("input", 8, U::STORAGE | U::COPY_DST);
+        let output = buffer("output", 8, U::STORAGE | U::COPY_SRC);
+        let readback = buffer("readback", 8, U::MAP_READ | U::COPY_DST);
+        let floor_src = buffer("floor source", 4, U::STORAGE | U::COPY_SRC | U::COPY_DST);
+        let floor_readback = buffer("floor readback", 4, U::MAP_READ | U::COPY_DST);
+        gpu.queue
+            .write_buffer(&floor_src, 0, &FLOOR_WORD.to_ne_bytes());
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("dispatch-per-message"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: input.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: output.as_entire_binding(),
+                },
+            ],
+        });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(format!("setting up the dispatch baseline: {error}"));
+        }
+        Ok(Self {
+            gpu: Arc::clone(gpu),
+            pipeline,
+            bind_group,
+            input,
+            output,
+            readback,
+            floor_src,
+            floor_readback,
+            mapped: Arc::new(AtomicU32::new(0)),
+        })
+    }
+
+    /// Maps `buffer` after `submission`, waits, hands its bytes to `read`, unmaps.
+    fn read_back<T>(
+        &self,
+        buffer: &wgpu::Buffer,
+        submission: wgpu::SubmissionIndex,
+        read: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, String> {
+        self.mapped.store(0, Ordering::Relaxed);
+        let flag = Arc::clone(&self.mapped);
+        buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+            flag.store(if r.is_ok() { 1 } else { 2 }, Ordering::Release);
+        });
+        self.gpu
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: Some(TIMEOUT),
+            })
+            .map_err(|e| format!("waiting for a submission: {e}"))?;
+        if self.mapped.load(Ordering::Acquire) != 1 {
+            return Err("mapping a readback buffer failed".to_owned());
+        }
+        let value = {
+            let view = buffer
+                .get_mapped_range(..)
+                .map_err(|e| format!("reading a readback buffer: {e}"))?;
+            read(&view)
+        };
+        buffer.unmap();
+        Ok(value)
+    }
+
+    /// One message the dispatch-per-message way; returns what came back.
+    fn dispatch(&self, value: u64) -> Result<u64, String> {
+        let gpu = &self.gpu;
+        gpu.queue.write_buffer(&self.input, 0, &value.to_ne_bytes());
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &self.bind_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        encoder.copy_buffer_to_buffer(&self.output, 0, &self.readback, 0, 8);
+        let submission = gpu.queue.submit([encoder.finish()]);
+        self.read_back(&self.readback, submission, |b| {
+            u64::from_ne_bytes(b[..8].try_into().unwrap_or_default())
+        })
+    }
+
+    /// The floor: one submission that copies 4 bytes to a mappable buffer, then the map.
+    fn floor(&self) -> Result<(), String> {
+        let gpu = &self.gpu;
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.copy_buffer_to_buffer(&self.floor_src, 0, &self.floor_readback, 0, 4);
+        let submission = gpu.queue.submit([encoder.finish()]);
+        let word = self.read_back(&self.floor_readback, submission, |b| {
+            u32::from_ne_bytes(b[..4].try_into().unwrap_or_default())
+        })?;
+        if word != FLOOR_WORD {
+            return Err(format!("floor: read back {word:#x}, wrote {FLOOR_WORD:#x}"));
+        }
+        Ok(())
+    }
+
+    /// `count` dispatches from `first`, each checked. Returns the total time.
+    fn dispatches(&self, first: u64, count: u64) -> Result<Duration, String> {
+        let start = Instant::now();
+        for seq in first..first + count {
+            let back = self.dispatch(seq)?;
+            if back != seq {
+                return Err(format!("dispatch baseline: wrote {seq}, read back {back}"));
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    /// `count` floors, each recorded in `histogram` (ns).
+    fn floors(&self, count: u64, histogram: &mut Histogram<u64>) -> Result<(), String> {
+        for _ in 0..count {
+            let t = Instant::now();
+            self.floor()?;
+            histogram.saturating_record(t.elapsed().as_nanos() as u64);
+        }
+        Ok(())
+    }
+}
+
+fn p_us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1_000.0
+}
+
+/// A number for the RESULT line, `na` when not measured.
+fn field(value: f64, decimals: usize) -> String {
+    if value.is_finite() {
+        format!("{value:.decimals$}")
+    } else {
+        "na".to_owned()
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "MET"
+    } else {
+        "NOT MET"
+    }
+}
+
+struct Options {
+    sizes: Sizes,
+    /// Quantum of the pipeline's kernels.
+    pipeline_quantum: u32,
+}
+
+fn usage_exit(why: &str) -> ! {
+    eprintln!("{why}\n{USAGE}");
+    std::process::exit(2);
+}
+
+fn parse_args() -> Options {
+    let mut sizes = Sizes::FULL;
+    let mut rounds = None;
+    let mut pipeline_quantum = QUANTUM;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => sizes = Sizes::QUICK,
+            "--rounds" => {
+                rounds = Some(
+                    args.next()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .filter(|n| *n > 0)
+                        .unwrap_or_else(|| usage_exit("--rounds takes a positive number")),
+                );
+            }
+            "--pipeline-quantum" => {
+                pipeline_quantum = args
+                    .next()
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| (1..=QUANTUM).contains(n))
+                    .unwrap_or_else(|| usage_exit("--pipeline-quantum takes 1 ..= 2048"));
+            }
+            "-h" | "--help" => usage_exit("gyre-bench-wgpu: wgpu backend benchmarks"),
+            other => usage_exit(&format!("unknown argument `{other}`")),
+        }
+    }
+    if let Some(rounds) = rounds {
+        sizes.rounds = rounds;
+    }
+    Options {
+        sizes,
+        pipeline_quantum,
+    }
+}
+
+fn main() -> ExitCode {
+    let options = parse_args();
+    let gpu = match adapter::open(AdapterChoice::AllowSoftware) {
+        Ok(gpu) => Arc::new(gpu),
+        Err(e) => {
+            let required = std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1");
+            println!("gyre-bench-wgpu: no wgpu adapter to benchmark: {e}");
+            if required {
+                eprintln!("gyre-bench-wgpu: {REQUIRE_VAR}=1: an adapter is required");
+                return ExitCode::FAILURE;
+            }
+            println!("gyre-bench-wgpu: skipped (set {REQUIRE_VAR}=1 to fail instead)");
+            return ExitCode::SUCCESS;
+        }
+    };
+    match run(&gpu, &options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gyre-bench-wgpu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::too_many_lines)] // one straight report
+fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
+    let sizes = options.sizes;
+    let pq = options.pipeline_quantum;
+    let adapter_name = adapter::describe(&gpu.info);
+    println!("adapter: {adapter_name}");
+    println!(
+        "{} rounds; rings of {CAPACITY} slots, quantum {QUANTUM}; every ratio is taken within a \
+         round, median over rounds",
+        sizes.rounds
+    );
+    let started = Instant::now();
+
+    let direct = Direct::new(gpu)?;
+    let echo = launch(
+        gpu,
+        "bench-echo",
+        vec![kernel("echo", &Builtin::Echo { bytes: 8 }, QUANTUM)?],
+        vec![],
+    )?;
+    let one = Resident {
+        group: &echo,
+        input: 0,
+        output: 0,
+        load: EchoLoad,
+    };
+    let mut seq = 0u64;
+
+    // Warm-up: every path once.
+    one.round_trips(seq, sizes.warm_up, &mut round_trip_histogram())?;
+    seq += sizes.warm_up;
+    one.stream(seq, u64::from(CAPACITY) * 2)?;
+    seq += u64::from(CAPACITY) * 2;
+    direct.dispatches(0, sizes.warm_up)?;
+    direct.floors(sizes.warm_up, &mut round_trip_histogram())?;
+
+    // 1, 2: ticked throughput against one dispatch per message.
+    println!(
+        "\n[1,2] echo throughput: {} 8-byte messages streamed per round (sender thread -> \
+         resident echo -> main thread, all checked in order); baseline: {} messages, one \
+         write + dispatch + copy + submit + map + poll + read + unmap each",
+        sizes.tp_per_round, sizes.dispatch_per_round
+    );
+    println!(
+        "  {:>5} {:>14} {:>14} {:>9} {:>10} {:>11}",
+        "round", "ticked msg/s", "dispatch msg/s", "ratio", "msgs/tick", "us/tick"
+    );
+    let (mut tp_ticked, mut tp_dispatch, mut tp_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut streamed = 0u64;
+    for round in 0..sizes.rounds {
+        let (mut ticked, mut dispatch) = (f64::NAN, f64::NAN);
+        let (mut ticks, mut took) = (0, Duration::ZERO);
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                (took, ticks) = one.stream(seq, sizes.tp_per_round)?;
+                seq += sizes.tp_per_round;
+                streamed += sizes.tp_per_round;
+                ticked = rate(sizes.tp_per_round, took);
+            } else {
+                let took = direct.dispatches(0, sizes.dispatch_per_round)?;
+                dispatch = rate(sizes.dispatch_per_round, took);
+            }
+        }
+        tp_ticked.push(ticked);
+        tp_dispatch.push(dispatch);
+        tp_ratios.push(ticked / dispatch);
+        println!(
+            "  {:>5} {:>14.0} {:>14.0} {:>9.1} {:>10.0} {:>11.1}",
+            round + 1,
+            ticked,
+            dispatch,
+            ticked / dispatch,
+            sizes.tp_per_round as f64 / ticks as f64,
+            took.as_secs_f64() * 1e6 / ticks as f64
+        );
+    }
+    let tick_throughput = median(tp_ticked);
+    let dispatch_throughput = median(tp_dispatch);
+    let ratio = median(tp_ratios);
+
+    // 3, 5: round trips against the bare submission floor; time per tick meanwhile.
+    println!(
+        "\n[3,5] round trip, one 8-byte message in flight, against the floor (a 4-byte copy \
+         to a MAP_READ buffer, submit, map, poll, read, unmap), {} each per round (us)",
+        sizes.rt_per_round
+    );
+    println!(
+        "  {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}",
+        "round", "rt p50", "rt p99", "floor p50", "floor p99", "ratio", "ticks/rt", "us/tick"
+    );
+    let mut rt_all = round_trip_histogram();
+    let mut floor_all = round_trip_histogram();
+    let (mut rt_ratios, mut per_tick, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ticks_per_rt = Vec::new();
+    for round in 0..sizes.rounds {
+        let mut rt = round_trip_histogram();
+        let mut floor = round_trip_histogram();
+        let (mut took, mut ticks) = (Duration::ZERO, 0);
+        for turn in 0..2 {
+            if (round + turn) % 2 == 0 {
+                (took, ticks) = one.round_trips(seq, sizes.rt_per_round, &mut rt)?;
+                seq += sizes.rt_per_round;
+            } else {
+                direct.floors(sizes.rt_per_round, &mut floor)?;
+            }
+        }
+        rt_all.add(&rt).map_err(|e| e.to_string())?;
+        floor_all.add(&floor).map_err(|e| e.to_string())?;
+        let r = p_us(&rt, 0.5) / p_us(&floor, 0.5);
+        let us_per_tick = took.as_secs_f64() * 1e6 / ticks as f64;
+        rt_ratios.push(r);
+        per_tick.push(us_per_tick);
+        overheads.push(p_us(&rt, 0.5) - p_us(&floor, 0.5));
+        ticks_per_rt.push(ticks as f64 / sizes.rt_per_round as f64);
+        println!(
+            "  {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>10.2} {:>9.1}",
+            round + 1,
+            p_us(&rt, 0.5),
+            p_us(&rt, 0.99),
+            p_us(&floor, 0.5),
+            p_us(&floor, 0.99),
+            r,
+            ticks as f64 / sizes.rt_per_round as f64,
+            us_per_tick
+        );
+    }
+    let rt_p50 = p_us(&rt_all, 0.5);
+    let floor_p50 = p_us(&floor_all, 0.5);
+    let rt_ratio = median(rt_ratios);
+    let tick_us = median(per_tick);
+    let overhead_derived = median(overheads);
+    let ticks_rt = median(ticks_per_rt);
+
+    // 4: pipeline throughput, three kernels in one group.
+    let pipe = launch(
+        gpu,
+        "bench-pipeline",
+        vec![
+            kernel(
+                "affine",
+                &Builtin::Affine {
+                    a: PipeLoad::A,
+                    b: PipeLoad::B,
+                },
+                pq,
+            )?,
+            kernel(
+                "filter",
+                &Builtin::Filter {
+                    lo: -1.0e30,
+                    hi: 1.0e30,
+                },
+                pq,
+            )?,
+            kernel("gather", &Builtin::Gather, pq)?,
+        ],
+        vec![
+            Route {
+                from: 0,
+                port: 0,
+                to: Target::Kernel(1),
+            },
+            Route {
+                from: 1,
+                port: 0,
+                to: Target::Kernel(2),
+            },
+        ],
+    )?;
+    let three = Resident {
+        group: &pipe,
+        input: 0,
+        output: 2,
+        load: PipeLoad,
+    };
+    let mut pseq = 0u64;
+    three.stream(pseq, u64::from(CAPACITY) * 2)?;
+    pseq += u64::from(CAPACITY) * 2;
+    println!(
+        "\n[4] pipeline throughput: {} 16-byte records per round through affine -> filter \
+         (all pass) -> gather in one group, quantum {pq}, all checked in order",
+        sizes.pipe_per_round
+    );
+    println!(
+        "  {:>5} {:>14} {:>10} {:>11}",
+        "round", "records/s", "recs/tick", "us/tick"
+    );
+    let mut tp_pipe = Vec::new();
+    for round in 0..sizes.rounds {
+        let (took, ticks) = three.stream(pseq, sizes.pipe_per_round)?;
+        pseq += sizes.pipe_per_round;
+        let r = rate(sizes.pipe_per_round, took);
+        tp_pipe.push(r);
+        println!(
+            "  {:>5} {:>14.0} {:>10.0} {:>11.1}",
+            round + 1,
+            r,
+            sizes.pipe_per_round as f64 / ticks as f64,
+            took.as_secs_f64() * 1e6 / ticks as f64
+        );
+    }
+    let pipeline_throughput = median(tp_pipe);
+
+    drain(&echo, "bench-echo", seq)?;
+    drain(&pipe, "bench-pipeline", pseq)?;
+
+    println!(
+        "\nsummary ({} rounds, {:.1} s) on {adapter_name}",
+        sizes.rounds,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  {:<40} {:>12.0}   ({streamed} messages streamed, all checked)",
+        "ticked echo throughput (msg/s)", tick_throughput
+    );
+    println!(
+        "  {:<40} {:>12.0}",
+        "dispatch-per-message (msg/s)", dispatch_throughput
+    );
+    println!(
+        "  {:<40} {:>11.1}x   target >= {TARGET_RATIO}x: {}",
+        "ticked / dispatch (median of rounds)",
+        ratio,
+        verdict(ratio >= TARGET_RATIO)
+    );
+    println!(
+        "  {:<40} {:>12.1}   p99 {:.1}, p999 {:.1}",
+        "round trip p50 (us)",
+        rt_p50,
+        p_us(&rt_all, 0.99),
+        p_us(&rt_all, 0.999)
+    );
+    println!(
+        "  {:<40} {:>12.1}   p99 {:.1}",
+        "submit + readback floor p50 (us)",
+        floor_p50,
+        p_us(&floor_all, 0.99)
+    );
+    println!(
+        "  {:<40} {:>11.2}x   target <= {TARGET_RT_RATIO}x: {}",
+        "round trip p50 / floor p50 (median)",
+        rt_ratio,
+        verdict(rt_ratio <= TARGET_RT_RATIO)
+    );
+    println!(
+        "  {:<40} {:>12.0}",
+        "pipeline throughput (records/s)", pipeline_throughput
+    );
+    println!(
+        "  {:<40} {:>12.1}   (measured: wall time / ticks during the round trips; {ticks_rt:.2} \
+         ticks per round trip)",
+        "tick overhead (us)", tick_us
+    );
+    println!(
+        "  {:<40} {:>12.1}   (derived: round trip p50 - floor p50, median of rounds)",
+        "round trip beyond the floor (us)", overhead_derived
+    );
+    println!("  drained: {seq} + {pseq} messages processed, none undelivered, no dead letters");
+    println!(
+        "RESULT adapter=\"{}\" tick_throughput={} dispatch_throughput={} ratio={} rt_p50_us={} \
+         floor_p50_us={} rt_ratio={} pipeline_throughput={} tick_overhead_us={} \
+         tick_overhead_derived_us={}",
+        adapter_name.replace('"', "'"),
+        field(tick_throughput, 0),
+        field(dispatch_throughput, 0),
+        field(ratio, 1),
+        field(rt_p50, 1),
+        field(floor_p50, 1),
+        field(rt_ratio, 2),
+        field(pipeline_throughput, 0),
+        field(tick_us, 1),
+        field(overhead_derived, 1),
+    );
+    Ok(())
+}
