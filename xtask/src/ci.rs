@@ -507,6 +507,30 @@ fn ci_steps(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
             ],
         )
         .envs(toolkit.env()),
+        // The wgpu benchmark harness, one quick run on lavapipe (a smoke test: it checks
+        // every output; the README's numbers come from full runs).
+        Step::new(
+            "wgpu benchmark harness (lavapipe, smoke)",
+            "cargo",
+            &[
+                "run",
+                "--release",
+                "-p",
+                "gyre-bench",
+                "--features",
+                "wgpu",
+                "--bin",
+                "gyre-bench-wgpu",
+                "--",
+                "--quick",
+            ],
+        )
+        .env("WGPU_BACKEND", "vulkan")
+        .env("GYRE_WGPU_ALLOW_SOFTWARE", "1")
+        .env(
+            "XDG_RUNTIME_DIR",
+            std::env::temp_dir().to_string_lossy().into_owned(),
+        ),
         Step::new(
             "tests of the http feature",
             "cargo",
