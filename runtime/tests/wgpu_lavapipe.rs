@@ -431,3 +431,26 @@ fn device_loss_faults_the_group_and_messages_come_back() {
         "undelivered messages are recoverable"
     );
 }
+
+#[test]
+fn a_drain_right_after_sending_processes_everything() {
+    // Regression: a command issued while the ticker was between its inbox upload and its
+    // command upload reached the device without the messages sent before it.
+    let Some(gpu) = gpu() else { return };
+    for round in 0..20 {
+        let group = launch(&gpu, vec![WgpuKernelPlan::new("echo", echo8())], vec![]);
+        group.activate_all().unwrap();
+        for i in 0..300u64 {
+            group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+        }
+        let report = group.drain(TIMEOUT);
+        assert!(!report.timed_out, "round {round}: {report:?}");
+        assert_eq!(report.undelivered_count(), 0, "round {round}");
+        assert_eq!(report.kernels[0].counters.processed, 300, "round {round}");
+        let mut got = Vec::new();
+        while let Some(m) = group.try_recv(0) {
+            got.push(value(&m));
+        }
+        assert_eq!(got, (0..300).collect::<Vec<_>>(), "round {round}");
+    }
+}

@@ -1195,6 +1195,19 @@ impl Inner {
         let mut uploaded_any = false;
         for (k, kernel) in self.kernels.iter().enumerate() {
             let c = &mut engine.cursors[k];
+            // The command first, then the slots: a drain or terminate is issued only after
+            // the inbox was closed and every claim published, so once this Acquire sees
+            // its epoch, the stamp loads below see every message sent before it. (Read
+            // after the slots, a command issued meanwhile would reach the device without
+            // the messages sent before it, and a drain would end with them unprocessed.)
+            let mirror = kernel.control.memory();
+            // ORDERING: Acquire pairs with the Release store of command_epoch in `issue`.
+            let epoch = mirror
+                .word(std::mem::offset_of!(ControlBlock, command_epoch))
+                .load(Ordering::Acquire);
+            let command = mirror
+                .word(std::mem::offset_of!(ControlBlock, command))
+                .load(Ordering::Relaxed);
             let ring = kernel.inbox.memory();
             let layout = kernel.in_layout;
             let mask = layout.capacity() - 1;
@@ -1235,12 +1248,7 @@ impl Inner {
                 uploaded_any = true;
             }
             c.uploaded = end;
-            let epoch = kernel.control.epoch();
             if epoch != c.uploaded_epoch {
-                let mirror = kernel.control.memory();
-                let command = mirror
-                    .word(std::mem::offset_of!(ControlBlock, command))
-                    .load(Ordering::Acquire);
                 let words = [command, epoch];
                 queue.write_buffer(
                     &engine.mem,
