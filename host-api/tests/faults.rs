@@ -73,10 +73,11 @@ fn the_circuit_opens_after_too_many_restarts_in_a_row() {
                 .cpu(|x, _| panic!("never works ({x})")),
         )
         .unwrap();
-    k.activate().unwrap();
+    // Queue everything before the first fault: a send racing a fault would be refused.
     for x in 0..5 {
         k.send(x).unwrap();
     }
+    k.activate().unwrap();
     wait_for("the circuit to open", || {
         k.health()
             .reasons
