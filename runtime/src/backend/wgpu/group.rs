@@ -220,6 +220,9 @@ struct KernelRt {
     outbox_tx: Producer<Arc<HostRing>>,
     outbox: Mutex<Consumer<Arc<HostRing>>>,
     overflow: Mutex<VecDeque<Message>>,
+    /// Set by the ticker when device outputs wait because the host outbox was full: a
+    /// receive that frees room then wakes the ticker (otherwise receives never do).
+    outbox_full: AtomicBool,
     watchdog: Mutex<Option<Watchdog>>,
     commands: Mutex<()>,
     /// Byte offsets in the group buffer.
@@ -511,6 +514,7 @@ impl WgpuGroup {
                 outbox_tx: Producer::new(Arc::clone(&outbox)),
                 outbox: Mutex::new(Consumer::new(outbox)),
                 overflow: Mutex::new(VecDeque::new()),
+                outbox_full: AtomicBool::new(false),
                 watchdog: Mutex::new(None),
                 commands: Mutex::new(()),
                 at_control: controls + size_of::<ControlBlock>() as u64 * i as u64,
@@ -896,8 +900,11 @@ impl WgpuGroup {
             Step::Last
         });
         if n > 0 {
-            // Room in the host outbox: the ticker may move more outputs.
-            self.inner.poke();
+            // Room in the host outbox: if outputs wait on the device, the ticker may move
+            // them now.
+            if kernel.outbox_full.swap(false, Ordering::SeqCst) {
+                self.inner.poke();
+            }
             return taken;
         }
         kernel.overflow.lock().pop_front()
@@ -1409,6 +1416,7 @@ impl Inner {
                             });
                             return true;
                         }
+                        kernel.outbox_full.store(true, Ordering::SeqCst);
                         false
                     },
                 );
