@@ -454,3 +454,61 @@ fn a_drain_right_after_sending_processes_everything() {
         assert_eq!(got, (0..300).collect::<Vec<_>>(), "round {round}");
     }
 }
+
+#[test]
+fn parallel_builtins_scatter_affine_gather() {
+    use gyre_runtime::builtins::{Builtin, Record};
+    let Some(gpu) = gpu() else { return };
+    let mut kernels =
+        vec![WgpuKernelPlan::builtin("scatter", &Builtin::Scatter { ports: 3 }).unwrap()];
+    for i in 0..3 {
+        kernels.push(
+            WgpuKernelPlan::builtin(format!("affine{i}"), &Builtin::Affine { a: 2.0, b: 1.0 })
+                .unwrap(),
+        );
+    }
+    kernels.push(WgpuKernelPlan::builtin("gather", &Builtin::Gather).unwrap());
+    assert!(kernels.iter().all(|k| k.parallel));
+    let mut routes = Vec::new();
+    for i in 0..3u32 {
+        routes.push(Route {
+            from: 0,
+            port: i,
+            to: Target::Kernel(1 + i as usize),
+        });
+        routes.push(Route {
+            from: 1 + i as usize,
+            port: 0,
+            to: Target::Kernel(4),
+        });
+    }
+    let group = launch(&gpu, kernels, routes);
+    group.activate_all().unwrap();
+    let total = 500u32;
+    for i in 0..total {
+        let r = Record {
+            key: i,
+            seq: i,
+            value: i as f32,
+            aux: 0,
+        };
+        group
+            .send(0, bytemuck::bytes_of(&r), [i, 0], TIMEOUT)
+            .unwrap();
+    }
+    let mut got: Vec<(u32, f32)> = (0..total)
+        .map(|_| {
+            let m = group.recv_timeout(4, TIMEOUT).unwrap();
+            let r: Record = bytemuck::pod_read_unaligned(&m.payload[..16]);
+            (r.key, r.value)
+        })
+        .collect();
+    got.sort_by_key(|&(k, _)| k);
+    for (i, &(key, value)) in got.iter().enumerate() {
+        assert_eq!(key, i as u32);
+        assert_eq!(value.to_bits(), (2.0 * i as f32 + 1.0).to_bits());
+    }
+    let report = group.drain(TIMEOUT);
+    assert!(!report.timed_out);
+    assert_eq!(report.undelivered_count(), 0);
+}

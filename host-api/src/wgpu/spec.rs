@@ -249,6 +249,9 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
         plan.quantum = self.quantum;
         plan.params = self.params;
         plan.state_words = self.state_words;
+        // Stateless built-ins handle a tick's batch in parallel; user handlers and the
+        // stateful built-ins one message at a time, in order.
+        plan.parallel = self.builtin.as_ref().is_some_and(|b| !b.sequential());
         Ok(plan)
     }
 }

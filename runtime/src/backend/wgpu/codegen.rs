@@ -52,9 +52,10 @@ impl GroupModule {
     }
 }
 
-/// Builds the module for a group: `handlers[i]` is dispatch case `i`, `kernels` entry
-/// points `gyre_kernel_0..`, messages of up to `msg_words` words.
-pub fn group_module(handlers: &[WgslHandler], kernels: usize, msg_words: u32) -> GroupModule {
+/// Builds the module for a group: `handlers[i]` is dispatch case `i`; one entry point
+/// `gyre_kernel_i` per kernel, a workgroup of `GYRE_WG` invocations where `parallel[i]`
+/// (else one); messages of up to `msg_words` words.
+pub fn group_module(handlers: &[WgslHandler], parallel: &[bool], msg_words: u32) -> GroupModule {
     let mut module = GroupModule {
         source: String::new(),
         parts: Vec::new(),
@@ -105,11 +106,18 @@ pub fn group_module(handlers: &[WgslHandler], kernels: usize, msg_words: u32) ->
         );
     }
     tail.push_str("        default: { return GYRE_ERR_NO_HANDLER; }\n    }\n}\n");
-    for k in 0..kernels {
-        let _ = writeln!(
-            tail,
-            "\n@compute @workgroup_size(1)\nfn gyre_kernel_{k}() {{\n    gyre_tick({k}u);\n}}"
-        );
+    for (k, &parallel) in parallel.iter().enumerate() {
+        if parallel {
+            let _ = writeln!(
+                tail,
+                "\n@compute @workgroup_size(64)\nfn gyre_kernel_{k}(@builtin(local_invocation_index) lid: u32) {{\n    gyre_tick_parallel({k}u, lid);\n}}"
+            );
+        } else {
+            let _ = writeln!(
+                tail,
+                "\n@compute @workgroup_size(1)\nfn gyre_kernel_{k}() {{\n    gyre_tick({k}u);\n}}"
+            );
+        }
     }
     add(&mut module, "gyre_dispatch.wgsl", &tail);
     module

@@ -61,6 +61,12 @@ const D_DEAD: usize = 7;
 const D_STATE: usize = 8;
 const D_STATE_WORDS: usize = 9;
 const D_SCRATCH: usize = 10;
+const D_FLAGS: usize = 11;
+const D_STAGE: usize = 12;
+/// Invocations of a parallel kernel's workgroup (`GYRE_WG` in tick.wgsl).
+const WORKGROUP: u32 = 64;
+/// Words of a staging record before its payload (`GYRE_REC_WORDS` - `GYRE_MSG_WORDS`).
+const RECORD_HEADER_WORDS: u32 = 5;
 const D_PARAMS: usize = 16;
 const D_INBOX: usize = 32;
 const D_PORT: usize = 48;
@@ -107,6 +113,10 @@ pub struct WgpuKernelPlan {
     pub quantum: u32,
     /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
     pub origin: u32,
+    /// Whether the handler may run on several messages at once (no state, or state it
+    /// updates safely): the kernel then runs as a workgroup of 64 invocations per batch,
+    /// its outputs still in message order. Off by default; on for the stateless built-ins.
+    pub parallel: bool,
 }
 
 impl WgpuKernelPlan {
@@ -126,6 +136,7 @@ impl WgpuKernelPlan {
             max_emits: 4,
             quantum: 1024,
             origin: 0,
+            parallel: false,
         }
     }
 
@@ -149,6 +160,7 @@ impl WgpuKernelPlan {
         plan.ports = builtin.ports();
         plan.slot_bytes = slot(builtin.input_bytes());
         plan.out_slot_bytes = slot(builtin.output_bytes());
+        plan.parallel = !builtin.sequential();
         Ok(plan)
     }
 }
@@ -498,7 +510,8 @@ impl WgpuGroup {
             let at_outbox = layout.take(out_layout.region_bytes() as u64);
             let at_dead = layout.take(dead_layout.region_bytes() as u64);
             let at_state = layout.take(u64::from(k.state_words.max(1)) * 4);
-            let at_scratch = layout.take(64);
+            // Scratch: the round-robin cursor, then one emit count per invocation.
+            let at_scratch = layout.take(4 * (8 + u64::from(WORKGROUP)));
             states.push((at_state, at_scratch));
             let st_inbox_header = stage(&mut copies, at_inbox, u64::from(RING_HEADER_BYTES));
             let st_outbox = stage(&mut copies, at_outbox, out_layout.region_bytes() as u64);
@@ -558,6 +571,21 @@ impl WgpuGroup {
                 .max(k.in_layout.payload_bytes() / 4)
                 .max(k.out_layout.payload_bytes() / 4);
         }
+        // Staging records of parallel kernels: a batch's emits before they get positions.
+        let stages: Vec<u64> = kernels
+            .iter()
+            .map(|k| {
+                if k.plan.parallel {
+                    layout.take(
+                        4 * u64::from(WORKGROUP)
+                            * u64::from(k.plan.max_emits)
+                            * u64::from(RECORD_HEADER_WORDS + msg_words),
+                    )
+                } else {
+                    0
+                }
+            })
+            .collect();
         let total = layout.bytes.next_multiple_of(256);
         let limits = gpu.device.limits();
         if total > limits.max_storage_buffer_binding_size || total > limits.max_buffer_size {
@@ -595,6 +623,8 @@ impl WgpuGroup {
             d[D_STATE] = word(states[i].0);
             d[D_STATE_WORDS] = plan_k.state_words;
             d[D_SCRATCH] = word(states[i].1);
+            d[D_FLAGS] = u32::from(plan_k.parallel);
+            d[D_STAGE] = word(stages[i]);
             d[D_PARAMS..D_PARAMS + 16].copy_from_slice(&plan_k.params);
             d[D_INBOX] = word(k.at_inbox);
             d[D_INBOX + 1] = NONE;
@@ -632,7 +662,8 @@ impl WgpuGroup {
         }
 
         // The module: validated with naga first, for errors that name the line.
-        let module = codegen::group_module(&handlers, n, msg_words);
+        let parallel: Vec<bool> = kernels.iter().map(|k| k.plan.parallel).collect();
+        let module = codegen::group_module(&handlers, &parallel, msg_words);
         codegen::validate(&module).map_err(WgpuError::Shader)?;
         let device = &gpu.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -782,6 +813,10 @@ impl WgpuGroup {
             command_timeout,
             adapter,
         });
+        // One tick now, with every kernel still Launched (each returns at once): drivers
+        // that compile pipelines at first use (lavapipe does) do it here, inside launch,
+        // not inside the first command's timeout.
+        inner.tick().map_err(WgpuError::Device)?;
         let runner = Arc::clone(&inner);
         let ticker = std::thread::Builder::new()
             .name(format!("gyre-wgpu-{}", inner.name))
