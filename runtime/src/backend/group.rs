@@ -117,3 +117,163 @@ impl GroupReport {
             .sum()
     }
 }
+
+/// Most output ports, and most inbox rings (the host's and one per route), of a kernel
+/// of a GPU group.
+pub const MAX_LINKS: usize = 8;
+
+/// The checked shape of a group: where each port of each kernel goes, the
+/// kernel-to-kernel edges `(from, to)` (one per route, in route order), and an order in
+/// which every kernel comes after the kernels that feed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// `targets[k][p]`: where port `p` of kernel `k` goes (the host unless routed).
+    pub targets: Vec<Vec<Target>>,
+    /// Kernel-to-kernel edges, one per route to a kernel.
+    pub edges: Vec<(usize, usize)>,
+    /// Kernels, upstream first.
+    pub order: Vec<usize>,
+}
+
+/// Checks the topology of a GPU group whose kernels are `(name, ports)`: names are
+/// unique, a kernel has at most [`MAX_LINKS`] ports and inbox rings, every route leaves an
+/// existing port of an existing kernel, routes each port once, ends at an existing kernel,
+/// and the routes form no cycle (`cycle_advice` says what to do instead). The error says
+/// what to change.
+///
+/// # Errors
+/// The first problem found, as a sentence.
+pub fn check_topology(
+    kernels: &[(&str, u32)],
+    routes: &[Route],
+    cycle_advice: &str,
+) -> Result<Topology, String> {
+    let n = kernels.len();
+    for (i, &(name, ports)) in kernels.iter().enumerate() {
+        if kernels[..i].iter().any(|&(other, _)| other == name) {
+            return Err(format!("two kernels are named `{name}`: rename one"));
+        }
+        if ports as usize > MAX_LINKS {
+            return Err(format!(
+                "kernel `{name}` has {ports} ports: at most {MAX_LINKS}"
+            ));
+        }
+    }
+    let mut targets: Vec<Vec<Target>> = kernels
+        .iter()
+        .map(|&(_, ports)| vec![Target::Host; ports as usize])
+        .collect();
+    let mut routed: Vec<Vec<bool>> = kernels
+        .iter()
+        .map(|&(_, ports)| vec![false; ports as usize])
+        .collect();
+    let mut edges = Vec::new();
+    for r in routes {
+        let &(name, ports) = kernels
+            .get(r.from)
+            .ok_or_else(|| format!("a route starts at kernel {} of {n}", r.from))?;
+        if r.port >= ports {
+            return Err(format!(
+                "kernel `{name}` has no port {} (it has {ports})",
+                r.port
+            ));
+        }
+        if std::mem::replace(&mut routed[r.from][r.port as usize], true) {
+            return Err(format!(
+                "port {} of kernel `{name}` is routed twice",
+                r.port
+            ));
+        }
+        if let Target::Kernel(to) = r.to {
+            if to >= n {
+                return Err(format!("a route ends at kernel {to} of {n}"));
+            }
+            edges.push((r.from, to));
+        }
+        targets[r.from][r.port as usize] = r.to;
+    }
+    let order = crate::routing::topological_order(n, &edges).map_err(|cycle| {
+        let names: Vec<&str> = cycle.iter().map(|&i| kernels[i].0).collect();
+        format!(
+            "routes form a cycle through {}: {cycle_advice}",
+            names.join(" → ")
+        )
+    })?;
+    for (i, &(name, _)) in kernels.iter().enumerate() {
+        let inboxes = 1 + edges.iter().filter(|&&(_, to)| to == i).count();
+        if inboxes > MAX_LINKS {
+            return Err(format!(
+                "kernel `{name}` has {inboxes} inbox rings: at most {MAX_LINKS} (the host's and \
+                 one per route)"
+            ));
+        }
+    }
+    Ok(Topology {
+        targets,
+        edges,
+        order,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(from: usize, port: u32, to: Target) -> Route {
+        Route { from, port, to }
+    }
+
+    #[test]
+    fn a_chain_is_ordered_and_unrouted_ports_go_to_the_host() {
+        let t = check_topology(
+            &[("c", 1), ("a", 2), ("b", 1)],
+            &[
+                route(1, 0, Target::Kernel(2)),
+                route(2, 0, Target::Kernel(0)),
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(t.order, [1, 2, 0]);
+        assert_eq!(t.edges, [(1, 2), (2, 0)]);
+        assert_eq!(t.targets[1], [Target::Kernel(2), Target::Host]);
+    }
+
+    /// Kernels `(name, ports)`, routes, and a piece of the expected error.
+    type Case<'a> = (&'a [(&'a str, u32)], Vec<Route>, &'a str);
+
+    #[test]
+    fn every_bad_topology_says_what_to_change() {
+        let cases: [Case<'_>; 6] = [
+            (&[("a", 1), ("a", 1)], vec![], "two kernels are named `a`"),
+            (&[("a", 9)], vec![], "at most 8"),
+            (
+                &[("a", 1)],
+                vec![route(0, 1, Target::Host)],
+                "has no port 1",
+            ),
+            (
+                &[("a", 1)],
+                vec![route(0, 0, Target::Host), route(0, 0, Target::DeadLetters)],
+                "routed twice",
+            ),
+            (
+                &[("a", 1)],
+                vec![route(0, 0, Target::Kernel(3))],
+                "ends at kernel 3",
+            ),
+            (
+                &[("a", 1), ("b", 1)],
+                vec![
+                    route(0, 0, Target::Kernel(1)),
+                    route(1, 0, Target::Kernel(0)),
+                ],
+                "cycle through",
+            ),
+        ];
+        for (kernels, routes, expected) in cases {
+            let err = check_topology(kernels, &routes, "use the CPU backend").unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+}

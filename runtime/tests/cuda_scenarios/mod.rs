@@ -165,19 +165,29 @@ impl Scenarios {
         group.activate_all().unwrap();
         // A sender keeps sending while the drain starts; the drain closes the inbox and
         // every accepted message must come out the other end.
+        let so_far = std::sync::atomic::AtomicU64::new(0);
         let accepted = std::thread::scope(|scope| {
             let sender = scope.spawn(|| {
                 let mut accepted = 0u64;
                 while accepted < 10_000 {
                     match group.send(0, &accepted.to_ne_bytes(), [0, 0], TIMEOUT) {
-                        Ok(()) => accepted += 1,
+                        Ok(()) => {
+                            accepted += 1;
+                            so_far.store(accepted, std::sync::atomic::Ordering::Relaxed);
+                        }
                         Err(SendError::Closed { .. }) => break,
                         Err(e) => panic!("{e}"),
                     }
                 }
                 accepted
             });
-            std::thread::sleep(Duration::from_millis(30));
+            // Drain once the rings are full of messages in flight (however slow the
+            // machine), while the sender still sends.
+            let deadline = Instant::now() + TIMEOUT;
+            while so_far.load(std::sync::atomic::Ordering::Relaxed) < 24 {
+                assert!(Instant::now() < deadline, "the sender made no progress");
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let report = group.drain(TIMEOUT);
             assert!(!report.timed_out, "{report:?}");
             assert_eq!(report.undelivered_count(), 0);

@@ -30,6 +30,7 @@ use crate::routing::DeadLetter;
 use crate::sync::AtomicU32;
 use crate::wait::Backoff;
 
+use crate::backend::group::{check_topology, Topology};
 pub use crate::backend::group::{GroupReport, KernelReport, Message, Route, SendError, Target};
 
 /// One kernel of a group plan.
@@ -357,19 +358,7 @@ impl CudaGroup {
                 format!("{} threads per block: use 1 to 256", plan.threads),
             ));
         }
-        for (i, k) in plan.kernels.iter().enumerate() {
-            if plan.kernels[..i].iter().any(|o| o.name == k.name) {
-                return Err(invalid(
-                    group,
-                    format!("two kernels are named `{}`: rename one", k.name),
-                ));
-            }
-            if k.ports as usize > plan::MAX_PORTS {
-                return Err(invalid(
-                    group,
-                    format!("kernel `{}` has {} ports: at most 8", k.name, k.ports),
-                ));
-            }
+        for k in &plan.kernels {
             if k.quantum > plan.threads {
                 return Err(invalid(
                     group,
@@ -386,69 +375,22 @@ impl CudaGroup {
                 ));
             }
         }
-        // Every port goes somewhere: the host unless routed.
-        let mut targets: Vec<Vec<Target>> = plan
+        let shape: Vec<(&str, u32)> = plan
             .kernels
             .iter()
-            .map(|k| vec![Target::Host; k.ports as usize])
+            .map(|k| (k.name.as_str(), k.ports))
             .collect();
-        let mut routed: Vec<Vec<bool>> = plan
-            .kernels
-            .iter()
-            .map(|k| vec![false; k.ports as usize])
-            .collect();
-        let mut graph = Vec::new();
-        for r in &plan.routes {
-            let from = plan.kernels.get(r.from).ok_or_else(|| {
-                invalid(group, format!("a route starts at kernel {} of {n}", r.from))
-            })?;
-            if r.port >= from.ports {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}` has no port {} (it has {})",
-                        from.name, r.port, from.ports
-                    ),
-                ));
-            }
-            if routed[r.from][r.port as usize] {
-                return Err(invalid(
-                    group,
-                    format!("port {} of kernel `{}` is routed twice", r.port, from.name),
-                ));
-            }
-            routed[r.from][r.port as usize] = true;
-            if let Target::Kernel(to) = r.to {
-                if to >= n {
-                    return Err(invalid(
-                        group,
-                        format!("a route ends at kernel {to} of {n}"),
-                    ));
-                }
-                graph.push((r.from, to));
-            }
-            targets[r.from][r.port as usize] = r.to;
-        }
-        let order = crate::routing::topological_order(n, &graph).map_err(|cycle| {
-            let names: Vec<&str> = cycle
-                .iter()
-                .map(|&i| plan.kernels[i].name.as_str())
-                .collect();
-            invalid(
-                group,
-                format!(
-                    "routes form a cycle through {}: the CUDA backend drains upstream first and \
-                     cannot drain a cycle; break it or run the group on the CPU backend",
-                    names.join(" → ")
-                ),
-            )
-        })?;
-        for (i, k) in plan.kernels.iter().enumerate() {
-            let inboxes = 1 + graph.iter().filter(|&&(_, to)| to == i).count();
-            if inboxes > plan::MAX_INBOXES {
-                return Err(invalid(group, format!("kernel `{}` has {inboxes} inbox rings: at most 8 (the host's and 7 routes)", k.name)));
-            }
-        }
+        let Topology {
+            targets,
+            edges: _,
+            order,
+        } = check_topology(
+            &shape,
+            &plan.routes,
+            "the CUDA backend drains upstream first and cannot drain a cycle; break it or run \
+             the group on the CPU backend",
+        )
+        .map_err(|message| invalid(group, message))?;
 
         // Handlers. A group of built-ins only uses the canonical built-ins module (case
         // `i` is `BUILTIN_FUNCTIONS[i]`), which may be prebuilt; any other group gets one

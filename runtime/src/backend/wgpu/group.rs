@@ -38,7 +38,9 @@ use crate::abi::{
     Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, HOST_SENDER_ID, KIND_MESSAGE,
     LINE_BYTES, RING_HEADER_BYTES, SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
 };
-use crate::backend::group::{GroupReport, KernelReport, Message, Route, SendError, Target};
+use crate::backend::group::{
+    check_topology, GroupReport, KernelReport, Message, Route, SendError, Target, Topology,
+};
 use crate::backend::CommandError;
 use crate::control::{ControlMemory, Counters, HostControl, HostSide};
 use crate::health::{self, Health, HealthPolicy, Watchdog};
@@ -77,8 +79,6 @@ const PORT_DEAD: u32 = 3;
 const DEAD_HANDLER_ERROR: u32 = 1;
 const DEAD_PORT: u32 = 2;
 const DEAD_STOPPED: u32 = 3;
-/// Most inbox rings and ports of a kernel.
-const MAX_LINKS: usize = 8;
 /// Most messages one kernel handles per tick. On lavapipe, a single invocation handling
 /// more than about 3,200 messages in one dispatch occasionally lost the payload words of
 /// one message after the first (1 in ~3,300; never at 3,000 or below over 10^5+ messages
@@ -346,19 +346,7 @@ impl WgpuGroup {
         if n == 0 {
             return Err(invalid(group, "a group needs at least one kernel"));
         }
-        for (i, k) in plan.kernels.iter().enumerate() {
-            if plan.kernels[..i].iter().any(|o| o.name == k.name) {
-                return Err(invalid(
-                    group,
-                    format!("two kernels are named `{}`: rename one", k.name),
-                ));
-            }
-            if k.ports as usize > MAX_LINKS {
-                return Err(invalid(
-                    group,
-                    format!("kernel `{}` has {} ports: at most 8", k.name, k.ports),
-                ));
-            }
+        for k in &plan.kernels {
             if k.quantum > MAX_QUANTUM {
                 return Err(invalid(
                     group,
@@ -380,61 +368,22 @@ impl WgpuGroup {
                 ));
             }
         }
-        let mut targets: Vec<Vec<Target>> = plan
+        let shape: Vec<(&str, u32)> = plan
             .kernels
             .iter()
-            .map(|k| vec![Target::Host; k.ports as usize])
+            .map(|k| (k.name.as_str(), k.ports))
             .collect();
-        let mut routed: Vec<Vec<bool>> = plan
-            .kernels
-            .iter()
-            .map(|k| vec![false; k.ports as usize])
-            .collect();
-        let mut graph = Vec::new();
-        for r in &plan.routes {
-            let from = plan.kernels.get(r.from).ok_or_else(|| {
-                invalid(group, format!("a route starts at kernel {} of {n}", r.from))
-            })?;
-            if r.port >= from.ports {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}` has no port {} (it has {})",
-                        from.name, r.port, from.ports
-                    ),
-                ));
-            }
-            if std::mem::replace(&mut routed[r.from][r.port as usize], true) {
-                return Err(invalid(
-                    group,
-                    format!("port {} of kernel `{}` is routed twice", r.port, from.name),
-                ));
-            }
-            if let Target::Kernel(to) = r.to {
-                if to >= n {
-                    return Err(invalid(
-                        group,
-                        format!("a route ends at kernel {to} of {n}"),
-                    ));
-                }
-                graph.push((r.from, to));
-            }
-            targets[r.from][r.port as usize] = r.to;
-        }
-        let order = crate::routing::topological_order(n, &graph).map_err(|cycle| {
-            let names: Vec<&str> = cycle
-                .iter()
-                .map(|&i| plan.kernels[i].name.as_str())
-                .collect();
-            invalid(
-                group,
-                format!(
-                    "routes form a cycle through {}: a tick runs kernels in topological order, so \
-                     the wgpu backend cannot run a cycle; break it or use the CPU backend",
-                    names.join(" → ")
-                ),
-            )
-        })?;
+        let Topology {
+            targets,
+            edges: graph,
+            order,
+        } = check_topology(
+            &shape,
+            &plan.routes,
+            "a tick runs kernels in topological order, so the wgpu backend cannot run a cycle; \
+             break it or use the CPU backend",
+        )
+        .map_err(|message| invalid(group, message))?;
         // A kernel takes a message only when each output ring has room for all the emits
         // it may make (no emit is ever half done): a ring smaller than that would stall it
         // for good.
@@ -456,15 +405,6 @@ impl WgpuGroup {
                          raise that capacity or lower max_emits",
                         k.name, k.max_emits
                     ),
-                ));
-            }
-        }
-        for (i, k) in plan.kernels.iter().enumerate() {
-            let inboxes = 1 + graph.iter().filter(|&&(_, to)| to == i).count();
-            if inboxes > MAX_LINKS {
-                return Err(invalid(
-                    group,
-                    format!("kernel `{}` has {inboxes} inbox rings: at most 8", k.name),
                 ));
             }
         }
