@@ -69,7 +69,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gyre_runtime::abi::State;
-use gyre_runtime::backend::cuda::group::SendError as RawSendError;
 use gyre_runtime::backend::cuda::{
     CudaGroup, Device, DeviceError, GroupError, GroupPlan, KernelPlan, Route, Target,
 };
@@ -85,14 +84,14 @@ pub use report::CudaReport;
 pub use spec::CudaKernel;
 
 use crate::gpu_common;
+use crate::gpu_handle::{self, GroupCore, StageId};
 use crate::spec::Message;
 use crate::{Error, Runtime, SendError};
 
 /// A kernel of a CUDA group: its index in the group, typed by its messages. Copy it
 /// freely; it is only valid with the group it was added to.
 pub struct CudaStage<In, Out> {
-    index: usize,
-    group_id: u64,
+    id: StageId,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -106,7 +105,7 @@ impl<In, Out> Copy for CudaStage<In, Out> {}
 impl<In, Out> std::fmt::Debug for CudaStage<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaStage")
-            .field("index", &self.index)
+            .field("index", &self.id.index)
             .finish_non_exhaustive()
     }
 }
@@ -114,7 +113,7 @@ impl<In, Out> std::fmt::Debug for CudaStage<In, Out> {
 impl<In, Out> CudaStage<In, Out> {
     /// The kernel's index in its group (block `index` of the grid runs it).
     pub fn index(&self) -> usize {
-        self.index
+        self.id.index
     }
 }
 
@@ -197,8 +196,10 @@ impl CudaGroupBuilder {
     ) -> CudaStage<In, Out> {
         self.kernels.push(kernel.plan());
         CudaStage {
-            index: self.kernels.len() - 1,
-            group_id: self.group_id,
+            id: StageId {
+                index: self.kernels.len() - 1,
+                group_id: self.group_id,
+            },
             _types: PhantomData,
         }
     }
@@ -225,12 +226,12 @@ impl CudaGroupBuilder {
         port: u32,
         to: &CudaStage<B, C>,
     ) -> &mut Self {
-        self.check(from.group_id);
-        self.check(to.group_id);
+        self.check(from.id.group_id);
+        self.check(to.id.group_id);
         self.routes.push(Route {
-            from: from.index,
+            from: from.id.index,
             port,
-            to: Target::Kernel(to.index),
+            to: Target::Kernel(to.id.index),
         });
         self
     }
@@ -251,9 +252,9 @@ impl CudaGroupBuilder {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn to_dead_letters<In, Out>(&mut self, stage: &CudaStage<In, Out>, port: u32) -> &mut Self {
-        self.check(stage.group_id);
+        self.check(stage.id.group_id);
         self.routes.push(Route {
-            from: stage.index,
+            from: stage.id.index,
             port,
             to: Target::DeadLetters,
         });
@@ -331,10 +332,13 @@ impl CudaGroupBuilder {
                 other => Error::Launch(format!("CUDA group `{}`: {other}", self.name)),
             })?;
         Ok(CudaGroupHandle {
-            group,
-            names,
-            group_id: self.group_id,
-            command_timeout: self.command_timeout,
+            core: GroupCore {
+                group,
+                name: self.name,
+                names,
+                group_id: self.group_id,
+                command_timeout: self.command_timeout,
+            },
         })
     }
 }
@@ -345,16 +349,13 @@ impl CudaGroupBuilder {
 /// Dropping the handle terminates the group (what it still held is discarded, with a
 /// warning): drain or terminate it first to get the [`CudaReport`].
 pub struct CudaGroupHandle {
-    group: CudaGroup,
-    names: Vec<String>,
-    group_id: u64,
-    command_timeout: Duration,
+    core: GroupCore<CudaGroup>,
 }
 
 impl std::fmt::Debug for CudaGroupHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaGroupHandle")
-            .field("group", &self.group)
+            .field("group", &self.core.group)
             .finish_non_exhaustive()
     }
 }
@@ -362,23 +363,12 @@ impl std::fmt::Debug for CudaGroupHandle {
 impl CudaGroupHandle {
     /// The group's name.
     pub fn name(&self) -> &str {
-        self.group.name()
+        &self.core.name
     }
 
     /// The device the group runs on (`"emulated (g++)"`, or the GPU's name).
     pub fn device_description(&self) -> String {
-        self.group.device().describe()
-    }
-
-    /// The kernel index of `stage`, checking it belongs to this group.
-    fn index<In, Out>(&self, stage: &CudaStage<In, Out>) -> usize {
-        assert_eq!(
-            stage.group_id,
-            self.group_id,
-            "this stage belongs to another CUDA group than `{}`",
-            self.name()
-        );
-        stage.index
+        self.core.group.device().describe()
     }
 
     /// Activates every kernel (downstream first, so none emits to a kernel not yet
@@ -389,9 +379,7 @@ impl CudaGroupHandle {
     /// when one does not acknowledge within the runtime's command timeout,
     /// [`Error::Faulted`] when the group faulted.
     pub fn activate(&self) -> Result<(), Error> {
-        self.group
-            .activate_all()
-            .map_err(|e| gpu_common::command_error(self.name(), e))
+        self.core.activate()
     }
 
     /// Sends `message` to the host inbox of `stage`, waiting up to the runtime's command
@@ -409,7 +397,8 @@ impl CudaGroupHandle {
         stage: &CudaStage<In, Out>,
         message: In,
     ) -> Result<(), SendError<In>> {
-        self.send_timeout(stage, message, self.command_timeout)
+        self.core
+            .send(stage.id, message, Some(self.core.command_timeout))
     }
 
     /// Sends, waiting at most `timeout` for room.
@@ -425,13 +414,7 @@ impl CudaGroupHandle {
         message: In,
         timeout: Duration,
     ) -> Result<(), SendError<In>> {
-        let k = self.index(stage);
-        self.group
-            .send(k, bytemuck::bytes_of(&message), [0, 0], timeout)
-            .map_err(|e| SendError {
-                error: self.send_error::<In>(k, e, Some(timeout)),
-                message,
-            })
+        self.core.send(stage.id, message, Some(timeout))
     }
 
     /// Sends without waiting.
@@ -447,22 +430,7 @@ impl CudaGroupHandle {
         stage: &CudaStage<In, Out>,
         message: In,
     ) -> Result<(), SendError<In>> {
-        let k = self.index(stage);
-        self.group
-            .try_send(k, bytemuck::bytes_of(&message), [0, 0])
-            .map_err(|e| SendError {
-                error: self.send_error::<In>(k, e, None),
-                message,
-            })
-    }
-
-    fn send_error<In>(&self, k: usize, error: RawSendError, waited: Option<Duration>) -> Error {
-        gpu_common::send_error::<In>(&self.names[k], error, waited, || self.stopped(k))
-    }
-
-    /// The error for a kernel that takes or makes no more messages.
-    fn stopped(&self, k: usize) -> Error {
-        gpu_common::stopped(&self.names[k], self.group.state(k), self.group.fault())
+        self.core.send(stage.id, message, None)
     }
 
     /// Receives the next output `stage` sent to the host, waiting for one.
@@ -474,7 +442,7 @@ impl CudaGroupHandle {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn recv<In, Out: Message>(&self, stage: &CudaStage<In, Out>) -> Result<Out, Error> {
-        self.recv_within(stage, None)
+        self.core.recv(stage.id, None)
     }
 
     /// Receives, waiting at most `timeout`.
@@ -489,7 +457,7 @@ impl CudaGroupHandle {
         stage: &CudaStage<In, Out>,
         timeout: Duration,
     ) -> Result<Out, Error> {
-        self.recv_within(stage, Some(timeout))
+        self.core.recv(stage.id, Some(timeout))
     }
 
     /// Receives without waiting; `Ok(None)` when nothing is there yet.
@@ -503,39 +471,7 @@ impl CudaGroupHandle {
         &self,
         stage: &CudaStage<In, Out>,
     ) -> Result<Option<Out>, Error> {
-        let k = self.index(stage);
-        // The state first: a kernel that acknowledged its stop had published every output,
-        // so an empty outbox after that means nothing more will come.
-        let state = self.group.state(k);
-        match self.group.try_recv(k) {
-            Ok(Some(message)) => Ok(Some(gpu_common::read_message(&message))),
-            Ok(None) if matches!(state, State::Terminated | State::Faulted) => Err(self.stopped(k)),
-            Ok(None) => Ok(None),
-            Err(reason) => Err(Error::Faulted {
-                kernel: self.names[k].clone(),
-                reason,
-            }),
-        }
-    }
-
-    fn recv_within<In, Out: Message>(
-        &self,
-        stage: &CudaStage<In, Out>,
-        timeout: Option<Duration>,
-    ) -> Result<Out, Error> {
-        let mut backoff = Backoff::new();
-        gpu_common::recv_until(
-            &self.names[self.index(stage)],
-            timeout,
-            || self.try_recv(stage),
-            |_| {
-                // A host waiting on a device has nothing to wake it but polling.
-                if !backoff.snooze() {
-                    std::thread::sleep(Duration::from_micros(50));
-                }
-                None
-            },
-        )
+        self.core.try_recv(stage.id)
     }
 
     /// Refuses new messages (senders get [`Error::Draining`]), then drains the kernels
@@ -543,19 +479,13 @@ impl CudaGroupHandle {
     /// outputs, then terminates. Outputs for the host stay receivable. If `timeout`
     /// passes, the rest is terminated and the report says `timed_out`.
     pub fn drain(&self, timeout: Duration) -> CudaReport {
-        CudaReport {
-            report: self.group.drain(timeout),
-            group_id: self.group_id,
-        }
+        CudaReport(self.core.drain(timeout))
     }
 
     /// Terminates every kernel after the batch in hand; every message still in a ring
     /// comes back in the report. Outputs already in a host output stay receivable.
     pub fn terminate(&self) -> CudaReport {
-        CudaReport {
-            report: self.group.terminate(),
-            group_id: self.group_id,
-        }
+        CudaReport(self.core.terminate())
     }
 
     /// The health of the kernel of `stage` under the default [`HealthPolicy`]: faulted,
@@ -578,7 +508,7 @@ impl CudaGroupHandle {
         stage: &CudaStage<In, Out>,
         policy: &HealthPolicy,
     ) -> Health {
-        self.group.health(self.index(stage), policy)
+        self.core.group.health(self.core.index(stage.id), policy)
     }
 
     /// The state of the kernel of `stage`, as it last acknowledged it.
@@ -586,7 +516,7 @@ impl CudaGroupHandle {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn state<In, Out>(&self, stage: &CudaStage<In, Out>) -> State {
-        self.group.state(self.index(stage))
+        self.core.group.state(self.core.index(stage.id))
     }
 
     /// The counters of the kernel of `stage` (received, processed, emitted, stalls,
@@ -595,18 +525,37 @@ impl CudaGroupHandle {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn counters<In, Out>(&self, stage: &CudaStage<In, Out>) -> Counters<u64> {
-        self.group.counters(self.index(stage))
+        self.core.group.counters(self.core.index(stage.id))
     }
 
     /// The device error that ended the group, if one did.
     pub fn fault(&self) -> Option<String> {
-        self.group.fault()
+        self.core.group.fault()
     }
 
     /// Takes every dead letter of the group so far: messages a handler returned an
     /// error for (with the code), and messages emitted to a port bound to the dead
     /// letters. Oldest first per kernel.
     pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
-        self.group.take_dead_letters()
+        self.core.group.take_dead_letters()
     }
 }
+
+gpu_handle::impl_raw_group!(CudaGroup, "CUDA", {
+    fn try_recv(&self, k: usize) -> Result<Option<SlotMessage>, String> {
+        CudaGroup::try_recv(self, k)
+    }
+
+    fn wait_recv(
+        &self,
+        _k: usize,
+        _left: Option<Duration>,
+        backoff: &mut Backoff,
+    ) -> Option<SlotMessage> {
+        // A host waiting on a device has nothing to wake it but polling.
+        if !backoff.snooze() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        None
+    }
+});

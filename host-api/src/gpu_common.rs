@@ -1,6 +1,7 @@
 //! What the typed GPU group APIs ([`crate::cuda`], [`crate::wgpu`]) share: slot sizes
-//! from message types, the type checks of built-ins, typed reads of slot messages, group
-//! ids, and the mapping of the runtime's group errors to [`Error`].
+//! from message types, the type checks of built-ins, the kernel settings both kernel
+//! specs carry, typed reads of slot messages, group ids, and the mapping of the runtime's
+//! group errors to [`Error`]. The typed handle, stage and report are in `gpu_handle`.
 //!
 //! Both backends' groups use the same plain types of `gyre_runtime::backend::group`
 //! (messages, send errors, reports), so everything here is backend-neutral.
@@ -13,7 +14,7 @@ use gyre_runtime::backend::group::{
     KernelReport, Message as SlotMessage, SendError as RawSendError,
 };
 use gyre_runtime::backend::CommandError;
-use gyre_runtime::builtins::Builtin;
+use gyre_runtime::builtins::{Builtin, PARAM_WORDS};
 
 use crate::Error;
 
@@ -217,3 +218,73 @@ pub(crate) fn recv_until<T>(
         }
     }
 }
+
+/// What both typed GPU kernels (`CudaKernel`, `WgpuKernel`) set the same way: the
+/// kernel's name and built-in, its rings, ports, emits, batch and parameters.
+#[derive(Clone, Debug)]
+pub(crate) struct KernelSettings {
+    /// The kernel's name (unique in its group).
+    pub(crate) name: String,
+    /// The built-in it runs, if it runs one.
+    pub(crate) builtin: Option<Builtin>,
+    /// Slots of each inbox ring.
+    pub(crate) capacity: u32,
+    /// Slots of the host output ring.
+    pub(crate) out_capacity: u32,
+    /// Output ports.
+    pub(crate) ports: u32,
+    /// Most messages emitted per message handled.
+    pub(crate) max_emits: u32,
+    /// Most messages per batch (CUDA) or tick (wgpu).
+    pub(crate) quantum: u32,
+    /// The handler's parameter words.
+    pub(crate) params: [u32; PARAM_WORDS],
+}
+
+impl KernelSettings {
+    /// The defaults (inbox and host output of 1,024 slots, one port, up to four emits per
+    /// message, `quantum`), with the parameters and ports of `builtin` if there is one.
+    pub(crate) fn new(name: String, builtin: Option<Builtin>, quantum: u32) -> Self {
+        Self {
+            name,
+            builtin,
+            capacity: 1024,
+            out_capacity: 1024,
+            ports: builtin.map_or(1, |b| b.ports()),
+            max_emits: 4,
+            quantum,
+            params: builtin.map_or([0; PARAM_WORDS], |b| b.params()),
+        }
+    }
+
+    /// The input and output slot sizes for a kernel taking `In` and emitting `Out`, after
+    /// checking the types against the built-in (`module` as in [`builtin_payloads`]).
+    ///
+    /// # Errors
+    /// As [`builtin_payloads`] and [`slot_for`].
+    pub(crate) fn slots<In, Out>(&self, module: &str) -> Result<(u32, u32), Error> {
+        let (in_bytes, out_bytes) = match &self.builtin {
+            Some(builtin) => builtin_payloads::<In, Out>(&self.name, builtin, module)?,
+            None => (std::mem::size_of::<In>(), std::mem::size_of::<Out>()),
+        };
+        Ok((slot_for::<In>(in_bytes)?, slot_for::<Out>(out_bytes)?))
+    }
+}
+
+/// Sets the fields of a runtime kernel plan (`KernelPlan`, `WgpuKernelPlan`: the same
+/// names) from `KernelSettings` (its name excepted: plans take it in `new`) and the slot
+/// sizes `(in, out)`.
+macro_rules! apply_settings {
+    ($plan:expr, $settings:expr, $slots:expr) => {{
+        let plan = &mut $plan;
+        let settings = $settings;
+        (plan.slot_bytes, plan.out_slot_bytes) = $slots;
+        plan.capacity = settings.capacity;
+        plan.out_capacity = settings.out_capacity;
+        plan.ports = settings.ports;
+        plan.max_emits = settings.max_emits;
+        plan.quantum = settings.quantum;
+        plan.params = settings.params;
+    }};
+}
+pub(crate) use apply_settings;

@@ -74,6 +74,8 @@ pub mod cuda;
 mod error;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod gpu_common;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod gpu_handle;
 mod group;
 #[cfg(feature = "http")]
 mod http;

@@ -75,12 +75,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gyre_runtime::abi::State;
-use gyre_runtime::backend::group::{Route, SendError as RawSendError, Target};
+use gyre_runtime::backend::group::{Route, Target};
 use gyre_runtime::backend::wgpu::adapter::GpuContext;
 use gyre_runtime::backend::wgpu::group::{WgpuError, WgpuGroup, WgpuGroupPlan, WgpuKernelPlan};
 use gyre_runtime::control::Counters;
 use gyre_runtime::health::{Health, HealthPolicy};
 use gyre_runtime::routing::DeadLetter;
+use gyre_runtime::wait::Backoff;
 
 pub use gyre_runtime::backend::group::{GroupReport, KernelReport, Message as SlotMessage};
 pub use gyre_runtime::builtins::{Aggregate, Builtin, Histogram, Record};
@@ -88,6 +89,7 @@ pub use report::WgpuReport;
 pub use spec::WgpuKernel;
 
 use crate::gpu_common;
+use crate::gpu_handle::{self, GroupCore, StageId};
 use crate::spec::Message;
 use crate::{Error, Runtime, SendError};
 
@@ -101,8 +103,7 @@ const RECV_SLICE: Duration = Duration::from_millis(20);
 /// A kernel of a wgpu group: its index in the group, typed by its messages. Copy it
 /// freely; it is only valid with the group it was added to.
 pub struct WgpuStage<In, Out> {
-    index: usize,
-    group_id: u64,
+    id: StageId,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -116,7 +117,7 @@ impl<In, Out> Copy for WgpuStage<In, Out> {}
 impl<In, Out> std::fmt::Debug for WgpuStage<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WgpuStage")
-            .field("index", &self.index)
+            .field("index", &self.id.index)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +126,7 @@ impl<In, Out> WgpuStage<In, Out> {
     /// The kernel's index in its group (each tick dispatches the group's kernels in
     /// topological order, not in index order).
     pub fn index(&self) -> usize {
-        self.index
+        self.id.index
     }
 }
 
@@ -206,8 +207,10 @@ impl WgpuGroupBuilder {
     ) -> WgpuStage<In, Out> {
         self.kernels.push(kernel.plan());
         WgpuStage {
-            index: self.kernels.len() - 1,
-            group_id: self.group_id,
+            id: StageId {
+                index: self.kernels.len() - 1,
+                group_id: self.group_id,
+            },
             _types: PhantomData,
         }
     }
@@ -235,12 +238,12 @@ impl WgpuGroupBuilder {
         port: u32,
         to: &WgpuStage<B, C>,
     ) -> &mut Self {
-        self.check(from.group_id);
-        self.check(to.group_id);
+        self.check(from.id.group_id);
+        self.check(to.id.group_id);
         self.routes.push(Route {
-            from: from.index,
+            from: from.id.index,
             port,
-            to: Target::Kernel(to.index),
+            to: Target::Kernel(to.id.index),
         });
         self
     }
@@ -261,9 +264,9 @@ impl WgpuGroupBuilder {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn to_dead_letters<In, Out>(&mut self, stage: &WgpuStage<In, Out>, port: u32) -> &mut Self {
-        self.check(stage.group_id);
+        self.check(stage.id.group_id);
         self.routes.push(Route {
-            from: stage.index,
+            from: stage.id.index,
             port,
             to: Target::DeadLetters,
         });
@@ -327,11 +330,13 @@ impl WgpuGroupBuilder {
                 invalid @ WgpuError::Invalid { .. } => Error::Launch(format!("wgpu {invalid}")),
             })?;
         Ok(WgpuGroupHandle {
-            group,
-            name: self.name,
-            names,
-            group_id: self.group_id,
-            command_timeout: self.command_timeout,
+            core: GroupCore {
+                group,
+                name: self.name,
+                names,
+                group_id: self.group_id,
+                command_timeout: self.command_timeout,
+            },
         })
     }
 }
@@ -344,17 +349,13 @@ impl WgpuGroupBuilder {
 /// held is discarded, with a warning): drain or terminate it first to get the
 /// [`WgpuReport`].
 pub struct WgpuGroupHandle {
-    group: WgpuGroup,
-    name: String,
-    names: Vec<String>,
-    group_id: u64,
-    command_timeout: Duration,
+    core: GroupCore<WgpuGroup>,
 }
 
 impl std::fmt::Debug for WgpuGroupHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WgpuGroupHandle")
-            .field("group", &self.group)
+            .field("group", &self.core.group)
             .finish_non_exhaustive()
     }
 }
@@ -362,27 +363,17 @@ impl std::fmt::Debug for WgpuGroupHandle {
 impl WgpuGroupHandle {
     /// The group's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.core.name
     }
 
     /// The adapter the group runs on (its name, type, API and driver).
     pub fn adapter(&self) -> &str {
-        self.group.adapter()
+        self.core.group.adapter()
     }
 
     /// Ticks (submissions) run so far: they run only while work is pending.
     pub fn ticks(&self) -> u64 {
-        self.group.ticks()
-    }
-
-    /// The kernel index of `stage`, checking it belongs to this group.
-    fn index<In, Out>(&self, stage: &WgpuStage<In, Out>) -> usize {
-        assert_eq!(
-            stage.group_id, self.group_id,
-            "this stage belongs to another wgpu group than `{}`",
-            self.name
-        );
-        stage.index
+        self.core.group.ticks()
     }
 
     /// Activates every kernel (downstream first, so none emits to a kernel not yet
@@ -393,9 +384,7 @@ impl WgpuGroupHandle {
     /// when one does not acknowledge within the runtime's command timeout,
     /// [`Error::Faulted`] when the group faulted.
     pub fn activate(&self) -> Result<(), Error> {
-        self.group
-            .activate_all()
-            .map_err(|e| gpu_common::command_error(&self.name, e))
+        self.core.activate()
     }
 
     /// Sends `message` to the host inbox of `stage`, waiting up to the runtime's command
@@ -413,7 +402,8 @@ impl WgpuGroupHandle {
         stage: &WgpuStage<In, Out>,
         message: In,
     ) -> Result<(), SendError<In>> {
-        self.send_timeout(stage, message, self.command_timeout)
+        self.core
+            .send(stage.id, message, Some(self.core.command_timeout))
     }
 
     /// Sends, waiting at most `timeout` for room.
@@ -429,13 +419,7 @@ impl WgpuGroupHandle {
         message: In,
         timeout: Duration,
     ) -> Result<(), SendError<In>> {
-        let k = self.index(stage);
-        self.group
-            .send(k, bytemuck::bytes_of(&message), [0, 0], timeout)
-            .map_err(|e| SendError {
-                error: self.send_error::<In>(k, e, Some(timeout)),
-                message,
-            })
+        self.core.send(stage.id, message, Some(timeout))
     }
 
     /// Sends without waiting.
@@ -451,22 +435,7 @@ impl WgpuGroupHandle {
         stage: &WgpuStage<In, Out>,
         message: In,
     ) -> Result<(), SendError<In>> {
-        let k = self.index(stage);
-        self.group
-            .try_send(k, bytemuck::bytes_of(&message), [0, 0])
-            .map_err(|e| SendError {
-                error: self.send_error::<In>(k, e, None),
-                message,
-            })
-    }
-
-    fn send_error<In>(&self, k: usize, error: RawSendError, waited: Option<Duration>) -> Error {
-        gpu_common::send_error::<In>(&self.names[k], error, waited, || self.stopped(k))
-    }
-
-    /// The error for a kernel that takes or makes no more messages.
-    fn stopped(&self, k: usize) -> Error {
-        gpu_common::stopped(&self.names[k], self.group.state(k), self.group.fault())
+        self.core.send(stage.id, message, None)
     }
 
     /// Receives the next output `stage` sent to the host, waiting for one.
@@ -478,7 +447,7 @@ impl WgpuGroupHandle {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn recv<In, Out: Message>(&self, stage: &WgpuStage<In, Out>) -> Result<Out, Error> {
-        self.recv_within(stage, None)
+        self.core.recv(stage.id, None)
     }
 
     /// Receives, waiting at most `timeout`.
@@ -493,7 +462,7 @@ impl WgpuGroupHandle {
         stage: &WgpuStage<In, Out>,
         timeout: Duration,
     ) -> Result<Out, Error> {
-        self.recv_within(stage, Some(timeout))
+        self.core.recv(stage.id, Some(timeout))
     }
 
     /// Receives without waiting; `Ok(None)` when nothing is there yet.
@@ -507,37 +476,7 @@ impl WgpuGroupHandle {
         &self,
         stage: &WgpuStage<In, Out>,
     ) -> Result<Option<Out>, Error> {
-        let k = self.index(stage);
-        // The state first: a kernel that acknowledged its stop had its every output copied
-        // back in the same tick, so an empty outbox after that means nothing more will come.
-        let state = self.group.state(k);
-        match self.group.try_recv(k) {
-            Some(message) => Ok(Some(gpu_common::read_message(&message))),
-            None if matches!(state, State::Terminated | State::Faulted) => Err(self.stopped(k)),
-            None => Ok(None),
-        }
-    }
-
-    fn recv_within<In, Out: Message>(
-        &self,
-        stage: &WgpuStage<In, Out>,
-        timeout: Option<Duration>,
-    ) -> Result<Out, Error> {
-        let k = self.index(stage);
-        gpu_common::recv_until(
-            &self.names[k],
-            timeout,
-            || self.try_recv(stage),
-            |left| {
-                // Wakes at the next tick that brings an output; a fault or a stop is seen
-                // by the next `try_recv`.
-                let slice = left.map_or(RECV_SLICE, |left| left.min(RECV_SLICE));
-                self.group
-                    .recv_timeout(k, slice)
-                    .ok()
-                    .map(|message| gpu_common::read_message(&message))
-            },
-        )
+        self.core.try_recv(stage.id)
     }
 
     /// Refuses new messages (senders get [`Error::Draining`]), then drains the kernels
@@ -545,19 +484,13 @@ impl WgpuGroupHandle {
     /// outputs, then terminates. Outputs for the host stay receivable. If `timeout`
     /// passes, the rest is terminated and the report says `timed_out`.
     pub fn drain(&self, timeout: Duration) -> WgpuReport {
-        WgpuReport {
-            report: self.group.drain(timeout),
-            group_id: self.group_id,
-        }
+        WgpuReport(self.core.drain(timeout))
     }
 
     /// Terminates every kernel at the next tick; every message still in a ring comes
     /// back in the report. Outputs already in a host output stay receivable.
     pub fn terminate(&self) -> WgpuReport {
-        WgpuReport {
-            report: self.group.terminate(),
-            group_id: self.group_id,
-        }
+        WgpuReport(self.core.terminate())
     }
 
     /// The health of the kernel of `stage` under the default [`HealthPolicy`]: faulted,
@@ -580,7 +513,7 @@ impl WgpuGroupHandle {
         stage: &WgpuStage<In, Out>,
         policy: &HealthPolicy,
     ) -> Health {
-        self.group.health(self.index(stage), policy)
+        self.core.group.health(self.core.index(stage.id), policy)
     }
 
     /// The state of the kernel of `stage`, as the last tick copied it back.
@@ -588,7 +521,7 @@ impl WgpuGroupHandle {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn state<In, Out>(&self, stage: &WgpuStage<In, Out>) -> State {
-        self.group.state(self.index(stage))
+        self.core.group.state(self.core.index(stage.id))
     }
 
     /// The counters of the kernel of `stage` (received, processed, emitted, stalls,
@@ -597,19 +530,37 @@ impl WgpuGroupHandle {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn counters<In, Out>(&self, stage: &WgpuStage<In, Out>) -> Counters<u64> {
-        self.group.counters(self.index(stage))
+        self.core.group.counters(self.core.index(stage.id))
     }
 
     /// The device error that ended the group (a lost device, a failed submission), if
     /// one did.
     pub fn fault(&self) -> Option<String> {
-        self.group.fault()
+        self.core.group.fault()
     }
 
     /// Takes every dead letter of the group so far: messages a handler returned an
     /// error for (with the code), messages emitted to a port bound to the dead letters,
     /// and emits that found their downstream kernel stopped.
     pub fn take_dead_letters(&self) -> Vec<DeadLetter> {
-        self.group.take_dead_letters()
+        self.core.group.take_dead_letters()
     }
 }
+
+gpu_handle::impl_raw_group!(WgpuGroup, "wgpu", {
+    fn try_recv(&self, k: usize) -> Result<Option<SlotMessage>, String> {
+        Ok(WgpuGroup::try_recv(self, k))
+    }
+
+    fn wait_recv(
+        &self,
+        k: usize,
+        left: Option<Duration>,
+        _backoff: &mut Backoff,
+    ) -> Option<SlotMessage> {
+        // Wakes at the next tick that brings an output; a fault or a stop is seen by the
+        // next `try_recv`.
+        let slice = left.map_or(RECV_SLICE, |left| left.min(RECV_SLICE));
+        WgpuGroup::recv_timeout(self, k, slice).ok()
+    }
+});

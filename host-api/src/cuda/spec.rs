@@ -6,7 +6,7 @@ use gyre_runtime::backend::cuda::codegen::HandlerCode;
 use gyre_runtime::backend::cuda::KernelPlan;
 use gyre_runtime::builtins::{Builtin, PARAM_WORDS};
 
-use crate::gpu_common;
+use crate::gpu_common::{self, KernelSettings};
 use crate::spec::Message;
 use crate::Error;
 
@@ -33,15 +33,8 @@ use crate::Error;
 /// assert_eq!((double.name(), scale.name()), ("double", "scale"));
 /// ```
 pub struct CudaKernel<In, Out> {
-    pub(crate) name: String,
+    settings: KernelSettings,
     handler: HandlerCode,
-    builtin: Option<Builtin>,
-    capacity: u32,
-    out_capacity: u32,
-    ports: u32,
-    max_emits: u32,
-    quantum: u32,
-    params: [u32; PARAM_WORDS],
     sequential: bool,
     state_bytes: u32,
     _types: PhantomData<fn(In) -> Out>,
@@ -50,28 +43,21 @@ pub struct CudaKernel<In, Out> {
 impl<In, Out> std::fmt::Debug for CudaKernel<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaKernel")
-            .field("name", &self.name)
+            .field("name", &self.settings.name)
             .field("function", &self.handler.function())
-            .field("capacity", &self.capacity)
-            .field("ports", &self.ports)
+            .field("capacity", &self.settings.capacity)
+            .field("ports", &self.settings.ports)
             .finish_non_exhaustive()
     }
 }
 
 impl<In: Message, Out: Message> CudaKernel<In, Out> {
-    fn new(name: String, handler: HandlerCode) -> Self {
+    fn new(name: String, handler: HandlerCode, builtin: Option<Builtin>) -> Self {
         Self {
-            name,
+            settings: KernelSettings::new(name, builtin, 0),
             handler,
-            builtin: None,
-            capacity: 1024,
-            out_capacity: 1024,
-            ports: 1,
-            max_emits: 4,
-            quantum: 0,
-            params: [0; PARAM_WORDS],
-            sequential: false,
-            state_bytes: 0,
+            sequential: builtin.is_some_and(|b| b.sequential()),
+            state_bytes: builtin.map_or(0, |b| b.state_bytes()),
             _types: PhantomData,
         }
     }
@@ -109,6 +95,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
                 source: cuda_c.into(),
                 file,
             },
+            None,
         )
     }
 
@@ -124,18 +111,13 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// assert_eq!(window.name(), "win");
     /// ```
     pub fn builtin(name: impl Into<String>, builtin: Builtin) -> Self {
-        let mut spec = Self::new(name.into(), HandlerCode::Builtin(builtin.cuda_function()));
-        spec.builtin = Some(builtin);
-        spec.params = builtin.params();
-        spec.sequential = builtin.sequential();
-        spec.state_bytes = builtin.state_bytes();
-        spec.ports = builtin.ports();
-        spec
+        let handler = HandlerCode::Builtin(builtin.cuda_function());
+        Self::new(name.into(), handler, Some(builtin))
     }
 
     /// The kernel's name (unique in its group).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.settings.name
     }
 
     /// Slots of each inbox ring (the host's and one per upstream route): a power of
@@ -147,7 +129,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn capacity(mut self, slots: u32) -> Self {
-        self.capacity = slots;
+        self.settings.capacity = slots;
         self
     }
 
@@ -159,7 +141,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn host_output(mut self, slots: u32) -> Self {
-        self.out_capacity = slots;
+        self.settings.out_capacity = slots;
         self
     }
 
@@ -172,7 +154,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn ports(mut self, ports: u32) -> Self {
-        self.ports = ports;
+        self.settings.ports = ports;
         self
     }
 
@@ -185,7 +167,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn max_emits(mut self, emits: u32) -> Self {
-        self.max_emits = emits;
+        self.settings.max_emits = emits;
         self
     }
 
@@ -198,7 +180,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn quantum(mut self, messages: u32) -> Self {
-        self.quantum = messages;
+        self.settings.quantum = messages;
         self
     }
 
@@ -213,7 +195,7 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn params(mut self, words: [u32; PARAM_WORDS]) -> Self {
-        self.params = words;
+        self.settings.params = words;
         self
     }
 
@@ -247,21 +229,9 @@ impl<In: Message, Out: Message> CudaKernel<In, Out> {
 
     /// The runtime's plan of this kernel, after checking its types and built-in.
     pub(crate) fn plan(self) -> Result<KernelPlan, Error> {
-        let (in_bytes, out_bytes) = match &self.builtin {
-            Some(builtin) => {
-                gpu_common::builtin_payloads::<In, Out>(&self.name, builtin, "gyre::cuda")?
-            }
-            None => (std::mem::size_of::<In>(), std::mem::size_of::<Out>()),
-        };
-        let mut plan = KernelPlan::new(self.name, self.handler);
-        plan.slot_bytes = gpu_common::slot_for::<In>(in_bytes)?;
-        plan.out_slot_bytes = gpu_common::slot_for::<Out>(out_bytes)?;
-        plan.capacity = self.capacity;
-        plan.out_capacity = self.out_capacity;
-        plan.ports = self.ports;
-        plan.max_emits = self.max_emits;
-        plan.quantum = self.quantum;
-        plan.params = self.params;
+        let slots = self.settings.slots::<In, Out>("gyre::cuda")?;
+        let mut plan = KernelPlan::new(self.settings.name.clone(), self.handler);
+        gpu_common::apply_settings!(plan, &self.settings, slots);
         plan.sequential = self.sequential;
         plan.state_bytes = self.state_bytes;
         Ok(plan)

@@ -5,6 +5,7 @@ use gyre_runtime::backend::group::{GroupReport, KernelReport};
 
 use super::WgpuStage;
 use crate::gpu_common;
+use crate::gpu_handle::GpuReport;
 use crate::spec::Message;
 
 /// What [`super::WgpuGroupHandle::drain`] and [`super::WgpuGroupHandle::terminate`]
@@ -29,37 +30,40 @@ use crate::spec::Message;
 /// assert_eq!(report.processed(&stage), 0);
 /// # Ok::<(), gyre::Error>(())
 /// ```
-#[derive(Clone, Debug)]
-pub struct WgpuReport {
-    pub(super) report: GroupReport,
-    pub(super) group_id: u64,
+#[derive(Clone)]
+pub struct WgpuReport(pub(super) GpuReport);
+
+impl std::fmt::Debug for WgpuReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt_as("WgpuReport", f)
+    }
 }
 
 impl WgpuReport {
     /// The runtime's report, untyped: counters, final states, and messages as slot bytes.
     pub fn group_report(&self) -> &GroupReport {
-        &self.report
+        &self.0.report
     }
 
     /// The runtime's report, untyped.
     pub fn into_inner(self) -> GroupReport {
-        self.report
+        self.0.report
     }
 
     /// Whether a drain ran out of time (the rest of the group was terminated).
     pub fn timed_out(&self) -> bool {
-        self.report.timed_out
+        self.0.report.timed_out
     }
 
     /// The device error that ended the group (a lost device, a failed submission), if
     /// one did.
     pub fn fault(&self) -> Option<&str> {
-        self.report.fault.as_deref()
+        self.0.report.fault.as_deref()
     }
 
     /// Every undelivered message and output of every kernel.
     pub fn undelivered_count(&self) -> usize {
-        self.report.undelivered_count()
+        self.0.report.undelivered_count()
     }
 
     /// The report of the kernel of `stage`.
@@ -67,11 +71,7 @@ impl WgpuReport {
     /// # Panics
     /// When `stage` belongs to another group.
     pub fn kernel<In, Out>(&self, stage: &WgpuStage<In, Out>) -> &KernelReport {
-        assert_eq!(
-            stage.group_id, self.group_id,
-            "this stage belongs to another wgpu group"
-        );
-        &self.report.kernels[stage.index]
+        self.0.kernel(stage.id)
     }
 
     /// Messages the kernel of `stage` processed over its life.

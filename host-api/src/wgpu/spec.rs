@@ -6,7 +6,7 @@ use gyre_runtime::backend::wgpu::codegen::WgslHandler;
 use gyre_runtime::backend::wgpu::group::WgpuKernelPlan;
 use gyre_runtime::builtins::{Builtin, PARAM_WORDS};
 
-use crate::gpu_common;
+use crate::gpu_common::{self, KernelSettings};
 use crate::spec::Message;
 use crate::Error;
 
@@ -33,15 +33,8 @@ use crate::Error;
 /// assert_eq!((double.name(), scale.name()), ("double", "scale"));
 /// ```
 pub struct WgpuKernel<In, Out> {
-    name: String,
+    settings: KernelSettings,
     handler: WgslHandler,
-    builtin: Option<Builtin>,
-    capacity: u32,
-    out_capacity: u32,
-    ports: u32,
-    max_emits: u32,
-    quantum: u32,
-    params: [u32; PARAM_WORDS],
     state_words: u32,
     _types: PhantomData<fn(In) -> Out>,
 }
@@ -49,27 +42,20 @@ pub struct WgpuKernel<In, Out> {
 impl<In, Out> std::fmt::Debug for WgpuKernel<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WgpuKernel")
-            .field("name", &self.name)
+            .field("name", &self.settings.name)
             .field("function", &self.handler.function())
-            .field("capacity", &self.capacity)
-            .field("ports", &self.ports)
+            .field("capacity", &self.settings.capacity)
+            .field("ports", &self.settings.ports)
             .finish_non_exhaustive()
     }
 }
 
 impl<In: Message, Out: Message> WgpuKernel<In, Out> {
-    fn new(name: String, handler: WgslHandler) -> Self {
+    fn new(name: String, handler: WgslHandler, builtin: Option<Builtin>) -> Self {
         Self {
-            name,
+            settings: KernelSettings::new(name, builtin, 1024),
             handler,
-            builtin: None,
-            capacity: 1024,
-            out_capacity: 1024,
-            ports: 1,
-            max_emits: 4,
-            quantum: 1024,
-            params: [0; PARAM_WORDS],
-            state_words: 0,
+            state_words: builtin.map_or(0, |b| b.state_bytes().div_ceil(4)),
             _types: PhantomData,
         }
     }
@@ -109,6 +95,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
                 source: wgsl.into(),
                 file,
             },
+            None,
         )
     }
 
@@ -124,17 +111,13 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// assert_eq!(window.name(), "win");
     /// ```
     pub fn builtin(name: impl Into<String>, builtin: Builtin) -> Self {
-        let mut spec = Self::new(name.into(), WgslHandler::Builtin(builtin.cuda_function()));
-        spec.builtin = Some(builtin);
-        spec.params = builtin.params();
-        spec.state_words = builtin.state_bytes().div_ceil(4);
-        spec.ports = builtin.ports();
-        spec
+        let handler = WgslHandler::Builtin(builtin.cuda_function());
+        Self::new(name.into(), handler, Some(builtin))
     }
 
     /// The kernel's name (unique in its group).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.settings.name
     }
 
     /// Slots of each inbox ring (the host's and one per upstream route): a power of
@@ -146,7 +129,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn capacity(mut self, slots: u32) -> Self {
-        self.capacity = slots;
+        self.settings.capacity = slots;
         self
     }
 
@@ -158,7 +141,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn host_output(mut self, slots: u32) -> Self {
-        self.out_capacity = slots;
+        self.settings.out_capacity = slots;
         self
     }
 
@@ -171,7 +154,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn ports(mut self, ports: u32) -> Self {
-        self.ports = ports;
+        self.settings.ports = ports;
         self
     }
 
@@ -184,7 +167,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn max_emits(mut self, emits: u32) -> Self {
-        self.max_emits = emits;
+        self.settings.max_emits = emits;
         self
     }
 
@@ -197,7 +180,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn quantum(mut self, messages: u32) -> Self {
-        self.quantum = messages;
+        self.settings.quantum = messages;
         self
     }
 
@@ -212,7 +195,7 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     /// ```
     #[must_use]
     pub fn params(mut self, words: [u32; PARAM_WORDS]) -> Self {
-        self.params = words;
+        self.settings.params = words;
         self
     }
 
@@ -233,25 +216,13 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
 
     /// The runtime's plan of this kernel, after checking its types and built-in.
     pub(crate) fn plan(self) -> Result<WgpuKernelPlan, Error> {
-        let (in_bytes, out_bytes) = match &self.builtin {
-            Some(builtin) => {
-                gpu_common::builtin_payloads::<In, Out>(&self.name, builtin, "gyre::wgpu")?
-            }
-            None => (std::mem::size_of::<In>(), std::mem::size_of::<Out>()),
-        };
-        let mut plan = WgpuKernelPlan::new(self.name, self.handler);
-        plan.slot_bytes = gpu_common::slot_for::<In>(in_bytes)?;
-        plan.out_slot_bytes = gpu_common::slot_for::<Out>(out_bytes)?;
-        plan.capacity = self.capacity;
-        plan.out_capacity = self.out_capacity;
-        plan.ports = self.ports;
-        plan.max_emits = self.max_emits;
-        plan.quantum = self.quantum;
-        plan.params = self.params;
+        let slots = self.settings.slots::<In, Out>("gyre::wgpu")?;
+        let mut plan = WgpuKernelPlan::new(self.settings.name.clone(), self.handler);
+        gpu_common::apply_settings!(plan, &self.settings, slots);
         plan.state_words = self.state_words;
         // Stateless built-ins handle a tick's batch in parallel; user handlers and the
         // stateful built-ins one message at a time, in order.
-        plan.parallel = self.builtin.as_ref().is_some_and(|b| !b.sequential());
+        plan.parallel = self.settings.builtin.is_some_and(|b| !b.sequential());
         Ok(plan)
     }
 }
