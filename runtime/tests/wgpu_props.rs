@@ -83,17 +83,27 @@ struct KernelPlan {
     quantum: u32,
     /// Fails ids divisible by [`FAIL_MOD`].
     fail: bool,
+    /// Runs as a workgroup per batch (the handler is stateless): staged emits, prefix sums.
+    parallel: bool,
 }
 
 fn kernel_plan() -> impl Strategy<Value = KernelPlan> {
-    (1..=4u32, 1..=4u32, 1..=8u32, prop::bool::weighted(0.3)).prop_map(
-        |(capacity_log2, out_capacity_log2, quantum, fail)| KernelPlan {
-            capacity_log2,
-            out_capacity_log2,
-            quantum,
-            fail,
-        },
+    (
+        1..=4u32,
+        1..=4u32,
+        1..=8u32,
+        prop::bool::weighted(0.3),
+        prop::bool::ANY,
     )
+        .prop_map(
+            |(capacity_log2, out_capacity_log2, quantum, fail, parallel)| KernelPlan {
+                capacity_log2,
+                out_capacity_log2,
+                quantum,
+                fail,
+                parallel,
+            },
+        )
 }
 
 /// One step of the host. Kernel numbers are taken modulo the chain's length.
@@ -245,6 +255,7 @@ fn launch(gpu: &Arc<GpuContext>, plans: &[KernelPlan]) -> WgpuGroup {
             // before a message is handled, so max_emits must not exceed a 2-slot ring.
             plan.max_emits = 1;
             plan.params[0] = u32::from(p.fail);
+            plan.parallel = p.parallel;
             plan
         })
         .collect();
