@@ -542,20 +542,17 @@ impl CudaGroupHandle {
 }
 
 gpu_handle::impl_raw_group!(CudaGroup, "CUDA", {
-    fn try_recv(&self, k: usize) -> Result<Option<SlotMessage>, String> {
-        CudaGroup::try_recv(self, k)
+    fn try_recv_with<R>(&self, k: usize, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, String> {
+        match CudaGroup::try_recv_with(self, k, |_, _, payload| f(payload)) {
+            Some(value) => Ok(Some(value)),
+            None => self.fault().map_or(Ok(None), Err),
+        }
     }
 
-    fn wait_recv(
-        &self,
-        _k: usize,
-        _left: Option<Duration>,
-        backoff: &mut Backoff,
-    ) -> Option<SlotMessage> {
+    fn wait_recv(&self, _k: usize, _left: Option<Duration>, backoff: &mut Backoff) {
         // A host waiting on a device has nothing to wake it but polling.
         if !backoff.snooze() {
             std::thread::sleep(Duration::from_micros(50));
         }
-        None
     }
 });

@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use gyre_runtime::abi::State;
-use gyre_runtime::backend::group::{
-    GroupReport, Message as SlotMessage, SendError as RawSendError,
-};
+use gyre_runtime::backend::group::{GroupReport, SendError as RawSendError};
 use gyre_runtime::backend::CommandError;
 use gyre_runtime::wait::Backoff;
 
@@ -37,18 +35,13 @@ pub(crate) trait RawGroup {
     /// Sends to kernel `k`, waiting at most `timeout` for room.
     fn send(&self, k: usize, payload: &[u8], timeout: Duration) -> Result<(), RawSendError>;
 
-    /// Takes one output of kernel `k`, if one is there; `Err` with the device error.
-    fn try_recv(&self, k: usize) -> Result<Option<SlotMessage>, String>;
+    /// Hands one output of kernel `k`'s payload to `f` in place, if one is there (no copy,
+    /// no allocation); `Err` with the device error.
+    fn try_recv_with<R>(&self, k: usize, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, String>;
 
     /// Waits a while for an output of kernel `k`, at most `left` (`None`: no deadline),
-    /// between two tries of [`RawGroup::try_recv`]; `backoff` is the receive's own.
-    /// Returns a message if one arrived meanwhile.
-    fn wait_recv(
-        &self,
-        k: usize,
-        left: Option<Duration>,
-        backoff: &mut Backoff,
-    ) -> Option<SlotMessage>;
+    /// between two tries of [`RawGroup::try_recv_with`]; `backoff` is the receive's own.
+    fn wait_recv(&self, k: usize, left: Option<Duration>, backoff: &mut Backoff);
 
     /// The state of kernel `k`, as it last acknowledged it.
     fn state(&self, k: usize) -> State;
@@ -136,8 +129,8 @@ impl<G: RawGroup> GroupCore<G> {
         // (on wgpu, copied back in the same tick), so an empty outbox after that means
         // nothing more will come.
         let state = self.group.state(k);
-        match self.group.try_recv(k) {
-            Ok(Some(message)) => Ok(Some(gpu_common::read_message(&message))),
+        match self.group.try_recv_with(k, gpu_common::read::<Out>) {
+            Ok(Some(message)) => Ok(Some(message)),
             Ok(None) if matches!(state, State::Terminated | State::Faulted) => Err(self.stopped(k)),
             Ok(None) => Ok(None),
             Err(reason) => Err(Error::Faulted {
@@ -160,9 +153,8 @@ impl<G: RawGroup> GroupCore<G> {
             timeout,
             || self.try_recv(stage),
             |left| {
-                self.group
-                    .wait_recv(k, left, &mut backoff)
-                    .map(|message| gpu_common::read_message(&message))
+                self.group.wait_recv(k, left, &mut backoff);
+                None
             },
         )
     }

@@ -548,19 +548,16 @@ impl WgpuGroupHandle {
 }
 
 gpu_handle::impl_raw_group!(WgpuGroup, "wgpu", {
-    fn try_recv(&self, k: usize) -> Result<Option<SlotMessage>, String> {
-        Ok(WgpuGroup::try_recv(self, k))
+    fn try_recv_with<R>(&self, k: usize, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, String> {
+        // A fault shows in the kernel's state, which the typed receive checks.
+        Ok(WgpuGroup::try_recv_with(self, k, |_, _, payload| {
+            f(payload)
+        }))
     }
 
-    fn wait_recv(
-        &self,
-        k: usize,
-        left: Option<Duration>,
-        _backoff: &mut Backoff,
-    ) -> Option<SlotMessage> {
-        // Wakes at the next tick that brings an output; a fault or a stop is seen by the
-        // next `try_recv`.
+    fn wait_recv(&self, k: usize, left: Option<Duration>, _backoff: &mut Backoff) {
+        // Wakes at the next tick that brings an output or a fault; the next try takes it.
         let slice = left.map_or(RECV_SLICE, |left| left.min(RECV_SLICE));
-        WgpuGroup::recv_timeout(self, k, slice).ok()
+        WgpuGroup::wait_for_output(self, k, slice);
     }
 });

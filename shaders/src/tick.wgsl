@@ -263,9 +263,9 @@ fn gyre_budget(d: u32) -> u32 {
 
 // ---- The tick --------------------------------------------------------------------------
 
-fn gyre_tick(k: u32) {
-    let d = k * GYRE_DESC_WORDS;
-    let c = desc[d + GYRE_D_CONTROL];
+// Applies a new command, if the host wrote one before this submission (state, then the
+// acknowledged epoch: ABI.md § 7), and bumps the heartbeat. Returns the state.
+fn gyre_apply_command(c: u32) -> u32 {
     var state = atomicLoad(&mem[c + GYRE_CB_STATE]);
 
     // Commands apply between ticks: the host wrote command and epoch before this
@@ -291,6 +291,29 @@ fn gyre_tick(k: u32) {
         atomicStore(&mem[c + GYRE_CB_ACK_EPOCH], epoch);
     }
     atomicStore(&mem[c + GYRE_CB_HEARTBEAT], atomicLoad(&mem[c + GYRE_CB_HEARTBEAT]) + 1u);
+    return state;
+}
+
+// Whether a draining kernel is done: every inbox empty and every upstream kernel stopped,
+// so nothing more can arrive (the host closed the host inbox before it issued the drain).
+fn gyre_drained(d: u32) -> bool {
+    for (var i = 0u; i < desc[d + GYRE_D_N_INBOXES]; i++) {
+        let ring = desc[d + GYRE_D_INBOX + i * 2u];
+        let upstream = desc[d + GYRE_D_INBOX + i * 2u + 1u];
+        if (gyre_ready(ring, atomicLoad(&mem[ring + GYRE_RING_HEAD]))) {
+            return false;
+        }
+        if (upstream != GYRE_NONE && !gyre_stopped(upstream)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+fn gyre_tick(k: u32) {
+    let d = k * GYRE_DESC_WORDS;
+    let c = desc[d + GYRE_D_CONTROL];
+    let state = gyre_apply_command(c);
     if (state != GYRE_STATE_ACTIVE && state != GYRE_STATE_DRAINING) {
         return;
     }
@@ -376,17 +399,7 @@ fn gyre_tick(k: u32) {
     }
 
     if (state == GYRE_STATE_DRAINING && !stalled && n < quantum) {
-        // Done when every inbox is empty and every upstream kernel stopped: nothing more
-        // can arrive (the host closed the host inbox before it issued the drain).
-        var done = true;
-        for (var i = 0u; i < inboxes; i++) {
-            let ring = desc[d + GYRE_D_INBOX + i * 2u];
-            let upstream = desc[d + GYRE_D_INBOX + i * 2u + 1u];
-            if (gyre_ready(ring, atomicLoad(&mem[ring + GYRE_RING_HEAD])) || (upstream != GYRE_NONE && !gyre_stopped(upstream))) {
-                done = false;
-            }
-        }
-        if (done) {
+        if (gyre_drained(d)) {
             atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_TERMINATED);
         }
     }
@@ -506,29 +519,7 @@ fn gyre_tick_parallel(k: u32, lid: u32) {
     let d = k * GYRE_DESC_WORDS;
     let c = desc[d + GYRE_D_CONTROL];
     if (lid == 0u) {
-        var state = atomicLoad(&mem[c + GYRE_CB_STATE]);
-        let epoch = atomicLoad(&mem[c + GYRE_CB_COMMAND_EPOCH]);
-        if (epoch != atomicLoad(&mem[c + GYRE_CB_ACK_EPOCH])) {
-            let command = atomicLoad(&mem[c + GYRE_CB_COMMAND]);
-            let stopped = state == GYRE_STATE_TERMINATED || state == GYRE_STATE_FAULTED;
-            if (!stopped) {
-                switch command {
-                    case 0u: { }
-                    case 1u: { state = GYRE_STATE_ACTIVE; }
-                    case 2u: { state = GYRE_STATE_PAUSED; }
-                    case 3u: { state = GYRE_STATE_DRAINING; }
-                    case 4u: { state = GYRE_STATE_TERMINATED; }
-                    default: {
-                        atomicStore(&mem[c + GYRE_CB_ERROR_CODE], GYRE_FAULT_BAD_COMMAND);
-                        state = GYRE_STATE_FAULTED;
-                    }
-                }
-            }
-            atomicStore(&mem[c + GYRE_CB_STATE], state);
-            atomicStore(&mem[c + GYRE_CB_ACK_EPOCH], epoch);
-        }
-        atomicStore(&mem[c + GYRE_CB_HEARTBEAT], atomicLoad(&mem[c + GYRE_CB_HEARTBEAT]) + 1u);
-        gw_state = state;
+        gw_state = gyre_apply_command(c);
     }
     let state = workgroupUniformLoad(&gw_state);
     if (state != GYRE_STATE_ACTIVE && state != GYRE_STATE_DRAINING) {
@@ -727,15 +718,7 @@ fn gyre_tick_parallel(k: u32, lid: u32) {
     if (lid == 0u) {
         atomicStore(&mem[scratch], inbox);
         if (state == GYRE_STATE_DRAINING && !stalled && n < quantum) {
-            var done = true;
-            for (var i = 0u; i < inboxes; i++) {
-                let ring = desc[d + GYRE_D_INBOX + i * 2u];
-                let upstream = desc[d + GYRE_D_INBOX + i * 2u + 1u];
-                if (gyre_ready(ring, atomicLoad(&mem[ring + GYRE_RING_HEAD])) || (upstream != GYRE_NONE && !gyre_stopped(upstream))) {
-                    done = false;
-                }
-            }
-            if (done) {
+            if (gyre_drained(d)) {
                 atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_TERMINATED);
             }
         }

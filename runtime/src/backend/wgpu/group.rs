@@ -863,15 +863,27 @@ impl WgpuGroup {
 
     /// Takes one output of kernel `k`, if one is there.
     pub fn try_recv(&self, k: usize) -> Option<Message> {
+        self.try_recv_with(k, |tag, corr, payload| Message {
+            tag,
+            corr,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// Hands kernel `k`'s next output to `f` without copying it, if one is there.
+    pub fn try_recv_with<R>(
+        &self,
+        k: usize,
+        f: impl FnOnce(u32, [u32; 2], &[u8]) -> R,
+    ) -> Option<R> {
         let kernel = &self.inner.kernels[k];
         // The host outbox first: the overflow queue only ever holds newer outputs.
+        let mut f = Some(f);
         let mut taken = None;
         let n = kernel.outbox.lock().consume(1, |slot| {
-            taken = Some(Message {
-                tag: slot.tag,
-                corr: slot.corr,
-                payload: slot.payload.to_vec(),
-            });
+            if let Some(f) = f.take() {
+                taken = Some(f(slot.tag, slot.corr, slot.payload));
+            }
             Step::Last
         });
         if n > 0 {
@@ -882,7 +894,23 @@ impl WgpuGroup {
             }
             return taken;
         }
-        kernel.overflow.lock().pop_front()
+        let message = kernel.overflow.lock().pop_front()?;
+        f.map(|f| f(message.tag, message.corr, &message.payload))
+    }
+
+    /// Waits at most `timeout` until kernel `k` has an output to take or the group
+    /// faulted; returns whether one of them happened. Takes nothing.
+    pub fn wait_for_output(&self, k: usize, timeout: Duration) -> bool {
+        let kernel = &self.inner.kernels[k];
+        self.inner
+            .ticked
+            .wait_until(Some(Instant::now() + timeout), || {
+                let ready = !kernel.outbox.lock().is_empty()
+                    || !kernel.overflow.lock().is_empty()
+                    || self.inner.fault.lock().is_some();
+                ready.then_some(())
+            })
+            .is_some()
     }
 
     /// Waits up to `timeout` for one output of kernel `k`.
