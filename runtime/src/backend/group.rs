@@ -215,6 +215,49 @@ pub fn check_topology(
     })
 }
 
+/// Sends one message from the host into a kernel's host inbox (`inbox`, the producer
+/// side; `kernel` names the kernel in errors): refuses a message larger than a slot's
+/// payload, claims a slot, writes the host's tag, `corr` and the payload (the rest of the
+/// payload zeroed), publishes. The same for every GPU backend: what differs is what the
+/// backend does after (wake a ticker) or on a full ring (check for a fault).
+///
+/// # Errors
+/// [`SendError::TooLarge`], [`SendError::Full`] or [`SendError::Closed`].
+pub fn host_send<M: crate::ring::RingMemory>(
+    inbox: &crate::ring::Producer<M>,
+    kernel: &str,
+    payload: &[u8],
+    corr: [u32; 2],
+) -> Result<(), SendError> {
+    use crate::abi::{HOST_SENDER_ID, KIND_MESSAGE, SLOT_HEADER_BYTES};
+    use crate::ring::ClaimError;
+    let room = inbox.memory().slot_bytes() - SLOT_HEADER_BYTES;
+    if payload.len() > room as usize {
+        return Err(SendError::TooLarge {
+            kernel: kernel.to_owned(),
+            bytes: payload.len(),
+            room,
+        });
+    }
+    match inbox.try_claim(1) {
+        Ok(claim) => {
+            let tag = (HOST_SENDER_ID << TAG_SENDER_SHIFT) | KIND_MESSAGE;
+            claim.write(0, tag, corr, |slot| {
+                slot[..payload.len()].copy_from_slice(payload);
+                slot[payload.len()..].fill(0);
+            });
+            claim.publish();
+            Ok(())
+        }
+        Err(ClaimError::Full { .. } | ClaimError::TooMany) => Err(SendError::Full {
+            kernel: kernel.to_owned(),
+        }),
+        Err(ClaimError::Closed) => Err(SendError::Closed {
+            kernel: kernel.to_owned(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

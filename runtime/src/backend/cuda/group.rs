@@ -17,20 +17,20 @@ use super::codegen::{self, HandlerCode};
 use super::device::{Device, DeviceError, DeviceMemory, LaunchShape, MappedMemory, Running};
 use super::plan::{self, KernelDesc, Pending, RingRef};
 use crate::abi::{
-    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, HOST_SENDER_ID, KIND_MESSAGE,
-    SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
+    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, SLOT_HEADER_BYTES, TAG_KIND_MASK,
+    TAG_SENDER_SHIFT,
 };
 use crate::backend::CommandError;
 use crate::control::{ControlMemory, Counters, HostSide};
 use crate::health::{self, Health, HealthPolicy, Watchdog};
 use crate::lifecycle::{self, Event};
 use crate::metrics::KernelSample;
-use crate::ring::{ClaimError, Consumer, Producer, RawRing, RingLayout, RingMemory, Step};
+use crate::ring::{Consumer, Producer, RawRing, RingLayout, RingMemory, Step};
 use crate::routing::DeadLetter;
 use crate::sync::AtomicU32;
 use crate::wait::Backoff;
 
-use crate::backend::group::{check_topology, Topology};
+use crate::backend::group::{check_topology, host_send, Topology};
 pub use crate::backend::group::{GroupReport, KernelReport, Message, Route, SendError, Target};
 
 /// One kernel of a group plan.
@@ -695,35 +695,13 @@ impl CudaGroup {
     /// faulted.
     pub fn try_send(&self, k: usize, payload: &[u8], corr: [u32; 2]) -> Result<(), SendError> {
         let kernel = &self.kernels[k];
-        let room = kernel.inbox.memory().slot_bytes() - SLOT_HEADER_BYTES;
-        if payload.len() > room as usize {
-            return Err(SendError::TooLarge {
-                kernel: kernel.plan.name.clone(),
-                bytes: payload.len(),
-                room,
-            });
-        }
-        match kernel.inbox.try_claim(1) {
-            Ok(claim) => {
-                let tag = (HOST_SENDER_ID << TAG_SENDER_SHIFT) | KIND_MESSAGE;
-                claim.write(0, tag, corr, |slot| {
-                    slot[..payload.len()].copy_from_slice(payload);
-                    slot[payload.len()..].fill(0);
-                });
-                claim.publish();
-                Ok(())
-            }
-            Err(ClaimError::Full { .. } | ClaimError::TooMany) => {
-                if let Some(fault) = self.fault() {
-                    return Err(SendError::Faulted(fault));
-                }
-                Err(SendError::Full {
-                    kernel: kernel.plan.name.clone(),
-                })
-            }
-            Err(ClaimError::Closed) => Err(SendError::Closed {
-                kernel: kernel.plan.name.clone(),
-            }),
+        match host_send(&kernel.inbox, &kernel.plan.name, payload, corr) {
+            // A full inbox of a group that faulted will never empty: say why.
+            Err(full @ SendError::Full { .. }) => match self.fault() {
+                Some(fault) => Err(SendError::Faulted(fault)),
+                None => Err(full),
+            },
+            other => other,
         }
     }
 

@@ -35,18 +35,19 @@ use parking_lot::Mutex;
 use super::adapter::GpuContext;
 use super::codegen::{self, WgslHandler};
 use crate::abi::{
-    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, HOST_SENDER_ID, KIND_MESSAGE,
-    LINE_BYTES, RING_HEADER_BYTES, SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
+    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, LINE_BYTES, RING_HEADER_BYTES,
+    SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
 };
 use crate::backend::group::{
-    check_topology, GroupReport, KernelReport, Message, Route, SendError, Target, Topology,
+    check_topology, host_send, GroupReport, KernelReport, Message, Route, SendError, Target,
+    Topology,
 };
 use crate::backend::CommandError;
 use crate::control::{ControlMemory, Counters, HostControl, HostSide};
 use crate::health::{self, Health, HealthPolicy, Watchdog};
 use crate::lifecycle::{self, Event};
 use crate::metrics::KernelSample;
-use crate::ring::{ClaimError, Consumer, HostRing, Producer, RingLayout, RingMemory, Step};
+use crate::ring::{Consumer, HostRing, Producer, RingLayout, RingMemory, Step};
 use crate::routing::DeadLetter;
 use crate::wait::Signal;
 
@@ -799,36 +800,9 @@ impl WgpuGroup {
         if let Some(fault) = inner.fault.lock().clone() {
             return Err(SendError::Faulted(fault));
         }
-        let room = kernel.in_layout.payload_bytes();
-        if payload.len() > room as usize {
-            return Err(SendError::TooLarge {
-                kernel: kernel.plan.name.clone(),
-                bytes: payload.len(),
-                room,
-            });
-        }
-        match kernel.inbox.try_claim(1) {
-            Ok(claim) => {
-                claim.write(
-                    0,
-                    (HOST_SENDER_ID << TAG_SENDER_SHIFT) | KIND_MESSAGE,
-                    corr,
-                    |slot| {
-                        slot[..payload.len()].copy_from_slice(payload);
-                        slot[payload.len()..].fill(0);
-                    },
-                );
-                claim.publish();
-                inner.poke();
-                Ok(())
-            }
-            Err(ClaimError::Full { .. } | ClaimError::TooMany) => Err(SendError::Full {
-                kernel: kernel.plan.name.clone(),
-            }),
-            Err(ClaimError::Closed) => Err(SendError::Closed {
-                kernel: kernel.plan.name.clone(),
-            }),
-        }
+        host_send(&kernel.inbox, &kernel.plan.name, payload, corr)?;
+        inner.poke();
+        Ok(())
     }
 
     /// Sends one message, waiting up to `timeout` for room.
