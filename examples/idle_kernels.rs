@@ -4,7 +4,7 @@
 //! Run with `cargo run --release --example idle_kernels` (add a count to change the
 //! default of 10,000). The test `examples/tests/idle.rs` asserts the bounds.
 
-fn main() -> Result<(), gyre::Error> {
+fn main() -> Result<(), gyre_examples::idle::IdleError> {
     let count: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())

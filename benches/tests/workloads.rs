@@ -1,8 +1,13 @@
 //! The workload baselines run end to end on small sizes and pass their own checks.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use gyre_bench::workloads::{
-    check_output, check_results, drive_actors, drive_pipeline, expected_output, stage1, stage2,
-    stage3, ActorSubject, ActorSystem, PipelineSubject, TokioActors, ACTOR_CAPACITY, STAGES,
+    check_output, check_results, drive_actors, drive_pipeline, expected_output, measure_actors,
+    measure_pipeline, stage1, stage2, stage3, ActorResult, ActorSubject, ActorSystem,
+    CrossbeamPipeline, GyreActors, GyrePipeline, Pipeline, PipelineSubject, RtrbPipeline,
+    TokioActors, ACTOR_CAPACITY, STAGES, WARM_UP_DIVISOR,
 };
 use gyre_bench::Msg;
 
@@ -24,20 +29,111 @@ fn a_wrong_output_fails_the_check() {
     check_output(3, &expected_output(4));
 }
 
-#[test]
-fn every_pipeline_baseline_passes_its_checks() {
-    for subject in PipelineSubject::ALL {
-        let took = subject.run(MESSAGES);
-        assert!(took.as_nanos() > 0, "{} measured something", subject.name());
+/// What went through a measured system: messages sent, outputs received, and whether
+/// it was shut down.
+#[derive(Default)]
+struct Tally {
+    sent: Cell<u64>,
+    received: Cell<u64>,
+    shut_down: Cell<bool>,
+}
+
+/// A pipeline or actor system that counts what goes through it.
+struct Counted<S> {
+    inner: S,
+    tally: Rc<Tally>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S) -> (Self, Rc<Tally>) {
+        let tally = Rc::new(Tally::default());
+        let counted = Self {
+            inner,
+            tally: Rc::clone(&tally),
+        };
+        (counted, tally)
     }
 }
 
-#[test]
-fn every_actor_baseline_passes_its_checks() {
-    for subject in ActorSubject::ALL {
-        let took = subject.run(MESSAGES, ACTORS, ACTOR_CAPACITY);
-        assert!(took.as_nanos() > 0, "{} measured something", subject.name());
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get() + 1);
+}
+
+impl<P: Pipeline> Pipeline for Counted<P> {
+    fn send(&mut self, msg: Msg) {
+        bump(&self.tally.sent);
+        self.inner.send(msg);
     }
+    fn recv(&mut self) -> Msg {
+        bump(&self.tally.received);
+        self.inner.recv()
+    }
+    fn shutdown(self) {
+        self.inner.shutdown();
+        self.tally.shut_down.set(true);
+    }
+}
+
+impl<A: ActorSystem> ActorSystem for Counted<A> {
+    fn actors(&self) -> usize {
+        self.inner.actors()
+    }
+    fn send(&mut self, actor: usize, msg: Msg) {
+        bump(&self.tally.sent);
+        self.inner.send(actor, msg);
+    }
+    fn recv_result(&mut self) -> ActorResult {
+        bump(&self.tally.received);
+        self.inner.recv_result()
+    }
+    fn shutdown(self) {
+        self.inner.shutdown();
+        self.tally.shut_down.set(true);
+    }
+}
+
+/// Measures `pipeline` and checks that every message of the warm-up and of the timed
+/// part went through it and came out (each output is checked by `drive_pipeline`).
+fn measure_counted_pipeline(name: &str, pipeline: impl Pipeline) {
+    let (pipeline, tally) = Counted::new(pipeline);
+    measure_pipeline(pipeline, MESSAGES);
+    let expected = MESSAGES + MESSAGES / WARM_UP_DIVISOR;
+    assert_eq!(tally.sent.get(), expected, "{name}: messages sent");
+    assert_eq!(tally.received.get(), expected, "{name}: outputs received");
+    assert!(tally.shut_down.get(), "{name}: shut down cleanly");
+}
+
+#[test]
+fn every_pipeline_subject_runs_every_message_through_its_checks() {
+    // One of each subject the report measures (`PipelineSubject::run` builds the same).
+    assert_eq!(PipelineSubject::ALL.len(), 4);
+    measure_counted_pipeline("rtrb", RtrbPipeline::start());
+    measure_counted_pipeline("crossbeam", CrossbeamPipeline::start());
+    measure_counted_pipeline("gyre pool 1", GyrePipeline::start(1));
+    measure_counted_pipeline("gyre pool 2", GyrePipeline::start(2));
+}
+
+/// Measures `system` and checks that every message and flush of both rounds went in and
+/// one result per actor per round came out (the results are checked by `drive_actors`).
+fn measure_counted_actors(name: &str, system: impl ActorSystem) {
+    let (system, tally) = Counted::new(system);
+    measure_actors(system, MESSAGES);
+    let rounds = 2; // the warm-up and the timed part, each ending with a flush
+    let expected_sent = MESSAGES + MESSAGES / WARM_UP_DIVISOR + rounds * ACTORS as u64;
+    assert_eq!(tally.sent.get(), expected_sent, "{name}: messages sent");
+    assert_eq!(
+        tally.received.get(),
+        rounds * ACTORS as u64,
+        "{name}: results received"
+    );
+    assert!(tally.shut_down.get(), "{name}: shut down cleanly");
+}
+
+#[test]
+fn every_actor_subject_runs_every_message_through_its_checks() {
+    assert_eq!(ActorSubject::ALL.len(), 2);
+    measure_counted_actors("tokio", TokioActors::start(ACTORS, ACTOR_CAPACITY));
+    measure_counted_actors("gyre", GyreActors::start(ACTORS, ACTOR_CAPACITY));
 }
 
 #[test]

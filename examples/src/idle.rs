@@ -34,37 +34,79 @@ impl fmt::Display for IdleCost {
     }
 }
 
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+/// Why a measurement could not be taken: gyre failed, or the process's own counters
+/// (`/proc/self`, Linux only) could not be read. Never a silent zero.
+#[derive(Debug, thiserror::Error)]
+pub enum IdleError {
+    /// A launch, lifecycle or receive error from gyre.
+    #[error(transparent)]
+    Gyre(#[from] gyre::Error),
+    /// `/proc/self/{statm,stat}` could not be read or parsed.
+    #[error("cannot read {what} from {path}: {why} (this measurement needs Linux's /proc)")]
+    Proc {
+        /// The value wanted.
+        what: &'static str,
+        /// The file read.
+        path: &'static str,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+fn read_proc(path: &'static str, what: &'static str) -> Result<String, IdleError> {
+    std::fs::read_to_string(path).map_err(|e| IdleError::Proc {
+        what,
+        path,
+        why: e.to_string(),
+    })
+}
+
+/// Resident set size in bytes, from `/proc/self/statm` (pages of 4 KiB).
+fn rss_bytes() -> Result<usize, IdleError> {
+    const PATH: &str = "/proc/self/statm";
+    let statm = read_proc(PATH, "the resident set size")?;
     let pages: usize = statm
         .split_whitespace()
         .nth(1)
         .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
+        .ok_or_else(|| IdleError::Proc {
+            what: "the resident set size",
+            path: PATH,
+            why: format!("no page count in {statm:?}"),
+        })?;
+    Ok(pages * 4096)
 }
 
 /// Process CPU time (user + system), from `/proc/self/stat` in clock ticks of 10 ms.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<u64> = after
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+fn cpu_time() -> Result<Duration, IdleError> {
+    const PATH: &str = "/proc/self/stat";
+    let stat = read_proc(PATH, "the process CPU time")?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15
+    // of the line, so the 12th and 13th after the name.
+    let ticks = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2))
+        .map(|fields| fields.map(str::parse::<u64>).collect::<Result<Vec<_>, _>>());
+    match ticks {
+        Some(Ok(ticks)) if ticks.len() == 2 => {
+            Ok(Duration::from_millis((ticks[0] + ticks[1]) * 10))
+        }
+        _ => Err(IdleError::Proc {
+            what: "the process CPU time",
+            path: PATH,
+            why: format!("no utime/stime fields in {stat:?}"),
+        }),
+    }
 }
 
 /// Launches `count` kernels (16-slot inbox and output, 64-byte slots), activates each,
 /// sends each one message and receives its echo, then measures `window` of idleness.
 ///
 /// # Errors
-/// Any launch or lifecycle error.
-pub fn measure(count: usize, window: Duration) -> Result<IdleCost, gyre::Error> {
+/// Any launch or lifecycle error, or process counters that cannot be read.
+pub fn measure(count: usize, window: Duration) -> Result<IdleCost, IdleError> {
     let runtime = Runtime::builder().workers(2).build()?;
-    let before = rss_bytes();
+    let before = rss_bytes()?;
     let mut kernels = Vec::with_capacity(count);
     for i in 0..count {
         let spec = KernelSpec::<u64, u64>::new(format!("idle-{i}"))
@@ -76,18 +118,18 @@ pub fn measure(count: usize, window: Duration) -> Result<IdleCost, gyre::Error> 
     }
     for (i, k) in kernels.iter().enumerate() {
         k.activate()?;
-        k.send(i as u64)?;
+        k.send(i as u64).map_err(gyre::Error::from)?;
     }
     for (i, k) in kernels.iter().enumerate() {
         assert_eq!(k.recv()?, i as u64 + 1, "every kernel really runs");
     }
-    let after = rss_bytes();
+    let after = rss_bytes()?;
     // Let spinning workers settle into parking, then measure.
     std::thread::sleep(Duration::from_millis(300));
-    let cpu_before = cpu_time();
+    let cpu_before = cpu_time()?;
     let start = Instant::now();
     std::thread::sleep(window);
-    let idle_cpu = cpu_time().saturating_sub(cpu_before);
+    let idle_cpu = cpu_time()?.saturating_sub(cpu_before);
     let window = start.elapsed();
     // Three rings: the inbox, the single-producer lane and the host output.
     let ring_bytes_per_kernel = 3 * (384 + 16 * 64);

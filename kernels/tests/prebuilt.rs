@@ -1,5 +1,9 @@
 //! The prebuilt images' lookup: unknown architectures have none, and what is listed can
-//! be found.
+//! be found. Under `cargo xtask ci`, which builds the images first (`xtask kernels`),
+//! an empty list is a failure: the listing test would otherwise check nothing.
+
+#[path = "../../runtime/tests/support/skip.rs"]
+mod skip;
 
 #[test]
 fn an_unknown_architecture_has_no_prebuilt_image() {
@@ -11,6 +15,14 @@ fn an_unknown_architecture_has_no_prebuilt_image() {
 #[test]
 fn every_listed_architecture_has_an_image_and_the_source() {
     let archs = gyre_kernels::prebuilt_archs();
+    if archs.is_empty() {
+        assert!(gyre_kernels::prebuilt_source().is_none());
+        skip::skip(
+            "the prebuilt image check",
+            &"no prebuilt CUDA image is embedded (run `cargo xtask kernels`, then rebuild)",
+        );
+        return;
+    }
     for arch in archs {
         let image = gyre_kernels::prebuilt(arch).unwrap_or_else(|| panic!("{arch} listed"));
         assert!(!image.is_empty(), "{arch}: empty image");
@@ -20,6 +32,6 @@ fn every_listed_architecture_has_an_image_and_the_source() {
             "{arch} is not an architecture xtask builds"
         );
     }
-    assert_eq!(archs.is_empty(), gyre_kernels::prebuilt_source().is_none());
+    assert!(gyre_kernels::prebuilt_source().is_some());
     eprintln!("prebuilt CUDA images embedded: {archs:?}");
 }

@@ -433,10 +433,23 @@ pub fn ci(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The checks `ci` runs after setup, in order; `host_api_has_wgpu`: whether the gyre
-/// crate has a `wgpu` feature (its tests then join the wgpu step).
-#[allow(clippy::too_many_lines)] // one entry per CI step, in order
+/// Set on every CI step: a test whose subject needs a tool (g++, an adapter, the
+/// prebuilt images) fails, instead of skipping, when the tool is missing
+/// (`runtime/tests/support/skip.rs`).
+pub const CI_VAR: &str = "GYRE_CI";
+
+/// The checks `ci` runs after setup, in order, each with [`CI_VAR`] set;
+/// `host_api_has_wgpu`: whether the gyre crate has a `wgpu` feature (its tests then join
+/// the wgpu step).
 fn ci_steps(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
+    checks(toolkit, host_api_has_wgpu)
+        .into_iter()
+        .map(|step| step.env(CI_VAR, "1"))
+        .collect()
+}
+
+#[allow(clippy::too_many_lines)] // one entry per CI step, in order
+fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
     [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
         Step::new(
@@ -607,6 +620,17 @@ mod tests {
         );
         let clippy = steps.iter().find(|step| step.name == "clippy").unwrap();
         assert!(clippy.args.iter().any(|arg| arg == "--all-features"));
+    }
+
+    #[test]
+    fn every_step_turns_skips_into_failures() {
+        for step in ci_steps(&Toolkit::at("/t"), true) {
+            assert!(
+                step.env.iter().any(|(k, v)| k == CI_VAR && v == "1"),
+                "step `{}` lacks {CI_VAR}=1",
+                step.name
+            );
+        }
     }
 
     #[test]

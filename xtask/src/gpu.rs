@@ -26,8 +26,9 @@ pub const REPORT: &str = "target/gpu-validate/report.md";
 /// finds no usable device.
 pub const REQUIRE_GPU_VAR: &str = "GYRE_REQUIRE_GPU";
 
-/// The GPU steps, in order: the GPU-only tests (each `#[ignore]`d elsewhere), then the
-/// CUDA benchmarks. `env` is the toolkit's environment.
+/// The GPU steps, in order: the GPU-only tests (each `#[ignore]`d elsewhere), the
+/// CUDA benchmarks, then the cross-backend conformance suite on the GPU. `env` is the
+/// toolkit's environment.
 pub(crate) fn steps(env: &[(String, String)]) -> Vec<Step> {
     [
         Step::new(
@@ -59,6 +60,22 @@ pub(crate) fn steps(env: &[(String, String)]) -> Vec<Step> {
                 "cuda",
                 "--bin",
                 "gyre-bench-cuda",
+            ],
+        ),
+        Step::new(
+            "GPU conformance",
+            "cargo",
+            &[
+                "test",
+                "--release",
+                "-p",
+                "gyre",
+                "--features",
+                "cuda",
+                "--test",
+                "conformance",
+                "--",
+                "--ignored",
             ],
         ),
     ]
@@ -406,6 +423,10 @@ mod tests {
         assert_eq!(
             steps[1].command_line(),
             "cargo run --release -p gyre-bench --features cuda --bin gyre-bench-cuda"
+        );
+        assert_eq!(
+            steps[2].command_line(),
+            "cargo test --release -p gyre --features cuda --test conformance -- --ignored"
         );
         for step in &steps {
             assert!(step
