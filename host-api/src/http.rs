@@ -1,30 +1,75 @@
-//! The optional `/metrics` HTTP endpoint (feature `http`): a small blocking server on
-//! its own thread that answers `GET /metrics` with [`crate::Runtime::prometheus_text`].
-//! Std networking only; for anything beyond a scrape target, serve
-//! `prometheus_text()` from your own HTTP stack.
+//! The optional `/metrics` HTTP endpoint (feature `http`): answers `GET /metrics` with
+//! [`crate::Runtime::prometheus_text`].
+//!
+//! It is served by hyper (HTTP/1.1) on a current-thread tokio runtime that the server owns,
+//! on a thread of its own: it needs no runtime from the caller, and works the same when it
+//! is started from inside one (of either flavour) without running anything on it.
+//!
+//! No client can hold the endpoint: connections are served concurrently, each one serves
+//! one request (`Connection: close`) and is closed when its header has not arrived within
+//! [`MetricsServer::HEADER_READ_TIMEOUT`] (a deadline, not an idle timer: a byte now and
+//! then does not extend it) or its request has not been answered within
+//! [`MetricsServer::REQUEST_TIMEOUT`]. A header larger than
+//! [`MetricsServer::MAX_HEADER_BYTES`] is answered `431` and the connection closed without
+//! reading the rest. At most [`MetricsServer::MAX_CONNECTIONS`] connections are open at
+//! once; one past that is closed as soon as it is accepted.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use gyre_runtime::backend::cpu::CpuBackend;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::Error;
 
 /// A running `/metrics` endpoint; stops when dropped.
+///
+/// Dropping it stops accepting connections at once, lets requests in progress finish for
+/// up to [`MetricsServer::SHUTDOWN_GRACE`], closes whatever is left and returns: it blocks
+/// the dropping thread for at most about that long.
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl MetricsServer {
+    /// How long a client has, from the moment it connects, to send its whole request
+    /// header. A client still sending one then is disconnected.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// How long one connection may last in all: reading the request, building the
+    /// answer and writing it to the client. A client that reads the answer too slowly is
+    /// disconnected.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The largest request header read, in bytes; a larger one is answered
+    /// `431 Request Header Fields Too Large` and its connection closed.
+    pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+    /// How many connections are served at once. A connection past this is closed as soon
+    /// as it is accepted (the client sees the connection end with no answer).
+    pub const MAX_CONNECTIONS: usize = 64;
+
+    /// How long dropping the server waits for requests in progress before closing them.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
     pub(crate) fn start(backend: Arc<CpuBackend>, addr: SocketAddr) -> Result<Self, Error> {
-        let listener = TcpListener::bind(addr).map_err(|e| {
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| {
             Error::Launch(format!(
                 "could not listen on {addr} for /metrics: {e}; pick a free port (port 0 picks one)"
             ))
@@ -32,14 +77,35 @@ impl MetricsServer {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Launch(format!("/metrics listener has no address: {e}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::Launch(format!("/metrics listener: {e}")))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
+        listener.set_nonblocking(true).map_err(|e| {
+            Error::Launch(format!(
+                "could not make the /metrics listener non-blocking: {e}"
+            ))
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| {
+                Error::Launch(format!(
+                    "could not start the /metrics server's tokio runtime: {e}"
+                ))
+            })?;
+        let runtime = OwnedRuntime(Some(runtime));
+        let listener = {
+            // Registers the socket with the server's own runtime. Entering it is allowed
+            // inside another runtime; only blocking on one there is not.
+            let _enter = runtime.handle().enter();
+            TcpListener::from_std(listener).map_err(|e| {
+                Error::Launch(format!(
+                    "could not register the /metrics listener with its runtime: {e}"
+                ))
+            })?
+        };
+        let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("gyre-metrics-http".into())
-            .spawn(move || serve(&listener, &backend, &stopping))
+            .spawn(move || runtime.block_on(serve(listener, backend, stopped)))
             .map_err(|e| Error::Launch(format!("could not start the /metrics thread: {e}")))?;
         Ok(Self {
             addr,
@@ -56,65 +122,177 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        // `send_replace` stores the value even when every receiver is gone (the server
+        // thread ended on its own).
+        self.stop.send_replace(true);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            if thread.join().is_err() {
+                tracing::warn!("the /metrics server thread panicked");
+            }
         }
     }
 }
 
-/// How often the idle accept loop looks for a stop request.
-const POLL: Duration = Duration::from_millis(50);
+/// The server's runtime. Dropped with `shutdown_background`, which never blocks: a plain
+/// drop panics when it happens inside another runtime (as it would if the server thread
+/// could not be spawned from an async caller).
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
 
-fn serve(listener: &TcpListener, backend: &CpuBackend, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, backend) {
-                    tracing::debug!(error = %e, "/metrics request failed");
+impl OwnedRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+
+    fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.0
+            .as_ref()
+            .expect("present until dropped")
+            .block_on(future)
+    }
+}
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// How long the accept loop waits after an accept error (for example, out of file
+/// descriptors) before it tries again, so that it does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections until told to stop, serving each on its own task.
+async fn serve(listener: TcpListener, backend: Arc<CpuBackend>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(MetricsServer::MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    let stop_connections = stop.clone();
+    loop {
+        tokio::select! {
+            // A stop request, or the handle gone without one: stop either way.
+            _ = stop.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if let Ok(slot) = slots.clone().try_acquire_owned() {
+                        connections.spawn(serve_connection(
+                            stream,
+                            backend.clone(),
+                            stop_connections.clone(),
+                            slot,
+                        ));
+                    } else {
+                        tracing::debug!(
+                            %peer,
+                            limit = MetricsServer::MAX_CONNECTIONS,
+                            "/metrics: too many open connections, closing a new one"
+                        );
+                        drop(stream);
+                    }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "/metrics accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+            // Reaps finished connections so that the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // No new connections from here on.
+    drop(listener);
+    let finished = tokio::time::timeout(MetricsServer::SHUTDOWN_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::debug!(
+            open = connections.len(),
+            "/metrics: closing connections still open after the shutdown grace period"
+        );
+    }
+    // Dropping the set aborts what is left; the runtime's shutdown closes their sockets.
+}
+
+/// Serves one request on `stream`, within the deadlines.
+async fn serve_connection(
+    stream: TcpStream,
+    backend: Arc<CpuBackend>,
+    mut stop: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let service = service_fn(move |request| {
+        let response = respond(&request, &backend);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let mut connection = pin!(http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(MetricsServer::HEADER_READ_TIMEOUT)
+        .max_buf_size(MetricsServer::MAX_HEADER_BYTES)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service));
+    let mut deadline = pin!(tokio::time::sleep(MetricsServer::REQUEST_TIMEOUT));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "/metrics connection ended with an error");
+                }
+                return;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
-            Err(e) => {
-                tracing::warn!(error = %e, "/metrics accept failed");
-                std::thread::sleep(POLL);
+            () = deadline.as_mut() => {
+                tracing::debug!(
+                    timeout = ?MetricsServer::REQUEST_TIMEOUT,
+                    "/metrics request not done in time: closing its connection"
+                );
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop), if !stopping => {
+                // Finishes a request in progress (the server's grace period bounds it).
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
             }
         }
     }
 }
 
-fn answer(stream: TcpStream, backend: &CpuBackend) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Skip the headers.
-    let mut line = String::new();
-    while reader.read_line(&mut line)? > 2 {
-        line.clear();
+/// The answer to one request: the metrics for `GET` (and `HEAD`) `/metrics`, 405 for
+/// another method there, 404 elsewhere.
+fn respond(request: &Request<Incoming>, backend: &CpuBackend) -> Response<String> {
+    if request.uri().path() != "/metrics" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: try GET /metrics\n".to_owned(),
+        );
     }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, content_type, body) =
-        if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-            (
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
-                backend.prometheus_text(),
-            )
-        } else {
-            (
-                "404 Not Found",
-                "text/plain; charset=utf-8",
-                "try GET /metrics\n".to_owned(),
-            )
-        };
-    let mut stream = reader.into_inner();
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {} not allowed: /metrics answers GET (and HEAD)\n",
+                request.method()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let mut response = Response::new(backend.prometheus_text());
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<String> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }

@@ -414,8 +414,16 @@ impl Runtime {
         self.cpu.prometheus_text()
     }
 
-    /// Serves [`Runtime::prometheus_text`] at `http://ADDR/metrics` from a small
-    /// server thread until the returned handle is dropped (feature `http`).
+    /// Serves [`Runtime::prometheus_text`] at `http://ADDR/metrics` until the returned
+    /// handle is dropped (feature `http`).
+    ///
+    /// The server is hyper on a tokio runtime of its own, on a thread of its own: it
+    /// needs no tokio runtime from the caller, and may be started from inside one (either
+    /// flavour) without running anything on it. It serves connections concurrently and
+    /// bounds what a client can hold: see [`crate::MetricsServer`] for the header deadline,
+    /// the request deadline, the header size limit and the connection limit. `GET` (or
+    /// `HEAD`) `/metrics` answers 200 with `text/plain; version=0.0.4`; another method
+    /// there answers 405, another path 404.
     ///
     /// ```
     /// # #[cfg(feature = "http")] {
@@ -427,7 +435,8 @@ impl Runtime {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Launch`] when the address cannot be bound.
+    /// [`Error::Launch`] when the address cannot be bound, or the server's runtime or
+    /// thread cannot be started.
     #[cfg(feature = "http")]
     pub fn serve_metrics(&self, addr: std::net::SocketAddr) -> Result<crate::MetricsServer, Error> {
         crate::http::MetricsServer::start(self.cpu.clone(), addr)
