@@ -844,12 +844,14 @@ impl GyreActors {
             .map(|&s| {
                 group
                     .kernel(s)
+                    .expect("a stage of this group")
                     .exclusive_sender()
                     .expect("a fresh kernel's lane is free")
             })
             .collect();
         let results = group
             .kernel(collector)
+            .expect("a stage of this group")
             .receiver()
             .expect("a fresh kernel's output is free");
         Self {

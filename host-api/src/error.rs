@@ -37,6 +37,17 @@ pub enum Error {
     /// stopped downstream).
     #[error(transparent)]
     Route(#[from] gyre_runtime::routing::RouteError),
+    /// A stage (of a group builder: [`crate::Stage`], or a CUDA or wgpu stage) was used
+    /// with another builder or group than the one whose `add` returned it.
+    #[error(
+        "a stage of another group was used with group `{group}`: a stage is valid only with \
+         the builder whose `add` returned it and the group that builder launched; use the \
+         stages this group's builder returned"
+    )]
+    ForeignStage {
+        /// The group (or group builder) it was used with.
+        group: String,
+    },
     /// A capacity or slot size is invalid.
     #[error("kernel `{kernel}`: {source}")]
     Layout {
