@@ -338,6 +338,7 @@ impl CudaGroupBuilder {
                 GroupError::Device(DeviceError::Unavailable(reason)) => {
                     Error::BackendUnavailable { backend, reason }
                 }
+                invalid @ GroupError::Invalid { .. } => Error::Launch(format!("CUDA {invalid}")),
                 other => Error::Launch(format!("CUDA group `{}`: {other}", self.name)),
             })?;
         Ok(CudaGroupHandle {

@@ -283,3 +283,18 @@ fn a_stage_of_another_group_is_an_error_not_a_panic() {
     group.try_send(&own, record).unwrap();
     assert_eq!(group.terminate().undelivered(&own), [record]);
 }
+
+#[test]
+fn a_topology_error_names_the_group_once_and_says_what_to_change() {
+    let Some(runtime) = emulated() else { return };
+    let mut g = runtime.cuda_group("g").unwrap();
+    let a = g.add(CudaKernel::<Record, Record>::builtin("a", Builtin::Gather));
+    let b = g.add(CudaKernel::<Record, Record>::builtin("b", Builtin::Gather));
+    g.route(&a, 3, &b);
+    let text = g.launch().map(|_| ()).unwrap_err().to_string();
+    assert_eq!(
+        text,
+        "could not launch: CUDA group `g`: kernel `a` has no port 3 (it has 1): use a port \
+         below 1, or give it more ports (`.ports(n)`)"
+    );
+}

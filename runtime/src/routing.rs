@@ -87,10 +87,16 @@ impl DeadLetters {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// The route names a kernel that is not part of the group or runtime.
-    #[error("route names unknown kernel `{0}`: add it to the group (or launch it) first")]
+    #[error(
+        "no kernel is named `{0}` here: check the name (Group::kernel_names lists a group's \
+         kernels), or add the kernel to the group before routing to it"
+    )]
     UnknownKernel(String),
     /// The port number is not one of the kernel's ports.
-    #[error("kernel `{kernel}` has {ports} output port(s); port {port} does not exist: raise KernelSpec::ports")]
+    #[error(
+        "kernel `{kernel}` has {ports} output port(s); port {port} does not exist: use a port \
+         below {ports}, or raise KernelSpec::ports"
+    )]
     NoSuchPort {
         /// The kernel.
         kernel: String,
@@ -124,10 +130,10 @@ pub enum RouteError {
         slot_payload_bytes: usize,
     },
     /// The routes form a cycle and the group did not allow cycles.
-    #[error("routes form a cycle ({0}); a full ring in a cycle can stall it for good, so allow cycles explicitly (Group::allow_cycles) only when the flow inside is bounded")]
+    #[error("routes form a cycle ({0}); a full ring in a cycle can stall it for good, so allow cycles explicitly (GroupBuilder::allow_cycles) only when the flow inside is bounded")]
     Cycle(String),
     /// The downstream kernel no longer takes messages.
-    #[error("kernel `{kernel}` is {state}: it takes no messages, so nothing can be routed to it; restart it or route elsewhere")]
+    #[error("kernel `{kernel}` is {state}: it takes no messages, so nothing can be routed to it; restart it (Runtime::restart) or route elsewhere")]
     Stopped {
         /// The downstream.
         kernel: String,
@@ -144,7 +150,11 @@ pub enum RouteError {
         kernels: usize,
     },
     /// The kernel does not release its routing table in time (its handler is busy).
-    #[error("kernel `{0}` did not finish its turn within the command timeout, so its port could not be rebound; its handler may be stuck")]
+    #[error(
+        "kernel `{0}` did not finish its turn within the command timeout, so its port could not \
+         be rebound; its handler may be stuck: retry once it returns, terminate the kernel, or \
+         raise RuntimeBuilder::command_timeout if the handler is only slow"
+    )]
     Busy(String),
 }
 
