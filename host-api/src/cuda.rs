@@ -221,7 +221,6 @@ impl CudaGroupBuilder {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
-    ///
     /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn route<A, B, C>(
         &mut self,
@@ -252,7 +251,6 @@ impl CudaGroupBuilder {
     /// g.to_dead_letters(&split, 1);
     /// # Ok::<(), gyre::Error>(())
     /// ```
-    ///
     ///
     /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn to_dead_letters<In, Out>(&mut self, stage: &CudaStage<In, Out>, port: u32) -> &mut Self {

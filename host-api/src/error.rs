@@ -120,7 +120,8 @@ pub enum Error {
     /// The kernel is draining and accepts no more messages.
     #[error(
         "kernel `{kernel}` is draining and accepts no new messages: send to another kernel, or \
-         restart it once the drain has finished"
+         wait for the drain to finish, then restart it (`Runtime::restart`, for CPU kernels) \
+         or launch it again"
     )]
     Draining {
         /// The kernel.

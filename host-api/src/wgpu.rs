@@ -233,7 +233,6 @@ impl WgpuGroupBuilder {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
-    ///
     /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn route<A, B, C>(
         &mut self,
@@ -264,7 +263,6 @@ impl WgpuGroupBuilder {
     /// g.to_dead_letters(&split, 1);
     /// # Ok::<(), gyre::Error>(())
     /// ```
-    ///
     ///
     /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn to_dead_letters<In, Out>(&mut self, stage: &WgpuStage<In, Out>, port: u32) -> &mut Self {

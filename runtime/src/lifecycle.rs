@@ -51,11 +51,13 @@ fn explain(from: State, event: Event) -> String {
     };
     let hint = match (from, event) {
         (State::Terminated, Event::Command(Command::Terminate)) => {
-            "it is already terminated, so there is nothing to stop; restart it or launch a new \
-             kernel to run it again"
+            "it is already terminated, so there is nothing to stop; to run it again, restart it \
+             (CPU kernels) or launch it again"
         }
-        (State::Terminated, _) => "it is terminated; restart it or launch a new kernel",
-        (State::Faulted, _) => "it is faulted; terminate it to collect its messages, or restart it",
+        (State::Terminated, _) => "it is terminated; restart it (CPU kernels) or launch it again",
+        (State::Faulted, _) => {
+            "it is faulted; terminate it to collect its messages, or restart it (CPU kernels)"
+        }
         (State::Draining, Event::Command(Command::Drain)) => {
             "it is already draining; wait for the drain to finish"
         }
