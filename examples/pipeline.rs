@@ -105,9 +105,9 @@ fn launch_stages(runtime: &Runtime) -> Result<(Group, Stages), Error> {
     let group = g.launch()?;
     group.activate()?;
     let stages = (
-        group.kernel(calibrate),
-        group.kernel(filter),
-        group.kernel(aggregate),
+        group.kernel(calibrate)?,
+        group.kernel(filter)?,
+        group.kernel(aggregate)?,
     );
     Ok((group, stages))
 }

@@ -749,10 +749,12 @@ impl GyrePipeline {
         group.activate().expect("the pipeline activates");
         let tx = group
             .kernel(s1)
+            .expect("a stage of this group")
             .exclusive_sender()
             .expect("a fresh kernel's lane is free");
         let rx = group
             .kernel(s3)
+            .expect("a stage of this group")
             .receiver()
             .expect("a fresh kernel's output is free");
         Self {
@@ -844,12 +846,14 @@ impl GyreActors {
             .map(|&s| {
                 group
                     .kernel(s)
+                    .expect("a stage of this group")
                     .exclusive_sender()
                     .expect("a fresh kernel's lane is free")
             })
             .collect();
         let results = group
             .kernel(collector)
+            .expect("a stage of this group")
             .receiver()
             .expect("a fresh kernel's output is free");
         Self {

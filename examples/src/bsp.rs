@@ -450,8 +450,11 @@ pub fn run(graph: &Graph, partitions: u32) -> Result<Outcome, Error> {
     g.allow_cycles();
     let group = g.launch()?;
     group.activate()?;
-    let barrier = group.kernel(barrier);
-    let partitions: Vec<Kernel<BspMsg, BspMsg>> = stages.iter().map(|&s| group.kernel(s)).collect();
+    let barrier = group.kernel(barrier)?;
+    let partitions: Vec<Kernel<BspMsg, BspMsg>> = stages
+        .iter()
+        .map(|&s| group.kernel(s))
+        .collect::<Result<_, _>>()?;
 
     let start = Instant::now();
     let result = supersteps(&barrier, &partitions, graph.vertices);

@@ -270,7 +270,7 @@ pub fn run(inputs: &[u64], workers: u32, capacity: u32) -> Result<Outcome, Error
     g.allow_cycles();
     let group = g.launch()?;
     group.activate()?;
-    let coordinator = group.kernel(coordinator);
+    let coordinator = group.kernel(coordinator)?;
 
     let start = Instant::now();
     let received = thread::scope(|scope| {

@@ -252,8 +252,11 @@ fn run_once(
     }
     let group = g.launch()?;
     group.activate()?;
-    let router = group.kernel(router);
-    let workers: Vec<Kernel<Item, Item>> = stages.iter().map(|&s| group.kernel(s)).collect();
+    let router = group.kernel(router)?;
+    let workers: Vec<Kernel<Item, Item>> = stages
+        .iter()
+        .map(|&s| group.kernel(s))
+        .collect::<Result<_, _>>()?;
 
     let start = Instant::now();
     thread::scope(|scope| {

@@ -265,7 +265,7 @@ pub fn run(jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
     }
     let group = g.launch()?;
     group.activate()?;
-    let (input, output) = (group.kernel(scatter), group.kernel(gather));
+    let (input, output) = (group.kernel(scatter)?, group.kernel(gather)?);
 
     let start = Instant::now();
     let received = thread::scope(|scope| {

@@ -146,6 +146,7 @@ impl Runtime {
             device,
             name: name.into(),
             group_id: gpu_common::next_group_id(),
+            foreign: false,
             kernels: Vec::new(),
             routes: Vec::new(),
             threads,
@@ -159,6 +160,8 @@ pub struct CudaGroupBuilder {
     device: Arc<dyn Device>,
     name: String,
     group_id: u64,
+    /// Whether a stage of another group was passed in ([`Error::ForeignStage`] at launch).
+    foreign: bool,
     /// Each kernel's plan, or why it cannot be planned (reported at launch).
     kernels: Vec<Result<KernelPlan, Error>>,
     routes: Vec<Route>,
@@ -218,16 +221,16 @@ impl CudaGroupBuilder {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
-    /// # Panics
-    /// When a stage belongs to another group.
+    /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn route<A, B, C>(
         &mut self,
         from: &CudaStage<A, B>,
         port: u32,
         to: &CudaStage<B, C>,
     ) -> &mut Self {
-        self.check(from.id.group_id);
-        self.check(to.id.group_id);
+        if !(self.owns(from.id) & self.owns(to.id)) {
+            return self;
+        }
         self.routes.push(Route {
             from: from.id.index,
             port,
@@ -249,10 +252,11 @@ impl CudaGroupBuilder {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
-    /// # Panics
-    /// When `stage` belongs to another group.
+    /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn to_dead_letters<In, Out>(&mut self, stage: &CudaStage<In, Out>, port: u32) -> &mut Self {
-        self.check(stage.id.group_id);
+        if !self.owns(stage.id) {
+            return self;
+        }
         self.routes.push(Route {
             from: stage.id.index,
             port,
@@ -276,12 +280,11 @@ impl CudaGroupBuilder {
         self
     }
 
-    fn check(&self, group_id: u64) {
-        assert_eq!(
-            group_id, self.group_id,
-            "this stage belongs to another CUDA group than `{}`",
-            self.name
-        );
+    /// Whether this builder made the stage `id`; remembers it when not, for `launch`.
+    fn owns(&mut self, id: StageId) -> bool {
+        let own = id.group_id == self.group_id;
+        self.foreign |= !own;
+        own
     }
 
     /// Checks the group, compiles its kernels into one module, allocates its rings and
@@ -300,6 +303,7 @@ impl CudaGroupBuilder {
     /// ```
     ///
     /// # Errors
+    /// - [`Error::ForeignStage`] when a route was given a stage of another group;
     /// - [`Error::Compile`] when a handler does not compile: the message has the
     ///   compiler's log, naming `FUNCTION.cu` and the line;
     /// - [`Error::MessageAlignment`] or [`Error::Launch`] for message types that do not
@@ -308,6 +312,9 @@ impl CudaGroupBuilder {
     ///   says what to change;
     /// - [`Error::BackendUnavailable`] when the device went away.
     pub fn launch(self) -> Result<CudaGroupHandle, Error> {
+        if self.foreign {
+            return Err(Error::ForeignStage { group: self.name });
+        }
         let kernels = self.kernels.into_iter().collect::<Result<Vec<_>, _>>()?;
         let names = kernels.iter().map(|k| k.name.clone()).collect();
         let plan = GroupPlan {
@@ -329,6 +336,7 @@ impl CudaGroupBuilder {
                 GroupError::Device(DeviceError::Unavailable(reason)) => {
                     Error::BackendUnavailable { backend, reason }
                 }
+                invalid @ GroupError::Invalid { .. } => Error::Launch(format!("CUDA {invalid}")),
                 other => Error::Launch(format!("CUDA group `{}`: {other}", self.name)),
             })?;
         Ok(CudaGroupHandle {
@@ -389,9 +397,7 @@ impl CudaGroupHandle {
     /// With the message handed back: [`Error::Timeout`] when no room freed in time;
     /// [`Error::Draining`], [`Error::Terminated`] or [`Error::Faulted`] when the kernel
     /// takes no more messages.
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
+    /// [`Error::ForeignStage`] (the message handed back) for a stage of another group.
     pub fn send<In: Message, Out>(
         &self,
         stage: &CudaStage<In, Out>,
@@ -405,9 +411,6 @@ impl CudaGroupHandle {
     ///
     /// # Errors
     /// As [`CudaGroupHandle::send`].
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn send_timeout<In: Message, Out>(
         &self,
         stage: &CudaStage<In, Out>,
@@ -422,9 +425,6 @@ impl CudaGroupHandle {
     /// # Errors
     /// [`Error::Full`] when the inbox is full, or as [`CudaGroupHandle::send`]; the
     /// message comes back.
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn try_send<In: Message, Out>(
         &self,
         stage: &CudaStage<In, Out>,
@@ -438,9 +438,7 @@ impl CudaGroupHandle {
     /// # Errors
     /// [`Error::Terminated`] (or [`Error::Faulted`]) when the kernel stopped and every
     /// output it made was received.
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
+    /// [`Error::ForeignStage`] for a stage of another group.
     pub fn recv<In, Out: Message>(&self, stage: &CudaStage<In, Out>) -> Result<Out, Error> {
         self.core.recv(stage.id, None)
     }
@@ -449,9 +447,6 @@ impl CudaGroupHandle {
     ///
     /// # Errors
     /// [`Error::Timeout`] when nothing came in time, or as [`CudaGroupHandle::recv`].
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn recv_timeout<In, Out: Message>(
         &self,
         stage: &CudaStage<In, Out>,
@@ -464,9 +459,6 @@ impl CudaGroupHandle {
     ///
     /// # Errors
     /// As [`CudaGroupHandle::recv`].
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn try_recv<In, Out: Message>(
         &self,
         stage: &CudaStage<In, Out>,

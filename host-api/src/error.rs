@@ -8,10 +8,13 @@ use gyre_runtime::abi::State;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A message type does not fit the ring's slots.
+    /// A message type does not fit the ring's slots. When even the largest slot
+    /// ([`gyre_runtime::abi::MAX_SLOT_BYTES`]) is too small, `suggested` is above it and
+    /// the message says to split the type instead.
     #[error(
         "message type `{type_name}` is {size} bytes but a slot of {slot_bytes} bytes holds {max} \
-         payload bytes: raise the slot size with `.slot_bytes({suggested})` or shrink the type"
+         payload bytes: {}",
+        too_large_advice(*.size, *.suggested)
     )]
     MessageTooLarge {
         /// The Rust type.
@@ -22,11 +25,15 @@ pub enum Error {
         slot_bytes: u32,
         /// Payload bytes per slot.
         max: usize,
-        /// The smallest slot size that fits.
+        /// The smallest slot size that fits (above the largest slot size when none does).
         suggested: u32,
     },
     /// A message type needs more alignment than a slot payload has.
-    #[error("message type `{type_name}` needs {align}-byte alignment; slot payloads are 16-byte aligned")]
+    #[error(
+        "message type `{type_name}` needs {align}-byte alignment but slot payloads are only \
+         16-byte aligned: use a type aligned to 16 bytes or less (drop its \
+         `#[repr(align({align}))]`, or keep over-aligned fields as byte arrays)"
+    )]
     MessageAlignment {
         /// The Rust type.
         type_name: &'static str,
@@ -37,6 +44,17 @@ pub enum Error {
     /// stopped downstream).
     #[error(transparent)]
     Route(#[from] gyre_runtime::routing::RouteError),
+    /// A stage (of a group builder: [`crate::Stage`], or a CUDA or wgpu stage) was used
+    /// with another builder or group than the one whose `add` returned it.
+    #[error(
+        "a stage of another group was used with group `{group}`: a stage is valid only with \
+         the builder whose `add` returned it and the group that builder launched; use the \
+         stages this group's builder returned"
+    )]
+    ForeignStage {
+        /// The group (or group builder) it was used with.
+        group: String,
+    },
     /// A capacity or slot size is invalid.
     #[error("kernel `{kernel}`: {source}")]
     Layout {
@@ -73,20 +91,26 @@ pub enum Error {
         log: String,
     },
     /// The runtime refused a launch.
-    #[error("could not launch kernel: {0}")]
+    #[error("could not launch: {0}")]
     Launch(String),
     /// A launch would exceed the runtime's resource budget; the message says which and
     /// what to do.
     #[error("{0}")]
     OverBudget(String),
     /// The inbox is full (returned by `try_send` and by the `Fail` backpressure policy).
-    #[error("kernel `{kernel}`'s inbox is full: retry later, send with a blocking policy, or raise its capacity")]
+    #[error(
+        "kernel `{kernel}`'s inbox is full: retry later, use `send` (it waits for room) or a \
+         Sender with `Backpressure::Block`, or raise its capacity"
+    )]
     Full {
         /// The kernel.
         kernel: String,
     },
     /// The wait timed out.
-    #[error("timed out after {after:?} waiting on kernel `{kernel}`")]
+    #[error(
+        "timed out after {after:?} waiting on kernel `{kernel}`: retry, or wait longer; a kernel \
+         that is not active (launched or paused) processes nothing, so activate it"
+    )]
     Timeout {
         /// The kernel.
         kernel: String,
@@ -94,20 +118,28 @@ pub enum Error {
         after: Duration,
     },
     /// The kernel is draining and accepts no more messages.
-    #[error("kernel `{kernel}` is draining and accepts no new messages")]
+    #[error(
+        "kernel `{kernel}` is draining and accepts no new messages: send to another kernel, or \
+         wait for the drain to finish, then restart it (`Runtime::restart`, for CPU kernels) \
+         or launch it again"
+    )]
     Draining {
         /// The kernel.
         kernel: String,
     },
     /// The kernel is terminated.
-    #[error("kernel `{kernel}` is terminated: restart it or launch a new one")]
+    #[error(
+        "kernel `{kernel}` is terminated and takes no messages: restart it (`Runtime::restart`, \
+         for CPU kernels) or launch it again"
+    )]
     Terminated {
         /// The kernel.
         kernel: String,
     },
     /// The kernel faulted.
     #[error(
-        "kernel `{kernel}` faulted: {reason}; terminate it to collect its undelivered messages"
+        "kernel `{kernel}` faulted: {reason}; terminate it to collect its undelivered messages, \
+         then restart it (`Runtime::restart`, for CPU kernels) or launch it again"
     )]
     Faulted {
         /// The kernel.
@@ -144,13 +176,33 @@ pub enum Error {
         source: gyre_runtime::lifecycle::LifecycleError,
     },
     /// The kernel did not acknowledge a command in time.
-    #[error("kernel `{kernel}` did not acknowledge within {waited:?}; its handler may be stuck: terminate it or raise the command timeout")]
+    #[error(
+        "kernel `{kernel}` did not acknowledge within {waited:?}: its handler is busy or stuck. \
+         If the kernel runs, terminate it (a terminate abandons a stuck handler and hands its \
+         messages back); if it was terminated, retry once the abandoned handler returns; for a \
+         handler that is only slow, raise `RuntimeBuilder::command_timeout`"
+    )]
     Unresponsive {
         /// The kernel.
         kernel: String,
         /// How long the host waited.
         waited: Duration,
     },
+}
+
+/// The advice of [`Error::MessageTooLarge`]: a slot size that fits, if one does.
+fn too_large_advice(size: usize, suggested: u32) -> String {
+    use gyre_runtime::abi::{MAX_SLOT_BYTES, SLOT_HEADER_BYTES};
+    if suggested <= MAX_SLOT_BYTES {
+        format!("raise the slot size with `.slot_bytes({suggested})` or shrink the type")
+    } else {
+        format!(
+            "no slot size fits it (the largest slot, {MAX_SLOT_BYTES} bytes, holds {} payload \
+             bytes, {size} needed): split it into several messages, or keep the data in a \
+             buffer of your own and send an index or handle into it",
+            MAX_SLOT_BYTES - SLOT_HEADER_BYTES
+        )
+    }
 }
 
 impl Error {

@@ -91,6 +91,18 @@ impl<G: RawGroup> GroupCore<G> {
         stage.index
     }
 
+    /// The kernel index of `stage`, or [`Error::ForeignStage`] when it belongs to another
+    /// group.
+    fn checked(&self, stage: StageId) -> Result<usize, Error> {
+        if stage.group_id == self.group_id {
+            Ok(stage.index)
+        } else {
+            Err(Error::ForeignStage {
+                group: self.name.clone(),
+            })
+        }
+    }
+
     /// Activates every kernel.
     pub(crate) fn activate(&self) -> Result<(), Error> {
         self.group
@@ -105,7 +117,10 @@ impl<G: RawGroup> GroupCore<G> {
         message: In,
         timeout: Option<Duration>,
     ) -> Result<(), SendError<In>> {
-        let k = self.index(stage);
+        let k = match self.checked(stage) {
+            Ok(k) => k,
+            Err(error) => return Err(SendError { error, message }),
+        };
         let payload = bytemuck::bytes_of(&message);
         let sent = match timeout {
             Some(timeout) => self.group.send(k, payload, timeout),
@@ -124,7 +139,7 @@ impl<G: RawGroup> GroupCore<G> {
 
     /// Receives without waiting; `Ok(None)` when nothing is there yet.
     pub(crate) fn try_recv<Out: Message>(&self, stage: StageId) -> Result<Option<Out>, Error> {
-        let k = self.index(stage);
+        let k = self.checked(stage)?;
         // The state first: a kernel that acknowledged its stop had published every output
         // (on wgpu, copied back in the same tick), so an empty outbox after that means
         // nothing more will come.
@@ -146,7 +161,7 @@ impl<G: RawGroup> GroupCore<G> {
         stage: StageId,
         timeout: Option<Duration>,
     ) -> Result<Out, Error> {
-        let k = self.index(stage);
+        let k = self.checked(stage)?;
         let mut backoff = Backoff::new();
         gpu_common::recv_until(
             &self.names[k],

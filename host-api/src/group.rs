@@ -10,6 +10,7 @@
 
 use std::any::TypeId;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,15 @@ use crate::report::{GroupReport, KernelShutdown, RawMessage};
 use crate::spec::{join, Message};
 use crate::{Error, Kernel, KernelSpec, Runtime, SendError, Sender};
 
-/// A kernel of a group being built: its index, typed by its messages.
+/// Identifies a group builder, so a stage is never used with another builder's group.
+static NEXT_BUILDER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A kernel of a group being built: its index, typed by its messages, and the builder it
+/// was added to. It is valid only with that builder and the [`Group`] it launches: any
+/// other builder or group refuses it with [`Error::ForeignStage`].
 pub struct Stage<In, Out> {
     index: usize,
+    builder: u64,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -37,7 +44,10 @@ impl<In, Out> Copy for Stage<In, Out> {}
 
 impl<In, Out> std::fmt::Debug for Stage<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stage").field("index", &self.index).finish()
+        f.debug_struct("Stage")
+            .field("index", &self.index)
+            .field("builder", &self.builder)
+            .finish()
     }
 }
 
@@ -75,11 +85,11 @@ enum Target {
 /// g.route(split, 0, even).route(split, 1, odd);
 /// let group = g.launch()?;
 /// group.activate()?;
-/// let input = group.kernel(split);
+/// let input = group.kernel(split)?;
 /// input.send(4)?;
 /// input.send(3)?;
-/// assert_eq!(group.kernel(even).recv()?, 2);
-/// assert_eq!(group.kernel(odd).recv()?, 30);
+/// assert_eq!(group.kernel(even)?.recv()?, 2);
+/// assert_eq!(group.kernel(odd)?.recv()?, 30);
 /// let report = group.drain(Duration::from_secs(5));
 /// assert_eq!(report.undelivered_count(), 0);
 /// # Ok::<(), gyre::Error>(())
@@ -87,6 +97,10 @@ enum Target {
 pub struct GroupBuilder<'rt> {
     runtime: &'rt Runtime,
     name: String,
+    /// The id its stages carry.
+    id: u64,
+    /// Set when a stage of another builder was passed in; `launch` returns it.
+    foreign: Option<Error>,
     kernels: Vec<Planned<'rt>>,
     routes: Vec<(usize, u32, Target)>,
     allow_cycles: bool,
@@ -110,6 +124,8 @@ impl<'rt> GroupBuilder<'rt> {
         Self {
             runtime,
             name,
+            id: NEXT_BUILDER_ID.fetch_add(1, Ordering::Relaxed),
+            foreign: None,
             kernels: Vec::new(),
             routes: Vec::new(),
             allow_cycles: false,
@@ -129,15 +145,30 @@ impl<'rt> GroupBuilder<'rt> {
         });
         Stage {
             index,
+            builder: self.id,
             _types: PhantomData,
         }
     }
 
+    /// The index of `stage` if this builder made it; otherwise records
+    /// [`Error::ForeignStage`] for [`GroupBuilder::launch`] to return.
+    fn own<A, B>(&mut self, stage: Stage<A, B>) -> Option<usize> {
+        if stage.builder == self.id {
+            return Some(stage.index);
+        }
+        self.foreign.get_or_insert_with(|| Error::ForeignStage {
+            group: self.name.clone(),
+        });
+        None
+    }
+
     /// Routes output port `port` of `from` to the inbox of `to` (types checked at
-    /// compile time).
+    /// compile time). A stage another builder returned makes [`GroupBuilder::launch`]
+    /// fail with [`Error::ForeignStage`].
     pub fn route<A, B, C>(&mut self, from: Stage<A, B>, port: u32, to: Stage<B, C>) -> &mut Self {
-        self.routes
-            .push((from.index, port, Target::Kernel(to.index)));
+        if let (Some(from), Some(to)) = (self.own(from), self.own(to)) {
+            self.routes.push((from, port, Target::Kernel(to)));
+        }
         self
     }
 
@@ -170,15 +201,22 @@ impl<'rt> GroupBuilder<'rt> {
     }
 
     /// Binds output port `port` of `from` to its host output (what `recv` reads). Port 0
-    /// of a kernel with a host output starts bound there.
+    /// of a kernel with a host output starts bound there. A stage another builder
+    /// returned makes [`GroupBuilder::launch`] fail with [`Error::ForeignStage`].
     pub fn to_host<A, B>(&mut self, from: Stage<A, B>, port: u32) -> &mut Self {
-        self.routes.push((from.index, port, Target::Host));
+        if let Some(from) = self.own(from) {
+            self.routes.push((from, port, Target::Host));
+        }
         self
     }
 
-    /// Binds output port `port` of `from` to the runtime's dead-letter sink.
+    /// Binds output port `port` of `from` to the runtime's dead-letter sink. A stage
+    /// another builder returned makes [`GroupBuilder::launch`] fail with
+    /// [`Error::ForeignStage`].
     pub fn to_dead_letters<A, B>(&mut self, from: Stage<A, B>, port: u32) -> &mut Self {
-        self.routes.push((from.index, port, Target::DeadLetters));
+        if let Some(from) = self.own(from) {
+            self.routes.push((from, port, Target::DeadLetters));
+        }
         self
     }
 
@@ -190,6 +228,9 @@ impl<'rt> GroupBuilder<'rt> {
     }
 
     fn check(&self) -> Result<Vec<(usize, usize)>, Error> {
+        if let Some(foreign) = &self.foreign {
+            return Err(foreign.clone());
+        }
         let mut edges = Vec::new();
         for (i, &(from, port, target)) in self.routes.iter().enumerate() {
             let k = &self.kernels[from];
@@ -224,6 +265,7 @@ impl<'rt> GroupBuilder<'rt> {
     /// the kernels launched so far are terminated again.
     ///
     /// # Errors
+    /// [`Error::ForeignStage`] when a route was given a stage of another builder;
     /// [`Error::Route`] for a bad topology, or any launch error of a kernel.
     pub fn launch(mut self) -> Result<Group, Error> {
         let edges = self.check()?;
@@ -239,6 +281,7 @@ impl<'rt> GroupBuilder<'rt> {
         tracing::info!(group = %self.name, kernels = cores.len(), routes = edges.len(), "group launched");
         Ok(Group {
             name: self.name,
+            builder: self.id,
             kernels: cores,
             edges,
             order,
@@ -283,6 +326,8 @@ impl<'rt> GroupBuilder<'rt> {
 #[derive(Debug)]
 pub struct Group {
     name: String,
+    /// The id of the builder that launched it: the one its stages carry.
+    builder: u64,
     kernels: Vec<Arc<KernelCore>>,
     edges: Vec<(usize, usize)>,
     /// Upstream first.
@@ -297,10 +342,19 @@ impl Group {
     }
 
     /// The typed handle of one kernel of the group.
-    pub fn kernel<In, Out>(&self, stage: Stage<In, Out>) -> Kernel<In, Out> {
-        Kernel {
-            core: self.kernels[stage.index].clone(),
-            _types: PhantomData,
+    ///
+    /// # Errors
+    /// [`Error::ForeignStage`] when `stage` was returned by another builder than the one
+    /// that launched this group.
+    pub fn kernel<In, Out>(&self, stage: Stage<In, Out>) -> Result<Kernel<In, Out>, Error> {
+        match self.kernels.get(stage.index) {
+            Some(core) if stage.builder == self.builder => Ok(Kernel {
+                core: core.clone(),
+                _types: PhantomData,
+            }),
+            _ => Err(Error::ForeignStage {
+                group: self.name.clone(),
+            }),
         }
     }
 

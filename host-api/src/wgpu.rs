@@ -159,6 +159,7 @@ impl Runtime {
             backend: self.backend_name(),
             name: name.into(),
             group_id: gpu_common::next_group_id(),
+            foreign: false,
             kernels: Vec::new(),
             routes: Vec::new(),
             command_timeout: self.command_timeout,
@@ -172,6 +173,8 @@ pub struct WgpuGroupBuilder {
     backend: &'static str,
     name: String,
     group_id: u64,
+    /// Whether a stage of another group was passed in ([`Error::ForeignStage`] at launch).
+    foreign: bool,
     /// Each kernel's plan, or why it cannot be planned (reported at launch).
     kernels: Vec<Result<WgpuKernelPlan, Error>>,
     routes: Vec<Route>,
@@ -230,16 +233,16 @@ impl WgpuGroupBuilder {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
-    /// # Panics
-    /// When a stage belongs to another group.
+    /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn route<A, B, C>(
         &mut self,
         from: &WgpuStage<A, B>,
         port: u32,
         to: &WgpuStage<B, C>,
     ) -> &mut Self {
-        self.check(from.id.group_id);
-        self.check(to.id.group_id);
+        if !(self.owns(from.id) & self.owns(to.id)) {
+            return self;
+        }
         self.routes.push(Route {
             from: from.id.index,
             port,
@@ -261,10 +264,11 @@ impl WgpuGroupBuilder {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
-    /// # Panics
-    /// When `stage` belongs to another group.
+    /// A stage of another group makes the launch fail with [`Error::ForeignStage`].
     pub fn to_dead_letters<In, Out>(&mut self, stage: &WgpuStage<In, Out>, port: u32) -> &mut Self {
-        self.check(stage.id.group_id);
+        if !self.owns(stage.id) {
+            return self;
+        }
         self.routes.push(Route {
             from: stage.id.index,
             port,
@@ -273,12 +277,11 @@ impl WgpuGroupBuilder {
         self
     }
 
-    fn check(&self, group_id: u64) {
-        assert_eq!(
-            group_id, self.group_id,
-            "this stage belongs to another wgpu group than `{}`",
-            self.name
-        );
+    /// Whether this builder made the stage `id`; remembers it when not, for `launch`.
+    fn owns(&mut self, id: StageId) -> bool {
+        let own = id.group_id == self.group_id;
+        self.foreign |= !own;
+        own
     }
 
     /// Checks the group, validates its WGSL (built-ins and handlers, in one module),
@@ -298,6 +301,7 @@ impl WgpuGroupBuilder {
     /// ```
     ///
     /// # Errors
+    /// - [`Error::ForeignStage`] when a route was given a stage of another group;
     /// - [`Error::Compile`] (compiler `"naga (WGSL)"`) when a handler does not validate:
     ///   the message starts with `FUNCTION.wgsl:LINE: ` and has naga's report;
     /// - [`Error::MessageAlignment`] or [`Error::Launch`] for message types that do not
@@ -306,6 +310,9 @@ impl WgpuGroupBuilder {
     ///   message says what to change;
     /// - [`Error::BackendUnavailable`] when the device was lost.
     pub fn launch(self) -> Result<WgpuGroupHandle, Error> {
+        if self.foreign {
+            return Err(Error::ForeignStage { group: self.name });
+        }
         let kernels = self.kernels.into_iter().collect::<Result<Vec<_>, _>>()?;
         let names = kernels.iter().map(|k| k.name.clone()).collect();
         let plan = WgpuGroupPlan {
@@ -394,9 +401,7 @@ impl WgpuGroupHandle {
     /// With the message handed back: [`Error::Timeout`] when no room freed in time;
     /// [`Error::Draining`], [`Error::Terminated`] or [`Error::Faulted`] when the kernel
     /// takes no more messages.
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
+    /// [`Error::ForeignStage`] (the message handed back) for a stage of another group.
     pub fn send<In: Message, Out>(
         &self,
         stage: &WgpuStage<In, Out>,
@@ -410,9 +415,6 @@ impl WgpuGroupHandle {
     ///
     /// # Errors
     /// As [`WgpuGroupHandle::send`].
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn send_timeout<In: Message, Out>(
         &self,
         stage: &WgpuStage<In, Out>,
@@ -427,9 +429,6 @@ impl WgpuGroupHandle {
     /// # Errors
     /// [`Error::Full`] when the inbox is full, or as [`WgpuGroupHandle::send`]; the
     /// message comes back.
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn try_send<In: Message, Out>(
         &self,
         stage: &WgpuStage<In, Out>,
@@ -443,9 +442,7 @@ impl WgpuGroupHandle {
     /// # Errors
     /// [`Error::Terminated`] (or [`Error::Faulted`]) when the kernel stopped and every
     /// output it made was received.
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
+    /// [`Error::ForeignStage`] for a stage of another group.
     pub fn recv<In, Out: Message>(&self, stage: &WgpuStage<In, Out>) -> Result<Out, Error> {
         self.core.recv(stage.id, None)
     }
@@ -454,9 +451,6 @@ impl WgpuGroupHandle {
     ///
     /// # Errors
     /// [`Error::Timeout`] when nothing came in time, or as [`WgpuGroupHandle::recv`].
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn recv_timeout<In, Out: Message>(
         &self,
         stage: &WgpuStage<In, Out>,
@@ -469,9 +463,6 @@ impl WgpuGroupHandle {
     ///
     /// # Errors
     /// As [`WgpuGroupHandle::recv`].
-    ///
-    /// # Panics
-    /// When `stage` belongs to another group.
     pub fn try_recv<In, Out: Message>(
         &self,
         stage: &WgpuStage<In, Out>,

@@ -540,7 +540,7 @@ fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
     group.activate().unwrap();
     for (node, messages) in &case.inputs {
         for &m in messages {
-            on_stage!(stages[*node], s => group.kernel(s).send(m).unwrap());
+            on_stage!(stages[*node], s => group.kernel(s).unwrap().send(m).unwrap());
         }
     }
     let deadline = Instant::now() + TIMEOUT;
@@ -550,7 +550,7 @@ fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
         .zip(expected)
         .map(|(node, &count)| {
             let got = on_stage!(stages[node], s => {
-                let kernel = group.kernel(s);
+                let kernel = group.kernel(s).unwrap();
                 recv_expected(count, deadline, |t| {
                     kernel.recv_timeout(t).map(|m| bytemuck::bytes_of(&m).to_vec())
                 })
@@ -576,7 +576,7 @@ fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
     for (node, got) in &mut outputs {
         let node = *node;
         got.extend(on_stage!(stages[node], s => {
-            let kernel = group.kernel(s);
+            let kernel = group.kernel(s).unwrap();
             recv_all(case, node, || {
                 kernel.try_recv().map(|m| m.map(|m| bytemuck::bytes_of(&m).to_vec()))
             })

@@ -238,3 +238,66 @@ fn auto_builds_the_cpu_backend_and_cuda_groups_need_a_cuda_backend() {
     assert!(matches!(err, Error::BackendUnavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("Backend::CudaEmulated"), "{err}");
 }
+
+#[test]
+fn a_stage_of_another_group_is_an_error_not_a_panic() {
+    let Some(runtime) = emulated() else { return };
+    let mut other = runtime.cuda_group("other").unwrap();
+    let _ = other.add(CudaKernel::<Record, Record>::builtin("o0", Builtin::Gather));
+    let foreign = other.add(CudaKernel::<Record, Record>::builtin("o1", Builtin::Gather));
+    // A route with it fails the launch.
+    let mut g = runtime.cuda_group("g").unwrap();
+    let a = g.add(CudaKernel::<Record, Record>::builtin("a", Builtin::Gather));
+    let _ = g.add(CudaKernel::<Record, Record>::builtin("b", Builtin::Gather));
+    g.route(&a, 0, &foreign);
+    let err = g.launch().map(|_| ()).unwrap_err();
+    assert!(
+        matches!(&err, Error::ForeignStage { group } if group == "g"),
+        "{err:?}"
+    );
+    // A launched group's sends and receives refuse it, handing the message back.
+    let mut g = runtime.cuda_group("h").unwrap();
+    let own = g.add(CudaKernel::<Record, Record>::builtin("a", Builtin::Gather));
+    let _ = g.add(CudaKernel::<Record, Record>::builtin("b", Builtin::Gather));
+    let group = g.launch().unwrap();
+    let record = Record {
+        key: 1,
+        seq: 2,
+        value: 3.0,
+        aux: 4,
+    };
+    let refused = group.try_send(&foreign, record).unwrap_err();
+    assert!(
+        matches!(refused.error, Error::ForeignStage { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(refused.into_message(), record);
+    let refused = group.send(&foreign, record).unwrap_err();
+    assert!(
+        matches!(refused.error, Error::ForeignStage { .. }),
+        "{refused:?}"
+    );
+    let err = group.try_recv(&foreign).unwrap_err();
+    assert!(matches!(err, Error::ForeignStage { .. }), "{err:?}");
+    let err = group
+        .recv_timeout(&foreign, Duration::from_millis(10))
+        .unwrap_err();
+    assert!(matches!(err, Error::ForeignStage { .. }), "{err:?}");
+    group.try_send(&own, record).unwrap();
+    assert_eq!(group.terminate().undelivered(&own), [record]);
+}
+
+#[test]
+fn a_topology_error_names_the_group_once_and_says_what_to_change() {
+    let Some(runtime) = emulated() else { return };
+    let mut g = runtime.cuda_group("g").unwrap();
+    let a = g.add(CudaKernel::<Record, Record>::builtin("a", Builtin::Gather));
+    let b = g.add(CudaKernel::<Record, Record>::builtin("b", Builtin::Gather));
+    g.route(&a, 3, &b);
+    let text = g.launch().map(|_| ()).unwrap_err().to_string();
+    assert_eq!(
+        text,
+        "could not launch: CUDA group `g`: kernel `a` has no port 3 (it has 1): use a port \
+         below 1, or give it more ports (`.ports(n)`)"
+    );
+}

@@ -372,7 +372,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         }
     }
     let group = builder.launch().unwrap();
-    let kernels: Vec<Kernel<M, M>> = stages.iter().map(|&s| group.kernel(s)).collect();
+    let kernels: Vec<Kernel<M, M>> = stages.iter().map(|&s| group.kernel(s).unwrap()).collect();
     let index: HashMap<String, usize> = (0..kernels.len()).map(|i| (format!("k{i}"), i)).collect();
     let (sources, sinks) = (case.sources(), case.sinks());
     // Indexed by sink number; kernels that are not sinks have no host output.

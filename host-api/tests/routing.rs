@@ -27,7 +27,7 @@ fn a_full_downstream_back_pressures_upstream_and_nothing_is_dropped() {
     );
     g.route(up, 0, down);
     let group = g.launch().unwrap();
-    let (up, down) = (group.kernel(up), group.kernel(down));
+    let (up, down) = (group.kernel(up).unwrap(), group.kernel(down).unwrap());
     up.activate().unwrap();
     // `down` stays Launched: its 4-slot inbox fills and `up` must stall, not drop.
     for i in 0..40 {
@@ -119,7 +119,7 @@ fn failed_messages_and_dead_letter_ports_reach_the_dead_letters() {
     g.to_dead_letters(split, 1);
     let group = g.launch().unwrap();
     group.activate().unwrap();
-    let split = group.kernel(split);
+    let split = group.kernel(split).unwrap();
     for x in [2, 3, 13, 4] {
         split.send(x).unwrap();
     }
@@ -247,7 +247,7 @@ fn restart_keeps_routes_and_dead_letters_the_poison_message() {
     let sink = g.add(KernelSpec::<u32, u32>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)));
     g.route(fragile, 0, sink);
     let group = g.launch().unwrap();
-    let (fragile, sink) = (group.kernel(fragile), group.kernel(sink));
+    let (fragile, sink) = (group.kernel(fragile).unwrap(), group.kernel(sink).unwrap());
     sink.activate().unwrap();
     fragile.deactivate().unwrap();
     for x in [1, 666, 2, 3] {
@@ -430,4 +430,83 @@ fn rebinding_a_stalled_port_sends_what_waits_to_the_new_target() {
     assert_eq!(a.recv().unwrap(), 1);
     let report = rt.shutdown(SECOND * 5);
     assert_eq!(report.undelivered_count(), 0, "{report:?}");
+}
+
+/// Three kernels in another builder, so a stage of it can be out of range in a smaller
+/// group.
+fn other_group(rt: &Runtime) -> (gyre::Stage<u64, u64>, gyre::Stage<u64, u64>) {
+    let mut other = rt.group("other");
+    let _ = other.add(KernelSpec::<u64, u64>::new("o0").cpu(|x, out| Ok(out.emit(*x)?)));
+    let near = other.add(KernelSpec::<u64, u64>::new("o1").cpu(|x, out| Ok(out.emit(*x)?)));
+    let far = other.add(KernelSpec::<u64, u64>::new("o2").cpu(|x, out| Ok(out.emit(*x)?)));
+    (near, far)
+}
+
+fn assert_foreign(err: &Error, group: &str) {
+    assert!(
+        matches!(err, Error::ForeignStage { group: g } if g == group),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("another group")
+            && text.contains("use the stages this group's builder returned"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_foreign_stage_out_of_range_is_an_error_not_a_panic() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let (_, far) = other_group(&rt);
+    let mut g = rt.group("g");
+    let a = g.add(
+        KernelSpec::<u64, u64>::new("a")
+            .no_host_output()
+            .cpu(|x, out| Ok(out.emit(*x)?)),
+    );
+    g.route(a, 0, far);
+    let err = g.launch().map(|_| ()).unwrap_err();
+    assert_foreign(&err, "g");
+    // Same for the other ways a stage names a kernel.
+    let mut g = rt.group("h");
+    let _ = g.add(KernelSpec::<u64, u64>::new("b").cpu(|x, out| Ok(out.emit(*x)?)));
+    g.to_dead_letters(far, 0);
+    assert_foreign(&g.launch().map(|_| ()).unwrap_err(), "h");
+    let mut g = rt.group("i");
+    let _ = g.add(KernelSpec::<u64, u64>::new("c").cpu(|x, out| Ok(out.emit(*x)?)));
+    g.to_host(far, 0);
+    assert_foreign(&g.launch().map(|_| ()).unwrap_err(), "i");
+    assert_eq!(rt.kernel_count(), 0, "nothing launched");
+}
+
+#[test]
+fn a_foreign_stage_in_range_with_another_type_is_never_routed() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    // `wide` (u64 in) has index 1 in its own builder; index 1 here is a u32 kernel.
+    let (wide, _) = other_group(&rt);
+    let mut g = rt.group("g");
+    let src = g.add(
+        KernelSpec::<u64, u64>::new("src")
+            .no_host_output()
+            .cpu(|x, out| Ok(out.emit(*x)?)),
+    );
+    let _narrow = g.add(KernelSpec::<u32, u32>::new("narrow").cpu(|x, out| Ok(out.emit(*x)?)));
+    g.route(src, 0, wide);
+    let err = g.launch().map(|_| ()).unwrap_err();
+    assert_foreign(&err, "g");
+}
+
+#[test]
+fn group_kernel_refuses_a_foreign_stage() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let (wide, far) = other_group(&rt);
+    let mut g = rt.group("g");
+    let _ = g.add(KernelSpec::<u32, u32>::new("a").cpu(|x, out| Ok(out.emit(*x)?)));
+    let own = g.add(KernelSpec::<u32, u32>::new("b").cpu(|x, out| Ok(out.emit(*x)?)));
+    let group = g.launch().unwrap();
+    assert_foreign(&group.kernel(wide).map(|_| ()).unwrap_err(), "g");
+    assert_foreign(&group.kernel(far).map(|_| ()).unwrap_err(), "g");
+    assert_eq!(group.kernel(own).unwrap().name(), "b");
+    group.terminate();
 }

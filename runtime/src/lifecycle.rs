@@ -49,11 +49,35 @@ fn explain(from: State, event: Event) -> String {
         Event::Fault => "fault",
         Event::Restart => "restart",
     };
-    let hint = match from {
-        State::Terminated => "it is terminated; restart it or launch a new kernel",
-        State::Faulted => "it is faulted; terminate it to collect its messages, or restart it",
-        State::Draining => "it is already draining; wait for the drain to finish",
-        State::Launched | State::Active | State::Paused => "only a running kernel can do that",
+    let hint = match (from, event) {
+        (State::Terminated, Event::Command(Command::Terminate)) => {
+            "it is already terminated, so there is nothing to stop; to run it again, restart it \
+             (CPU kernels) or launch it again"
+        }
+        (State::Terminated, _) => "it is terminated; restart it (CPU kernels) or launch it again",
+        (State::Faulted, _) => {
+            "it is faulted; terminate it to collect its messages, or restart it (CPU kernels)"
+        }
+        (State::Draining, Event::Command(Command::Drain)) => {
+            "it is already draining; wait for the drain to finish"
+        }
+        (State::Draining, Event::Restart) => {
+            "it is still draining; wait for the drain to finish (or terminate it), then restart it"
+        }
+        (State::Draining, _) => {
+            "it is draining and stops once its inbox is empty; wait for the drain to finish, or \
+             terminate it"
+        }
+        (State::Launched | State::Active | State::Paused, Event::Restart) => {
+            "only a stopped (terminated or faulted) kernel can be restarted and this one is \
+             running; drain or terminate it first, then restart it"
+        }
+        (State::Launched | State::Active | State::Paused, Event::Drained) => {
+            "only a draining kernel can finish draining; drain it first"
+        }
+        (State::Launched | State::Active | State::Paused, _) => {
+            "an empty command does nothing; activate, deactivate, drain or terminate it instead"
+        }
     };
     format!("cannot {what} a kernel in state {from:?}: {hint}")
 }
@@ -128,6 +152,36 @@ mod tests {
         Event::Restart,
         Event::Command(Command::Activate),
     ];
+
+    #[test]
+    fn every_refusal_gives_advice_that_fits_the_state() {
+        for from in STATES {
+            for event in EVENTS {
+                let Err(err) = transition(from, event) else {
+                    continue;
+                };
+                let text = err.to_string();
+                assert!(
+                    !text.contains("only a running kernel"),
+                    "{from:?} {event:?}: {text}"
+                );
+                if event == Event::Restart && !is_stopped(from) {
+                    assert!(
+                        text.contains("only a stopped") || text.contains("still draining"),
+                        "{from:?}: {text}"
+                    );
+                    assert!(text.contains("then restart it"), "{from:?}: {text}");
+                }
+            }
+        }
+        let restart_active = transition(State::Active, Event::Restart).unwrap_err();
+        assert_eq!(
+            restart_active.to_string(),
+            "cannot restart a kernel in state Active: only a stopped (terminated or faulted) \
+             kernel can be restarted and this one is running; drain or terminate it first, then \
+             restart it"
+        );
+    }
 
     #[test]
     fn every_transition_matches_the_table() {

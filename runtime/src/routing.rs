@@ -87,10 +87,16 @@ impl DeadLetters {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     /// The route names a kernel that is not part of the group or runtime.
-    #[error("route names unknown kernel `{0}`: add it to the group (or launch it) first")]
+    #[error(
+        "no kernel is named `{0}` here: check the name (Group::kernel_names lists a group's \
+         kernels), or add the kernel to the group before routing to it"
+    )]
     UnknownKernel(String),
     /// The port number is not one of the kernel's ports.
-    #[error("kernel `{kernel}` has {ports} output port(s); port {port} does not exist: raise KernelSpec::ports")]
+    #[error(
+        "kernel `{kernel}` has {ports} output port(s); port {port} does not exist: use a port \
+         below {ports}, or raise KernelSpec::ports"
+    )]
     NoSuchPort {
         /// The kernel.
         kernel: String,
@@ -124,30 +130,54 @@ pub enum RouteError {
         slot_payload_bytes: usize,
     },
     /// The routes form a cycle and the group did not allow cycles.
-    #[error("routes form a cycle ({0}); a full ring in a cycle can stall it for good, so allow cycles explicitly (Group::allow_cycles) only when the flow inside is bounded")]
+    #[error("routes form a cycle ({0}); a full ring in a cycle can stall it for good, so allow cycles explicitly (GroupBuilder::allow_cycles) only when the flow inside is bounded")]
     Cycle(String),
     /// The downstream kernel no longer takes messages.
-    #[error("kernel `{kernel}` is {state}: it takes no messages, so nothing can be routed to it; restart it or route elsewhere")]
+    #[error("kernel `{kernel}` is {state}: it takes no messages, so nothing can be routed to it; restart it (Runtime::restart) or route elsewhere")]
     Stopped {
         /// The downstream.
         kernel: String,
         /// Its state.
         state: &'static str,
     },
+    /// A route or topology names a kernel index the group does not have (for example a
+    /// stage of another group builder).
+    #[error("a route names kernel #{index} but the group has {kernels} kernel(s): route only between kernels added to this group")]
+    NoSuchKernel {
+        /// The index asked for.
+        index: usize,
+        /// How many kernels the group has.
+        kernels: usize,
+    },
     /// The kernel does not release its routing table in time (its handler is busy).
-    #[error("kernel `{0}` did not finish its turn within the command timeout, so its port could not be rebound; its handler may be stuck")]
+    #[error(
+        "kernel `{0}` did not finish its turn within the command timeout, so its port could not \
+         be rebound; its handler may be stuck: retry once it returns, terminate the kernel, or \
+         raise RuntimeBuilder::command_timeout if the handler is only slow"
+    )]
     Busy(String),
 }
 
 /// Checks that the directed graph over `nodes` nodes with `edges` has no cycle.
 ///
 /// # Errors
+/// [`RouteError::NoSuchKernel`] when an edge names a node `>= nodes`;
 /// [`RouteError::Cycle`] naming the kernels of one cycle, in order, by `name`.
 pub fn check_acyclic(
     nodes: usize,
     edges: &[(usize, usize)],
     name: impl Fn(usize) -> String,
 ) -> Result<(), RouteError> {
+    if let Some(index) = edges
+        .iter()
+        .flat_map(|&(from, to)| [from, to])
+        .find(|&n| n >= nodes)
+    {
+        return Err(RouteError::NoSuchKernel {
+            index,
+            kernels: nodes,
+        });
+    }
     match topological_order(nodes, edges) {
         Ok(_) => Ok(()),
         Err(cycle) => Err(RouteError::Cycle(
@@ -162,8 +192,11 @@ pub fn check_acyclic(
 
 /// The nodes in an order where every edge goes forward (upstream first), or the nodes
 /// of one cycle (first node repeated at the end) when there is none. Ties keep index
-/// order. For graphs with cycles allowed, [`drain_order`] gives an order anyway.
+/// order. For graphs with cycles allowed, [`drain_order`] gives an order anyway. Edges
+/// naming a node `>= nodes` are ignored ([`check_acyclic`] refuses them).
 pub fn topological_order(nodes: usize, edges: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize>> {
+    let edges = in_range(nodes, edges);
+    let edges = edges.as_slice();
     let mut indegree = vec![0usize; nodes];
     for &(_, to) in edges {
         indegree[to] += 1;
@@ -207,10 +240,13 @@ pub fn topological_order(nodes: usize, edges: &[(usize, usize)]) -> Result<Vec<u
 
 /// An order to drain a group in: upstream before downstream, and for kernels inside a
 /// cycle (allowed explicitly) their index order, after everything feeding the cycle.
+/// Edges naming a node `>= nodes` are ignored ([`check_acyclic`] refuses them).
 pub fn drain_order(nodes: usize, edges: &[(usize, usize)]) -> Vec<usize> {
     if let Ok(order) = topological_order(nodes, edges) {
         return order;
     }
+    let edges = in_range(nodes, edges);
+    let edges = edges.as_slice();
     // Kahn's algorithm, and when it stalls on a cycle, release the lowest-index
     // remaining node as if its inputs were done.
     let mut indegree = vec![0usize; nodes];
@@ -235,6 +271,15 @@ pub fn drain_order(nodes: usize, edges: &[(usize, usize)]) -> Vec<usize> {
     order
 }
 
+/// The edges of `edges` whose both ends are nodes of a graph of `nodes` nodes.
+fn in_range(nodes: usize, edges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    edges
+        .iter()
+        .copied()
+        .filter(|&(from, to)| from < nodes && to < nodes)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +299,20 @@ mod tests {
         let order = drain_order(4, &edges);
         assert_eq!(order[..2], [3, 0]);
         assert_eq!(order.len(), 4);
+    }
+
+    #[test]
+    fn an_edge_to_a_missing_node_is_an_error_not_a_panic() {
+        let edges = [(0, 1), (1, 5)];
+        assert_eq!(
+            check_acyclic(2, &edges, |n| format!("k{n}")),
+            Err(RouteError::NoSuchKernel {
+                index: 5,
+                kernels: 2
+            })
+        );
+        assert_eq!(topological_order(2, &edges), Ok(vec![0, 1]));
+        assert_eq!(drain_order(2, &[(7, 0), (1, 0), (0, 1)]).len(), 2);
     }
 
     #[test]

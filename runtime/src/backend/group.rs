@@ -155,7 +155,8 @@ pub fn check_topology(
         }
         if ports as usize > MAX_LINKS {
             return Err(format!(
-                "kernel `{name}` has {ports} ports: at most {MAX_LINKS}"
+                "kernel `{name}` has {ports} ports but a kernel has at most {MAX_LINKS}: give it \
+                 fewer ports (`.ports(n)`), and fan out further through another stage"
             ));
         }
     }
@@ -169,24 +170,33 @@ pub fn check_topology(
         .collect();
     let mut edges = Vec::new();
     for r in routes {
-        let &(name, ports) = kernels
-            .get(r.from)
-            .ok_or_else(|| format!("a route starts at kernel {} of {n}", r.from))?;
+        let &(name, ports) = kernels.get(r.from).ok_or_else(|| {
+            format!(
+                "a route starts at kernel #{} but the group has {n} kernel(s): route only \
+                     between kernels added to this group",
+                r.from
+            )
+        })?;
         if r.port >= ports {
             return Err(format!(
-                "kernel `{name}` has no port {} (it has {ports})",
+                "kernel `{name}` has no port {} (it has {ports}): use a port below {ports}, or \
+                 give it more ports (`.ports(n)`)",
                 r.port
             ));
         }
         if std::mem::replace(&mut routed[r.from][r.port as usize], true) {
             return Err(format!(
-                "port {} of kernel `{name}` is routed twice",
+                "port {} of kernel `{name}` is routed twice but a port has one target: remove one \
+                 of the routes, or emit to several ports",
                 r.port
             ));
         }
         if let Target::Kernel(to) = r.to {
             if to >= n {
-                return Err(format!("a route ends at kernel {to} of {n}"));
+                return Err(format!(
+                    "a route ends at kernel #{to} but the group has {n} kernel(s): route only \
+                     between kernels added to this group"
+                ));
             }
             edges.push((r.from, to));
         }
@@ -203,8 +213,9 @@ pub fn check_topology(
         let inboxes = 1 + edges.iter().filter(|&&(_, to)| to == i).count();
         if inboxes > MAX_LINKS {
             return Err(format!(
-                "kernel `{name}` has {inboxes} inbox rings: at most {MAX_LINKS} (the host's and \
-                 one per route)"
+                "kernel `{name}` has {inboxes} inbox rings but a kernel has at most {MAX_LINKS} \
+                 (the host's and one per route into it): route fewer kernels into it, gathering \
+                 some through another stage first"
             ));
         }
     }
@@ -303,7 +314,7 @@ mod tests {
             (
                 &[("a", 1)],
                 vec![route(0, 0, Target::Kernel(3))],
-                "ends at kernel 3",
+                "ends at kernel #3 but the group has 1 kernel(s)",
             ),
             (
                 &[("a", 1), ("b", 1)],

@@ -37,8 +37,10 @@ pub enum CommandError {
     Lifecycle(#[from] LifecycleError),
     /// The kernel did not acknowledge within the time allowed.
     #[error(
-        "kernel `{name}` did not acknowledge the command within {waited:?}; its handler may be \
-         stuck: terminate it, or raise the command timeout"
+        "kernel `{name}` did not acknowledge the command within {waited:?}: its handler is busy \
+         or stuck. If the kernel runs, terminate it (a terminate abandons a stuck handler and \
+         hands its messages back); if it was terminated, retry once the abandoned handler \
+         returns; for a handler that is only slow, raise the command timeout"
     )]
     Unresponsive {
         /// The kernel.

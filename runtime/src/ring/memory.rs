@@ -42,7 +42,10 @@ pub enum LayoutError {
     )]
     BadSlotBytes(u32),
     /// The region would not fit in the address space.
-    #[error("a ring of {capacity} slots of {slot_bytes} bytes does not fit in memory")]
+    #[error(
+        "a ring of {capacity} slots of {slot_bytes} bytes does not fit in memory: lower the \
+         capacity or the slot size"
+    )]
     TooLarge {
         /// Requested capacity.
         capacity: u32,

@@ -87,7 +87,10 @@ pub enum LaunchError {
         limit: usize,
     },
     /// The operating system refused a thread for a dedicated kernel.
-    #[error("could not start a thread for dedicated kernel `{name}`: {reason}")]
+    #[error(
+        "could not start a thread for dedicated kernel `{name}`: {reason}; run it on the worker \
+         pool (Placement::Pool) or terminate other dedicated kernels"
+    )]
     Thread {
         /// The kernel.
         name: String,

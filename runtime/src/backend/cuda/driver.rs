@@ -302,7 +302,10 @@ impl DriverDevice {
             )));
         }
         let index = c_int::try_from(ordinal).map_err(|_| {
-            DeviceError::Unavailable(format!("CUDA device {ordinal} does not exist"))
+            DeviceError::Unavailable(format!(
+                "CUDA device {ordinal} does not exist: use a device number below the count \
+                 the driver reports (check CUDA_VISIBLE_DEVICES)"
+            ))
         })?;
         let device = cu::device::get(index).map_err(driver_error("cuDeviceGet"))?;
         let name = cu::device::get_name(device).map_err(driver_error("cuDeviceGetName"))?;
@@ -317,18 +320,21 @@ impl DriverDevice {
         if major < 7 {
             return Err(DeviceError::Unavailable(format!(
                 "{describe} is too old: gyre needs compute capability 7.0 or newer \
-                 (system-scope acquire/release and __nanosleep)"
+                 (system-scope acquire/release and __nanosleep): use a newer GPU, or run the \
+                 group on Backend::CudaEmulated or the CPU backend"
             )));
         }
         if attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? == 0 {
             return Err(DeviceError::Unavailable(format!(
                 "{describe} cannot launch cooperative grids, which gyre needs for \
-                 forward progress between the blocks of a group"
+                 forward progress between the blocks of a group: use another GPU, or run the \
+                 group on Backend::CudaEmulated or the CPU backend"
             )));
         }
         if attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY)? == 0 {
             return Err(DeviceError::Unavailable(format!(
-                "{describe} cannot map host memory, which gyre's host rings live in"
+                "{describe} cannot map host memory, which gyre's host rings live in: use \
+                 another GPU, or run the group on Backend::CudaEmulated or the CPU backend"
             )));
         }
         let multiprocessors =

@@ -350,12 +350,18 @@ impl CudaGroup {
         let group = plan.name.as_str();
         let n = plan.kernels.len();
         if n == 0 {
-            return Err(invalid(group, "a group needs at least one kernel"));
+            return Err(invalid(
+                group,
+                "a group needs at least one kernel: add one before launching",
+            ));
         }
         if !(1..=plan::MAX_THREADS).contains(&plan.threads) {
             return Err(invalid(
                 group,
-                format!("{} threads per block: use 1 to 256", plan.threads),
+                format!(
+                    "{} threads per block: use 1 to 256 (CudaGroupBuilder::threads)",
+                    plan.threads
+                ),
             ));
         }
         for k in &plan.kernels {
@@ -363,7 +369,8 @@ impl CudaGroup {
                 return Err(invalid(
                     group,
                     format!(
-                        "kernel `{}`'s quantum {} exceeds the {} threads per block",
+                        "kernel `{}`'s quantum {} exceeds the {} threads per block: lower its \
+                         quantum, or raise the group's threads (CudaGroupBuilder::threads)",
                         k.name, k.quantum, plan.threads
                     ),
                 ));
@@ -371,7 +378,10 @@ impl CudaGroup {
             if k.max_emits == 0 {
                 return Err(invalid(
                     group,
-                    format!("kernel `{}`: max_emits must be at least 1", k.name),
+                    format!(
+                        "kernel `{}`: max_emits must be at least 1: give it `.max_emits(1)` or more",
+                        k.name
+                    ),
                 ));
             }
         }

@@ -114,7 +114,8 @@ fn probe_nvrtc() -> Result<String, DeviceError> {
         // An NVRTC was found by name, but not the one GYRE_NVRTC_LIB asks for: say so
         // rather than silently compiling with another version.
         return Err(DeviceError::Unavailable(format!(
-            "GYRE_NVRTC_LIB={} could not be loaded: {error}",
+            "GYRE_NVRTC_LIB={} could not be loaded: {error}; point it at a loadable \
+             libnvrtc.so.13, or unset it to search the library path",
             Path::new(&path).display()
         )));
     }
@@ -126,7 +127,8 @@ fn probe_nvrtc() -> Result<String, DeviceError> {
     let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&raw mut major, &raw mut minor) };
     if status != cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
         return Err(DeviceError::Unavailable(format!(
-            "NVRTC was found but nvrtcVersion failed with {status:?}"
+            "NVRTC was found but nvrtcVersion failed with {status:?}: reinstall it (cargo \
+             xtask setup), or point GYRE_NVRTC_LIB at another libnvrtc.so.13"
         )));
     }
     Ok(format!("{major}.{minor}"))

@@ -345,7 +345,10 @@ impl WgpuGroup {
         let group = plan.name.as_str();
         let n = plan.kernels.len();
         if n == 0 {
-            return Err(invalid(group, "a group needs at least one kernel"));
+            return Err(invalid(
+                group,
+                "a group needs at least one kernel: add one before launching",
+            ));
         }
         for k in &plan.kernels {
             if k.quantum > MAX_QUANTUM {
@@ -363,7 +366,8 @@ impl WgpuGroup {
                 return Err(invalid(
                     group,
                     format!(
-                        "kernel `{}`: max_emits and quantum must be at least 1",
+                        "kernel `{}`: max_emits and quantum must be at least 1: give it \
+                         `.max_emits(n)` and `.quantum(n)` with n of 1 or more",
                         k.name
                     ),
                 ));
