@@ -97,12 +97,14 @@ impl Supervisor {
         self.signal.notify();
     }
 
-    pub(crate) fn stop(&self) {
+    /// Stops supervising: no fault policy or watchdog acts from now on. Waits for the
+    /// supervisor's thread until `deadline` (see [`super::pool::join_or_detach`]).
+    pub(crate) fn stop(&self, deadline: Instant) {
         // ORDERING: Release pairs with the Acquire loads in `run` and `ensure_thread`.
         self.shutdown.store(true, Ordering::Release);
         self.signal.notify();
         if let Some(handle) = self.thread.lock().take() {
-            super::pool::join_or_detach(vec![handle], "supervisor");
+            super::pool::join_or_detach(vec![handle], "supervisor", deadline);
         }
     }
 }
