@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gyre::{Error, KernelSpec, Placement, Runtime, State};
+use gyre::{Error, FaultPolicy, KernelSpec, Placement, RestartPolicy, Runtime, State};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The id the fragile handler panics on.
@@ -113,4 +113,35 @@ fn a_group_drain_drains_the_others_and_reports_the_faulted_member() {
     let front_entry = report.kernel("front").unwrap();
     assert!(!front_entry.timed_out && front_entry.undelivered.is_empty());
     assert_eq!(front_entry.final_state, State::Terminated);
+}
+
+#[test]
+fn a_drained_faulted_kernel_stays_stopped_whatever_its_fault_policy() {
+    let backoff = Duration::from_secs(1);
+    let runtime = Runtime::builder().workers(1).build().unwrap();
+    let kernel = runtime
+        .launch(
+            fragile("restartable", Placement::Pool).on_fault(FaultPolicy::Restart(RestartPolicy {
+                max_restarts: 5,
+                initial_backoff: backoff,
+                max_backoff: backoff,
+                reset_after: Duration::from_secs(60),
+            })),
+        )
+        .unwrap();
+    for i in 0..6 {
+        kernel.send(i).unwrap();
+    }
+    match kernel.activate() {
+        Ok(()) | Err(Error::Faulted { .. }) => {}
+        Err(e) => panic!("activate: {e}"),
+    }
+    wait_until_faulted(|| kernel.state());
+    // Well before the restart falls due.
+    let report = kernel.drain(WAIT).unwrap();
+    assert_eq!(report.undelivered, [3, 4, 5]);
+    // The restart would have fallen due by now: a host's drain is final.
+    std::thread::sleep(backoff * 2);
+    assert_eq!(kernel.restarts(), 0);
+    assert_eq!(kernel.state(), State::Terminated);
 }

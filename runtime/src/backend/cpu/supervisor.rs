@@ -243,8 +243,9 @@ fn restart(sup: &Supervisor, kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
     let FaultPolicy::Restart(policy) = kernel.config().fault_policy else {
         return;
     };
-    if !crate::lifecycle::is_stopped(kernel.state()) {
-        // Restarted or terminated by the host meanwhile.
+    if !crate::lifecycle::is_stopped(kernel.state()) || kernel.is_stopped_by_host() {
+        // Restarted meanwhile, or drained or terminated by the host: a host's stop is
+        // final (a drain of a group with a faulted member must not bring it back).
         return;
     }
     let restarted = kernel.restart_in_place();

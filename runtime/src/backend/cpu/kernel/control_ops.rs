@@ -267,6 +267,7 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
+        self.stopped_by_host.store(true, Ordering::Relaxed);
         let mut serial = self.lifecycle.lock();
         let deadline = Instant::now() + timeout;
         let from = self.effective_state(*serial);
@@ -345,12 +346,30 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
+        self.stopped_by_host.store(true, Ordering::Relaxed);
         let ack_deadline = Instant::now() + self.config.command_timeout;
         let abandoned = self.stop(on_input, on_output, true, ack_deadline)?;
         Ok(DrainSummary {
             abandoned,
             ..self.summary()
         })
+    }
+
+    /// A terminate by the kernel's fault policy or watchdog (which may restart it
+    /// later), as opposed to one by the host (which is final).
+    pub(crate) fn stop_for_policy(
+        self: &Arc<Self>,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<bool, CommandError> {
+        let ack_deadline = Instant::now() + self.config.command_timeout;
+        self.stop(on_input, on_output, true, ack_deadline)
+    }
+
+    /// Whether the host drained or terminated the kernel since its last (re)start: the
+    /// fault policy then leaves it stopped.
+    pub fn is_stopped_by_host(&self) -> bool {
+        self.stopped_by_host.load(Ordering::Relaxed)
     }
 
     /// Issues `Terminate` and collects the rings once the kernel acknowledged, waiting
@@ -536,6 +555,7 @@ impl KernelCore {
         self.terminating.store(false, Ordering::Relaxed);
         self.abandoned.store(false, Ordering::Relaxed);
         self.uncollected.store(false, Ordering::Relaxed);
+        self.stopped_by_host.store(false, Ordering::Relaxed);
         self.output_stalled.store(false, Ordering::Relaxed);
         *self.fault.lock() = None;
         *self.watchdog.lock() = None;

@@ -253,6 +253,9 @@ pub struct KernelCore {
     runtime_gone: AtomicBool,
     /// What the runtime's drop handed back for this kernel, kept for its handles.
     kept: Mutex<control_ops::Kept>,
+    /// Set when the host drains or terminates the kernel: that stop is final, so the
+    /// fault policy does not restart it behind the host's back.
+    stopped_by_host: AtomicBool,
     /// Set when a terminate gave up waiting for the acknowledgement while no handler
     /// ran (the kernel waited for a thread): its `Terminate` stays pending and its rings
     /// uncollected until the next drain or terminate collects them.
@@ -387,6 +390,7 @@ impl KernelCore {
             runtime_gone: AtomicBool::new(false),
             kept: Mutex::new(control_ops::Kept::default()),
             uncollected: AtomicBool::new(false),
+            stopped_by_host: AtomicBool::new(false),
         }
     }
 
@@ -1088,7 +1092,11 @@ impl KernelCore {
     /// Terminates the kernel and sends every message it hands back, inputs and outputs,
     /// to the dead-letter sink with `reason` (what fault policies do).
     pub(crate) fn terminate_to_dead_letters(self: &Arc<Self>, reason: &str) {
-        let result = self.terminate(
+        if self.is_stopped_by_host() {
+            // The host drained or terminated it meanwhile and took its messages.
+            return;
+        }
+        let result = self.stop_for_policy(
             &mut |s| self.dead_letter(true, reason.to_owned(), &s),
             &mut |s| self.dead_letter(false, reason.to_owned(), &s),
         );
