@@ -188,6 +188,15 @@ pub enum Error {
         /// How long the host waited.
         waited: Duration,
     },
+    /// The kernel's runtime was shut down or dropped: the kernel is stopped and takes no
+    /// more messages (a refused send hands the message back). What it emitted stays
+    /// receivable until this error; `drain` or `terminate` on the handle hands back what
+    /// it did not deliver.
+    #[error("kernel `{kernel}` is stopped because its runtime was shut down or dropped: nothing more is sent or emitted; drain or terminate this handle to take back what it did not deliver, and launch kernels on a live runtime")]
+    RuntimeGone {
+        /// The kernel.
+        kernel: String,
+    },
 }
 
 /// The advice of [`Error::MessageTooLarge`]: a slot size that fits, if one does.

@@ -411,6 +411,48 @@ impl Group {
     /// one drains. In a group with cycles it first waits until no message is in any of
     /// its rings. Kernels that do not finish within `timeout` (shared) are terminated
     /// and what they did not deliver is in the report.
+    ///
+    /// A faulted member (faulted before the drain, or while it runs) is terminated: it
+    /// cannot process anything more. That is not an error: its entry in the report has
+    /// `error: None`, carries its `fault` (the reason; see [`GroupReport::faulted`]) and
+    /// hands back its undelivered messages, the message its handler panicked on first.
+    /// The other members drain as usual; what they emit toward the faulted one goes to
+    /// the dead letters. What the faulted member emitted to the host before the fault
+    /// stays receivable.
+    ///
+    /// Returns within `timeout` plus about a second whatever a handler does: a handler
+    /// still running then is abandoned (its entry says so).
+    ///
+    /// ```
+    /// use gyre::{KernelSpec, Runtime, State};
+    /// use std::time::Duration;
+    ///
+    /// let runtime = Runtime::builder().build()?;
+    /// let mut g = runtime.group("g");
+    /// let front = g.add(KernelSpec::<u32, u32>::new("front").no_host_output()
+    ///     .cpu(|x, out| Ok(out.emit(*x)?)));
+    /// let back = g.add(KernelSpec::<u32, u32>::new("back").cpu(|x, out| {
+    ///     assert!(*x != 2, "cannot take {x}");
+    ///     Ok(out.emit(*x)?)
+    /// }));
+    /// g.route(front, 0, back);
+    /// let group = g.launch()?;
+    /// group.activate()?;
+    /// for x in 0..4 {
+    ///     group.kernel(front).send(x)?;
+    /// }
+    /// while group.kernel(back).state() != State::Faulted {
+    ///     std::thread::yield_now();
+    /// }
+    /// let report = group.drain(Duration::from_secs(5));
+    /// let faulted: Vec<_> = report.faulted().map(|(name, _)| name).collect();
+    /// assert_eq!(faulted, ["back"]);
+    /// assert!(report.kernels.iter().all(|k| k.error.is_none()));
+    /// // The message `back` panicked on comes back first; what `front` emitted toward it
+    /// // after the fault went to the dead letters.
+    /// assert_eq!(report.undelivered_as::<u32>(&["back"])[0], 2);
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
     pub fn drain(&self, timeout: Duration) -> GroupReport {
         let deadline = Instant::now() + timeout;
         if self.cyclic {
@@ -496,51 +538,65 @@ pub(crate) fn stop_kernels<'a>(
     kernels: impl Iterator<Item = &'a Arc<KernelCore>>,
     how: Stop,
 ) -> GroupReport {
-    let mut report = GroupReport::default();
-    for kernel in kernels {
-        let state = kernel.state();
-        if state == crate::State::Terminated {
-            continue;
-        }
-        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
-        let keep = |into: &mut Vec<RawMessage>, s: SlotRef<'_>| {
-            into.push(RawMessage {
-                corr: join(s.user_corr()),
-                bytes: s.payload.to_vec(),
-            });
-        };
-        let outcome = match how {
-            Stop::Drain(deadline) if state != crate::State::Faulted => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                kernel.drain(left, &mut |s| keep(&mut inputs, s), &mut |s| {
-                    keep(&mut outputs, s);
-                })
-            }
-            _ => kernel.terminate(&mut |s| keep(&mut inputs, s), &mut |s| {
-                keep(&mut outputs, s);
-            }),
-        };
-        let (timed_out, abandoned, error) = match outcome {
-            Ok(summary) => (summary.timed_out, summary.abandoned, None),
-            Err(e) => (
-                false,
-                false,
-                Some(Error::from_command(&kernel.config().name, e)),
-            ),
-        };
-        report.kernels.push(KernelShutdown {
-            kernel: kernel.config().name.clone(),
-            processed: kernel.counters().processed,
-            timed_out,
-            final_state: kernel.state(),
-            fault: kernel.fault(),
-            error,
-            abandoned,
-            undelivered: inputs,
-            undelivered_outputs: outputs,
-        });
+    GroupReport {
+        kernels: kernels.filter_map(|k| stop_kernel(k, how)).collect(),
     }
-    report
+}
+
+/// A message handed back by a stop, as a report keeps it.
+pub(crate) fn raw(s: SlotRef<'_>) -> RawMessage {
+    RawMessage {
+        corr: join(s.user_corr()),
+        bytes: s.payload.to_vec(),
+    }
+}
+
+/// Drains or terminates one kernel and says what it handed back; `None` when it was
+/// terminated already (whoever terminated it took its messages then). A faulted kernel
+/// is terminated by a drain too (see [`Group::drain`]): its entry carries the fault and
+/// its undelivered messages, not an error.
+pub(crate) fn stop_kernel(kernel: &Arc<KernelCore>, how: Stop) -> Option<KernelShutdown> {
+    if kernel.state() == crate::State::Terminated && !kernel.is_uncollected() {
+        return None;
+    }
+    let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+    let outcome = match how {
+        Stop::Drain(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            kernel.drain(left, &mut |s| inputs.push(raw(s)), &mut |s| {
+                outputs.push(raw(s));
+            })
+        }
+        Stop::Terminate => kernel.terminate(&mut |s| inputs.push(raw(s)), &mut |s| {
+            outputs.push(raw(s));
+        }),
+    };
+    let (timed_out, abandoned, error) = match outcome {
+        Ok(summary) => (summary.timed_out, summary.abandoned, None),
+        // Terminated meanwhile (by another host thread or its fault policy), which took
+        // its messages: nothing is left to report.
+        Err(gyre_runtime::backend::CommandError::Lifecycle(e))
+            if e.from == crate::State::Terminated =>
+        {
+            return None;
+        }
+        Err(e) => (
+            false,
+            false,
+            Some(Error::from_command(&kernel.config().name, e)),
+        ),
+    };
+    Some(KernelShutdown {
+        kernel: kernel.config().name.clone(),
+        processed: kernel.counters().processed,
+        timed_out,
+        final_state: kernel.state(),
+        fault: kernel.fault(),
+        error,
+        abandoned,
+        undelivered: inputs,
+        undelivered_outputs: outputs,
+    })
 }
 
 /// Adds a pipeline's pending last stage, with or without a host output.

@@ -188,11 +188,20 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// Refuses new messages (senders get [`Error::Draining`]), processes everything
     /// queued (a paused kernel resumes for it), then terminates. Outputs stay
     /// receivable. If `timeout` expires first the kernel is terminated and what is left
-    /// comes back in the report.
+    /// comes back in the report; the call returns within `timeout` plus about a second
+    /// whatever the handler does (a handler still running then is abandoned).
+    ///
+    /// A faulted kernel (faulted before or during the drain) is terminated: the report
+    /// carries its `fault` and hands back its undelivered messages, the one its handler
+    /// panicked on first. Once the kernel's runtime is gone (shut down or dropped), the
+    /// report hands back what the runtime kept for this kernel's handles (see
+    /// [`crate::Runtime`]).
     ///
     /// # Errors
-    /// [`Error::Lifecycle`] when draining twice or draining a terminated or faulted
-    /// kernel (terminate a faulted one instead).
+    /// [`Error::Lifecycle`] when draining twice or draining a kernel terminated while
+    /// its runtime lives; [`Error::Unresponsive`] when the kernel waited for a worker
+    /// thread past the timeout (nothing is lost: the next drain or terminate hands back
+    /// what it holds).
     pub fn drain(&self, timeout: Duration) -> Result<Report<In, Out>, Error> {
         let mut undelivered = Vec::new();
         let mut outputs = Vec::new();
@@ -206,11 +215,17 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     }
 
     /// Stops after the message in hand and hands back every message still in its inbox
-    /// and host-bound output.
+    /// and host-bound output. Returns within the command timeout whatever the handler
+    /// does: a handler that has not returned by then is abandoned (`abandoned: true`; the
+    /// first undelivered message is the one it held). Once the kernel's runtime is gone
+    /// (shut down or dropped), the report hands back what the runtime kept for this
+    /// kernel's handles (see [`crate::Runtime`]) instead of failing.
     ///
     /// # Errors
-    /// [`Error::Lifecycle`] when already terminated; [`Error::Unresponsive`] when the
-    /// handler does not return within the command timeout.
+    /// [`Error::Lifecycle`] when already terminated while its runtime lives;
+    /// [`Error::Unresponsive`] when no handler of it ran within the command timeout (it
+    /// waited for a worker thread; nothing is lost: the next drain or terminate hands
+    /// back what it holds).
     pub fn terminate(&self) -> Result<Report<In, Out>, Error> {
         let mut undelivered = Vec::new();
         let mut outputs = Vec::new();
@@ -510,6 +525,7 @@ fn send_failure<In>(core: &KernelCore, failure: SendFailure, message: In) -> Sen
     let kernel = core.config().name.clone();
     let error = match failure {
         SendFailure::Full => Error::Full { kernel },
+        SendFailure::Closed(_) if core.runtime_gone() => Error::RuntimeGone { kernel },
         SendFailure::Closed(state) => Error::stopped(&kernel, state, core.fault()),
         SendFailure::TooLarge { len, max } => Error::MessageTooLarge {
             type_name: std::any::type_name::<In>(),
@@ -651,6 +667,7 @@ pub(crate) fn recv_error(core: &KernelCore, failure: RecvFailure) -> Error {
     let kernel = core.config().name.clone();
     match failure {
         RecvFailure::NoOutput => Error::NoHostOutput { kernel },
+        RecvFailure::Closed(_) if core.runtime_gone() => Error::RuntimeGone { kernel },
         RecvFailure::Closed(state) => Error::stopped(&kernel, state, core.fault()),
         RecvFailure::Taken => Error::ReceiverTaken { kernel },
         RecvFailure::Empty => unreachable!("empty is handled by the callers"),

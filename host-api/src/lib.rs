@@ -36,6 +36,34 @@
 //! - **Nothing lost**: every message sent is processed or handed back in a report; a
 //!   panicking handler faults only its kernel.
 //!
+//! ### Semantics
+//!
+//! **Draining with a faulted member.** A faulted kernel processes nothing more, so a drain
+//! terminates it instead of failing: [`Group::drain`], [`Pipeline::drain`],
+//! [`Runtime::shutdown`] and [`Kernel::drain`] drain every other kernel as usual and hand
+//! back the faulted kernel's undelivered messages in its report entry (the message its
+//! handler panicked on first), with its `fault` saying why ([`ShutdownReport::faulted`]
+//! lists the faulted members); its entry has no `error`. That holds whenever it faults:
+//! before the drain, while the drain runs, or in between. What it emitted to the host before
+//! the fault stays receivable.
+//!
+//! **Stopping never hangs on a handler.** `terminate` returns within the command timeout,
+//! `drain(t)`, a group drain and `Runtime::shutdown(t)` within `t` plus about a second and a
+//! half, and dropping a runtime within its command timeout plus that, whatever a handler
+//! does: a handler that does not return in time is abandoned (the report says so and hands
+//! back the message in hand) and its thread is left behind.
+//!
+//! **Dropping a [`Runtime`]** stops it as [`Runtime::shutdown`] does, with the command
+//! timeout: every kernel drains, upstream first; one that does not finish in time is
+//! terminated. Nothing accepted is lost silently. Handles that outlive the runtime keep
+//! what their kernel emitted receivable; `drain` or `terminate` on such a handle returns a
+//! report with what the kernel did not deliver (once; not an error); a send fails with
+//! [`Error::RuntimeGone`] and hands the message back. A kernel no handle holds is still
+//! drained; what it could not deliver cannot reach anyone and is logged as a warning with
+//! its count; call [`Runtime::shutdown`] to get it in a report instead. While a runtime
+//! lives, a kernel whose handles were all dropped keeps running and is covered by
+//! `shutdown`'s report (what it emitted to the host included).
+//!
 //! ## CUDA groups
 //!
 //! With feature `cuda`, a runtime built with [`Backend::Cuda`] (a GPU) or

@@ -125,6 +125,15 @@ impl ShutdownReport {
             .collect()
     }
 
+    /// The kernels that faulted, with their faults, in the order they were stopped. A
+    /// drain terminates a faulted kernel instead of failing: its entry hands back its
+    /// undelivered messages (the one its handler panicked on first) and says why.
+    pub fn faulted(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.kernels
+            .iter()
+            .filter_map(|k| Some((k.kernel.as_str(), k.fault.as_deref()?)))
+    }
+
     /// Messages handed back, inputs and outputs, over all kernels.
     pub fn undelivered_count(&self) -> usize {
         self.kernels

@@ -4,10 +4,13 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gyre_runtime::backend::cpu::{Budget, CpuBackend, KernelConfig, LaunchError};
+use gyre_runtime::backend::cpu::{
+    Budget, CpuBackend, KeptMessage, KernelConfig, KernelCore, LaunchError,
+};
+use gyre_runtime::lifecycle;
 
-use crate::report::ShutdownReport;
-use crate::spec::{KernelSpec, Message};
+use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
+use crate::spec::{split, KernelSpec, Message};
 use crate::{Error, Kernel};
 
 /// Which backend runs the kernels.
@@ -317,6 +320,7 @@ impl RuntimeBuilder {
         });
         Ok(Runtime {
             cpu: Arc::new(CpuBackend::with_budget(workers, self.budget)),
+            stopped: false,
             command_timeout: self.command_timeout,
             backend_name: chosen.name,
             #[cfg(feature = "cuda")]
@@ -328,6 +332,28 @@ impl RuntimeBuilder {
 }
 
 /// The gyre runtime: launches kernels and shuts them down.
+///
+/// Shut it down with [`Runtime::shutdown`] to get a report of everything its kernels did
+/// not deliver. Dropping it instead stops it the same way, with the command timeout as the
+/// timeout, and never loses a message silently: handles that outlive it keep what their
+/// kernel emitted receivable, `drain` and `terminate` on them return a report with what
+/// the kernel did not deliver (not an error), and sends fail with [`Error::RuntimeGone`]
+/// handing the message back. What kernels that no handle holds did not deliver is logged
+/// as a warning with its count. Both return in bounded time whatever a handler does.
+///
+/// ```
+/// use gyre::{Error, KernelSpec, Runtime};
+///
+/// let runtime = Runtime::builder().build()?;
+/// let echo = runtime.launch(KernelSpec::<u64, u64>::new("echo").cpu(|x, out| Ok(out.emit(*x)?)))?;
+/// echo.send(1)?; // queued: the kernel is not active yet
+/// drop(runtime); // drains it: the message is processed
+/// assert_eq!(echo.recv()?, 1);
+/// let refused = echo.send(2).unwrap_err();
+/// assert!(matches!(refused.error, Error::RuntimeGone { .. }));
+/// assert_eq!(refused.message, 2); // handed back
+/// # Ok::<(), gyre::Error>(())
+/// ```
 ///
 /// ```
 /// use gyre::{Backend, KernelSpec, Runtime};
@@ -345,6 +371,8 @@ impl RuntimeBuilder {
 #[derive(Debug)]
 pub struct Runtime {
     cpu: Arc<CpuBackend>,
+    /// Set once `shutdown` stopped every kernel (the drop then has nothing to do).
+    stopped: bool,
     pub(crate) command_timeout: Duration,
     backend_name: &'static str,
     /// The CUDA device groups run on, when the runtime was built with a CUDA backend.
@@ -579,15 +607,191 @@ impl Runtime {
         self.cpu.dead_letters().total()
     }
 
-    /// Drains every running kernel (faulted ones are terminated), sharing `timeout`,
-    /// then stops the runtime's threads. Kernels that do not finish in time are
-    /// terminated; everything they did not deliver is in the report.
-    pub fn shutdown(self, timeout: Duration) -> ShutdownReport {
+    /// Drains every running kernel upstream first, sharing `timeout`, then stops the
+    /// runtime's threads. Kernels that do not finish in time are terminated; everything
+    /// they did not deliver is in the report. A faulted kernel is terminated: its entry
+    /// carries its fault and hands back its undelivered messages (see [`Group::drain`]).
+    /// Kernels no handle holds any more are covered too: what they emitted to the host
+    /// and nobody can receive now is in their entry's `undelivered_outputs`.
+    ///
+    /// Returns within `timeout` plus about two seconds whatever a handler does: a handler
+    /// that does not return is abandoned (its kernel's entry says so and hands back the
+    /// message in hand), and its thread is left behind.
+    ///
+    /// Handles that outlive the runtime keep what their kernel emitted receivable; sends
+    /// fail with [`Error::RuntimeGone`], handing the message back.
+    ///
+    /// [`Group::drain`]: crate::Group::drain
+    pub fn shutdown(mut self, timeout: Duration) -> ShutdownReport {
+        let stopped = self.stop_all(timeout);
+        self.stopped = true;
+        ShutdownReport {
+            kernels: stopped.into_iter().map(|s| s.entry).collect(),
+        }
+    }
+
+    /// What `shutdown` and the drop do: drains every kernel (upstream first, sharing
+    /// `timeout`), stops the threads, stops from the host what could not be stopped
+    /// while they ran, hands back the host outputs of kernels no handle holds, and marks
+    /// every kernel as belonging to a gone runtime. Returns an entry for each kernel
+    /// that was still running or handed something back, in the order stopped.
+    fn stop_all(&self, timeout: Duration) -> Vec<Stopped> {
+        use crate::group::{raw, stop_kernel, Stop};
         let deadline = std::time::Instant::now() + timeout;
+        // No fault policy may restart a kernel behind the shutdown's back.
+        self.cpu.stop_supervision();
         let kernels = self.cpu.kernels_in_drain_order();
-        let report =
-            crate::group::stop_kernels(kernels.iter(), crate::group::Stop::Drain(deadline));
+        let mut stopped: Vec<(usize, KernelShutdown)> = kernels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| stop_kernel(k, Stop::Drain(deadline)).map(|entry| (i, entry)))
+            .collect();
         self.cpu.stop_threads();
-        report
+        // A kernel that did not acknowledge while no handler of it ran was waiting for a
+        // worker; with the threads stopped, the host carries its terminate out itself.
+        for (i, entry) in &mut stopped {
+            let kernel = &kernels[*i];
+            let retry = kernel.is_uncollected()
+                || (entry.error.is_some() && !lifecycle::is_stopped(kernel.state()));
+            if !retry {
+                continue;
+            }
+            if let Some(again) = stop_kernel(kernel, Stop::Terminate) {
+                entry.undelivered.extend(again.undelivered);
+                entry.undelivered_outputs.extend(again.undelivered_outputs);
+                entry.abandoned |= again.abandoned;
+                entry.error = again.error;
+                entry.final_state = again.final_state;
+                entry.fault = again.fault;
+            }
+        }
+        // Who still holds each kernel besides the runtime's list and `kernels`: ports of
+        // other kernels (left bound only where a stuck handler holds the kernel), the
+        // thread left inside an abandoned handler, and otherwise its handles.
+        let route_refs = route_references(&kernels);
+        let has_handle: Vec<bool> = kernels
+            .iter()
+            .map(|k| {
+                let others = 2
+                    + route_refs.get(&k.id()).copied().unwrap_or(0)
+                    + usize::from(k.is_abandoned());
+                Arc::strong_count(k) > others
+            })
+            .collect();
+        // What kernels without handles emitted to the host: nobody can receive it now.
+        for (i, kernel) in kernels.iter().enumerate() {
+            if has_handle[i] {
+                continue;
+            }
+            let mut outputs = Vec::new();
+            if kernel.take_unreceived_outputs(&mut |s| outputs.push(raw(s))) == 0 {
+                continue;
+            }
+            if let Some((_, entry)) = stopped.iter_mut().find(|(k, _)| *k == i) {
+                entry.undelivered_outputs.extend(outputs);
+            } else {
+                stopped.push((
+                    i,
+                    KernelShutdown {
+                        kernel: kernel.config().name.clone(),
+                        processed: kernel.counters().processed,
+                        timed_out: false,
+                        final_state: kernel.state(),
+                        fault: kernel.fault(),
+                        error: None,
+                        abandoned: kernel.is_abandoned(),
+                        undelivered: Vec::new(),
+                        undelivered_outputs: outputs,
+                    },
+                ));
+            }
+        }
+        for kernel in &kernels {
+            kernel.mark_runtime_gone();
+        }
+        stopped
+            .into_iter()
+            .map(|(i, entry)| Stopped {
+                kernel: kernels[i].clone(),
+                has_handle: has_handle[i],
+                entry,
+            })
+            .collect()
+    }
+}
+
+/// One kernel a runtime's stop handled.
+struct Stopped {
+    kernel: Arc<KernelCore>,
+    /// Whether a handle still holds the kernel (so it can take what is kept for it).
+    has_handle: bool,
+    entry: KernelShutdown,
+}
+
+/// How many ports of `kernels` route to each kernel id (each holds a reference to it).
+fn route_references(kernels: &[Arc<KernelCore>]) -> std::collections::HashMap<u32, usize> {
+    let mut refs = std::collections::HashMap::new();
+    for kernel in kernels {
+        for to in kernel.routes().into_iter().flatten() {
+            *refs.entry(to).or_insert(0) += 1;
+        }
+    }
+    refs
+}
+
+impl Drop for Runtime {
+    /// Stops the runtime as [`Runtime::shutdown`] does, with the command timeout as its
+    /// timeout. Nothing is lost silently: what a kernel emitted stays receivable through
+    /// its surviving handles, and what it did not deliver is kept for them (a `drain` or
+    /// `terminate` on a handle hands it back). What kernels that no handle holds did not
+    /// deliver cannot reach anyone: it is logged as a warning with its count (call
+    /// `shutdown` to get it in a report instead).
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let mut kept = 0usize;
+        let mut lost = 0usize;
+        for Stopped {
+            kernel,
+            has_handle,
+            entry,
+        } in self.stop_all(self.command_timeout)
+        {
+            let count = entry.undelivered.len() + entry.undelivered_outputs.len();
+            if count == 0 {
+                continue;
+            }
+            if has_handle {
+                let keep = |m: RawMessage| KeptMessage {
+                    corr: split(m.corr),
+                    payload: m.bytes,
+                };
+                kernel.keep_for_handles(
+                    entry.undelivered.into_iter().map(keep).collect(),
+                    entry.undelivered_outputs.into_iter().map(keep).collect(),
+                );
+                kept += count;
+            } else {
+                tracing::warn!(
+                    kernel = %entry.kernel,
+                    messages = count,
+                    "runtime dropped: kernel `{}` had {count} undelivered messages and no \
+                     handle left to take them; they are lost (call Runtime::shutdown to get \
+                     them in a report)",
+                    entry.kernel
+                );
+                lost += count;
+            }
+        }
+        if kept > 0 {
+            tracing::info!(
+                messages = kept,
+                "runtime dropped: {kept} undelivered messages are kept for the kernels'                  handles (drain or terminate a handle to take them back)"
+            );
+        }
+        if lost > 0 {
+            tracing::warn!(messages = lost, "runtime dropped with {lost} messages lost");
+        }
     }
 }

@@ -14,8 +14,9 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 pub use kernel::{
-    EmitError, Emitter, ExclusiveLane, Handler, HandlerError, HandlerFactory, KernelConfig,
-    KernelCore, Message, OutputConsumer, PortTarget, RecvFailure, SendFailure,
+    EmitError, Emitter, ExclusiveLane, Handler, HandlerError, HandlerFactory, KeptMessage,
+    KernelConfig, KernelCore, Message, OutputConsumer, PortTarget, RecvFailure, SendFailure,
+    STOP_GRACE,
 };
 use pool::Pool;
 
@@ -292,16 +293,29 @@ impl CpuBackend {
             .collect()
     }
 
-    /// Stops the pool and the dedicated threads (threads stuck in a handler are left
-    /// behind after a short wait), and unbinds every route.
+    /// Stops the supervisor: fault policies and watchdogs no longer act (a runtime that
+    /// shuts down stops it first, so no kernel is restarted behind its back).
+    pub fn stop_supervision(&self) {
+        self.supervisor
+            .stop(std::time::Instant::now() + pool::JOIN_PATIENCE);
+    }
+
+    /// Stops the supervisor, the pool and the dedicated threads, and unbinds every
+    /// route. Threads stuck in a handler are left behind after a short wait shared by
+    /// all of them (about half a second), so this returns in bounded time whatever a
+    /// handler does.
+    ///
+    /// From then on nothing runs the kernels: a later terminate or drain of one that is
+    /// still live is carried out by the calling host thread (see [`KernelCore::terminate`]).
     pub fn stop_threads(&self) {
-        self.supervisor.stop();
-        self.pool.stop();
+        let deadline = std::time::Instant::now() + pool::JOIN_PATIENCE;
+        self.supervisor.stop(deadline);
+        self.pool.stop(deadline);
         for kernel in self.kernels.lock().iter() {
-            kernel.wake_thread();
+            kernel.runner_stopped();
         }
         let threads = std::mem::take(&mut *self.dedicated.lock());
-        pool::join_or_detach(threads, "dedicated kernel");
+        pool::join_or_detach(threads, "dedicated kernel", deadline);
         // Routes between kernels hold them alive; a cycle of routes would leak.
         for kernel in self.kernels.lock().iter() {
             kernel.unbind_all();

@@ -205,26 +205,29 @@ impl Pool {
         (self.busy_ns.load(Ordering::Relaxed) as f64 / wall).min(1.0)
     }
 
-    /// Stops the workers and joins them. Kernels still queued are not run.
-    pub(crate) fn stop(&self) {
+    /// Stops the workers and joins them, waiting for them until `deadline` (see
+    /// [`join_or_detach`]). Kernels still queued are not run.
+    pub(crate) fn stop(&self, deadline: Instant) {
         // ORDERING: Release pairs with the Acquire load in `is_shut_down`.
         self.shutdown.store(true, Ordering::Release);
         self.signal.notify();
         let threads = std::mem::take(&mut *self.threads.lock());
-        join_or_detach(threads, "worker");
+        join_or_detach(threads, "worker", deadline);
         while self.pop().is_some() {}
     }
 }
 
-/// How long stopping waits for a thread before leaving it behind.
-const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long stopping a backend waits for its threads (workers, dedicated kernels and the
+/// supervisor together) before leaving the busy ones behind. A thread that is not inside
+/// a handler ends within microseconds of being told; one that is still busy after this
+/// is stuck in a handler that a terminate abandoned.
+pub(crate) const JOIN_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Joins `threads`, except the calling thread and threads still busy after
-/// [`JOIN_PATIENCE`] (stuck in a handler that never returns): those are detached, with a
-/// warning, so stopping a runtime never hangs on user code.
-pub(crate) fn join_or_detach(threads: Vec<JoinHandle<()>>, what: &str) {
+/// Joins `threads`, except the calling thread and threads still busy at `deadline`
+/// (stuck in a handler that never returns): those are detached, with a warning, so
+/// stopping a runtime never hangs on user code.
+pub(crate) fn join_or_detach(threads: Vec<JoinHandle<()>>, what: &str, deadline: Instant) {
     let me = std::thread::current().id();
-    let deadline = Instant::now() + JOIN_PATIENCE;
     for handle in threads {
         if handle.thread().id() == me {
             continue;

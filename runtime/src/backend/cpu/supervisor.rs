@@ -97,12 +97,14 @@ impl Supervisor {
         self.signal.notify();
     }
 
-    pub(crate) fn stop(&self) {
+    /// Stops supervising: no fault policy or watchdog acts from now on. Waits for the
+    /// supervisor's thread until `deadline` (see [`super::pool::join_or_detach`]).
+    pub(crate) fn stop(&self, deadline: Instant) {
         // ORDERING: Release pairs with the Acquire loads in `run` and `ensure_thread`.
         self.shutdown.store(true, Ordering::Release);
         self.signal.notify();
         if let Some(handle) = self.thread.lock().take() {
-            super::pool::join_or_detach(vec![handle], "supervisor");
+            super::pool::join_or_detach(vec![handle], "supervisor", deadline);
         }
     }
 }
@@ -241,8 +243,9 @@ fn restart(sup: &Supervisor, kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
     let FaultPolicy::Restart(policy) = kernel.config().fault_policy else {
         return;
     };
-    if !crate::lifecycle::is_stopped(kernel.state()) {
-        // Restarted or terminated by the host meanwhile.
+    if !crate::lifecycle::is_stopped(kernel.state()) || kernel.is_stopped_by_host() {
+        // Restarted meanwhile, or drained or terminated by the host: a host's stop is
+        // final (a drain of a group with a faulted member must not bring it back).
         return;
     }
     let restarted = kernel.restart_in_place();

@@ -3,14 +3,140 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::MutexGuard;
+
 use super::{Exec, KernelCore, INBOX_RING, LANE_RING, NOT_IN_HAND, PUBLISH_SPINS};
-use crate::abi::{Command, State};
+use crate::abi::{make_tag, Command, State, HOST_SENDER_ID, KIND_MESSAGE};
 use crate::backend::{CommandError, DrainSummary};
 use crate::lifecycle::{self, Event};
 use crate::ring::{Producer, RingMemory, SlotRef, Step};
 use crate::sync::Ordering;
 
+/// How long a drain whose timeout expired waits, past its deadline, for the kernel to
+/// acknowledge the terminate it falls back to; a handler still running then is
+/// abandoned (see [`KernelCore::terminate`]). This bounds a drain, and so a group drain
+/// and a runtime shutdown, at their timeout plus this grace, whatever a handler does.
+pub const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// The least a fallback terminate waits for an acknowledgement, even past the grace: a
+/// live kernel that is only waiting for a worker acknowledges within it.
+const MIN_ACK_WAIT: Duration = Duration::from_millis(100);
+
+/// One message handed back: its correlation id and slot payload bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptMessage {
+    /// Correlation id (the user's; `[0, 0]` when none).
+    pub corr: [u32; 2],
+    /// The slot's payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// What the stop of a gone runtime handed back for a kernel, kept until one of its
+/// handles drains or terminates it.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    inputs: Vec<KeptMessage>,
+    outputs: Vec<KeptMessage>,
+}
+
+impl Kept {
+    /// Messages held.
+    pub(crate) fn len(&self) -> usize {
+        self.inputs.len() + self.outputs.len()
+    }
+}
+
+fn replay(messages: Vec<KeptMessage>, f: &mut dyn FnMut(SlotRef<'_>)) {
+    for m in messages {
+        f(SlotRef {
+            position: 0,
+            tag: make_tag(KIND_MESSAGE, HOST_SENDER_ID),
+            corr: m.corr,
+            payload: &m.payload,
+        });
+    }
+}
+
 impl KernelCore {
+    /// Marks the kernel as belonging to a runtime that is gone (shut down or dropped):
+    /// its threads are stopped, sends fail, and a drain or terminate on a surviving
+    /// handle hands back what [`KernelCore::keep_for_handles`] kept, instead of failing.
+    /// Receivers and blocked senders are woken to learn it.
+    pub fn mark_runtime_gone(&self) {
+        // ORDERING: Release pairs with the Acquire load in `runtime_gone`: whoever sees
+        // the flag sees what was kept before it.
+        self.runtime_gone.store(true, Ordering::Release);
+        self.outbox_items.notify();
+        self.inbox_space.notify();
+        self.state_changed.notify();
+    }
+
+    /// Whether a terminate gave up waiting for the kernel's acknowledgement while no
+    /// handler of it ran (it waited for a thread): its rings still hold what it did not
+    /// deliver, and the next drain or terminate hands that back, even once the kernel
+    /// reads as terminated.
+    pub fn is_uncollected(&self) -> bool {
+        self.uncollected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the runtime that ran the kernel is gone (shut down or dropped).
+    pub fn runtime_gone(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `mark_runtime_gone`.
+        self.runtime_gone.load(Ordering::Acquire)
+    }
+
+    /// Keeps messages the stop of a gone runtime handed back for this kernel: the next
+    /// drain or terminate through one of its handles hands them back (once).
+    pub fn keep_for_handles(&self, inputs: Vec<KeptMessage>, outputs: Vec<KeptMessage>) {
+        let mut kept = self.kept.lock();
+        kept.inputs.extend(inputs);
+        kept.outputs.extend(outputs);
+    }
+
+    /// Hands every message still in the host-bound output ring to `on_output` (for a
+    /// stopped kernel no handle can receive from any more). Returns how many; 0 while a
+    /// `Receiver` holds the output.
+    pub fn take_unreceived_outputs(&self, on_output: &mut dyn FnMut(SlotRef<'_>)) -> usize {
+        let mut taken = 0;
+        if let Some(rx) = self.outbox_rx.lock().as_mut() {
+            let capacity = rx.capacity();
+            rx.consume(capacity, |slot| {
+                taken += 1;
+                on_output(SlotRef {
+                    corr: slot.user_corr(),
+                    ..slot
+                });
+                Step::Next
+            });
+        }
+        taken
+    }
+
+    /// A drain or terminate of a kernel whose runtime is gone and that is stopped: hands
+    /// back what was kept for it (and, for a terminate, its output ring).
+    fn hand_back_kept(
+        &self,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+        take_ring_outputs: bool,
+    ) {
+        let kept = std::mem::take(&mut *self.kept.lock());
+        replay(kept.inputs, on_input);
+        replay(kept.outputs, on_output);
+        if take_ring_outputs {
+            self.take_unreceived_outputs(on_output);
+        }
+    }
+
+    /// When a drain that ends at `deadline` stops waiting for the terminate it falls
+    /// back to.
+    fn fallback_ack_deadline(&self, deadline: Instant) -> Instant {
+        let now = Instant::now();
+        (deadline + STOP_GRACE)
+            .max(now + MIN_ACK_WAIT)
+            .min(now + self.config.command_timeout)
+    }
+
     fn wait_state(&self, deadline: Instant, mut done: impl FnMut(&Self) -> bool) -> bool {
         self.state_changed
             .wait_until(Some(deadline), || done(self).then_some(()))
@@ -119,20 +245,49 @@ impl KernelCore {
     /// terminated: `on_input` gets every message left in the inbox and `on_output` any
     /// emit that was waiting for room in the output ring.
     ///
+    /// A faulted kernel cannot process anything more, so draining it terminates it:
+    /// its undelivered messages go to the callbacks (the one its handler panicked on
+    /// first) and the summary carries its fault. The same holds when it faults during
+    /// the drain.
+    ///
+    /// Returns within `timeout` plus [`STOP_GRACE`] whatever the handler does: after
+    /// the timeout the kernel is terminated, and a handler that still has not returned
+    /// after the grace is abandoned (see [`KernelCore::terminate`]).
+    ///
+    /// Once the runtime is gone ([`KernelCore::mark_runtime_gone`]) a drain of the
+    /// stopped kernel hands back what was kept for its handles and succeeds.
+    ///
     /// # Errors
-    /// [`CommandError`] when the state machine refuses (for example, a second drain).
+    /// [`CommandError`] when the state machine refuses (a second drain, a drain of a
+    /// terminated kernel), or when a kernel that does not acknowledge has no handler
+    /// running either (it waits for a worker that does not come).
     pub fn drain(
         self: &Arc<Self>,
         timeout: Duration,
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
+        self.stopped_by_host.store(true, Ordering::Relaxed);
         let mut serial = self.lifecycle.lock();
         let deadline = Instant::now() + timeout;
-        let target = lifecycle::transition(
-            self.effective_state(*serial),
-            Event::Command(Command::Drain),
-        )?;
+        let from = self.effective_state(*serial);
+        if from == State::Faulted
+            || self.is_uncollected()
+            || (self.runtime_gone() && lifecycle::is_stopped(from))
+        {
+            drop(serial);
+            let abandoned = self.stop(
+                on_input,
+                on_output,
+                false,
+                self.fallback_ack_deadline(deadline),
+            )?;
+            return Ok(DrainSummary {
+                abandoned,
+                ..self.summary()
+            });
+        }
+        let target = lifecycle::transition(from, Event::Command(Command::Drain))?;
         self.close_inbox();
         *serial = Some((self.issue(Command::Drain), target));
         drop(serial);
@@ -140,10 +295,17 @@ impl KernelCore {
         let timed_out = !stopped;
         let mut abandoned = false;
         if timed_out || self.state() == State::Faulted {
-            abandoned = self.stop(on_input, on_output, false)?;
-        } else {
+            abandoned = self.stop(
+                on_input,
+                on_output,
+                false,
+                self.fallback_ack_deadline(deadline),
+            )?;
+        } else if !self.is_abandoned() {
             // Drained: the inbox is empty, by the kernel's end condition. The sweep is a
             // guard that hands back anything found anyway instead of leaving it behind.
+            // (A kernel abandoned by a concurrent terminate was swept by it, and its
+            // stuck handler holds the exec lock for good.)
             self.collect_inputs(&mut self.exec.lock(), on_input);
         }
         Ok(DrainSummary {
@@ -168,49 +330,109 @@ impl KernelCore {
     /// Terminates: stops after the message in hand and hands every message still in a
     /// ring to the callbacks (inbox to `on_input`, host-bound output to `on_output`).
     ///
+    /// Returns within the command timeout (plus the time to hand the messages over)
+    /// whatever the handler does: a handler that has not returned by then is abandoned
+    /// (see [`KernelCore::is_abandoned`]) and the host takes its rings over. Once the
+    /// backend's threads are stopped nothing runs the kernel, so the calling thread
+    /// carries the terminate out itself; once the runtime is gone, a terminate of the
+    /// stopped kernel hands back what was kept for its handles and succeeds.
+    ///
     /// # Errors
-    /// [`CommandError`] when the kernel is already terminated, or does not stop within
-    /// the command timeout (its rings are then left untouched).
+    /// [`CommandError`] when the kernel is already terminated (and its runtime still
+    /// lives), or does not acknowledge within the command timeout while no handler runs
+    /// (it waits for a worker; its rings are then left untouched).
     pub fn terminate(
         self: &Arc<Self>,
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
-        let abandoned = self.stop(on_input, on_output, true)?;
+        self.stopped_by_host.store(true, Ordering::Relaxed);
+        let ack_deadline = Instant::now() + self.config.command_timeout;
+        let abandoned = self.stop(on_input, on_output, true, ack_deadline)?;
         Ok(DrainSummary {
             abandoned,
             ..self.summary()
         })
     }
 
+    /// A terminate by the kernel's fault policy or watchdog (which may restart it
+    /// later), as opposed to one by the host (which is final).
+    pub(crate) fn stop_for_policy(
+        self: &Arc<Self>,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<bool, CommandError> {
+        let ack_deadline = Instant::now() + self.config.command_timeout;
+        self.stop(on_input, on_output, true, ack_deadline)
+    }
+
+    /// Whether the host drained or terminated the kernel since its last (re)start: the
+    /// fault policy then leaves it stopped.
+    pub fn is_stopped_by_host(&self) -> bool {
+        self.stopped_by_host.load(Ordering::Relaxed)
+    }
+
+    /// Issues `Terminate` and collects the rings once the kernel acknowledged, waiting
+    /// for it until `ack_deadline`; then the handler in hand is abandoned. With the
+    /// backend's threads stopped, the host applies the command itself.
     fn stop(
         self: &Arc<Self>,
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
         take_ring_outputs: bool,
+        ack_deadline: Instant,
     ) -> Result<bool, CommandError> {
+        let started = Instant::now();
         let mut serial = self.lifecycle.lock();
-        let target = lifecycle::transition(
-            self.effective_state(*serial),
-            Event::Command(Command::Terminate),
-        )?;
-        self.terminating.store(true, Ordering::Release);
-        self.close_inbox();
-        let epoch = self.issue(Command::Terminate);
-        *serial = Some((epoch, target));
-        let timeout = self.config.command_timeout;
+        let from = self.effective_state(*serial);
+        let pending = match *serial {
+            // An earlier terminate gave up waiting: wait for its command again and
+            // collect what it left behind.
+            Some((epoch, State::Terminated)) if self.is_uncollected() => Some(epoch),
+            _ => None,
+        };
+        if pending.is_none()
+            && self.runtime_gone()
+            && lifecycle::is_stopped(from)
+            && from != State::Faulted
+        {
+            drop(serial);
+            self.hand_back_kept(on_input, on_output, take_ring_outputs);
+            return Ok(false);
+        }
+        let epoch = if let Some(epoch) = pending {
+            epoch
+        } else {
+            let target = lifecycle::transition(from, Event::Command(Command::Terminate))?;
+            self.terminating.store(true, Ordering::Release);
+            self.close_inbox();
+            let epoch = self.issue(Command::Terminate);
+            *serial = Some((epoch, target));
+            epoch
+        };
+        self.wait_state(ack_deadline, |k| {
+            k.control.acknowledged(epoch) || k.pool.is_shut_down()
+        });
+        let exec = if self.control.acknowledged(epoch) {
+            Some(self.exec.lock())
+        } else if self.pool.is_shut_down() {
+            self.take_over(ack_deadline)
+        } else {
+            None
+        };
         let mut abandoned = false;
-        if self.wait_state(Instant::now() + timeout, |k| k.control.acknowledged(epoch)) {
-            let mut exec = self.exec.lock();
+        if let Some(mut exec) = exec {
             let exec = &mut *exec;
             self.collect_inputs(exec, on_input);
             exec.stash.take_all(on_output);
             self.local.stash_pending.store(false, Ordering::Relaxed);
-        } else if !self.abandon(on_input) {
-            return Err(self.unresponsive(timeout));
-        } else {
+        } else if self.abandon(on_input) {
             abandoned = true;
+        } else {
+            self.uncollected.store(true, Ordering::Relaxed);
+            return Err(self.unresponsive(ack_deadline.saturating_duration_since(started)));
         }
+        self.uncollected.store(false, Ordering::Relaxed);
         if take_ring_outputs {
             if let Some(rx) = self.outbox_rx.lock().as_mut() {
                 let capacity = rx.capacity();
@@ -220,9 +442,23 @@ impl KernelCore {
                 });
             }
         }
+        if self.runtime_gone() {
+            // Anything kept for the handles goes with this stop too.
+            self.hand_back_kept(on_input, on_output, false);
+        }
         self.wake_space_waiters();
         self.outbox_items.notify();
         Ok(abandoned)
+    }
+
+    /// With the backend's threads stopped nothing will run the kernel again: takes its
+    /// kernel side and applies the pending command (the terminate) from the host, as the
+    /// kernel would have. `None` when a thread left behind inside a handler holds it.
+    fn take_over(&self, ack_deadline: Instant) -> Option<MutexGuard<'_, Exec>> {
+        let until = ack_deadline.max(Instant::now() + MIN_ACK_WAIT);
+        let mut exec = self.exec.try_lock_until(until)?;
+        self.apply_commands(&mut exec);
+        Some(exec)
     }
 
     /// Takes the inbox rings over from a handler that did not return within the command
@@ -318,6 +554,8 @@ impl KernelCore {
         self.lane.reopen();
         self.terminating.store(false, Ordering::Relaxed);
         self.abandoned.store(false, Ordering::Relaxed);
+        self.uncollected.store(false, Ordering::Relaxed);
+        self.stopped_by_host.store(false, Ordering::Relaxed);
         self.output_stalled.store(false, Ordering::Relaxed);
         *self.fault.lock() = None;
         *self.watchdog.lock() = None;

@@ -244,6 +244,22 @@ pub struct KernelCore {
     restart_state: Mutex<RestartState>,
     /// The supervisor's watchdog memory (apart from the one `health` callers use).
     supervisor_watchdog: Mutex<Option<crate::health::Watchdog>>,
+    /// Where each port goes (the downstream kernel's id), a host-side copy of the ports'
+    /// targets: reading routes never waits for the exec lock, which a handler that
+    /// never returns holds for good.
+    routes: Mutex<Vec<Option<u32>>>,
+    /// Set once the runtime that ran the kernel is gone (shut down or dropped): its
+    /// threads are stopped, so the host plays the kernel from now on.
+    runtime_gone: AtomicBool,
+    /// What the runtime's drop handed back for this kernel, kept for its handles.
+    kept: Mutex<control_ops::Kept>,
+    /// Set when the host drains or terminates the kernel: that stop is final, so the
+    /// fault policy does not restart it behind the host's back.
+    stopped_by_host: AtomicBool,
+    /// Set when a terminate gave up waiting for the acknowledgement while no handler
+    /// ran (the kernel waited for a thread): its `Terminate` stays pending and its rings
+    /// uncollected until the next drain or terminate collects them.
+    uncollected: AtomicBool,
 }
 
 /// Words the thread running a kernel writes as it goes.
@@ -313,6 +329,7 @@ impl KernelCore {
         let lane_ring = Arc::new(HostRing::new(config.inbox));
         let outbox_ring = config.outbox.map(|layout| Arc::new(HostRing::new(layout)));
         let control = Arc::new(HostControl::new(id));
+        let port_count = config.ports.max(1) as usize;
         let exec = Exec {
             inbox: Consumer::new(inbox_ring.clone()),
             lane: Consumer::new(lane_ring.clone()),
@@ -369,6 +386,11 @@ impl KernelCore {
             supervisor,
             restart_state: Mutex::new(RestartState::default()),
             supervisor_watchdog: Mutex::new(None),
+            routes: Mutex::new(vec![None; port_count]),
+            runtime_gone: AtomicBool::new(false),
+            kept: Mutex::new(control_ops::Kept::default()),
+            uncollected: AtomicBool::new(false),
+            stopped_by_host: AtomicBool::new(false),
         }
     }
 
@@ -768,9 +790,12 @@ impl KernelCore {
         }
     }
 
-    /// Wakes a dedicated kernel's thread (it re-checks its work and the pool's shutdown).
-    pub(crate) fn wake_thread(&self) {
+    /// Tells the kernel's thread and its lifecycle waiters that the backend's threads
+    /// stopped: a dedicated kernel's thread re-checks the pool's shutdown and returns, and
+    /// a terminate waiting for an acknowledgement carries the command out itself.
+    pub(crate) fn runner_stopped(&self) {
         self.work.notify();
+        self.state_changed.notify();
     }
 
     /// Whether the kernel side has something to do now.
@@ -1067,7 +1092,11 @@ impl KernelCore {
     /// Terminates the kernel and sends every message it hands back, inputs and outputs,
     /// to the dead-letter sink with `reason` (what fault policies do).
     pub(crate) fn terminate_to_dead_letters(self: &Arc<Self>, reason: &str) {
-        let result = self.terminate(
+        if self.is_stopped_by_host() {
+            // The host drained or terminated it meanwhile and took its messages.
+            return;
+        }
+        let result = self.stop_for_policy(
             &mut |s| self.dead_letter(true, reason.to_owned(), &s),
             &mut |s| self.dead_letter(false, reason.to_owned(), &s),
         );
@@ -1084,6 +1113,32 @@ impl KernelCore {
         // Senders now get `Faulted`; messages already queued wait for `terminate`.
         Producer::close_all([&self.inbox, &self.lane]);
         self.supervisor.report_fault(self.clone());
+    }
+}
+
+impl Drop for KernelCore {
+    /// The last reference is gone: whatever the kernel still holds can reach nobody any
+    /// more. Never silently: the count is logged as a warning.
+    fn drop(&mut self) {
+        let kept = self.kept.get_mut().len();
+        let queued = self.inbox_len() as usize;
+        let unreceived = self.outbox_rx.get_mut().as_mut().map_or(0, |rx| {
+            let capacity = rx.capacity();
+            rx.consume(capacity, |_| Step::Next) as usize
+        });
+        if kept + queued + unreceived > 0 {
+            tracing::warn!(
+                kernel = %self.config.name,
+                queued,
+                unreceived,
+                kept,
+                "kernel `{}` dropped with messages nobody took: {queued} queued, {unreceived} \
+                 emitted to the host and not received, {kept} handed back by its runtime's \
+                 drop and not taken; they are lost (receive, drain or terminate a kernel \
+                 before dropping its last handle)",
+                self.config.name
+            );
+        }
     }
 }
 
@@ -1117,5 +1172,6 @@ mod control_ops;
 mod lane;
 mod ports;
 
+pub use control_ops::{KeptMessage, STOP_GRACE};
 pub use lane::ExclusiveLane;
 pub use ports::PortTarget;

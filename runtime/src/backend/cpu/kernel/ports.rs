@@ -340,6 +340,10 @@ impl KernelCore {
                 });
             }
         }
+        let to = match &target {
+            PortTarget::Kernel { core, .. } => Some(core.id),
+            _ => None,
+        };
         let fresh = Port::new(target);
         let Some(mut exec) = self.exec.try_lock_for(self.config.command_timeout) else {
             // Dropping `fresh` gives back a lane taken above.
@@ -347,6 +351,7 @@ impl KernelCore {
         };
         // What the stash holds for this port now goes to the new target, in order.
         exec.ports[port as usize] = fresh;
+        self.routes.lock()[port as usize] = to;
         drop(exec);
         // Stashed messages now head for the new target: run a turn to deliver them.
         self.output_stalled.store(false, Ordering::Relaxed);
@@ -356,16 +361,11 @@ impl KernelCore {
 
     /// Where each port goes now: `None` for the host output, the dead-letter sink or an
     /// unbound port, else the downstream kernel's id.
+    ///
+    /// Never waits for the kernel (it reads a host-side copy kept by [`KernelCore::bind`]),
+    /// so it answers even while a handler that never returns holds the kernel.
     pub fn routes(&self) -> Vec<Option<u32>> {
-        self.exec
-            .lock()
-            .ports
-            .iter()
-            .map(|p| match &p.target {
-                PortTarget::Kernel { core, .. } => Some(core.id),
-                _ => None,
-            })
-            .collect()
+        self.routes.lock().clone()
     }
 
     /// Unbinds every port (breaks reference cycles between kernels routed in a cycle).
@@ -375,6 +375,7 @@ impl KernelCore {
                 for port in &mut exec.ports {
                     *port = Port::default();
                 }
+                self.routes.lock().fill(None);
             }
         }
     }
