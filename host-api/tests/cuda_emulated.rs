@@ -235,3 +235,42 @@ fn auto_builds_the_cpu_backend_and_cuda_groups_need_a_cuda_backend() {
     assert!(matches!(err, Error::BackendUnavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("Backend::CudaEmulated"), "{err}");
 }
+
+#[test]
+fn a_kernel_with_no_ports_is_refused_at_launch() {
+    let Some(runtime) = emulated() else { return };
+    let mut g = runtime.cuda_group("portless").unwrap();
+    g.add(CudaKernel::<u32, u32>::source("double", "double_u32", DOUBLE).ports(0));
+    let err = g.launch().expect_err("a kernel needs at least one port");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Launch(_)) && text.contains("0 ports: give it 1 to 8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_send_after_terminate_says_the_kernel_is_terminated() {
+    let Some(runtime) = emulated() else { return };
+    for activate in [false, true] {
+        let mut g = runtime.cuda_group("stopped").unwrap();
+        let double = g.add(CudaKernel::<u32, u32>::source(
+            "double",
+            "double_u32",
+            DOUBLE,
+        ));
+        let group = g.launch().unwrap();
+        if activate {
+            group.activate().unwrap();
+        }
+        group.try_send(&double, 1).unwrap();
+        group.terminate();
+        for refused in [group.try_send(&double, 2), group.send(&double, 3)] {
+            let error = refused.unwrap_err().error;
+            assert!(
+                matches!(error, Error::Terminated { .. }),
+                "activated {activate}: {error}"
+            );
+        }
+    }
+}

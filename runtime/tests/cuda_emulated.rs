@@ -44,6 +44,8 @@ scenario!(
     dead_letter_routes,
     compile_error_names_the_line,
     builtins_match_reference,
+    handlers_have_their_own_namespaces,
+    dead_letters_never_stall_the_group,
 );
 
 /// Random stops (repeated and concurrent terminates and drains, short drain timeouts)

@@ -136,7 +136,7 @@ pub struct Topology {
 }
 
 /// Checks the topology of a GPU group whose kernels are `(name, ports)`: names are
-/// unique, a kernel has at most [`MAX_LINKS`] ports and inbox rings, every route leaves an
+/// unique, a kernel has 1 to [`MAX_LINKS`] ports and at most [`MAX_LINKS`] inbox rings, every route leaves an
 /// existing port of an existing kernel, routes each port once, ends at an existing kernel,
 /// and the routes form no cycle (`cycle_advice` says what to do instead). The error says
 /// what to change.
@@ -153,9 +153,9 @@ pub fn check_topology(
         if kernels[..i].iter().any(|&(other, _)| other == name) {
             return Err(format!("two kernels are named `{name}`: rename one"));
         }
-        if ports as usize > MAX_LINKS {
+        if ports == 0 || ports as usize > MAX_LINKS {
             return Err(format!(
-                "kernel `{name}` has {ports} ports: at most {MAX_LINKS}"
+                "kernel `{name}` has {ports} ports: give it 1 to {MAX_LINKS}"
             ));
         }
     }
@@ -287,9 +287,10 @@ mod tests {
 
     #[test]
     fn every_bad_topology_says_what_to_change() {
-        let cases: [Case<'_>; 6] = [
+        let cases: [Case<'_>; 7] = [
             (&[("a", 1), ("a", 1)], vec![], "two kernels are named `a`"),
-            (&[("a", 9)], vec![], "at most 8"),
+            (&[("a", 9)], vec![], "has 9 ports: give it 1 to 8"),
+            (&[("a", 0)], vec![], "has 0 ports: give it 1 to 8"),
             (
                 &[("a", 1)],
                 vec![route(0, 1, Target::Host)],

@@ -435,6 +435,75 @@ impl Scenarios {
         assert_eq!(in_ring.len(), 2, "the stopped kernel's ring holds what fit");
     }
 
+    /// Two handlers that each define a helper of the same name compile into one group
+    /// (each user source has its own namespace), and each kernel calls its own.
+    pub fn handlers_have_their_own_namespaces(&self) {
+        let handler = |function: &str, add: u32| {
+            HandlerCode::Source {
+            function: function.into(),
+            file: format!("{function}.cu"),
+            source: format!(
+                "__device__ unsigned long long helper(unsigned long long v) {{ return v + {add}u; }}\n\
+                 __device__ int {function}(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {{\n\
+                 \x20   unsigned long long v = helper(*(const unsigned long long *)msg);\n\
+                 \x20   return gyre_emit(ctx, 0, &v, 8);\n}}\n"
+            ),
+        }
+        };
+        let group = self.launch(
+            vec![
+                KernelPlan::new("plus1", handler("plus1", 1)),
+                KernelPlan::new("plus10", handler("plus10", 10)),
+            ],
+            vec![Route {
+                from: 0,
+                port: 0,
+                to: Target::Kernel(1),
+            }],
+        );
+        group.activate_all().unwrap();
+        for i in 0..20u64 {
+            group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+        }
+        let got: Vec<u64> = (0..20)
+            .map(|_| value(&group.recv_timeout(1, TIMEOUT).unwrap()))
+            .collect();
+        assert_eq!(got, (11..31).collect::<Vec<_>>());
+        assert_eq!(group.drain(TIMEOUT).undelivered_count(), 0);
+    }
+
+    /// A port bound to the dead letters takes far more messages than the dead-letter ring
+    /// holds while the host never asks for them: the host collects them as it sends and
+    /// receives, the group never stalls, and every one is there at the end.
+    pub fn dead_letters_never_stall_the_group(&self) {
+        let mut k = KernelPlan::new("to-dead", echo8());
+        k.capacity = 16;
+        let group = self.launch(
+            vec![k],
+            vec![Route {
+                from: 0,
+                port: 0,
+                to: Target::DeadLetters,
+            }],
+        );
+        group.activate_all().unwrap();
+        let total = 2_000u64;
+        for i in 0..total {
+            group
+                .send(0, &i.to_ne_bytes(), [0, 0], Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("message {i}: {e}"));
+        }
+        let report = group.drain(TIMEOUT);
+        assert!(!report.timed_out, "{report:?}");
+        assert_eq!(report.undelivered_count(), 0);
+        let letters: Vec<u64> = group
+            .take_dead_letters()
+            .iter()
+            .map(|l| u64::from_ne_bytes(l.payload[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(letters, (0..total).collect::<Vec<_>>());
+    }
+
     /// A handler that does not compile: the launch fails with the compiler's log, which
     /// names the handler's file and line.
     pub fn compile_error_names_the_line(&self) {
@@ -554,9 +623,12 @@ impl Scenarios {
     }
 }
 
-
 /// Where one id of the soak ended, for the exactly-once check.
-fn tally(seen: &mut std::collections::HashMap<u32, Vec<&'static str>>, id: u32, place: &'static str) {
+fn tally(
+    seen: &mut std::collections::HashMap<u32, Vec<&'static str>>,
+    id: u32,
+    place: &'static str,
+) {
     seen.entry(id).or_default().push(place);
 }
 
@@ -589,7 +661,12 @@ impl Scenarios {
             GroupPlan {
                 name: "soak".into(),
                 kernels,
-                routes: vec![route(0, 0, 1), route(0, 1, 2), route(1, 0, 3), route(2, 0, 3)],
+                routes: vec![
+                    route(0, 0, 1),
+                    route(0, 1, 2),
+                    route(1, 0, 3),
+                    route(2, 0, 3),
+                ],
                 threads,
             },
             command_timeout,
