@@ -637,6 +637,114 @@ fn seq_of(payload: &[u8]) -> u32 {
     bytemuck::pod_read_unaligned::<gyre_runtime::builtins::Record>(&payload[..16]).seq
 }
 
+/// Checks that every id in `accepted` came back exactly once in round `round` (stop
+/// `action`): received, in a report, or in the dead letters; and no other id came back.
+fn check_exactly_once(
+    round: u32,
+    action: u64,
+    accepted: &[u32],
+    received: Vec<u32>,
+    reports: &[GroupReport],
+    letters: &[gyre_runtime::routing::DeadLetter],
+) {
+    let mut seen: std::collections::HashMap<u32, Vec<&'static str>> =
+        std::collections::HashMap::new();
+    for n in received {
+        tally(&mut seen, n, "received");
+    }
+    for report in reports {
+        assert!(report.fault.is_none(), "round {round}: {report:?}");
+        for k in &report.kernels {
+            assert_eq!(k.state, State::Terminated, "round {round}: {}", k.name);
+            for m in &k.undelivered {
+                tally(&mut seen, seq_of(&m.payload), "undelivered");
+            }
+            for (_, m) in &k.undelivered_outputs {
+                tally(&mut seen, seq_of(&m.payload), "undelivered output");
+            }
+        }
+    }
+    for letter in letters {
+        tally(&mut seen, seq_of(&letter.payload), "dead letter");
+    }
+    for n in accepted {
+        match seen.remove(n).as_deref() {
+            Some([_]) => {}
+            Some(places) => panic!(
+                "round {round} (action {action}): id {n} came back {} times: {places:?}",
+                places.len()
+            ),
+            None => panic!("round {round} (action {action}): id {n} was lost"),
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "round {round}: ids never sent came back: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
+}
+
+/// The soak's sender: `try_send`s ids from `first` on until the inbox is closed, or
+/// full after `stop`; returns the ids accepted.
+fn soak_sender(group: &CudaGroup, first: u32, stop: &std::sync::atomic::AtomicBool) -> Vec<u32> {
+    let mut accepted = Vec::new();
+    let mut n = first;
+    loop {
+        let record = gyre_runtime::builtins::Record {
+            key: n,
+            seq: n,
+            value: 1.0,
+            aux: 0,
+        };
+        match group.try_send(0, bytemuck::bytes_of(&record), [n, 0]) {
+            Ok(()) => {
+                accepted.push(n);
+                n += 1;
+            }
+            Err(SendError::Full { .. }) => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            Err(SendError::Closed { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    accepted
+}
+
+/// The soak's receiver: takes the gather's outputs until `stop`, checking that none
+/// comes after an empty look once the gather had acknowledged its stop (the state read
+/// first); returns the ids and whether it saw that end.
+fn soak_receiver(
+    group: &CudaGroup,
+    round: u32,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<u32>, bool) {
+    let mut got = Vec::new();
+    let mut ended = false;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let state = group.state(3);
+        match group.try_recv(3) {
+            Ok(Some(m)) => {
+                assert!(
+                    !ended,
+                    "round {round}: an output came after the gather had stopped and nothing \
+                     was left"
+                );
+                got.push(seq_of(&m.payload));
+            }
+            Ok(None) => {
+                ended |= state == State::Terminated;
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    (got, ended)
+}
+
 impl Scenarios {
     /// The soak group: scatter → two affines → gather, 16-slot rings.
     fn soak_group(&self, threads: u32, command_timeout: Duration) -> CudaGroup {
@@ -712,58 +820,8 @@ impl Scenarios {
             let drain_for = Duration::from_micros(next() % 3000);
             let stop_sender = AtomicBool::new(false);
             let (accepted, received, reports) = std::thread::scope(|scope| {
-                let sender = scope.spawn(|| {
-                    let mut accepted = Vec::new();
-                    let mut n = first;
-                    loop {
-                        let record = gyre_runtime::builtins::Record {
-                            key: n,
-                            seq: n,
-                            value: 1.0,
-                            aux: 0,
-                        };
-                        match group.try_send(0, bytemuck::bytes_of(&record), [n, 0]) {
-                            Ok(()) => {
-                                accepted.push(n);
-                                n += 1;
-                            }
-                            Err(SendError::Full { .. }) => {
-                                if stop_sender.load(Ordering::Relaxed) {
-                                    break;
-                                }
-                                std::thread::yield_now();
-                            }
-                            Err(SendError::Closed { .. }) => break,
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                    accepted
-                });
-                let receiver = scope.spawn(|| {
-                    // The state first: once the gather acknowledged its stop, an empty
-                    // look means nothing more will come.
-                    let mut got = Vec::new();
-                    let mut ended = false;
-                    while !stop_sender.load(Ordering::Relaxed) {
-                        let state = group.state(3);
-                        match group.try_recv(3) {
-                            Ok(Some(m)) => {
-                                assert!(
-                                    !ended,
-                                    "round {round}: an output came after the gather had \
-                                     stopped and nothing was left"
-                                );
-                                got.push(seq_of(&m.payload));
-                            }
-                            Ok(None) => {
-                                ended |= state == State::Terminated;
-                                std::thread::yield_now();
-                            }
-                            Err(e) => panic!("{e}"),
-                        }
-                    }
-                    (got, ended)
-                });
+                let sender = scope.spawn(|| soak_sender(&group, first, &stop_sender));
+                let receiver = scope.spawn(|| soak_receiver(&group, round, &stop_sender));
                 // A failed assertion below must not leave the sender and receiver running.
                 struct Stop<'a>(&'a AtomicBool);
                 impl Drop for Stop<'_> {
@@ -813,41 +871,8 @@ impl Scenarios {
                 (accepted, received, reports)
             });
             id = accepted.last().map_or(id, |last| last + 1);
-            let mut seen: std::collections::HashMap<u32, Vec<&'static str>> =
-                std::collections::HashMap::new();
-            for n in received {
-                tally(&mut seen, n, "received");
-            }
-            for report in &reports {
-                assert!(report.fault.is_none(), "round {round}: {report:?}");
-                for k in &report.kernels {
-                    assert_eq!(k.state, State::Terminated, "round {round}: {}", k.name);
-                    for m in &k.undelivered {
-                        tally(&mut seen, seq_of(&m.payload), "undelivered");
-                    }
-                    for (_, m) in &k.undelivered_outputs {
-                        tally(&mut seen, seq_of(&m.payload), "undelivered output");
-                    }
-                }
-            }
-            for letter in group.take_dead_letters() {
-                tally(&mut seen, seq_of(&letter.payload), "dead letter");
-            }
-            for n in &accepted {
-                match seen.remove(n).as_deref() {
-                    Some([_]) => {}
-                    Some(places) => panic!(
-                        "round {round} (action {action}): id {n} came back {} times: {places:?}",
-                        places.len()
-                    ),
-                    None => panic!("round {round} (action {action}): id {n} was lost"),
-                }
-            }
-            assert!(
-                seen.is_empty(),
-                "round {round}: ids never sent came back: {:?}",
-                seen.keys().collect::<Vec<_>>()
-            );
+            let letters = group.take_dead_letters();
+            check_exactly_once(round, action, &accepted, received, &reports, &letters);
         }
     }
 }

@@ -739,14 +739,14 @@ impl CudaGroup {
         let kernel = &self.kernels[k];
         match host_send(&kernel.inbox, &kernel.plan.name, payload, corr) {
             // A full inbox of a group that faulted will never empty: say why.
-            Err(full @ SendError::Full { .. }) => match self.fault() {
-                Some(fault) => Err(SendError::Faulted(fault)),
-                None => {
-                    // A kernel may be waiting for room in a dead-letter ring.
-                    self.collect_dead_letters();
-                    Err(full)
+            Err(full @ SendError::Full { .. }) => {
+                if let Some(fault) = self.fault() {
+                    return Err(SendError::Faulted(fault));
                 }
-            },
+                // A kernel may be waiting for room in a dead-letter ring.
+                self.collect_dead_letters();
+                Err(full)
+            }
             other => other,
         }
     }
@@ -1132,6 +1132,24 @@ impl CudaGroup {
     /// reads back what no earlier stop handed back.
     fn stop(&self, deadline: Instant) -> GroupReport {
         let mut collected = self.collected.lock();
+        let acknowledged = self.terminate_all(deadline);
+        // Every block exits after its kernel terminated: wait for the grid, then the
+        // device rings can be read back.
+        let mut backoff = Backoff::new();
+        while !self.grid_finished() {
+            self.pump_all();
+            if Instant::now() >= deadline {
+                break;
+            }
+            pause(&mut backoff);
+        }
+        self.report(&mut collected, &acknowledged)
+    }
+
+    /// Issues `Terminate` to every kernel not stopped, all at once, then waits until
+    /// `deadline` for their answers; says, per kernel, whether it stopped (and reads its
+    /// host inbox no more).
+    fn terminate_all(&self, deadline: Instant) -> Vec<bool> {
         let mut waiting = Vec::new();
         for &k in &self.order {
             let kernel = &self.kernels[k];
@@ -1170,20 +1188,14 @@ impl CudaGroup {
             self.pump_all();
             pause(&mut backoff);
         }
-        // Kernels that acknowledged read their host inbox no more.
-        let acknowledged: Vec<bool> = (0..self.kernels.len())
+        (0..self.kernels.len())
             .map(|k| !waiting.iter().any(|&(w, _, _)| w == k))
-            .collect();
-        drop(waiting);
-        // Every block exits after its kernel terminated: wait for the grid, then the
-        // device rings can be read back.
-        while !self.grid_finished() {
-            self.pump_all();
-            if Instant::now() >= deadline {
-                break;
-            }
-            pause(&mut backoff);
-        }
+            .collect()
+    }
+
+    /// The report of a stop: reads back what no earlier stop handed back (`collected`),
+    /// given which kernels stopped (`acknowledged`, from [`CudaGroup::terminate_all`]).
+    fn report(&self, collected: &mut Collected, acknowledged: &[bool]) -> GroupReport {
         let finished = self.grid_finished();
         if finished {
             self.running.lock().take();
