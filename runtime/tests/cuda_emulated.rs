@@ -46,6 +46,7 @@ scenario!(
     builtins_match_reference,
     handlers_have_their_own_namespaces,
     dead_letters_never_stall_the_group,
+    terminated_means_nothing_more_comes,
 );
 
 /// Random stops (repeated and concurrent terminates and drains, short drain timeouts)

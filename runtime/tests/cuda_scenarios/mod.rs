@@ -504,6 +504,60 @@ impl Scenarios {
         assert_eq!(letters, (0..total).collect::<Vec<_>>());
     }
 
+    /// A receiver that reads the kernel's state, then finds nothing to receive, while the
+    /// kernel said `Terminated`, has everything: nothing more comes (outputs moving from
+    /// the outbox ring to the host's queue during a terminate are never invisible).
+    pub fn terminated_means_nothing_more_comes(&self) {
+        let total = 1000u64;
+        for round in 0..50 {
+            let mut k = KernelPlan::new("echo", echo8());
+            k.capacity = 1024;
+            k.out_capacity = 1024;
+            let group = self.launch(vec![k], vec![]);
+            group.activate_all().unwrap();
+            for i in 0..total {
+                group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+            }
+            let deadline = Instant::now() + TIMEOUT;
+            while group.counters(0).processed < total {
+                assert!(Instant::now() < deadline, "the kernel made no progress");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // The receiver takes outputs one by one while a terminate moves the rest to
+            // the host's queue.
+            let got = std::thread::scope(|scope| {
+                let receiver = scope.spawn(|| {
+                    let mut got = 0u64;
+                    let mut ended = false;
+                    loop {
+                        let state = group.state(0);
+                        match group.try_recv(0).unwrap() {
+                            Some(_) => {
+                                assert!(
+                                    !ended,
+                                    "round {round}: an output came after `Terminated` and \
+                                     nothing to receive (output {got})"
+                                );
+                                got += 1;
+                            }
+                            None if state == State::Terminated => {
+                                if ended {
+                                    return got;
+                                }
+                                ended = true;
+                            }
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                });
+                let report = group.terminate();
+                assert_eq!(report.undelivered_count(), 0);
+                receiver.join().unwrap()
+            });
+            assert_eq!(got, total, "round {round}");
+        }
+    }
+
     /// A handler that does not compile: the launch fails with the compiler's log, which
     /// names the handler's file and line.
     pub fn compile_error_names_the_line(&self) {
