@@ -840,7 +840,9 @@ impl Scenarios {
     /// is drained with short timeouts or terminated, repeatedly and concurrently. Every
     /// accepted id comes back exactly once: received, in a report (inputs left in a ring or
     /// outputs left unpublished) or in the dead letters; no stop takes longer than its
-    /// timeout plus 3 s. `rounds` rounds of `load` of load each (random up to it).
+    /// timeout plus 3 s. `rounds` rounds of `load` of load each (random up to it). The
+    /// seed is printed; `GYRE_SOAK_SEED` reruns one, `GYRE_SOAK_ACTION` (0 to 5) picks one
+    /// kind of stop for every round.
     pub fn random_stops_hand_back_every_message_once(&self, rounds: u32, load: Duration) {
         use std::sync::atomic::{AtomicBool, Ordering};
         let command_timeout = Duration::from_secs(5);
