@@ -1146,51 +1146,47 @@ impl CudaGroup {
         self.report(&mut collected, &acknowledged)
     }
 
-    /// Issues `Terminate` to every kernel not stopped, all at once, then waits until
-    /// `deadline` for their answers; says, per kernel, whether it stopped (and reads its
-    /// host inbox no more).
+    /// Terminates every kernel not stopped, upstream first (topological order: a kernel
+    /// stops before its downstream, so an output waiting for room downstream stays its
+    /// unpublished output rather than going to the dead letters), waiting for each answer
+    /// until the one `deadline` (after it, the rest are issued without waiting: the whole
+    /// terminate takes the command timeout at most); says, per kernel, whether it stopped
+    /// (and reads its host inbox no more).
     fn terminate_all(&self, deadline: Instant) -> Vec<bool> {
-        let mut waiting = Vec::new();
+        let mut stopped = vec![true; self.kernels.len()];
+        let mut backoff = Backoff::new();
         for &k in &self.order {
             let kernel = &self.kernels[k];
-            let serial = kernel.commands.lock();
+            let _serial = kernel.commands.lock();
             if lifecycle::is_stopped(self.state(k)) {
                 continue;
             }
-            match self.issue(k, Command::Terminate) {
-                Ok(epoch) => waiting.push((k, epoch, serial)),
+            let epoch = match self.issue(k, Command::Terminate) {
+                Ok(epoch) => epoch,
                 Err(e) => {
                     tracing::warn!(group = %self.name, kernel = %kernel.plan.name, error = %e, "terminate");
+                    continue;
                 }
-            }
-        }
-        let mut backoff = Backoff::new();
-        while !waiting.is_empty() {
-            waiting.retain(|&(k, epoch, _)| {
+            };
+            loop {
                 match self.answered(k, Command::Terminate, epoch) {
-                    Ok(None) => true,
-                    Ok(Some(_)) => false,
+                    Ok(None) => {}
+                    Ok(Some(_)) => break,
                     Err(e) => {
-                        tracing::warn!(group = %self.name, kernel = %self.kernels[k].plan.name, error = %e, "terminate");
-                        false
+                        tracing::warn!(group = %self.name, kernel = %kernel.plan.name, error = %e, "terminate");
+                        break;
                     }
                 }
-            });
-            if waiting.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                for (k, _, _) in &waiting {
-                    tracing::warn!(group = %self.name, kernel = %self.kernels[*k].plan.name, waited = ?self.command_timeout, "terminate: the kernel did not acknowledge; its handler may be stuck");
+                if Instant::now() >= deadline {
+                    tracing::warn!(group = %self.name, kernel = %kernel.plan.name, waited = ?self.command_timeout, "terminate: the kernel did not acknowledge; its handler may be stuck");
+                    stopped[k] = false;
+                    break;
                 }
-                break;
+                self.pump_all();
+                pause(&mut backoff);
             }
-            self.pump_all();
-            pause(&mut backoff);
         }
-        (0..self.kernels.len())
-            .map(|k| !waiting.iter().any(|&(w, _, _)| w == k))
-            .collect()
+        stopped
     }
 
     /// The report of a stop: reads back what no earlier stop handed back (`collected`),
