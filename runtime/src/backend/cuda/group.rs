@@ -1154,6 +1154,7 @@ impl CudaGroup {
     /// (and reads its host inbox no more).
     fn terminate_all(&self, deadline: Instant) -> Vec<bool> {
         let mut stopped = vec![true; self.kernels.len()];
+        let mut late = Vec::new();
         let mut backoff = Backoff::new();
         for &k in &self.order {
             let kernel = &self.kernels[k];
@@ -1178,12 +1179,20 @@ impl CudaGroup {
                     }
                 }
                 if Instant::now() >= deadline {
-                    tracing::warn!(group = %self.name, kernel = %kernel.plan.name, waited = ?self.command_timeout, "terminate: the kernel did not acknowledge; its handler may be stuck");
                     stopped[k] = false;
+                    late.push((k, epoch));
                     break;
                 }
                 self.pump_all();
                 pause(&mut backoff);
+            }
+        }
+        // Those issued after the deadline had no time to answer: one last look.
+        for (k, epoch) in late {
+            if let Ok(Some(_)) = self.answered(k, Command::Terminate, epoch) {
+                stopped[k] = true;
+            } else {
+                tracing::warn!(group = %self.name, kernel = %self.kernels[k].plan.name, waited = ?self.command_timeout, "terminate: the kernel did not acknowledge; its handler may be stuck");
             }
         }
         stopped
