@@ -24,7 +24,8 @@
 //! The same runtime keeps its CPU worker pool: [`Runtime::launch`] and
 //! [`Runtime::group`] kernels run there, next to the CUDA groups.
 //! [`Runtime::shutdown`] stops the CPU kernels only; a CUDA group is stopped by its
-//! handle (dropping the handle terminates it, discarding what it held, with a warning).
+//! handle (dropping the handle terminates it and discards what it held, with a warning
+//! that counts it: see [`CudaGroupHandle`]).
 //! Likewise [`Runtime::health`], [`Runtime::prometheus_text`] and
 //! [`Runtime::take_dead_letters`] cover the CPU kernels; a CUDA group answers for its own
 //! kernels through [`CudaGroupHandle::health`], [`CudaGroupHandle::counters`] and
@@ -346,6 +347,7 @@ impl CudaGroupBuilder {
                 names,
                 group_id: self.group_id,
                 command_timeout: self.command_timeout,
+                terminated: std::sync::atomic::AtomicBool::new(false),
             },
         })
     }
@@ -354,10 +356,24 @@ impl CudaGroupBuilder {
 /// A launched CUDA group: typed sending and receiving per stage, lifecycle, reports.
 ///
 /// Sends, receives and lifecycle calls take `&self` and may come from several threads.
-/// Dropping the handle terminates the group (what it still held is discarded, with a
-/// warning): drain or terminate it first to get the [`CudaReport`].
+///
+/// # Dropping the handle
+///
+/// Dropping the handle terminates the group, within the runtime's command timeout (plus
+/// the read-back of its rings), like [`CudaGroupHandle::terminate`]. What the group still
+/// held is then discarded, never silently: a `tracing` warning counts every message left
+/// in its rings (`undelivered`) and every output for the host not yet received
+/// (`unreceived`), and the group drops a dead letter nobody took with a warning too. To
+/// lose nothing, drain or terminate the group first, keep the [`CudaReport`], and receive
+/// its outputs until [`Error::Terminated`].
 pub struct CudaGroupHandle {
     core: GroupCore<CudaGroup>,
+}
+
+impl Drop for CudaGroupHandle {
+    fn drop(&mut self) {
+        self.core.stop_on_drop();
+    }
 }
 
 impl std::fmt::Debug for CudaGroupHandle {
@@ -548,3 +564,58 @@ gpu_handle::impl_raw_group!(CudaGroup, "CUDA", {
         }
     }
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOUBLE: &str =
+        "__device__ int double_u32(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {\n\
+                          \x20   gyre_u32 x = *(const gyre_u32 *)msg * 2u;\n\
+                          \x20   return gyre_emit(ctx, 0u, &x, sizeof x);\n}\n";
+
+    /// Dropping a handle that holds 32 messages (outputs not received, inputs left in the
+    /// rings) counts all 32 in its warning, and stops the group.
+    #[test]
+    fn a_dropped_handle_counts_every_message_it_discards() {
+        let runtime = match Runtime::builder()
+            .backend(crate::Backend::CudaEmulated)
+            .workers(1)
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => panic!("the CUDA emulation must run here: {e}"),
+        };
+        let mut g = runtime.cuda_group("dropped").unwrap();
+        let double =
+            g.add(CudaKernel::<u32, u32>::source("double", "double_u32", DOUBLE).capacity(16));
+        let group = g.launch().unwrap();
+        group.activate().unwrap();
+        // 16 go through to the host output (never received), then 16 more wait in the
+        // inbox while the kernel is paused.
+        for i in 0..16u32 {
+            group.send(&double, i).unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while group.counters(&double).processed < 16 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel made no progress"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        group
+            .core
+            .group
+            .command(0, gyre_runtime::abi::Command::Pause)
+            .unwrap();
+        for i in 16..32u32 {
+            group.send(&double, i).unwrap();
+        }
+        let (undelivered, unreceived) = group.core.stop_on_drop();
+        assert_eq!((undelivered, unreceived), (16, 16));
+        assert_eq!(group.state(&double), State::Terminated);
+        // Nothing is counted twice: a second drop path finds nothing left.
+        assert_eq!(group.core.stop_on_drop(), (0, 0));
+    }
+}

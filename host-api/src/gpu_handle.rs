@@ -2,6 +2,7 @@
 //! [`crate::wgpu::WgpuGroupHandle`]) share: stage ids, and the typed sends, receives,
 //! commands and reports over a runtime group, written once for any [`RawGroup`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gyre_runtime::abi::State;
@@ -73,6 +74,9 @@ pub(crate) struct GroupCore<G> {
     pub(crate) group_id: u64,
     /// How long a blocking send waits for room.
     pub(crate) command_timeout: Duration,
+    /// Whether the group was terminated through this handle (a refused send then says
+    /// the kernel is terminated, even before its kernels acknowledged).
+    pub(crate) terminated: AtomicBool,
 }
 
 impl<G: RawGroup> GroupCore<G> {
@@ -134,7 +138,12 @@ impl<G: RawGroup> GroupCore<G> {
 
     /// The error for a kernel that takes or makes no more messages.
     fn stopped(&self, k: usize) -> Error {
-        gpu_common::stopped(&self.names[k], self.group.state(k), self.group.fault())
+        let mut state = self.group.state(k);
+        // Relaxed: only chooses the words of an error.
+        if self.terminated.load(Ordering::Relaxed) && state != State::Faulted {
+            state = State::Terminated;
+        }
+        gpu_common::stopped(&self.names[k], state, self.group.fault())
     }
 
     /// Receives without waiting; `Ok(None)` when nothing is there yet.
@@ -181,7 +190,35 @@ impl<G: RawGroup> GroupCore<G> {
 
     /// Terminates the group: its report.
     pub(crate) fn terminate(&self) -> GpuReport {
+        // Relaxed: only chooses the words of an error (see `stopped`).
+        self.terminated.store(true, Ordering::Relaxed);
         GpuReport::new::<G>(self.group.terminate(), self.group_id)
+    }
+
+    /// What dropping a handle does: terminates the group (within the command timeout; a
+    /// group already stopped hands nothing back twice), discards every message it still
+    /// held, and warns with their numbers: `(undelivered, unreceived)`, messages left in
+    /// its rings and outputs for the host never received.
+    pub(crate) fn stop_on_drop(&self) -> (usize, usize) {
+        let undelivered = self.terminate().report.undelivered_count();
+        let mut unreceived = 0;
+        for k in 0..self.names.len() {
+            while let Ok(Some(())) = self.group.try_recv_with(k, |_| ()) {
+                unreceived += 1;
+            }
+        }
+        if undelivered + unreceived > 0 {
+            tracing::warn!(
+                group = %self.name,
+                backend = G::LABEL,
+                undelivered,
+                unreceived,
+                "GPU group handle dropped: its messages left in rings (undelivered) and its \
+                 outputs never received (unreceived) are discarded; drain or terminate the \
+                 group and receive its outputs before dropping the handle"
+            );
+        }
+        (undelivered, unreceived)
     }
 }
 

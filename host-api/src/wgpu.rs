@@ -343,6 +343,7 @@ impl WgpuGroupBuilder {
                 names,
                 group_id: self.group_id,
                 command_timeout: self.command_timeout,
+                terminated: std::sync::atomic::AtomicBool::new(false),
             },
         })
     }
@@ -352,11 +353,20 @@ impl WgpuGroupBuilder {
 ///
 /// Sends, receives and lifecycle calls take `&self` and may come from several threads.
 /// Each send wakes the group's ticker; commands (activate, drain, terminate) apply at
-/// the start of the next tick. Dropping the handle terminates the group (what it still
-/// held is discarded, with a warning): drain or terminate it first to get the
-/// [`WgpuReport`].
+/// the start of the next tick. Dropping the handle terminates the group within the
+/// command timeout; what it still held is discarded with a warning that counts every
+/// message left in its rings and every output not yet received: drain or terminate it
+/// first to get the [`WgpuReport`], and receive its outputs.
 pub struct WgpuGroupHandle {
     core: GroupCore<WgpuGroup>,
+}
+
+/// Terminates the group and warns, counting them, about the messages it discards (as
+/// for a CUDA group handle).
+impl Drop for WgpuGroupHandle {
+    fn drop(&mut self) {
+        self.core.stop_on_drop();
+    }
 }
 
 impl std::fmt::Debug for WgpuGroupHandle {

@@ -301,3 +301,107 @@ fn a_topology_error_names_the_group_once_and_says_what_to_change() {
          below 1, or give it more ports (`.ports(n)`)"
     );
 }
+
+#[test]
+fn a_kernel_with_no_ports_is_refused_at_launch() {
+    let Some(runtime) = emulated() else { return };
+    let mut g = runtime.cuda_group("portless").unwrap();
+    g.add(CudaKernel::<u32, u32>::source("double", "double_u32", DOUBLE).ports(0));
+    let err = g.launch().expect_err("a kernel needs at least one port");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Launch(_)) && text.contains("0 ports but a kernel has 1 to 8"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_send_after_terminate_says_the_kernel_is_terminated() {
+    let Some(runtime) = emulated() else { return };
+    for activate in [false, true] {
+        let mut g = runtime.cuda_group("stopped").unwrap();
+        let double = g.add(CudaKernel::<u32, u32>::source(
+            "double",
+            "double_u32",
+            DOUBLE,
+        ));
+        let group = g.launch().unwrap();
+        if activate {
+            group.activate().unwrap();
+        }
+        group.try_send(&double, 1).unwrap();
+        group.terminate();
+        for refused in [group.try_send(&double, 2), group.send(&double, 3)] {
+            let error = refused.unwrap_err().error;
+            assert!(
+                matches!(error, Error::Terminated { .. }),
+                "activated {activate}: {error}"
+            );
+        }
+    }
+}
+
+const SLOW: &str = r"
+__device__ int slow_u32(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
+    for (int i = 0; i < 2000; ++i) {
+        __nanosleep(1000000u);
+    }
+    return gyre_emit(ctx, 0u, msg, 4u);
+}
+";
+
+/// A terminate that waits on a handler busy for 2 s returns after the command timeout,
+/// the kernel not stopped yet; a send refused meanwhile says the kernel is terminated
+/// (not draining); once the handler returns, a later terminate completes the stop and
+/// the output is received.
+#[test]
+fn a_terminate_waiting_on_a_busy_handler_is_bounded_and_refuses_sends_as_terminated() {
+    let timeout = Duration::from_millis(200);
+    let runtime = match Runtime::builder()
+        .backend(Backend::CudaEmulated)
+        .workers(1)
+        .command_timeout(timeout)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => panic!("the CUDA emulation must run here: {e}"),
+    };
+    let mut g = runtime.cuda_group("busy").unwrap();
+    let slow = g.add(CudaKernel::<u32, u32>::source("slow", "slow_u32", SLOW));
+    let group = g.launch().unwrap();
+    group.activate().unwrap();
+    group.send(&slow, 7).unwrap();
+    // Nothing on the host side says a handler started (counters move when its batch
+    // ends): give the kernel, which polls its inbox every few microseconds, 200 ms.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let report = group.terminate();
+    let took = started.elapsed();
+    assert!(
+        took < timeout + Duration::from_secs(3),
+        "terminate took {took:?}"
+    );
+    assert_eq!(report.undelivered_count(), 0, "{report:?}");
+    assert_eq!(
+        report.processed(&slow),
+        0,
+        "the handler must still be running when the terminate gives up"
+    );
+    assert_ne!(group.state(&slow), State::Terminated);
+    let error = group.try_send(&slow, 8).unwrap_err().error;
+    assert!(matches!(error, Error::Terminated { .. }), "{error}");
+    // The handler returns; a later terminate finds the kernel stopped.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while group.state(&slow) != State::Terminated {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel never stopped"
+        );
+        assert_eq!(group.terminate().undelivered_count(), 0);
+    }
+    assert_eq!(group.recv_timeout(&slow, TIMEOUT).unwrap(), 7);
+    assert!(matches!(
+        group.try_recv(&slow),
+        Err(Error::Terminated { .. })
+    ));
+}

@@ -79,11 +79,11 @@ fn a_group_drain_drains_the_others_and_reports_the_faulted_member() {
     g.route(front, 0, back);
     let group = g.launch().unwrap();
     group.activate().unwrap();
-    let input = group.kernel(front);
+    let input = group.kernel(front).unwrap();
     for i in 0..6 {
         input.send(i).unwrap();
     }
-    wait_until_faulted(|| group.kernel(back).state());
+    wait_until_faulted(|| group.kernel(back).unwrap().state());
     let report = group.drain(WAIT);
     for entry in &report.kernels {
         assert!(entry.error.is_none(), "{entry:?}");

@@ -46,4 +46,17 @@ scenario!(
     dead_letter_routes,
     compile_error_names_the_line,
     builtins_match_reference,
+    handlers_have_their_own_namespaces,
+    dead_letters_never_stall_the_group,
+    terminated_means_nothing_more_comes,
 );
+
+/// Random stops (repeated and concurrent terminates and drains, short drain timeouts)
+/// under load on scatter → 2 affines → gather, 4 threads per block, 16-slot rings: every
+/// message comes back exactly once, every stop returns in bounded time.
+#[test]
+fn random_stops_hand_back_every_message_once() {
+    if let Some(s) = scenarios() {
+        s.random_stops_hand_back_every_message_once(40, std::time::Duration::from_millis(60));
+    }
+}

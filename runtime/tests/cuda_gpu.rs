@@ -51,7 +51,18 @@ gpu_scenario!(
     dead_letter_routes,
     compile_error_names_the_line,
     builtins_match_reference,
+    handlers_have_their_own_namespaces,
+    dead_letters_never_stall_the_group,
+    terminated_means_nothing_more_comes,
 );
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run `cargo xtask gpu-validate`"]
+fn random_stops_hand_back_every_message_once() {
+    if let Some(s) = scenarios() {
+        s.random_stops_hand_back_every_message_once(40, std::time::Duration::from_millis(60));
+    }
+}
 
 #[test]
 fn without_a_gpu_the_device_probe_says_what_is_missing() {

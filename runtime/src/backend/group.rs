@@ -136,7 +136,7 @@ pub struct Topology {
 }
 
 /// Checks the topology of a GPU group whose kernels are `(name, ports)`: names are
-/// unique, a kernel has at most [`MAX_LINKS`] ports and inbox rings, every route leaves an
+/// unique, a kernel has 1 to [`MAX_LINKS`] ports and at most [`MAX_LINKS`] inbox rings, every route leaves an
 /// existing port of an existing kernel, routes each port once, ends at an existing kernel,
 /// and the routes form no cycle (`cycle_advice` says what to do instead). The error says
 /// what to change.
@@ -153,10 +153,10 @@ pub fn check_topology(
         if kernels[..i].iter().any(|&(other, _)| other == name) {
             return Err(format!("two kernels are named `{name}`: rename one"));
         }
-        if ports as usize > MAX_LINKS {
+        if ports == 0 || ports as usize > MAX_LINKS {
             return Err(format!(
-                "kernel `{name}` has {ports} ports but a kernel has at most {MAX_LINKS}: give it \
-                 fewer ports (`.ports(n)`), and fan out further through another stage"
+                "kernel `{name}` has {ports} ports but a kernel has 1 to {MAX_LINKS}: set \
+                 `.ports(n)` in that range, and fan out further through another stage"
             ));
         }
     }
@@ -298,9 +298,10 @@ mod tests {
 
     #[test]
     fn every_bad_topology_says_what_to_change() {
-        let cases: [Case<'_>; 6] = [
+        let cases: [Case<'_>; 7] = [
             (&[("a", 1), ("a", 1)], vec![], "two kernels are named `a`"),
-            (&[("a", 9)], vec![], "at most 8"),
+            (&[("a", 9)], vec![], "has 9 ports but a kernel has 1 to 8"),
+            (&[("a", 0)], vec![], "has 0 ports but a kernel has 1 to 8"),
             (
                 &[("a", 1)],
                 vec![route(0, 1, Target::Host)],

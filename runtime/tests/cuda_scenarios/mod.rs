@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use gyre_runtime::abi::{Command, State};
 use gyre_runtime::backend::cuda::codegen::HandlerCode;
-use gyre_runtime::backend::cuda::group::{Message, SendError};
+use gyre_runtime::backend::cuda::group::{GroupReport, Message, SendError};
 use gyre_runtime::backend::cuda::{CudaGroup, Device, GroupPlan, KernelPlan, Route, Target};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -435,6 +435,129 @@ impl Scenarios {
         assert_eq!(in_ring.len(), 2, "the stopped kernel's ring holds what fit");
     }
 
+    /// Two handlers that each define a helper of the same name compile into one group
+    /// (each user source has its own namespace), and each kernel calls its own.
+    pub fn handlers_have_their_own_namespaces(&self) {
+        let handler = |function: &str, add: u32| {
+            HandlerCode::Source {
+            function: function.into(),
+            file: format!("{function}.cu"),
+            source: format!(
+                "__device__ unsigned long long helper(unsigned long long v) {{ return v + {add}u; }}\n\
+                 __device__ int {function}(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {{\n\
+                 \x20   unsigned long long v = helper(*(const unsigned long long *)msg);\n\
+                 \x20   return gyre_emit(ctx, 0, &v, 8);\n}}\n"
+            ),
+        }
+        };
+        let group = self.launch(
+            vec![
+                KernelPlan::new("plus1", handler("plus1", 1)),
+                KernelPlan::new("plus10", handler("plus10", 10)),
+            ],
+            vec![Route {
+                from: 0,
+                port: 0,
+                to: Target::Kernel(1),
+            }],
+        );
+        group.activate_all().unwrap();
+        for i in 0..20u64 {
+            group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+        }
+        let got: Vec<u64> = (0..20)
+            .map(|_| value(&group.recv_timeout(1, TIMEOUT).unwrap()))
+            .collect();
+        assert_eq!(got, (11..31).collect::<Vec<_>>());
+        assert_eq!(group.drain(TIMEOUT).undelivered_count(), 0);
+    }
+
+    /// A port bound to the dead letters takes far more messages than the dead-letter ring
+    /// holds while the host never asks for them: the host collects them as it sends and
+    /// receives, the group never stalls, and every one is there at the end.
+    pub fn dead_letters_never_stall_the_group(&self) {
+        let mut k = KernelPlan::new("to-dead", echo8());
+        k.capacity = 16;
+        let group = self.launch(
+            vec![k],
+            vec![Route {
+                from: 0,
+                port: 0,
+                to: Target::DeadLetters,
+            }],
+        );
+        group.activate_all().unwrap();
+        let total = 2_000u64;
+        for i in 0..total {
+            group
+                .send(0, &i.to_ne_bytes(), [0, 0], Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("message {i}: {e}"));
+        }
+        let report = group.drain(TIMEOUT);
+        assert!(!report.timed_out, "{report:?}");
+        assert_eq!(report.undelivered_count(), 0);
+        let letters: Vec<u64> = group
+            .take_dead_letters()
+            .iter()
+            .map(|l| u64::from_ne_bytes(l.payload[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(letters, (0..total).collect::<Vec<_>>());
+    }
+
+    /// A receiver that reads the kernel's state, then finds nothing to receive, while the
+    /// kernel said `Terminated`, has everything: nothing more comes (outputs moving from
+    /// the outbox ring to the host's queue during a terminate are never invisible).
+    pub fn terminated_means_nothing_more_comes(&self) {
+        let total = 1000u64;
+        for round in 0..50 {
+            let mut k = KernelPlan::new("echo", echo8());
+            k.capacity = 1024;
+            k.out_capacity = 1024;
+            let group = self.launch(vec![k], vec![]);
+            group.activate_all().unwrap();
+            for i in 0..total {
+                group.send(0, &i.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+            }
+            let deadline = Instant::now() + TIMEOUT;
+            while group.counters(0).processed < total {
+                assert!(Instant::now() < deadline, "the kernel made no progress");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // The receiver takes outputs one by one while a terminate moves the rest to
+            // the host's queue.
+            let got = std::thread::scope(|scope| {
+                let receiver = scope.spawn(|| {
+                    let mut got = 0u64;
+                    let mut ended = false;
+                    loop {
+                        let state = group.state(0);
+                        match group.try_recv(0).unwrap() {
+                            Some(_) => {
+                                assert!(
+                                    !ended,
+                                    "round {round}: an output came after `Terminated` and \
+                                     nothing to receive (output {got})"
+                                );
+                                got += 1;
+                            }
+                            None if state == State::Terminated => {
+                                if ended {
+                                    return got;
+                                }
+                                ended = true;
+                            }
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                });
+                let report = group.terminate();
+                assert_eq!(report.undelivered_count(), 0);
+                receiver.join().unwrap()
+            });
+            assert_eq!(got, total, "round {round}");
+        }
+    }
+
     /// A handler that does not compile: the launch fails with the compiler's log, which
     /// names the handler's file and line.
     pub fn compile_error_names_the_line(&self) {
@@ -550,6 +673,262 @@ impl Scenarios {
             }
             assert_eq!(group.take_dead_letters().len(), 0, "{}", builtin.name());
             let _ = ports;
+        }
+    }
+}
+
+/// Where one id of the soak ended, for the exactly-once check.
+fn tally(
+    seen: &mut std::collections::HashMap<u32, Vec<&'static str>>,
+    id: u32,
+    place: &'static str,
+) {
+    seen.entry(id).or_default().push(place);
+}
+
+/// The seq of a record payload.
+fn seq_of(payload: &[u8]) -> u32 {
+    bytemuck::pod_read_unaligned::<gyre_runtime::builtins::Record>(&payload[..16]).seq
+}
+
+/// Checks that every id in `accepted` came back exactly once in round `round` (stop
+/// `action`): received, in a report, or in the dead letters; and no other id came back.
+fn check_exactly_once(
+    round: u32,
+    action: u64,
+    accepted: &[u32],
+    received: Vec<u32>,
+    reports: &[GroupReport],
+    letters: &[gyre_runtime::routing::DeadLetter],
+) {
+    let mut seen: std::collections::HashMap<u32, Vec<&'static str>> =
+        std::collections::HashMap::new();
+    for n in received {
+        tally(&mut seen, n, "received");
+    }
+    for report in reports {
+        assert!(report.fault.is_none(), "round {round}: {report:?}");
+        for k in &report.kernels {
+            assert_eq!(k.state, State::Terminated, "round {round}: {}", k.name);
+            for m in &k.undelivered {
+                tally(&mut seen, seq_of(&m.payload), "undelivered");
+            }
+            for (_, m) in &k.undelivered_outputs {
+                tally(&mut seen, seq_of(&m.payload), "undelivered output");
+            }
+        }
+    }
+    for letter in letters {
+        tally(&mut seen, seq_of(&letter.payload), "dead letter");
+    }
+    for n in accepted {
+        match seen.remove(n).as_deref() {
+            Some([_]) => {}
+            Some(places) => panic!(
+                "round {round} (action {action}): id {n} came back {} times: {places:?}",
+                places.len()
+            ),
+            None => panic!("round {round} (action {action}): id {n} was lost"),
+        }
+    }
+    assert!(
+        seen.is_empty(),
+        "round {round}: ids never sent came back: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
+}
+
+/// The soak's sender: `try_send`s ids from `first` on until the inbox is closed, or
+/// full after `stop`; returns the ids accepted.
+fn soak_sender(group: &CudaGroup, first: u32, stop: &std::sync::atomic::AtomicBool) -> Vec<u32> {
+    let mut accepted = Vec::new();
+    let mut n = first;
+    loop {
+        let record = gyre_runtime::builtins::Record {
+            key: n,
+            seq: n,
+            value: 1.0,
+            aux: 0,
+        };
+        match group.try_send(0, bytemuck::bytes_of(&record), [n, 0]) {
+            Ok(()) => {
+                accepted.push(n);
+                n += 1;
+            }
+            Err(SendError::Full { .. }) => {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            Err(SendError::Closed { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    accepted
+}
+
+/// The soak's receiver: takes the gather's outputs until `stop`, checking that none
+/// comes after an empty look once the gather had acknowledged its stop (the state read
+/// first); returns the ids and whether it saw that end.
+fn soak_receiver(
+    group: &CudaGroup,
+    round: u32,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (Vec<u32>, bool) {
+    let mut got = Vec::new();
+    let mut ended = false;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let state = group.state(3);
+        match group.try_recv(3) {
+            Ok(Some(m)) => {
+                assert!(
+                    !ended,
+                    "round {round}: an output came after the gather had stopped and nothing \
+                     was left"
+                );
+                got.push(seq_of(&m.payload));
+            }
+            Ok(None) => {
+                ended |= state == State::Terminated;
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    (got, ended)
+}
+
+impl Scenarios {
+    /// The soak group: scatter → two affines → gather, 16-slot rings.
+    fn soak_group(&self, threads: u32, command_timeout: Duration) -> CudaGroup {
+        use gyre_runtime::builtins::Builtin;
+        let mut kernels = vec![
+            KernelPlan::builtin("scatter", &Builtin::Scatter { ports: 2 }).unwrap(),
+            KernelPlan::builtin("affine0", &Builtin::Affine { a: 1.0, b: 0.0 }).unwrap(),
+            KernelPlan::builtin("affine1", &Builtin::Affine { a: 1.0, b: 0.0 }).unwrap(),
+            KernelPlan::builtin("gather", &Builtin::Gather).unwrap(),
+        ];
+        for k in &mut kernels {
+            k.capacity = 16;
+            k.out_capacity = 16;
+        }
+        let route = |from, port, to| Route {
+            from,
+            port,
+            to: Target::Kernel(to),
+        };
+        CudaGroup::launch(
+            Arc::clone(&self.device),
+            GroupPlan {
+                name: "soak".into(),
+                kernels,
+                routes: vec![
+                    route(0, 0, 1),
+                    route(0, 1, 2),
+                    route(1, 0, 3),
+                    route(2, 0, 3),
+                ],
+                threads,
+            },
+            command_timeout,
+        )
+        .unwrap_or_else(|e| panic!("launch failed: {e}"))
+    }
+
+    /// Random stops under load: one `try_send` sender and one receiver run while the group
+    /// is drained with short timeouts or terminated, repeatedly and concurrently. Every
+    /// accepted id comes back exactly once: received, in a report (inputs left in a ring or
+    /// outputs left unpublished) or in the dead letters; no stop takes longer than its
+    /// timeout plus 3 s. `rounds` rounds of `load` of load each (random up to it). The
+    /// seed is printed; `GYRE_SOAK_SEED` reruns one, `GYRE_SOAK_ACTION` (0 to 5) picks one
+    /// kind of stop for every round.
+    pub fn random_stops_hand_back_every_message_once(&self, rounds: u32, load: Duration) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let command_timeout = Duration::from_secs(5);
+        let slack = Duration::from_secs(3);
+        let mut rng = std::env::var("GYRE_SOAK_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        eprintln!("soak seed {rng} (GYRE_SOAK_SEED reruns it)");
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut id = 0u32;
+        for round in 0..rounds {
+            let group = self.soak_group(self.threads, command_timeout);
+            group.activate_all().unwrap();
+            let first = id;
+            let load_for = Duration::from_micros(next() % (load.as_micros() as u64).max(1));
+            let action = std::env::var("GYRE_SOAK_ACTION")
+                .ok()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(next() % 6);
+            let drain_for = Duration::from_micros(next() % 3000);
+            let stop_sender = AtomicBool::new(false);
+            let (accepted, received, reports) = std::thread::scope(|scope| {
+                let sender = scope.spawn(|| soak_sender(&group, first, &stop_sender));
+                let receiver = scope.spawn(|| soak_receiver(&group, round, &stop_sender));
+                // A failed assertion below must not leave the sender and receiver running.
+                struct Stop<'a>(&'a AtomicBool);
+                impl Drop for Stop<'_> {
+                    fn drop(&mut self) {
+                        self.0.store(true, Ordering::Relaxed);
+                    }
+                }
+                let _stop = Stop(&stop_sender);
+                std::thread::sleep(load_for);
+                let timed = |what: &str, limit: Duration, stop: &dyn Fn() -> GroupReport| {
+                    let started = Instant::now();
+                    let report = stop();
+                    let took = started.elapsed();
+                    assert!(
+                        took <= limit + slack,
+                        "round {round}: {what} took {took:?} (limit {limit:?} + {slack:?})"
+                    );
+                    report
+                };
+                let terminate = || timed("terminate", command_timeout, &|| group.terminate());
+                let drain = || timed("drain", drain_for, &|| group.drain(drain_for));
+                let mut reports = match action {
+                    0 => vec![terminate()],
+                    1 => vec![drain()],
+                    2 => vec![terminate(), terminate()],
+                    3 => vec![drain(), drain(), terminate()],
+                    4 => std::thread::scope(|s| {
+                        let a = s.spawn(terminate);
+                        let b = s.spawn(terminate);
+                        vec![a.join().unwrap(), b.join().unwrap()]
+                    }),
+                    _ => std::thread::scope(|s| {
+                        let a = s.spawn(drain);
+                        let b = s.spawn(terminate);
+                        vec![a.join().unwrap(), b.join().unwrap()]
+                    }),
+                };
+                stop_sender.store(true, Ordering::Relaxed);
+                let accepted = sender.join().unwrap();
+                let (mut received, ended) = receiver.join().unwrap();
+                // A last stop hands back nothing new; then every output left is receivable.
+                reports.push(group.terminate());
+                while let Some(m) = group.try_recv(3).unwrap() {
+                    assert!(!ended, "round {round}: an output came after the end");
+                    received.push(seq_of(&m.payload));
+                }
+                (accepted, received, reports)
+            });
+            id = accepted.last().map_or(id, |last| last + 1);
+            let letters = group.take_dead_letters();
+            check_exactly_once(round, action, &accepted, received, &reports, &letters);
         }
     }
 }

@@ -70,8 +70,17 @@ pub fn headers() -> [(&'static str, &'static str); 4] {
     ]
 }
 
+/// The namespace of dispatch case `case`'s user source.
+fn namespace(case: usize) -> String {
+    format!("gyre_handler_{case}")
+}
+
 /// The group's translation unit. `handlers[i]` is dispatch case `i` (a kernel's
-/// `KernelDesc::handler`); `threads` bounds the block size (`__launch_bounds__`).
+/// `KernelDesc::handler`); `threads` bounds the block size (`__launch_bounds__`). Each
+/// user source is compiled in a namespace of its own (`gyre_handler_<case>`): what one
+/// defines never clashes with what another defines, and it sees the global gyre API
+/// (`gyre_emit`, `gyre_ctx`, ...); a source must therefore not `#include` headers that
+/// cannot be included inside a namespace.
 pub fn group_source(handlers: &[HandlerCode], threads: u32) -> String {
     let mut out = String::new();
     out.push_str(
@@ -83,21 +92,16 @@ pub fn group_source(handlers: &[HandlerCode], threads: u32) -> String {
          /* The launch descriptor as the host wrote it (runtime/src/backend/cuda/plan.rs). */\n",
     );
     out.push_str(&plan::layout_asserts());
-    let mut seen: Vec<&str> = Vec::new();
-    for handler in handlers {
-        if let HandlerCode::Source {
-            function,
-            source,
-            file,
-        } = handler
-        {
-            // The same user function may serve several kernels: define it once.
-            if seen.contains(&function.as_str()) {
-                continue;
-            }
-            seen.push(function);
-            // Compiler messages then name the user's file and line.
-            let _ = write!(out, "\n#line 1 \"{file}\"\n{source}\n");
+    for (case, handler) in handlers.iter().enumerate() {
+        if let HandlerCode::Source { source, file, .. } = handler {
+            // Each handler's source in its own namespace, so two handlers may define
+            // helpers of the same name; `#line` makes compiler messages name the user's
+            // file and line.
+            let _ = write!(
+                out,
+                "\nnamespace {} {{\n#line 1 \"{file}\"\n{source}\n}}\n",
+                namespace(case)
+            );
         }
     }
     out.push_str("\n#line 1 \"gyre_dispatch.cu\"\n");
@@ -106,11 +110,16 @@ pub fn group_source(handlers: &[HandlerCode], threads: u32) -> String {
          gyre_u32 bytes) {\n    switch (handler) {\n",
     );
     for (case, handler) in handlers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "    case {case}u: return {}(ctx, msg, bytes);",
-            handler.function()
-        );
+        let _ = match handler {
+            HandlerCode::Builtin(function) => {
+                writeln!(out, "    case {case}u: return {function}(ctx, msg, bytes);")
+            }
+            HandlerCode::Source { function, .. } => writeln!(
+                out,
+                "    case {case}u: return {}::{function}(ctx, msg, bytes);",
+                namespace(case)
+            ),
+        };
     }
     out.push_str("    default: return GYRE_ERR_NO_HANDLER;\n    }\n}\n\n");
     let _ = write!(

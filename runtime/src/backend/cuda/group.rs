@@ -254,22 +254,58 @@ struct Edge {
     layout: RingLayout,
 }
 
+/// A kernel's outputs for the host: its host outbox ring, and the queue the host moves
+/// outputs to while it drains, stops or waits on the group. One lock for both, so a
+/// receiver never looks between the two while outputs move from one to the other (and
+/// an empty pair after the kernel acknowledged its stop means nothing more will come).
+struct HostOutputs {
+    ring: Consumer<MappedRing>,
+    queue: VecDeque<Message>,
+}
+
+impl HostOutputs {
+    /// Moves every output waiting in the ring to the queue.
+    fn pump(&mut self) {
+        let queue = &mut self.queue;
+        self.ring.consume(u32::MAX, |slot| {
+            queue.push_back(Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload.to_vec(),
+            });
+            Step::Next
+        });
+    }
+
+    /// Outputs not received yet: queued, and published in the ring (moved to the queue).
+    fn len(&mut self) -> usize {
+        self.pump();
+        self.queue.len()
+    }
+}
+
 struct KernelRt {
     plan: KernelPlan,
     id: u32,
     control: HostSide<MappedControl>,
     inbox: Producer<MappedRing>,
-    outbox: Mutex<Consumer<MappedRing>>,
-    /// Outputs moved out of the outbox while the host drained or stopped the group, still
-    /// for the user to receive.
-    overflow: Mutex<VecDeque<Message>>,
+    outputs: Mutex<HostOutputs>,
     dead: Mutex<Consumer<MappedRing>>,
     _state: Option<DeviceMemory>,
     scratch: DeviceMemory,
     record_stride: u32,
     commands: Mutex<()>,
     watchdog: Mutex<Option<Watchdog>>,
-    collected: Mutex<bool>,
+}
+
+/// What stops have handed back so far, so each message is handed back once, whichever
+/// stop or how many: held for the whole of a stop, so concurrent stops serialise.
+struct Collected {
+    /// Kernel `k`'s host inbox was read back (its kernel had stopped for good).
+    inbox: Vec<bool>,
+    /// The device memory (kernel-to-kernel rings, unpublished outputs) was read back
+    /// (the grid had finished).
+    device: bool,
 }
 
 /// A group of kernels resident on a CUDA device (or its emulation).
@@ -281,6 +317,7 @@ pub struct CudaGroup {
     order: Vec<usize>,
     descs: Option<DeviceMemory>,
     running: Mutex<Option<Box<dyn Running>>>,
+    collected: Mutex<Collected>,
     fault: Mutex<Option<String>>,
     dead_letters: Mutex<Vec<DeadLetter>>,
     command_timeout: Duration,
@@ -600,15 +637,16 @@ impl CudaGroup {
                 id: i as u32,
                 control,
                 inbox: Producer::new(inbox),
-                outbox: Mutex::new(Consumer::new(outbox)),
-                overflow: Mutex::new(VecDeque::new()),
+                outputs: Mutex::new(HostOutputs {
+                    ring: Consumer::new(outbox),
+                    queue: VecDeque::new(),
+                }),
                 dead: Mutex::new(Consumer::new(dead)),
                 _state: state,
                 scratch,
                 record_stride: desc.record_stride,
                 commands: Mutex::new(()),
                 watchdog: Mutex::new(None),
-                collected: Mutex::new(false),
             });
         }
         let table = device.alloc_device(size_of::<KernelDesc>() * n)?;
@@ -634,6 +672,10 @@ impl CudaGroup {
             order,
             descs: Some(table),
             running: Mutex::new(Some(running)),
+            collected: Mutex::new(Collected {
+                inbox: vec![false; n],
+                device: false,
+            }),
             fault: Mutex::new(None),
             dead_letters: Mutex::new(Vec::new()),
             command_timeout,
@@ -707,10 +749,14 @@ impl CudaGroup {
         let kernel = &self.kernels[k];
         match host_send(&kernel.inbox, &kernel.plan.name, payload, corr) {
             // A full inbox of a group that faulted will never empty: say why.
-            Err(full @ SendError::Full { .. }) => match self.fault() {
-                Some(fault) => Err(SendError::Faulted(fault)),
-                None => Err(full),
-            },
+            Err(full @ SendError::Full { .. }) => {
+                if let Some(fault) = self.fault() {
+                    return Err(SendError::Faulted(fault));
+                }
+                // A kernel may be waiting for room in a dead-letter ring.
+                self.collect_dead_letters();
+                Err(full)
+            }
             other => other,
         }
     }
@@ -741,20 +787,11 @@ impl CudaGroup {
     /// # Errors
     /// The device error, when the group faulted and nothing is left to receive.
     pub fn try_recv(&self, k: usize) -> Result<Option<Message>, String> {
-        let kernel = &self.kernels[k];
-        if let Some(message) = kernel.overflow.lock().pop_front() {
-            return Ok(Some(message));
-        }
-        let mut taken = None;
-        kernel.outbox.lock().consume(1, |slot| {
-            taken = Some(Message {
-                tag: slot.tag,
-                corr: slot.corr,
-                payload: slot.payload.to_vec(),
-            });
-            Step::Last
-        });
-        match taken {
+        match self.try_recv_with(k, |tag, corr, payload| Message {
+            tag,
+            corr,
+            payload: payload.to_vec(),
+        }) {
             Some(message) => Ok(Some(message)),
             None => match self.fault() {
                 Some(fault) => Err(fault),
@@ -764,24 +801,40 @@ impl CudaGroup {
     }
 
     /// Hands kernel `k`'s next output to `f` without copying it, if one is there.
+    ///
+    /// `None` after kernel `k` acknowledged its stop ([`CudaGroup::state`] read before this
+    /// call says `Terminated`) means nothing more will come: the kernel published every
+    /// output before it acknowledged, and the ring and the host's queue are looked at
+    /// under one lock. An empty look also collects the dead letters (a kernel may be
+    /// waiting for room in a dead-letter ring).
     pub fn try_recv_with<R>(
         &self,
         k: usize,
         f: impl FnOnce(u32, [u32; 2], &[u8]) -> R,
     ) -> Option<R> {
         let kernel = &self.kernels[k];
-        if let Some(message) = kernel.overflow.lock().pop_front() {
+        let mut outputs = kernel.outputs.lock();
+        if let Some(message) = outputs.queue.pop_front() {
             return Some(f(message.tag, message.corr, &message.payload));
         }
         let mut f = Some(f);
         let mut out = None;
-        kernel.outbox.lock().consume(1, |slot| {
+        outputs.ring.consume(1, |slot| {
             if let Some(f) = f.take() {
                 out = Some(f(slot.tag, slot.corr, slot.payload));
             }
             Step::Last
         });
+        drop(outputs);
+        if out.is_none() {
+            self.collect_dead_letters();
+        }
         out
+    }
+
+    /// Outputs of kernel `k` for the host not received yet.
+    pub fn unreceived(&self, k: usize) -> usize {
+        self.kernels[k].outputs.lock().len()
     }
 
     /// Waits up to `timeout` for one output of kernel `k`, querying the grid meanwhile.
@@ -851,27 +904,12 @@ impl CudaGroup {
         self.dead_letters.lock().extend(letters);
     }
 
-    /// Moves every output waiting in kernel `k`'s host outbox to its overflow queue, so a
-    /// kernel that stops never waits on a host that is not receiving.
-    fn pump_outbox(&self, k: usize) {
-        let kernel = &self.kernels[k];
-        let mut moved = Vec::new();
-        kernel.outbox.lock().consume(u32::MAX, |slot| {
-            moved.push(Message {
-                tag: slot.tag,
-                corr: slot.corr,
-                payload: slot.payload.to_vec(),
-            });
-            Step::Next
-        });
-        if !moved.is_empty() {
-            kernel.overflow.lock().extend(moved);
-        }
-    }
-
+    /// Moves every output waiting in a host outbox to the host's queue of its kernel, and
+    /// every dead letter to the group's list, so a kernel that stops never waits on a host
+    /// that is not receiving.
     fn pump_all(&self) {
-        for k in 0..self.kernels.len() {
-            self.pump_outbox(k);
+        for kernel in &self.kernels {
+            kernel.outputs.lock().pump();
         }
         self.collect_dead_letters();
     }
@@ -931,47 +969,23 @@ impl CudaGroup {
     /// [`CommandError::Unresponsive`] after the command timeout, [`CommandError::Faulted`]
     /// when the group faulted.
     pub fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
+        self.command_until(k, command, Instant::now() + self.command_timeout)
+    }
+
+    /// [`CudaGroup::command`], waiting for the acknowledgement until `deadline`.
+    fn command_until(
+        &self,
+        k: usize,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<State, CommandError> {
         let kernel = &self.kernels[k];
         let _serial = kernel.commands.lock();
-        if let Some(reason) = self.fault() {
-            return Err(CommandError::Faulted {
-                name: kernel.plan.name.clone(),
-                reason,
-            });
-        }
-        let from = kernel.control.state();
-        let target = lifecycle::transition(from, Event::Command(command))?;
-        if command == Command::Drain || command == Command::Terminate {
-            // Nothing new after this: the host inbox is closed and every claim that
-            // raced the close is published (as a message or cancelled) before the
-            // kernel reads the command.
-            let tail = kernel.inbox.close();
-            kernel.inbox.wait_published(tail, u32::MAX);
-        }
-        let epoch = kernel.control.issue(command);
-        let deadline = Instant::now() + self.command_timeout;
+        let epoch = self.issue(k, command)?;
         let mut backoff = Backoff::new();
         loop {
-            if kernel.control.acknowledged(epoch) {
-                let state = kernel.control.state();
-                if state == State::Faulted {
-                    return Err(CommandError::Faulted {
-                        name: kernel.plan.name.clone(),
-                        reason: format!(
-                            "the kernel reported fault code {}",
-                            kernel.control.status().error_code
-                        ),
-                    });
-                }
-                // A drain is acknowledged as Draining, then as Terminated.
-                let _ = target;
+            if let Some(state) = self.answered(k, command, epoch)? {
                 return Ok(state);
-            }
-            if let Some(reason) = self.fault() {
-                return Err(CommandError::Faulted {
-                    name: kernel.plan.name.clone(),
-                    reason,
-                });
             }
             if Instant::now() >= deadline {
                 return Err(CommandError::Unresponsive {
@@ -983,6 +997,75 @@ impl CudaGroup {
             // whose emits wait for room downstream, down to a host outbox.
             self.pump_all();
             pause(&mut backoff);
+        }
+    }
+
+    /// Writes `command` to kernel `k`'s control block (the caller holds its command
+    /// lock) and returns its epoch; a drain or terminate first closes the host inbox.
+    fn issue(&self, k: usize, command: Command) -> Result<u32, CommandError> {
+        let kernel = &self.kernels[k];
+        if let Some(reason) = self.fault() {
+            return Err(CommandError::Faulted {
+                name: kernel.plan.name.clone(),
+                reason,
+            });
+        }
+        let from = kernel.control.state();
+        lifecycle::transition(from, Event::Command(command))?;
+        if command == Command::Drain || command == Command::Terminate {
+            // Nothing new after this: the host inbox is closed and every claim that
+            // raced the close is published (as a message or cancelled) before the
+            // kernel reads the command.
+            let tail = kernel.inbox.close();
+            kernel.inbox.wait_published(tail, u32::MAX);
+        }
+        Ok(kernel.control.issue(command))
+    }
+
+    /// Whether kernel `k` answered `command`, issued with `epoch`: its state once it
+    /// acknowledged, or once it stopped for good without reading the command (a kernel
+    /// that finished its drain exits, and acknowledges nothing after); `None` while
+    /// waiting.
+    fn answered(
+        &self,
+        k: usize,
+        command: Command,
+        epoch: u32,
+    ) -> Result<Option<State>, CommandError> {
+        let kernel = &self.kernels[k];
+        let faulted = |reason| CommandError::Faulted {
+            name: kernel.plan.name.clone(),
+            reason,
+        };
+        if kernel.control.acknowledged(epoch) {
+            let state = kernel.control.state();
+            if state == State::Faulted {
+                return Err(faulted(format!(
+                    "the kernel reported fault code {}",
+                    kernel.control.status().error_code
+                )));
+            }
+            // A drain is acknowledged as Draining, then as Terminated.
+            return Ok(Some(state));
+        }
+        if let Some(reason) = self.fault() {
+            return Err(faulted(reason));
+        }
+        let state = kernel.control.state();
+        match state {
+            State::Faulted => Err(faulted(format!(
+                "the kernel reported fault code {}",
+                kernel.control.status().error_code
+            ))),
+            // The kernel exited before it read the command (it finished its drain): a
+            // drain or terminate is done; any other command is refused.
+            State::Terminated => match command {
+                Command::Drain | Command::Terminate => Ok(Some(state)),
+                _ => lifecycle::transition(state, Event::Command(command))
+                    .map(|_| Some(state))
+                    .map_err(CommandError::from),
+            },
+            _ => Ok(None),
         }
     }
 
@@ -999,8 +1082,10 @@ impl CudaGroup {
 
     /// Drains the group: upstream kernels first (topological order), each processes
     /// everything in its inboxes and delivers its outputs, then terminates. Outputs for
-    /// the host stay receivable. If `timeout` passes, the rest is terminated and the
-    /// report says `timed_out`.
+    /// the host stay receivable. If `timeout` passes, the rest is terminated (as
+    /// [`CudaGroup::terminate`], which reads every ring back) and the report says
+    /// `timed_out`. Returns within `timeout`, plus the command timeout at most for that
+    /// terminate (milliseconds when the kernels are responsive).
     pub fn drain(&self, timeout: Duration) -> GroupReport {
         let deadline = Instant::now() + timeout;
         let mut timed_out = false;
@@ -1009,9 +1094,14 @@ impl CudaGroup {
             if lifecycle::is_stopped(state) {
                 continue;
             }
-            if self.command(k, Command::Drain).is_err() {
-                timed_out = self.fault().is_none();
-                break;
+            match self.command_until(k, Command::Drain, deadline) {
+                Ok(_) => {}
+                Err(CommandError::Faulted { .. }) => break,
+                Err(e) => {
+                    tracing::debug!(group = %self.name, kernel = %self.kernels[k].plan.name, error = %e, "drain");
+                    timed_out = true;
+                    break;
+                }
             }
             let mut backoff = Backoff::new();
             loop {
@@ -1033,26 +1123,26 @@ impl CudaGroup {
         if timed_out {
             tracing::warn!(group = %self.name, "drain timed out: terminating the rest");
         }
-        let mut report = self.stop(deadline.max(Instant::now() + self.command_timeout));
+        let mut report = self.stop(Instant::now() + self.command_timeout);
         report.timed_out = timed_out;
         report
     }
 
     /// Terminates every kernel after the batch in hand; everything left in a ring comes
-    /// back in the report.
+    /// back in the report. Returns within the command timeout (plus the read-back).
+    ///
+    /// Each message is handed back once, ever: a later stop (or one that ran
+    /// concurrently; stops serialise) reports only what no earlier report had.
     pub fn terminate(&self) -> GroupReport {
         self.stop(Instant::now() + self.command_timeout)
     }
 
+    /// Terminates every kernel that is not stopped (all at once, then waits for their
+    /// acknowledgements until `deadline`), waits for the grid until `deadline`, and
+    /// reads back what no earlier stop handed back.
     fn stop(&self, deadline: Instant) -> GroupReport {
-        for &k in &self.order {
-            let state = self.state(k);
-            if !lifecycle::is_stopped(state) {
-                if let Err(e) = self.command(k, Command::Terminate) {
-                    tracing::warn!(group = %self.name, kernel = %self.kernels[k].plan.name, error = %e, "terminate");
-                }
-            }
-        }
+        let mut collected = self.collected.lock();
+        let acknowledged = self.terminate_all(deadline);
         // Every block exits after its kernel terminated: wait for the grid, then the
         // device rings can be read back.
         let mut backoff = Backoff::new();
@@ -1063,11 +1153,69 @@ impl CudaGroup {
             }
             pause(&mut backoff);
         }
+        self.report(&mut collected, &acknowledged)
+    }
+
+    /// Terminates every kernel not stopped, upstream first (topological order: a kernel
+    /// stops before its downstream, so an output waiting for room downstream stays its
+    /// unpublished output rather than going to the dead letters), waiting for each answer
+    /// until the one `deadline` (after it, the rest are issued without waiting: the whole
+    /// terminate takes the command timeout at most); says, per kernel, whether it stopped
+    /// (and reads its host inbox no more).
+    fn terminate_all(&self, deadline: Instant) -> Vec<bool> {
+        let mut stopped = vec![true; self.kernels.len()];
+        let mut late = Vec::new();
+        let mut backoff = Backoff::new();
+        for &k in &self.order {
+            let kernel = &self.kernels[k];
+            let _serial = kernel.commands.lock();
+            if lifecycle::is_stopped(self.state(k)) {
+                continue;
+            }
+            let epoch = match self.issue(k, Command::Terminate) {
+                Ok(epoch) => epoch,
+                Err(e) => {
+                    tracing::warn!(group = %self.name, kernel = %kernel.plan.name, error = %e, "terminate");
+                    continue;
+                }
+            };
+            loop {
+                match self.answered(k, Command::Terminate, epoch) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => break,
+                    Err(e) => {
+                        tracing::warn!(group = %self.name, kernel = %kernel.plan.name, error = %e, "terminate");
+                        break;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    stopped[k] = false;
+                    late.push((k, epoch));
+                    break;
+                }
+                self.pump_all();
+                pause(&mut backoff);
+            }
+        }
+        // Those issued after the deadline had no time to answer: one last look.
+        for (k, epoch) in late {
+            if let Ok(Some(_)) = self.answered(k, Command::Terminate, epoch) {
+                stopped[k] = true;
+            } else {
+                tracing::warn!(group = %self.name, kernel = %self.kernels[k].plan.name, waited = ?self.command_timeout, "terminate: the kernel did not acknowledge; its handler may be stuck");
+            }
+        }
+        stopped
+    }
+
+    /// The report of a stop: reads back what no earlier stop handed back (`collected`),
+    /// given which kernels stopped (`acknowledged`, from [`CudaGroup::terminate_all`]).
+    fn report(&self, collected: &mut Collected, acknowledged: &[bool]) -> GroupReport {
         let finished = self.grid_finished();
         if finished {
             self.running.lock().take();
         } else {
-            tracing::error!(group = %self.name, "the grid did not finish: device rings cannot be read back");
+            tracing::error!(group = %self.name, "the grid did not finish: its device rings cannot be read back yet (a later terminate reads them)");
         }
         self.pump_all();
         let fault = self.fault.lock().clone();
@@ -1084,8 +1232,7 @@ impl CudaGroup {
             })
             .collect();
         for (k, kernel) in self.kernels.iter().enumerate() {
-            let mut collected = kernel.collected.lock();
-            if *collected {
+            if collected.inbox[k] || !(finished || acknowledged[k]) {
                 continue;
             }
             // The host inbox: from the kernel's final head.
@@ -1102,14 +1249,15 @@ impl CudaGroup {
                     payload: slot.payload.to_vec(),
                 });
             });
-            if finished && fault.is_none() {
+            collected.inbox[k] = true;
+        }
+        if finished && fault.is_none() && !collected.device {
+            collected.device = true;
+            for (k, kernel) in self.kernels.iter().enumerate() {
                 if let Err(e) = self.read_pending(k, &mut reports[k]) {
                     tracing::error!(group = %self.name, kernel = %kernel.plan.name, error = %e, "reading back unpublished outputs");
                 }
-                *collected = true;
             }
-        }
-        if finished && fault.is_none() {
             for edge in &self.edges {
                 match self.read_edge(edge) {
                     Ok(messages) => reports[edge.to].undelivered.extend(messages),
@@ -1186,15 +1334,23 @@ impl CudaGroup {
 }
 
 impl Drop for CudaGroup {
+    /// Terminates a group still running (within the command timeout) and warns, with
+    /// their numbers, about every message it discards: left in a ring, output but never
+    /// received, dead letters never taken.
     fn drop(&mut self) {
-        let running = self.running.lock().is_some() && self.fault.lock().is_none();
-        if !running {
+        if self.fault.lock().is_some() {
             return;
         }
-        let report = self.stop(Instant::now() + self.command_timeout);
-        let lost = report.undelivered_count();
-        if lost > 0 {
-            tracing::warn!(group = %self.name, undelivered = lost, "CUDA group dropped without drain or terminate: its undelivered messages are discarded");
+        let undelivered = if self.running.lock().is_some() {
+            self.stop(Instant::now() + self.command_timeout)
+                .undelivered_count()
+        } else {
+            0
+        };
+        let unreceived: usize = (0..self.kernels.len()).map(|k| self.unreceived(k)).sum();
+        let dead_letters = self.dead_letters.lock().len();
+        if undelivered + unreceived + dead_letters > 0 {
+            tracing::warn!(group = %self.name, undelivered, unreceived, dead_letters, "CUDA group dropped: messages left in its rings (undelivered), outputs never received and dead letters never taken are discarded; drain or terminate it and receive its outputs first");
         }
         if self.running.lock().is_some() {
             // The grid still runs and may touch every buffer: never free memory under
