@@ -21,11 +21,11 @@ use crate::abi::{
     TAG_SENDER_SHIFT,
 };
 use crate::backend::CommandError;
-use crate::control::{ControlMemory, Counters, HostSide};
+use crate::control::{ControlMemory, Counters, HostSide, Sides};
 use crate::health::{self, Health, HealthPolicy, Watchdog};
 use crate::lifecycle::{self, Event};
 use crate::metrics::KernelSample;
-use crate::ring::{Consumer, Producer, RawRing, RingLayout, RingMemory, Step};
+use crate::ring::{Consumer, Halves, Producer, RawRing, RingLayout, RingMemory, Step};
 use crate::routing::DeadLetter;
 use crate::sync::AtomicU32;
 use crate::wait::Backoff;
@@ -145,6 +145,7 @@ pub enum GroupError {
 /// A control block in mapped memory.
 struct MappedControl {
     memory: MappedMemory,
+    sides: Sides,
 }
 
 // SAFETY: the mapped block is 256 bytes, 128-aligned, alive as long as `memory`; every
@@ -165,6 +166,10 @@ unsafe impl ControlMemory for MappedControl {
             )
         }
     }
+
+    fn sides(&self) -> &Sides {
+        &self.sides
+    }
 }
 
 /// A ring in mapped memory and the memory that holds it.
@@ -175,6 +180,9 @@ struct MappedRing {
 
 // SAFETY: forwards to the RawRing, whose memory `_memory` keeps alive.
 unsafe impl RingMemory for MappedRing {
+    fn halves(&self) -> &Halves {
+        self.ring.halves()
+    }
     fn capacity(&self) -> u32 {
         self.ring.capacity()
     }
@@ -458,7 +466,11 @@ impl CudaGroup {
                     .write(block);
             }
             control_addresses.push(memory.device_ptr());
-            let control = HostSide::new(MappedControl { memory });
+            let control = HostSide::new(MappedControl {
+                memory,
+                sides: Sides::new(),
+            })
+            .expect("a new block has no host side yet");
             let in_layout = layout(group, &k.name, "inbox", k.capacity, k.slot_bytes)?;
             let out_layout = layout(
                 group,
@@ -589,10 +601,14 @@ impl CudaGroup {
                 plan: k.clone(),
                 id: i as u32,
                 control,
-                inbox: Producer::new(inbox),
-                outbox: Mutex::new(Consumer::new(outbox)),
+                inbox: Producer::new(inbox).expect("a new mapped ring has no producer yet"),
+                outbox: Mutex::new(
+                    Consumer::new(outbox).expect("a new mapped ring has no consumer yet"),
+                ),
                 overflow: Mutex::new(VecDeque::new()),
-                dead: Mutex::new(Consumer::new(dead)),
+                dead: Mutex::new(
+                    Consumer::new(dead).expect("a new mapped ring has no consumer yet"),
+                ),
                 _state: state,
                 scratch,
                 record_stride: desc.record_stride,
@@ -1085,13 +1101,20 @@ impl CudaGroup {
                 .memory()
                 .head()
                 .load(std::sync::atomic::Ordering::Acquire);
-            kernel.inbox.read_closed(head, |slot| {
-                reports[k].undelivered.push(Message {
-                    tag: slot.tag,
-                    corr: slot.corr,
-                    payload: slot.payload.to_vec(),
+            // SAFETY: the inbox's consumer is the kernel's device block, and every kernel
+            // was told to terminate above. Once the grid finished nothing releases a
+            // position; when it did not finish (the deadline passed) a block that has not
+            // yet applied its Terminate may still release some during this read, a case
+            // `read_closed`'s contract excludes and this path does not yet rule out.
+            unsafe {
+                kernel.inbox.read_closed(head, |slot| {
+                    reports[k].undelivered.push(Message {
+                        tag: slot.tag,
+                        corr: slot.corr,
+                        payload: slot.payload.to_vec(),
+                    });
                 });
-            });
+            }
             if finished && fault.is_none() {
                 if let Err(e) = self.read_pending(k, &mut reports[k]) {
                     tracing::error!(group = %self.name, kernel = %kernel.plan.name, error = %e, "reading back unpublished outputs");
@@ -1160,7 +1183,7 @@ impl CudaGroup {
             call: "read back a device ring",
             message: e.to_string(),
         })?;
-        let mut consumer = Consumer::new(ring);
+        let mut consumer = Consumer::new(ring).expect("a new view has no consumer yet");
         let mut messages = Vec::new();
         consumer.consume(u32::MAX, |slot| {
             messages.push(Message {
