@@ -432,9 +432,10 @@ impl<M: RingMemory> Producer<M> {
         // ORDERING: Acquire pairs with the Release half of every change of `tail` (the
         // claims' compare-and-swap, the exclusive claim's store): see `used`.
         let tail = self.mem.tail().load(Ordering::Acquire);
-        // ORDERING: Acquire, as in `room`. Loaded after `tail`: a cached head is one a
-        // producer read with Acquire, so it can only be ahead of the head a producer
-        // checked before storing this `tail` if the consumer passed it; see `used`.
+        // ORDERING: Acquire, as in `room`: the caller may claim the slots this head
+        // freed. A stale (or moved back) cached head only makes `used` larger: an early
+        // answer is at least `wanted` and, from the only producing thread, never more
+        // than the room there is.
         let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
         if used <= capacity && capacity - used >= wanted {
             return capacity - used;
