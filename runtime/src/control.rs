@@ -6,13 +6,73 @@
 //!   applies it, writes `state`, then `ack_epoch` with release;
 //! - the kernel alone writes `state`, `heartbeat`, `error_code` and the counters, with
 //!   plain stores of values it keeps locally (no read-modify-write crosses a device
-//!   boundary); the host reads them and widens the u32 counters to u64.
+//!   boundary); the host reads them and widens the u32 counters to u64;
+//! - one [`HostSide`] and one [`KernelSide`] exist per block at a time: the block's
+//!   memory records which sides are handed out ([`Sides`]), and a second
+//!   [`HostSide::new`] or [`KernelSide::new`] fails with [`SideTaken`] until the first is
+//!   dropped. A device kernel plays the kernel side of a block the host only makes a
+//!   `HostSide` for.
 
 #[cfg(not(loom))]
 use std::ptr::NonNull;
 
 use crate::abi::{Command, ControlBlock, State};
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
+
+/// Which sides of one control block are handed out: at most one [`HostSide`] and one
+/// [`KernelSide`] exist per block at a time, and this record is how their constructors
+/// know. A block's memory owns one ([`ControlMemory::sides`]).
+#[derive(Debug)]
+pub struct Sides {
+    host: AtomicBool,
+    kernel: AtomicBool,
+}
+
+impl Sides {
+    /// A record with neither side handed out.
+    pub fn new() -> Self {
+        Self {
+            host: AtomicBool::new(false),
+            kernel: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks a side handed out; false when it already was.
+    fn take(flag: &AtomicBool) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `give_back`: the previous
+        // holder's last accesses happen before the new holder's first.
+        !flag.swap(true, Ordering::Acquire)
+    }
+
+    /// Marks a side free again (its holder is being dropped).
+    fn give_back(flag: &AtomicBool) {
+        // ORDERING: Release pairs with the Acquire swap in `take`.
+        flag.store(false, Ordering::Release);
+    }
+}
+
+impl Default for Sides {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why [`HostSide::new`] or [`KernelSide::new`] refused to make a side of a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SideTaken {
+    /// The block already has a [`HostSide`].
+    #[error(
+        "this control block already has a host side: share that one (any thread may use \
+         it through `&self`) or drop it before making another"
+    )]
+    Host,
+    /// The block already has a [`KernelSide`].
+    #[error(
+        "this control block already has a kernel side, and a block has exactly one: move \
+         that one to the thread that runs the kernel, or drop it before making another"
+    )]
+    Kernel,
+}
 
 /// Memory holding one control block.
 ///
@@ -23,6 +83,11 @@ use crate::sync::{AtomicU32, Ordering};
 pub unsafe trait ControlMemory {
     /// The word at `byte_offset` of the control block.
     fn word(&self, byte_offset: usize) -> &AtomicU32;
+
+    /// The record of which sides of this block are handed out. Always the same record
+    /// for one value, and shared by every value over the same block that Rust code makes
+    /// sides from (a clone through `Arc` forwards to it).
+    fn sides(&self) -> &Sides;
 }
 
 /// Byte offsets of the control block's words.
@@ -48,6 +113,7 @@ mod at {
 #[derive(Debug)]
 pub struct HostControl {
     block: Box<Aligned>,
+    sides: Sides,
 }
 
 #[cfg(not(loom))]
@@ -72,7 +138,24 @@ impl HostControl {
         };
         Self {
             block: Box::new(Aligned(std::cell::UnsafeCell::new(block))),
+            sides: Sides::new(),
         }
+    }
+
+    /// The block's only host side and only kernel side, sharing it through an `Arc`.
+    /// Infallible: the block is moved in, so neither side can have been made before.
+    pub fn split(
+        self,
+    ) -> (
+        HostSide<std::sync::Arc<Self>>,
+        KernelSide<std::sync::Arc<Self>>,
+    ) {
+        let block = std::sync::Arc::new(self);
+        (
+            HostSide::new(std::sync::Arc::clone(&block))
+                .expect("a block moved in by value has no host side yet"),
+            KernelSide::new(block).expect("a block moved in by value has no kernel side yet"),
+        )
     }
 }
 
@@ -89,6 +172,10 @@ unsafe impl ControlMemory for HostControl {
             AtomicU32::from_ptr(base.as_ptr().add(byte_offset).cast::<u32>())
         }
     }
+
+    fn sides(&self) -> &Sides {
+        &self.sides
+    }
 }
 
 /// A control block of loom atomics, for the loom models.
@@ -96,6 +183,7 @@ unsafe impl ControlMemory for HostControl {
 #[derive(Debug)]
 pub struct LoomControl {
     words: Box<[AtomicU32]>,
+    sides: Sides,
 }
 
 #[cfg(loom)]
@@ -106,7 +194,10 @@ impl LoomControl {
             .map(|_| AtomicU32::new(0))
             .collect();
         words[at::KERNEL_ID / 4].store(kernel_id, Ordering::Relaxed);
-        Self { words }
+        Self {
+            words,
+            sides: Sides::new(),
+        }
     }
 }
 
@@ -116,12 +207,20 @@ unsafe impl ControlMemory for LoomControl {
     fn word(&self, byte_offset: usize) -> &AtomicU32 {
         &self.words[byte_offset / 4]
     }
+
+    fn sides(&self) -> &Sides {
+        &self.sides
+    }
 }
 
 // SAFETY: forwards to `T`.
 unsafe impl<T: ControlMemory + ?Sized> ControlMemory for std::sync::Arc<T> {
     fn word(&self, byte_offset: usize) -> &AtomicU32 {
         (**self).word(byte_offset)
+    }
+
+    fn sides(&self) -> &Sides {
+        (**self).sides()
     }
 }
 
@@ -165,11 +264,15 @@ pub struct Status {
 
 /// The host's side of a control block: writes commands, reads status.
 ///
-/// One host thread at a time issues commands (callers serialise, for example with a
-/// mutex per kernel); any thread may read.
+/// At most one exists per block at a time (see [`HostSide::new`]). Any thread may use
+/// it: [`HostSide::issue`] serialises concurrent issuers itself, so each command word
+/// goes out with its own epoch.
 #[derive(Debug)]
 pub struct HostSide<M: ControlMemory> {
     mem: M,
+    /// Held while a command and its epoch are written: two issuers must not interleave
+    /// (both would write the same epoch, and one command would be lost).
+    issuing: parking_lot::Mutex<()>,
     widened: parking_lot::Mutex<Widener>,
 }
 
@@ -180,12 +283,19 @@ struct Widener {
 }
 
 impl<M: ControlMemory> HostSide<M> {
-    /// The host side of the block in `mem`.
-    pub fn new(mem: M) -> Self {
-        Self {
-            mem,
-            widened: parking_lot::Mutex::new(Widener::default()),
+    /// The host side of the block in `mem`: the only one until it is dropped.
+    ///
+    /// # Errors
+    /// [`SideTaken::Host`] while another `HostSide` of the same block exists.
+    pub fn new(mem: M) -> Result<Self, SideTaken> {
+        if !Sides::take(&mem.sides().host) {
+            return Err(SideTaken::Host);
         }
+        Ok(Self {
+            mem,
+            issuing: parking_lot::Mutex::new(()),
+            widened: parking_lot::Mutex::new(Widener::default()),
+        })
     }
 
     /// The block's memory.
@@ -193,8 +303,10 @@ impl<M: ControlMemory> HostSide<M> {
         &self.mem
     }
 
-    /// Writes `command` with the next epoch and returns that epoch.
+    /// Writes `command` with the next epoch and returns that epoch. Callable from any
+    /// thread; concurrent calls are serialised, each gets its own epoch.
     pub fn issue(&self, command: Command) -> u32 {
+        let _issuing = self.issuing.lock();
         let epoch = self
             .mem
             .word(at::COMMAND_EPOCH)
@@ -279,8 +391,9 @@ impl<M: ControlMemory> HostSide<M> {
 
 /// The kernel's side of a control block: polls commands, publishes status.
 ///
-/// Exactly one exists per block, used by whichever thread (or device block) runs the
-/// kernel at the time.
+/// At most one exists per block at a time (see [`KernelSide::new`]), used by whichever
+/// thread runs the kernel at the time; its methods take `&mut self`. For a block whose
+/// kernel side is a device block, the host makes none.
 #[derive(Debug)]
 pub struct KernelSide<M: ControlMemory> {
     mem: M,
@@ -290,8 +403,14 @@ pub struct KernelSide<M: ControlMemory> {
 }
 
 impl<M: ControlMemory> KernelSide<M> {
-    /// The kernel side of the block in `mem`.
-    pub fn new(mem: M) -> Self {
+    /// The kernel side of the block in `mem`: the only one until it is dropped.
+    ///
+    /// # Errors
+    /// [`SideTaken::Kernel`] while another `KernelSide` of the same block exists.
+    pub fn new(mem: M) -> Result<Self, SideTaken> {
+        if !Sides::take(&mem.sides().kernel) {
+            return Err(SideTaken::Kernel);
+        }
         let seen_epoch = mem.word(at::ACK_EPOCH).load(Ordering::Relaxed);
         let counters = Counters {
             received: mem.word(at::RECEIVED).load(Ordering::Relaxed),
@@ -301,12 +420,12 @@ impl<M: ControlMemory> KernelSide<M> {
             errors: mem.word(at::ERRORS).load(Ordering::Relaxed),
         };
         let heartbeat = mem.word(at::HEARTBEAT).load(Ordering::Relaxed);
-        Self {
+        Ok(Self {
             mem,
             seen_epoch,
             heartbeat,
             counters,
-        }
+        })
     }
 
     /// A new command, if the host issued one since the last call: `(command, epoch)`.
@@ -368,5 +487,17 @@ impl<M: ControlMemory> KernelSide<M> {
         publish(at::EMITTED, &mut c.emitted, add.emitted);
         publish(at::STALLS, &mut c.stalls, add.stalls);
         publish(at::ERRORS, &mut c.errors, add.errors);
+    }
+}
+
+impl<M: ControlMemory> Drop for HostSide<M> {
+    fn drop(&mut self) {
+        Sides::give_back(&self.mem.sides().host);
+    }
+}
+
+impl<M: ControlMemory> Drop for KernelSide<M> {
+    fn drop(&mut self) {
+        Sides::give_back(&self.mem.sides().kernel);
     }
 }

@@ -21,7 +21,10 @@ type Mem = Arc<LoomControl>;
 
 fn block() -> (HostSide<Mem>, KernelSide<Mem>) {
     let mem = Arc::new(LoomControl::new(7));
-    (HostSide::new(Arc::clone(&mem)), KernelSide::new(mem))
+    (
+        HostSide::new(Arc::clone(&mem)).expect("the block's first host side"),
+        KernelSide::new(mem).expect("the block's first kernel side"),
+    )
 }
 
 /// The state a kernel moves to on `command` (the part of the lifecycle these models use).
@@ -159,8 +162,8 @@ fn counters_widen_across_the_wrap() {
         ] {
             mem.word(offset).store(u32::MAX - 1, Ordering::Relaxed);
         }
-        let host = HostSide::new(Arc::clone(&mem));
-        let mut kernel = KernelSide::new(mem);
+        let host = HostSide::new(Arc::clone(&mem)).expect("the block's first host side");
+        let mut kernel = KernelSide::new(mem).expect("the block's first kernel side");
         let base = host.counters();
         assert_eq!(base.received, u64::from(u32::MAX - 1));
 

@@ -29,8 +29,8 @@ fn ring(capacity: u32, origin: u32) -> (Arc<Producer<Mem>>, Consumer<Mem>) {
     let layout = RingLayout::new(capacity, 32).expect("valid test layout");
     let mem = Arc::new(LoomMemory::new(layout, origin));
     (
-        Arc::new(Producer::new(Arc::clone(&mem))),
-        Consumer::new(mem),
+        Arc::new(Producer::new(Arc::clone(&mem)).expect("the ring's first producer")),
+        Consumer::new(mem).expect("the ring's first consumer"),
     )
 }
 
@@ -576,4 +576,52 @@ fn cancelled_claims_are_skipped() {
         );
         assert!(consumer.is_empty());
     });
+}
+
+/// A third thread reads the gauges while one thread sends and consumes in turn, so at
+/// most one message is ever in the two-slot ring. However the observer's loads interleave
+/// with the cursors' moves (the consumer passing the `tail` it already read included),
+/// `len` never says more than 1 and `free` never less than 1. `exclusive` sends through
+/// `try_claim_exclusive` (a plain store of `tail`) instead of the compare-and-swap.
+fn observer_model(exclusive: bool) {
+    loom::model(move || {
+        let (producer, mut consumer) = ring(2, u32::MAX);
+        let observer = {
+            let producer = Arc::clone(&producer);
+            thread::spawn(move || {
+                let len = producer.len();
+                assert!(len <= 1, "Producer::len() = {len} with at most 1 in flight");
+                let free = producer.free();
+                assert!(
+                    free >= 1,
+                    "Producer::free() = {free} with at most 1 in flight"
+                );
+            })
+        };
+        for value in 0..2 {
+            if exclusive {
+                // SAFETY: this thread is the only one that claims.
+                let claim = unsafe { producer.try_claim_exclusive(1) }.expect("room for one");
+                fill(&claim, 0, 1, value);
+                claim.publish();
+            } else {
+                send(&producer, 1, value);
+            }
+            let got = receive(&mut consumer, 1, 1);
+            assert_eq!(got[0].value, value);
+        }
+        observer.join().expect("observer thread");
+        assert!(producer.is_empty());
+        assert_eq!(producer.free(), 2);
+    });
+}
+
+#[test]
+fn observer_never_overcounts() {
+    observer_model(false);
+}
+
+#[test]
+fn observer_never_overcounts_exclusive() {
+    observer_model(true);
 }

@@ -10,9 +10,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use gyre_runtime::abi::{make_tag, KIND_CANCELLED, PAYLOAD_ALIGN, SLOT_HEADER_BYTES};
+use gyre_runtime::abi::{make_tag, KIND_CANCELLED, KIND_MESSAGE, PAYLOAD_ALIGN, SLOT_HEADER_BYTES};
 use gyre_runtime::ring::{
-    Claim, ClaimError, Consumer, HostRing, LayoutError, Producer, RingLayout, Step,
+    Claim, ClaimError, Consumer, HalfTaken, HostRing, LayoutError, Producer, RingLayout, Step,
 };
 use proptest::prelude::*;
 
@@ -206,8 +206,9 @@ impl<'p> Harness<'p> {
         // What the model says: walk from the front, skipping cancelled entries.
         let mut expected_seen = Vec::new();
         let mut expected_taken = 0;
+        // `max` counts messages handed over; cancelled slots are released on the way.
         for entry in &self.entries {
-            if expected_taken == max {
+            if expected_seen.len() as u32 == max {
                 break;
             }
             match *entry {
@@ -313,10 +314,10 @@ impl<'p> Harness<'p> {
 fn run(capacity: u32, slot_bytes: u32, origin: u32, ops: &[Op]) {
     let layout = RingLayout::new(capacity, slot_bytes).expect("valid layout");
     let ring = Arc::new(HostRing::with_origin(layout, origin));
-    let producer = Producer::new(Arc::clone(&ring));
+    let producer = Producer::new(Arc::clone(&ring)).expect("the ring's first producer");
     let mut harness = Harness {
         producer: &producer,
-        consumer: Consumer::new(ring),
+        consumer: Consumer::new(ring).expect("the ring's first consumer"),
         held: Vec::new(),
         entries: VecDeque::new(),
         head: origin,
@@ -476,8 +477,8 @@ fn edges() {
         RingLayout::new(4, 32).expect("layout"),
         u32::MAX - 1,
     ));
-    let producer = Producer::new(Arc::clone(&ring));
-    let mut consumer = Consumer::new(ring);
+    let producer = Producer::new(Arc::clone(&ring)).expect("the ring's first producer");
+    let mut consumer = Consumer::new(ring).expect("the ring's first consumer");
     assert_eq!(consumer.consume(8, |_| panic!("nothing to consume")), 0);
     assert!(consumer.is_empty() && producer.is_empty());
     for _ in 0..4 {
@@ -511,4 +512,81 @@ fn edges() {
         Step::Next
     });
     assert_eq!(positions, [u32::MAX, 0, 1, 2]);
+}
+
+/// A ring hands out one producer and one consumer: a second of either is refused while
+/// the first lives (two consumers would race on slot bodies), and can be made once the
+/// first is dropped, taking over where it stopped.
+#[test]
+fn one_producer_and_one_consumer_per_ring() {
+    let ring = Arc::new(HostRing::new(RingLayout::new(4, 32).expect("layout")));
+    let producer = Producer::new(Arc::clone(&ring)).expect("the ring's first producer");
+    let consumer = Consumer::new(Arc::clone(&ring)).expect("the ring's first consumer");
+    assert_eq!(
+        Consumer::new(Arc::clone(&ring)).err(),
+        Some(HalfTaken::Consumer)
+    );
+    assert_eq!(
+        Producer::new(Arc::clone(&ring)).err(),
+        Some(HalfTaken::Producer)
+    );
+    let text = HalfTaken::Consumer.to_string();
+    assert!(
+        text.contains("already has a consumer") && text.contains("drop it"),
+        "{text}"
+    );
+    assert!(HalfTaken::Producer.to_string().contains("share that one"));
+
+    producer.try_claim(1).expect("room").publish();
+    drop(consumer);
+    let mut consumer = Consumer::new(Arc::clone(&ring)).expect("the first one was dropped");
+    drop(producer);
+    let producer = Producer::new(Arc::clone(&ring)).expect("the first one was dropped");
+    producer.try_claim(1).expect("room").publish();
+    assert_eq!(consumer.consume(u32::MAX, |_| Step::Next), 2);
+
+    // `split` moves the ring in, so it cannot fail.
+    let (producer, mut consumer) = HostRing::new(RingLayout::new(4, 32).expect("layout")).split();
+    producer.try_claim(1).expect("room").publish();
+    assert_eq!(consumer.consume(1, |_| Step::Next), 1);
+}
+
+/// Cancelled slots do not count against `consume`'s `max`: `consume(1)` hands over the
+/// message behind them. `is_empty` is false while a cancelled slot is next (consume would
+/// release it).
+#[test]
+fn cancelled_slots_do_not_count_against_max() {
+    let (producer, mut consumer) = HostRing::new(RingLayout::new(8, 32).expect("layout")).split();
+    producer.try_claim(2).expect("room").cancel();
+    assert!(!consumer.is_empty(), "cancelled slots wait to be released");
+    let mut got = Vec::new();
+    assert_eq!(
+        consumer.consume(1, |_| Step::Next),
+        2,
+        "both cancelled released"
+    );
+    assert!(consumer.is_empty());
+    producer.try_claim(3).expect("room").cancel();
+    let claim = producer.try_claim(2).expect("room");
+    claim.write(0, make_tag(KIND_MESSAGE, 0), [10, 0], |_| {});
+    claim.write(1, make_tag(KIND_MESSAGE, 0), [11, 0], |_| {});
+    claim.publish();
+    let released = consumer.consume(1, |slot| {
+        got.push(slot.corr[0]);
+        Step::Next
+    });
+    assert_eq!(got, [10], "one message, behind three cancelled slots");
+    assert_eq!(released, 4);
+    assert_eq!(consumer.consume(0, |_| panic!("max 0 hands nothing")), 0);
+}
+
+/// `ClaimError` says what happened and what to do.
+#[test]
+fn claim_errors_display() {
+    let full = ClaimError::Full { free: 3 }.to_string();
+    assert!(full.contains("full") && full.contains("3 slots free") && full.contains("wait"));
+    assert!(ClaimError::Closed
+        .to_string()
+        .contains("hand the message back"));
+    assert!(ClaimError::TooMany.to_string().contains("capacity()"));
 }

@@ -29,11 +29,8 @@ fn per_producer() -> u32 {
 
 fn ring(origin: u32) -> (Arc<Producer<Ring>>, Consumer<Ring>) {
     let layout = RingLayout::new(CAPACITY, 64).expect("valid layout");
-    let ring = Arc::new(HostRing::with_origin(layout, origin));
-    (
-        Arc::new(Producer::new(Arc::clone(&ring))),
-        Consumer::new(ring),
-    )
+    let (producer, consumer) = HostRing::with_origin(layout, origin).split();
+    (Arc::new(producer), consumer)
 }
 
 /// Payload word `i` of message `seq` from producer `id`.
@@ -235,4 +232,88 @@ fn close_mid_stream() {
         "a message arrived after the drain"
     );
     assert_eq!(producer.try_claim(1).err(), Some(ClaimError::Closed));
+}
+
+/// A producer and a consumer keep at most `IN_FLIGHT` messages in a 1,024-slot ring while
+/// a third thread reads the gauges (`len`, `free`, `is_empty`), as the metrics path does.
+/// No answer may count more messages than were ever in the ring at once: the consumer
+/// passing the `tail` an observer already read must not make the ring look full.
+///
+/// Bounded in time: it stops after [`OBSERVE_FOR`] (or once the consumer took
+/// [`OBSERVE_MESSAGES`]), whichever comes first.
+#[test]
+fn third_thread_observer_never_overcounts() {
+    const IN_FLIGHT: u32 = 2;
+    const OBSERVE_MESSAGES: u64 = 20_000_000;
+    const OBSERVE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+    const RING: u32 = 1024;
+    let layout = RingLayout::new(RING, 64).expect("valid layout");
+    let (producer, mut consumer) = HostRing::new(layout).split();
+    let producer = Arc::new(producer);
+    // Messages the consumer has released: bumped only after `consume` stored `head`, so
+    // `sent - consumed` bounds what the ring holds from above.
+    let consumed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let sender = {
+        let (producer, consumed, stop) = (
+            Arc::clone(&producer),
+            Arc::clone(&consumed),
+            Arc::clone(&stop),
+        );
+        thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if sent - consumed.load(Ordering::Acquire) >= u64::from(IN_FLIGHT) {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let claim = producer
+                    .try_claim(1)
+                    .expect("at most IN_FLIGHT of 1024 slots used");
+                claim.write(0, make_tag(KIND_MESSAGE, 0), [0, 0], |_| {});
+                claim.publish();
+                sent += 1;
+            }
+        })
+    };
+    let receiver = {
+        let (consumed, stop) = (Arc::clone(&consumed), Arc::clone(&stop));
+        thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut total = 0u64;
+            while total < OBSERVE_MESSAGES
+                && started.elapsed() < OBSERVE_FOR
+                && !stop.load(Ordering::Relaxed)
+            {
+                total += u64::from(consumer.consume(IN_FLIGHT, |_| Step::Next));
+                // ORDERING: Release pairs with the sender's Acquire load: `head` was
+                // stored before the count grows.
+                consumed.store(total, Ordering::Release);
+            }
+            stop.store(true, Ordering::Relaxed);
+            total
+        })
+    };
+    let mut reads = 0u64;
+    let mut worst_len = 0;
+    let mut worst_free = RING;
+    while !stop.load(Ordering::Relaxed) {
+        let len = producer.len();
+        let free = producer.free();
+        worst_len = worst_len.max(len);
+        worst_free = worst_free.min(free);
+        if len > IN_FLIGHT || free < RING - IN_FLIGHT {
+            stop.store(true, Ordering::Relaxed);
+        }
+        reads += 1;
+    }
+    sender.join().expect("sender thread");
+    let total = receiver.join().expect("receiver thread");
+    assert!(total > 0, "nothing was sent: the observer observed nothing");
+    assert!(
+        worst_len <= IN_FLIGHT && worst_free >= RING - IN_FLIGHT,
+        "with at most {IN_FLIGHT} messages in flight, an observer read len {worst_len} and \
+         free {worst_free} (of {RING}) in {reads} reads"
+    );
 }

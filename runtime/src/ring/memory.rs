@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 #[cfg(not(loom))]
 use crate::abi::{RingHeader, ABI_VERSION, LINE_BYTES, RING_HEADER_BYTES, RING_MAGIC};
 use crate::abi::{MAX_CAPACITY, MAX_SLOT_BYTES, MIN_SLOT_BYTES, SLOT_HEADER_BYTES};
-use crate::sync::AtomicU32;
+use crate::sync::{AtomicBool, AtomicU32, Ordering};
 
 /// Capacity and slot size of a ring, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,6 +115,58 @@ impl RingLayout {
     }
 }
 
+/// Which halves of one ring are handed out: at most one [`super::Producer`] and one
+/// [`super::Consumer`] exist per ring at a time, and this record is how their
+/// constructors know. A ring's memory owns one ([`RingMemory::halves`]).
+#[derive(Debug)]
+pub struct Halves {
+    producer: AtomicBool,
+    consumer: AtomicBool,
+}
+
+/// One half of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Half {
+    Producer,
+    Consumer,
+}
+
+impl Halves {
+    /// A record with neither half handed out.
+    pub fn new() -> Self {
+        Self {
+            producer: AtomicBool::new(false),
+            consumer: AtomicBool::new(false),
+        }
+    }
+
+    fn flag(&self, half: Half) -> &AtomicBool {
+        match half {
+            Half::Producer => &self.producer,
+            Half::Consumer => &self.consumer,
+        }
+    }
+
+    /// Marks `half` handed out; false when it already was.
+    pub(crate) fn take(&self, half: Half) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `give_back`: the previous
+        // holder's last accesses to the ring happen before the new holder's first.
+        !self.flag(half).swap(true, Ordering::Acquire)
+    }
+
+    /// Marks `half` free again (its holder is being dropped).
+    pub(crate) fn give_back(&self, half: Half) {
+        // ORDERING: Release pairs with the Acquire swap in `take`.
+        self.flag(half).store(false, Ordering::Release);
+    }
+}
+
+impl Default for Halves {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Memory holding one ring: the three header words the protocol uses and the slots.
 ///
 /// A slot's *body* is everything after its 4-byte stamp: `tag` (bytes 0..4), `corr`
@@ -126,8 +178,16 @@ impl RingLayout {
 ///   only ever accessed atomically;
 /// - every body is `slot_bytes() - 4` bytes, disjoint from every other body and word;
 /// - the payload of a body is aligned to [`crate::abi::PAYLOAD_ALIGN`];
-/// - `capacity()` and `slot_bytes()` form a valid [`RingLayout`] and never change.
+/// - `capacity()` and `slot_bytes()` form a valid [`RingLayout`] and never change;
+/// - `halves()` always returns the same record, and it is the only record through which
+///   a [`super::Producer`] or [`super::Consumer`] of these slots is made: every other
+///   `RingMemory` value over the same words either returns this very record (a clone
+///   through `Arc`) or never has the same half taken while this one's is (see
+///   [`RawRing::from_raw`]). Code outside Rust that acts on the ring (a device kernel)
+///   counts as a holder of the half it plays.
 pub unsafe trait RingMemory {
+    /// The record of which halves of this ring are handed out.
+    fn halves(&self) -> &Halves;
     /// Number of slots.
     fn capacity(&self) -> u32;
     /// Bytes per slot, header included.
@@ -154,6 +214,9 @@ pub unsafe trait RingMemory {
 
 // SAFETY: forwards to `T`, which upholds the contract.
 unsafe impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
+    fn halves(&self) -> &Halves {
+        (**self).halves()
+    }
     fn capacity(&self) -> u32 {
         (**self).capacity()
     }
@@ -186,6 +249,7 @@ unsafe impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
 pub struct RawRing {
     base: NonNull<u8>,
     layout: RingLayout,
+    halves: Halves,
 }
 
 // SAFETY: all shared words are accessed atomically and bodies only under the ring
@@ -201,8 +265,11 @@ impl RawRing {
     /// Writes a fresh ring header and slot stamps at `base`, with both cursors at `origin`.
     ///
     /// # Safety
-    /// `base` is aligned to [`LINE_BYTES`], valid for writes of `layout.region_bytes()`
-    /// bytes, and nobody else accesses the region during the call.
+    /// - `base` is aligned to [`LINE_BYTES`], valid for writes of `layout.region_bytes()`
+    ///   bytes, and nobody else accesses the region during the call;
+    /// - afterwards, the region stays valid and is accessed only through the ring
+    ///   protocol while the view lives, and the halves rule of [`RawRing::from_raw`]
+    ///   holds for this view.
     pub unsafe fn init(base: NonNull<u8>, layout: RingLayout, origin: u32) -> Self {
         debug_assert!((base.as_ptr() as usize).is_multiple_of(LINE_BYTES as usize));
         let header = RingHeader {
@@ -220,7 +287,11 @@ impl RawRing {
         unsafe {
             base.as_ptr().cast::<RingHeader>().write(header);
         }
-        let ring = Self { base, layout };
+        let ring = Self {
+            base,
+            layout,
+            halves: Halves::new(),
+        };
         for offset in 0..layout.capacity() {
             let position = origin.wrapping_add(offset);
             // Marked full for the previous lap, so empty for this one.
@@ -237,17 +308,31 @@ impl RawRing {
 
     /// Views an initialised ring at `base`, checking its header.
     ///
+    /// Each view keeps its own record of the halves it handed out, so views of one region
+    /// cannot see each other's: the caller keeps the single-producer, single-consumer
+    /// rule across them.
+    ///
     /// # Safety
-    /// `base` points to a region initialised by [`RawRing::init`] (here or on another
-    /// side of a device boundary) that stays valid and is accessed only through the ring
-    /// protocol while the view lives.
+    /// - `base` points to a region initialised by [`RawRing::init`] (here or on another
+    ///   side of a device boundary) that stays valid and is accessed only through the
+    ///   ring protocol while the view lives;
+    /// - while a [`super::Consumer`] made over this view exists, nothing else consumes
+    ///   the region: no consumer over another view, no device kernel (the host may still
+    ///   read it through [`super::Producer::read_closed`] under that function's
+    ///   contract). Likewise, while a [`super::Producer`] made over this view exists, no
+    ///   producer over another view claims in the region; a device kernel may produce
+    ///   beside it only through the protocol's compare-and-swap on `tail`.
     pub unsafe fn from_raw(base: NonNull<u8>) -> Result<Self, LayoutError> {
         // SAFETY: the header's descriptor line is written once before sharing; the
         // region is line-aligned (caller's guarantee).
         #[allow(clippy::cast_ptr_alignment)]
         let header = unsafe { base.as_ptr().cast::<RingHeader>().read() };
         let layout = RingLayout::new(header.capacity, header.slot_bytes)?;
-        Ok(Self { base, layout })
+        Ok(Self {
+            base,
+            layout,
+            halves: Halves::new(),
+        })
     }
 
     /// The ring's layout.
@@ -280,6 +365,9 @@ impl RawRing {
 // bodies are the disjoint remainders of the slots, payloads sit at slot offset 16 of
 // slot-aligned slots in a line-aligned region.
 unsafe impl RingMemory for RawRing {
+    fn halves(&self) -> &Halves {
+        &self.halves
+    }
     fn capacity(&self) -> u32 {
         self.layout.capacity()
     }
@@ -346,6 +434,22 @@ impl HostRing {
     pub fn layout(&self) -> RingLayout {
         self.raw.layout()
     }
+
+    /// The ring's only producer and only consumer, sharing the ring through an `Arc`.
+    /// Infallible: the ring is moved in, so neither half can have been made before.
+    pub fn split(
+        self,
+    ) -> (
+        super::Producer<std::sync::Arc<Self>>,
+        super::Consumer<std::sync::Arc<Self>>,
+    ) {
+        let ring = std::sync::Arc::new(self);
+        (
+            super::Producer::new(std::sync::Arc::clone(&ring))
+                .expect("a ring moved in by value has no producer yet"),
+            super::Consumer::new(ring).expect("a ring moved in by value has no consumer yet"),
+        )
+    }
 }
 
 #[cfg(not(loom))]
@@ -359,6 +463,9 @@ impl Drop for HostRing {
 #[cfg(not(loom))]
 // SAFETY: forwards to the owned `RawRing`, whose memory lives as long as `self`.
 unsafe impl RingMemory for HostRing {
+    fn halves(&self) -> &Halves {
+        self.raw.halves()
+    }
     fn capacity(&self) -> u32 {
         self.raw.capacity()
     }
@@ -393,6 +500,7 @@ pub struct LoomMemory {
     tail: AtomicU32,
     stamps: Box<[AtomicU32]>,
     bodies: Box<[crate::sync::UnsafeCell<Vec<u8>>]>,
+    halves: Halves,
 }
 
 #[cfg(loom)]
@@ -414,6 +522,7 @@ impl LoomMemory {
             bodies: (0..capacity)
                 .map(|_| crate::sync::UnsafeCell::new(vec![0; layout.slot_bytes() as usize - 4]))
                 .collect(),
+            halves: Halves::new(),
         }
     }
 }
@@ -422,6 +531,9 @@ impl LoomMemory {
 // SAFETY: every word is its own loom atomic and every body its own loom cell, which loom
 // checks for racing access.
 unsafe impl RingMemory for LoomMemory {
+    fn halves(&self) -> &Halves {
+        &self.halves
+    }
     fn capacity(&self) -> u32 {
         self.layout.capacity()
     }

@@ -10,17 +10,24 @@
 //!   only by the consumer side, so the two sides may sit on either end of a device
 //!   boundary with plain acquire loads and release stores;
 //! - several producers on one side coordinate with a compare-and-swap on `tail`, which
-//!   lives in their side's memory; there is exactly one consumer.
+//!   lives in their side's memory; there is exactly one consumer;
+//! - one [`Producer`] (shared by reference between producer threads) and one [`Consumer`]
+//!   exist per ring at a time: the ring's memory records which halves are handed out
+//!   ([`Halves`]), and a second [`Producer::new`] or [`Consumer::new`] on the same ring
+//!   fails with [`HalfTaken`] until the first is dropped. Two consumers racing on slot
+//!   bodies cannot be made from safe code.
 //!
 //! The protocol, with the reason for every ordering, is in `runtime/docs/ABI.md`.
 //!
 //! ```
-//! use gyre_runtime::ring::{Consumer, HostRing, Producer, RingLayout, Step};
+//! use gyre_runtime::ring::{Consumer, HalfTaken, HostRing, Producer, RingLayout, Step};
 //! use std::sync::Arc;
 //!
 //! let ring = Arc::new(HostRing::new(RingLayout::new(8, 64)?));
-//! let producer = Producer::new(ring.clone());
-//! let mut consumer = Consumer::new(ring);
+//! let producer = Producer::new(ring.clone())?;
+//! let mut consumer = Consumer::new(ring.clone())?;
+//! // The ring has its consumer: a second one is refused.
+//! assert_eq!(Consumer::new(ring).err(), Some(HalfTaken::Consumer));
 //!
 //! let claim = producer.try_claim(1).expect("an empty ring has room");
 //! claim.write(0, 0, [7, 0], |payload| payload[..4].copy_from_slice(&42u32.to_le_bytes()));
@@ -32,35 +39,69 @@
 //!     Step::Next
 //! });
 //! assert_eq!(got, [(7, 42)]);
-//! # Ok::<(), gyre_runtime::ring::LayoutError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 mod memory;
 
 #[cfg(loom)]
 pub use memory::LoomMemory;
+pub use memory::{Halves, LayoutError, RingLayout, RingMemory};
 #[cfg(not(loom))]
 pub use memory::{HostRing, RawRing};
-pub use memory::{LayoutError, RingLayout, RingMemory};
+
+use memory::Half;
 
 use crate::abi::{KIND_CANCELLED, TAG_KIND_MASK};
 use crate::sync::{asym, spin_hint, AtomicBool, AtomicU32, Ordering};
 
 /// Why [`Producer::try_claim`] did not claim.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClaimError {
     /// Fewer than the requested slots are free; `free` were at the time of the check.
+    #[error(
+        "the ring is full ({free} slots free): wait until the consumer frees room and \
+         claim again, or hand the message back"
+    )]
     Full {
         /// Slots that were free.
         free: u32,
     },
     /// The producer side was closed by [`Producer::close`].
+    #[error(
+        "the ring is closed: its consumer is stopping and takes no more messages; \
+         hand the message back (claims succeed again only after `Producer::reopen`)"
+    )]
     Closed,
     /// More slots were asked for than the ring has.
+    #[error(
+        "more slots were asked for than the ring has: claim at most `capacity()` \
+         slots at a time"
+    )]
     TooMany,
 }
 
+/// Why [`Producer::new`] or [`Consumer::new`] refused to make a half of a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HalfTaken {
+    /// The ring already has a [`Producer`].
+    #[error(
+        "this ring already has a producer: share that one (its claims take `&self`; put \
+         it in an `Arc`) or drop it before making another"
+    )]
+    Producer,
+    /// The ring already has a [`Consumer`].
+    #[error(
+        "this ring already has a consumer, and a ring has exactly one: move that one to \
+         where it is needed, or drop it before making another"
+    )]
+    Consumer,
+}
+
 /// The producer side of a ring. Shareable: several threads may claim through `&self`.
+///
+/// At most one exists per ring at a time (see [`Producer::new`]); dropping it lets
+/// another be made.
 #[derive(Debug)]
 pub struct Producer<M: RingMemory> {
     mem: M,
@@ -98,19 +139,25 @@ pub struct Claim<'a, M: RingMemory> {
 }
 
 impl<M: RingMemory> Producer<M> {
-    /// The producer side of the ring in `mem`.
-    pub fn new(mem: M) -> Self {
+    /// The producer side of the ring in `mem`: the only one until it is dropped.
+    ///
+    /// # Errors
+    /// [`HalfTaken::Producer`] while another `Producer` of the same ring exists.
+    pub fn new(mem: M) -> Result<Self, HalfTaken> {
+        if !mem.halves().take(Half::Producer) {
+            return Err(HalfTaken::Producer);
+        }
         let mask = mem.capacity() - 1;
         // ORDERING: Acquire pairs with the consumer's Release store of `head`; see
         // `try_claim`.
         let head = mem.head().load(Ordering::Acquire);
-        Self {
+        Ok(Self {
             mem,
             mask,
             cached_head: AtomicU32::new(head),
             closed: AtomicBool::new(false),
             close_fenced: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The ring's memory.
@@ -183,8 +230,10 @@ impl<M: RingMemory> Producer<M> {
     /// As [`Producer::try_claim`].
     ///
     /// # Safety
-    /// No other thread claims on this producer while this call runs or while a claim it
-    /// returned is alive. ([`Producer::close`] may run concurrently.)
+    /// Nothing else claims in this ring while this call runs or while a claim it returned
+    /// is alive: no other thread through this producer (the only one of the ring, see
+    /// [`Producer::new`]) and no producer outside Rust (a device kernel).
+    /// ([`Producer::close`] may run concurrently.)
     pub unsafe fn try_claim_exclusive(&self, len: u32) -> Result<Claim<'_, M>, ClaimError> {
         let capacity = self.mem.capacity();
         if len > capacity {
@@ -201,10 +250,13 @@ impl<M: RingMemory> Producer<M> {
             Room::Full(free) => return Err(ClaimError::Full { free }),
             Room::StaleTail => unreachable!("a single producer's own tail is never stale"),
         }
-        // Relaxed: consumers never read `tail` for correctness (they read stamps).
+        // ORDERING: Release pairs with the Acquire load of `tail` in `Producer::used`: the
+        // `head` that `room` checked happens before an observer's later load of `head`,
+        // so the observer never pairs this tail with an older head. (Consumers never read
+        // `tail` for correctness: they read stamps.)
         self.mem
             .tail()
-            .store(tail.wrapping_add(len), Ordering::Relaxed);
+            .store(tail.wrapping_add(len), Ordering::Release);
         let claim = Claim {
             producer: self,
             start: tail,
@@ -276,11 +328,18 @@ impl<M: RingMemory> Producer<M> {
     /// consuming them. Returns how many it handed over.
     ///
     /// This is how a host takes a ring over from a consumer that stopped answering (a
-    /// handler that never returns): the consumer must take nothing at or after `from`
-    /// any more (it may still read those slots, and release positions, never reuse
-    /// them). Once the ring is closed and published no producer writes a slot again, so
-    /// reading beside such a consumer is sound.
-    pub fn read_closed(&self, from: u32, mut f: impl FnMut(SlotRef<'_>)) -> u32 {
+    /// handler that never returns), or reads back what a device consumer left. Positions
+    /// the consumer already released are never handed over: when `from` is before the
+    /// ring's `head`, the read starts at `head`.
+    ///
+    /// # Safety
+    /// Let *start* be the later of `from` and the ring's `head` when the call begins.
+    /// While the call runs, the ring's consumer (in Rust or outside it) releases no
+    /// position at or after *start*; it may still read those slots. Once the ring is
+    /// closed and published no producer writes a slot it has not been given, so reading
+    /// beside such a consumer is sound; a release would let a claim that raced the close
+    /// write the slot being read.
+    pub unsafe fn read_closed(&self, from: u32, mut f: impl FnMut(SlotRef<'_>)) -> u32 {
         let tail = self.close();
         let published = self.wait_published(tail, u32::MAX);
         debug_assert!(
@@ -288,7 +347,16 @@ impl<M: RingMemory> Producer<M> {
             "an unbounded wait returns only when all is published"
         );
         let capacity = self.mem.capacity();
-        let mut position = from;
+        // ORDERING: Acquire pairs with the consumer's Release store of `head`: positions
+        // before it were consumed and released, and are skipped.
+        let head = self.mem.head().load(Ordering::Acquire);
+        // `from` before `head`: start at `head` (every cursor here is within one lap of
+        // `tail`, so the wrapping distances compare).
+        let mut position = if tail.wrapping_sub(from) > tail.wrapping_sub(head) {
+            head
+        } else {
+            from
+        };
         let mut handed = 0;
         while (1..=capacity).contains(&tail.wrapping_sub(position)) {
             // ORDERING: Acquire pairs with the Release store of the stamp in `publish`.
@@ -296,8 +364,9 @@ impl<M: RingMemory> Producer<M> {
                 == position.wrapping_add(1)
             {
                 // SAFETY: the stamp marks the slot full for `position`, seen with Acquire;
-                // the ring is closed and every claim before `tail` is published, so no
-                // producer writes this slot again, and the consumer only reads it.
+                // the ring is closed and every claim before `tail` is published, and the
+                // consumer releases no position at or after the start (caller's
+                // guarantee), so no producer is given this slot again while we read it.
                 unsafe {
                     self.mem.with_body(position & self.mask, |body| {
                         if let Some(slot) = parse_slot(position, body) {
@@ -326,47 +395,96 @@ impl<M: RingMemory> Producer<M> {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Positions claimed but not yet consumed, as seen now (racy, for gauges).
+    /// Positions claimed and not yet released (messages, claims being written, cancelled
+    /// slots), for gauges. Callable from any thread.
+    ///
+    /// Never more than the ring held at the moment this call read `head`: with at most
+    /// N positions ever claimed and unreleased at once, it never answers more than N,
+    /// whatever the producers and the consumer do meanwhile. It may answer less (down to
+    /// what the ring held when the call began, minus what the consumer released during
+    /// the call). From the ring's only producing thread, while nothing else claims, it
+    /// never answers less than the ring holds when the call returns minus what was
+    /// released during the call.
     pub fn len(&self) -> u32 {
-        let tail = self.mem.tail().load(Ordering::Relaxed);
-        let head = self.mem.head().load(Ordering::Relaxed);
-        tail.wrapping_sub(head).min(self.mem.capacity())
+        self.used()
     }
 
-    /// Slots free for claiming as seen now: exact for a single producer (it cannot
-    /// shrink behind its back), a lower bound on `head` for several.
+    /// Slots free for claiming, for gauges and for a producer deciding whether to wait.
+    /// Callable from any thread. Always `capacity() - len()` for one reading of both
+    /// cursors, so it never answers less than was free at the moment this call read
+    /// `head` (see [`Producer::len`]).
+    ///
+    /// From the ring's only producing thread (one thread claims, nothing else does) it
+    /// is a lower bound as well: a claim of up to `free()` slots made next by that
+    /// thread succeeds unless the ring is closed. With several producing threads others
+    /// may claim the room it reports.
     pub fn free(&self) -> u32 {
-        let tail = self.mem.tail().load(Ordering::Relaxed);
-        // ORDERING: Acquire, as in `try_claim`: slots freed by this head may be written.
-        let head = self.mem.head().load(Ordering::Acquire);
-        // With several producers the consumer may pass the `tail` read above before we
-        // read `head`; the wrapped difference is then huge and 0 is the lower bound.
-        self.mem.capacity().saturating_sub(tail.wrapping_sub(head))
+        self.mem.capacity() - self.used()
     }
 
     /// Like [`Producer::free`] but reads the consumer's `head` only when the cached copy
     /// shows fewer than `wanted` free slots, so a hot producer that only needs to know
-    /// "at least `wanted`" does not pull the consumer's line every time. The result is
-    /// exact when it is below `wanted`, a lower bound otherwise.
+    /// "at least `wanted`" does not pull the consumer's line every time. Callable from
+    /// any thread, with the guarantees of [`Producer::free`]; an answer of `wanted` or
+    /// more may rest on the cached `head` and undercount the room.
     pub fn free_up_to(&self, wanted: u32) -> u32 {
-        let tail = self.mem.tail().load(Ordering::Relaxed);
         let capacity = self.mem.capacity();
-        // ORDERING: Acquire, as in `try_claim`.
+        // ORDERING: Acquire pairs with the Release half of every change of `tail` (the
+        // claims' compare-and-swap, the exclusive claim's store): see `used`.
+        let tail = self.mem.tail().load(Ordering::Acquire);
+        // ORDERING: Acquire, as in `room`: the caller may claim the slots this head
+        // freed. A stale (or moved back) cached head only makes `used` larger: an early
+        // answer is at least `wanted` and, from the only producing thread, never more
+        // than the room there is.
         let used = tail.wrapping_sub(self.cached_head.load(Ordering::Acquire));
         if used <= capacity && capacity - used >= wanted {
             return capacity - used;
         }
-        // ORDERING: Acquire, as in `try_claim`: slots freed by this head may be written.
+        // ORDERING: Acquire, as in `room`: slots freed by this head may be written.
         let head = self.mem.head().load(Ordering::Acquire);
-        // ORDERING: Release, as in `try_claim`.
+        // ORDERING: Release, as in `room`.
         self.cached_head.store(head, Ordering::Release);
-        // With several producers the consumer may pass the `tail` read above before we
-        // read `head`; the wrapped difference is then huge and 0 is the lower bound.
-        self.mem.capacity().saturating_sub(tail.wrapping_sub(head))
+        capacity - Self::used_between(capacity, tail, head)
     }
 
-    /// Whether the next message to consume is published (racy; lets a scheduler decide
-    /// whether the consumer has work without owning the consumer).
+    /// `tail - head` for a `tail` loaded (with Acquire) before `head`: 0 when the
+    /// consumer passed that `tail` before `head` was loaded.
+    fn used_between(capacity: u32, tail: u32, head: u32) -> u32 {
+        let used = tail.wrapping_sub(head);
+        // A consumer never passes the `tail` current when it releases, so a `head` past
+        // our (older) `tail` shows as a wrapped difference above the capacity: nothing
+        // of what we counted is left.
+        if used > capacity {
+            0
+        } else {
+            used
+        }
+    }
+
+    /// One consistent reading of the two cursors: see [`Producer::len`].
+    fn used(&self) -> u32 {
+        // ORDERING: `tail` first, then `head`, so the answer can only undercount: the
+        // ring's `tail` when `head` is read is at or after the one read here (it only
+        // grows), so `tail - head` is at most what the ring holds at that moment; when the
+        // consumer passed our `tail` meanwhile the count is 0 (see `used_between`).
+        // Acquire pairs with the Release half of the claim that stored this `tail`
+        // (compare-and-swap in `try_claim`, store in `try_claim_exclusive`, or the
+        // read-modify-write in `close`, which continues that release sequence). That
+        // claim checked room against a `head` it loaded with Acquire (directly or through
+        // `cached_head`), so that `head` happens before our load below, which reads it or
+        // a later one: `tail - head` is never above the capacity because of a stale head.
+        let tail = self.mem.tail().load(Ordering::Acquire);
+        // Relaxed: only its value is used (coherence orders it after the head above).
+        let head = self.mem.head().load(Ordering::Relaxed);
+        Self::used_between(self.mem.capacity(), tail, head)
+    }
+
+    /// Whether a message (or cancelled slot) is published at the consumer's next
+    /// position, for a scheduler deciding whether the consumer has work without owning
+    /// it. Callable from any thread. `true` means the position the consumer was at when
+    /// this call read `head` was published by the time its stamp was read (the consumer
+    /// may have taken it since); `false` means it was not, or the consumer had moved on
+    /// and the slot holds a later lap not yet published.
     pub fn has_published(&self) -> bool {
         // ORDERING: Acquire on `head` pairs with the consumer's Release store, so the
         // stamp we read is at least that lap's.
@@ -375,7 +493,10 @@ impl<M: RingMemory> Producer<M> {
         self.mem.stamp(head & self.mask).load(Ordering::Acquire) == head.wrapping_add(1)
     }
 
-    /// Whether the ring looks empty now (racy, for gauges).
+    /// Whether [`Producer::len`] is 0: no position claimed and unreleased, as far as one
+    /// reading of the cursors shows (see there). Callable from any thread; `false` is
+    /// never wrong about the moment `head` was read, `true` may miss claims made during
+    /// the call.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -422,6 +543,12 @@ impl<M: RingMemory> Producer<M> {
         self.mem
             .stamp(position & self.mask)
             .store(position.wrapping_add(1), Ordering::Release);
+    }
+}
+
+impl<M: RingMemory> Drop for Producer<M> {
+    fn drop(&mut self) {
+        self.mem.halves().give_back(Half::Producer);
     }
 }
 
@@ -520,7 +647,17 @@ pub enum Step {
     Keep,
 }
 
-/// The consumer side of a ring. Exactly one exists per ring; its methods take `&mut self`.
+/// The consumer side of a ring. At most one exists per ring at a time (see
+/// [`Consumer::new`]); its methods take `&mut self`.
+///
+/// ```compile_fail
+/// # use gyre_runtime::ring::{Consumer, HostRing, RingLayout};
+/// # use std::sync::Arc;
+/// // The only way to a second consumer is through the first: it cannot be cloned.
+/// let ring = Arc::new(HostRing::new(RingLayout::new(8, 64).unwrap()));
+/// let consumer = Consumer::new(ring).unwrap();
+/// let second = consumer.clone();
+/// ```
 #[derive(Debug)]
 pub struct Consumer<M: RingMemory> {
     mem: M,
@@ -530,11 +667,19 @@ pub struct Consumer<M: RingMemory> {
 }
 
 impl<M: RingMemory> Consumer<M> {
-    /// The consumer side of the ring in `mem`. Create only one per ring.
-    pub fn new(mem: M) -> Self {
+    /// The consumer side of the ring in `mem`: the only one until it is dropped.
+    ///
+    /// # Errors
+    /// [`HalfTaken::Consumer`] while another `Consumer` of the same ring exists.
+    pub fn new(mem: M) -> Result<Self, HalfTaken> {
+        if !mem.halves().take(Half::Consumer) {
+            return Err(HalfTaken::Consumer);
+        }
         let mask = mem.capacity() - 1;
+        // Relaxed: `take` (Acquire) ordered this after the previous consumer's last
+        // store of `head`, and we are the only writer from now on.
         let head = mem.head().load(Ordering::Relaxed);
-        Self { mem, mask, head }
+        Ok(Self { mem, mask, head })
     }
 
     /// The ring's memory.
@@ -553,18 +698,27 @@ impl<M: RingMemory> Consumer<M> {
         self.mem.stamp(position & self.mask).load(Ordering::Acquire) == position.wrapping_add(1)
     }
 
-    /// Whether the next position holds nothing published yet.
+    /// Whether the next position holds nothing published yet: [`Consumer::consume`]
+    /// would find nothing to do. A cancelled slot at the next position counts as
+    /// something (`false`): `consume` releases it, though it hands no message over.
     pub fn is_empty(&self) -> bool {
         !self.is_full(self.head)
     }
 
-    /// Hands up to `max` published messages, in order, to `f`, skipping cancelled slots,
-    /// then releases the consumed positions to producers with one store of `head`.
+    /// Hands up to `max` published messages, in order, to `f`, then releases the
+    /// positions it is done with to producers with one store of `head`.
     ///
-    /// Returns the number of positions released (messages and cancelled slots).
+    /// Cancelled slots (claims dropped or cancelled unpublished) are skipped and released
+    /// on the way; they do not count against `max`, so `consume(1, ..)` hands over the
+    /// next message even behind cancelled slots. It stops after `max` messages, at
+    /// [`Step::Last`] or [`Step::Keep`], or at the first position not published yet.
+    ///
+    /// Returns the number of positions released: messages consumed and cancelled slots
+    /// skipped (a message answered with [`Step::Keep`] is not released).
     pub fn consume(&mut self, max: u32, mut f: impl FnMut(SlotRef<'_>) -> Step) -> u32 {
         let mut taken = 0;
-        while taken < max {
+        let mut handed = 0;
+        while handed < max {
             let position = self.head.wrapping_add(taken);
             if !self.is_full(position) {
                 break;
@@ -573,19 +727,21 @@ impl<M: RingMemory> Consumer<M> {
             // have not released it, so the producer does not write it.
             let step = unsafe {
                 self.mem.with_body(position & self.mask, |body| {
-                    match parse_slot(position, body) {
-                        Some(slot) => f(slot),
-                        None => Step::Next,
-                    }
+                    parse_slot(position, body).map(&mut f)
                 })
             };
             match step {
-                Step::Next => taken += 1,
-                Step::Last => {
+                // Cancelled: released, not handed over.
+                None => taken += 1,
+                Some(Step::Next) => {
+                    taken += 1;
+                    handed += 1;
+                }
+                Some(Step::Last) => {
                     taken += 1;
                     break;
                 }
-                Step::Keep => break,
+                Some(Step::Keep) => break,
             }
         }
         self.release(taken);
@@ -614,6 +770,12 @@ impl<M: RingMemory> Consumer<M> {
     /// Number of slots.
     pub fn capacity(&self) -> u32 {
         self.mem.capacity()
+    }
+}
+
+impl<M: RingMemory> Drop for Consumer<M> {
+    fn drop(&mut self) {
+        self.mem.halves().give_back(Half::Consumer);
     }
 }
 

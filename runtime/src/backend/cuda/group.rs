@@ -21,11 +21,11 @@ use crate::abi::{
     TAG_SENDER_SHIFT,
 };
 use crate::backend::CommandError;
-use crate::control::{ControlMemory, Counters, HostSide};
+use crate::control::{ControlMemory, Counters, HostSide, Sides};
 use crate::health::{self, Health, HealthPolicy, Watchdog};
 use crate::lifecycle::{self, Event};
 use crate::metrics::KernelSample;
-use crate::ring::{Consumer, Producer, RawRing, RingLayout, RingMemory, Step};
+use crate::ring::{Consumer, Halves, Producer, RawRing, RingLayout, RingMemory, Step};
 use crate::routing::DeadLetter;
 use crate::sync::AtomicU32;
 use crate::wait::Backoff;
@@ -145,6 +145,7 @@ pub enum GroupError {
 /// A control block in mapped memory.
 struct MappedControl {
     memory: MappedMemory,
+    sides: Sides,
 }
 
 // SAFETY: the mapped block is 256 bytes, 128-aligned, alive as long as `memory`; every
@@ -165,6 +166,10 @@ unsafe impl ControlMemory for MappedControl {
             )
         }
     }
+
+    fn sides(&self) -> &Sides {
+        &self.sides
+    }
 }
 
 /// A ring in mapped memory and the memory that holds it.
@@ -175,6 +180,9 @@ struct MappedRing {
 
 // SAFETY: forwards to the RawRing, whose memory `_memory` keeps alive.
 unsafe impl RingMemory for MappedRing {
+    fn halves(&self) -> &Halves {
+        self.ring.halves()
+    }
     fn capacity(&self) -> u32 {
         self.ring.capacity()
     }
@@ -505,7 +513,11 @@ impl CudaGroup {
                     .write(block);
             }
             control_addresses.push(memory.device_ptr());
-            let control = HostSide::new(MappedControl { memory });
+            let control = HostSide::new(MappedControl {
+                memory,
+                sides: Sides::new(),
+            })
+            .expect("a new block has no host side yet");
             let in_layout = layout(group, &k.name, "inbox", k.capacity, k.slot_bytes)?;
             let out_layout = layout(
                 group,
@@ -636,12 +648,14 @@ impl CudaGroup {
                 plan: k.clone(),
                 id: i as u32,
                 control,
-                inbox: Producer::new(inbox),
+                inbox: Producer::new(inbox).expect("a new mapped ring has no producer yet"),
                 outputs: Mutex::new(HostOutputs {
-                    ring: Consumer::new(outbox),
+                    ring: Consumer::new(outbox).expect("a new mapped ring has no consumer yet"),
                     queue: VecDeque::new(),
                 }),
-                dead: Mutex::new(Consumer::new(dead)),
+                dead: Mutex::new(
+                    Consumer::new(dead).expect("a new mapped ring has no consumer yet"),
+                ),
                 _state: state,
                 scratch,
                 record_stride: desc.record_stride,
@@ -1242,13 +1256,18 @@ impl CudaGroup {
                 .memory()
                 .head()
                 .load(std::sync::atomic::Ordering::Acquire);
-            kernel.inbox.read_closed(head, |slot| {
-                reports[k].undelivered.push(Message {
-                    tag: slot.tag,
-                    corr: slot.corr,
-                    payload: slot.payload.to_vec(),
+            // SAFETY: the inbox's consumer is the kernel's device block, and it releases
+            // nothing more: this runs only once the grid finished or the kernel
+            // acknowledged its stop (`acknowledged[k]`), after which its loop has left.
+            unsafe {
+                kernel.inbox.read_closed(head, |slot| {
+                    reports[k].undelivered.push(Message {
+                        tag: slot.tag,
+                        corr: slot.corr,
+                        payload: slot.payload.to_vec(),
+                    });
                 });
-            });
+            }
             collected.inbox[k] = true;
         }
         if finished && fault.is_none() && !collected.device {
@@ -1318,7 +1337,7 @@ impl CudaGroup {
             call: "read back a device ring",
             message: e.to_string(),
         })?;
-        let mut consumer = Consumer::new(ring);
+        let mut consumer = Consumer::new(ring).expect("a new view has no consumer yet");
         let mut messages = Vec::new();
         consumer.consume(u32::MAX, |slot| {
             messages.push(Message {

@@ -463,14 +463,15 @@ impl WgpuGroup {
             let st_dead = stage(&mut copies, at_dead, dead_layout.region_bytes() as u64);
             let mirror = HostControl::new(i as u32);
             // The host outbox: the ticker produces into it, receivers consume.
-            let outbox = Arc::new(HostRing::with_origin(out_layout, 0));
+            let (outbox_tx, outbox) = HostRing::with_origin(out_layout, 0).split();
             kernels.push(KernelRt {
                 plan: k.clone(),
                 id: i as u32,
-                control: HostSide::new(mirror),
-                inbox: Producer::new(Arc::new(HostRing::with_origin(in_layout, k.origin))),
-                outbox_tx: Producer::new(Arc::clone(&outbox)),
-                outbox: Mutex::new(Consumer::new(outbox)),
+                control: HostSide::new(mirror).expect("a new block has no host side yet"),
+                inbox: Producer::new(Arc::new(HostRing::with_origin(in_layout, k.origin)))
+                    .expect("a new ring has no producer yet"),
+                outbox_tx,
+                outbox: Mutex::new(outbox),
                 overflow: Mutex::new(VecDeque::new()),
                 outbox_full: AtomicBool::new(false),
                 watchdog: Mutex::new(None),
@@ -1464,19 +1465,27 @@ impl Inner {
                 undelivered_outputs: Vec::new(),
             })
             .collect();
+        // The ticker moves the inbox mirrors' heads only while it holds the engine: hold it
+        // while the mirrors are read.
+        let engine = self.engine.lock();
         for (k, kernel) in self.kernels.iter().enumerate() {
             // The host inbox mirror holds every message not consumed on the device: from the
             // device's last head on.
             // ORDERING: Acquire pairs with the ticker's Release store of head.
             let head = kernel.inbox.memory().head().load(Ordering::Acquire);
-            kernel.inbox.read_closed(head, |slot| {
-                reports[k].undelivered.push(Message {
-                    tag: slot.tag,
-                    corr: slot.corr,
-                    payload: slot.payload.to_vec(),
+            // SAFETY: the mirror's only consumer is the ticker, which releases positions
+            // (stores `head`) only in `tick`, under the engine lock held here.
+            unsafe {
+                kernel.inbox.read_closed(head, |slot| {
+                    reports[k].undelivered.push(Message {
+                        tag: slot.tag,
+                        corr: slot.corr,
+                        payload: slot.payload.to_vec(),
+                    });
                 });
-            });
+            }
         }
+        drop(engine);
         if fault.is_none() {
             match self.read_leftovers() {
                 Ok((per_edge, per_outbox)) => {

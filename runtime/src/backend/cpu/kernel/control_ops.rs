@@ -497,12 +497,22 @@ impl KernelCore {
         // from its consumer's released head (nothing of it is in hand).
         for (number, producer) in rings.iter().filter(|(n, _)| *n == ring) {
             debug_assert_eq!(*number, ring);
-            producer.read_closed(position, &mut *on_input);
+            // SAFETY: the consumer is inside the handler of the message at `position`,
+            // which it has not released, and releases nothing while the handler runs.
+            // (Should the handler return during this read, the turn releases that message
+            // before it sees `terminating`: a window `read_closed`'s contract excludes
+            // and this path does not yet close.)
+            unsafe { producer.read_closed(position, &mut *on_input) };
         }
         for (_, producer) in rings.iter().filter(|(n, _)| *n != ring) {
             // ORDERING: Acquire pairs with the consumer's Release store of `head`.
             let head = producer.memory().head().load(Ordering::Acquire);
-            producer.read_closed(head, &mut *on_input);
+            // SAFETY: the consumer is stuck in a handler of the other ring's message: a
+            // turn consumes one ring after the other, so this one's consume is finished
+            // or not begun, and releases nothing while the handler runs (if it returns,
+            // the turn answers `Keep` to this ring's messages once `terminating` is set,
+            // though cancelled slots before the first message may be released).
+            unsafe { producer.read_closed(head, &mut *on_input) };
         }
         // ORDERING: Release pairs with the Acquire load in `try_recv_from`.
         self.stopped.store(true, Ordering::Release);

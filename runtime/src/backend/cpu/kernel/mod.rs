@@ -325,21 +325,24 @@ impl KernelCore {
         dead: Arc<DeadLetters>,
         supervisor: Arc<Supervisor>,
     ) -> Self {
-        let inbox_ring = Arc::new(HostRing::new(config.inbox));
-        let lane_ring = Arc::new(HostRing::new(config.inbox));
-        let outbox_ring = config.outbox.map(|layout| Arc::new(HostRing::new(layout)));
-        let control = Arc::new(HostControl::new(id));
+        let (inbox_tx, inbox_rx) = HostRing::new(config.inbox).split();
+        let (lane_tx, lane_rx) = HostRing::new(config.inbox).split();
+        let (outbox_tx, outbox_rx) = config
+            .outbox
+            .map(|layout| HostRing::new(layout).split())
+            .unzip();
+        let (host_control, kernel_control) = HostControl::new(id).split();
         let port_count = config.ports.max(1) as usize;
         let exec = Exec {
-            inbox: Consumer::new(inbox_ring.clone()),
-            lane: Consumer::new(lane_ring.clone()),
+            inbox: inbox_rx,
+            lane: lane_rx,
             lane_first: false,
-            control: KernelSide::new(control.clone()),
+            control: kernel_control,
             handler,
             state: State::Launched,
             ports: (0..config.ports.max(1))
                 .map(|port| {
-                    ports::Port::new(if port == 0 && outbox_ring.is_some() {
+                    ports::Port::new(if port == 0 && outbox_tx.is_some() {
                         PortTarget::Host
                     } else {
                         PortTarget::Unbound
@@ -351,12 +354,12 @@ impl KernelCore {
         };
         Self {
             id,
-            inbox: Producer::new(inbox_ring),
-            lane: Producer::new(lane_ring),
+            inbox: inbox_tx,
+            lane: lane_tx,
             lane_taken: AtomicBool::new(false),
-            outbox: outbox_ring.clone().map(Producer::new),
-            outbox_rx: CachePadded::new(Mutex::new(outbox_ring.map(Consumer::new))),
-            control: HostSide::new(control),
+            outbox: outbox_tx,
+            outbox_rx: CachePadded::new(Mutex::new(outbox_rx)),
+            control: host_control,
             exec: CachePadded::new(Mutex::new(exec)),
             pool,
             config,
