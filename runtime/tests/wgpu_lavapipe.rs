@@ -512,3 +512,136 @@ fn parallel_builtins_scatter_affine_gather() {
     assert!(!report.timed_out);
     assert_eq!(report.undelivered_count(), 0);
 }
+
+/// Every id that any of `reports` hands back, as (id, report index) pairs, sorted by id.
+fn handed_back(reports: &[gyre_runtime::backend::group::GroupReport]) -> Vec<(u64, usize)> {
+    let mut ids: Vec<(u64, usize)> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(r, report)| {
+            report.kernels.iter().flat_map(move |k| {
+                k.undelivered
+                    .iter()
+                    .chain(k.undelivered_outputs.iter().map(|(_, m)| m))
+                    .map(move |m| (value(m), r))
+            })
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Issue 10, defect 11: a second `terminate` handed back the same messages again. Each
+/// message is handed back once: the first report has them, a later one has nothing.
+#[test]
+fn a_second_terminate_hands_back_nothing_again() {
+    let Some(gpu) = gpu() else { return };
+    let group = launch(&gpu, vec![WgpuKernelPlan::new("echo", echo8())], vec![]);
+    for i in 0..8u64 {
+        group.try_send(0, &i.to_ne_bytes(), [i as u32, 0]).unwrap();
+    }
+    let first = group.terminate();
+    let second = group.terminate();
+    assert!(first.fault.is_none() && second.fault.is_none());
+    assert_eq!(
+        first.kernels[0]
+            .undelivered
+            .iter()
+            .map(value)
+            .collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>(),
+        "the first report hands back the queued messages, in order"
+    );
+    assert_eq!(second.undelivered_count(), 0, "{second:?}");
+    assert_eq!(second.kernels[0].state, State::Terminated);
+    assert_eq!(
+        second.kernels[0].counters.processed,
+        first.kernels[0].counters.processed
+    );
+}
+
+/// Issue 10, defect 11: two `terminate` calls from two threads returned the same
+/// messages in both reports. Concurrent stops serialise: each message is in one report.
+#[test]
+fn concurrent_terminates_hand_back_each_message_once() {
+    let Some(gpu) = gpu() else { return };
+    for round in 0..4u64 {
+        let mut up = WgpuKernelPlan::new("up", echo8());
+        up.quantum = 2;
+        up.max_emits = 1;
+        let mut down = WgpuKernelPlan::new("down", echo8());
+        down.capacity = 4;
+        let group = launch(
+            &gpu,
+            vec![up, down],
+            vec![Route {
+                from: 0,
+                port: 0,
+                to: Target::Kernel(1),
+            }],
+        );
+        if round % 2 == 1 {
+            // Messages in the route as well as in the inbox.
+            group.command(0, Command::Activate).unwrap();
+        }
+        let total = 38u64;
+        for i in 0..total {
+            group
+                .send(0, &i.to_ne_bytes(), [i as u32, 0], TIMEOUT)
+                .unwrap();
+        }
+        let reports: Vec<_> = std::thread::scope(|s| {
+            let stops: Vec<_> = (0..3).map(|_| s.spawn(|| group.terminate())).collect();
+            stops.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let ids = handed_back(&reports);
+        let mut seen: Vec<u64> = ids.iter().map(|&(id, _)| id).collect();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            ids.len(),
+            "round {round}: a message came back in more than one report: {ids:?}"
+        );
+        // Nothing was received and nothing processed by the last kernel reached the host
+        // outbox except what is still receivable: every id is in a report or receivable.
+        let mut all = seen;
+        while let Some(m) = group.try_recv(1) {
+            all.push(value(&m));
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..total).collect::<Vec<_>>(), "round {round}");
+    }
+}
+
+/// Issue 10, defect 11: a drain that timed out and a terminate after it each hand back
+/// a message at most once between them.
+#[test]
+fn drain_then_terminate_hands_back_each_message_once() {
+    let Some(gpu) = gpu() else { return };
+    let mut k = WgpuKernelPlan::new("echo", echo8());
+    k.capacity = 64;
+    // One message per tick: a drain with no time left ends with most of the inbox still
+    // queued, terminates the rest and hands that back.
+    k.quantum = 1;
+    let group = launch(&gpu, vec![k], vec![]);
+    let total = 64u64;
+    for i in 0..total {
+        group.try_send(0, &i.to_ne_bytes(), [i as u32, 0]).unwrap();
+    }
+    let drained = group.drain(Duration::ZERO);
+    assert!(drained.timed_out, "{drained:?}");
+    assert!(drained.undelivered_count() > 0, "{drained:?}");
+    let terminated = group.terminate();
+    assert_eq!(terminated.undelivered_count(), 0, "{terminated:?}");
+    let reports = [drained, terminated];
+    let mut all: Vec<u64> = handed_back(&reports).iter().map(|&(id, _)| id).collect();
+    while let Some(m) = group.try_recv(0) {
+        all.push(value(&m));
+    }
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..total).collect::<Vec<_>>(),
+        "every message once: handed back or received"
+    );
+}

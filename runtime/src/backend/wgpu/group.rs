@@ -289,6 +289,10 @@ struct Engine {
     /// that changes none of it, after uploading nothing, is a fixed point, and ticking
     /// again would only spin until the host sends, receives or commands.
     fingerprint: u64,
+    /// Set by the stop that hands the group's messages back: from then on no tick runs,
+    /// so what that report read stays the whole truth (nothing it handed back is
+    /// processed later, nothing processed is handed back).
+    halted: bool,
 }
 
 /// A group of kernels with resident state on a wgpu device, run in ticks.
@@ -313,6 +317,12 @@ struct Inner {
     /// queue instead of making a kernel wait.
     unbounded: AtomicBool,
     fault: Mutex<Option<String>>,
+    /// Serialises drains' and terminates' final stops; true once one of them handed the
+    /// group's undelivered messages back (a message is handed back once, ever).
+    handed_back: Mutex<bool>,
+    /// Set with [`Engine::halted`]: commands are refused from then on (no tick would
+    /// acknowledge them).
+    halted: AtomicBool,
     dead_letters: Mutex<Vec<DeadLetter>>,
     command_timeout: Duration,
     adapter: String,
@@ -735,6 +745,7 @@ impl WgpuGroup {
             cursors,
             ticks: 0,
             fingerprint: 0,
+            halted: false,
         };
         let adapter = super::adapter::describe(&gpu.info);
         tracing::info!(group, kernels = n, %adapter, "launched wgpu group (resident state, ticked execution)");
@@ -750,6 +761,8 @@ impl WgpuGroup {
             stop: AtomicBool::new(false),
             unbounded: AtomicBool::new(false),
             fault: Mutex::new(None),
+            handed_back: Mutex::new(false),
+            halted: AtomicBool::new(false),
             dead_letters: Mutex::new(Vec::new()),
             command_timeout,
             adapter,
@@ -992,8 +1005,13 @@ impl WgpuGroup {
         inner.unbounded.store(true, Ordering::SeqCst);
         inner.poke();
         for &k in &inner.order {
-            if !lifecycle::is_stopped(self.state(k)) && inner.command(k, Command::Drain).is_err() {
-                timed_out = inner.fault.lock().is_none();
+            if lifecycle::is_stopped(self.state(k)) {
+                continue;
+            }
+            // A refused transition (a concurrent drain or terminate got there first) or a
+            // fault is no timeout: the wait below and the final stop cover both.
+            if let Err(CommandError::Unresponsive { .. }) = inner.command(k, Command::Drain) {
+                timed_out = true;
             }
         }
         let done = inner.ticked.wait_until(Some(deadline), || {
@@ -1013,12 +1031,19 @@ impl WgpuGroup {
 
     /// Terminates every kernel at the next tick; everything left in a ring comes back in
     /// the report.
+    ///
+    /// A message is handed back once, ever: the first stop of the group (this, a drain,
+    /// or dropping the group) hands back everything undelivered, and every later stop
+    /// returns a report with the kernels' final states and counters and nothing
+    /// undelivered. Stops from several threads at once serialise: each message is in
+    /// exactly one of their reports.
     pub fn terminate(&self) -> GroupReport {
         self.stop_all()
     }
 
     fn stop_all(&self) -> GroupReport {
         let inner = &self.inner;
+        let mut handed_back = inner.handed_back.lock();
         inner.unbounded.store(true, Ordering::SeqCst);
         for &k in &inner.order {
             if !lifecycle::is_stopped(self.state(k)) {
@@ -1027,7 +1052,9 @@ impl WgpuGroup {
                 }
             }
         }
-        inner.report()
+        let report = inner.report(!*handed_back);
+        *handed_back = true;
+        report
     }
 
     /// Makes the device lost, as a driver reset would (for tests of the fault path).
@@ -1089,6 +1116,16 @@ impl Inner {
     fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
         let kernel = &self.kernels[k];
         let _serial = kernel.commands.lock();
+        // ORDERING: SeqCst pairs with the store in `report`, made after it set every
+        // mirror's final state.
+        if self.halted.load(Ordering::SeqCst) {
+            // The group was stopped for good and no tick runs any more: nothing would
+            // acknowledge a command. Refuse what the state refuses; the rest (terminating
+            // a faulted kernel) is already done.
+            let from = kernel.control.state();
+            lifecycle::transition(from, Event::Command(command))?;
+            return Ok(from);
+        }
         if let Some(reason) = self.fault.lock().clone() {
             return Err(CommandError::Faulted {
                 name: kernel.plan.name.clone(),
@@ -1169,6 +1206,10 @@ impl Inner {
     fn tick(&self) -> Result<bool, String> {
         let mut engine = self.engine.lock();
         let engine = &mut *engine;
+        if engine.halted {
+            // The group's messages were handed back: the device runs nothing more.
+            return Ok(false);
+        }
         let gpu = Arc::clone(&engine.gpu);
         if let Some(lost) = gpu.lost() {
             return Err(format!("device lost: {lost}"));
@@ -1442,9 +1483,33 @@ impl Inner {
         Ok((pending && progress) || self.work.load(Ordering::SeqCst))
     }
 
-    /// The report once every kernel stopped (or the group faulted).
-    fn report(&self) -> GroupReport {
+    /// The report once every kernel stopped (or the group faulted). With `hand_back`,
+    /// it halts the group (no tick runs again) and hands back every message not
+    /// delivered; without, it reports states and counters only (a message is handed
+    /// back once, by the first stop).
+    fn report(&self, hand_back: bool) -> GroupReport {
+        // Holding the engine, no tick runs while the report reads the mirrors and rings.
+        let mut engine = self.engine.lock();
         let fault = self.fault.lock().clone();
+        if hand_back {
+            engine.halted = true;
+            for kernel in &self.kernels {
+                let state = kernel.control.state();
+                if !lifecycle::is_stopped(state) {
+                    // A kernel that did not acknowledge its terminate in time: no tick
+                    // runs it again, so it is terminated from here on.
+                    tracing::warn!(group = %self.name, kernel = %kernel.plan.name, ?state, "terminated without acknowledging: the group runs no more ticks");
+                    kernel
+                        .control
+                        .memory()
+                        .word(std::mem::offset_of!(ControlBlock, state))
+                        .store(State::Terminated as u32, Ordering::Relaxed);
+                }
+            }
+            // ORDERING: SeqCst pairs with the load in `command`: a command that sees the
+            // group halted sees the final states above.
+            self.halted.store(true, Ordering::SeqCst);
+        }
         let mut reports: Vec<KernelReport> = self
             .kernels
             .iter()
@@ -1460,6 +1525,13 @@ impl Inner {
                 undelivered_outputs: Vec::new(),
             })
             .collect();
+        if !hand_back {
+            return GroupReport {
+                kernels: reports,
+                timed_out: false,
+                fault,
+            };
+        }
         for (k, kernel) in self.kernels.iter().enumerate() {
             // The host inbox mirror holds every message not consumed on the device: from the
             // device's last head on.
@@ -1474,7 +1546,7 @@ impl Inner {
             });
         }
         if fault.is_none() {
-            match self.read_leftovers() {
+            match self.read_leftovers(&mut engine) {
                 Ok((per_edge, per_outbox)) => {
                     for (edge, messages) in self.edges.iter().zip(per_edge) {
                         reports[edge.to].undelivered.extend(messages);
@@ -1499,9 +1571,7 @@ impl Inner {
     /// Copies every kernel-to-kernel ring and every host outbox back (once the kernels
     /// stopped) and reads what is left in them: messages still in a route, and outputs
     /// the ticker could not yet move to the host.
-    fn read_leftovers(&self) -> Result<Leftovers, String> {
-        let mut engine = self.engine.lock();
-        let engine = &mut *engine;
+    fn read_leftovers(&self, engine: &mut Engine) -> Result<Leftovers, String> {
         let gpu = Arc::clone(&engine.gpu);
         let mut regions: Vec<(u64, RingLayout, Option<u32>)> =
             self.edges.iter().map(|e| (e.at, e.layout, None)).collect();
