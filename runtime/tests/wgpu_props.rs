@@ -305,8 +305,9 @@ fn launch(gpu: &Arc<GpuContext>, plans: &[KernelPlan]) -> WgpuGroup {
     .unwrap_or_else(|e| panic!("launch failed: {e}"))
 }
 
-/// First id the load sender of [`End::Stops`] sends (the ops' ids stay below it).
-const LOAD_IDS: u64 = 1 << 32;
+/// First id the load sender of [`End::Stops`] sends (the ops' ids stay below it; the
+/// handler tests the low word, so ids stay below 2^32).
+const LOAD_IDS: u64 = 1 << 31;
 /// Most ids the load sender sends.
 const LOAD_MAX: u64 = 4096;
 
