@@ -80,12 +80,18 @@ const PORT_DEAD: u32 = 3;
 const DEAD_HANDLER_ERROR: u32 = 1;
 const DEAD_PORT: u32 = 2;
 const DEAD_STOPPED: u32 = 3;
-/// Most messages one kernel handles per tick. On lavapipe, a single invocation handling
-/// more than about 3,200 messages in one dispatch occasionally lost the payload words of
-/// one message after the first (1 in ~3,300; never at 3,000 or below over 10^5+ messages
-/// per setting); the cause (driver or wgpu) is not found yet, so the runtime stays well
-/// below it.
-pub const MAX_QUANTUM: u32 = 2048;
+/// Passes through a loop's end that gallivm (lavapipe, llvmpipe) counts against its
+/// per-invocation loop limit, per WGSL loop iteration, as a bound: a loop costs its
+/// iterations plus one, and the compiler adds passes of its own (the tick's happy path
+/// measured 18 passes for 9 iterations on Mesa 22.3; runtime/docs/WGPU.md, "Long
+/// dispatches on lavapipe").
+const LOOP_COST: u32 = 2;
+/// Loop iterations of one tick outside its messages (ports, inboxes, the drain rule), with
+/// room to spare.
+const TICK_LOOPS: u32 = 128;
+/// Loop iterations of a built-in handler per message, at most (aggregate and histogram
+/// save and restore their output words).
+const BUILTIN_LOOPS: u32 = 24;
 
 /// One kernel of a wgpu group plan.
 #[derive(Clone, Debug)]
@@ -110,7 +116,8 @@ pub struct WgpuKernelPlan {
     pub ports: u32,
     /// Most emits per message.
     pub max_emits: u32,
-    /// Most messages one tick handles.
+    /// Most messages one tick handles (an adapter with a loop limit, lavapipe, may lower
+    /// it: [`WgpuGroup::quantum`]).
     pub quantum: u32,
     /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
     pub origin: u32,
@@ -358,17 +365,6 @@ impl WgpuGroup {
             return Err(invalid(group, "a group needs at least one kernel"));
         }
         for k in &plan.kernels {
-            if k.quantum > MAX_QUANTUM {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}`'s quantum {} is above {MAX_QUANTUM} messages per tick: lower it \
-                         (runtime/docs/WGPU.md, known issue: longer single dispatches lost the \
-                         payload of a message on lavapipe)",
-                        k.name, k.quantum
-                    ),
-                ));
-            }
             if k.max_emits == 0 || k.quantum == 0 {
                 return Err(invalid(
                     group,
@@ -537,6 +533,41 @@ impl WgpuGroup {
                 }
             })
             .collect();
+        // On an adapter whose driver cuts loops short past a number of iterations per
+        // invocation (lavapipe), each kernel's quantum is lowered to what fits under it.
+        if let Some(limit) = gpu.loop_limit() {
+            for (i, k) in kernels.iter_mut().enumerate() {
+                let words = |payload: u32| (payload / 4).min(msg_words);
+                let w_in = words(k.in_layout.payload_bytes());
+                let w_out = targets[i]
+                    .iter()
+                    .map(|t| match *t {
+                        Target::Kernel(to) => {
+                            words(plan.kernels[to].slot_bytes - SLOT_HEADER_BYTES)
+                        }
+                        Target::Host => words(k.out_layout.payload_bytes()),
+                        Target::DeadLetters => words(k.dead_layout.payload_bytes()),
+                    })
+                    .max()
+                    .unwrap_or(0)
+                    .max(words(k.dead_layout.payload_bytes()));
+                let most = quantum_under_loop_limit(&k.plan, w_in, w_out, limit).ok_or_else(|| {
+                    invalid(
+                        group,
+                        format!(
+                            "kernel `{}`: one message of {w_in} words with {} emits of up to {w_out} \
+                             words may run more loop iterations than this adapter's driver allows \
+                             in one dispatch ({limit}, gallivm): use smaller slots or fewer emits",
+                            k.plan.name, k.plan.max_emits
+                        ),
+                    )
+                })?;
+                if k.plan.quantum > most {
+                    tracing::debug!(group, kernel = %k.plan.name, asked = k.plan.quantum, most, "quantum lowered to the adapter's loop limit");
+                    k.plan.quantum = most;
+                }
+            }
+        }
         let total = layout.bytes.next_multiple_of(256);
         let limits = gpu.device.limits();
         if total > limits.max_storage_buffer_binding_size || total > limits.max_buffer_size {
@@ -790,6 +821,13 @@ impl WgpuGroup {
     /// The index of the kernel named `name`.
     pub fn kernel_index(&self, name: &str) -> Option<usize> {
         self.inner.kernels.iter().position(|k| k.plan.name == name)
+    }
+
+    /// The most messages kernel `k` handles per tick: its plan's quantum, lowered on an
+    /// adapter whose driver limits loop iterations per invocation (lavapipe; see
+    /// [`GpuContext::loop_limit`](super::adapter::GpuContext::loop_limit)).
+    pub fn quantum(&self, k: usize) -> u32 {
+        self.inner.kernels[k].plan.quantum
     }
 
     /// Ticks run so far.
@@ -1642,6 +1680,40 @@ impl Inner {
         readback.unmap();
         Ok((edges, outboxes))
     }
+}
+
+/// The largest quantum under which one tick of `plan`'s kernel stays below `limit` loop
+/// iterations per invocation (gallivm's count: [`LOOP_COST`] per WGSL loop iteration), for
+/// inbox messages of `w_in` payload words and emits of up to `w_out`; `None` when not even
+/// one message fits. Every count is the worst case: every message fails (its dead letter
+/// copies it twice more) and every emit goes to the dead letters. A user handler's own
+/// loops are its own to bound (runtime/docs/WGPU.md).
+fn quantum_under_loop_limit(
+    plan: &WgpuKernelPlan,
+    w_in: u32,
+    w_out: u32,
+    limit: u32,
+) -> Option<u32> {
+    let handler = match plan.handler {
+        WgslHandler::Builtin(_) => BUILTIN_LOOPS,
+        WgslHandler::Source { .. } => 0,
+    };
+    let emits = plan.max_emits.saturating_mul(2 * w_out + 4);
+    let budget = (limit / LOOP_COST).checked_sub(TICK_LOOPS)?;
+    let most = if plan.parallel {
+        // Per batch of up to 64, the invocations of invocation 0's lanes: picking the
+        // batch (inboxes, then up to 64 stamps), clearing counts, its message (reading,
+        // staging, counting), the prefix sums (9 rings x 64), writing its emits and dead
+        // letter, and taking the batch's counts. A partial batch per inbox at most.
+        let wg = WORKGROUP;
+        let batch = 8 + wg + 9 + 2 * w_in + handler + 2 * emits + 9 * (wg + 1) + w_in + 4 + wg + 1;
+        (budget / batch).checked_sub(8)?.saturating_mul(wg)
+    } else {
+        // The message loop, reading it, copying it for a dead letter and writing that
+        // (4 + w_in), the handler, its emits.
+        budget / (1 + 4 * w_in + 4 + handler + emits)
+    };
+    (most > 0).then_some(most)
 }
 
 /// Reads the messages of a copied ring region from `*head` on while stamps say they are
