@@ -439,9 +439,9 @@ impl Group {
     /// let group = g.launch()?;
     /// group.activate()?;
     /// for x in 0..4 {
-    ///     group.kernel(front).send(x)?;
+    ///     group.kernel(front)?.send(x)?;
     /// }
-    /// while group.kernel(back).state() != State::Faulted {
+    /// while group.kernel(back)?.state() != State::Faulted {
     ///     std::thread::yield_now();
     /// }
     /// let report = group.drain(Duration::from_secs(5));

@@ -484,12 +484,19 @@ impl WgpuGroupHandle {
     /// upstream first: each processes everything in its inboxes and delivers its
     /// outputs, then terminates. Outputs for the host stay receivable. If `timeout`
     /// passes, the rest is terminated and the report says `timed_out`.
+    ///
+    /// A message is handed back once, ever: only the first stop of the group (a drain,
+    /// a terminate, or dropping the handle) hands back what is undelivered; every later
+    /// stop returns the final states and counters with nothing undelivered. Stops from
+    /// several threads at once serialise, so each message is in exactly one report.
     pub fn drain(&self, timeout: Duration) -> WgpuReport {
         WgpuReport(self.core.drain(timeout))
     }
 
     /// Terminates every kernel at the next tick; every message still in a ring comes
-    /// back in the report. Outputs already in a host output stay receivable.
+    /// back in the report. Outputs already in a host output stay receivable. As with
+    /// [`drain`](Self::drain), only the first stop hands messages back; a later one
+    /// reports nothing undelivered.
     pub fn terminate(&self) -> WgpuReport {
         WgpuReport(self.core.terminate())
     }

@@ -176,6 +176,38 @@ fn a_terminate_hands_back_queued_messages_typed() {
     assert_eq!(report.processed(&double), 0);
 }
 
+/// Issue 10, defect 11: stops hand each message back once, ever: concurrent terminates
+/// split the queue between their reports, and a drain after them hands back nothing.
+#[test]
+fn stops_hand_each_message_back_once_typed() {
+    let Some(runtime) = software() else { return };
+    let mut g = runtime.wgpu_group("stops").unwrap();
+    let double = g.add(WgpuKernel::<u32, u32>::source("double", "double_u32", DOUBLE).capacity(64));
+    let group = g.launch().unwrap();
+    for i in 0..40u32 {
+        group.try_send(&double, i).unwrap();
+    }
+    let reports = std::thread::scope(|s| {
+        let a = s.spawn(|| group.terminate());
+        let b = s.spawn(|| group.terminate());
+        [a.join().unwrap(), b.join().unwrap()]
+    });
+    let mut handed: Vec<u32> = reports
+        .iter()
+        .flat_map(|r| r.undelivered(&double))
+        .collect();
+    handed.sort_unstable();
+    assert_eq!(
+        handed,
+        (0..40).collect::<Vec<u32>>(),
+        "each message in one report"
+    );
+    let again = group.drain(TIMEOUT);
+    assert_eq!(again.undelivered_count(), 0, "{:?}", again.group_report());
+    assert!(!again.timed_out());
+    assert_eq!(again.final_state(&double), State::Terminated);
+}
+
 #[test]
 fn a_handler_with_a_syntax_error_fails_at_launch_with_file_and_line() {
     let Some(runtime) = software() else { return };

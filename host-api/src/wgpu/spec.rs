@@ -172,7 +172,9 @@ impl<In: Message, Out: Message> WgpuKernel<In, Out> {
     }
 
     /// Most messages the kernel handles per tick (at least 1, default 1,024): lower it so
-    /// one busy kernel does not lengthen every tick of its group.
+    /// one busy kernel does not lengthen every tick of its group. On Mesa's lavapipe the
+    /// group lowers it further, to what the driver's per-invocation loop limit allows
+    /// (runtime/docs/WGPU.md, "Long dispatches on lavapipe").
     ///
     /// ```
     /// # use gyre::wgpu::WgpuKernel;

@@ -79,7 +79,30 @@ pub struct GpuContext {
     error: Arc<Mutex<Option<String>>>,
 }
 
+/// Loop iterations one shader invocation runs on Mesa's gallivm (llvmpipe on GL, lavapipe
+/// on Vulkan) before the driver ends every loop early: `LP_MAX_TGSI_LOOP_ITERATIONS`, one
+/// counter per invocation that every pass through the end of any loop's body decrements.
+/// Past it, the loop in hand stops after its current iteration and so does every later
+/// one: no error, no fault, just work left undone (runtime/docs/WGPU.md, "Long dispatches
+/// on lavapipe").
+pub const GALLIVM_LOOP_LIMIT: u32 = 65_535;
+
+/// How many loop iterations one shader invocation may run on the adapter `info` describes
+/// before its driver silently cuts loops short, if it has such a limit: Mesa's llvmpipe
+/// and lavapipe (gallivm) do, at [`GALLIVM_LOOP_LIMIT`]; hardware drivers do not.
+pub fn loop_limit(info: &wgpu::AdapterInfo) -> Option<u32> {
+    let gallivm = info.driver.eq_ignore_ascii_case("llvmpipe")
+        || info.name.starts_with("llvmpipe")
+        || info.driver_info.contains("llvmpipe");
+    gallivm.then_some(GALLIVM_LOOP_LIMIT)
+}
+
 impl GpuContext {
+    /// The adapter's [`loop_limit`]: what bounds a wgpu kernel's quantum on it.
+    pub fn loop_limit(&self) -> Option<u32> {
+        loop_limit(&self.info)
+    }
+
     /// Why the device was lost (`None` while it is usable). Once lost, every later
     /// submission fails; the device must be opened again.
     pub fn lost(&self) -> Option<String> {
@@ -370,6 +393,40 @@ mod tests {
         drop(view);
         staging.unmap();
         assert!(context.take_error().is_none());
+    }
+
+    fn info(name: &str, driver: &str, device_type: wgpu::DeviceType) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo {
+            name: name.to_owned(),
+            driver: driver.to_owned(),
+            ..wgpu::AdapterInfo::new(device_type, wgpu::Backend::Vulkan)
+        }
+    }
+
+    #[test]
+    fn only_gallivm_adapters_limit_loops() {
+        use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu};
+        let lavapipe = info("llvmpipe (LLVM 15.0.6, 256 bits)", "llvmpipe", Cpu);
+        assert_eq!(loop_limit(&lavapipe), Some(GALLIVM_LOOP_LIMIT));
+        // wgpu's GL backend names the renderer and leaves the driver empty.
+        let gl = info("llvmpipe (LLVM 15.0.6, 256 bits)", "", Cpu);
+        assert_eq!(loop_limit(&gl), Some(GALLIVM_LOOP_LIMIT));
+        for hardware in [
+            info("NVIDIA H100", "NVIDIA", DiscreteGpu),
+            info(
+                "AMD Radeon Graphics (RADV GFX1103_R1)",
+                "radv",
+                IntegratedGpu,
+            ),
+            info(
+                "Intel(R) Graphics (ADL GT2)",
+                "Intel open-source Mesa driver",
+                IntegratedGpu,
+            ),
+            info("SwiftShader Device (Subzero)", "SwiftShader driver", Cpu),
+        ] {
+            assert_eq!(loop_limit(&hardware), None, "{}", hardware.name);
+        }
     }
 
     #[test]

@@ -80,12 +80,18 @@ const PORT_DEAD: u32 = 3;
 const DEAD_HANDLER_ERROR: u32 = 1;
 const DEAD_PORT: u32 = 2;
 const DEAD_STOPPED: u32 = 3;
-/// Most messages one kernel handles per tick. On lavapipe, a single invocation handling
-/// more than about 3,200 messages in one dispatch occasionally lost the payload words of
-/// one message after the first (1 in ~3,300; never at 3,000 or below over 10^5+ messages
-/// per setting); the cause (driver or wgpu) is not found yet, so the runtime stays well
-/// below it.
-pub const MAX_QUANTUM: u32 = 2048;
+/// Passes through a loop's end that gallivm (lavapipe, llvmpipe) counts against its
+/// per-invocation loop limit, per WGSL loop iteration, as a bound: a loop costs its
+/// iterations plus one, and the compiler adds passes of its own (the tick's happy path
+/// measured 18 passes for 9 iterations on Mesa 22.3; runtime/docs/WGPU.md, "Long
+/// dispatches on lavapipe").
+const LOOP_COST: u32 = 2;
+/// Loop iterations of one tick outside its messages (ports, inboxes, the drain rule), with
+/// room to spare.
+const TICK_LOOPS: u32 = 128;
+/// Loop iterations of a built-in handler per message, at most (aggregate and histogram
+/// save and restore their output words).
+const BUILTIN_LOOPS: u32 = 24;
 
 /// One kernel of a wgpu group plan.
 #[derive(Clone, Debug)]
@@ -110,7 +116,8 @@ pub struct WgpuKernelPlan {
     pub ports: u32,
     /// Most emits per message.
     pub max_emits: u32,
-    /// Most messages one tick handles.
+    /// Most messages one tick handles (an adapter with a loop limit, lavapipe, may lower
+    /// it: [`WgpuGroup::quantum`]).
     pub quantum: u32,
     /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
     pub origin: u32,
@@ -289,6 +296,10 @@ struct Engine {
     /// that changes none of it, after uploading nothing, is a fixed point, and ticking
     /// again would only spin until the host sends, receives or commands.
     fingerprint: u64,
+    /// Set by the stop that hands the group's messages back: from then on no tick runs,
+    /// so what that report read stays the whole truth (nothing it handed back is
+    /// processed later, nothing processed is handed back).
+    halted: bool,
 }
 
 /// A group of kernels with resident state on a wgpu device, run in ticks.
@@ -313,6 +324,12 @@ struct Inner {
     /// queue instead of making a kernel wait.
     unbounded: AtomicBool,
     fault: Mutex<Option<String>>,
+    /// Serialises drains' and terminates' final stops; true once one of them handed the
+    /// group's undelivered messages back (a message is handed back once, ever).
+    handed_back: Mutex<bool>,
+    /// Set with [`Engine::halted`]: commands are refused from then on (no tick would
+    /// acknowledge them).
+    halted: AtomicBool,
     dead_letters: Mutex<Vec<DeadLetter>>,
     command_timeout: Duration,
     adapter: String,
@@ -351,17 +368,6 @@ impl WgpuGroup {
             ));
         }
         for k in &plan.kernels {
-            if k.quantum > MAX_QUANTUM {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}`'s quantum {} is above {MAX_QUANTUM} messages per tick: lower it \
-                         (runtime/docs/WGPU.md, known issue: longer single dispatches lost the \
-                         payload of a message on lavapipe)",
-                        k.name, k.quantum
-                    ),
-                ));
-            }
             if k.max_emits == 0 || k.quantum == 0 {
                 return Err(invalid(
                     group,
@@ -532,6 +538,41 @@ impl WgpuGroup {
                 }
             })
             .collect();
+        // On an adapter whose driver cuts loops short past a number of iterations per
+        // invocation (lavapipe), each kernel's quantum is lowered to what fits under it.
+        if let Some(limit) = gpu.loop_limit() {
+            for (i, k) in kernels.iter_mut().enumerate() {
+                let words = |payload: u32| (payload / 4).min(msg_words);
+                let w_in = words(k.in_layout.payload_bytes());
+                let w_out = targets[i]
+                    .iter()
+                    .map(|t| match *t {
+                        Target::Kernel(to) => {
+                            words(plan.kernels[to].slot_bytes - SLOT_HEADER_BYTES)
+                        }
+                        Target::Host => words(k.out_layout.payload_bytes()),
+                        Target::DeadLetters => words(k.dead_layout.payload_bytes()),
+                    })
+                    .max()
+                    .unwrap_or(0)
+                    .max(words(k.dead_layout.payload_bytes()));
+                let most = quantum_under_loop_limit(&k.plan, w_in, w_out, limit).ok_or_else(|| {
+                    invalid(
+                        group,
+                        format!(
+                            "kernel `{}`: one message of {w_in} words with {} emits of up to {w_out} \
+                             words may run more loop iterations than this adapter's driver allows \
+                             in one dispatch ({limit}, gallivm): use smaller slots or fewer emits",
+                            k.plan.name, k.plan.max_emits
+                        ),
+                    )
+                })?;
+                if k.plan.quantum > most {
+                    tracing::debug!(group, kernel = %k.plan.name, asked = k.plan.quantum, most, "quantum lowered to the adapter's loop limit");
+                    k.plan.quantum = most;
+                }
+            }
+        }
         let total = layout.bytes.next_multiple_of(256);
         let limits = gpu.device.limits();
         if total > limits.max_storage_buffer_binding_size || total > limits.max_buffer_size {
@@ -740,6 +781,7 @@ impl WgpuGroup {
             cursors,
             ticks: 0,
             fingerprint: 0,
+            halted: false,
         };
         let adapter = super::adapter::describe(&gpu.info);
         tracing::info!(group, kernels = n, %adapter, "launched wgpu group (resident state, ticked execution)");
@@ -755,6 +797,8 @@ impl WgpuGroup {
             stop: AtomicBool::new(false),
             unbounded: AtomicBool::new(false),
             fault: Mutex::new(None),
+            handed_back: Mutex::new(false),
+            halted: AtomicBool::new(false),
             dead_letters: Mutex::new(Vec::new()),
             command_timeout,
             adapter,
@@ -782,6 +826,13 @@ impl WgpuGroup {
     /// The index of the kernel named `name`.
     pub fn kernel_index(&self, name: &str) -> Option<usize> {
         self.inner.kernels.iter().position(|k| k.plan.name == name)
+    }
+
+    /// The most messages kernel `k` handles per tick: its plan's quantum, lowered on an
+    /// adapter whose driver limits loop iterations per invocation (lavapipe; see
+    /// [`GpuContext::loop_limit`](super::adapter::GpuContext::loop_limit)).
+    pub fn quantum(&self, k: usize) -> u32 {
+        self.inner.kernels[k].plan.quantum
     }
 
     /// Ticks run so far.
@@ -997,8 +1048,13 @@ impl WgpuGroup {
         inner.unbounded.store(true, Ordering::SeqCst);
         inner.poke();
         for &k in &inner.order {
-            if !lifecycle::is_stopped(self.state(k)) && inner.command(k, Command::Drain).is_err() {
-                timed_out = inner.fault.lock().is_none();
+            if lifecycle::is_stopped(self.state(k)) {
+                continue;
+            }
+            // A refused transition (a concurrent drain or terminate got there first) or a
+            // fault is no timeout: the wait below and the final stop cover both.
+            if let Err(CommandError::Unresponsive { .. }) = inner.command(k, Command::Drain) {
+                timed_out = true;
             }
         }
         let done = inner.ticked.wait_until(Some(deadline), || {
@@ -1018,12 +1074,19 @@ impl WgpuGroup {
 
     /// Terminates every kernel at the next tick; everything left in a ring comes back in
     /// the report.
+    ///
+    /// A message is handed back once, ever: the first stop of the group (this, a drain,
+    /// or dropping the group) hands back everything undelivered, and every later stop
+    /// returns a report with the kernels' final states and counters and nothing
+    /// undelivered. Stops from several threads at once serialise: each message is in
+    /// exactly one of their reports.
     pub fn terminate(&self) -> GroupReport {
         self.stop_all()
     }
 
     fn stop_all(&self) -> GroupReport {
         let inner = &self.inner;
+        let mut handed_back = inner.handed_back.lock();
         inner.unbounded.store(true, Ordering::SeqCst);
         for &k in &inner.order {
             if !lifecycle::is_stopped(self.state(k)) {
@@ -1032,7 +1095,9 @@ impl WgpuGroup {
                 }
             }
         }
-        inner.report()
+        let report = inner.report(!*handed_back);
+        *handed_back = true;
+        report
     }
 
     /// Makes the device lost, as a driver reset would (for tests of the fault path).
@@ -1094,6 +1159,16 @@ impl Inner {
     fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
         let kernel = &self.kernels[k];
         let _serial = kernel.commands.lock();
+        // ORDERING: SeqCst pairs with the store in `report`, made after it set every
+        // mirror's final state.
+        if self.halted.load(Ordering::SeqCst) {
+            // The group was stopped for good and no tick runs any more: nothing would
+            // acknowledge a command. Refuse what the state refuses; the rest (terminating
+            // a faulted kernel) is already done.
+            let from = kernel.control.state();
+            lifecycle::transition(from, Event::Command(command))?;
+            return Ok(from);
+        }
         if let Some(reason) = self.fault.lock().clone() {
             return Err(CommandError::Faulted {
                 name: kernel.plan.name.clone(),
@@ -1174,6 +1249,10 @@ impl Inner {
     fn tick(&self) -> Result<bool, String> {
         let mut engine = self.engine.lock();
         let engine = &mut *engine;
+        if engine.halted {
+            // The group's messages were handed back: the device runs nothing more.
+            return Ok(false);
+        }
         let gpu = Arc::clone(&engine.gpu);
         if let Some(lost) = gpu.lost() {
             return Err(format!("device lost: {lost}"));
@@ -1447,9 +1526,33 @@ impl Inner {
         Ok((pending && progress) || self.work.load(Ordering::SeqCst))
     }
 
-    /// The report once every kernel stopped (or the group faulted).
-    fn report(&self) -> GroupReport {
+    /// The report once every kernel stopped (or the group faulted). With `hand_back`,
+    /// it halts the group (no tick runs again) and hands back every message not
+    /// delivered; without, it reports states and counters only (a message is handed
+    /// back once, by the first stop).
+    fn report(&self, hand_back: bool) -> GroupReport {
+        // Holding the engine, no tick runs while the report reads the mirrors and rings.
+        let mut engine = self.engine.lock();
         let fault = self.fault.lock().clone();
+        if hand_back {
+            engine.halted = true;
+            for kernel in &self.kernels {
+                let state = kernel.control.state();
+                if !lifecycle::is_stopped(state) {
+                    // A kernel that did not acknowledge its terminate in time: no tick
+                    // runs it again, so it is terminated from here on.
+                    tracing::warn!(group = %self.name, kernel = %kernel.plan.name, ?state, "terminated without acknowledging: the group runs no more ticks");
+                    kernel
+                        .control
+                        .memory()
+                        .word(std::mem::offset_of!(ControlBlock, state))
+                        .store(State::Terminated as u32, Ordering::Relaxed);
+                }
+            }
+            // ORDERING: SeqCst pairs with the load in `command`: a command that sees the
+            // group halted sees the final states above.
+            self.halted.store(true, Ordering::SeqCst);
+        }
         let mut reports: Vec<KernelReport> = self
             .kernels
             .iter()
@@ -1465,16 +1568,21 @@ impl Inner {
                 undelivered_outputs: Vec::new(),
             })
             .collect();
-        // The ticker moves the inbox mirrors' heads only while it holds the engine: hold it
-        // while the mirrors are read.
-        let engine = self.engine.lock();
+        if !hand_back {
+            return GroupReport {
+                kernels: reports,
+                timed_out: false,
+                fault,
+            };
+        }
         for (k, kernel) in self.kernels.iter().enumerate() {
             // The host inbox mirror holds every message not consumed on the device: from the
             // device's last head on.
             // ORDERING: Acquire pairs with the ticker's Release store of head.
             let head = kernel.inbox.memory().head().load(Ordering::Acquire);
             // SAFETY: the mirror's only consumer is the ticker, which releases positions
-            // (stores `head`) only in `tick`, under the engine lock held here.
+            // (stores `head`) only in `tick`, under the engine lock held here (taken at
+            // the top of this function).
             unsafe {
                 kernel.inbox.read_closed(head, |slot| {
                     reports[k].undelivered.push(Message {
@@ -1485,9 +1593,8 @@ impl Inner {
                 });
             }
         }
-        drop(engine);
         if fault.is_none() {
-            match self.read_leftovers() {
+            match self.read_leftovers(&mut engine) {
                 Ok((per_edge, per_outbox)) => {
                     for (edge, messages) in self.edges.iter().zip(per_edge) {
                         reports[edge.to].undelivered.extend(messages);
@@ -1512,9 +1619,7 @@ impl Inner {
     /// Copies every kernel-to-kernel ring and every host outbox back (once the kernels
     /// stopped) and reads what is left in them: messages still in a route, and outputs
     /// the ticker could not yet move to the host.
-    fn read_leftovers(&self) -> Result<Leftovers, String> {
-        let mut engine = self.engine.lock();
-        let engine = &mut *engine;
+    fn read_leftovers(&self, engine: &mut Engine) -> Result<Leftovers, String> {
         let gpu = Arc::clone(&engine.gpu);
         let mut regions: Vec<(u64, RingLayout, Option<u32>)> =
             self.edges.iter().map(|e| (e.at, e.layout, None)).collect();
@@ -1585,6 +1690,40 @@ impl Inner {
         readback.unmap();
         Ok((edges, outboxes))
     }
+}
+
+/// The largest quantum under which one tick of `plan`'s kernel stays below `limit` loop
+/// iterations per invocation (gallivm's count: [`LOOP_COST`] per WGSL loop iteration), for
+/// inbox messages of `w_in` payload words and emits of up to `w_out`; `None` when not even
+/// one message fits. Every count is the worst case: every message fails (its dead letter
+/// copies it twice more) and every emit goes to the dead letters. A user handler's own
+/// loops are its own to bound (runtime/docs/WGPU.md).
+fn quantum_under_loop_limit(
+    plan: &WgpuKernelPlan,
+    w_in: u32,
+    w_out: u32,
+    limit: u32,
+) -> Option<u32> {
+    let handler = match plan.handler {
+        WgslHandler::Builtin(_) => BUILTIN_LOOPS,
+        WgslHandler::Source { .. } => 0,
+    };
+    let emits = plan.max_emits.saturating_mul(2 * w_out + 4);
+    let budget = (limit / LOOP_COST).checked_sub(TICK_LOOPS)?;
+    let most = if plan.parallel {
+        // Per batch of up to 64, the invocations of invocation 0's lanes: picking the
+        // batch (inboxes, then up to 64 stamps), clearing counts, its message (reading,
+        // staging, counting), the prefix sums (9 rings x 64), writing its emits and dead
+        // letter, and taking the batch's counts. A partial batch per inbox at most.
+        let wg = WORKGROUP;
+        let batch = 8 + wg + 9 + 2 * w_in + handler + 2 * emits + 9 * (wg + 1) + w_in + 4 + wg + 1;
+        (budget / batch).checked_sub(8)?.saturating_mul(wg)
+    } else {
+        // The message loop, reading it, copying it for a dead letter and writing that
+        // (4 + w_in), the handler, its emits.
+        budget / (1 + 4 * w_in + 4 + handler + emits)
+    };
+    (most > 0).then_some(most)
 }
 
 /// Reads the messages of a copied ring region from `*head` on while stamps say they are
