@@ -838,3 +838,40 @@ fn copy() {
         }
     }
 }
+
+#[test]
+fn groups_sharing_a_device_never_miss_a_readback() {
+    // Regression: with several tickers polling one device, one ticker's poll could run
+    // another's map callback after that other's own poll had returned, and the other
+    // faulted with "the map did not complete". Many short ticks on four groups at once.
+    let Some(gpu) = open_gpu() else { return };
+    let gpu = Arc::new(gpu);
+    let workers: Vec<_> = (0..4u64)
+        .map(|g| {
+            let gpu = Arc::clone(&gpu);
+            std::thread::spawn(move || {
+                let group = launch(&gpu, vec![WgpuKernelPlan::new("echo", echo8())], vec![]);
+                group.activate_all().unwrap();
+                for i in 0..300u64 {
+                    let id = g << 32 | i;
+                    group.send(0, &id.to_ne_bytes(), [0, 0], TIMEOUT).unwrap();
+                    let deadline = Instant::now() + TIMEOUT;
+                    let back = loop {
+                        if let Some(m) = group.try_recv(0) {
+                            break value(&m);
+                        }
+                        assert!(group.fault().is_none(), "group {g}: {:?}", group.fault());
+                        assert!(Instant::now() < deadline, "group {g}: no echo of {i}");
+                        std::thread::yield_now();
+                    };
+                    assert_eq!(back, id);
+                }
+                let report = group.drain(TIMEOUT);
+                assert!(report.fault.is_none(), "group {g}: {:?}", report.fault);
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+}

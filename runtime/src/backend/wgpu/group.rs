@@ -1368,20 +1368,7 @@ impl Inner {
             encoder.copy_buffer_to_buffer(&engine.mem, copy.src, staging, copy.dst, copy.len);
         }
         queue.submit([encoder.finish()]);
-        let mapped = Arc::new(Mutex::new(None));
-        let result = Arc::clone(&mapped);
-        staging.map_async(wgpu::MapMode::Read, .., move |r| *result.lock() = Some(r));
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| format!("waiting for a tick: {e}"))?;
-        if let Some(lost) = gpu.lost() {
-            return Err(format!("device lost: {lost}"));
-        }
-        match mapped.lock().take() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(format!("reading back a tick: {e}")),
-            None => return Err("reading back a tick: the map did not complete".to_owned()),
-        }
+        map_after(&gpu, staging).map_err(|e| format!("reading back a tick: {e}"))?;
         if let Some(error) = gpu.take_error() {
             return Err(error);
         }
@@ -1649,16 +1636,7 @@ impl Inner {
             at += len;
         }
         gpu.queue.submit([encoder.finish()]);
-        let mapped = Arc::new(Mutex::new(None));
-        let result = Arc::clone(&mapped);
-        readback.map_async(wgpu::MapMode::Read, .., move |r| *result.lock() = Some(r));
-        gpu.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| e.to_string())?;
-        match mapped.lock().take() {
-            Some(Ok(())) => {}
-            other => return Err(format!("mapping the readback: {other:?}")),
-        }
+        map_after(&gpu, &readback).map_err(|e| format!("mapping the readback: {e}"))?;
         let view = readback.get_mapped_range(..).map_err(|e| e.to_string())?;
         let mut edges = Vec::new();
         let mut outboxes = Vec::new();
@@ -1772,5 +1750,54 @@ fn dead_letter(kernel: &str, tag: u32, corr: [u32; 2], payload: &[u8]) -> DeadLe
         tag: (sender << TAG_SENDER_SHIFT) | (kind & TAG_KIND_MASK),
         corr,
         payload: payload[16..].to_vec(),
+    }
+}
+
+/// How long a map's callback may lag behind the poll that saw its submission complete.
+const MAP_CALLBACK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Maps `buffer` for reading once the submissions so far (the last of which copies into
+/// it) complete, and returns when the map is done.
+///
+/// Waiting for the submission is not enough: when several threads poll one device (every
+/// group on a device has its own ticker), another thread's poll may collect this map's
+/// callback and run it only after this thread's poll has returned. So this waits for the
+/// callback itself, polling without blocking meanwhile, for at most
+/// [`MAP_CALLBACK_PATIENCE`].
+fn map_after(gpu: &GpuContext, buffer: &wgpu::Buffer) -> Result<(), String> {
+    let (done, mapped) = std::sync::mpsc::channel();
+    buffer.map_async(wgpu::MapMode::Read, .., move |r| {
+        // The receiver waits below until this arrives or it gives up; a send to one
+        // that gave up has nobody to tell.
+        let _ = done.send(r);
+    });
+    // Waiting on `submission` itself fails on a lost device (it was never submitted); the
+    // most recent submission covers it.
+    let waited = gpu.device.poll(wgpu::PollType::wait_indefinitely());
+    if let Some(lost) = gpu.lost() {
+        return Err(format!("device lost: {lost}"));
+    }
+    waited.map_err(|e| format!("waiting for the device: {e}"))?;
+    let deadline = Instant::now() + MAP_CALLBACK_PATIENCE;
+    loop {
+        if let Some(lost) = gpu.lost() {
+            return Err(format!("device lost: {lost}"));
+        }
+        match mapped.recv_timeout(Duration::from_millis(1)) {
+            Ok(result) => return result.map_err(|e| e.to_string()),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("the map's callback was dropped without running".to_owned());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "the map did not complete within {MAP_CALLBACK_PATIENCE:?} of its submission"
+                ));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                gpu.device
+                    .poll(wgpu::PollType::Poll)
+                    .map_err(|e| format!("polling the device: {e}"))?;
+            }
+        }
     }
 }
