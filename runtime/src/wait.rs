@@ -30,6 +30,8 @@ pub use crate::sync::asym::uses_membarrier;
 const SPIN_ROUNDS: u32 = 1024;
 /// Rounds of `yield_now` before a waiter parks.
 const YIELD_ROUNDS: u32 = 64;
+/// Waiters [`Signal::notify`] takes off the list per lock, to wake outside it.
+const NOTIFY_BATCH: usize = 8;
 
 /// Escalating wait: spin, then yield, then report that it is time to park.
 #[derive(Debug, Default)]
@@ -91,12 +93,32 @@ impl Signal {
         if self.waiters.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let woken = std::mem::take(&mut *self.list.lock());
-        self.waiters.fetch_sub(woken.len(), Ordering::Relaxed);
-        for waiter in woken {
-            match waiter {
-                Waiter::Thread(thread) => thread.unpark(),
-                Waiter::Task(waker) => waker.wake(),
+        // Wake outside the lock (a woken thread or waker may register again at once), a
+        // few at a time through a buffer on the stack, so that the list keeps its
+        // capacity: a waiter that registers once per message must not cost an allocation
+        // per message (`host-api/tests/zero_alloc.rs`). Only the waiters registered now
+        // are woken; one that registers meanwhile waits for the next notify.
+        let mut left = self.list.lock().len();
+        while left > 0 {
+            let mut batch: [Option<Waiter>; NOTIFY_BATCH] = Default::default();
+            let taken = {
+                let mut list = self.list.lock();
+                let taken = left.min(NOTIFY_BATCH).min(list.len());
+                for (slot, waiter) in batch.iter_mut().zip(list.drain(..taken)) {
+                    *slot = Some(waiter);
+                }
+                self.waiters.fetch_sub(taken, Ordering::Relaxed);
+                taken
+            };
+            if taken == 0 {
+                break;
+            }
+            left -= taken;
+            for waiter in batch.into_iter().flatten() {
+                match waiter {
+                    Waiter::Thread(thread) => thread.unpark(),
+                    Waiter::Task(waker) => waker.wake(),
+                }
             }
         }
     }
