@@ -230,8 +230,9 @@ word_enum! {
 
 /// Codes a device handler returns, and the errors of the device `gyre_emit`.
 ///
-/// A handler returns [`OK`] or any other code of its own: a nonzero return counts an
-/// error and sends the message to the dead letters with [`DeadReason::HandlerError`].
+/// A handler returns [`OK`](status::OK) or any other code of its own: a nonzero return
+/// counts an error and sends the message to the dead letters with
+/// [`DeadReason::HandlerError`].
 /// C sees these as `int` (`GYRE_OK`, `GYRE_ERR_NO_PORT`, ...); WGSL, which returns
 /// `u32`, sees their two's-complement bits.
 pub mod status {
