@@ -15,6 +15,7 @@ const GYRE_CONTROL_MAGIC: u32 = 0x42435947u; // "GYCB" read as little-endian
 const GYRE_LINE_BYTES: u32 = 128u;
 const GYRE_RING_HEADER_BYTES: u32 = 384u;
 const GYRE_CONTROL_BLOCK_BYTES: u32 = 256u;
+const GYRE_DEAD_LETTER_PREFIX_BYTES: u32 = 16u;
 const GYRE_SLOT_HEADER_BYTES: u32 = 16u;
 const GYRE_MIN_SLOT_BYTES: u32 = 32u;
 const GYRE_DEFAULT_SLOT_BYTES: u32 = 64u;
@@ -51,6 +52,26 @@ const GYRE_FAULT_HANDLER_PANIC: u32 = 1u;
 const GYRE_FAULT_DEVICE_ERROR: u32 = 2u;
 const GYRE_FAULT_WATCHDOG: u32 = 3u;
 const GYRE_FAULT_BAD_COMMAND: u32 = 4u;
+
+// Port kinds (the kind of a port in a kernel's descriptor), written by the host.
+const GYRE_PORT_HOST: u32 = 1u;
+const GYRE_PORT_KERNEL: u32 = 2u;
+const GYRE_PORT_DEAD: u32 = 3u;
+
+// Dead-letter reasons (DeadLetterPrefix.reason), written by the device.
+const GYRE_DEAD_HANDLER_ERROR: u32 = 1u;
+const GYRE_DEAD_PORT: u32 = 2u;
+const GYRE_DEAD_STOPPED: u32 = 3u;
+
+// Handler results and gyre_emit errors: int in C, their bits as u32 in WGSL.
+const GYRE_OK: u32 = 0u;
+const GYRE_ERR_NO_PORT: u32 = 0xFFFFFFFFu;
+const GYRE_ERR_TOO_LARGE: u32 = 0xFFFFFFFEu;
+const GYRE_ERR_TOO_MANY: u32 = 0xFFFFFFFDu;
+const GYRE_ERR_NO_HANDLER: u32 = 0xFFFFFFFCu;
+const GYRE_BUILTIN_ERR_PARAMS: u32 = 1001u;
+const GYRE_BUILTIN_ERR_INPUT: u32 = 1002u;
+const GYRE_BUILTIN_ERR_STATE: u32 = 1003u;
 
 // 384 bytes: see gyre_runtime::abi::RingHeader.
 struct RingHeader {
@@ -91,4 +112,12 @@ struct ControlBlock {
     stalls: u32,               // offset 156
     errors: u32,               // offset 160
     reserved1: array<u32, 23>, // offset 164
+}
+
+// 16 bytes: see gyre_runtime::abi::DeadLetterPrefix.
+struct DeadLetterPrefix {
+    reason: u32, // offset 0
+    code: u32,   // offset 4
+    port: u32,   // offset 8
+    kind: u32,   // offset 12
 }

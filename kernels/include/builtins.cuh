@@ -36,10 +36,8 @@
 #error "include persistent.cuh before builtins.cuh"
 #endif
 
-/* Handler results of the built-ins (runtime/src/builtins.rs: ERR_PARAMS, ...). */
-#define GYRE_BUILTIN_ERR_PARAMS 1001 /* parameters out of range (Builtin::validate) */
-#define GYRE_BUILTIN_ERR_INPUT 1002  /* the slot payload is shorter than the message */
-#define GYRE_BUILTIN_ERR_STATE 1003  /* a stateful kernel was launched without state */
+/* Handler results of the built-ins (GYRE_BUILTIN_ERR_PARAMS, _INPUT, _STATE) come from
+ * gyre_abi.h, generated from gyre_runtime::abi::status. */
 
 #define GYRE_BUILTIN_MAX_BINS 8u
 

@@ -45,48 +45,69 @@ typedef uint32_t gyre_u32;
 #endif
 
 /* Layout version, magic words and sizes. */
-#define GYRE_ABI_VERSION         1u
-#define GYRE_RING_MAGIC          0x45525947u /* "GYRE" read as little-endian */
-#define GYRE_CONTROL_MAGIC       0x42435947u /* "GYCB" read as little-endian */
-#define GYRE_LINE_BYTES          128u
-#define GYRE_RING_HEADER_BYTES   384u
-#define GYRE_CONTROL_BLOCK_BYTES 256u
-#define GYRE_SLOT_HEADER_BYTES   16u
-#define GYRE_MIN_SLOT_BYTES      32u
-#define GYRE_DEFAULT_SLOT_BYTES  64u
-#define GYRE_MAX_SLOT_BYTES      65536u
-#define GYRE_MAX_CAPACITY        1073741824u
-#define GYRE_PAYLOAD_ALIGN       16u
+#define GYRE_ABI_VERSION              1u
+#define GYRE_RING_MAGIC               0x45525947u /* "GYRE" read as little-endian */
+#define GYRE_CONTROL_MAGIC            0x42435947u /* "GYCB" read as little-endian */
+#define GYRE_LINE_BYTES               128u
+#define GYRE_RING_HEADER_BYTES        384u
+#define GYRE_CONTROL_BLOCK_BYTES      256u
+#define GYRE_DEAD_LETTER_PREFIX_BYTES 16u
+#define GYRE_SLOT_HEADER_BYTES        16u
+#define GYRE_MIN_SLOT_BYTES           32u
+#define GYRE_DEFAULT_SLOT_BYTES       64u
+#define GYRE_MAX_SLOT_BYTES           65536u
+#define GYRE_MAX_CAPACITY             1073741824u
+#define GYRE_PAYLOAD_ALIGN            16u
 
 /* Slot tags: message kind in the low 16 bits, sender id in the high 16. */
-#define GYRE_TAG_KIND_MASK       0xFFFFu
-#define GYRE_TAG_SENDER_SHIFT    16u
-#define GYRE_KIND_MESSAGE        0u
-#define GYRE_KIND_TIMED          1u
-#define GYRE_KIND_CANCELLED      0xFFFFu
-#define GYRE_HOST_SENDER_ID      0xFFFFu
+#define GYRE_TAG_KIND_MASK            0xFFFFu
+#define GYRE_TAG_SENDER_SHIFT         16u
+#define GYRE_KIND_MESSAGE             0u
+#define GYRE_KIND_TIMED               1u
+#define GYRE_KIND_CANCELLED           0xFFFFu
+#define GYRE_HOST_SENDER_ID           0xFFFFu
 
 /* Commands (ControlBlock.command), written by the host. */
-#define GYRE_CMD_NONE            0u
-#define GYRE_CMD_ACTIVATE        1u
-#define GYRE_CMD_PAUSE           2u
-#define GYRE_CMD_DRAIN           3u
-#define GYRE_CMD_TERMINATE       4u
+#define GYRE_CMD_NONE                 0u
+#define GYRE_CMD_ACTIVATE             1u
+#define GYRE_CMD_PAUSE                2u
+#define GYRE_CMD_DRAIN                3u
+#define GYRE_CMD_TERMINATE            4u
 
 /* States (ControlBlock.state), written by the kernel. */
-#define GYRE_STATE_LAUNCHED      0u
-#define GYRE_STATE_ACTIVE        1u
-#define GYRE_STATE_PAUSED        2u
-#define GYRE_STATE_DRAINING      3u
-#define GYRE_STATE_TERMINATED    4u
-#define GYRE_STATE_FAULTED       5u
+#define GYRE_STATE_LAUNCHED           0u
+#define GYRE_STATE_ACTIVE             1u
+#define GYRE_STATE_PAUSED             2u
+#define GYRE_STATE_DRAINING           3u
+#define GYRE_STATE_TERMINATED         4u
+#define GYRE_STATE_FAULTED            5u
 
 /* Fault codes (ControlBlock.error_code), written by the kernel. */
-#define GYRE_FAULT_NONE          0u
-#define GYRE_FAULT_HANDLER_PANIC 1u
-#define GYRE_FAULT_DEVICE_ERROR  2u
-#define GYRE_FAULT_WATCHDOG      3u
-#define GYRE_FAULT_BAD_COMMAND   4u
+#define GYRE_FAULT_NONE               0u
+#define GYRE_FAULT_HANDLER_PANIC      1u
+#define GYRE_FAULT_DEVICE_ERROR       2u
+#define GYRE_FAULT_WATCHDOG           3u
+#define GYRE_FAULT_BAD_COMMAND        4u
+
+/* Port kinds (the kind of a port in a kernel's descriptor), written by the host. */
+#define GYRE_PORT_HOST                1u
+#define GYRE_PORT_KERNEL              2u
+#define GYRE_PORT_DEAD                3u
+
+/* Dead-letter reasons (DeadLetterPrefix.reason), written by the device. */
+#define GYRE_DEAD_HANDLER_ERROR       1u
+#define GYRE_DEAD_PORT                2u
+#define GYRE_DEAD_STOPPED             3u
+
+/* Handler results and gyre_emit errors: int in C, their bits as u32 in WGSL. */
+#define GYRE_OK                       0
+#define GYRE_ERR_NO_PORT              (-1)
+#define GYRE_ERR_TOO_LARGE            (-2)
+#define GYRE_ERR_TOO_MANY             (-3)
+#define GYRE_ERR_NO_HANDLER           (-4)
+#define GYRE_BUILTIN_ERR_PARAMS       1001
+#define GYRE_BUILTIN_ERR_INPUT        1002
+#define GYRE_BUILTIN_ERR_STATE        1003
 
 /* GyreRingHeader (384 bytes): see gyre_runtime::abi::RingHeader. */
 typedef struct GyreRingHeader {
@@ -129,6 +150,14 @@ typedef struct GyreControlBlock {
     gyre_u32 reserved1[23]; /* offset 164 */
 } GyreControlBlock;
 
+/* GyreDeadLetterPrefix (16 bytes): see gyre_runtime::abi::DeadLetterPrefix. */
+typedef struct GyreDeadLetterPrefix {
+    gyre_u32 reason; /* offset 0 */
+    gyre_u32 code;   /* offset 4 */
+    gyre_u32 port;   /* offset 8 */
+    gyre_u32 kind;   /* offset 12 */
+} GyreDeadLetterPrefix;
+
 /* Layout checks: each must hold for this header to match runtime/src/abi.rs. */
 GYRE_STATIC_ASSERT(sizeof(gyre_u32) == 4, "sizeof(gyre_u32) == 4");
 GYRE_STATIC_ASSERT(sizeof(GyreRingHeader) == 384, "sizeof(GyreRingHeader) == 384");
@@ -163,5 +192,10 @@ GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreControlBlock, emitted) == 152, "offsetof(Gy
 GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreControlBlock, stalls) == 156, "offsetof(GyreControlBlock, stalls) == 156");
 GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreControlBlock, errors) == 160, "offsetof(GyreControlBlock, errors) == 160");
 GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreControlBlock, reserved1) == 164, "offsetof(GyreControlBlock, reserved1) == 164");
+GYRE_STATIC_ASSERT(sizeof(GyreDeadLetterPrefix) == 16, "sizeof(GyreDeadLetterPrefix) == 16");
+GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreDeadLetterPrefix, reason) == 0, "offsetof(GyreDeadLetterPrefix, reason) == 0");
+GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreDeadLetterPrefix, code) == 4, "offsetof(GyreDeadLetterPrefix, code) == 4");
+GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreDeadLetterPrefix, port) == 8, "offsetof(GyreDeadLetterPrefix, port) == 8");
+GYRE_STATIC_ASSERT(GYRE_OFFSETOF(GyreDeadLetterPrefix, kind) == 12, "offsetof(GyreDeadLetterPrefix, kind) == 12");
 
 #endif /* GYRE_ABI_H */

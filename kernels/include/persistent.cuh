@@ -44,27 +44,15 @@
 #define GYRE_MAX_THREADS 256u
 #define GYRE_PARAM_WORDS 16u
 
-/* Port kinds (gyre_ring_ref.kind of a port). */
-#define GYRE_PORT_HOST 1u   /* the kernel's host outbox (mapped memory) */
-#define GYRE_PORT_KERNEL 2u /* another kernel's inbox ring (device memory) */
-#define GYRE_PORT_DEAD 3u   /* the kernel's dead-letter ring (mapped memory) */
+/* Port kinds (GYRE_PORT_*), dead-letter reasons (GYRE_DEAD_*), handler results and
+ * gyre_emit errors (GYRE_OK, GYRE_ERR_*) come from gyre_abi.h, generated from
+ * runtime/src/abi.rs. Handlers return GYRE_OK or any other code of their own: a nonzero
+ * return counts an error and sends the message to the dead letters, whose payload starts
+ * with a GyreDeadLetterPrefix (reason, code, port, original kind); the original payload
+ * follows at byte 16. */
 
 /* Kernel flags. */
 #define GYRE_FLAG_SEQUENTIAL 1u /* one thread handles a batch, in order */
-
-/* Handler results and gyre_emit errors. Handlers return 0 or any other code of their own:
- * a nonzero return counts an error and sends the message to the dead letters. */
-#define GYRE_OK 0
-#define GYRE_ERR_NO_PORT (-1)     /* gyre_emit to a port the kernel does not have */
-#define GYRE_ERR_TOO_LARGE (-2)   /* a message larger than the port's slot payload */
-#define GYRE_ERR_TOO_MANY (-3)    /* more emits for one message than max_emits */
-#define GYRE_ERR_NO_HANDLER (-4)  /* the dispatch has no such handler */
-
-/* Dead-letter reasons (word 0 of a dead-letter payload; word 1 is the code, word 2 the
- * port, word 3 the original kind; the original payload follows at byte 16). */
-#define GYRE_DEAD_HANDLER_ERROR 1u
-#define GYRE_DEAD_PORT 2u
-#define GYRE_DEAD_STOPPED 3u
 
 /* One ring as a kernel sees it. 32 bytes. */
 typedef struct gyre_ring_ref {
@@ -376,16 +364,16 @@ GYRE_DEVICE bool gyre_dead_letter(gyre_block *b, const gyre_kernel_desc *k, gyre
     if (gyre_wait_room(b, k, &b->dead, dl, GYRE_SCOPE_SYSTEM, 0) != 1) {
         return false;
     }
-    /* The dead-letter slot holds a 16-byte reason block, then the original payload. */
+    /* The dead-letter slot holds a GyreDeadLetterPrefix, then the original payload. */
     GyreSlotHeader *s = gyre_slot(dl, b->dead.tail);
-    gyre_u32 *words = (gyre_u32 *)gyre_slot_payload(s);
-    gyre_u32 room = gyre_ring_payload_bytes(dl) - 16u;
+    GyreDeadLetterPrefix *prefix = (GyreDeadLetterPrefix *)gyre_slot_payload(s);
+    gyre_u32 room = gyre_ring_payload_bytes(dl) - GYRE_DEAD_LETTER_PREFIX_BYTES;
     gyre_u32 n = bytes < room ? bytes : room;
-    words[0] = reason;
-    words[1] = code;
-    words[2] = port;
-    words[3] = kind;
-    unsigned char *dst = (unsigned char *)(words + 4);
+    prefix->reason = reason;
+    prefix->code = code;
+    prefix->port = port;
+    prefix->kind = kind;
+    unsigned char *dst = (unsigned char *)(prefix + 1);
     for (gyre_u32 i = 0; i < n; ++i) {
         dst[i] = payload[i];
     }
@@ -393,7 +381,8 @@ GYRE_DEVICE bool gyre_dead_letter(gyre_block *b, const gyre_kernel_desc *k, gyre
      * zeroes the rest of the slot, writes tag and corr, and publishes the stamp. */
     gyre_producer_push(&b->dead, dl, GYRE_SCOPE_SYSTEM,
                        (k->kernel_id << GYRE_TAG_SENDER_SHIFT) | GYRE_KIND_MESSAGE, corr[0],
-                       corr[1], (const unsigned char *)words, 16u + n);
+                       corr[1], (const unsigned char *)prefix,
+                       GYRE_DEAD_LETTER_PREFIX_BYTES + n);
     return true;
 }
 

@@ -120,76 +120,69 @@ pub struct SlotHeader {
     pub corr: [u32; 2],
 }
 
-/// Host-to-kernel lifecycle commands, written into [`ControlBlock::command`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Command {
-    /// No command has been issued yet.
-    None = 0,
-    /// Start (or resume) processing messages.
-    Activate = 1,
-    /// Stop processing; messages keep queuing.
-    Pause = 2,
-    /// Process everything in the inboxes, then terminate.
-    Drain = 3,
-    /// Stop after the message in hand.
-    Terminate = 4,
+/// Declares a `#[repr(u32)]` enum of ABI words from one list of variants, with `ALL`
+/// (every variant, in word order) and `from_word` (its decoder, `None` for a word nobody
+/// writes), so the list, the array and the decoder cannot disagree.
+macro_rules! word_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $word:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant = $word,)+
+        }
+
+        impl $name {
+            /// Every variant, in word order.
+            pub const ALL: [Self; [$($word),+].len()] = [$(Self::$variant),+];
+
+            /// Decodes a word; `None` for a word that is no variant.
+            pub const fn from_word(word: u32) -> Option<Self> {
+                match word {
+                    $($word => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-/// Kernel states, written into [`ControlBlock::state`] by the kernel side.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum State {
-    /// Resident, not yet processing.
-    Launched = 0,
-    /// Processing messages.
-    Active = 1,
-    /// Resident, not processing; messages queue.
-    Paused = 2,
-    /// Processing what is left, accepting nothing new.
-    Draining = 3,
-    /// Stopped for good; what is left in its rings can be collected.
-    Terminated = 4,
-    /// Stopped by a fault; see [`ControlBlock::error_code`].
-    Faulted = 5,
-}
-
-impl Command {
-    /// Decodes a command word; `None` for a word no host writes.
-    pub const fn from_word(word: u32) -> Option<Self> {
-        Some(match word {
-            0 => Self::None,
-            1 => Self::Activate,
-            2 => Self::Pause,
-            3 => Self::Drain,
-            4 => Self::Terminate,
-            _ => return None,
-        })
+word_enum! {
+    /// Host-to-kernel lifecycle commands, written into [`ControlBlock::command`].
+    pub enum Command {
+        /// No command has been issued yet.
+        None = 0,
+        /// Start (or resume) processing messages.
+        Activate = 1,
+        /// Stop processing; messages keep queuing.
+        Pause = 2,
+        /// Process everything in the inboxes, then terminate.
+        Drain = 3,
+        /// Stop after the message in hand.
+        Terminate = 4,
     }
 }
 
-impl State {
-    /// Every state, in word order.
-    pub const ALL: [Self; 6] = [
-        Self::Launched,
-        Self::Active,
-        Self::Paused,
-        Self::Draining,
-        Self::Terminated,
-        Self::Faulted,
-    ];
-
-    /// Decodes a state word; `None` for a word no kernel writes.
-    pub const fn from_word(word: u32) -> Option<Self> {
-        Some(match word {
-            0 => Self::Launched,
-            1 => Self::Active,
-            2 => Self::Paused,
-            3 => Self::Draining,
-            4 => Self::Terminated,
-            5 => Self::Faulted,
-            _ => return None,
-        })
+word_enum! {
+    /// Kernel states, written into [`ControlBlock::state`] by the kernel side.
+    pub enum State {
+        /// Resident, not yet processing.
+        Launched = 0,
+        /// Processing messages.
+        Active = 1,
+        /// Resident, not processing; messages queue.
+        Paused = 2,
+        /// Processing what is left, accepting nothing new.
+        Draining = 3,
+        /// Stopped for good; what is left in its rings can be collected.
+        Terminated = 4,
+        /// Stopped by a fault; see [`ControlBlock::error_code`].
+        Faulted = 5,
     }
 }
 
@@ -205,6 +198,182 @@ pub mod fault {
     pub const WATCHDOG: u32 = 3;
     /// The kernel read a command word it does not know.
     pub const BAD_COMMAND: u32 = 4;
+}
+
+word_enum! {
+    /// Where a kernel's output port leads: the `kind` of a port in the CUDA launch
+    /// descriptor and in the wgpu descriptor words. Written by the host.
+    pub enum PortKind {
+        /// The kernel's host outbox (mapped host memory on CUDA).
+        Host = 1,
+        /// Another kernel's inbox ring (device memory).
+        Kernel = 2,
+        /// The kernel's dead-letter ring: the port is bound to the dead letters.
+        Dead = 3,
+    }
+}
+
+word_enum! {
+    /// Why a device sent a message to the dead letters: [`DeadLetterPrefix::reason`].
+    pub enum DeadReason {
+        /// The handler returned a nonzero code ([`DeadLetterPrefix::code`]); the message
+        /// is the one the kernel received.
+        HandlerError = 1,
+        /// The handler emitted to a port bound to the dead letters
+        /// ([`DeadLetterPrefix::port`]); the message is the one it emitted.
+        Port = 2,
+        /// The handler emitted to a port whose downstream kernel has stopped; the message
+        /// is the one it emitted.
+        Stopped = 3,
+    }
+}
+
+/// Codes a device handler returns, and the errors of the device `gyre_emit`.
+///
+/// A handler returns [`OK`](status::OK) or any other code of its own: a nonzero return
+/// counts an error and sends the message to the dead letters with
+/// [`DeadReason::HandlerError`].
+/// C sees these as `int` (`GYRE_OK`, `GYRE_ERR_NO_PORT`, ...); WGSL, which returns
+/// `u32`, sees their two's-complement bits.
+pub mod status {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// `gyre_emit` to a port the kernel does not have.
+    pub const ERR_NO_PORT: i32 = -1;
+    /// `gyre_emit` of a message larger than the port's slot payload.
+    pub const ERR_TOO_LARGE: i32 = -2;
+    /// More emits for one message than the kernel's `max_emits`.
+    pub const ERR_TOO_MANY: i32 = -3;
+    /// The generated dispatch has no handler for the kernel's case.
+    pub const ERR_NO_HANDLER: i32 = -4;
+    /// A built-in's parameters are out of range (what `Builtin::validate` rejects).
+    pub const BUILTIN_ERR_PARAMS: i32 = 1001;
+    /// A built-in's inbox slot payload is shorter than the message it reads.
+    pub const BUILTIN_ERR_INPUT: i32 = 1002;
+    /// A stateful built-in was launched without (enough) state memory.
+    pub const BUILTIN_ERR_STATE: i32 = 1003;
+
+    /// Every code the runtime defines, with its device name and what it means.
+    pub const ALL: [(i32, &str, &str); 8] = [
+        (OK, "GYRE_OK", "success"),
+        (
+            ERR_NO_PORT,
+            "GYRE_ERR_NO_PORT",
+            "gyre_emit to a port the kernel does not have",
+        ),
+        (
+            ERR_TOO_LARGE,
+            "GYRE_ERR_TOO_LARGE",
+            "gyre_emit of a message larger than the port's slot payload",
+        ),
+        (
+            ERR_TOO_MANY,
+            "GYRE_ERR_TOO_MANY",
+            "more emits for one message than the kernel's max_emits",
+        ),
+        (
+            ERR_NO_HANDLER,
+            "GYRE_ERR_NO_HANDLER",
+            "the dispatch has no handler for this kernel",
+        ),
+        (
+            BUILTIN_ERR_PARAMS,
+            "GYRE_BUILTIN_ERR_PARAMS",
+            "the built-in's parameters are out of range",
+        ),
+        (
+            BUILTIN_ERR_INPUT,
+            "GYRE_BUILTIN_ERR_INPUT",
+            "the message is shorter than the built-in reads",
+        ),
+        (
+            BUILTIN_ERR_STATE,
+            "GYRE_BUILTIN_ERR_STATE",
+            "the built-in has no state memory or too little",
+        ),
+    ];
+
+    /// The device name and meaning of `code`; `None` for a handler's own code.
+    pub fn describe(code: i32) -> Option<(&'static str, &'static str)> {
+        ALL.iter()
+            .find(|(known, _, _)| *known == code)
+            .map(|&(_, name, meaning)| (name, meaning))
+    }
+}
+
+/// The 16 bytes a device writes at the start of a dead letter's payload; the message
+/// follows. The one decoder of dead letters for every GPU backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct DeadLetterPrefix {
+    /// A [`DeadReason`] word.
+    pub reason: u32,
+    /// [`DeadReason::HandlerError`]: the handler's code, an `i32`; otherwise 0.
+    pub code: u32,
+    /// The port the message was emitted to; 0 for [`DeadReason::HandlerError`].
+    pub port: u32,
+    /// The message kind of the original slot tag.
+    pub kind: u32,
+}
+
+impl DeadLetterPrefix {
+    /// Bytes of the prefix; the message starts here.
+    pub const BYTES: usize = core::mem::size_of::<Self>();
+
+    /// Reads the prefix at the start of a dead-letter slot payload; `None` when the
+    /// payload is shorter than [`DeadLetterPrefix::BYTES`].
+    pub fn read(payload: &[u8]) -> Option<Self> {
+        payload.get(..Self::BYTES).map(bytemuck::pod_read_unaligned)
+    }
+
+    /// The decoded reason, or the raw word when no device writes it.
+    ///
+    /// # Errors
+    ///
+    /// The reason word, when it is not a [`DeadReason`].
+    pub const fn reason(&self) -> Result<DeadReason, u32> {
+        match DeadReason::from_word(self.reason) {
+            Some(reason) => Ok(reason),
+            None => Err(self.reason),
+        }
+    }
+
+    /// Whether the message is one the kernel received (its handler failed on it) rather
+    /// than one it emitted.
+    pub const fn is_input(&self) -> bool {
+        matches!(self.reason(), Ok(DeadReason::HandlerError))
+    }
+}
+
+impl core::fmt::Display for DeadLetterPrefix {
+    /// Says why the message is a dead letter, in words for the user.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let port = self.port;
+        match self.reason() {
+            Ok(DeadReason::HandlerError) => {
+                let code = self.code.cast_signed();
+                write!(f, "handler returned error code {code}")?;
+                match status::describe(code) {
+                    Some((name, meaning)) => write!(f, " ({name}: {meaning})"),
+                    None => Ok(()),
+                }
+            }
+            Ok(DeadReason::Port) => {
+                write!(
+                    f,
+                    "emitted to port {port}, which is bound to the dead letters"
+                )
+            }
+            Ok(DeadReason::Stopped) => {
+                write!(f, "emitted to port {port}, whose kernel has stopped")
+            }
+            Err(word) => write!(
+                f,
+                "unknown dead-letter reason {word} (the device code and this runtime \
+                 disagree on the ABI: rebuild the device code against this version)"
+            ),
+        }
+    }
 }
 
 /// One kernel's control block: two lines, the host's and the kernel's.
@@ -254,6 +423,7 @@ const _: () = {
     assert!(size_of::<ControlBlock>() == 2 * LINE_BYTES as usize);
     assert!(offset_of!(ControlBlock, state) == LINE_BYTES as usize);
     assert!(offset_of!(ControlBlock, reserved1) == LINE_BYTES as usize + 9 * 4);
+    assert!(size_of::<DeadLetterPrefix>() == 16);
 };
 
 /// Bytes of the ring header that precedes the slots.
@@ -261,6 +431,9 @@ pub const RING_HEADER_BYTES: u32 = core::mem::size_of::<RingHeader>() as u32;
 
 /// Bytes of one control block.
 pub const CONTROL_BLOCK_BYTES: u32 = core::mem::size_of::<ControlBlock>() as u32;
+
+/// Bytes of the [`DeadLetterPrefix`] before the message in a device's dead letter.
+pub const DEAD_LETTER_PREFIX_BYTES: u32 = core::mem::size_of::<DeadLetterPrefix>() as u32;
 
 /// Total bytes of a ring region (header and slots).
 ///
@@ -275,4 +448,93 @@ pub const fn ring_region_bytes(capacity: u32, slot_bytes: u32) -> Option<usize> 
 /// Builds a slot tag from a message kind and a sender id.
 pub const fn make_tag(kind: u32, sender: u32) -> u32 {
     (kind & TAG_KIND_MASK) | (sender << TAG_SENDER_SHIFT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{status, DeadLetterPrefix, DeadReason, PortKind};
+
+    #[test]
+    fn port_kinds_round_trip_through_their_words() {
+        for kind in PortKind::ALL {
+            assert_eq!(PortKind::from_word(kind as u32), Some(kind));
+        }
+        let decoded = (0..=u32::from(u16::MAX))
+            .filter_map(PortKind::from_word)
+            .count();
+        assert_eq!(decoded, PortKind::ALL.len());
+        assert_eq!(PortKind::from_word(0), None);
+    }
+
+    #[test]
+    fn dead_reasons_round_trip_through_their_words() {
+        for reason in DeadReason::ALL {
+            assert_eq!(DeadReason::from_word(reason as u32), Some(reason));
+            let prefix = DeadLetterPrefix {
+                reason: reason as u32,
+                code: 0,
+                port: 0,
+                kind: 0,
+            };
+            assert_eq!(prefix.reason(), Ok(reason));
+            assert_eq!(prefix.is_input(), reason == DeadReason::HandlerError);
+        }
+        let decoded = (0..=u32::from(u16::MAX))
+            .filter_map(DeadReason::from_word)
+            .count();
+        assert_eq!(decoded, DeadReason::ALL.len());
+    }
+
+    #[test]
+    fn status_codes_are_distinct_and_described() {
+        for (i, &(code, name, meaning)) in status::ALL.iter().enumerate() {
+            assert_eq!(status::describe(code), Some((name, meaning)));
+            assert!(status::ALL[..i].iter().all(|&(other, _, _)| other != code));
+        }
+        assert_eq!(status::describe(7), None);
+    }
+
+    fn prefix_bytes(words: [u32; 4]) -> Vec<u8> {
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        bytes.extend_from_slice(b"message");
+        bytes
+    }
+
+    #[test]
+    fn dead_letter_prefix_reads_and_describes_every_reason() {
+        let code = status::ERR_NO_HANDLER.cast_unsigned();
+        let handler = DeadLetterPrefix::read(&prefix_bytes([1, code, 0, 9])).unwrap();
+        assert_eq!(
+            handler,
+            DeadLetterPrefix {
+                reason: 1,
+                code,
+                port: 0,
+                kind: 9
+            }
+        );
+        assert_eq!(
+            handler.to_string(),
+            "handler returned error code -4 (GYRE_ERR_NO_HANDLER: the dispatch has no \
+             handler for this kernel)"
+        );
+        let own = DeadLetterPrefix::read(&prefix_bytes([1, 17, 0, 0])).unwrap();
+        assert_eq!(own.to_string(), "handler returned error code 17");
+        let port = DeadLetterPrefix::read(&prefix_bytes([2, 0, 3, 0])).unwrap();
+        assert_eq!(
+            port.to_string(),
+            "emitted to port 3, which is bound to the dead letters"
+        );
+        let stopped = DeadLetterPrefix::read(&prefix_bytes([3, 0, 1, 0])).unwrap();
+        assert_eq!(
+            stopped.to_string(),
+            "emitted to port 1, whose kernel has stopped"
+        );
+        let unknown = DeadLetterPrefix::read(&prefix_bytes([42, 0, 0, 0])).unwrap();
+        assert_eq!(unknown.reason(), Err(42));
+        assert!(unknown
+            .to_string()
+            .starts_with("unknown dead-letter reason 42"));
+        assert_eq!(DeadLetterPrefix::read(&[0; 15]), None);
+    }
 }

@@ -35,20 +35,21 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::abi::{MAX_SLOT_BYTES, SLOT_HEADER_BYTES};
+use crate::abi::{status, MAX_SLOT_BYTES, SLOT_HEADER_BYTES};
 
 /// Handler result of a built-in whose parameters are out of range (what
-/// [`Builtin::validate`] rejects). `GYRE_BUILTIN_ERR_PARAMS` in `builtins.cuh`; word 1
-/// of the message's dead letter.
-pub const ERR_PARAMS: u32 = 1001;
+/// [`Builtin::validate`] rejects): [`status::BUILTIN_ERR_PARAMS`], generated as
+/// `GYRE_BUILTIN_ERR_PARAMS`; word 1 of the message's dead letter.
+pub const ERR_PARAMS: u32 = status::BUILTIN_ERR_PARAMS.cast_unsigned();
 
 /// Handler result of a built-in whose inbox slot payload is shorter than the message it
-/// reads (`GYRE_BUILTIN_ERR_INPUT`).
-pub const ERR_INPUT: u32 = 1002;
+/// reads: [`status::BUILTIN_ERR_INPUT`] (`GYRE_BUILTIN_ERR_INPUT`).
+pub const ERR_INPUT: u32 = status::BUILTIN_ERR_INPUT.cast_unsigned();
 
-/// Handler result of a stateful built-in launched without state memory
-/// (`GYRE_BUILTIN_ERR_STATE`; device only: the reference always has its state).
-pub const ERR_STATE: u32 = 1003;
+/// Handler result of a stateful built-in launched without state memory:
+/// [`status::BUILTIN_ERR_STATE`] (`GYRE_BUILTIN_ERR_STATE`; device only: the reference
+/// always has its state).
+pub const ERR_STATE: u32 = status::BUILTIN_ERR_STATE.cast_unsigned();
 
 /// Most bins of a [`Builtin::Histogram`].
 pub const MAX_BINS: u32 = 8;

@@ -39,6 +39,34 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+impl DeadLetter {
+    /// Decodes a dead letter a GPU kernel wrote into its dead-letter ring: the slot's
+    /// `tag` and `corr`, and its payload, which starts with an
+    /// [`abi::DeadLetterPrefix`](crate::abi::DeadLetterPrefix) (why, and the original
+    /// message kind) followed by the message. The one decoder for every GPU backend.
+    pub fn from_device(kernel: &str, tag: u32, corr: [u32; 2], payload: &[u8]) -> Self {
+        use crate::abi::{DeadLetterPrefix, TAG_KIND_MASK, TAG_SENDER_SHIFT};
+        let prefix = DeadLetterPrefix::read(payload).unwrap_or(DeadLetterPrefix {
+            reason: 0,
+            code: 0,
+            port: 0,
+            kind: tag & TAG_KIND_MASK,
+        });
+        let sender = tag >> TAG_SENDER_SHIFT;
+        Self {
+            kernel: kernel.to_owned(),
+            reason: prefix.to_string(),
+            is_input: prefix.is_input(),
+            tag: (sender << TAG_SENDER_SHIFT) | (prefix.kind & TAG_KIND_MASK),
+            corr,
+            payload: payload
+                .get(DeadLetterPrefix::BYTES..)
+                .unwrap_or_default()
+                .to_vec(),
+        }
+    }
+}
+
 /// The runtime's dead-letter sink: every message a handler failed on, every message
 /// emitted to a port bound to the sink, and every emit that found its downstream kernel
 /// stopped. Unbounded, because dropping would lose messages: take them out with
@@ -318,5 +346,24 @@ mod tests {
     #[test]
     fn self_loop_is_a_cycle() {
         assert!(check_acyclic(1, &[(0, 0)], |_| "a".into()).is_err());
+    }
+
+    #[test]
+    fn device_dead_letters_decode_with_the_original_kind_and_message() {
+        use crate::abi::{make_tag, DeadReason, TAG_KIND_MASK};
+        let mut payload: Vec<u8> = [DeadReason::Stopped as u32, 0, 2, 5]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        payload.extend_from_slice(b"hello");
+        // The slot tag carries the dead-letter ring's kind; the prefix the original one.
+        let letter = super::DeadLetter::from_device("k", make_tag(0, 7), [1, 2], &payload);
+        assert_eq!(letter.kernel, "k");
+        assert_eq!(letter.reason, "emitted to port 2, whose kernel has stopped");
+        assert!(!letter.is_input);
+        assert_eq!(letter.tag, make_tag(5, 7));
+        assert_eq!(letter.tag & TAG_KIND_MASK, 5);
+        assert_eq!(letter.corr, [1, 2]);
+        assert_eq!(letter.payload, b"hello");
     }
 }

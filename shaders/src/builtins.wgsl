@@ -44,11 +44,8 @@
 // restored before returning, so the handler needs no second GyreMsg (which could be as
 // large as the largest slot payload of the group) and *msg is unchanged afterwards.
 
-// Handler results of the built-ins (runtime/src/builtins.rs: ERR_PARAMS, ERR_INPUT,
-// ERR_STATE).
-const GYRE_BUILTIN_ERR_PARAMS: u32 = 1001u; // parameters out of range (Builtin::validate)
-const GYRE_BUILTIN_ERR_INPUT: u32 = 1002u; // the slot payload is shorter than the message
-const GYRE_BUILTIN_ERR_STATE: u32 = 1003u; // a stateful kernel has too few state words
+// Handler results of the built-ins (GYRE_BUILTIN_ERR_PARAMS, _INPUT, _STATE) come from
+// gyre_abi.wgsl, generated from gyre_runtime::abi::status.
 
 // Most bins of a histogram (MAX_BINS) and most ports of a scatter (MAX_SCATTER_PORTS).
 const GYRE_BUILTIN_MAX_BINS: u32 = 8u;

@@ -72,20 +72,9 @@ const GYRE_D_INBOX: u32 = 32u;  // 8 x (ring header, upstream control or GYRE_NO
 const GYRE_D_PORT: u32 = 48u;   // 8 x (ring header, kind, payload bytes, peer control or GYRE_NONE)
 const GYRE_NONE: u32 = 0xFFFFFFFFu;
 
-const GYRE_PORT_HOST: u32 = 1u;
-const GYRE_PORT_KERNEL: u32 = 2u;
-const GYRE_PORT_DEAD: u32 = 3u;
-
-const GYRE_DEAD_HANDLER_ERROR: u32 = 1u;
-const GYRE_DEAD_PORT: u32 = 2u;
-const GYRE_DEAD_STOPPED: u32 = 3u;
-
-// Results of gyre_emit and the dispatch (handlers return 0 or codes of their own).
-const GYRE_OK: u32 = 0u;
-const GYRE_ERR_NO_PORT: u32 = 0xFFFFFFFFu;
-const GYRE_ERR_TOO_LARGE: u32 = 0xFFFFFFFEu;
-const GYRE_ERR_TOO_MANY: u32 = 0xFFFFFFFDu;
-const GYRE_ERR_NO_HANDLER: u32 = 0xFFFFFFFCu;
+// Port kinds (GYRE_PORT_*), dead-letter reasons (GYRE_DEAD_*) and the results of gyre_emit
+// and the dispatch (GYRE_OK, GYRE_ERR_*; handlers return 0 or codes of their own) come from
+// gyre_abi.wgsl, generated from runtime/src/abi.rs and concatenated before this file.
 
 // ---- The handler interface -------------------------------------------------------------
 
@@ -193,13 +182,13 @@ fn gyre_dead_letter(d: u32, reason: u32, code: u32, port: u32, kind: u32, corr0:
     letter.w[1] = code;
     letter.w[2] = port;
     letter.w[3] = kind;
-    let room = gyre_payload_bytes(ring) - 16u;
+    let room = gyre_payload_bytes(ring) - GYRE_DEAD_LETTER_PREFIX_BYTES;
     let n = min(min(bytes, room), (GYRE_MSG_WORDS - 4u) * 4u);
     for (var i = 0u; i < (n + 3u) / 4u; i++) {
         letter.w[4u + i] = (*msg).w[i];
     }
     let tag = (desc[d + GYRE_D_KERNEL_ID] << GYRE_TAG_SENDER_SHIFT) | GYRE_KIND_MESSAGE;
-    gyre_push(ring, tag, corr0, corr1, &letter, 16u + n);
+    gyre_push(ring, tag, corr0, corr1, &letter, GYRE_DEAD_LETTER_PREFIX_BYTES + n);
 }
 
 fn gyre_emit(ctx: ptr<function, GyreCtx>, port: u32, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {

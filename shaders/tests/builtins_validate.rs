@@ -32,8 +32,6 @@ struct GyreCtx {
     n_ports: u32,
 }
 
-const GYRE_OK: u32 = 0u;
-
 var<private> stub_params: array<u32, 16>;
 var<private> stub_state: array<u32, 64>;
 var<private> stub_out: array<u32, GYRE_MSG_WORDS>;

@@ -2,10 +2,11 @@
 //!
 //! Nothing here restates a layout: struct offsets and sizes come from `offset_of!` and
 //! `size_of` on the Rust types, constants from the Rust constants themselves, and the
-//! `Command`/`State` values from their `from_word` decoders. What this module adds is
-//! the list of fields per struct (checked for completeness at compile time by an
-//! exhaustive pattern, and for order and gaps by [`StructLayout::check`]) and the list
-//! of constants with the names they get in C and WGSL.
+//! `Command`/`State`/`PortKind`/`DeadReason` values from their `from_word` decoders.
+//! What this module adds is the list of fields per struct (checked for completeness at
+//! compile time by an exhaustive pattern, and for order and gaps by
+//! [`StructLayout::check`]) and the list of constants with the names they get in C and
+//! WGSL.
 //!
 //! Output is deterministic: the same Rust ABI always gives byte-identical files.
 
@@ -15,7 +16,10 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use gyre_runtime::abi::{self, fault, Command, ControlBlock, RingHeader, SlotHeader, State};
+use gyre_runtime::abi::{
+    self, fault, status, Command, ControlBlock, DeadLetterPrefix, DeadReason, PortKind, RingHeader,
+    SlotHeader, State,
+};
 
 /// Path of the generated C header, relative to the workspace root.
 pub const C_HEADER_PATH: &str = "kernels/include/gyre_abi.h";
@@ -153,7 +157,7 @@ macro_rules! struct_layout {
     }};
 }
 
-/// The three ABI structs, in the order they are emitted.
+/// The ABI structs, in the order they are emitted.
 pub fn structs() -> Vec<StructLayout> {
     vec![
         struct_layout!(RingHeader {
@@ -187,6 +191,12 @@ pub fn structs() -> Vec<StructLayout> {
             errors,
             reserved1,
         }),
+        struct_layout!(DeadLetterPrefix {
+            reason,
+            code,
+            port,
+            kind,
+        }),
     ]
 }
 
@@ -199,6 +209,10 @@ pub enum Radix {
     Hex,
     /// Hexadecimal, with the four little-endian bytes shown as ASCII in a comment.
     Magic,
+    /// The bits of an `i32`: a C `int` in decimal (negative ones in parentheses), and in
+    /// WGSL, where handlers return `u32`, the same bits as a `u32` (hexadecimal when
+    /// negative).
+    Signed,
 }
 
 /// One generated constant.
@@ -218,11 +232,28 @@ impl Constant {
         format!("{CONST_PREFIX}{}", self.name)
     }
 
-    /// The value as a `u32` literal (C and WGSL share the `u` suffix).
-    fn literal(&self) -> String {
+    /// The value as a WGSL literal; also the C literal of every radix but
+    /// [`Radix::Signed`] (C and WGSL share the `u` suffix).
+    fn wgsl_literal(&self) -> String {
         match self.radix {
             Radix::Dec => format!("{}u", self.value),
-            Radix::Hex | Radix::Magic => format!("0x{:X}u", self.value),
+            Radix::Signed if self.value.cast_signed() >= 0 => format!("{}u", self.value),
+            Radix::Hex | Radix::Magic | Radix::Signed => format!("0x{:X}u", self.value),
+        }
+    }
+
+    /// The value as a C literal.
+    fn c_literal(&self) -> String {
+        match self.radix {
+            Radix::Signed => {
+                let value = self.value.cast_signed();
+                if value < 0 {
+                    format!("({value})")
+                } else {
+                    value.to_string()
+                }
+            }
+            Radix::Dec | Radix::Hex | Radix::Magic => self.wgsl_literal(),
         }
     }
 
@@ -277,6 +308,17 @@ macro_rules! fault_code {
     };
 }
 
+/// A constant of `gyre_runtime::abi::status`, an `i32`, under its own name.
+macro_rules! status_code {
+    ($name:ident) => {
+        Constant {
+            name: stringify!($name).to_owned(),
+            value: status::$name.cast_unsigned(),
+            radix: Radix::Signed,
+        }
+    };
+}
+
 /// `CamelCase` to `SCREAMING_SNAKE_CASE`.
 fn screaming_snake(camel: &str) -> String {
     let mut out = String::with_capacity(camel.len() + 4);
@@ -318,6 +360,7 @@ pub fn constants() -> Vec<ConstantGroup> {
                 abi_constant!(LINE_BYTES, Dec),
                 abi_constant!(RING_HEADER_BYTES, Dec),
                 abi_constant!(CONTROL_BLOCK_BYTES, Dec),
+                abi_constant!(DEAD_LETTER_PREFIX_BYTES, Dec),
                 abi_constant!(SLOT_HEADER_BYTES, Dec),
                 abi_constant!(MIN_SLOT_BYTES, Dec),
                 abi_constant!(DEFAULT_SLOT_BYTES, Dec),
@@ -353,6 +396,27 @@ pub fn constants() -> Vec<ConstantGroup> {
                 fault_code!(DEVICE_ERROR),
                 fault_code!(WATCHDOG),
                 fault_code!(BAD_COMMAND),
+            ],
+        },
+        ConstantGroup {
+            title: "Port kinds (the kind of a port in a kernel's descriptor), written by the host.",
+            constants: enum_constants("PORT_", PortKind::from_word),
+        },
+        ConstantGroup {
+            title: "Dead-letter reasons (DeadLetterPrefix.reason), written by the device.",
+            constants: enum_constants("DEAD_", DeadReason::from_word),
+        },
+        ConstantGroup {
+            title: "Handler results and gyre_emit errors: int in C, their bits as u32 in WGSL.",
+            constants: vec![
+                status_code!(OK),
+                status_code!(ERR_NO_PORT),
+                status_code!(ERR_TOO_LARGE),
+                status_code!(ERR_TOO_MANY),
+                status_code!(ERR_NO_HANDLER),
+                status_code!(BUILTIN_ERR_PARAMS),
+                status_code!(BUILTIN_ERR_INPUT),
+                status_code!(BUILTIN_ERR_STATE),
             ],
         },
     ]
@@ -456,7 +520,7 @@ pub fn c_header() -> String {
         let _ = writeln!(w, "\n/* {} */", group.title);
         for constant in &group.constants {
             let name = constant.full_name();
-            let _ = write!(w, "#define {name:<width$} {}", constant.literal());
+            let _ = write!(w, "#define {name:<width$} {}", constant.c_literal());
             if let Some(note) = constant.note() {
                 let _ = write!(w, " /* {note} */");
             }
@@ -538,7 +602,7 @@ pub fn wgsl() -> String {
                 w,
                 "const {}: u32 = {};",
                 constant.full_name(),
-                constant.literal()
+                constant.wgsl_literal()
             );
             if let Some(note) = constant.note() {
                 let _ = write!(w, " // {note}");

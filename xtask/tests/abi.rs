@@ -13,7 +13,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Output};
 
-use gyre_runtime::abi::{self, fault, Command, ControlBlock, RingHeader, SlotHeader, State};
+use gyre_runtime::abi::{
+    self, fault, status, Command, ControlBlock, DeadLetterPrefix, DeadReason, PortKind, RingHeader,
+    SlotHeader, State,
+};
 use xtask::abigen::{self, Shape};
 use xtask::workspace_root;
 
@@ -31,6 +34,10 @@ fn rust_constants() -> Vec<(&'static str, u32)> {
         ("GYRE_LINE_BYTES", abi::LINE_BYTES),
         ("GYRE_RING_HEADER_BYTES", abi::RING_HEADER_BYTES),
         ("GYRE_CONTROL_BLOCK_BYTES", abi::CONTROL_BLOCK_BYTES),
+        (
+            "GYRE_DEAD_LETTER_PREFIX_BYTES",
+            abi::DEAD_LETTER_PREFIX_BYTES,
+        ),
         ("GYRE_SLOT_HEADER_BYTES", abi::SLOT_HEADER_BYTES),
         ("GYRE_MIN_SLOT_BYTES", abi::MIN_SLOT_BYTES),
         ("GYRE_DEFAULT_SLOT_BYTES", abi::DEFAULT_SLOT_BYTES),
@@ -59,6 +66,32 @@ fn rust_constants() -> Vec<(&'static str, u32)> {
         ("GYRE_FAULT_DEVICE_ERROR", fault::DEVICE_ERROR),
         ("GYRE_FAULT_WATCHDOG", fault::WATCHDOG),
         ("GYRE_FAULT_BAD_COMMAND", fault::BAD_COMMAND),
+        ("GYRE_PORT_HOST", PortKind::Host as u32),
+        ("GYRE_PORT_KERNEL", PortKind::Kernel as u32),
+        ("GYRE_PORT_DEAD", PortKind::Dead as u32),
+        ("GYRE_DEAD_HANDLER_ERROR", DeadReason::HandlerError as u32),
+        ("GYRE_DEAD_PORT", DeadReason::Port as u32),
+        ("GYRE_DEAD_STOPPED", DeadReason::Stopped as u32),
+        ("GYRE_OK", status::OK.cast_unsigned()),
+        ("GYRE_ERR_NO_PORT", status::ERR_NO_PORT.cast_unsigned()),
+        ("GYRE_ERR_TOO_LARGE", status::ERR_TOO_LARGE.cast_unsigned()),
+        ("GYRE_ERR_TOO_MANY", status::ERR_TOO_MANY.cast_unsigned()),
+        (
+            "GYRE_ERR_NO_HANDLER",
+            status::ERR_NO_HANDLER.cast_unsigned(),
+        ),
+        (
+            "GYRE_BUILTIN_ERR_PARAMS",
+            status::BUILTIN_ERR_PARAMS.cast_unsigned(),
+        ),
+        (
+            "GYRE_BUILTIN_ERR_INPUT",
+            status::BUILTIN_ERR_INPUT.cast_unsigned(),
+        ),
+        (
+            "GYRE_BUILTIN_ERR_STATE",
+            status::BUILTIN_ERR_STATE.cast_unsigned(),
+        ),
     ]
 }
 
@@ -99,14 +132,23 @@ fn checked_in_files_match_the_generator() {
 fn field_tables_tile_each_struct_in_memory_order() {
     let structs = abigen::structs();
     let names: Vec<&str> = structs.iter().map(|layout| layout.name).collect();
-    assert_eq!(names, ["RingHeader", "SlotHeader", "ControlBlock"]);
+    assert_eq!(
+        names,
+        [
+            "RingHeader",
+            "SlotHeader",
+            "ControlBlock",
+            "DeadLetterPrefix"
+        ]
+    );
     let sizes: Vec<usize> = structs.iter().map(|layout| layout.size).collect();
     assert_eq!(
         sizes,
         [
             size_of::<RingHeader>(),
             size_of::<SlotHeader>(),
-            size_of::<ControlBlock>()
+            size_of::<ControlBlock>(),
+            size_of::<DeadLetterPrefix>(),
         ]
     );
     for layout in &structs {
@@ -147,20 +189,29 @@ fn every_rust_constant_is_generated_with_its_value() {
     assert_eq!(generated, oracle);
 
     let source = read_checked_in("runtime/src/abi.rs");
-    let mut in_fault = false;
+    let mut module = "";
     let mut seen = 0;
     for line in source.lines() {
         let line = line.trim_end();
-        if line == "pub mod fault {" {
-            in_fault = true;
+        if let Some(name) = line
+            .strip_prefix("pub mod ")
+            .and_then(|rest| rest.strip_suffix(" {"))
+        {
+            module = name;
         } else if line == "}" {
-            in_fault = false;
+            module = "";
         }
         let Some(rest) = line.trim_start().strip_prefix("pub const ") else {
             continue;
         };
-        // `pub const fn` and constants of other types are not ABI words.
-        let Some((name, _)) = rest.split_once(": u32 =") else {
+        // `pub const fn` and constants of other types are not ABI words; the `status`
+        // codes are `i32`s.
+        let word_type = if module == "status" {
+            ": i32 ="
+        } else {
+            ": u32 ="
+        };
+        let Some((name, _)) = rest.split_once(word_type) else {
             continue;
         };
         if !name
@@ -169,7 +220,7 @@ fn every_rust_constant_is_generated_with_its_value() {
         {
             continue;
         }
-        let full = if in_fault {
+        let full = if module == "fault" {
             format!("GYRE_FAULT_{name}")
         } else {
             format!("GYRE_{name}")
@@ -185,21 +236,26 @@ fn every_rust_constant_is_generated_with_its_value() {
         "found only {seen} constants in runtime/src/abi.rs"
     );
 
-    let commands = (0..=u32::from(u16::MAX))
-        .filter_map(Command::from_word)
-        .count();
-    let states = (0..=u32::from(u16::MAX))
-        .filter_map(State::from_word)
-        .count();
-    let generated_commands = generated
-        .keys()
-        .filter(|name| name.starts_with("GYRE_CMD_"))
-        .count();
-    let generated_states = generated
-        .keys()
-        .filter(|name| name.starts_with("GYRE_STATE_"))
-        .count();
-    assert_eq!((generated_commands, generated_states), (commands, states));
+    // Every word each enum decodes is generated, under the enum's prefix (sizes such as
+    // GYRE_DEAD_LETTER_PREFIX_BYTES share a prefix but are no enum word).
+    let decoded =
+        |decode: fn(u32) -> bool| (0..=u32::from(u16::MAX)).filter(|&w| decode(w)).count();
+    let enums: [(&str, usize); 4] = [
+        ("GYRE_CMD_", decoded(|w| Command::from_word(w).is_some())),
+        ("GYRE_STATE_", decoded(|w| State::from_word(w).is_some())),
+        ("GYRE_PORT_", decoded(|w| PortKind::from_word(w).is_some())),
+        (
+            "GYRE_DEAD_",
+            decoded(|w| DeadReason::from_word(w).is_some()),
+        ),
+    ];
+    for (prefix, count) in enums {
+        let generated_count = generated
+            .keys()
+            .filter(|name| name.starts_with(prefix) && !name.ends_with("_BYTES"))
+            .count();
+        assert_eq!(generated_count, count, "constants named {prefix}*");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -270,12 +326,19 @@ fn translation_unit() -> String {
     let mut unit = String::from(
         "#include \"gyre_abi.h\"\n#include \"gyre_abi.h\"\n\n\
          GyreRingHeader gyre_check_ring;\nGyreSlotHeader gyre_check_slot;\n\
-         GyreControlBlock gyre_check_control;\n\n",
+         GyreControlBlock gyre_check_control;\nGyreDeadLetterPrefix gyre_check_dead;\n\n",
     );
+    // Handler results are C `int`s: negative codes compare as negative numbers.
+    for (code, name, _) in status::ALL {
+        let _ = writeln!(
+            unit,
+            "GYRE_STATIC_ASSERT({name} == ({code}), \"{name} == {code} as int\");"
+        );
+    }
     for (name, value) in rust_constants() {
         let _ = writeln!(
             unit,
-            "GYRE_STATIC_ASSERT({name} == {value}u, \"{name} == {value}\");"
+            "GYRE_STATIC_ASSERT((gyre_u32)({name}) == {value}u, \"{name} == {value}\");"
         );
     }
     unit
@@ -441,6 +504,7 @@ fn wgsl_struct_layouts_match_rust() {
         ("RingHeader", size_of::<RingHeader>()),
         ("SlotHeader", size_of::<SlotHeader>()),
         ("ControlBlock", size_of::<ControlBlock>()),
+        ("DeadLetterPrefix", size_of::<DeadLetterPrefix>()),
     ];
     for layout in abigen::structs() {
         let (handle, ty) = module

@@ -17,8 +17,8 @@ use super::codegen::{self, HandlerCode};
 use super::device::{Device, DeviceError, DeviceMemory, LaunchShape, MappedMemory, Running};
 use super::plan::{self, KernelDesc, Pending, RingRef};
 use crate::abi::{
-    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, SLOT_HEADER_BYTES, TAG_KIND_MASK,
-    TAG_SENDER_SHIFT,
+    Command, ControlBlock, PortKind, State, ABI_VERSION, CONTROL_MAGIC, DEAD_LETTER_PREFIX_BYTES,
+    SLOT_HEADER_BYTES, TAG_SENDER_SHIFT,
 };
 use crate::backend::CommandError;
 use crate::control::{ControlMemory, Counters, HostSide, Sides};
@@ -527,9 +527,9 @@ impl CudaGroup {
                 k.out_slot_bytes,
             )?;
             let biggest = in_layout.payload_bytes().max(out_layout.payload_bytes());
-            // A dead letter is the message after a 16-byte reason block; at the largest slot
+            // A dead letter is the message after a 16-byte DeadLetterPrefix; at the largest slot
             // size the last 16 bytes of a message do not fit and are cut (documented).
-            let dead_slot = (SLOT_HEADER_BYTES + 16 + biggest)
+            let dead_slot = (SLOT_HEADER_BYTES + DEAD_LETTER_PREFIX_BYTES + biggest)
                 .next_power_of_two()
                 .min(crate::abi::MAX_SLOT_BYTES);
             let dead_layout = layout(
@@ -586,7 +586,7 @@ impl CudaGroup {
                         *r = RingRef {
                             header: outbox_at,
                             scope: plan::SCOPE_SYSTEM,
-                            kind: plan::PORT_HOST,
+                            kind: PortKind::Host as u32,
                             payload_bytes: out_layout.payload_bytes(),
                             ..RingRef::default()
                         };
@@ -595,8 +595,8 @@ impl CudaGroup {
                         *r = RingRef {
                             header: dead_at,
                             scope: plan::SCOPE_SYSTEM,
-                            kind: plan::PORT_DEAD,
-                            payload_bytes: dead_layout.payload_bytes() - 16,
+                            kind: PortKind::Dead as u32,
+                            payload_bytes: dead_layout.payload_bytes() - DEAD_LETTER_PREFIX_BYTES,
                             ..RingRef::default()
                         };
                     }
@@ -612,7 +612,7 @@ impl CudaGroup {
                         *r = RingRef {
                             header: memory.device_ptr(),
                             scope: plan::SCOPE_DEVICE,
-                            kind: plan::PORT_KERNEL,
+                            kind: PortKind::Kernel as u32,
                             peer_control: control_addresses[to],
                             payload_bytes: edge_layout.payload_bytes(),
                             reserved: 0,
@@ -883,35 +883,12 @@ impl CudaGroup {
         let mut letters = Vec::new();
         for kernel in &self.kernels {
             kernel.dead.lock().consume(u32::MAX, |slot| {
-                let word = |i: usize| {
-                    u32::from_ne_bytes(
-                        slot.payload[i * 4..i * 4 + 4]
-                            .try_into()
-                            .unwrap_or_default(),
-                    )
-                };
-                let (reason, code, port, kind) = (word(0), word(1), word(2), word(3));
-                let reason_text = match reason {
-                    plan::DEAD_HANDLER_ERROR => {
-                        format!("handler returned error code {}", code.cast_signed())
-                    }
-                    plan::DEAD_PORT => {
-                        format!("emitted to port {port}, which is bound to the dead letters")
-                    }
-                    plan::DEAD_STOPPED => {
-                        format!("emitted to port {port}, whose kernel has stopped")
-                    }
-                    other => format!("unknown dead-letter reason {other}"),
-                };
-                let sender = slot.tag >> TAG_SENDER_SHIFT;
-                letters.push(DeadLetter {
-                    kernel: kernel.plan.name.clone(),
-                    reason: reason_text,
-                    is_input: reason == plan::DEAD_HANDLER_ERROR,
-                    tag: (sender << TAG_SENDER_SHIFT) | (kind & TAG_KIND_MASK),
-                    corr: slot.corr,
-                    payload: slot.payload[16..].to_vec(),
-                });
+                letters.push(DeadLetter::from_device(
+                    &kernel.plan.name,
+                    slot.tag,
+                    slot.corr,
+                    slot.payload,
+                ));
                 Step::Next
             });
         }

@@ -27,31 +27,8 @@ pub const SCOPE_SYSTEM: u32 = 0;
 /// Ring in device memory: acquire/release at GPU scope.
 pub const SCOPE_DEVICE: u32 = 1;
 
-/// Port kind: the kernel's host outbox.
-pub const PORT_HOST: u32 = 1;
-/// Port kind: another kernel's inbox ring.
-pub const PORT_KERNEL: u32 = 2;
-/// Port kind: the dead-letter ring.
-pub const PORT_DEAD: u32 = 3;
-
 /// Kernel flag: one thread handles a batch, in order.
 pub const FLAG_SEQUENTIAL: u32 = 1;
-
-/// Dead-letter reason: the handler returned an error code.
-pub const DEAD_HANDLER_ERROR: u32 = 1;
-/// Dead-letter reason: emitted to a port bound to the dead letters.
-pub const DEAD_PORT: u32 = 2;
-/// Dead-letter reason: the downstream kernel stopped.
-pub const DEAD_STOPPED: u32 = 3;
-
-/// Errors `gyre_emit` returns to a handler (negative codes; a handler passes them on).
-pub const ERR_NO_PORT: i32 = -1;
-/// A message larger than the port's slot payload.
-pub const ERR_TOO_LARGE: i32 = -2;
-/// More emits for one message than the kernel's `max_emits`.
-pub const ERR_TOO_MANY: i32 = -3;
-/// The dispatch has no such handler.
-pub const ERR_NO_HANDLER: i32 = -4;
 
 /// `gyre_ring_ref`: one ring as a kernel sees it.
 #[repr(C)]
@@ -61,7 +38,7 @@ pub struct RingRef {
     pub header: u64,
     /// [`SCOPE_SYSTEM`] or [`SCOPE_DEVICE`].
     pub scope: u32,
-    /// Ports: [`PORT_HOST`], [`PORT_KERNEL`] or [`PORT_DEAD`]; inboxes: 0.
+    /// Ports: a [`PortKind`](crate::abi::PortKind) word; inboxes: 0.
     pub kind: u32,
     /// Ports to a kernel: that kernel's control block, to see it stopped; otherwise 0.
     pub peer_control: u64,
@@ -229,13 +206,11 @@ pub fn layout_asserts() -> String {
     check("GYRE_MAX_INBOXES", MAX_INBOXES);
     check("GYRE_MAX_PORTS", MAX_PORTS);
     check("GYRE_MAX_THREADS", MAX_THREADS as usize);
+    check("GYRE_PARAM_WORDS", PARAM_WORDS);
+    check("GYRE_SCOPE_SYSTEM", SCOPE_SYSTEM as usize);
+    check("GYRE_SCOPE_DEVICE", SCOPE_DEVICE as usize);
+    check("GYRE_FLAG_SEQUENTIAL", FLAG_SEQUENTIAL as usize);
     check("GYRE_RECORD_HEADER_BYTES", RECORD_HEADER_BYTES as usize);
     check("GYRE_SCRATCH_HEADER_BYTES", SCRATCH_HEADER_BYTES as usize);
-    check("GYRE_PORT_HOST", PORT_HOST as usize);
-    check("GYRE_PORT_KERNEL", PORT_KERNEL as usize);
-    check("GYRE_PORT_DEAD", PORT_DEAD as usize);
-    check("GYRE_DEAD_HANDLER_ERROR", DEAD_HANDLER_ERROR as usize);
-    check("GYRE_DEAD_PORT", DEAD_PORT as usize);
-    check("GYRE_DEAD_STOPPED", DEAD_STOPPED as usize);
     out
 }

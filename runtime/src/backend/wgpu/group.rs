@@ -35,8 +35,8 @@ use parking_lot::Mutex;
 use super::adapter::GpuContext;
 use super::codegen::{self, WgslHandler};
 use crate::abi::{
-    Command, ControlBlock, State, ABI_VERSION, CONTROL_MAGIC, LINE_BYTES, RING_HEADER_BYTES,
-    SLOT_HEADER_BYTES, TAG_KIND_MASK, TAG_SENDER_SHIFT,
+    Command, ControlBlock, PortKind, State, ABI_VERSION, CONTROL_MAGIC, DEAD_LETTER_PREFIX_BYTES,
+    LINE_BYTES, RING_HEADER_BYTES, SLOT_HEADER_BYTES, TAG_KIND_MASK,
 };
 use crate::backend::group::{
     check_topology, host_send, GroupReport, KernelReport, Message, Route, SendError, Target,
@@ -74,12 +74,6 @@ const D_PARAMS: usize = 16;
 const D_INBOX: usize = 32;
 const D_PORT: usize = 48;
 const NONE: u32 = u32::MAX;
-const PORT_HOST: u32 = 1;
-const PORT_KERNEL: u32 = 2;
-const PORT_DEAD: u32 = 3;
-const DEAD_HANDLER_ERROR: u32 = 1;
-const DEAD_PORT: u32 = 2;
-const DEAD_STOPPED: u32 = 3;
 /// Passes through a loop's end that gallivm (lavapipe, llvmpipe) counts against its
 /// per-invocation loop limit, per WGSL loop iteration, as a bound: a loop costs its
 /// iterations plus one, and the compiler adds passes of its own (the tick's happy path
@@ -452,7 +446,7 @@ impl WgpuGroup {
                 k.capacity
                     .max(64)
                     .max((k.max_emits + 1).next_power_of_two()),
-                (SLOT_HEADER_BYTES + 16 + biggest)
+                (SLOT_HEADER_BYTES + DEAD_LETTER_PREFIX_BYTES + biggest)
                     .next_power_of_two()
                     .min(crate::abi::MAX_SLOT_BYTES),
             )?;
@@ -621,14 +615,14 @@ impl WgpuGroup {
                 match *target {
                     Target::Host => {
                         d[e] = word(k.at_outbox);
-                        d[e + 1] = PORT_HOST;
+                        d[e + 1] = PortKind::Host as u32;
                         d[e + 2] = k.out_layout.payload_bytes();
                         d[e + 3] = NONE;
                     }
                     Target::DeadLetters => {
                         d[e] = word(k.at_dead);
-                        d[e + 1] = PORT_DEAD;
-                        d[e + 2] = k.dead_layout.payload_bytes() - 16;
+                        d[e + 1] = PortKind::Dead as u32;
+                        d[e + 2] = k.dead_layout.payload_bytes() - DEAD_LETTER_PREFIX_BYTES;
                         d[e + 3] = NONE;
                     }
                     Target::Kernel(_) => {}
@@ -638,7 +632,7 @@ impl WgpuGroup {
         for (from, port, to, edge) in &edges {
             let e = from * DESC_WORDS + D_PORT + port * 4;
             desc[e] = word(edge.at);
-            desc[e + 1] = PORT_KERNEL;
+            desc[e + 1] = PortKind::Kernel as u32;
             desc[e + 2] = edge.layout.payload_bytes();
             desc[e + 3] = word(kernels[*to].at_control);
             let d = to * DESC_WORDS;
@@ -1481,7 +1475,12 @@ impl Inner {
                     kernel.dead_layout,
                     &mut c.dead_head,
                     |tag, corr, payload| {
-                        letters.push(dead_letter(&kernel.plan.name, tag, corr, payload));
+                        letters.push(DeadLetter::from_device(
+                            &kernel.plan.name,
+                            tag,
+                            corr,
+                            payload,
+                        ));
                         true
                     },
                 );
@@ -1730,26 +1729,6 @@ fn take_messages(
             taken += 1;
         }
         *head = head.wrapping_add(1);
-    }
-}
-
-fn dead_letter(kernel: &str, tag: u32, corr: [u32; 2], payload: &[u8]) -> DeadLetter {
-    let word = |i: usize| read_u32(payload, i * 4);
-    let (reason, code, port, kind) = (word(0), word(1), word(2), word(3));
-    let reason_text = match reason {
-        DEAD_HANDLER_ERROR => format!("handler returned error code {}", code.cast_signed()),
-        DEAD_PORT => format!("emitted to port {port}, which is bound to the dead letters"),
-        DEAD_STOPPED => format!("emitted to port {port}, whose kernel has stopped"),
-        other => format!("unknown dead-letter reason {other}"),
-    };
-    let sender = tag >> TAG_SENDER_SHIFT;
-    DeadLetter {
-        kernel: kernel.to_owned(),
-        reason: reason_text,
-        is_input: reason == DEAD_HANDLER_ERROR,
-        tag: (sender << TAG_SENDER_SHIFT) | (kind & TAG_KIND_MASK),
-        corr,
-        payload: payload[16..].to_vec(),
     }
 }
 
