@@ -174,7 +174,7 @@ fn have(program: &str, arg: &str) -> bool {
 /// Installs what the tests need when it is missing: the rustfmt and clippy
 /// components, a C/C++ compiler (the ABI header test compiles `gyre_abi.h`; `nvcc`
 /// uses `g++` as its host compiler), the Vulkan loader and Mesa's software Vulkan
-/// driver (lavapipe: the wgpu tests run on it; see [`setup_vulkan`]), and the CUDA
+/// driver (lavapipe: the wgpu tests run on it; see `setup_vulkan`), and the CUDA
 /// compilers from PyPI (see [`cuda`]; no GPU needed).
 ///
 /// # Errors
@@ -470,6 +470,13 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
                 "warnings",
             ],
         ),
+        // Rustdoc of every crate with every feature: broken or private links fail.
+        Step::new(
+            "docs",
+            "cargo",
+            &["doc", "--no-deps", "--workspace", "--all-features"],
+        )
+        .env("RUSTDOCFLAGS", "-D warnings"),
         // The built-ins compiled ahead of time (about 5 s of nvcc), so the tests build
         // gyre-kernels with the images embedded.
         Step::new(

@@ -6,7 +6,7 @@
 //! 3. the built-ins are compiled ahead of time with `nvcc` (`cargo xtask kernels`), so
 //!    the GPU tests load those images;
 //! 4. the device is recorded (`nvidia-smi --query-gpu=...`);
-//! 5. with the toolkit's environment, every step of [`steps`] runs, each to the end
+//! 5. with the toolkit's environment, every step of `steps` runs, each to the end
 //!    even when an earlier one failed;
 //! 6. the report (date, commit, device, and per step: command, result, duration, full
 //!    stdout and stderr) is written whatever happened, and its path printed.

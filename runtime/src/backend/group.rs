@@ -8,11 +8,11 @@ use crate::control::Counters;
 /// Where a port's messages go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// The kernel's host outbox ([`CudaGroup::try_recv`]).
+    /// The kernel's host outbox, which the host receives from.
     Host,
     /// Kernel `i` of the group, through a ring in device memory.
     Kernel(usize),
-    /// The dead letters ([`CudaGroup::take_dead_letters`]).
+    /// The group's dead letters, which the host takes.
     DeadLetters,
 }
 
