@@ -145,3 +145,53 @@ fn a_drained_faulted_kernel_stays_stopped_whatever_its_fault_policy() {
     assert_eq!(kernel.restarts(), 0);
     assert_eq!(kernel.state(), State::Terminated);
 }
+
+#[test]
+fn a_group_drain_does_not_wait_on_a_full_faulted_downstream() {
+    // `back` faults with its two-slot inbox full and `front` still holding messages for
+    // it: `front` (drained first, upstream) must not wait for room that a faulted kernel
+    // never frees. Every id ends in exactly one place.
+    const SENT: u64 = 40;
+    let runtime = Runtime::builder().workers(2).build().unwrap();
+    let mut g = runtime.group("g");
+    let front = g.add(
+        KernelSpec::<u64, u64>::new("front")
+            .no_host_output()
+            .cpu(|x, out| Ok(out.emit(*x)?)),
+    );
+    let back = g.add(fragile("back", Placement::Pool).capacity(2));
+    g.route(front, 0, back);
+    let group = g.launch().unwrap();
+    let (input, output) = (group.kernel(front).unwrap(), group.kernel(back).unwrap());
+    for i in 0..SENT {
+        input.send(i).unwrap();
+    }
+    group.activate().unwrap();
+    wait_until_faulted(|| output.state());
+    // `front` fills `back`'s inbox and stalls on it.
+    let deadline = Instant::now() + WAIT;
+    while input.metrics().stalls == 0 {
+        assert!(Instant::now() < deadline, "front never stalled on back");
+        std::thread::yield_now();
+    }
+    let started = Instant::now();
+    let report = group.drain(Duration::from_secs(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the drain waited on the faulted member: {:?}",
+        started.elapsed()
+    );
+    for entry in &report.kernels {
+        assert!(!entry.timed_out && entry.error.is_none(), "{entry:?}");
+    }
+    let mut seen: Vec<u64> = std::iter::from_fn(|| output.try_recv().ok().flatten()).collect();
+    assert_eq!(seen, [0, 1, 2], "what back emitted before its fault");
+    for entry in &report.kernels {
+        seen.extend(entry.undelivered.iter().map(gyre::RawMessage::read::<u64>));
+    }
+    for letter in runtime.take_dead_letters() {
+        seen.push(u64::from_ne_bytes(letter.payload[..8].try_into().unwrap()));
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..SENT).collect::<Vec<_>>(), "each id exactly once");
+}

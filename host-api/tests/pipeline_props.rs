@@ -457,6 +457,7 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
     } else {
         FINAL_DRAIN_PAUSED_WAIT
     };
+    let drain_started = Instant::now();
     let report = std::thread::scope(|scope| {
         let drainer = scope.spawn(|| group.drain(wait));
         while !drainer.is_finished() {
@@ -465,11 +466,23 @@ fn run(case: &Case) -> Result<(), TestCaseError> {
         }
         drainer.join().unwrap()
     });
+    let drain_took = drain_started.elapsed();
     for k in &report.kernels {
         if (k.timed_out && case.activate_last) || k.error.is_some() {
+            // Every kernel's counters after the stop, to tell a stall from slowness.
+            let metrics: Vec<String> = kernels
+                .iter()
+                .map(|kernel| format!("{:?}", kernel.metrics()))
+                .collect();
             problems.push(format!(
-                "final drain of {}: timed_out {}, error {:?}, final state {:?}",
-                k.kernel, k.timed_out, k.error, k.final_state
+                "final drain of {}: timed_out {}, error {:?}, final state {:?}, after {:?}; \
+                 kernels: {}",
+                k.kernel,
+                k.timed_out,
+                k.error,
+                k.final_state,
+                drain_took,
+                metrics.join("; ")
             ));
         }
     }
