@@ -64,12 +64,24 @@ pub enum Error {
         source: gyre_runtime::ring::LayoutError,
     },
     /// The spec has no implementation for the backend it is launched on.
-    #[error("kernel `{kernel}` has no {backend} implementation: add one to its KernelSpec (e.g. `.cpu(...)`)")]
+    #[error("kernel `{kernel}` has no {backend} implementation: {advice}")]
     NoImplementation {
         /// The kernel.
         kernel: String,
         /// The backend.
         backend: &'static str,
+        /// What to add to the spec, or where to launch it instead.
+        advice: String,
+    },
+    /// The backend cannot do what was asked; the advice says what to do instead.
+    #[error("{what} is not supported on the {backend} backend: {advice}")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+        /// The backend.
+        backend: &'static str,
+        /// What to do instead.
+        advice: String,
     },
     /// A backend that was asked for is not available here.
     #[error("backend {backend} is unavailable: {reason}")]

@@ -14,14 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gyre_runtime::abi::Command;
 use gyre_runtime::backend::cpu::{KernelCore, PortTarget};
-use gyre_runtime::ring::SlotRef;
 use gyre_runtime::routing::{self, RouteError};
 
-use crate::kernel::{recv_shared, try_recv_shared};
+use crate::backing::{Backing, DeviceCore, DeviceKernel};
+use crate::device::{self, DeviceLaunch, DevicePlan, Place};
 use crate::report::{GroupReport, KernelShutdown, RawMessage};
 use crate::spec::{join, Message};
-use crate::{Error, Kernel, KernelSpec, Runtime, SendError, Sender};
+use crate::stop::{stop_kernels, Stop};
+use crate::{Backend, Error, Kernel, KernelSpec, Runtime};
 
 /// Identifies a group builder, so a stage is never used with another builder's group.
 static NEXT_BUILDER_ID: AtomicU64 = AtomicU64::new(1);
@@ -30,7 +32,7 @@ static NEXT_BUILDER_ID: AtomicU64 = AtomicU64::new(1);
 /// was added to. It is valid only with that builder and the [`Group`] it launches: any
 /// other builder or group refuses it with [`Error::ForeignStage`].
 pub struct Stage<In, Out> {
-    index: usize,
+    pub(crate) index: usize,
     builder: u64,
     _types: PhantomData<fn(In) -> Out>,
 }
@@ -51,7 +53,13 @@ impl<In, Out> std::fmt::Debug for Stage<In, Out> {
     }
 }
 
-type Launcher<'rt> = Box<dyn FnOnce(&Runtime) -> Result<Arc<KernelCore>, Error> + 'rt>;
+/// A kernel launched on the CPU, or planned for a device group.
+pub(crate) enum Placed {
+    Cpu(Arc<KernelCore>),
+    Device(DevicePlan),
+}
+
+type Launcher<'rt> = Box<dyn FnOnce(&Runtime, &Place) -> Result<Placed, Error> + 'rt>;
 
 struct Planned<'rt> {
     name: String,
@@ -60,14 +68,11 @@ struct Planned<'rt> {
     out_type: (TypeId, &'static str),
     out_bytes: usize,
     ports: u32,
+    host_output: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
-    Kernel(usize),
-    Host,
-    DeadLetters,
-}
+pub(crate) use crate::device::PortTo;
+use PortTo as Target;
 
 /// Builds a [`Group`]: add kernels, route their ports, launch.
 ///
@@ -96,14 +101,18 @@ enum Target {
 /// ```
 pub struct GroupBuilder<'rt> {
     runtime: &'rt Runtime,
-    name: String,
+    pub(crate) name: String,
     /// The id its stages carry.
     id: u64,
     /// Set when a stage of another builder was passed in; `launch` returns it.
     foreign: Option<Error>,
     kernels: Vec<Planned<'rt>>,
-    routes: Vec<(usize, u32, Target)>,
+    pub(crate) routes: Vec<(usize, u32, Target)>,
     allow_cycles: bool,
+    /// The backend the group runs on, when not the runtime's.
+    backend: Option<Backend>,
+    /// CUDA threads per block.
+    threads: Option<u32>,
 }
 
 impl std::fmt::Debug for GroupBuilder<'_> {
@@ -129,7 +138,36 @@ impl<'rt> GroupBuilder<'rt> {
             kernels: Vec::new(),
             routes: Vec::new(),
             allow_cycles: false,
+            backend: None,
+            threads: None,
         }
+    }
+
+    /// Runs the group on `backend` instead of the runtime's: [`Backend::Cpu`] (always
+    /// available), or the runtime's device backend. Each kernel runs its implementation
+    /// for that backend; one without fails the launch with [`Error::NoImplementation`].
+    ///
+    /// ```
+    /// use gyre::{Backend, KernelSpec, Runtime};
+    /// let runtime = Runtime::builder().build()?;
+    /// let mut g = runtime.group("on-cpu");
+    /// g.backend(Backend::Cpu);
+    /// g.add(KernelSpec::<u32, u32>::new("inc").cpu(|x, out| Ok(out.emit(x + 1)?)));
+    /// let group = g.launch()?;
+    /// assert_eq!(group.backend(), "cpu");
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    pub fn backend(&mut self, backend: Backend) -> &mut Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Threads per block on CUDA, 1 to 256: each kernel handles up to this many
+    /// messages at once. Default 64 on a GPU, 4 under emulation (where each thread is a
+    /// host thread). Other backends ignore it.
+    pub fn threads(&mut self, threads: u32) -> &mut Self {
+        self.threads = Some(threads);
+        self
     }
 
     /// Adds a kernel; returns its stage, for routes and for [`Group::kernel`].
@@ -141,7 +179,15 @@ impl<'rt> GroupBuilder<'rt> {
             out_type: (TypeId::of::<Out>(), std::any::type_name::<Out>()),
             out_bytes: std::mem::size_of::<Out>(),
             ports: spec.ports,
-            launch: Some(Box::new(move |rt: &Runtime| Ok(rt.launch(spec)?.core))),
+            host_output: spec.host_output.is_some(),
+            #[cfg_attr(
+                not(any(feature = "cuda", feature = "wgpu")),
+                allow(unreachable_patterns)
+            )]
+            launch: Some(Box::new(move |rt: &Runtime, place: &Place| match place {
+                Place::Cpu => Ok(Placed::Cpu(rt.launch_cpu(spec)?)),
+                device => Ok(Placed::Device(device::plan(&spec, device)?)),
+            })),
         });
         Stage {
             index,
@@ -269,6 +315,10 @@ impl<'rt> GroupBuilder<'rt> {
     /// [`Error::Route`] for a bad topology, or any launch error of a kernel.
     pub fn launch(mut self) -> Result<Group, Error> {
         let edges = self.check()?;
+        let place = self.runtime.place(self.backend)?;
+        if !matches!(place, Place::Cpu) {
+            return self.launch_device(&place, edges);
+        }
         let mut cores: Vec<Arc<KernelCore>> = Vec::with_capacity(self.kernels.len());
         let result = self.launch_into(&edges, &mut cores);
         if let Err(e) = result {
@@ -282,10 +332,56 @@ impl<'rt> GroupBuilder<'rt> {
         Ok(Group {
             name: self.name,
             builder: self.id,
-            kernels: cores,
-            edges,
-            order,
-            cyclic: self.allow_cycles,
+            inner: Inner::Cpu {
+                kernels: cores,
+                edges,
+                order,
+                cyclic: self.allow_cycles,
+            },
+        })
+    }
+
+    /// Plans every kernel for the device of `place`, launches them as one group and
+    /// registers it with the runtime.
+    fn launch_device(mut self, place: &Place, edges: Vec<(usize, usize)>) -> Result<Group, Error> {
+        if self.allow_cycles {
+            return Err(Error::Unsupported {
+                what: format!("group `{}` with cycles", self.name),
+                backend: place.name(),
+                advice: "a device group runs its kernels in topological order (a grid or a \
+                         tick): keep cyclic groups (coordinator/worker, BSP) on the CPU \
+                         backend with `GroupBuilder::backend(Backend::Cpu)`"
+                    .to_owned(),
+            });
+        }
+        let mut plans = Vec::with_capacity(self.kernels.len());
+        for planned in &mut self.kernels {
+            let launch = planned.launch.take().expect("each kernel launches once");
+            match launch(self.runtime, place)? {
+                Placed::Device(plan) => plans.push(plan),
+                Placed::Cpu(_) => unreachable!("a device place plans, it does not launch"),
+            }
+        }
+        let order = routing::drain_order(self.kernels.len(), &edges);
+        let core = device::launch(
+            place,
+            DeviceLaunch {
+                name: self.name.clone(),
+                plans,
+                names: self.kernels.iter().map(|k| k.name.clone()).collect(),
+                host_output: self.kernels.iter().map(|k| k.host_output).collect(),
+                routes: self.routes.clone(),
+                edges,
+                order,
+                threads: self.threads,
+                command_timeout: self.runtime.command_timeout,
+            },
+        )?;
+        self.runtime.register(core.clone());
+        Ok(Group {
+            name: self.name,
+            builder: self.id,
+            inner: Inner::Device(core),
         })
     }
 
@@ -296,7 +392,10 @@ impl<'rt> GroupBuilder<'rt> {
     ) -> Result<(), Error> {
         for planned in &mut self.kernels {
             let launch = planned.launch.take().expect("each kernel launches once");
-            cores.push(launch(self.runtime)?);
+            match launch(self.runtime, &Place::Cpu)? {
+                Placed::Cpu(core) => cores.push(core),
+                Placed::Device(_) => unreachable!("the CPU place launches"),
+            }
         }
         for &(from, port, target) in &self.routes {
             let bytes = self.kernels[from].out_bytes;
@@ -322,17 +421,28 @@ impl<'rt> GroupBuilder<'rt> {
     }
 }
 
-/// Kernels launched together with their routes (see [`GroupBuilder`]).
+/// Kernels launched together with their routes (see [`GroupBuilder`]), on any backend.
 #[derive(Debug)]
 pub struct Group {
     name: String,
     /// The id of the builder that launched it: the one its stages carry.
     builder: u64,
-    kernels: Vec<Arc<KernelCore>>,
-    edges: Vec<(usize, usize)>,
-    /// Upstream first.
-    order: Vec<usize>,
-    cyclic: bool,
+    inner: Inner,
+}
+
+/// What a group is on its backend.
+#[derive(Debug)]
+enum Inner {
+    /// CPU kernels bound to each other's inboxes.
+    Cpu {
+        kernels: Vec<Arc<KernelCore>>,
+        edges: Vec<(usize, usize)>,
+        /// Upstream first.
+        order: Vec<usize>,
+        cyclic: bool,
+    },
+    /// One group on a device backend.
+    Device(Arc<DeviceCore>),
 }
 
 impl Group {
@@ -341,42 +451,87 @@ impl Group {
         &self.name
     }
 
+    /// The backend the group runs on: `cpu`, `cuda`, `cuda-emulated` or `wgpu`.
+    pub fn backend(&self) -> &'static str {
+        match &self.inner {
+            Inner::Cpu { .. } => "cpu",
+            Inner::Device(core) => core.group.backend(),
+        }
+    }
+
+    /// What kernel `index` stands on.
+    pub(crate) fn backing(&self, index: usize) -> Backing {
+        match &self.inner {
+            Inner::Cpu { kernels, .. } => Backing::Cpu(kernels[index].clone()),
+            Inner::Device(core) => Backing::Device(DeviceKernel {
+                group: core.clone(),
+                k: index,
+            }),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.inner {
+            Inner::Cpu { kernels, .. } => kernels.len(),
+            Inner::Device(core) => core.names.len(),
+        }
+    }
+
+    fn kernel_name(&self, index: usize) -> String {
+        match &self.inner {
+            Inner::Cpu { kernels, .. } => kernels[index].config().name.clone(),
+            Inner::Device(core) => core.names[index].clone(),
+        }
+    }
+
+    fn edges_and_order(&self) -> (&[(usize, usize)], &[usize]) {
+        match &self.inner {
+            Inner::Cpu { edges, order, .. } => (edges, order),
+            Inner::Device(core) => (&core.edges, &core.order),
+        }
+    }
+
     /// The typed handle of one kernel of the group.
     ///
     /// # Errors
     /// [`Error::ForeignStage`] when `stage` was returned by another builder than the one
     /// that launched this group.
     pub fn kernel<In, Out>(&self, stage: Stage<In, Out>) -> Result<Kernel<In, Out>, Error> {
-        match self.kernels.get(stage.index) {
-            Some(core) if stage.builder == self.builder => Ok(Kernel {
-                core: core.clone(),
-                _types: PhantomData,
-            }),
-            _ => Err(Error::ForeignStage {
+        if stage.builder != self.builder || stage.index >= self.len() {
+            return Err(Error::ForeignStage {
                 group: self.name.clone(),
-            }),
+            });
         }
+        Ok(Kernel::over(self.backing(stage.index)))
     }
 
     /// Names of the kernels, upstream first.
     pub fn kernel_names(&self) -> Vec<String> {
-        self.order
-            .iter()
-            .map(|&i| self.kernels[i].config().name.clone())
-            .collect()
+        let (_, order) = self.edges_and_order();
+        order.iter().map(|&i| self.kernel_name(i)).collect()
     }
 
     /// Routes between kernels, as (upstream name, downstream name).
     pub fn routes(&self) -> Vec<(String, String)> {
-        self.edges
+        let (edges, _) = self.edges_and_order();
+        edges
             .iter()
-            .map(|&(f, t)| {
-                (
-                    self.kernels[f].config().name.clone(),
-                    self.kernels[t].config().name.clone(),
-                )
-            })
+            .map(|&(f, t)| (self.kernel_name(f), self.kernel_name(t)))
             .collect()
+    }
+
+    /// Sends `command` to every kernel, in `order`.
+    fn command_all(&self, command: Command, order: impl Iterator<Item = usize>) -> Result<(), Error> {
+        for i in order {
+            let result = match &self.inner {
+                Inner::Cpu { kernels, .. } => kernels[i]
+                    .set_active(command == Command::Activate)
+                    .map(drop),
+                Inner::Device(core) => core.group.command(i, command).map(drop),
+            };
+            result.map_err(|e| Error::from_command(&self.kernel_name(i), e))?;
+        }
+        Ok(())
     }
 
     /// Activates every kernel, downstream first (so nothing waits on an inactive stage).
@@ -384,12 +539,8 @@ impl Group {
     /// # Errors
     /// The first kernel's error, as [`Kernel::activate`].
     pub fn activate(&self) -> Result<(), Error> {
-        for &i in self.order.iter().rev() {
-            let k = &self.kernels[i];
-            k.set_active(true)
-                .map_err(|e| Error::from_command(&k.config().name, e))?;
-        }
-        Ok(())
+        let order = self.edges_and_order().1.to_vec();
+        self.command_all(Command::Activate, order.into_iter().rev())
     }
 
     /// Pauses every kernel, upstream first; messages keep queuing.
@@ -397,12 +548,8 @@ impl Group {
     /// # Errors
     /// As [`Kernel::deactivate`].
     pub fn deactivate(&self) -> Result<(), Error> {
-        for &i in &self.order {
-            let k = &self.kernels[i];
-            k.set_active(false)
-                .map_err(|e| Error::from_command(&k.config().name, e))?;
-        }
-        Ok(())
+        let order = self.edges_and_order().1.to_vec();
+        self.command_all(Command::Pause, order.into_iter())
     }
 
     /// Drains the group, upstream kernels first (topological order), so everything in
@@ -453,44 +600,127 @@ impl Group {
     /// assert_eq!(report.undelivered_as::<u32>(&["back"])[0], 2);
     /// # Ok::<(), gyre::Error>(())
     /// ```
+    ///
+    /// On a device backend the group drains as one unit, upstream first, within
+    /// `timeout` plus the command timeout; every kernel has an entry.
     pub fn drain(&self, timeout: Duration) -> GroupReport {
-        let deadline = Instant::now() + timeout;
-        if self.cyclic {
-            wait_quiet(&self.kernels, deadline);
+        match &self.inner {
+            Inner::Cpu {
+                kernels,
+                order,
+                cyclic,
+                ..
+            } => {
+                let deadline = Instant::now() + timeout;
+                if *cyclic {
+                    wait_quiet(kernels, deadline);
+                }
+                stop_kernels(order.iter().map(|&i| &kernels[i]), Stop::Drain(deadline))
+            }
+            Inner::Device(core) => device_stop(core, Stop::Drain(Instant::now() + timeout)),
         }
-        stop_kernels(
-            self.order.iter().map(|&i| &self.kernels[i]),
-            Stop::Drain(deadline),
-        )
     }
 
     /// Terminates every kernel, upstream first; every message still in a ring comes back
-    /// in the report.
+    /// in the report (on a device backend, also what waits in host outputs no
+    /// [`crate::Receiver`] holds).
     pub fn terminate(&self) -> GroupReport {
-        stop_kernels(
-            self.order.iter().map(|&i| &self.kernels[i]),
-            Stop::Terminate,
-        )
+        match &self.inner {
+            Inner::Cpu { kernels, order, .. } => {
+                stop_kernels(order.iter().map(|&i| &kernels[i]), Stop::Terminate)
+            }
+            Inner::Device(core) => device_stop(core, Stop::Terminate),
+        }
     }
 
     /// Terminates one kernel of the group by name; the others keep running (what they
     /// emit toward it from now on goes to the dead letters).
     ///
     /// # Errors
-    /// [`Error::Route`] with [`RouteError::UnknownKernel`] when no kernel has that name.
+    /// [`Error::Route`] with [`RouteError::UnknownKernel`] when no kernel has that name;
+    /// [`Error::Unsupported`] on a device backend, whose groups stop as a unit.
     pub fn terminate_kernel(&self, name: &str) -> Result<GroupReport, Error> {
-        let kernel = self
-            .kernels
-            .iter()
-            .find(|k| k.config().name == name)
+        let index = (0..self.len())
+            .find(|&i| self.kernel_name(i) == name)
             .ok_or_else(|| RouteError::UnknownKernel(name.to_owned()))?;
-        Ok(stop_kernels(std::iter::once(kernel), Stop::Terminate))
+        match &self.inner {
+            Inner::Cpu { kernels, .. } => Ok(stop_kernels(
+                std::iter::once(&kernels[index]),
+                Stop::Terminate,
+            )),
+            Inner::Device(core) => Err(Error::Unsupported {
+                what: format!("terminating kernel `{name}` alone"),
+                backend: core.group.backend(),
+                advice: format!(
+                    "group `{}` runs as one unit on the device: terminate the whole group, \
+                     or run the kernel in a group of its own",
+                    core.name
+                ),
+            }),
+        }
     }
 
     /// The worst health of the group's kernels and every reason.
     pub fn health(&self, policy: &crate::HealthPolicy) -> crate::Health {
-        combine_health(self.kernels.iter().map(|k| k.health(policy)))
+        match &self.inner {
+            Inner::Cpu { kernels, .. } => combine_health(kernels.iter().map(|k| k.health(policy))),
+            Inner::Device(core) => device_health(core, policy),
+        }
     }
+}
+
+/// The health of every kernel of a device group.
+pub(crate) fn device_health(core: &DeviceCore, policy: &crate::HealthPolicy) -> crate::Health {
+    combine_health((0..core.names.len()).map(|k| core.group.health(k, policy)))
+}
+
+/// Drains (until the deadline) or terminates a device group and reports every kernel,
+/// upstream first. A terminate also hands back the host outputs no receiver holds.
+pub(crate) fn device_stop(core: &DeviceCore, how: Stop) -> GroupReport {
+    core.stopped.store(true, Ordering::Relaxed);
+    let (report, terminate) = match how {
+        Stop::Drain(deadline) => (
+            core.group
+                .drain(deadline.saturating_duration_since(Instant::now())),
+            false,
+        ),
+        Stop::Terminate => (core.group.terminate(), true),
+    };
+    let raw = |m: &gyre_runtime::backend::group::Message| RawMessage {
+        corr: join(m.corr),
+        bytes: m.payload.clone(),
+    };
+    let kernels = core
+        .order
+        .iter()
+        .map(|&k| {
+            let entry = &report.kernels[k];
+            let mut outputs: Vec<RawMessage> =
+                entry.undelivered_outputs.iter().map(|(_, m)| raw(m)).collect();
+            if terminate && !core.receiver_taken[k].load(Ordering::Relaxed) {
+                while let Ok(Some(m)) = core.try_recv_with(k, |p, corr| RawMessage {
+                    corr: join(corr),
+                    bytes: p.to_vec(),
+                }) {
+                    outputs.push(m);
+                }
+            }
+            KernelShutdown {
+                kernel: entry.name.clone(),
+                processed: entry.counters.processed,
+                timed_out: report.timed_out,
+                final_state: entry.state,
+                fault: (entry.state == crate::State::Faulted)
+                    .then(|| core.group.fault())
+                    .flatten(),
+                error: None,
+                abandoned: false,
+                undelivered: entry.undelivered.iter().map(raw).collect(),
+                undelivered_outputs: outputs,
+            }
+        })
+        .collect();
+    GroupReport { kernels }
 }
 
 pub(crate) fn combine_health(all: impl Iterator<Item = crate::Health>) -> crate::Health {
@@ -527,302 +757,3 @@ fn wait_quiet(kernels: &[Arc<KernelCore>], deadline: Instant) {
     }
 }
 
-#[derive(Clone, Copy)]
-pub(crate) enum Stop {
-    Drain(Instant),
-    Terminate,
-}
-
-/// Drains or terminates `kernels` in the order given and gathers what they handed back.
-pub(crate) fn stop_kernels<'a>(
-    kernels: impl Iterator<Item = &'a Arc<KernelCore>>,
-    how: Stop,
-) -> GroupReport {
-    GroupReport {
-        kernels: kernels.filter_map(|k| stop_kernel(k, how)).collect(),
-    }
-}
-
-/// A message handed back by a stop, as a report keeps it.
-pub(crate) fn raw(s: SlotRef<'_>) -> RawMessage {
-    RawMessage {
-        corr: join(s.user_corr()),
-        bytes: s.payload.to_vec(),
-    }
-}
-
-/// Drains or terminates one kernel and says what it handed back; `None` when it was
-/// terminated already (whoever terminated it took its messages then). A faulted kernel
-/// is terminated by a drain too (see [`Group::drain`]): its entry carries the fault and
-/// its undelivered messages, not an error.
-pub(crate) fn stop_kernel(kernel: &Arc<KernelCore>, how: Stop) -> Option<KernelShutdown> {
-    if kernel.state() == crate::State::Terminated && !kernel.is_uncollected() {
-        return None;
-    }
-    let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
-    let outcome = match how {
-        Stop::Drain(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            kernel.drain(left, &mut |s| inputs.push(raw(s)), &mut |s| {
-                outputs.push(raw(s));
-            })
-        }
-        Stop::Terminate => kernel.terminate(&mut |s| inputs.push(raw(s)), &mut |s| {
-            outputs.push(raw(s));
-        }),
-    };
-    let (timed_out, abandoned, error) = match outcome {
-        Ok(summary) => (summary.timed_out, summary.abandoned, None),
-        // Terminated meanwhile (by another host thread or its fault policy), which took
-        // its messages: nothing is left to report.
-        Err(gyre_runtime::backend::CommandError::Lifecycle(e))
-            if e.from == crate::State::Terminated =>
-        {
-            return None;
-        }
-        Err(e) => (
-            false,
-            false,
-            Some(Error::from_command(&kernel.config().name, e)),
-        ),
-    };
-    Some(KernelShutdown {
-        kernel: kernel.config().name.clone(),
-        processed: kernel.counters().processed,
-        timed_out,
-        final_state: kernel.state(),
-        fault: kernel.fault(),
-        error,
-        abandoned,
-        undelivered: inputs,
-        undelivered_outputs: outputs,
-    })
-}
-
-/// Adds a pipeline's pending last stage, with or without a host output.
-type AddStage<'rt> = Box<dyn FnOnce(&mut GroupBuilder<'rt>, bool) -> usize + 'rt>;
-
-/// Builds a linear [`Pipeline`]: each stage's port 0 routed to the next stage's inbox.
-/// Intermediate stages get no host output; the last stage's output goes to the host.
-///
-/// ```
-/// use gyre::{KernelSpec, Runtime};
-/// use std::time::Duration;
-///
-/// let runtime = Runtime::builder().build()?;
-/// let pipeline = runtime
-///     .pipeline::<u32>("math")
-///     .stage(KernelSpec::<u32, u32>::new("add").cpu(|x, out| Ok(out.emit(x + 1)?)))
-///     .stage(KernelSpec::<u32, u64>::new("square").cpu(|x, out| Ok(out.emit(u64::from(*x).pow(2))?)))
-///     .launch()?;
-/// pipeline.activate()?;
-/// pipeline.send(2)?;
-/// assert_eq!(pipeline.recv()?, 9);
-/// assert_eq!(pipeline.drain(Duration::from_secs(5)).undelivered_count(), 0);
-/// # Ok::<(), gyre::Error>(())
-/// ```
-pub struct PipelineBuilder<'rt, In, Out> {
-    group: GroupBuilder<'rt>,
-    pending: Option<AddStage<'rt>>,
-    added: Option<usize>,
-    first: Option<usize>,
-    _types: PhantomData<fn(In) -> Out>,
-}
-
-impl<In, Out> std::fmt::Debug for PipelineBuilder<'_, In, Out> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PipelineBuilder")
-            .field("group", &self.group)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'rt, In: Message, Out: Message> PipelineBuilder<'rt, In, Out> {
-    pub(crate) fn new(runtime: &'rt Runtime, name: String) -> Self {
-        Self {
-            group: GroupBuilder::new(runtime, name),
-            pending: None,
-            added: None,
-            first: None,
-            _types: PhantomData,
-        }
-    }
-
-    fn add_pending(&mut self, host_output: bool) -> Option<usize> {
-        let add = self.pending.take()?;
-        let index = add(&mut self.group, host_output);
-        if let Some(prev) = self.added {
-            self.group.routes.push((prev, 0, Target::Kernel(index)));
-        }
-        self.first.get_or_insert(index);
-        self.added = Some(index);
-        Some(index)
-    }
-
-    /// Appends a stage taking what the previous stage emits on port 0.
-    pub fn stage<Next: Message>(
-        mut self,
-        spec: KernelSpec<Out, Next>,
-    ) -> PipelineBuilder<'rt, In, Next> {
-        self.add_pending(false);
-        PipelineBuilder {
-            group: self.group,
-            pending: Some(Box::new(
-                move |group: &mut GroupBuilder<'rt>, host_output| {
-                    let spec = if host_output {
-                        spec
-                    } else {
-                        spec.no_host_output()
-                    };
-                    group.add(spec).index
-                },
-            )),
-            added: self.added,
-            first: self.first,
-            _types: PhantomData,
-        }
-    }
-
-    /// Launches the stages (in state `Launched`; call [`Pipeline::activate`]).
-    ///
-    /// # Errors
-    /// As [`GroupBuilder::launch`]; [`Error::Launch`] for a pipeline with no stage.
-    pub fn launch(mut self) -> Result<Pipeline<In, Out>, Error> {
-        let name = self.group.name.clone();
-        let last = self.add_pending(true).ok_or_else(|| {
-            Error::Launch(format!(
-                "pipeline `{name}` has no stage: add one with .stage(spec)"
-            ))
-        })?;
-        let first = self.first.unwrap_or(last);
-        let group = self.group.launch()?;
-        Ok(Pipeline {
-            input: Sender::for_core(group.kernels[first].clone()),
-            output: group.kernels[last].clone(),
-            group,
-            _types: PhantomData,
-        })
-    }
-}
-
-/// A launched linear pipeline: send `In` to the first stage, receive `Out` from the last.
-pub struct Pipeline<In, Out> {
-    group: Group,
-    input: Sender<In>,
-    output: Arc<KernelCore>,
-    _types: PhantomData<fn(In) -> Out>,
-}
-
-impl<In, Out> std::fmt::Debug for Pipeline<In, Out> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
-            .field("group", &self.group)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<In: Message, Out: Message> Pipeline<In, Out> {
-    /// The group behind the pipeline.
-    pub fn group(&self) -> &Group {
-        &self.group
-    }
-
-    /// A sender into the first stage.
-    pub fn sender(&self) -> Sender<In> {
-        self.input.clone()
-    }
-
-    /// Activates every stage, last first.
-    ///
-    /// # Errors
-    /// As [`Group::activate`].
-    pub fn activate(&self) -> Result<(), Error> {
-        self.group.activate()
-    }
-
-    /// Sends into the first stage, waiting while its inbox is full.
-    ///
-    /// # Errors
-    /// As [`Kernel::send`].
-    pub fn send(&self, message: In) -> Result<(), SendError<In>> {
-        self.input.send(message)
-    }
-
-    /// Sends with a correlation id (carried through every stage that emits with
-    /// [`crate::Emit::emit`]).
-    ///
-    /// # Errors
-    /// As [`Kernel::send`].
-    pub fn send_with_corr(&self, message: In, corr: u64) -> Result<(), SendError<In>> {
-        self.input.send_with_corr(message, corr)
-    }
-
-    /// Sends from async code.
-    ///
-    /// # Errors
-    /// As [`Kernel::send`].
-    pub async fn send_async(&self, message: In) -> Result<(), SendError<In>> {
-        self.input.send_async(message).await
-    }
-
-    /// Receives from the last stage, waiting for a message.
-    ///
-    /// # Errors
-    /// As [`Kernel::recv`].
-    pub fn recv(&self) -> Result<Out, Error> {
-        self.recv_within(None).map(|(m, _)| m)
-    }
-
-    /// Receives with the correlation id.
-    ///
-    /// # Errors
-    /// As [`Kernel::recv`].
-    pub fn recv_with_corr(&self) -> Result<(Out, u64), Error> {
-        self.recv_within(None)
-    }
-
-    /// Receives, waiting at most `timeout`.
-    ///
-    /// # Errors
-    /// As [`Kernel::recv_timeout`].
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Out, Error> {
-        self.recv_within(Some(timeout)).map(|(m, _)| m)
-    }
-
-    /// Receives without waiting.
-    ///
-    /// # Errors
-    /// As [`Kernel::try_recv`].
-    pub fn try_recv(&self) -> Result<Option<Out>, Error> {
-        try_recv_shared(&self.output)
-    }
-
-    fn recv_within(&self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
-        recv_shared(&self.output, timeout)
-    }
-
-    /// A requester over the pipeline: send a request into the first stage, get the
-    /// reply the last stage emits with the same correlation id (see [`crate::Requester`]).
-    ///
-    /// # Errors
-    /// [`Error::ReceiverTaken`] when the last stage's output is already taken.
-    pub fn requester(&self) -> Result<crate::Requester<In, Out>, Error> {
-        crate::Requester::over(self.input.core().clone(), self.output.clone())
-    }
-
-    /// End-to-end latency quantiles of requests answered through the pipeline (see
-    /// [`crate::Requester`]); `None` before the first.
-    pub fn latency(&self) -> Option<crate::LatencySummary> {
-        self.output.latency()
-    }
-
-    /// Drains the stages upstream first (see [`Group::drain`]).
-    pub fn drain(&self, timeout: Duration) -> GroupReport {
-        self.group.drain(timeout)
-    }
-
-    /// Terminates every stage (see [`Group::terminate`]).
-    pub fn terminate(&self) -> GroupReport {
-        self.group.terminate()
-    }
-}

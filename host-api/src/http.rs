@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use gyre_runtime::backend::cpu::CpuBackend;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
@@ -68,7 +67,7 @@ impl MetricsServer {
     /// How long dropping the server waits for requests in progress before closing them.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-    pub(crate) fn start(backend: Arc<CpuBackend>, addr: SocketAddr) -> Result<Self, Error> {
+    pub(crate) fn start(backend: Arc<crate::runtime::Services>, addr: SocketAddr) -> Result<Self, Error> {
         let listener = std::net::TcpListener::bind(addr).map_err(|e| {
             Error::Launch(format!(
                 "could not listen on {addr} for /metrics: {e}; pick a free port (port 0 picks one)"
@@ -164,7 +163,7 @@ impl Drop for OwnedRuntime {
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections until told to stop, serving each on its own task.
-async fn serve(listener: TcpListener, backend: Arc<CpuBackend>, mut stop: watch::Receiver<bool>) {
+async fn serve(listener: TcpListener, backend: Arc<crate::runtime::Services>, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MetricsServer::MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let stop_connections = stop.clone();
@@ -217,7 +216,7 @@ async fn serve(listener: TcpListener, backend: Arc<CpuBackend>, mut stop: watch:
 /// Serves one request on `stream`, within the deadlines.
 async fn serve_connection(
     stream: TcpStream,
-    backend: Arc<CpuBackend>,
+    backend: Arc<crate::runtime::Services>,
     mut stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -259,7 +258,7 @@ async fn serve_connection(
 
 /// The answer to one request: the metrics for `GET` (and `HEAD`) `/metrics`, 405 for
 /// another method there, 404 elsewhere.
-fn respond(request: &Request<Incoming>, backend: &CpuBackend) -> Response<String> {
+fn respond(request: &Request<Incoming>, backend: &crate::runtime::Services) -> Response<String> {
     if request.uri().path() != "/metrics" {
         return text(
             StatusCode::NOT_FOUND,

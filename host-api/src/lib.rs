@@ -97,26 +97,27 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(feature = "cuda")]
-pub mod cuda;
+mod backing;
+pub mod builtins;
+mod device;
 mod error;
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
 mod gpu_common;
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-mod gpu_handle;
 mod group;
 #[cfg(feature = "http")]
 mod http;
 mod kernel;
+mod pipeline;
+mod receiver;
 mod report;
 mod request;
 mod runtime;
+mod sender;
 mod spec;
-#[cfg(feature = "wgpu")]
-pub mod wgpu;
+mod stop;
 
 pub use error::{Error, SendError};
-pub use group::{Group, GroupBuilder, Pipeline, PipelineBuilder, Stage};
+pub use group::{Group, GroupBuilder, Stage};
+pub use pipeline::{Pipeline, PipelineBuilder};
 pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
@@ -125,7 +126,9 @@ pub use gyre_runtime::metrics::LatencySummary;
 pub use gyre_runtime::routing::{DeadLetter, RouteError};
 #[cfg(feature = "http")]
 pub use http::MetricsServer;
-pub use kernel::{Backpressure, ExclusiveSender, Kernel, KernelMetrics, Receiver, Sender};
+pub use kernel::{Kernel, KernelMetrics};
+pub use receiver::Receiver;
+pub use sender::{Backpressure, ExclusiveSender, Sender};
 pub use report::{
     DrainReport, GroupReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,
 };

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use gyre_runtime::backend::cpu::{KernelCore, OutputConsumer, RecvFailure};
 use parking_lot::Mutex;
 
-use crate::kernel::{read, recv_error};
+use crate::backing::{read, Backing};
+use crate::receiver::RxEnd;
 use crate::spec::{join, Message};
 use crate::{Error, Kernel, Sender};
 
@@ -22,8 +22,8 @@ enum Slot<Out> {
 }
 
 struct Shared<Out> {
-    output: Arc<KernelCore>,
-    rx: Mutex<Option<OutputConsumer>>,
+    output: Backing,
+    rx: Mutex<Option<RxEnd>>,
     pending: Mutex<HashMap<u64, Slot<Out>>>,
     unmatched: Mutex<Vec<(u64, Out)>>,
     next: std::sync::atomic::AtomicU64,
@@ -34,7 +34,7 @@ struct Shared<Out> {
 impl<Out> Drop for Shared<Out> {
     fn drop(&mut self) {
         if let Some(rx) = self.rx.lock().take() {
-            self.output.return_output(rx);
+            rx.give_back(&self.output);
         }
     }
 }
@@ -77,7 +77,7 @@ impl<In, Out> Clone for Requester<In, Out> {
 impl<In, Out> std::fmt::Debug for Requester<In, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Requester")
-            .field("output", &self.shared.output.config().name)
+            .field("output", &self.shared.output.name())
             .finish_non_exhaustive()
     }
 }
@@ -98,12 +98,10 @@ impl<Out> Drop for PendingGuard<'_, Out> {
 }
 
 impl<In: Message, Out: Message> Requester<In, Out> {
-    pub(crate) fn over(input: Arc<KernelCore>, output: Arc<KernelCore>) -> Result<Self, Error> {
-        let rx = output
-            .take_output()
-            .map_err(|failure| recv_error(&output, failure))?;
+    pub(crate) fn over(input: Backing, output: Backing) -> Result<Self, Error> {
+        let rx = RxEnd::take(&output)?;
         Ok(Self {
-            input: Sender::for_core(input),
+            input: Sender::over(input),
             shared: Arc::new(Shared {
                 output,
                 rx: Mutex::new(Some(rx)),
@@ -167,9 +165,9 @@ impl<In: Message, Out: Message> Requester<In, Out> {
         let output = &self.shared.output;
         let mut handed = false;
         let result = loop {
-            match output.try_recv_from(rx, |s| (read::<Out>(s), join(s.corr))) {
-                Ok((out, c)) if c == corr => break Some(Ok(out)),
-                Ok((out, c)) => {
+            match rx.try_recv_with(output, |p, c| (read::<Out>(p), join(c))) {
+                Ok(Some((out, c))) if c == corr => break Some(Ok(out)),
+                Ok(Some((out, c))) => {
                     let mut pending = self.shared.pending.lock();
                     if let Some(slot) = pending.get_mut(&c) {
                         if let Slot::Waiting(Some(w)) = std::mem::replace(slot, Slot::Ready(out)) {
@@ -180,8 +178,8 @@ impl<In: Message, Out: Message> Requester<In, Out> {
                         self.shared.unmatched.lock().push((c, out));
                     }
                 }
-                Err(RecvFailure::Empty) => break None,
-                Err(failure) => break Some(Err(recv_error(output, failure))),
+                Ok(None) => break None,
+                Err(error) => break Some(Err(error)),
             }
         };
         drop(guard);
@@ -189,7 +187,7 @@ impl<In: Message, Out: Message> Requester<In, Out> {
         if handed || self.shared.contended.swap(false, SeqCst) {
             // Blocking waiters wait on the output signal, and waiters that found the
             // receiving end busy may have replies left in the ring.
-            output.outbox_items().notify();
+            output.items().notify();
         }
         if matches!(result, Some(Ok(_))) {
             self.shared.pending.lock().remove(&corr);
@@ -199,9 +197,11 @@ impl<In: Message, Out: Message> Requester<In, Out> {
 
     fn finish(&self, started: Instant, result: Result<Out, Error>) -> Result<Out, Error> {
         if result.is_ok() {
-            self.shared
-                .output
-                .record_latency(started.elapsed().as_nanos() as u64);
+            let ns = started.elapsed().as_nanos() as u64;
+            match &self.shared.output {
+                Backing::Cpu(core) => core.record_latency(ns),
+                Backing::Device(d) => d.group.latency[d.k].record(ns),
+            }
         }
         result
     }
@@ -232,12 +232,13 @@ impl<In: Message, Out: Message> Requester<In, Out> {
             .map_err(|e| e.error)?;
         let deadline = timeout.map(|t| started + t);
         let output = &self.shared.output;
+        let _watch = output.watch();
         let result = output
-            .outbox_items()
+            .items()
             .wait_until(deadline, || self.poll_reply(corr, None))
             .unwrap_or_else(|| {
                 Err(Error::Timeout {
-                    kernel: output.config().name.clone(),
+                    kernel: output.name().to_owned(),
                     after: timeout.unwrap_or_default(),
                 })
             });
@@ -261,12 +262,13 @@ impl<In: Message, Out: Message> Requester<In, Out> {
             .await
             .map_err(|e| e.error)?;
         let output = &self.shared.output;
+        let _watch = output.watch();
         let result = poll_fn(|cx| {
             if let Some(done) = self.poll_reply(corr, Some(cx.waker())) {
                 return Poll::Ready(done);
             }
             output
-                .outbox_items()
+                .items()
                 .poll_until(cx, || self.poll_reply(corr, None))
         })
         .await;
@@ -286,6 +288,6 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// # Errors
     /// [`Error::NoHostOutput`], or [`Error::ReceiverTaken`] when the output is taken.
     pub fn requester(&self) -> Result<Requester<In, Out>, Error> {
-        Requester::over(self.core.clone(), self.core.clone())
+        Requester::over(self.backing.clone(), self.backing.clone())
     }
 }

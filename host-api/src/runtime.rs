@@ -1,6 +1,5 @@
 //! [`Runtime`]: the backend, and the kernels launched on it.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,9 +8,40 @@ use gyre_runtime::backend::cpu::{
 };
 use gyre_runtime::lifecycle;
 
+use crate::backing::{Backing, DeviceCore};
+use crate::device::Place;
 use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
 use crate::spec::{split, KernelSpec, Message};
 use crate::{Error, Kernel};
+
+/// What the runtime-wide services see: the CPU backend and every device group the
+/// runtime launched (the registry of the backend seam).
+#[derive(Debug)]
+pub(crate) struct Services {
+    pub(crate) cpu: Arc<CpuBackend>,
+    devices: parking_lot::Mutex<Vec<Arc<DeviceCore>>>,
+}
+
+impl Services {
+    /// Every device group, in launch order.
+    pub(crate) fn devices(&self) -> Vec<Arc<DeviceCore>> {
+        self.devices.lock().clone()
+    }
+
+    /// The Prometheus text of every kernel of every backend, labelled with its backend.
+    pub(crate) fn prometheus_text(&self) -> String {
+        let samples = self
+            .devices()
+            .iter()
+            .flat_map(|d| (0..d.names.len()).map(|k| {
+                let mut sample = d.group.sample(k);
+                sample.latency = d.latency[k].summary();
+                sample
+            }).collect::<Vec<_>>())
+            .collect();
+        self.cpu.prometheus_text_with(samples)
+    }
+}
 
 /// Which backend runs the kernels.
 ///
@@ -109,6 +139,19 @@ impl Chosen {
             #[cfg(feature = "wgpu")]
             gpu: None,
         }
+    }
+
+    /// Where groups run by default on this backend.
+    fn place(&self) -> Place {
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &self.device {
+            return Place::Cuda(device.clone());
+        }
+        #[cfg(feature = "wgpu")]
+        if let Some(gpu) = &self.gpu {
+            return Place::Wgpu(gpu.clone());
+        }
+        Place::Cpu
     }
 }
 
@@ -318,15 +361,18 @@ impl RuntimeBuilder {
         let workers = self.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
+        let cpu = Arc::new(CpuBackend::with_budget(workers, self.budget));
+        let place = chosen.place();
         Ok(Runtime {
-            cpu: Arc::new(CpuBackend::with_budget(workers, self.budget)),
+            services: Arc::new(Services {
+                cpu: cpu.clone(),
+                devices: parking_lot::Mutex::new(Vec::new()),
+            }),
+            cpu,
+            place,
             stopped: false,
             command_timeout: self.command_timeout,
             backend_name: chosen.name,
-            #[cfg(feature = "cuda")]
-            cuda: chosen.device,
-            #[cfg(feature = "wgpu")]
-            wgpu: chosen.gpu,
         })
     }
 }
@@ -371,16 +417,14 @@ impl RuntimeBuilder {
 #[derive(Debug)]
 pub struct Runtime {
     cpu: Arc<CpuBackend>,
+    /// The CPU backend and the device groups, for runtime-wide services.
+    services: Arc<Services>,
+    /// Where groups run unless they say otherwise.
+    place: Place,
     /// Set once `shutdown` stopped every kernel (the drop then has nothing to do).
     stopped: bool,
     pub(crate) command_timeout: Duration,
     backend_name: &'static str,
-    /// The CUDA device groups run on, when the runtime was built with a CUDA backend.
-    #[cfg(feature = "cuda")]
-    pub(crate) cuda: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
-    /// The wgpu adapter groups run on, when the runtime was built with a wgpu backend.
-    #[cfg(feature = "wgpu")]
-    pub(crate) wgpu: Option<Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>>,
 }
 
 impl Runtime {
@@ -439,7 +483,7 @@ impl Runtime {
     /// # Ok::<(), gyre::Error>(())
     /// ```
     pub fn prometheus_text(&self) -> String {
-        self.cpu.prometheus_text()
+        self.services.prometheus_text()
     }
 
     /// Serves [`Runtime::prometheus_text`] at `http://ADDR/metrics` until the returned
@@ -467,7 +511,7 @@ impl Runtime {
     /// thread cannot be started.
     #[cfg(feature = "http")]
     pub fn serve_metrics(&self, addr: std::net::SocketAddr) -> Result<crate::MetricsServer, Error> {
-        crate::http::MetricsServer::start(self.cpu.clone(), addr)
+        crate::http::MetricsServer::start(self.services.clone(), addr)
     }
 
     /// The health of every kernel the runtime holds under `policy`: the worst status and
@@ -476,7 +520,17 @@ impl Runtime {
         &self,
         policy: &gyre_runtime::health::HealthPolicy,
     ) -> gyre_runtime::health::Health {
-        crate::group::combine_health(self.cpu.kernels().iter().map(|k| k.health(policy)))
+        let devices = self.services.devices();
+        let device_health = devices
+            .iter()
+            .map(|d| crate::group::device_health(d, policy));
+        crate::group::combine_health(
+            self.cpu
+                .kernels()
+                .iter()
+                .map(|k| k.health(policy))
+                .chain(device_health),
+        )
     }
 
     /// Threads the runtime runs: pool workers and live dedicated kernels.
@@ -486,7 +540,48 @@ impl Runtime {
 
     /// Number of kernels the runtime holds (running, or stopped but still referenced).
     pub fn kernel_count(&self) -> usize {
-        self.cpu.kernels().len()
+        let devices: usize = self.services.devices().iter().map(|d| d.names.len()).sum();
+        self.cpu.kernels().len() + devices
+    }
+
+    /// Where a group asking for `backend` (the runtime's when `None`) runs.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when the runtime has no such backend.
+    pub(crate) fn place(&self, backend: Option<Backend>) -> Result<Place, Error> {
+        let Some(backend) = backend else {
+            return Ok(self.place.clone());
+        };
+        if matches!(backend, Backend::Cpu) {
+            return Ok(Place::Cpu);
+        }
+        let wanted = backend.name();
+        let here = self.place.name();
+        let matches = match backend {
+            Backend::Cuda | Backend::CudaEmulated | Backend::Wgpu => wanted == here,
+            Backend::WgpuSoftware => here == "wgpu",
+            Backend::Auto | Backend::Cpu => true,
+        };
+        if matches {
+            Ok(self.place.clone())
+        } else {
+            Err(Error::BackendUnavailable {
+                backend: wanted,
+                reason: format!(
+                    "this runtime was built with the {} backend: a runtime has the CPU \
+                     backend and at most one device backend, so build one with \
+                     `.backend(Backend::...)` naming the device this group should run on, \
+                     or run the group on the CPU (`GroupBuilder::backend(Backend::Cpu)`)",
+                    self.backend_name
+                ),
+            })
+        }
+    }
+
+    /// Keeps a launched device group in the registry (shutdown, health, metrics, dead
+    /// letters).
+    pub(crate) fn register(&self, core: Arc<DeviceCore>) {
+        self.services.devices.lock().push(core);
     }
 
     /// Launches a kernel: it becomes resident in state `Launched` and queues messages
@@ -498,15 +593,30 @@ impl Runtime {
     /// the spec has no implementation for the backend.
     pub fn launch<In: Message, Out: Message>(
         &self,
-        mut spec: KernelSpec<In, Out>,
+        spec: KernelSpec<In, Out>,
     ) -> Result<Kernel<In, Out>, Error> {
+        if matches!(self.place, Place::Cpu) {
+            return Ok(Kernel::over(Backing::Cpu(self.launch_cpu(spec)?)));
+        }
+        // On a device backend a kernel launched alone is a group of one.
+        let mut group = self.group(spec.name.clone());
+        let stage = group.add(spec);
+        group.launch()?.kernel(stage)
+    }
+
+    /// Launches `spec` on the CPU backend.
+    pub(crate) fn launch_cpu<In: Message, Out: Message>(
+        &self,
+        mut spec: KernelSpec<In, Out>,
+    ) -> Result<Arc<KernelCore>, Error> {
         let (inbox, outbox) = spec.layouts()?;
-        let handler = spec
-            .take_cpu_handler()
-            .ok_or_else(|| Error::NoImplementation {
-                kernel: spec.name.clone(),
-                backend: "cpu",
-            })?;
+        let handler = spec.take_cpu_handler().ok_or_else(|| {
+            crate::device::no_implementation(
+                &spec.name,
+                "cpu",
+                "`.cpu(closure)`, `.cpu_factory(..)` or `.builtin(..)`",
+            )
+        })?;
         let config = KernelConfig {
             name: spec.name,
             inbox,
@@ -519,15 +629,11 @@ impl Runtime {
             watchdog: spec.watchdog,
             handler_factory: spec.factory.take(),
         };
-        let core = self.cpu.launch(config, handler).map_err(|e| match e {
+        self.cpu.launch(config, handler).map_err(|e| match e {
             LaunchError::RingMemoryBudget { .. } | LaunchError::ThreadBudget { .. } => {
                 Error::OverBudget(e.to_string())
             }
             other => Error::Launch(other.to_string()),
-        })?;
-        Ok(Kernel {
-            core,
-            _types: PhantomData,
         })
     }
 
@@ -563,11 +669,25 @@ impl Runtime {
         port: u32,
         to: &Kernel<B, C>,
     ) -> Result<(), Error> {
-        from.core
+        let (Backing::Cpu(from_core), Backing::Cpu(to_core)) = (&from.backing, &to.backing) else {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "connecting kernel `{}` to kernel `{}` after launch",
+                    from.name(),
+                    to.name()
+                ),
+                backend: if from.backend() == "cpu" { to.backend() } else { from.backend() },
+                advice: "routes into or out of a device group are declared in its \
+                         GroupBuilder before launch; between separately launched groups, \
+                         receive from one and send to the other on the host"
+                    .to_owned(),
+            });
+        };
+        from_core
             .bind(
                 port,
                 gyre_runtime::backend::cpu::PortTarget::Kernel {
-                    core: to.core.clone(),
+                    core: to_core.clone(),
                     exclusive: false,
                 },
                 std::mem::size_of::<B>(),
@@ -590,8 +710,17 @@ impl Runtime {
         &self,
         kernel: &Kernel<In, Out>,
     ) -> Result<(), Error> {
+        let Backing::Cpu(core) = &kernel.backing else {
+            return Err(Error::Unsupported {
+                what: format!("restarting kernel `{}`", kernel.name()),
+                backend: kernel.backend(),
+                advice: "a device group cannot restart in place: terminate the group (its \
+                         report hands back every queued message) and launch it again"
+                    .to_owned(),
+            });
+        };
         self.cpu
-            .restart(&kernel.core)
+            .restart(core)
             .map_err(|e| Error::from_command(kernel.name(), e))
     }
 
@@ -599,7 +728,11 @@ impl Runtime {
     /// error), messages emitted to a port bound to the dead-letter sink, and emits that
     /// found their downstream kernel stopped. Oldest first.
     pub fn take_dead_letters(&self) -> Vec<gyre_runtime::routing::DeadLetter> {
-        self.cpu.dead_letters().take()
+        let mut letters = self.cpu.dead_letters().take();
+        for device in self.services.devices() {
+            letters.extend(device.group.take_dead_letters());
+        }
+        letters
     }
 
     /// Dead letters ever kept (taken or not).
@@ -636,7 +769,7 @@ impl Runtime {
     /// every kernel as belonging to a gone runtime. Returns an entry for each kernel
     /// that was still running or handed something back, in the order stopped.
     fn stop_all(&self, timeout: Duration) -> Vec<Stopped> {
-        use crate::group::{raw, stop_kernel, Stop};
+        use crate::stop::{raw, stop_kernel, Stop};
         let deadline = std::time::Instant::now() + timeout;
         // No fault policy may restart a kernel behind the shutdown's back.
         self.cpu.stop_supervision();
@@ -709,20 +842,56 @@ impl Runtime {
         for kernel in &kernels {
             kernel.mark_runtime_gone();
         }
-        stopped
+        let mut all: Vec<Stopped> = stopped
             .into_iter()
             .map(|(i, entry)| Stopped {
-                kernel: kernels[i].clone(),
+                kernel: Some(kernels[i].clone()),
                 has_handle: has_handle[i],
                 entry,
             })
-            .collect()
+            .collect();
+        all.extend(self.stop_devices(deadline));
+        all
+    }
+
+    /// Drains every device group still running (sharing what is left of the
+    /// deadline) and reports each kernel; a group no handle holds also hands back the
+    /// outputs nobody can receive now.
+    fn stop_devices(&self, deadline: std::time::Instant) -> Vec<Stopped> {
+        use crate::stop::Stop;
+        let mut stopped = Vec::new();
+        for device in self.services.devices() {
+            if device.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
+            // The registry's reference and `device` are all that hold a group no
+            // handle holds.
+            let has_handle = Arc::strong_count(&device) > 2;
+            let report = crate::group::device_stop(&device, Stop::Drain(deadline));
+            for (mut entry, &k) in report.kernels.into_iter().zip(&device.order) {
+                if !has_handle {
+                    while let Ok(Some(m)) = device.try_recv_with(k, |p, corr| RawMessage {
+                        corr: crate::spec::join(corr),
+                        bytes: p.to_vec(),
+                    }) {
+                        entry.undelivered_outputs.push(m);
+                    }
+                }
+                stopped.push(Stopped {
+                    kernel: None,
+                    has_handle,
+                    entry,
+                });
+            }
+        }
+        stopped
     }
 }
 
 /// One kernel a runtime's stop handled.
 struct Stopped {
-    kernel: Arc<KernelCore>,
+    /// The CPU kernel (`None` for a kernel of a device group).
+    kernel: Option<Arc<KernelCore>>,
     /// Whether a handle still holds the kernel (so it can take what is kept for it).
     has_handle: bool,
     entry: KernelShutdown,
@@ -762,7 +931,7 @@ impl Drop for Runtime {
             if count == 0 {
                 continue;
             }
-            if has_handle {
+            if let (true, Some(kernel)) = (has_handle, kernel) {
                 let keep = |m: RawMessage| KeptMessage {
                     corr: split(m.corr),
                     payload: m.bytes,

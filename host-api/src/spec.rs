@@ -9,7 +9,9 @@ use gyre_runtime::backend::cpu::{EmitError, Emitter, HandlerError};
 use gyre_runtime::backend::Placement;
 use gyre_runtime::ring::RingLayout;
 
+use crate::device::{DeviceKnobs, DeviceSource};
 use crate::Error;
+use gyre_runtime::builtins::Builtin;
 
 /// A message type: plain old data that can be copied into a ring slot as bytes.
 ///
@@ -121,6 +123,8 @@ pub struct KernelSpec<In, Out> {
     pub(crate) watchdog: Option<std::time::Duration>,
     pub(crate) cpu: Option<CpuFn>,
     pub(crate) factory: Option<gyre_runtime::backend::cpu::HandlerFactory>,
+    /// The device implementations and knobs.
+    pub(crate) device: DeviceKnobs,
     _types: PhantomData<fn(In) -> Out>,
 }
 
@@ -141,6 +145,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
             watchdog: None,
             cpu: None,
             factory: None,
+            device: DeviceKnobs::default(),
             _types: PhantomData,
         }
     }
@@ -222,10 +227,122 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
         self
     }
 
-    /// Most messages handled per scheduling turn (at least 1).
+    /// Most messages handled per scheduling turn (at least 1; default 64 on the CPU).
+    /// On CUDA the most per batch (default: one per thread of the block), on wgpu the
+    /// most per tick (default 1,024); setting it sets it for every backend.
     #[must_use]
     pub fn quantum(mut self, messages: u32) -> Self {
         self.quantum = messages.max(1);
+        self.device.quantum = Some(self.quantum);
+        self
+    }
+
+    /// The CUDA implementation: `cuda_c` defines
+    /// `__device__ int FUNCTION(gyre_ctx *ctx, const void *msg, gyre_u32 bytes)` (and
+    /// anything it needs). `msg` points at the message (an `In`); the handler emits with
+    /// `gyre_emit(ctx, port, &out, sizeof out)` (carrying the message's correlation id)
+    /// and returns 0 (`GYRE_OK`), or an error code, which sends the message to the dead
+    /// letters. Compiler messages name the file `FUNCTION.cu`, with line numbers counted
+    /// from the start of `cuda_c`. See `runtime/docs/CUDA.md` for the device API.
+    ///
+    /// ```
+    /// let spec = gyre::KernelSpec::<f32, f32>::new("neg").cuda("neg", r"
+    ///     __device__ int neg(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
+    ///         float x = -*(const float *)msg;
+    ///         return gyre_emit(ctx, 0u, &x, sizeof x);
+    ///     }");
+    /// ```
+    #[must_use]
+    pub fn cuda(mut self, function: impl Into<String>, cuda_c: impl Into<String>) -> Self {
+        self.device.cuda = Some(DeviceSource {
+            function: function.into(),
+            source: cuda_c.into(),
+        });
+        self
+    }
+
+    /// The wgpu implementation: `wgsl` defines
+    /// `fn FUNCTION(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32)
+    /// -> u32`. `(*msg).w` holds the message as 32-bit words; the handler emits with
+    /// `gyre_emit(ctx, port, msg, bytes)`, reads parameters with `gyre_param(ctx, i)` and
+    /// state with `gyre_state_load` / `gyre_state_store`, and returns 0 (`GYRE_OK`) or an
+    /// error code. Validation errors name the file `FUNCTION.wgsl`. See
+    /// `runtime/docs/WGPU.md` for the device API.
+    ///
+    /// ```
+    /// let spec = gyre::KernelSpec::<f32, f32>::new("neg").wgsl("neg", r"
+    ///     fn neg(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+    ///         (*msg).w[0] = bitcast<u32>(-bitcast<f32>((*msg).w[0]));
+    ///         return gyre_emit(ctx, 0u, msg, 4u);
+    ///     }");
+    /// ```
+    #[must_use]
+    pub fn wgsl(mut self, function: impl Into<String>, wgsl: impl Into<String>) -> Self {
+        self.device.wgsl = Some(DeviceSource {
+            function: function.into(),
+            source: wgsl.into(),
+        });
+        self
+    }
+
+    /// One of gyre's built-ins, on every backend: its device functions on CUDA and wgpu,
+    /// its Rust reference ([`gyre_runtime::builtins::Reference`]) on the CPU (unless the
+    /// spec sets its own `.cpu(..)` afterwards). Its ports, parameters and state come
+    /// from `builtin`; its parameters and the message types are checked at launch (`In`
+    /// must hold what it reads, `Out` must be what it emits: [`crate::builtins::Record`]
+    /// for most).
+    ///
+    /// ```
+    /// use gyre::builtins::{Builtin, Record};
+    /// let spec = gyre::KernelSpec::<Record, Record>::new("scale")
+    ///     .builtin(Builtin::Affine { a: 2.0, b: 1.0 });
+    /// ```
+    #[must_use]
+    pub fn builtin(mut self, builtin: Builtin) -> Self {
+        self.device.builtin = Some(builtin);
+        self.ports = builtin.ports();
+        let make = move || reference_handler(builtin);
+        self.cpu = Some(make());
+        self.factory = Some(gyre_runtime::backend::cpu::HandlerFactory(
+            std::sync::Arc::new(make),
+        ));
+        self
+    }
+
+    /// Most messages the handler emits per message it handles, on device backends (at
+    /// least 1, default 4): the device reserves room for this many per message.
+    #[must_use]
+    pub fn max_emits(mut self, emits: u32) -> Self {
+        self.device.max_emits = emits;
+        self
+    }
+
+    /// The device handler's parameter words (`ctx->params` on CUDA, `gyre_param` on
+    /// wgpu; floats as their bit patterns). A built-in sets them from its parameters;
+    /// setting them replaces those.
+    #[must_use]
+    pub fn params(mut self, words: [u32; gyre_runtime::builtins::PARAM_WORDS]) -> Self {
+        self.device.params = Some(words);
+        self
+    }
+
+    /// The device handler takes its messages one at a time, in order: for handlers that
+    /// keep state per message. On CUDA one thread handles each batch (otherwise one
+    /// message per thread); on wgpu user handlers always run this way. CPU handlers
+    /// always do.
+    #[must_use]
+    pub fn sequential(mut self) -> Self {
+        self.device.sequential = true;
+        self
+    }
+
+    /// Bytes of device memory for the handler's state (`ctx->state` on CUDA,
+    /// `gyre_state_load`/`gyre_state_store` words on wgpu), zeroed at launch and kept
+    /// across messages. Default 0 (a built-in sets what it needs). CPU handlers keep
+    /// their state in the closure.
+    #[must_use]
+    pub fn state_bytes(mut self, bytes: u32) -> Self {
+        self.device.state_bytes = Some(bytes);
         self
     }
 
@@ -351,4 +468,23 @@ fn slot_for<T>(asked: Option<u32>) -> Result<u32, Error> {
             suggested,
         }),
     }
+}
+
+/// The CPU handler of a built-in: its Rust reference, emitting what the device function
+/// would, with the message's correlation id; a refused message is a handler error (the
+/// message goes to the dead letters, as on the device).
+fn reference_handler(builtin: Builtin) -> CpuFn {
+    let mut reference = builtin.reference();
+    Box::new(
+        move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+            let mut emitted = Ok(());
+            let handled = reference.handle(message.payload, &mut |port, bytes| {
+                if emitted.is_ok() {
+                    emitted = out.emit_to(port, message.corr, bytes);
+                }
+            });
+            handled.map_err(|e| HandlerError(e.to_string()))?;
+            Ok(emitted?)
+        },
+    )
 }

@@ -21,6 +21,8 @@ use crate::control::Counters;
 pub struct KernelSample {
     /// The kernel's name (label `kernel`).
     pub name: String,
+    /// The backend it runs on (label `backend`): `cpu`, `cuda`, `cuda-emulated`, `wgpu`.
+    pub backend: &'static str,
     /// The kernel's id (label `id`, which tells apart kernels of the same name).
     pub id: u32,
     /// Its state.
@@ -37,9 +39,12 @@ pub struct KernelSample {
     pub heartbeat: u32,
     /// Bytes of ring memory it holds.
     pub ring_bytes: usize,
-    /// Time spent in turns that handled messages, in nanoseconds.
-    pub busy_ns: u64,
-    /// Messages processed per second over the last [`THROUGHPUT_WINDOW`].
+    /// Time spent in turns that handled messages, in nanoseconds; `None` on a backend
+    /// that cannot measure it (a device without clocks in the control block): the
+    /// series is then absent, never a zero.
+    pub busy_ns: Option<u64>,
+    /// Messages processed per second over the last [`THROUGHPUT_WINDOW`], measured on
+    /// the host from the control block's `processed` counter (every backend).
     pub throughput: f64,
     /// End-to-end latency of what came back to the host through this kernel, if any
     /// was measured.
@@ -264,6 +269,7 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
             let labels = vec![
                 Label::new("kernel", k.name.clone()),
                 Label::new("id", k.id.to_string()),
+                Label::new("backend", k.backend),
             ];
             let c = &k.counters;
             counter!("gyre_kernel_received_total", labels.clone()).absolute(c.received);
@@ -275,8 +281,10 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
             gauge!("gyre_kernel_inbox_utilisation", labels.clone()).set(k.inbox_utilisation);
             gauge!("gyre_kernel_heartbeat", labels.clone()).set(f64::from(k.heartbeat));
             gauge!("gyre_kernel_ring_bytes", labels.clone()).set(k.ring_bytes as f64);
-            counter!("gyre_kernel_handler_microseconds_total", labels.clone())
-                .absolute(k.busy_ns / 1_000);
+            if let Some(busy) = k.busy_ns {
+                counter!("gyre_kernel_handler_microseconds_total", labels.clone())
+                    .absolute(busy / 1_000);
+            }
             gauge!("gyre_kernel_throughput_per_second", labels.clone()).set(k.throughput);
             if let Some(l) = &k.latency {
                 counter!("gyre_kernel_latency_samples_total", labels.clone()).absolute(l.count);

@@ -9,6 +9,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod group;
+pub mod seam;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -254,7 +254,14 @@ impl CpuBackend {
     /// The Prometheus text exposition of the backend and its kernels (see
     /// [`crate::metrics`]).
     pub fn prometheus_text(&self) -> String {
-        let kernels: Vec<_> = self.held().iter().map(|k| k.sample()).collect();
+        self.prometheus_text_with(Vec::new())
+    }
+
+    /// [`CpuBackend::prometheus_text`] with the samples of kernels of other backends
+    /// (device groups of the same runtime) added: one exposition for the runtime.
+    pub fn prometheus_text_with(&self, others: Vec<crate::metrics::KernelSample>) -> String {
+        let mut kernels: Vec<_> = self.held().iter().map(|k| k.sample()).collect();
+        kernels.extend(others);
         let runtime = crate::metrics::RuntimeSample {
             workers: self.workers(),
             worker_utilisation: self.utilisation(),

@@ -304,6 +304,8 @@ struct KernelRt {
     record_stride: u32,
     commands: Mutex<()>,
     watchdog: Mutex<Option<Watchdog>>,
+    /// Throughput measured on the host from the `processed` counter.
+    throughput: crate::metrics::ThroughputWindow,
 }
 
 /// What stops have handed back so far, so each message is handed back once, whichever
@@ -661,6 +663,7 @@ impl CudaGroup {
                 record_stride: desc.record_stride,
                 commands: Mutex::new(()),
                 watchdog: Mutex::new(None),
+                throughput: crate::metrics::ThroughputWindow::new(Instant::now()),
             });
         }
         let table = device.alloc_device(size_of::<KernelDesc>() * n)?;
@@ -905,6 +908,32 @@ impl CudaGroup {
         self.collect_dead_letters();
     }
 
+    /// Kernel `k`'s id (the sender id in its tags).
+    pub fn kernel_id(&self, k: usize) -> u32 {
+        self.kernels[k].id
+    }
+
+    /// A fingerprint of what waiters wait for: every kernel's inbox fill, the position
+    /// and readiness of its host outbox, its queued outputs and its state, and whether
+    /// the group faulted. Any change of a waited-for condition changes it. Also moves
+    /// dead letters to the group's list, so a kernel waiting for room in its dead-letter
+    /// ring is not left waiting while nobody sends or receives.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        use crate::backend::seam::fold;
+        self.collect_dead_letters();
+        let mut hash = 0xcbf2_9ce4_8422_2325;
+        for kernel in &self.kernels {
+            hash = fold(hash, u64::from(kernel.inbox.len()));
+            let outputs = kernel.outputs.lock();
+            hash = fold(hash, u64::from(outputs.ring.head()));
+            hash = fold(hash, u64::from(outputs.ring.is_empty()));
+            hash = fold(hash, outputs.queue.len() as u64);
+            drop(outputs);
+            hash = fold(hash, kernel.control.state() as u64);
+        }
+        fold(hash, u64::from(self.fault.lock().is_some()))
+    }
+
     /// Kernel `k`'s state, as it last acknowledged it.
     pub fn state(&self, k: usize) -> State {
         if self.fault.lock().is_some() {
@@ -922,22 +951,28 @@ impl CudaGroup {
     pub fn sample(&self, k: usize) -> KernelSample {
         let kernel = &self.kernels[k];
         let status = kernel.control.status();
+        let counters = kernel.control.counters();
         let depth = kernel.inbox.len();
         let capacity = kernel.inbox.capacity();
         KernelSample {
             name: kernel.plan.name.clone(),
+            backend: if self.device.is_emulated() {
+                "cuda-emulated"
+            } else {
+                "cuda"
+            },
             id: kernel.id,
             state: self.state(k),
-            counters: kernel.control.counters(),
+            counters,
             inbox_depth: depth,
             inbox_capacity: capacity,
             inbox_utilisation: f64::from(depth) / f64::from(capacity),
             heartbeat: status.heartbeat,
             ring_bytes: kernel.inbox.memory().ring.layout().region_bytes(),
-            // Not measured on the device: handler time and latency histograms need
-            // device clocks the control block has no words for.
-            busy_ns: 0,
-            throughput: 0.0,
+            // Not measured on the device: handler time needs device clocks the control
+            // block has no words for, so the series is absent.
+            busy_ns: None,
+            throughput: kernel.throughput.rate(Instant::now(), counters.processed),
             latency: None,
         }
     }

@@ -24,6 +24,7 @@ pub mod group;
 pub mod nvrtc;
 pub mod plan;
 pub mod probe;
+pub mod seam;
 
 use std::sync::Arc;
 

@@ -238,6 +238,8 @@ struct KernelRt {
     /// receive that frees room then wakes the ticker (otherwise receives never do).
     outbox_full: AtomicBool,
     watchdog: Mutex<Option<Watchdog>>,
+    /// Throughput measured on the host from the `processed` counter.
+    throughput: crate::metrics::ThroughputWindow,
     commands: Mutex<()>,
     /// Byte offsets in the group buffer.
     at_control: u64,
@@ -475,6 +477,7 @@ impl WgpuGroup {
                 overflow: Mutex::new(VecDeque::new()),
                 outbox_full: AtomicBool::new(false),
                 watchdog: Mutex::new(None),
+                throughput: crate::metrics::ThroughputWindow::new(Instant::now()),
                 commands: Mutex::new(()),
                 at_control: controls + size_of::<ControlBlock>() as u64 * i as u64,
                 at_inbox,
@@ -964,6 +967,17 @@ impl WgpuGroup {
         std::mem::take(&mut *self.inner.dead_letters.lock())
     }
 
+    /// Notified after every tick (outputs copied back, inbox slots uploaded, commands
+    /// acknowledged) and when the group faults.
+    pub fn ticked(&self) -> &Signal {
+        &self.inner.ticked
+    }
+
+    /// Kernel `k`'s id (the sender id in its tags).
+    pub fn kernel_id(&self, k: usize) -> u32 {
+        self.inner.kernels[k].id
+    }
+
     /// Kernel `k`'s state as last copied back.
     pub fn state(&self, k: usize) -> State {
         if self.inner.fault.lock().is_some() {
@@ -981,20 +995,24 @@ impl WgpuGroup {
     pub fn sample(&self, k: usize) -> KernelSample {
         let kernel = &self.inner.kernels[k];
         let status = kernel.control.status();
+        let counters = kernel.control.counters();
         let depth = kernel.inbox.len();
         let capacity = kernel.inbox.capacity();
         KernelSample {
             name: kernel.plan.name.clone(),
+            backend: "wgpu",
             id: kernel.id,
             state: self.state(k),
-            counters: kernel.control.counters(),
+            counters,
             inbox_depth: depth,
             inbox_capacity: capacity,
             inbox_utilisation: f64::from(depth) / f64::from(capacity),
             heartbeat: status.heartbeat,
             ring_bytes: kernel.in_layout.region_bytes(),
-            busy_ns: 0,
-            throughput: 0.0,
+            // Not measured on the device: handler time needs device clocks the control
+            // block has no words for, so the series is absent.
+            busy_ns: None,
+            throughput: kernel.throughput.rate(Instant::now(), counters.processed),
             latency: None,
         }
     }

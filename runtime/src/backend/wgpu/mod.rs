@@ -3,3 +3,4 @@
 pub mod adapter;
 pub mod codegen;
 pub mod group;
+mod seam;

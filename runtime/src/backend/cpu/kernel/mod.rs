@@ -417,12 +417,13 @@ impl KernelCore {
     pub fn sample(&self) -> crate::metrics::KernelSample {
         let counters = self.counters();
         crate::metrics::KernelSample {
-            busy_ns: self.busy_ns(),
+            busy_ns: Some(self.busy_ns()),
             throughput: self
                 .throughput
                 .rate(std::time::Instant::now(), counters.processed),
             latency: self.latency.summary(),
             name: self.config.name.clone(),
+            backend: "cpu",
             id: self.id,
             state: self.state(),
             counters,

@@ -1,0 +1,338 @@
+//! Launching a group on a device backend: each kernel's implementation for the backend
+//! becomes the runtime's plan, the group is launched as a unit behind the backend seam,
+//! and the runtime keeps it in its registry.
+
+// Without a device feature only `Place::Cpu` exists and the device paths are unreachable.
+#![cfg_attr(
+    not(any(feature = "cuda", feature = "wgpu")),
+    allow(unused, unreachable_code)
+)]
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use gyre_runtime::backend::group::{Route, Target as RouteTarget};
+use gyre_runtime::backend::seam::DeviceGroup;
+use gyre_runtime::builtins::Builtin;
+use gyre_runtime::metrics::LatencyRecorder;
+
+use crate::backing::DeviceCore;
+use crate::gpu_common::KernelSettings;
+use crate::spec::{KernelSpec, Message};
+use crate::Error;
+
+/// Where a group runs: the CPU pool or a device of the runtime.
+#[derive(Clone, Debug)]
+pub(crate) enum Place {
+    /// The CPU backend's pool.
+    Cpu,
+    /// A CUDA device (a GPU, or the host emulation).
+    #[cfg(feature = "cuda")]
+    Cuda(Arc<dyn gyre_runtime::backend::cuda::Device>),
+    /// A wgpu adapter.
+    #[cfg(feature = "wgpu")]
+    Wgpu(Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>),
+}
+
+impl Place {
+    /// The backend's name, as errors and metrics say it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            #[cfg(feature = "cuda")]
+            Self::Cuda(device) if device.is_emulated() => "cuda-emulated",
+            #[cfg(feature = "cuda")]
+            Self::Cuda(_) => "cuda",
+            #[cfg(feature = "wgpu")]
+            Self::Wgpu(_) => "wgpu",
+        }
+    }
+}
+
+/// One kernel of a device group, planned for its backend.
+pub(crate) enum DevicePlan {
+    #[cfg(feature = "cuda")]
+    Cuda(gyre_runtime::backend::cuda::KernelPlan),
+    #[cfg(feature = "wgpu")]
+    Wgpu(gyre_runtime::backend::wgpu::group::WgpuKernelPlan),
+}
+
+/// A device kernel's source: its function's name and the code that defines it.
+#[derive(Clone, Debug)]
+pub(crate) struct DeviceSource {
+    pub(crate) function: String,
+    pub(crate) source: String,
+}
+
+/// What a spec says for device backends, one name per knob (see [`KernelSpec`]).
+#[derive(Clone, Debug)]
+pub(crate) struct DeviceKnobs {
+    pub(crate) cuda: Option<DeviceSource>,
+    pub(crate) wgsl: Option<DeviceSource>,
+    pub(crate) builtin: Option<Builtin>,
+    pub(crate) max_emits: u32,
+    pub(crate) params: Option<[u32; gyre_runtime::builtins::PARAM_WORDS]>,
+    pub(crate) sequential: bool,
+    pub(crate) state_bytes: Option<u32>,
+    /// Set when the spec set a quantum: device backends then use it too.
+    pub(crate) quantum: Option<u32>,
+}
+
+impl Default for DeviceKnobs {
+    fn default() -> Self {
+        Self {
+            cuda: None,
+            wgsl: None,
+            builtin: None,
+            max_emits: 4,
+            params: None,
+            sequential: false,
+            state_bytes: None,
+            quantum: None,
+        }
+    }
+}
+
+/// The error for a kernel with no implementation for `place`.
+pub(crate) fn no_implementation(kernel: &str, backend: &'static str, add: &str) -> Error {
+    Error::NoImplementation {
+        kernel: kernel.to_owned(),
+        backend,
+        advice: format!(
+            "add {add} to its KernelSpec, or launch its group on a backend it has an \
+             implementation for (`GroupBuilder::backend(Backend::Cpu)` for `.cpu(...)`)"
+        ),
+    }
+}
+
+/// The device-neutral settings of `spec` for a device whose default quantum is
+/// `quantum` (when the spec sets none).
+fn settings<In: Message, Out: Message>(
+    spec: &KernelSpec<In, Out>,
+    builtin: Option<Builtin>,
+    quantum: u32,
+) -> Result<(KernelSettings, (u32, u32)), Error> {
+    let knobs = &spec.device;
+    let mut settings = KernelSettings::new(spec.name.clone(), builtin, quantum);
+    settings.capacity = spec.capacity;
+    settings.out_capacity = spec.host_output.unwrap_or(settings.out_capacity);
+    settings.ports = spec.ports;
+    settings.max_emits = knobs.max_emits;
+    settings.quantum = knobs.quantum.unwrap_or(quantum);
+    if let Some(params) = knobs.params {
+        settings.params = params;
+    }
+    let (mut slot_in, mut slot_out) = settings.slots::<In, Out>("gyre::builtins")?;
+    if let Some(asked) = spec.slot_bytes {
+        (slot_in, slot_out) = (slot_in.max(asked), slot_out.max(asked));
+    }
+    Ok((settings, (slot_in, slot_out)))
+}
+
+/// The state bytes of a kernel: what the spec says, else what its built-in needs.
+fn state_bytes(knobs: &DeviceKnobs, builtin: Option<Builtin>) -> u32 {
+    knobs
+        .state_bytes
+        .unwrap_or_else(|| builtin.map_or(0, |b| b.state_bytes()))
+}
+
+/// Plans `spec` for `place` (a device).
+pub(crate) fn plan<In: Message, Out: Message>(
+    spec: &KernelSpec<In, Out>,
+    place: &Place,
+) -> Result<DevicePlan, Error> {
+    let knobs = &spec.device;
+    match place {
+        Place::Cpu => unreachable!("CPU kernels are launched, not planned"),
+        #[cfg(feature = "cuda")]
+        Place::Cuda(_) => {
+            use gyre_runtime::backend::cuda::codegen::HandlerCode;
+            use gyre_runtime::backend::cuda::KernelPlan;
+            let (handler, builtin) = match (&knobs.cuda, knobs.builtin) {
+                (Some(code), _) => (
+                    HandlerCode::Source {
+                        function: code.function.clone(),
+                        source: code.source.clone(),
+                        file: format!("{}.cu", code.function),
+                    },
+                    None,
+                ),
+                (None, Some(b)) => (HandlerCode::Builtin(b.cuda_function()), Some(b)),
+                (None, None) => {
+                    return Err(no_implementation(
+                        &spec.name,
+                        place.name(),
+                        "`.cuda(function, source)` or `.builtin(..)`",
+                    ))
+                }
+            };
+            let (settings, slots) = settings(spec, builtin, 0)?;
+            let mut plan = KernelPlan::new(spec.name.clone(), handler);
+            crate::gpu_common::apply_settings!(plan, &settings, slots);
+            plan.sequential = knobs.sequential || builtin.is_some_and(|b| b.sequential());
+            plan.state_bytes = state_bytes(knobs, builtin);
+            Ok(DevicePlan::Cuda(plan))
+        }
+        #[cfg(feature = "wgpu")]
+        Place::Wgpu(_) => {
+            use gyre_runtime::backend::wgpu::codegen::WgslHandler;
+            use gyre_runtime::backend::wgpu::group::WgpuKernelPlan;
+            let (handler, builtin) = match (&knobs.wgsl, knobs.builtin) {
+                (Some(code), _) => (
+                    WgslHandler::Source {
+                        function: code.function.clone(),
+                        source: code.source.clone(),
+                        file: format!("{}.wgsl", code.function),
+                    },
+                    None,
+                ),
+                (None, Some(b)) => (WgslHandler::Builtin(b.cuda_function()), Some(b)),
+                (None, None) => {
+                    return Err(no_implementation(
+                        &spec.name,
+                        place.name(),
+                        "`.wgsl(function, source)` or `.builtin(..)`",
+                    ))
+                }
+            };
+            let (settings, slots) = settings(spec, builtin, 1024)?;
+            let mut plan = WgpuKernelPlan::new(spec.name.clone(), handler);
+            crate::gpu_common::apply_settings!(plan, &settings, slots);
+            plan.state_words = state_bytes(knobs, builtin).div_ceil(4);
+            // Stateless built-ins handle a tick's batch in parallel; user handlers and
+            // the stateful built-ins one message at a time, in order.
+            plan.parallel = !knobs.sequential && builtin.is_some_and(|b| !b.sequential());
+            Ok(DevicePlan::Wgpu(plan))
+        }
+    }
+}
+
+/// Where a port of a planned group goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PortTo {
+    Kernel(usize),
+    Host,
+    DeadLetters,
+}
+
+/// A device group to launch: its kernels' plans and what the host keeps about them.
+pub(crate) struct DeviceLaunch {
+    pub(crate) name: String,
+    pub(crate) plans: Vec<DevicePlan>,
+    pub(crate) names: Vec<String>,
+    pub(crate) host_output: Vec<bool>,
+    pub(crate) routes: Vec<(usize, u32, PortTo)>,
+    pub(crate) edges: Vec<(usize, usize)>,
+    pub(crate) order: Vec<usize>,
+    /// CUDA threads per block, when the group sets them.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) threads: Option<u32>,
+    pub(crate) command_timeout: std::time::Duration,
+}
+
+/// Launches `launch` on `place` (a device).
+pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCore>, Error> {
+    let routes: Vec<Route> = launch
+        .routes
+        .iter()
+        .map(|&(from, port, to)| Route {
+            from,
+            port,
+            to: match to {
+                PortTo::Kernel(k) => RouteTarget::Kernel(k),
+                PortTo::Host => RouteTarget::Host,
+                PortTo::DeadLetters => RouteTarget::DeadLetters,
+            },
+        })
+        .collect();
+    let backend = place.name();
+    let group: Box<dyn DeviceGroup> = match place {
+        Place::Cpu => unreachable!("CPU groups are not device groups"),
+        #[cfg(feature = "cuda")]
+        Place::Cuda(device) => {
+            use gyre_runtime::backend::cuda::seam::WatchedCudaGroup;
+            use gyre_runtime::backend::cuda::{CudaGroup, DeviceError, GroupError, GroupPlan};
+            let kernels = launch
+                .plans
+                .into_iter()
+                .map(|p| match p {
+                    DevicePlan::Cuda(plan) => plan,
+                    #[cfg(feature = "wgpu")]
+                    DevicePlan::Wgpu(_) => unreachable!("planned for CUDA"),
+                })
+                .collect();
+            let plan = GroupPlan {
+                name: launch.name.clone(),
+                kernels,
+                routes,
+                threads: launch
+                    .threads
+                    .unwrap_or(if device.is_emulated() { 4 } else { 64 }),
+            };
+            let group = CudaGroup::launch(device.clone(), plan, launch.command_timeout).map_err(
+                |e| match e {
+                    GroupError::Device(DeviceError::Compile { compiler, log }) => {
+                        Error::Compile { compiler, log }
+                    }
+                    GroupError::Device(DeviceError::Unavailable(reason)) => {
+                        Error::BackendUnavailable { backend, reason }
+                    }
+                    invalid @ GroupError::Invalid { .. } => Error::Launch(format!("CUDA {invalid}")),
+                    other => Error::Launch(format!("CUDA group `{}`: {other}", launch.name)),
+                },
+            )?;
+            Box::new(WatchedCudaGroup::new(group).map_err(|e| {
+                Error::Launch(format!("could not start the CUDA group's watcher thread: {e}"))
+            })?)
+        }
+        #[cfg(feature = "wgpu")]
+        Place::Wgpu(gpu) => {
+            use gyre_runtime::backend::wgpu::group::{WgpuError, WgpuGroup, WgpuGroupPlan};
+            let kernels = launch
+                .plans
+                .into_iter()
+                .map(|p| match p {
+                    DevicePlan::Wgpu(plan) => plan,
+                    #[cfg(feature = "cuda")]
+                    DevicePlan::Cuda(_) => unreachable!("planned for wgpu"),
+                })
+                .collect();
+            let plan = WgpuGroupPlan {
+                name: launch.name.clone(),
+                kernels,
+                routes,
+            };
+            let group = WgpuGroup::launch(gpu.clone(), plan, launch.command_timeout).map_err(
+                |e| match e {
+                    WgpuError::Shader(log) => Error::Compile {
+                        compiler: "naga (WGSL)".to_owned(),
+                        log,
+                    },
+                    WgpuError::Device(reason) => match gpu.lost() {
+                        Some(lost) => Error::BackendUnavailable {
+                            backend,
+                            reason: format!("the wgpu device was lost ({lost}): {reason}"),
+                        },
+                        None => Error::Launch(format!("wgpu group `{}`: {reason}", launch.name)),
+                    },
+                    invalid @ WgpuError::Invalid { .. } => Error::Launch(format!("wgpu {invalid}")),
+                },
+            )?;
+            Box::new(group)
+        }
+    };
+    let n = launch.names.len();
+    tracing::info!(group = %launch.name, backend, kernels = n, "group launched");
+    Ok(Arc::new(DeviceCore {
+        group,
+        name: launch.name,
+        names: launch.names,
+        host_output: launch.host_output,
+        edges: launch.edges,
+        order: launch.order,
+        receiver_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        sender_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        latency: (0..n).map(|_| LatencyRecorder::new()).collect(),
+        stopped: AtomicBool::new(false),
+    }))
+}

@@ -1,0 +1,293 @@
+//! One API for every backend: the same calls on the CPU, the CUDA emulation and wgpu
+//! (lavapipe in CI) give the same results: pipelines of built-ins, request/reply with
+//! correlation ids, async receives on a current-thread executor, blocking backpressure,
+//! and the runtime-wide services (shutdown, Prometheus, dead letters) covering device
+//! groups. Each device backend is skipped (loudly) where its tool is missing, except
+//! under `cargo xtask ci`, where that fails.
+
+use std::time::Duration;
+
+use gyre::builtins::{Aggregate, Builtin, Record};
+use gyre::{Backend, Backpressure, Error, KernelSpec, Runtime};
+
+#[path = "../../runtime/tests/support/skip.rs"]
+mod support;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A runtime for every backend this build and machine have: the CPU always, the CUDA
+/// emulation with feature `cuda`, wgpu (software adapters allowed) with feature `wgpu`.
+fn runtimes() -> Vec<(&'static str, Runtime)> {
+    let mut all = vec![(
+        "cpu",
+        Runtime::builder()
+            .backend(Backend::Cpu)
+            .workers(2)
+            .build()
+            .unwrap(),
+    )];
+    let wanted: &[(&str, Backend)] = &[
+        #[cfg(feature = "cuda")]
+        ("cuda-emulated", Backend::CudaEmulated),
+        #[cfg(feature = "wgpu")]
+        ("wgpu-software", Backend::WgpuSoftware),
+    ];
+    for &(name, backend) in wanted {
+        match Runtime::builder().backend(backend).workers(1).build() {
+            Ok(runtime) => all.push((name, runtime)),
+            Err(e) => support::skip(&format!("the {name} backend"), &e),
+        }
+    }
+    all
+}
+
+fn records(n: u32) -> Vec<Record> {
+    (0..n)
+        .map(|i| Record {
+            key: i % 5,
+            seq: i,
+            value: (i % 97) as f32 * 1.25 - 30.0,
+            aux: i ^ 0x33,
+        })
+        .collect()
+}
+
+#[test]
+fn a_pipeline_of_builtins_gives_the_same_outputs_on_every_backend() {
+    let inputs = records(2_000);
+    let mut outputs: Vec<(&str, Vec<Aggregate>)> = Vec::new();
+    for (name, runtime) in runtimes() {
+        let pipeline = runtime
+            .pipeline::<Record>("stats")
+            .stage(
+                KernelSpec::<Record, Record>::new("scale")
+                    .capacity(256)
+                    .builtin(Builtin::Affine { a: 0.5, b: 1.0 }),
+            )
+            .stage(
+                KernelSpec::<Record, Record>::new("keep")
+                    .capacity(256)
+                    .builtin(Builtin::Filter { lo: -5.0, hi: 20.0 }),
+            )
+            .stage(
+                KernelSpec::<Record, Aggregate>::new("window")
+                    .capacity(256)
+                    .builtin(Builtin::Window { size: 10 }),
+            )
+            .launch()
+            .unwrap();
+        assert_eq!(pipeline.group().backend(), name.trim_end_matches("-software"));
+        pipeline.activate().unwrap();
+        let sender = pipeline.sender();
+        let feed = {
+            let inputs = inputs.clone();
+            std::thread::spawn(move || {
+                for r in inputs {
+                    sender.send(r).unwrap();
+                }
+            })
+        };
+        let mut got = Vec::new();
+        let expected = reference_count(&inputs);
+        while got.len() < expected {
+            got.push(pipeline.recv_timeout(TIMEOUT).unwrap_or_else(|e| {
+                panic!("{name}: after {} of {expected} windows: {e}", got.len())
+            }));
+        }
+        feed.join().unwrap();
+        let report = pipeline.drain(TIMEOUT);
+        assert_eq!(report.undelivered_count(), 0, "{name}: {report:?}");
+        outputs.push((name, got));
+    }
+    let (first, reference) = &outputs[0];
+    for (name, got) in &outputs[1..] {
+        assert_eq!(got.len(), reference.len(), "{name} vs {first}");
+        for (i, (a, b)) in got.iter().zip(reference).enumerate() {
+            assert_eq!(
+                bytemuck::bytes_of(a),
+                bytemuck::bytes_of(b),
+                "{name} vs {first}: window {i} differs: {a:?} vs {b:?}"
+            );
+        }
+    }
+}
+
+/// How many windows the pipeline emits for `inputs`, by the built-ins' references.
+fn reference_count(inputs: &[Record]) -> usize {
+    let kept = inputs
+        .iter()
+        .filter(|r| {
+            let v = 0.5 * r.value + 1.0;
+            (-5.0..20.0).contains(&v)
+        })
+        .count();
+    kept / 10
+}
+
+#[test]
+fn concurrent_async_requests_each_get_their_own_reply_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new("twice")
+                    .capacity(1024)
+                    .builtin(Builtin::Affine { a: 2.0, b: 0.0 }),
+            )
+            .unwrap();
+        kernel.activate().unwrap();
+        let requester = kernel.requester().unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let replies = tokio.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..1_000u32 {
+                let requester = requester.clone();
+                tasks.spawn(async move {
+                    let request = Record {
+                        key: i,
+                        seq: i,
+                        value: i as f32,
+                        aux: 0,
+                    };
+                    let reply = requester.request_async(request).await.unwrap();
+                    (i, reply)
+                });
+            }
+            let mut replies = Vec::new();
+            while let Some(done) = tasks.join_next().await {
+                replies.push(done.unwrap());
+            }
+            replies
+        });
+        assert_eq!(replies.len(), 1_000, "{name}");
+        for (i, reply) in replies {
+            assert_eq!((reply.key, reply.value), (i, 2.0 * i as f32), "{name}");
+        }
+        assert!(requester.take_unmatched().is_empty(), "{name}");
+        drop(requester);
+        kernel.drain(TIMEOUT).unwrap();
+    }
+}
+
+#[test]
+fn recv_async_on_a_current_thread_runtime_does_not_block_the_executor() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(KernelSpec::<Record, Record>::new("pass").builtin(Builtin::Gather))
+            .unwrap();
+        kernel.activate().unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The receive waits first; a task on the same thread sends later. Were the
+        // receive blocking the thread, the send would never run.
+        let got = tokio.block_on(async {
+            let receiver = kernel.clone();
+            let waiting = tokio::spawn(async move { receiver.recv_async().await });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            kernel
+                .send_async(Record {
+                    key: 1,
+                    seq: 2,
+                    value: 3.0,
+                    aux: 4,
+                })
+                .await
+                .unwrap();
+            tokio::time::timeout(TIMEOUT, waiting).await
+        });
+        let got = got.expect("recv_async finished").unwrap().unwrap();
+        assert_eq!((got.key, got.value), (1, 3.0), "{name}");
+        kernel.drain(TIMEOUT).unwrap();
+    }
+}
+
+#[test]
+fn blocking_backpressure_waits_for_room_and_loses_nothing_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new("small")
+                    .capacity(16)
+                    .host_output(1024)
+                    .builtin(Builtin::Gather),
+            )
+            .unwrap();
+        // Not active: the inbox fills and the sender must wait.
+        let sender = kernel.sender().backpressure(Backpressure::Block);
+        let feed = std::thread::spawn(move || {
+            for r in records(300) {
+                sender.send(r).unwrap();
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!feed.is_finished(), "{name}: the sender did not block");
+        let full = kernel
+            .sender()
+            .backpressure(Backpressure::Fail)
+            .send(records(1)[0])
+            .unwrap_err();
+        assert!(matches!(full.error, Error::Full { .. }), "{name}: {}", full.error);
+        kernel.activate().unwrap();
+        let mut got = Vec::new();
+        while got.len() < 300 {
+            got.push(kernel.recv_timeout(TIMEOUT).unwrap().seq);
+        }
+        feed.join().unwrap();
+        assert_eq!(got, (0..300).collect::<Vec<_>>(), "{name}");
+        kernel.drain(TIMEOUT).unwrap();
+    }
+}
+
+#[test]
+fn shutdown_metrics_and_dead_letters_cover_every_backend() {
+    for (name, runtime) in runtimes() {
+        let mut g = runtime.group("split");
+        let split = g.add(
+            KernelSpec::<Record, Record>::new("split")
+                .no_host_output()
+                .builtin(Builtin::Scatter { ports: 2 }),
+        );
+        let keep = g.add(KernelSpec::<Record, Record>::new("keep").builtin(Builtin::Gather));
+        g.route(split, 0, keep).to_dead_letters(split, 1);
+        let group = g.launch().unwrap();
+        group.activate().unwrap();
+        let input = group.kernel(split).unwrap();
+        for r in records(10) {
+            input.send(r).unwrap();
+        }
+        let keep = group.kernel(keep).unwrap();
+        // Keys 0..5 repeat: keys 0, 2 and 4 go to port 0 (6 of 10), 1 and 3 to the dead
+        // letters (4 of 10).
+        let mut kept = 0;
+        while kept < 6 {
+            keep.recv_timeout(TIMEOUT).unwrap();
+            kept += 1;
+        }
+        let text = runtime.prometheus_text();
+        let backend = group.backend();
+        let series = format!(r#"backend="{backend}""#);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("gyre_kernel_processed_total") && l.contains(&series)
+                    && l.contains(r#"kernel="split""#)),
+            "{name}: no processed series for `split` labelled {series}:\n{text}"
+        );
+        let mut letters = Vec::new();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while letters.len() < 4 && std::time::Instant::now() < deadline {
+            letters.extend(runtime.take_dead_letters());
+            std::thread::yield_now();
+        }
+        assert_eq!(letters.len(), 4, "{name}: {letters:?}");
+        assert!(letters.iter().all(|l| l.kernel == "split"), "{name}");
+        drop((input, keep, group));
+        let report = runtime.shutdown(TIMEOUT);
+        let names = report.kernel_names();
+        assert!(names.contains(&"split") && names.contains(&"keep"), "{name}: {names:?}");
+        assert_eq!(report.undelivered_count(), 0, "{name}: {report:?}");
+    }
+}
