@@ -104,7 +104,11 @@ impl Backing {
     }
 
     /// Sends one message without waiting.
-    pub(crate) fn try_send<In: Message>(&self, corr: [u32; 2], bytes: &[u8]) -> Result<(), SendFail> {
+    pub(crate) fn try_send<In: Message>(
+        &self,
+        corr: [u32; 2],
+        bytes: &[u8],
+    ) -> Result<(), SendFail> {
         match self {
             Self::Cpu(core) => core.try_send(corr, bytes).map_err(|f| match f {
                 SendFailure::Full => SendFail::Full,

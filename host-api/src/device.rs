@@ -277,12 +277,16 @@ pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCo
                     GroupError::Device(DeviceError::Unavailable(reason)) => {
                         Error::BackendUnavailable { backend, reason }
                     }
-                    invalid @ GroupError::Invalid { .. } => Error::Launch(format!("CUDA {invalid}")),
+                    invalid @ GroupError::Invalid { .. } => {
+                        Error::Launch(format!("CUDA {invalid}"))
+                    }
                     other => Error::Launch(format!("CUDA group `{}`: {other}", launch.name)),
                 },
             )?;
             Box::new(WatchedCudaGroup::new(group).map_err(|e| {
-                Error::Launch(format!("could not start the CUDA group's watcher thread: {e}"))
+                Error::Launch(format!(
+                    "could not start the CUDA group's watcher thread: {e}"
+                ))
             })?)
         }
         #[cfg(feature = "wgpu")]

@@ -521,7 +521,11 @@ impl Group {
     }
 
     /// Sends `command` to every kernel, in `order`.
-    fn command_all(&self, command: Command, order: impl Iterator<Item = usize>) -> Result<(), Error> {
+    fn command_all(
+        &self,
+        command: Command,
+        order: impl Iterator<Item = usize>,
+    ) -> Result<(), Error> {
         for i in order {
             let result = match &self.inner {
                 Inner::Cpu { kernels, .. } => kernels[i]
@@ -695,8 +699,11 @@ pub(crate) fn device_stop(core: &DeviceCore, how: Stop) -> GroupReport {
         .iter()
         .map(|&k| {
             let entry = &report.kernels[k];
-            let mut outputs: Vec<RawMessage> =
-                entry.undelivered_outputs.iter().map(|(_, m)| raw(m)).collect();
+            let mut outputs: Vec<RawMessage> = entry
+                .undelivered_outputs
+                .iter()
+                .map(|(_, m)| raw(m))
+                .collect();
             if terminate && !core.receiver_taken[k].load(Ordering::Relaxed) {
                 while let Ok(Some(m)) = core.try_recv_with(k, |p, corr| RawMessage {
                     corr: join(corr),
@@ -756,4 +763,3 @@ fn wait_quiet(kernels: &[Arc<KernelCore>], deadline: Instant) {
         std::thread::sleep(Duration::from_millis(1));
     }
 }
-

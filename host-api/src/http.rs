@@ -67,7 +67,10 @@ impl MetricsServer {
     /// How long dropping the server waits for requests in progress before closing them.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-    pub(crate) fn start(backend: Arc<crate::runtime::Services>, addr: SocketAddr) -> Result<Self, Error> {
+    pub(crate) fn start(
+        backend: Arc<crate::runtime::Services>,
+        addr: SocketAddr,
+    ) -> Result<Self, Error> {
         let listener = std::net::TcpListener::bind(addr).map_err(|e| {
             Error::Launch(format!(
                 "could not listen on {addr} for /metrics: {e}; pick a free port (port 0 picks one)"
@@ -163,7 +166,11 @@ impl Drop for OwnedRuntime {
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections until told to stop, serving each on its own task.
-async fn serve(listener: TcpListener, backend: Arc<crate::runtime::Services>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    backend: Arc<crate::runtime::Services>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MetricsServer::MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let stop_connections = stop.clone();

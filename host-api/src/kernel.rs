@@ -405,7 +405,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// As [`Kernel::send`].
     pub fn send_with_corr(&self, message: In, corr: u64) -> Result<(), SendError<In>> {
         let b = &self.backing;
-        wait_send(b, message, corr, None, |c, bytes| b.try_send::<In>(c, bytes))
+        wait_send(b, message, corr, None, |c, bytes| {
+            b.try_send::<In>(c, bytes)
+        })
     }
 
     /// Sends without waiting.
@@ -423,7 +425,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     pub fn send_timeout(&self, message: In, timeout: Duration) -> Result<(), SendError<In>> {
         let b = &self.backing;
         let deadline = Some(Instant::now() + timeout);
-        wait_send(b, message, 0, deadline, |c, bytes| b.try_send::<In>(c, bytes))
+        wait_send(b, message, 0, deadline, |c, bytes| {
+            b.try_send::<In>(c, bytes)
+        })
     }
 
     /// Sends from async code: waits for room without blocking the executor thread.
@@ -461,7 +465,8 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// # Errors
     /// As [`Kernel::recv`].
     pub fn try_recv(&self) -> Result<Option<Out>, Error> {
-        self.backing.try_recv_with(|payload, _| read::<Out>(payload))
+        self.backing
+            .try_recv_with(|payload, _| read::<Out>(payload))
     }
 
     /// Receives, waiting at most `timeout`.

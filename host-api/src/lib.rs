@@ -117,7 +117,6 @@ mod stop;
 
 pub use error::{Error, SendError};
 pub use group::{Group, GroupBuilder, Stage};
-pub use pipeline::{Pipeline, PipelineBuilder};
 pub use gyre_runtime::abi::State;
 pub use gyre_runtime::backend::cpu::{EmitError, HandlerError};
 pub use gyre_runtime::backend::Placement;
@@ -127,11 +126,12 @@ pub use gyre_runtime::routing::{DeadLetter, RouteError};
 #[cfg(feature = "http")]
 pub use http::MetricsServer;
 pub use kernel::{Kernel, KernelMetrics};
+pub use pipeline::{Pipeline, PipelineBuilder};
 pub use receiver::Receiver;
-pub use sender::{Backpressure, ExclusiveSender, Sender};
 pub use report::{
     DrainReport, GroupReport, KernelShutdown, RawMessage, Report, ShutdownReport, TerminateReport,
 };
 pub use request::Requester;
 pub use runtime::{Backend, Runtime, RuntimeBuilder};
+pub use sender::{Backpressure, ExclusiveSender, Sender};
 pub use spec::{Emit, KernelSpec, Message};

@@ -133,7 +133,10 @@ impl<Out: Message> Receiver<Out> {
 
     fn within(&mut self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {
         let backing = &self.backing;
-        let rx = self.rx.as_mut().expect("the receiving end is held until drop");
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
         wait_recv(backing, timeout, || {
             rx.try_recv_with(backing, |p, corr| (read::<Out>(p), join(corr)))
         })
@@ -169,7 +172,10 @@ impl<Out: Message> Receiver<Out> {
     /// # Errors
     /// As [`Receiver::recv`].
     pub fn try_recv(&mut self) -> Result<Option<Out>, Error> {
-        let rx = self.rx.as_mut().expect("the receiving end is held until drop");
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
         rx.try_recv_with(&self.backing, |p, _| read::<Out>(p))
     }
 
@@ -182,7 +188,10 @@ impl<Out: Message> Receiver<Out> {
     /// As [`Receiver::recv`].
     pub async fn recv_async(&mut self) -> Result<Out, Error> {
         let backing = &self.backing;
-        let rx = self.rx.as_mut().expect("the receiving end is held until drop");
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
         let _watch = backing.watch();
         poll_fn(|cx| {
             backing.items().poll_until(cx, || {

@@ -33,11 +33,15 @@ impl Services {
         let samples = self
             .devices()
             .iter()
-            .flat_map(|d| (0..d.names.len()).map(|k| {
-                let mut sample = d.group.sample(k);
-                sample.latency = d.latency[k].summary();
-                sample
-            }).collect::<Vec<_>>())
+            .flat_map(|d| {
+                (0..d.names.len())
+                    .map(|k| {
+                        let mut sample = d.group.sample(k);
+                        sample.latency = d.latency[k].summary();
+                        sample
+                    })
+                    .collect::<Vec<_>>()
+            })
             .collect();
         self.cpu.prometheus_text_with(samples)
     }
@@ -676,7 +680,11 @@ impl Runtime {
                     from.name(),
                     to.name()
                 ),
-                backend: if from.backend() == "cpu" { to.backend() } else { from.backend() },
+                backend: if from.backend() == "cpu" {
+                    to.backend()
+                } else {
+                    from.backend()
+                },
                 advice: "routes into or out of a device group are declared in its \
                          GroupBuilder before launch; between separately launched groups, \
                          receive from one and send to the other on the host"

@@ -82,4 +82,3 @@ pub(crate) fn stop_kernel(kernel: &Arc<KernelCore>, how: Stop) -> Option<KernelS
         undelivered_outputs: outputs,
     })
 }
-

@@ -76,7 +76,10 @@ fn a_pipeline_of_builtins_gives_the_same_outputs_on_every_backend() {
             )
             .launch()
             .unwrap();
-        assert_eq!(pipeline.group().backend(), name.trim_end_matches("-software"));
+        assert_eq!(
+            pipeline.group().backend(),
+            name.trim_end_matches("-software")
+        );
         pipeline.activate().unwrap();
         let sender = pipeline.sender();
         let feed = {
@@ -230,7 +233,11 @@ fn blocking_backpressure_waits_for_room_and_loses_nothing_on_every_backend() {
             .backpressure(Backpressure::Fail)
             .send(records(1)[0])
             .unwrap_err();
-        assert!(matches!(full.error, Error::Full { .. }), "{name}: {}", full.error);
+        assert!(
+            matches!(full.error, Error::Full { .. }),
+            "{name}: {}",
+            full.error
+        );
         kernel.activate().unwrap();
         let mut got = Vec::new();
         while got.len() < 300 {
@@ -272,7 +279,8 @@ fn shutdown_metrics_and_dead_letters_cover_every_backend() {
         let series = format!(r#"backend="{backend}""#);
         assert!(
             text.lines()
-                .any(|l| l.starts_with("gyre_kernel_processed_total") && l.contains(&series)
+                .any(|l| l.starts_with("gyre_kernel_processed_total")
+                    && l.contains(&series)
                     && l.contains(r#"kernel="split""#)),
             "{name}: no processed series for `split` labelled {series}:\n{text}"
         );
@@ -287,7 +295,10 @@ fn shutdown_metrics_and_dead_letters_cover_every_backend() {
         drop((input, keep, group));
         let report = runtime.shutdown(TIMEOUT);
         let names = report.kernel_names();
-        assert!(names.contains(&"split") && names.contains(&"keep"), "{name}: {names:?}");
+        assert!(
+            names.contains(&"split") && names.contains(&"keep"),
+            "{name}: {names:?}"
+        );
         assert_eq!(report.undelivered_count(), 0, "{name}: {report:?}");
     }
 }

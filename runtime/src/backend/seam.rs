@@ -25,8 +25,8 @@ use crate::backend::CommandError;
 use crate::health::{Health, HealthPolicy};
 use crate::metrics::KernelSample;
 use crate::routing::DeadLetter;
-use std::sync::atomic::Ordering;
 use crate::wait::{Backoff, Signal};
+use std::sync::atomic::Ordering;
 
 /// What a backend can and cannot do; the public API answers what a backend cannot do
 /// with an error that says what to do instead.

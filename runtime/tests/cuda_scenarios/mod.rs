@@ -10,6 +10,7 @@ use std::time::Instant;
 use gyre_runtime::abi::{Command, State};
 use gyre_runtime::backend::cuda::codegen::HandlerCode;
 use gyre_runtime::backend::cuda::group::{GroupReport, Message, SendError};
+use gyre_runtime::backend::cuda::seam::WatchedCudaGroup;
 use gyre_runtime::backend::cuda::{CudaGroup, Device, GroupPlan, KernelPlan, Route, Target};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -30,24 +31,32 @@ pub struct Scenarios {
     threads: u32,
 }
 
+/// `group` with its watcher thread: what waits on it (sends, receives) waits on a
+/// signal, as the public API does.
+fn watched(group: CudaGroup) -> WatchedCudaGroup {
+    WatchedCudaGroup::new(group).expect("watcher thread")
+}
+
 impl Scenarios {
     pub fn new(device: Arc<dyn Device>) -> Self {
         let threads = if device.is_emulated() { 4 } else { 64 };
         Self { device, threads }
     }
 
-    fn launch(&self, kernels: Vec<KernelPlan>, routes: Vec<Route>) -> CudaGroup {
-        CudaGroup::launch(
-            Arc::clone(&self.device),
-            GroupPlan {
-                name: "test".into(),
-                kernels,
-                routes,
-                threads: self.threads,
-            },
-            TIMEOUT,
+    fn launch(&self, kernels: Vec<KernelPlan>, routes: Vec<Route>) -> WatchedCudaGroup {
+        watched(
+            CudaGroup::launch(
+                Arc::clone(&self.device),
+                GroupPlan {
+                    name: "test".into(),
+                    kernels,
+                    routes,
+                    threads: self.threads,
+                },
+                TIMEOUT,
+            )
+            .unwrap_or_else(|e| panic!("launch failed: {e}")),
         )
-        .unwrap_or_else(|e| panic!("launch failed: {e}"))
     }
 
     pub fn echo_round_trip(&self) {
@@ -740,7 +749,11 @@ fn check_exactly_once(
 
 /// The soak's sender: `try_send`s ids from `first` on until the inbox is closed, or
 /// full after `stop`; returns the ids accepted.
-fn soak_sender(group: &CudaGroup, first: u32, stop: &std::sync::atomic::AtomicBool) -> Vec<u32> {
+fn soak_sender(
+    group: &WatchedCudaGroup,
+    first: u32,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<u32> {
     let mut accepted = Vec::new();
     let mut n = first;
     loop {
@@ -772,7 +785,7 @@ fn soak_sender(group: &CudaGroup, first: u32, stop: &std::sync::atomic::AtomicBo
 /// comes after an empty look once the gather had acknowledged its stop (the state read
 /// first); returns the ids and whether it saw that end.
 fn soak_receiver(
-    group: &CudaGroup,
+    group: &WatchedCudaGroup,
     round: u32,
     stop: &std::sync::atomic::AtomicBool,
 ) -> (Vec<u32>, bool) {
@@ -801,7 +814,7 @@ fn soak_receiver(
 
 impl Scenarios {
     /// The soak group: scatter → two affines → gather, 16-slot rings.
-    fn soak_group(&self, threads: u32, command_timeout: Duration) -> CudaGroup {
+    fn soak_group(&self, threads: u32, command_timeout: Duration) -> WatchedCudaGroup {
         use gyre_runtime::builtins::Builtin;
         let mut kernels = vec![
             KernelPlan::builtin("scatter", &Builtin::Scatter { ports: 2 }).unwrap(),
@@ -818,22 +831,24 @@ impl Scenarios {
             port,
             to: Target::Kernel(to),
         };
-        CudaGroup::launch(
-            Arc::clone(&self.device),
-            GroupPlan {
-                name: "soak".into(),
-                kernels,
-                routes: vec![
-                    route(0, 0, 1),
-                    route(0, 1, 2),
-                    route(1, 0, 3),
-                    route(2, 0, 3),
-                ],
-                threads,
-            },
-            command_timeout,
+        watched(
+            CudaGroup::launch(
+                Arc::clone(&self.device),
+                GroupPlan {
+                    name: "soak".into(),
+                    kernels,
+                    routes: vec![
+                        route(0, 0, 1),
+                        route(0, 1, 2),
+                        route(1, 0, 3),
+                        route(2, 0, 3),
+                    ],
+                    threads,
+                },
+                command_timeout,
+            )
+            .unwrap_or_else(|e| panic!("launch failed: {e}")),
         )
-        .unwrap_or_else(|e| panic!("launch failed: {e}"))
     }
 
     /// Random stops under load: one `try_send` sender and one receiver run while the group

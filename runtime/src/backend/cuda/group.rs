@@ -778,27 +778,6 @@ impl CudaGroup {
         }
     }
 
-    /// Sends one message, waiting up to `timeout` for room.
-    ///
-    /// # Errors
-    /// As [`CudaGroup::try_send`]; `Full` once the timeout passed.
-    pub fn send(
-        &self,
-        k: usize,
-        payload: &[u8],
-        corr: [u32; 2],
-        timeout: Duration,
-    ) -> Result<(), SendError> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Backoff::new();
-        loop {
-            match self.try_send(k, payload, corr) {
-                Err(SendError::Full { .. }) if Instant::now() < deadline => pause(&mut backoff),
-                other => return other,
-            }
-        }
-    }
-
     /// Takes one output of kernel `k` from its host outbox, if one is there.
     ///
     /// # Errors
@@ -852,27 +831,6 @@ impl CudaGroup {
     /// Outputs of kernel `k` for the host not received yet.
     pub fn unreceived(&self, k: usize) -> usize {
         self.kernels[k].outputs.lock().len()
-    }
-
-    /// Waits up to `timeout` for one output of kernel `k`, querying the grid meanwhile.
-    ///
-    /// # Errors
-    /// A message saying it timed out, or the device error.
-    pub fn recv_timeout(&self, k: usize, timeout: Duration) -> Result<Message, String> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Backoff::new();
-        loop {
-            if let Some(message) = self.try_recv(k)? {
-                return Ok(message);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "timed out after {timeout:?} waiting for an output of kernel `{}`",
-                    self.kernels[k].plan.name
-                ));
-            }
-            pause(&mut backoff);
-        }
     }
 
     /// Moves every message waiting in the dead-letter rings to the group's list, and

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::abi::{Command, State};
-use crate::backend::group::{GroupReport, SendError};
+use crate::backend::group::{GroupReport, Message, SendError};
 use crate::backend::seam::{Capabilities, DeviceGroup, Watch, Watcher};
 use crate::backend::CommandError;
 use crate::health::{Health, HealthPolicy};
@@ -57,6 +57,64 @@ impl WatchedCudaGroup {
     /// The group.
     pub fn group(&self) -> &CudaGroup {
         &self.group
+    }
+}
+
+impl std::ops::Deref for WatchedCudaGroup {
+    type Target = CudaGroup;
+
+    fn deref(&self) -> &CudaGroup {
+        &self.group
+    }
+}
+
+impl WatchedCudaGroup {
+    /// Sends one message to kernel `k`, waiting up to `timeout` for room (on the progress
+    /// signal, the group watched meanwhile).
+    ///
+    /// # Errors
+    /// As [`CudaGroup::try_send`]; `Full` once the timeout passed.
+    pub fn send(
+        &self,
+        k: usize,
+        payload: &[u8],
+        corr: [u32; 2],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let _watch = self.watcher.watch();
+        let mut last = None;
+        let deadline = std::time::Instant::now() + timeout;
+        self.progress.wait_until(Some(deadline), || {
+            match self.group.try_send(k, payload, corr) {
+                Err(SendError::Full { .. }) => None,
+                other => {
+                    last = Some(other);
+                    Some(())
+                }
+            }
+        });
+        last.unwrap_or_else(|| self.group.try_send(k, payload, corr))
+    }
+
+    /// Waits up to `timeout` for one output of kernel `k` (on the progress signal, the
+    /// group watched meanwhile).
+    ///
+    /// # Errors
+    /// A message saying it timed out, or the device error.
+    pub fn recv_timeout(&self, k: usize, timeout: Duration) -> Result<Message, String> {
+        let _watch = self.watcher.watch();
+        let deadline = std::time::Instant::now() + timeout;
+        self.progress
+            .wait_until(Some(deadline), || match self.group.try_recv(k) {
+                Ok(None) => None,
+                other => Some(other),
+            })
+            .unwrap_or_else(|| {
+                Err(format!(
+                    "timed out after {timeout:?} waiting for an output of kernel #{k}"
+                ))
+            })
+            .and_then(|m| m.ok_or_else(|| "no output".to_owned()))
     }
 }
 
