@@ -64,35 +64,65 @@
 //! lives, a kernel whose handles were all dropped keeps running and is covered by
 //! `shutdown`'s report (what it emitted to the host included).
 //!
-//! ## CUDA groups
+//! ## One API, every backend
 //!
-//! With feature `cuda`, a runtime built with [`Backend::Cuda`] (a GPU) or
-//! [`Backend::CudaEmulated`] (the host emulation, for developing CUDA handlers without a
-//! GPU) also launches groups of CUDA kernels: `Runtime::cuda_group` declares the
-//! kernels (CUDA C handlers or built-ins) and their routes, and launches them as a whole.
-//! The group API is explicit because the CUDA kernels of a group are resident together
-//! in one cooperative grid: that is what keeps routes between them on the device and
-//! guarantees every kernel makes progress, so a group is launched, drained and terminated
-//! as a unit. CPU kernels ([`Runtime::launch`], [`Runtime::group`]) and CUDA groups
-//! coexist in one runtime: the CPU worker pool is there whatever the backend. See the
-//! `cuda` module (feature `cuda`) for the whole flow.
+//! A [`KernelSpec`] carries an implementation per backend: [`KernelSpec::cpu`] (or
+//! [`KernelSpec::cpu_factory`]), [`KernelSpec::cuda`], [`KernelSpec::wgsl`], and
+//! [`KernelSpec::builtin`], which runs on every backend ([`builtins`]). A group runs on
+//! one backend: the runtime's ([`RuntimeBuilder::backend`]) or the one
+//! [`GroupBuilder::backend`] names; it uses each kernel's implementation for that backend,
+//! and a kernel without one fails the launch with [`Error::NoImplementation`]. The
+//! handles, reports and runtime-wide services are the same on every backend.
 //!
-//! ## wgpu groups: resident state, ticked execution
+//! ```
+//! use gyre::builtins::{Builtin, Record};
+//! use gyre::{Backend, KernelSpec, Runtime};
 //!
-//! With feature `wgpu`, a runtime built with [`Backend::Wgpu`] (a hardware adapter on
-//! Vulkan, Metal or DX12) or [`Backend::WgpuSoftware`] (software adapters allowed, such
-//! as Mesa's lavapipe) launches groups of WGSL kernels: `Runtime::wgpu_group` declares
-//! the kernels (WGSL handlers or built-ins) and their routes, and launches them as a
-//! whole. WebGPU cannot run a resident spin loop (no forward-progress guarantee between
-//! workgroups, no host access to a buffer in use), so a wgpu group keeps its rings, control
-//! blocks and handler state resident in device memory and runs in ticks: one submission
-//! uploads what the host sent, dispatches every kernel of the group in topological order
-//! and copies the outputs back; ticks run back to back while work is pending and stop when
-//! the group is idle. The kernels of a group share its ticks, which is what keeps routes
-//! between them on the device, so a group is launched, drained and terminated as a unit,
-//! and its routes form no cycle. WGSL that does not validate fails the launch with naga's
-//! message, naming the handler's file and line. As with CUDA, the CPU worker pool is there
-//! whatever the backend. See the `wgpu` module (feature `wgpu`) for the whole flow.
+//! fn clamp() -> KernelSpec<Record, Record> {
+//!     KernelSpec::<Record, Record>::new("clamp")
+//!         .cpu(|r, out| Ok(out.emit(Record { value: r.value.min(10.0), ..*r })?))
+//!         .cuda("clamp", r"__device__ int clamp(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
+//!             gyre_rec r = *(const gyre_rec *)msg; r.value = fminf(r.value, 10.0f);
+//!             return gyre_emit(ctx, 0u, &r, sizeof r); }")
+//!         .wgsl("clamp", r"fn clamp(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+//!             (*msg).w[2] = bitcast<u32>(min(bitcast<f32>((*msg).w[2]), 10.0));
+//!             return gyre_emit(ctx, 0u, msg, 16u); }")
+//! }
+//!
+//! // Backend::CudaEmulated, Backend::WgpuSoftware, Backend::Cuda, Backend::Wgpu: same code.
+//! let runtime = Runtime::builder().backend(Backend::Cpu).build()?;
+//! let pipeline = runtime
+//!     .pipeline::<Record>("p")
+//!     .stage(KernelSpec::new("scale").builtin(Builtin::Affine { a: 2.0, b: 1.0 }))
+//!     .stage(clamp())
+//!     .launch()?;
+//! pipeline.activate()?;
+//! pipeline.send(Record { key: 1, seq: 0, value: 3.0, aux: 0 })?;
+//! assert_eq!(pipeline.recv()?.value, 7.0);
+//! # Ok::<(), gyre::Error>(())
+//! ```
+//!
+//! **CUDA** (feature `cuda`; [`Backend::Cuda`] for a GPU, [`Backend::CudaEmulated`] for the
+//! host emulation, which develops and tests CUDA handlers without a GPU): the kernels of a
+//! group are resident together in one cooperative grid, which keeps routes between them on
+//! the device and guarantees every kernel makes progress. A resident grid raises no
+//! interrupt, so while someone waits on a CUDA group one host thread watches its rings and
+//! wakes the waiters; with nobody waiting it parks.
+//!
+//! **wgpu** (feature `wgpu`; [`Backend::Wgpu`] for a hardware adapter,
+//! [`Backend::WgpuSoftware`] to allow software ones such as Mesa's lavapipe): WebGPU cannot
+//! run a resident spin loop (no forward-progress guarantee between workgroups, no host
+//! access to a buffer in use), so a wgpu group keeps its rings, control blocks and handler
+//! state resident in device memory and runs in ticks: one submission uploads what the host
+//! sent, dispatches every kernel of the group in topological order and copies the outputs
+//! back; ticks run back to back while work is pending and stop when the group is idle.
+//!
+//! A device group runs as one unit: it drains and terminates as a whole, upstream first,
+//! and its routes form no cycle. What a device backend cannot do (stop one kernel of a
+//! larger group, restart, cycles, [`Runtime::connect`] after launch) answers
+//! [`Error::Unsupported`], saying what to do instead. Pause and resume work per kernel
+//! everywhere. The CPU worker pool is there whatever the backend: a runtime built for a
+//! device still runs groups that ask for [`Backend::Cpu`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

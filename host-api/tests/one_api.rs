@@ -302,3 +302,75 @@ fn shutdown_metrics_and_dead_letters_cover_every_backend() {
         assert_eq!(report.undelivered_count(), 0, "{name}: {report:?}");
     }
 }
+
+/// The crate docs' example: one spec with a CPU, a CUDA C and a WGSL implementation, and
+/// a built-in, give the same answer on every backend.
+#[test]
+fn the_documented_spec_with_three_implementations_agrees_everywhere() {
+    fn clamp() -> KernelSpec<Record, Record> {
+        KernelSpec::<Record, Record>::new("clamp")
+            .cpu(|r, out| Ok(out.emit(Record { value: r.value.min(10.0), ..*r })?))
+            .cuda("clamp", r"__device__ int clamp(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
+                gyre_rec r = *(const gyre_rec *)msg; r.value = fminf(r.value, 10.0f);
+                return gyre_emit(ctx, 0u, &r, sizeof r); }")
+            .wgsl("clamp", r"fn clamp(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+                (*msg).w[2] = bitcast<u32>(min(bitcast<f32>((*msg).w[2]), 10.0));
+                return gyre_emit(ctx, 0u, msg, 16u); }")
+    }
+    for (name, runtime) in runtimes() {
+        let pipeline = runtime
+            .pipeline::<Record>("p")
+            .stage(KernelSpec::new("scale").builtin(Builtin::Affine { a: 2.0, b: 1.0 }))
+            .stage(clamp())
+            .launch()
+            .unwrap();
+        pipeline.activate().unwrap();
+        for value in [3.0, 8.0] {
+            pipeline
+                .send_with_corr(
+                    Record {
+                        key: 1,
+                        seq: 0,
+                        value,
+                        aux: 0,
+                    },
+                    41 + value as u64,
+                )
+                .unwrap();
+        }
+        let (first, corr) = pipeline.recv_with_corr().unwrap();
+        assert_eq!((first.value, corr), (7.0, 44), "{name}");
+        assert_eq!(
+            pipeline.recv_timeout(TIMEOUT).unwrap().value,
+            10.0,
+            "{name}"
+        );
+        assert_eq!(pipeline.drain(TIMEOUT).undelivered_count(), 0, "{name}");
+    }
+}
+
+/// A spec without an implementation for its group's backend fails the launch, naming the
+/// kernel, the backend and what to add; the advice works.
+#[test]
+fn a_missing_implementation_is_a_launch_error_that_says_what_to_add() {
+    for (name, runtime) in runtimes().into_iter().filter(|(n, _)| *n != "cpu") {
+        let only_cpu = || KernelSpec::<u32, u32>::new("cpu-only").cpu(|x, out| Ok(out.emit(*x)?));
+        let err = runtime.launch(only_cpu()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, Error::NoImplementation { .. })
+                && text.contains("cpu-only")
+                && text.contains("Backend::Cpu"),
+            "{name}: {text}"
+        );
+        // The advice: run the group on the CPU.
+        let mut g = runtime.group("on-cpu");
+        g.backend(Backend::Cpu);
+        let k = g.add(only_cpu());
+        let group = g.launch().unwrap();
+        assert_eq!(group.backend(), "cpu");
+        group.activate().unwrap();
+        group.kernel(k).unwrap().send(5).unwrap();
+        assert_eq!(group.kernel(k).unwrap().recv().unwrap(), 5);
+    }
+}

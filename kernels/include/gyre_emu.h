@@ -20,6 +20,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+/* The single-precision C math functions CUDA device code calls (fminf, sqrtf, expf, ...),
+ * global as on the device. Results follow the host's libm, which may differ from the
+ * device's in the last place for transcendental functions (exact ones such as fminf or
+ * sqrtf agree). */
+#include <math.h>
 #include <sched.h>
 #include <thread>
 
