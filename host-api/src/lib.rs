@@ -138,6 +138,7 @@ mod http;
 mod kernel;
 mod pipeline;
 mod receiver;
+mod relay;
 mod report;
 mod request;
 mod runtime;

@@ -20,6 +20,8 @@ use crate::{Error, Kernel};
 pub(crate) struct Services {
     pub(crate) cpu: Arc<CpuBackend>,
     devices: parking_lot::Mutex<Vec<Arc<DeviceCore>>>,
+    /// Routes between backends, carried through the host.
+    relays: parking_lot::Mutex<Vec<Arc<crate::relay::Relay>>>,
 }
 
 impl Services {
@@ -43,7 +45,25 @@ impl Services {
                     .collect::<Vec<_>>()
             })
             .collect();
-        self.cpu.prometheus_text_with(samples)
+        let mut text = self.cpu.prometheus_text_with(samples);
+        let relays = self.relays.lock().clone();
+        if !relays.is_empty() {
+            text.push_str(
+                "# HELP gyre_relay_forwarded_total Messages a route between backends carried \
+                 through the host.\n# TYPE gyre_relay_forwarded_total counter\n",
+            );
+            for r in relays {
+                text.push_str(&format!(
+                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"}} {}\n",
+                    r.from,
+                    r.to,
+                    r.from_backing.backend(),
+                    r.to_backing.backend(),
+                    r.forwarded()
+                ));
+            }
+        }
+        text
     }
 }
 
@@ -371,6 +391,7 @@ impl RuntimeBuilder {
             services: Arc::new(Services {
                 cpu: cpu.clone(),
                 devices: parking_lot::Mutex::new(Vec::new()),
+                relays: parking_lot::Mutex::new(Vec::new()),
             }),
             cpu,
             place,
@@ -660,9 +681,16 @@ impl Runtime {
     /// kernel `to`, replacing what the port was bound to. Messages the port stashed
     /// (waiting for room) go to the new target, in order.
     ///
-    /// On the CPU backend every route is direct; on GPU backends a route between two
-    /// separately launched groups is relayed through the host. Prefer declaring routes in
-    /// a [`crate::GroupBuilder`]: topology (cycles) is checked there.
+    /// Between two CPU kernels the route is direct. Between kernels of different backends
+    /// (a CPU kernel and a device group, or two device groups) it is **relayed through the
+    /// host**: a relay thread takes `from`'s host output (so `from.recv()` answers
+    /// [`Error::ReceiverTaken`]) and sends everything into `to` with blocking
+    /// backpressure; `port` must be 0 (the port bound to the host output). Relayed
+    /// messages are counted in `gyre_relay_forwarded_total`. [`Runtime::shutdown`] drains
+    /// a relay's upstream first and lets it deliver before draining its downstream;
+    /// whatever a relay could not deliver comes back in the report (an entry named
+    /// `relay FROM → TO`). Prefer declaring routes in a [`crate::GroupBuilder`]: topology
+    /// (cycles) is checked there, and on a device the route stays on the device.
     ///
     /// # Errors
     /// [`Error::Route`] when the port does not exist, `to` is stopped, or its slots are too
@@ -674,22 +702,31 @@ impl Runtime {
         to: &Kernel<B, C>,
     ) -> Result<(), Error> {
         let (Backing::Cpu(from_core), Backing::Cpu(to_core)) = (&from.backing, &to.backing) else {
-            return Err(Error::Unsupported {
-                what: format!(
-                    "connecting kernel `{}` to kernel `{}` after launch",
-                    from.name(),
-                    to.name()
-                ),
-                backend: if from.backend() == "cpu" {
-                    to.backend()
-                } else {
-                    from.backend()
-                },
-                advice: "routes into or out of a device group are declared in its \
-                         GroupBuilder before launch; between separately launched groups, \
-                         receive from one and send to the other on the host"
-                    .to_owned(),
-            });
+            if port != 0 {
+                return Err(Error::Unsupported {
+                    what: format!(
+                        "relaying port {port} of kernel `{}` to kernel `{}`",
+                        from.name(),
+                        to.name()
+                    ),
+                    backend: if from.backend() == "cpu" {
+                        to.backend()
+                    } else {
+                        from.backend()
+                    },
+                    advice: "a route between backends relays the upstream kernel's host \
+                             output, where port 0 goes: emit what should cross on port 0, \
+                             or route inside one group"
+                        .to_owned(),
+                });
+            }
+            let relay = crate::relay::Relay::start(
+                from.backing.clone(),
+                to.backing.clone(),
+                std::mem::size_of::<B>(),
+            )?;
+            self.services.relays.lock().push(relay);
+            return Ok(());
         };
         from_core
             .bind(
@@ -779,6 +816,16 @@ impl Runtime {
     fn stop_all(&self, timeout: Duration) -> Vec<Stopped> {
         use crate::stop::{raw, stop_kernel, Stop};
         let deadline = std::time::Instant::now() + timeout;
+        // Routes between backends: a device group feeding a relay drains first and its
+        // relay delivers, before the CPU kernels (which such relays feed) drain.
+        let relays = self.services.relays.lock().clone();
+        let mut early = Vec::new();
+        for relay in &relays {
+            if let Backing::Device(d) = &relay.from_backing {
+                early.extend(self.stop_device(&d.group, deadline));
+                relay.finish_by(deadline);
+            }
+        }
         // No fault policy may restart a kernel behind the shutdown's back.
         self.cpu.stop_supervision();
         let kernels = self.cpu.kernels_in_drain_order();
@@ -850,47 +897,60 @@ impl Runtime {
         for kernel in &kernels {
             kernel.mark_runtime_gone();
         }
-        let mut all: Vec<Stopped> = stopped
-            .into_iter()
-            .map(|(i, entry)| Stopped {
-                kernel: Some(kernels[i].clone()),
-                has_handle: has_handle[i],
-                entry,
-            })
-            .collect();
-        all.extend(self.stop_devices(deadline));
+        let mut all = early;
+        all.extend(stopped.into_iter().map(|(i, entry)| Stopped {
+            kernel: Some(kernels[i].clone()),
+            has_handle: has_handle[i],
+            entry,
+        }));
+        // Relays out of CPU kernels deliver what their (now stopped) upstream emitted
+        // before the device groups they feed drain.
+        for relay in &relays {
+            relay.finish_by(deadline);
+        }
+        for device in self.services.devices() {
+            all.extend(self.stop_device(&device, deadline));
+        }
+        all.extend(
+            relays
+                .iter()
+                .filter_map(|r| r.report())
+                .map(|entry| Stopped {
+                    kernel: None,
+                    has_handle: true,
+                    entry,
+                }),
+        );
         all
     }
 
-    /// Drains every device group still running (sharing what is left of the
-    /// deadline) and reports each kernel; a group no handle holds also hands back the
-    /// outputs nobody can receive now.
-    fn stop_devices(&self, deadline: std::time::Instant) -> Vec<Stopped> {
+    /// Drains `device` if it is still running (until `deadline`) and reports each of its
+    /// kernels; a group no handle holds also hands back the outputs nobody can receive
+    /// now.
+    fn stop_device(&self, device: &Arc<DeviceCore>, deadline: std::time::Instant) -> Vec<Stopped> {
         use crate::stop::Stop;
+        if device.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Vec::new();
+        }
+        // The registry's reference and the caller's are all that hold a group no handle
+        // (and no relay) holds.
+        let has_handle = Arc::strong_count(device) > 2;
+        let report = crate::group::device_stop(device, Stop::Drain(deadline));
         let mut stopped = Vec::new();
-        for device in self.services.devices() {
-            if device.stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                continue;
-            }
-            // The registry's reference and `device` are all that hold a group no
-            // handle holds.
-            let has_handle = Arc::strong_count(&device) > 2;
-            let report = crate::group::device_stop(&device, Stop::Drain(deadline));
-            for (mut entry, &k) in report.kernels.into_iter().zip(&device.order) {
-                if !has_handle {
-                    while let Ok(Some(m)) = device.try_recv_with(k, |p, corr| RawMessage {
-                        corr: crate::spec::join(corr),
-                        bytes: p.to_vec(),
-                    }) {
-                        entry.undelivered_outputs.push(m);
-                    }
+        for (mut entry, &k) in report.kernels.into_iter().zip(&device.order) {
+            if !has_handle {
+                while let Ok(Some(m)) = device.try_recv_with(k, |p, corr| RawMessage {
+                    corr: crate::spec::join(corr),
+                    bytes: p.to_vec(),
+                }) {
+                    entry.undelivered_outputs.push(m);
                 }
-                stopped.push(Stopped {
-                    kernel: None,
-                    has_handle,
-                    entry,
-                });
             }
+            stopped.push(Stopped {
+                kernel: None,
+                has_handle,
+                entry,
+            });
         }
         stopped
     }
