@@ -127,6 +127,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backend;
 mod backing;
 pub mod builtins;
 mod device;

@@ -9,7 +9,9 @@ use gyre_runtime::backend::cpu::{
 use gyre_runtime::lifecycle;
 
 use crate::backing::{Backing, DeviceCore};
+use crate::backend::choose;
 use crate::device::Place;
+pub use crate::backend::Backend;
 use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
 use crate::spec::{split, KernelSpec, Message};
 use crate::{Error, Kernel};
@@ -65,252 +67,6 @@ impl Services {
         }
         text
     }
-}
-
-/// Which backend runs the kernels.
-///
-/// Every runtime keeps its CPU worker pool, whatever the choice: kernels launched with
-/// [`Runtime::launch`], [`Runtime::group`] and [`Runtime::pipeline`] run there.
-/// [`Backend::Cuda`] and [`Backend::CudaEmulated`] add a CUDA device on which groups
-/// launched with `Runtime::cuda_group` (feature `cuda`) run, next to the CPU kernels;
-/// [`Backend::Wgpu`] and [`Backend::WgpuSoftware`] add a wgpu adapter on which groups
-/// launched with `Runtime::wgpu_group` (feature `wgpu`) run. A runtime has at most one
-/// GPU backend: one built for CUDA has no wgpu adapter, and the other way round.
-///
-/// Every variant exists in every build, so code that names one compiles everywhere;
-/// building a runtime with a CUDA variant in a gyre built without the `cuda` feature, or
-/// a wgpu variant without the `wgpu` feature, returns [`Error::BackendUnavailable`].
-///
-/// ```
-/// use gyre::{Backend, Error, Runtime};
-///
-/// let runtime = match Runtime::builder().backend(Backend::Cuda).build() {
-///     Ok(runtime) => runtime,
-///     // No GPU, no driver, or no `cuda` feature: the reason says which.
-///     Err(Error::BackendUnavailable { reason, .. }) => {
-///         eprintln!("falling back to the CPU: {reason}");
-///         Runtime::builder().backend(Backend::Cpu).build()?
-///     }
-///     Err(other) => return Err(other),
-/// };
-/// assert!(["cpu", "cuda"].contains(&runtime.backend_name()));
-/// # Ok::<(), gyre::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// Worker threads on the host: always available.
-    Cpu,
-    /// The best backend for [`Runtime::launch`], [`Runtime::group`] and
-    /// [`Runtime::pipeline`], which run on the CPU backend's pool: so this is always the
-    /// CPU backend. With feature `cuda` it also probes the CUDA driver (never panicking)
-    /// and logs whether a device was found; with feature `wgpu` it looks for a hardware
-    /// wgpu adapter (never a software one, which would be slower than the CPU backend)
-    /// and logs what it found. GPU groups need an explicit backend: [`Backend::Cuda`]
-    /// for `Runtime::cuda_group`, [`Backend::Wgpu`] for `Runtime::wgpu_group`.
-    #[default]
-    Auto,
-    /// The first NVIDIA GPU, through the CUDA driver (feature `cuda`). Building fails
-    /// with [`Error::BackendUnavailable`] saying what is missing (libcuda, a driver that
-    /// initialises, a device that can run persistent kernels) instead of panicking.
-    Cuda,
-    /// The CUDA backend's host emulation (feature `cuda`): group sources compiled for
-    /// the host with g++ (or `$GYRE_EMU_CXX`) and run in threads, driven by the same host
-    /// code as a GPU. For developing and testing CUDA handlers without a GPU; it is not
-    /// a GPU and says nothing about GPU speed.
-    CudaEmulated,
-    /// A hardware wgpu adapter (feature `wgpu`): the best discrete, integrated or
-    /// virtual GPU on Vulkan, Metal or DX12 (`WGPU_BACKEND` restricts them), never a
-    /// software adapter. Building fails with [`Error::BackendUnavailable`] carrying the
-    /// adapter error (no adapter, only a software one, a device that would not open).
-    Wgpu,
-    /// A wgpu adapter, software ones allowed (feature `wgpu`): a hardware adapter when
-    /// there is one, else a software one such as Mesa's lavapipe. For developing and
-    /// testing WGSL handlers without a GPU (CI runs every wgpu test on lavapipe); a
-    /// software adapter says nothing about GPU speed.
-    WgpuSoftware,
-}
-
-impl Backend {
-    /// The name [`Runtime::backend_name`] reports for a runtime built with this backend
-    /// (`"auto"` for [`Backend::Auto`], which resolves to `"cpu"`).
-    fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Auto => "auto",
-            Self::Cuda => "cuda",
-            Self::CudaEmulated => "cuda-emulated",
-            Self::Wgpu => "wgpu",
-            Self::WgpuSoftware => "wgpu-software",
-        }
-    }
-}
-
-/// The backend a builder resolved to.
-struct Chosen {
-    name: &'static str,
-    #[cfg(feature = "cuda")]
-    device: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
-    #[cfg(feature = "wgpu")]
-    gpu: Option<Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>>,
-}
-
-impl Chosen {
-    fn cpu() -> Self {
-        Self {
-            name: "cpu",
-            #[cfg(feature = "cuda")]
-            device: None,
-            #[cfg(feature = "wgpu")]
-            gpu: None,
-        }
-    }
-
-    /// Where groups run by default on this backend.
-    fn place(&self) -> Place {
-        #[cfg(feature = "cuda")]
-        if let Some(device) = &self.device {
-            return Place::Cuda(device.clone());
-        }
-        #[cfg(feature = "wgpu")]
-        if let Some(gpu) = &self.gpu {
-            return Place::Wgpu(gpu.clone());
-        }
-        Place::Cpu
-    }
-}
-
-fn choose(backend: Backend) -> Result<Chosen, Error> {
-    match backend {
-        Backend::Cpu => Ok(Chosen::cpu()),
-        Backend::Auto => {
-            #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-            tracing::info!(
-                "backend Auto chose the CPU backend: this gyre is built without GPU backends \
-                 (enable the `cuda` or `wgpu` feature of gyre for GPU groups)"
-            );
-            #[cfg(feature = "cuda")]
-            probe_cuda();
-            #[cfg(feature = "wgpu")]
-            probe_wgpu();
-            Ok(Chosen::cpu())
-        }
-        Backend::Cuda | Backend::CudaEmulated => choose_cuda(backend),
-        Backend::Wgpu | Backend::WgpuSoftware => choose_wgpu(backend),
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
-    Err(Error::BackendUnavailable {
-        backend: backend.name(),
-        reason: "this gyre is built without CUDA support: enable the `cuda` feature of \
-                 gyre (`gyre = { version = \"...\", features = [\"cuda\"] }` in Cargo.toml, \
-                 or `--features gyre/cuda`)"
-            .to_owned(),
-    })
-}
-
-#[cfg(feature = "cuda")]
-fn probe_cuda() {
-    // The probe never panics: it checks for libcuda before cudarc touches it.
-    match gyre_runtime::backend::cuda::probe::load_driver() {
-        Ok(driver) => tracing::info!(
-            devices = driver.device_count,
-            driver = %driver.driver_version_string(),
-            "backend Auto chose the CPU backend for kernels launched with \
-             Runtime::launch/group/pipeline (they run on the CPU pool); a CUDA device \
-             was found: launch CUDA groups with Runtime::cuda_group on a runtime built \
-             with Backend::Cuda"
-        ),
-        Err(why) => tracing::info!(
-            reason = %why,
-            "backend Auto chose the CPU backend for kernels launched with \
-             Runtime::launch/group/pipeline (they run on the CPU pool); no CUDA device \
-             was found, so CUDA groups (Runtime::cuda_group, with Backend::Cuda) cannot \
-             run here"
-        ),
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
-    use gyre_runtime::backend::cuda;
-    let unavailable = |error: cuda::DeviceError| Error::BackendUnavailable {
-        backend: backend.name(),
-        reason: error.to_string(),
-    };
-    if backend == Backend::CudaEmulated {
-        let device = cuda::emulated_device().map_err(unavailable)?;
-        tracing::info!(device = %device.describe(), "backend CudaEmulated: CUDA groups run in the host emulation (not a GPU)");
-        let mut chosen = Chosen::cpu();
-        chosen.name = "cuda-emulated";
-        chosen.device = Some(device);
-        return Ok(chosen);
-    }
-    let device = cuda::default_device().map_err(unavailable)?;
-    tracing::info!(device = %device.describe(), "backend Cuda: CUDA groups run on this device");
-    let mut chosen = Chosen::cpu();
-    chosen.name = "cuda";
-    chosen.device = Some(device);
-    Ok(chosen)
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
-    Err(Error::BackendUnavailable {
-        backend: backend.name(),
-        reason: "this gyre is built without wgpu support: enable the `wgpu` feature of \
-                 gyre (`gyre = { version = \"...\", features = [\"wgpu\"] }` in Cargo.toml, \
-                 or `--features gyre/wgpu`)"
-            .to_owned(),
-    })
-}
-
-#[cfg(feature = "wgpu")]
-fn probe_wgpu() {
-    use gyre_runtime::backend::wgpu::adapter;
-    // Hardware adapters only: a software adapter is slower than the CPU backend. The
-    // device opened here is closed again: wgpu groups need an explicit Backend::Wgpu.
-    match adapter::open(adapter::AdapterChoice::PreferHardware) {
-        Ok(gpu) => tracing::info!(
-            adapter = %adapter::describe(&gpu.info),
-            "backend Auto chose the CPU backend for kernels launched with \
-             Runtime::launch/group/pipeline (they run on the CPU pool); a hardware wgpu \
-             adapter was found: launch wgpu groups with Runtime::wgpu_group on a runtime \
-             built with Backend::Wgpu"
-        ),
-        Err(why) => tracing::info!(
-            reason = %why,
-            "backend Auto chose the CPU backend for kernels launched with \
-             Runtime::launch/group/pipeline (they run on the CPU pool); no hardware wgpu \
-             adapter was found, so wgpu groups need Backend::WgpuSoftware here"
-        ),
-    }
-}
-
-#[cfg(feature = "wgpu")]
-fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
-    use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, AdapterError};
-    let choice = if backend == Backend::Wgpu {
-        AdapterChoice::PreferHardware
-    } else {
-        AdapterChoice::AllowSoftware
-    };
-    let gpu = adapter::open(choice).map_err(|error| Error::BackendUnavailable {
-        backend: backend.name(),
-        reason: match error {
-            AdapterError::OnlySoftware { .. } => {
-                format!("Backend::Wgpu uses hardware adapters only, and {error}")
-            }
-            other => other.to_string(),
-        },
-    })?;
-    let described = adapter::describe(&gpu.info);
-    tracing::info!(adapter = %described, backend = backend.name(), "wgpu groups run on this adapter");
-    let mut chosen = Chosen::cpu();
-    chosen.name = backend.name();
-    chosen.gpu = Some(Arc::new(gpu));
-    Ok(chosen)
 }
 
 /// Builds a [`Runtime`].
@@ -369,7 +125,8 @@ impl RuntimeBuilder {
     ///
     /// ```
     /// let runtime = gyre::Runtime::builder().backend(gyre::Backend::Auto).build()?;
-    /// assert_eq!(runtime.backend_name(), "cpu");
+    /// // A hardware GPU when one is present (and its feature is built), else the CPU.
+    /// assert!(["cpu", "cuda", "wgpu"].contains(&runtime.backend_name()));
     /// # Ok::<(), gyre::Error>(())
     /// ```
     ///
@@ -463,11 +220,10 @@ impl Runtime {
         }
     }
 
-    /// The name of the backend the runtime was built with: `"cpu"` (also for
-    /// [`Backend::Auto`]), `"cuda"`, `"cuda-emulated"`, `"wgpu"` or `"wgpu-software"`.
-    /// Kernels launched with [`Runtime::launch`] run on the CPU pool whatever it says; a
-    /// CUDA backend adds a device for CUDA groups, a wgpu backend an adapter for wgpu
-    /// groups.
+    /// The name of the backend the runtime was built with (for [`Backend::Auto`], the one
+    /// it picked): `"cpu"`, `"cuda"`, `"cuda-emulated"`, `"wgpu"` or `"wgpu-software"`.
+    /// [`Runtime::launch`], [`Runtime::group`] and [`Runtime::pipeline`] run there unless a
+    /// group names another backend ([`crate::GroupBuilder::backend`]).
     ///
     /// ```
     /// let runtime = gyre::Runtime::builder().backend(gyre::Backend::Cpu).build()?;

@@ -1,0 +1,226 @@
+//! [`Backend`]: which backend a runtime's groups run on by default, and how a builder
+//! finds it (probing drivers and adapters without panicking).
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+use std::sync::Arc;
+
+use crate::device::Place;
+use crate::Error;
+
+/// Which backend a runtime's groups run on by default.
+///
+/// Every runtime keeps its CPU worker pool, whatever the choice: a group that asks for
+/// [`Backend::Cpu`] ([`crate::GroupBuilder::backend`]) runs there. [`Backend::Cuda`] and
+/// [`Backend::CudaEmulated`] add a CUDA device, [`Backend::Wgpu`] and
+/// [`Backend::WgpuSoftware`] a wgpu adapter, on which [`crate::Runtime::launch`],
+/// [`crate::Runtime::group`] and [`crate::Runtime::pipeline`] run their kernels (each
+/// kernel's implementation for that backend). A runtime has at most one device backend.
+///
+/// Every variant exists in every build, so code that names one compiles everywhere;
+/// building a runtime with a CUDA variant in a gyre built without the `cuda` feature, or
+/// a wgpu variant without the `wgpu` feature, returns [`Error::BackendUnavailable`].
+///
+/// ```
+/// use gyre::{Backend, Error, Runtime};
+///
+/// let runtime = match Runtime::builder().backend(Backend::Cuda).build() {
+///     Ok(runtime) => runtime,
+///     // No GPU, no driver, or no `cuda` feature: the reason says which.
+///     Err(Error::BackendUnavailable { reason, .. }) => {
+///         eprintln!("falling back to the CPU: {reason}");
+///         Runtime::builder().backend(Backend::Cpu).build()?
+///     }
+///     Err(other) => return Err(other),
+/// };
+/// assert!(["cpu", "cuda"].contains(&runtime.backend_name()));
+/// # Ok::<(), gyre::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Worker threads on the host: always available.
+    Cpu,
+    /// The best backend here: a hardware GPU when one is present — a CUDA device (feature
+    /// `cuda`), else a hardware wgpu adapter (feature `wgpu`; never a software one, which
+    /// is slower than the CPU backend) — otherwise the CPU. It logs what it picked and
+    /// why; [`crate::Runtime::backend_name`] says which. Kernels then need an
+    /// implementation for the backend picked (a built-in has one everywhere); pick
+    /// [`Backend::Cpu`] explicitly for CPU-only specs.
+    #[default]
+    Auto,
+    /// The first NVIDIA GPU, through the CUDA driver (feature `cuda`). Building fails
+    /// with [`Error::BackendUnavailable`] saying what is missing (libcuda, a driver that
+    /// initialises, a device that can run persistent kernels) instead of panicking.
+    Cuda,
+    /// The CUDA backend's host emulation (feature `cuda`): group sources compiled for
+    /// the host with g++ (or `$GYRE_EMU_CXX`) and run in threads, driven by the same host
+    /// code as a GPU. For developing and testing CUDA handlers without a GPU; it is not
+    /// a GPU and says nothing about GPU speed.
+    CudaEmulated,
+    /// A hardware wgpu adapter (feature `wgpu`): the best discrete, integrated or
+    /// virtual GPU on Vulkan, Metal or DX12 (`WGPU_BACKEND` restricts them), never a
+    /// software adapter. Building fails with [`Error::BackendUnavailable`] carrying the
+    /// adapter error (no adapter, only a software one, a device that would not open).
+    Wgpu,
+    /// A wgpu adapter, software ones allowed (feature `wgpu`): a hardware adapter when
+    /// there is one, else a software one such as Mesa's lavapipe. For developing and
+    /// testing WGSL handlers without a GPU (CI runs every wgpu test on lavapipe); a
+    /// software adapter says nothing about GPU speed.
+    WgpuSoftware,
+}
+
+impl Backend {
+    /// The name of this backend (`"auto"` for [`Backend::Auto`], which a runtime reports
+    /// as what it picked).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Auto => "auto",
+            Self::Cuda => "cuda",
+            Self::CudaEmulated => "cuda-emulated",
+            Self::Wgpu => "wgpu",
+            Self::WgpuSoftware => "wgpu-software",
+        }
+    }
+}
+
+/// The backend a builder resolved to.
+pub(crate) struct Chosen {
+    pub(crate) name: &'static str,
+    #[cfg(feature = "cuda")]
+    device: Option<Arc<dyn gyre_runtime::backend::cuda::Device>>,
+    #[cfg(feature = "wgpu")]
+    gpu: Option<Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>>,
+}
+
+impl Chosen {
+    fn cpu() -> Self {
+        Self {
+            name: "cpu",
+            #[cfg(feature = "cuda")]
+            device: None,
+            #[cfg(feature = "wgpu")]
+            gpu: None,
+        }
+    }
+
+    /// Where groups run by default on this backend.
+    pub(crate) fn place(&self) -> Place {
+        #[cfg(feature = "cuda")]
+        if let Some(device) = &self.device {
+            return Place::Cuda(device.clone());
+        }
+        #[cfg(feature = "wgpu")]
+        if let Some(gpu) = &self.gpu {
+            return Place::Wgpu(gpu.clone());
+        }
+        Place::Cpu
+    }
+}
+
+pub(crate) fn choose(backend: Backend) -> Result<Chosen, Error> {
+    match backend {
+        Backend::Cpu => Ok(Chosen::cpu()),
+        Backend::Auto => Ok(choose_auto()),
+        Backend::Cuda | Backend::CudaEmulated => choose_cuda(backend),
+        Backend::Wgpu | Backend::WgpuSoftware => choose_wgpu(backend),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
+    Err(Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: "this gyre is built without CUDA support: enable the `cuda` feature of \
+                 gyre (`gyre = { version = \"...\", features = [\"cuda\"] }` in Cargo.toml, \
+                 or `--features gyre/cuda`)"
+            .to_owned(),
+    })
+}
+
+
+#[cfg(feature = "cuda")]
+fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
+    use gyre_runtime::backend::cuda;
+    let unavailable = |error: cuda::DeviceError| Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: error.to_string(),
+    };
+    if backend == Backend::CudaEmulated {
+        let device = cuda::emulated_device().map_err(unavailable)?;
+        tracing::info!(device = %device.describe(), "backend CudaEmulated: CUDA groups run in the host emulation (not a GPU)");
+        let mut chosen = Chosen::cpu();
+        chosen.name = "cuda-emulated";
+        chosen.device = Some(device);
+        return Ok(chosen);
+    }
+    let device = cuda::default_device().map_err(unavailable)?;
+    tracing::info!(device = %device.describe(), "backend Cuda: CUDA groups run on this device");
+    let mut chosen = Chosen::cpu();
+    chosen.name = "cuda";
+    chosen.device = Some(device);
+    Ok(chosen)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
+    Err(Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: "this gyre is built without wgpu support: enable the `wgpu` feature of \
+                 gyre (`gyre = { version = \"...\", features = [\"wgpu\"] }` in Cargo.toml, \
+                 or `--features gyre/wgpu`)"
+            .to_owned(),
+    })
+}
+
+
+#[cfg(feature = "wgpu")]
+fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
+    use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, AdapterError};
+    let choice = if backend == Backend::Wgpu {
+        AdapterChoice::PreferHardware
+    } else {
+        AdapterChoice::AllowSoftware
+    };
+    let gpu = adapter::open(choice).map_err(|error| Error::BackendUnavailable {
+        backend: backend.name(),
+        reason: match error {
+            AdapterError::OnlySoftware { .. } => {
+                format!("Backend::Wgpu uses hardware adapters only, and {error}")
+            }
+            other => other.to_string(),
+        },
+    })?;
+    let described = adapter::describe(&gpu.info);
+    tracing::info!(adapter = %described, backend = backend.name(), "wgpu groups run on this adapter");
+    let mut chosen = Chosen::cpu();
+    chosen.name = backend.name();
+    chosen.gpu = Some(Arc::new(gpu));
+    Ok(chosen)
+}
+
+
+/// What [`Backend::Auto`] picks: a CUDA device, else a hardware wgpu adapter, else the
+/// CPU; logged with the reason each GPU backend was not picked.
+fn choose_auto() -> Chosen {
+    #[cfg(feature = "cuda")]
+    match choose_cuda(Backend::Cuda) {
+        Ok(chosen) => {
+            tracing::info!("backend Auto picked CUDA: a CUDA device is present");
+            return chosen;
+        }
+        Err(why) => tracing::info!(reason = %why, "backend Auto: no CUDA device"),
+    }
+    #[cfg(feature = "wgpu")]
+    match choose_wgpu(Backend::Wgpu) {
+        Ok(chosen) => {
+            tracing::info!("backend Auto picked wgpu: a hardware adapter is present");
+            return chosen;
+        }
+        Err(why) => tracing::info!(reason = %why, "backend Auto: no hardware wgpu adapter"),
+    }
+    tracing::info!(
+        "backend Auto picked the CPU: no GPU backend is available here (or none is built: \
+         features `cuda`, `wgpu`)"
+    );
+    Chosen::cpu()
+}
