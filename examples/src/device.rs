@@ -24,12 +24,15 @@
 //!   (the emulation defines them too). `/` is correctly rounded under NVRTC's defaults
 //!   (`-prec-div=true`, no `-use_fast_math`) and in the emulation (g++, IEEE). WGSL
 //!   sources write every product and sum as its own statement (lavapipe does not contract;
-//!   see `runtime/docs/WGPU.md`).
+//!   see `runtime/docs/WGPU.md`). `calibrate` could not differ anyway: `raw * 0.5` is exact
+//!   unless it underflows, and then adding 1.0 rounds to 1.0 fused or not.
 //! - **WGSL division is not exact** (the WGSL spec allows 2.5 ulp for `/`): the WGSL
 //!   handlers that divide do it in integer arithmetic, correctly rounded
 //!   ([`PIPELINE_AGGREGATE`]).
 //! - **WGSL may assume no NaN or infinity and may flush subnormals**, so WGSL sources test
-//!   and compare floats on their bit patterns, never with `f32` comparisons.
+//!   and compare floats on their bit patterns, never with `f32` comparisons. What bit
+//!   patterns cannot fix: a driver that flushes subnormal operands or results of `+`
+//!   would change a sum of subnormals (the pipeline's values are far from them).
 //! - **Stateful handlers run one message at a time, in order** (CUDA `.sequential()` with
 //!   `.state_bytes(STATE_BYTES)`; wgpu user handlers always run that way, with
 //!   `.state_words(STATE_BYTES / 4)`), so sums are accumulated in the CPU's order.

@@ -34,7 +34,7 @@ use gyre_examples::request_reply::{self, Reply, Request, Summed};
 use gyre_examples::rng::XorShift64;
 use gyre_examples::scatter_gather::{self, Gather, Job, JobResult, Partial, PARTS};
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Workers of the fan-out and scatter/gather runs (the examples' default; GPU kernels
 /// have at most 8 ports).
@@ -688,7 +688,10 @@ macro_rules! raw_suite {
             fn scatter_gather_gives_every_job_the_cpu_result() {
                 let jobs = scatter_gather::sample_jobs(2_000, 5);
                 let mut kernels = vec![{
-                    let mut k = RawKernel::new::<Job, scatter_gather::Chunk>("scatter", device::SCATTER_GATHER_SCATTER);
+                    let mut k = RawKernel::new::<Job, scatter_gather::Chunk>(
+                        "scatter",
+                        device::SCATTER_GATHER_SCATTER,
+                    );
                     k.ports = WORKERS;
                     k.max_emits = PARTS as u32;
                     k.params = params(&[WORKERS]);
@@ -697,15 +700,31 @@ macro_rules! raw_suite {
                 let gather = 1 + WORKERS as usize;
                 let mut routes = Vec::new();
                 for w in 0..WORKERS {
-                    let mut k = RawKernel::new::<scatter_gather::Chunk, Partial>(format!("worker-{w}"), device::SCATTER_GATHER_WORKER);
+                    let mut k = RawKernel::new::<scatter_gather::Chunk, Partial>(
+                        format!("worker-{w}"),
+                        device::SCATTER_GATHER_WORKER,
+                    );
                     k.params = params(&[w]);
                     kernels.push(k);
                     let index = 1 + w as usize;
-                    routes.push(Route { from: 0, port: w, to: Target::Kernel(index) });
-                    routes.push(Route { from: index, port: 0, to: Target::Kernel(gather) });
+                    routes.push(Route {
+                        from: 0,
+                        port: w,
+                        to: Target::Kernel(index),
+                    });
+                    routes.push(Route {
+                        from: index,
+                        port: 0,
+                        to: Target::Kernel(gather),
+                    });
                 }
-                kernels.push(RawKernel::new::<Partial, JobResult>("gather", device::SCATTER_GATHER_GATHER));
-                let Some(group) = $launch("scatter-gather", kernels, routes) else { return };
+                kernels.push(RawKernel::new::<Partial, JobResult>(
+                    "gather",
+                    device::SCATTER_GATHER_GATHER,
+                ));
+                let Some(group) = $launch("scatter-gather", kernels, routes) else {
+                    return;
+                };
                 for (id, job) in jobs.iter().enumerate() {
                     group.put(0, bytemuck::bytes_of(job), id as u64);
                 }
@@ -713,7 +732,8 @@ macro_rules! raw_suite {
 
                 let cpu = scatter_gather::run(&jobs, WORKERS).expect("the CPU scatter/gather runs");
                 let strip = |r: &JobResult| (r.sum_squares, r.max, r.parts, r.workers);
-                let expected: BTreeMap<u64, _> = cpu.results.iter().map(|(id, r)| (*id, strip(r))).collect();
+                let expected: BTreeMap<u64, _> =
+                    cpu.results.iter().map(|(id, r)| (*id, strip(r))).collect();
                 let got: BTreeMap<u64, _> = got
                     .iter()
                     .map(|(corr, payload)| (*corr, strip(&read::<JobResult>(payload))))
@@ -727,9 +747,12 @@ macro_rules! raw_suite {
             #[test]
             fn gather_alone_matches_the_cpu_gather_exactly() {
                 let inputs = gather_inputs(2_000);
-                let mut k = RawKernel::new::<Partial, JobResult>("gather", device::SCATTER_GATHER_GATHER);
+                let mut k =
+                    RawKernel::new::<Partial, JobResult>("gather", device::SCATTER_GATHER_GATHER);
                 k.capacity = 8192;
-                let Some(group) = $launch("gather", vec![k], Vec::new()) else { return };
+                let Some(group) = $launch("gather", vec![k], Vec::new()) else {
+                    return;
+                };
                 for (job, partial) in &inputs {
                     group.put(0, bytemuck::bytes_of(partial), *job);
                 }
@@ -739,7 +762,10 @@ macro_rules! raw_suite {
                     .map(|(corr, payload)| (*corr, read::<JobResult>(payload)))
                     .collect();
                 let expected = cpu_gather(&inputs);
-                assert!(expected.iter().any(|(_, r)| r.in_flight > 100), "many jobs pending at once");
+                assert!(
+                    expected.iter().any(|(_, r)| r.in_flight > 100),
+                    "many jobs pending at once"
+                );
                 assert_eq!(got.len(), expected.len());
                 for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
                     assert_eq!(g, e, "result {i}");
@@ -753,13 +779,24 @@ macro_rules! raw_suite {
                 let expected = cpu_replies();
                 let mut add = RawKernel::new::<Request, Summed>("add", device::REQUEST_REPLY_ADD);
                 add.out_capacity = 1024;
-                let multiply = RawKernel::new::<Summed, Reply>("multiply", device::REQUEST_REPLY_MULTIPLY);
-                let routes = vec![Route { from: 0, port: 0, to: Target::Kernel(1) }];
-                let Some(group) = $launch("request-reply", vec![add, multiply], routes) else { return };
+                let multiply =
+                    RawKernel::new::<Summed, Reply>("multiply", device::REQUEST_REPLY_MULTIPLY);
+                let routes = vec![Route {
+                    from: 0,
+                    port: 0,
+                    to: Target::Kernel(1),
+                }];
+                let Some(group) = $launch("request-reply", vec![add, multiply], routes) else {
+                    return;
+                };
                 // Correlation ids unlike the request ids, high word included.
                 let corr = |id: u64| id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                 for &id in expected.keys() {
-                    group.put(0, bytemuck::bytes_of(&request_reply::request_for(id)), corr(id));
+                    group.put(
+                        0,
+                        bytemuck::bytes_of(&request_reply::request_for(id)),
+                        corr(id),
+                    );
                 }
                 let got = group.drain_and_take(1);
                 assert_eq!(got.len(), expected.len());
@@ -775,3 +812,191 @@ macro_rules! raw_suite {
 raw_suite!(raw_cuda_tests, "cuda", raw_cuda::launch);
 
 raw_suite!(raw_wgpu_tests, "wgpu", raw_wgpu::launch);
+
+/// The WGSL aggregate's division (`pipeline_aggregate_div`: WGSL's own `/` may be 2.5 ulp
+/// off) against Rust's correctly rounded `x / n as f32`, over normal, subnormal, zero and
+/// extreme dividends and divisors from 1 to 2^24.
+#[cfg(feature = "wgpu")]
+mod wgsl_division {
+    use super::*;
+    use gyre::wgpu::WgpuKernel;
+
+    const WRAPPER: &str = "
+fn pipeline_aggregate_div_check(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+    var out: GyreMsg;
+    out.w[0] = pipeline_aggregate_div((*msg).w[0], (*msg).w[1]);
+    return gyre_emit(ctx, 0u, &out, 4u);
+}
+";
+
+    fn cases() -> Vec<[u32; 2]> {
+        let mut rng = XorShift64::new(3);
+        let specials = [
+            0u32,
+            0x8000_0000,
+            1,
+            0x8000_0001,
+            0x007f_ffff,
+            0x0080_0000,
+            0x3f80_0000,
+            0x7f7f_ffff,
+            0xff7f_ffff,
+            0x4183_d97f,
+            0x0000_0003,
+            0x0040_0000,
+        ];
+        let divisors = [
+            1u32,
+            2,
+            3,
+            7,
+            10,
+            999,
+            1000,
+            1001,
+            4096,
+            1 << 24,
+            (1 << 24) - 1,
+        ];
+        let mut cases: Vec<[u32; 2]> = specials
+            .iter()
+            .flat_map(|&x| divisors.iter().map(move |&n| [x, n]))
+            .collect();
+        while cases.len() < 6_000 {
+            let x = rng.next_u64() as u32;
+            if (x >> 23) & 0xff == 0xff {
+                continue; // not finite: outside the helper's domain
+            }
+            let n = match rng.below(3) {
+                0 => 1000,
+                1 => 1 + rng.below(2000),
+                _ => 1 + rng.below(1 << 24),
+            };
+            cases.push([x, n]);
+        }
+        cases
+    }
+
+    #[test]
+    fn the_wgsl_division_is_correctly_rounded() {
+        let runtime = match Runtime::builder()
+            .backend(gyre::Backend::WgpuSoftware)
+            .workers(1)
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                assert!(
+                    std::env::var("GYRE_WGPU_ALLOW_SOFTWARE").as_deref() != Ok("1"),
+                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but no wgpu adapter opened: {e}"
+                );
+                skip::skip("the WGSL division test", &e);
+                return;
+            }
+        };
+        let source = format!("{}{WRAPPER}", device::PIPELINE_AGGREGATE.wgsl);
+        let mut g = runtime.wgpu_group("division").unwrap();
+        // The division loops up to ~50 times per message: a small quantum keeps a tick
+        // under lavapipe's loop limit (runtime/docs/WGPU.md).
+        let div = g.add(
+            WgpuKernel::<[u32; 2], u32>::source("div", "pipeline_aggregate_div_check", source)
+                .max_emits(1)
+                .quantum(64)
+                .host_output(8192),
+        );
+        let group = g.launch().unwrap();
+        group.activate().unwrap();
+        let cases = cases();
+        for case in &cases {
+            group.send(&div, *case).unwrap();
+        }
+        let report = group.drain(TIMEOUT);
+        assert_eq!(report.undelivered_count(), 0);
+        let mut wrong = Vec::new();
+        for &[x, n] in &cases {
+            let got = group.try_recv(&div).unwrap().expect("one result per case");
+            let expected = (f32::from_bits(x) / n as f32).to_bits();
+            if got != expected {
+                wrong.push(format!(
+                    "{x:#010x} / {n}: {got:#010x}, expected {expected:#010x}"
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} wrong: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(10)]
+        );
+    }
+}
+
+/// The CUDA sources as a GPU compiles them: NVRTC for compute_80 and compute_90, then
+/// ptxas for sm_80 and sm_90 (the emulation compiles them with g++, which is not NVRTC).
+/// The float handlers' PTX has no fused multiply-add. Skipped without NVRTC, except when
+/// `GYRE_CUDA_TOOLKIT` is set (`cargo xtask ci`).
+#[cfg(feature = "cuda")]
+mod nvrtc {
+    use gyre_runtime::backend::cuda::codegen::{self, HandlerCode};
+    use gyre_runtime::backend::cuda::{nvrtc, probe};
+
+    use super::*;
+
+    const ALL: [DeviceHandler; 10] = [
+        device::PIPELINE_CALIBRATE,
+        device::PIPELINE_FILTER,
+        device::PIPELINE_AGGREGATE,
+        device::FAN_OUT_ROUTER,
+        device::FAN_OUT_WORKER,
+        device::SCATTER_GATHER_SCATTER,
+        device::SCATTER_GATHER_WORKER,
+        device::SCATTER_GATHER_GATHER,
+        device::REQUEST_REPLY_ADD,
+        device::REQUEST_REPLY_MULTIPLY,
+    ];
+
+    fn code(h: &DeviceHandler) -> HandlerCode {
+        HandlerCode::Source {
+            function: h.function.to_owned(),
+            source: h.cuda.to_owned(),
+            file: format!("{}.cu", h.function),
+        }
+    }
+
+    #[test]
+    fn every_cuda_handler_compiles_with_nvrtc_and_ptxas() {
+        if let Err(e) = probe::load_nvrtc() {
+            assert!(
+                std::env::var_os("GYRE_CUDA_TOOLKIT").is_none(),
+                "GYRE_CUDA_TOOLKIT is set but NVRTC cannot be loaded: {e}"
+            );
+            skip::skip("the NVRTC compile of the device handlers", &e);
+            return;
+        }
+        let headers = codegen::headers();
+        let all = codegen::group_source(&ALL.iter().map(code).collect::<Vec<_>>(), 256);
+        let floats = codegen::group_source(
+            &[
+                code(&device::PIPELINE_CALIBRATE),
+                code(&device::PIPELINE_FILTER),
+                code(&device::PIPELINE_AGGREGATE),
+            ],
+            256,
+        );
+        for (arch, sm) in [("compute_80", "sm_80"), ("compute_90", "sm_90")] {
+            let compiled = nvrtc::compile_ptx(&all, "group.cu", &headers, arch, &[])
+                .unwrap_or_else(|e| panic!("{arch}: {e}"));
+            nvrtc::ptxas(&compiled.ptx, sm).unwrap_or_else(|e| panic!("ptxas {sm}: {e}"));
+            let compiled = nvrtc::compile_ptx(&floats, "group.cu", &headers, arch, &[])
+                .unwrap_or_else(|e| panic!("{arch}: {e}"));
+            assert!(
+                !compiled.ptx.contains("fma."),
+                "{arch}: the pipeline's float handlers must not fuse a multiply and an add"
+            );
+            assert!(
+                compiled.ptx.contains("div.rn.f32"),
+                "{arch}: the mean is a correctly rounded division"
+            );
+        }
+    }
+}
