@@ -9,9 +9,13 @@
 //! - [`coordinator_worker`]: a coordinator handing tasks to workers with bounded
 //!   capacity, results coming back around a cycle;
 //! - [`bsp`]: bulk-synchronous supersteps (connected components) with a barrier kernel.
+//!
+//! [`device`] holds the CUDA C and WGSL handlers that run these examples' stages on the GPU
+//! backends with the CPU closures' semantics.
 
 pub mod bsp;
 pub mod coordinator_worker;
+pub mod device;
 pub mod fan_out;
 pub mod idle;
 pub mod request_reply;

@@ -177,14 +177,22 @@ struct Pending {
     workers: u32,
 }
 
-/// The gather kernel's state: partial sums by job id (the correlation id).
+/// The gather kernel's state: partial sums by job id (the correlation id). Public so that
+/// tests can run this CPU handler alone (`tests/device_handlers.rs` compares the device
+/// handlers with it).
 #[derive(Default)]
-struct Gather {
+pub struct Gather {
     pending: HashMap<u64, Pending>,
 }
 
 impl Gather {
-    fn handle(
+    /// Adds `partial` to its job (the message's correlation id); once all of the job's
+    /// parts arrived, removes the job and emits its [`JobResult`], `in_flight` being the
+    /// jobs still pending.
+    ///
+    /// # Errors
+    /// The emit's error.
+    pub fn handle(
         &mut self,
         partial: &Partial,
         out: &mut Emit<'_, '_, JobResult>,
