@@ -2,13 +2,17 @@
 //! round-robin, then by key; every message arrives exactly once, and by key each key's
 //! messages stay in order. See `src/fan_out.rs`.
 //!
-//! Run with `cargo run --release --example fan_out`.
+//! Run with `cargo run --release --example fan_out` (add `-- --backend cuda-emulated`,
+//! `wgpu-software`, `cuda` or `wgpu` to run the same topology on a device).
 
 use gyre_examples::fan_out;
 
 fn main() -> Result<(), gyre::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backend = gyre_examples::backend::from_args(&args).map_err(gyre::Error::Launch)?;
+    println!("on the {backend:?} backend");
     let input = fan_out::sample_input(100_000, 64, 42);
-    let outcome = fan_out::run(&input, 4)?;
+    let outcome = fan_out::run(backend, &input, 4)?;
     println!("{outcome}");
     for run in &outcome.runs {
         assert!(

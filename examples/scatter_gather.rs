@@ -2,13 +2,17 @@
 //! kernels, the partial sums combined by job id in a gather kernel. See
 //! `src/scatter_gather.rs`.
 //!
-//! Run with `cargo run --release --example scatter_gather`.
+//! Run with `cargo run --release --example scatter_gather` (add `-- --backend cuda-emulated`,
+//! `wgpu-software`, `cuda` or `wgpu` to run the same topology on a device).
 
 use gyre_examples::scatter_gather;
 
 fn main() -> Result<(), gyre::Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let backend = gyre_examples::backend::from_args(&args).map_err(gyre::Error::Launch)?;
+    println!("on the {backend:?} backend");
     let jobs = scatter_gather::sample_jobs(20_000, 42);
-    let outcome = scatter_gather::run(&jobs, 4)?;
+    let outcome = scatter_gather::run(backend, &jobs, 4)?;
     println!("{outcome}");
     let mut seen = vec![false; jobs.len()];
     for (id, result) in &outcome.results {

@@ -74,6 +74,30 @@ impl DeviceHandler {
     pub const fn state_words(&self) -> u32 {
         self.state_bytes.div_ceil(4)
     }
+
+    /// `spec` with this handler as its CUDA and WGSL implementations; a handler that keeps
+    /// state runs one message at a time, in order, with its state.
+    #[must_use]
+    pub fn on<In: gyre::Message, Out: gyre::Message>(
+        &self,
+        spec: gyre::KernelSpec<In, Out>,
+    ) -> gyre::KernelSpec<In, Out> {
+        let spec = spec
+            .cuda(self.function, self.cuda)
+            .wgsl(self.function, self.wgsl);
+        if self.state_bytes > 0 {
+            spec.sequential().state_bytes(self.state_bytes)
+        } else {
+            spec
+        }
+    }
+}
+
+/// Parameter words from the first few (the rest zero), for `KernelSpec::params`.
+pub fn params(first: &[u32]) -> [u32; gyre::builtins::PARAM_WORDS] {
+    let mut words = [0; gyre::builtins::PARAM_WORDS];
+    words[..first.len()].copy_from_slice(first);
+    words
 }
 
 // ---- pipeline (examples/pipeline.rs) ----------------------------------------------------

@@ -23,8 +23,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
-use gyre::{Error, Kernel, KernelSpec, Runtime};
+use gyre::{Backend, Error, Kernel, KernelSpec, Runtime};
 
+use crate::device;
 use crate::rng::XorShift64;
 
 /// One message of the stream.
@@ -205,9 +206,9 @@ impl fmt::Display for Outcome {
 ///
 /// # Errors
 /// A launch, lifecycle, send or receive error of gyre.
-pub fn run(input: &[(u32, u32)], workers: u32) -> Result<Outcome, Error> {
+pub fn run(backend: Backend, input: &[(u32, u32)], workers: u32) -> Result<Outcome, Error> {
     let workers = workers.max(1);
-    let runtime = Runtime::builder().build()?;
+    let runtime = crate::backend::runtime(backend)?;
     let mut runs = Vec::with_capacity(2);
     for routing in [Routing::RoundRobin, Routing::ByKey] {
         runs.push(run_once(&runtime, input, workers, routing)?);
@@ -231,22 +232,30 @@ fn run_once(
 ) -> Result<FanOutRun, Error> {
     let mut g = runtime.group(format!("fan-out {routing}"));
     let router = g.add(
-        KernelSpec::<Item, Item>::new("router")
+        device::FAN_OUT_ROUTER
+            .on(KernelSpec::<Item, Item>::new("router"))
             .ports(workers)
+            .params(device::params(&[
+                workers,
+                device::fan_out_routing_word(routing),
+            ]))
             .no_host_output()
             .cpu(move |item, out| Ok(out.emit_to(routing.port(item, workers), *item)?)),
     );
     let mut stages = Vec::new();
     for w in 0..workers {
-        let stage = g.add(KernelSpec::<Item, Item>::new(format!("worker-{w}")).cpu(
-            move |item, out| {
-                Ok(out.emit(Item {
-                    value: work(item.value),
-                    worker: w,
-                    ..*item
-                })?)
-            },
-        ));
+        let stage = g.add(
+            device::FAN_OUT_WORKER
+                .on(KernelSpec::<Item, Item>::new(format!("worker-{w}")))
+                .params(device::params(&[w]))
+                .cpu(move |item, out| {
+                    Ok(out.emit(Item {
+                        value: work(item.value),
+                        worker: w,
+                        ..*item
+                    })?)
+                }),
+        );
         g.route(router, w, stage);
         stages.push(stage);
     }

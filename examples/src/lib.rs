@@ -10,9 +10,14 @@
 //!   capacity, results coming back around a cycle;
 //! - [`bsp`]: bulk-synchronous supersteps (connected components) with a barrier kernel.
 //!
-//! [`device`] holds the CUDA C and WGSL handlers that run these examples' stages on the GPU
-//! backends with the CPU closures' semantics.
+//! [`fan_out`], [`scatter_gather`], [`request_reply`] and the `pipeline` binary's
+//! [`sensors`] run on every backend ([`backend`]: `--backend cpu|cuda-emulated|
+//! wgpu-software|cuda|wgpu`); [`device`] holds the CUDA C and WGSL handlers that run their
+//! stages on the GPU backends with the CPU closures' semantics, bit for bit.
+//! `coordinator_worker` and `bsp` route in cycles, which device groups cannot run: they
+//! stay on the CPU.
 
+pub mod backend;
 pub mod bsp;
 pub mod coordinator_worker;
 pub mod device;
@@ -21,3 +26,4 @@ pub mod idle;
 pub mod request_reply;
 pub mod rng;
 pub mod scatter_gather;
+pub mod sensors;

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
-use gyre::{Error, KernelSpec, LatencySummary, Requester, Runtime};
+use gyre::{Backend, Error, KernelSpec, LatencySummary, Requester};
+
+use crate::device;
 
 /// A request: two operands and the caller's own id for it.
 #[repr(C)]
@@ -178,29 +180,38 @@ impl fmt::Display for Outcome {
 /// requests are not all answered within 30 s; [`Error::Launch`] when the tokio runtime
 /// cannot start or a request task fails.
 pub fn run(
+    backend: Backend,
     async_requests: usize,
     blocking_requests: usize,
     threads: usize,
 ) -> Result<Outcome, Error> {
     let threads = threads.max(1);
-    let runtime = Runtime::builder().build()?;
+    let runtime = crate::backend::runtime(backend)?;
     let pipeline = runtime
         .pipeline::<Request>("request-reply")
-        .stage(KernelSpec::<Request, Summed>::new("add").cpu(|q, out| {
-            Ok(out.emit(Summed {
-                id: q.id,
-                a: q.a,
-                b: q.b,
-                sum: u64::from(q.a) + u64::from(q.b),
-            })?)
-        }))
-        .stage(KernelSpec::<Summed, Reply>::new(LAST_STAGE).cpu(|v, out| {
-            Ok(out.emit(Reply {
-                id: v.id,
-                sum: v.sum,
-                product: u64::from(v.a) * u64::from(v.b),
-            })?)
-        }))
+        .stage(
+            device::REQUEST_REPLY_ADD
+                .on(KernelSpec::<Request, Summed>::new("add"))
+                .cpu(|q, out| {
+                    Ok(out.emit(Summed {
+                        id: q.id,
+                        a: q.a,
+                        b: q.b,
+                        sum: u64::from(q.a) + u64::from(q.b),
+                    })?)
+                }),
+        )
+        .stage(
+            device::REQUEST_REPLY_MULTIPLY
+                .on(KernelSpec::<Summed, Reply>::new(LAST_STAGE))
+                .cpu(|v, out| {
+                    Ok(out.emit(Reply {
+                        id: v.id,
+                        sum: v.sum,
+                        product: u64::from(v.a) * u64::from(v.b),
+                    })?)
+                }),
+        )
         .launch()?;
     pipeline.activate()?;
     let requester = pipeline.requester()?;

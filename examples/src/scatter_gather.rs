@@ -24,8 +24,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
-use gyre::{Emit, Error, HandlerError, KernelSpec, Runtime};
+use gyre::{Backend, Emit, Error, HandlerError, KernelSpec};
 
+use crate::device;
 use crate::rng::XorShift64;
 
 /// Numbers per job.
@@ -225,12 +226,14 @@ impl Gather {
 ///
 /// # Errors
 /// A launch, lifecycle, send or receive error of gyre.
-pub fn run(jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
+pub fn run(backend: Backend, jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
     let workers = workers.clamp(1, 32);
-    let runtime = Runtime::builder().build()?;
+    let runtime = crate::backend::runtime(backend)?;
     let mut g = runtime.group("scatter-gather");
     let scatter = g.add(
-        KernelSpec::<Job, Chunk>::new("scatter")
+        device::SCATTER_GATHER_SCATTER
+            .on(KernelSpec::<Job, Chunk>::new("scatter"))
+            .params(device::params(&[workers]))
             .ports(workers)
             .no_host_output()
             .cpu(move |job, out| {
@@ -247,7 +250,8 @@ pub fn run(jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
             }),
     );
     let gather = g.add(
-        KernelSpec::<Partial, JobResult>::new("gather")
+        device::SCATTER_GATHER_GATHER
+            .on(KernelSpec::<Partial, JobResult>::new("gather"))
             .capacity(4096)
             .host_output(4096)
             .cpu({
@@ -257,17 +261,20 @@ pub fn run(jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
     );
     for w in 0..workers {
         let worker = g.add(
-            KernelSpec::<Chunk, Partial>::new(format!("worker-{w}")).cpu(move |chunk, out| {
-                let sum_squares = chunk.values.iter().map(|&v| u64::from(v).pow(2)).sum();
-                let max = chunk.values.iter().copied().max().unwrap_or(0);
-                Ok(out.emit(Partial {
-                    sum_squares,
-                    max,
-                    part: chunk.part,
-                    parts: chunk.parts,
-                    worker: w,
-                })?)
-            }),
+            device::SCATTER_GATHER_WORKER
+                .on(KernelSpec::<Chunk, Partial>::new(format!("worker-{w}")))
+                .params(device::params(&[w]))
+                .cpu(move |chunk, out| {
+                    let sum_squares = chunk.values.iter().map(|&v| u64::from(v).pow(2)).sum();
+                    let max = chunk.values.iter().copied().max().unwrap_or(0);
+                    Ok(out.emit(Partial {
+                        sum_squares,
+                        max,
+                        part: chunk.part,
+                        parts: chunk.parts,
+                        worker: w,
+                    })?)
+                }),
         );
         g.route(scatter, w, worker).route(worker, 0, gather);
     }

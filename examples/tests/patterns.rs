@@ -14,7 +14,7 @@ fn fan_out_delivers_each_message_once_and_keeps_key_order() {
     let input: Vec<(u32, u32)> = (0..3000u32)
         .map(|i| ((i * 7 + i / 13) % 11, i.wrapping_mul(2_654_435_761)))
         .collect();
-    let outcome = fan_out::run(&input, workers).expect("fan-out runs");
+    let outcome = fan_out::run(gyre::Backend::Cpu, &input, workers).expect("fan-out runs");
     println!("{outcome}");
     assert_eq!(outcome.messages, input.len());
     let routings: Vec<Routing> = outcome.runs.iter().map(|r| r.routing).collect();
@@ -83,7 +83,8 @@ fn scatter_gather_combines_every_job() {
             values: std::array::from_fn(|i| (j * 1009 + i as u32 * 7919) % 100_000),
         })
         .collect();
-    let outcome = scatter_gather::run(&jobs, workers).expect("scatter/gather runs");
+    let outcome =
+        scatter_gather::run(gyre::Backend::Cpu, &jobs, workers).expect("scatter/gather runs");
     println!("{outcome}");
     assert_eq!(outcome.results.len(), jobs.len());
     assert_eq!(outcome.undelivered, 0);
@@ -115,7 +116,8 @@ fn scatter_gather_combines_every_job() {
 #[test]
 fn request_reply_answers_every_request() {
     let (concurrent, blocking) = (1000usize, 120usize);
-    let outcome = request_reply::run(concurrent, blocking, 3).expect("request/reply runs");
+    let outcome = request_reply::run(gyre::Backend::Cpu, concurrent, blocking, 3)
+        .expect("request/reply runs");
     println!("{outcome}");
     let ids: Vec<u64> = outcome.async_pairs.iter().map(|(q, _)| q.id).collect();
     assert_eq!(ids, (0..concurrent as u64).collect::<Vec<_>>());

@@ -137,7 +137,6 @@ fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
     })
 }
 
-
 #[cfg(feature = "cuda")]
 fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
     use gyre_runtime::backend::cuda;
@@ -172,7 +171,6 @@ fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
     })
 }
 
-
 #[cfg(feature = "wgpu")]
 fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
     use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, AdapterError};
@@ -197,7 +195,6 @@ fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
     chosen.gpu = Some(Arc::new(gpu));
     Ok(chosen)
 }
-
 
 /// What [`Backend::Auto`] picks: a CUDA device, else a hardware wgpu adapter, else the
 /// CPU; logged with the reason each GPU backend was not picked.

@@ -8,10 +8,10 @@ use gyre_runtime::backend::cpu::{
 };
 use gyre_runtime::lifecycle;
 
-use crate::backing::{Backing, DeviceCore};
 use crate::backend::choose;
-use crate::device::Place;
 pub use crate::backend::Backend;
+use crate::backing::{Backing, DeviceCore};
+use crate::device::Place;
 use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
 use crate::spec::{split, KernelSpec, Message};
 use crate::{Error, Kernel};
