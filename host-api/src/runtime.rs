@@ -851,6 +851,12 @@ impl Runtime {
             })
             .collect();
         all.extend(self.stop_devices(deadline));
+        for device in self.services.devices() {
+            // Relaxed: a flag that only chooses the words of later errors.
+            device
+                .runtime_gone
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         all
     }
 
