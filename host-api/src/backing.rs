@@ -41,6 +41,9 @@ pub(crate) struct DeviceCore {
     /// Set once the group was stopped (drained or terminated) through the API or by the
     /// runtime's shutdown.
     pub(crate) stopped: AtomicBool,
+    /// Set once the runtime that launched the group was shut down or dropped: sends and
+    /// receives past the last output then say so ([`Error::RuntimeGone`]), as on the CPU.
+    pub(crate) runtime_gone: AtomicBool,
 }
 
 impl DeviceCore {
@@ -49,6 +52,8 @@ impl DeviceCore {
         let state = self.group.state(k);
         let kernel = self.names[k].clone();
         match state {
+            // Relaxed: only chooses the words of an error.
+            _ if self.runtime_gone.load(Ordering::Relaxed) => Error::RuntimeGone { kernel },
             State::Faulted => Error::Faulted {
                 kernel,
                 reason: self

@@ -338,5 +338,6 @@ pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCo
         sender_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
         latency: (0..n).map(|_| LatencyRecorder::new()).collect(),
         stopped: AtomicBool::new(false),
+        runtime_gone: AtomicBool::new(false),
     }))
 }

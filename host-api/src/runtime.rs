@@ -677,6 +677,12 @@ impl Runtime {
                     entry,
                 }),
         );
+        for device in self.services.devices() {
+            // Relaxed: a flag that only chooses the words of later errors.
+            device
+                .runtime_gone
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         all
     }
 
