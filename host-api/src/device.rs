@@ -70,6 +70,9 @@ pub(crate) struct DeviceKnobs {
     pub(crate) cuda: Option<DeviceSource>,
     pub(crate) wgsl: Option<DeviceSource>,
     pub(crate) builtin: Option<Builtin>,
+    /// Whether the CPU implementation is the built-in's reference (not a closure set
+    /// after it): its types are then checked at launch on the CPU too.
+    pub(crate) cpu_is_builtin: bool,
     pub(crate) max_emits: u32,
     pub(crate) params: Option<[u32; gyre_runtime::builtins::PARAM_WORDS]>,
     pub(crate) sequential: bool,
@@ -84,6 +87,7 @@ impl Default for DeviceKnobs {
             cuda: None,
             wgsl: None,
             builtin: None,
+            cpu_is_builtin: false,
             max_emits: 4,
             params: None,
             sequential: false,

@@ -390,6 +390,11 @@ impl Runtime {
         &self,
         mut spec: KernelSpec<In, Out>,
     ) -> Result<Arc<KernelCore>, Error> {
+        if let (Some(builtin), true) = (spec.device.builtin, spec.device.cpu_is_builtin) {
+            // The same checks as on a device: its parameters, and types that hold what it
+            // reads and are what it emits.
+            crate::gpu_common::builtin_payloads::<In, Out>(&spec.name, &builtin, "gyre::builtins")?;
+        }
         let (inbox, outbox) = spec.layouts()?;
         let handler = spec.take_cpu_handler().ok_or_else(|| {
             crate::device::no_implementation(

@@ -300,6 +300,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     #[must_use]
     pub fn builtin(mut self, builtin: Builtin) -> Self {
         self.device.builtin = Some(builtin);
+        self.device.cpu_is_builtin = true;
         self.ports = builtin.ports();
         let make = move || reference_handler(builtin);
         self.cpu = Some(make());
@@ -356,6 +357,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     {
         self.cpu = Some(erase(handler));
         self.factory = None;
+        self.device.cpu_is_builtin = false;
         self
     }
 
@@ -383,6 +385,7 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
         self.factory = Some(gyre_runtime::backend::cpu::HandlerFactory(
             std::sync::Arc::new(move || erase(make())),
         ));
+        self.device.cpu_is_builtin = false;
         self
     }
 

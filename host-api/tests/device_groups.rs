@@ -379,8 +379,6 @@ fn wrong_types_for_a_builtin_are_refused_at_launch() {
 /// The same spec on the CPU: the built-in's Rust reference reads 16-byte records, so a
 /// `u32` kernel must be refused at launch there too, not run on the slot's padding.
 #[test]
-#[ignore = "defect: on the CPU backend a built-in with wrong message types launches and \
-            emits garbage (Runtime::launch_cpu never checks the built-in's types)"]
 fn wrong_types_for_a_builtin_are_refused_at_launch_on_the_cpu_too() {
     let runtime = Runtime::builder().backend(Backend::Cpu).build().unwrap();
     let launched = runtime
