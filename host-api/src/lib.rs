@@ -114,6 +114,7 @@ mod runtime;
 mod sender;
 mod spec;
 mod stop;
+pub mod testing;
 
 pub use error::{Error, SendError};
 pub use group::{Group, GroupBuilder, Stage};
