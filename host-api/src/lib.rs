@@ -146,6 +146,7 @@ mod runtime;
 mod sender;
 mod spec;
 mod stop;
+pub mod testing;
 
 pub use error::{Error, SendError};
 pub use group::{Group, GroupBuilder, Stage};

@@ -9,24 +9,29 @@
 //!
 //! - `reference`: the built-ins' CPU references ([`Builtin::reference`]) called directly,
 //!   chained the way the case routes them (always);
-//! - `cpu`: a `Runtime` group on [`Backend::Cpu`], whose kernels run the references in
-//!   CPU handlers (always; compared with `reference`);
-//! - `wgpu-software`: a wgpu group on [`Backend::WgpuSoftware`] running the WGSL
-//!   built-ins (feature `wgpu`; skipped with a message when no adapter opens, a failure
-//!   when `GYRE_WGPU_ALLOW_SOFTWARE=1`);
-//! - `cuda-emulated`: a CUDA group on [`Backend::CudaEmulated`], the CUDA C built-ins
-//!   compiled with g++ on the host (feature `cuda`; skipped with a message when the
-//!   emulation cannot run);
+//! - `cpu`: the same built-in specs (`KernelSpec::builtin`) on [`Backend::Cpu`], where
+//!   they run the references in CPU handlers (always; compared with `reference`);
+//! - `wgpu-software`: on [`Backend::WgpuSoftware`], running the WGSL built-ins (feature
+//!   `wgpu`; skipped with a message when no adapter opens, a failure when
+//!   `GYRE_WGPU_ALLOW_SOFTWARE=1`);
+//! - `cuda-emulated`: on [`Backend::CudaEmulated`], the CUDA C built-ins compiled with
+//!   g++ on the host (feature `cuda`; skipped with a message when the emulation cannot
+//!   run);
 //! - `cuda`: the same on [`Backend::Cuda`] (feature `cuda`; `#[ignore]`d, run on a GPU
 //!   machine by `cargo xtask gpu-validate`, and a failure there when no GPU opens).
 //!
 //! Under `cargo xtask ci` (`GYRE_CI=1`) a backend that cannot open is a failure, never a
 //! skip.
 //!
-//! The kernels of a case form one group per backend. Outputs are read from the group's
-//! sink kernels (kernels with no route out), each separately: on GPU backends every
-//! host-bound port of a kernel shares its one host output, so scatter's ports are routed
-//! to one kernel each to compare them port by port.
+//! Every backend runs the same specs through the same calls (the one API). A case of one
+//! kernel (echo, affine, filter, window, histogram) runs through [`gyre::testing`]'s
+//! [`Conformance`] (the CPU and the backend under test, with this suite's NaN rule as its
+//! comparator); the suite checks that `Conformance` finds a difference exactly when its
+//! own comparison does, and prints both. A case of several kernels forms one group per
+//! backend; its outputs are read from the group's sink kernels (kernels with no route
+//! out), each separately: on device backends every host-bound port of a kernel shares its
+//! one host output, so scatter's ports are routed to one kernel each to compare them port
+//! by port.
 //!
 //! What "equal" means:
 //! - outputs are compared byte for byte, in order for a sink fed by one ordered source,
@@ -44,7 +49,7 @@
 //!   counts are exact. Each case prints how many outputs were equal only through this
 //!   tolerance (none on lavapipe and the CUDA emulation, where this was written).
 //!
-//! Every group is drained; the test asserts that the drain did not time out, that nothing
+//! Every kernel or group is drained; the test asserts that the drain did not time out, that nothing
 //! was left undelivered, that there are no dead letters and that each kernel processed as
 //! many messages as the reference chain gave it. Per backend and case it prints the
 //! number of outputs compared.
@@ -55,8 +60,9 @@ mod skip;
 
 use std::time::{Duration, Instant};
 
-use gyre::{Backend, Emit, Error, HandlerError, KernelSpec, Runtime, State};
-use gyre_runtime::builtins::{Aggregate, Builtin, Histogram, Record};
+use gyre::builtins::{Aggregate, Builtin, Histogram, Record};
+use gyre::testing::{Conformance, Difference};
+use gyre::{Backend, Error, KernelSpec, Runtime, State};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -416,24 +422,10 @@ fn run_reference(case: &Case) -> Run {
     }
 }
 
-/// A CPU kernel running `builtin`'s reference (fresh state at launch and restart).
-fn cpu_kernel<Out: gyre::Message>(name: String, builtin: Builtin) -> KernelSpec<B16, Out> {
-    KernelSpec::<B16, Out>::new(name)
-        .ports(builtin.ports())
-        .cpu_factory(move || {
-            let mut reference = builtin.reference();
-            move |input: &B16, out: &mut Emit<'_, '_, Out>| {
-                let mut emitted = Ok(());
-                reference
-                    .handle(input, &mut |port, bytes| {
-                        if emitted.is_ok() {
-                            emitted = out.emit_to(port, bytemuck::pod_read_unaligned(bytes));
-                        }
-                    })
-                    .map_err(|e| HandlerError(e.to_string()))?;
-                Ok(emitted?)
-            }
-        })
+/// A kernel of `builtin` on whatever backend its group runs on (the CPU runs the
+/// built-in's Rust reference, the devices its CUDA C or WGSL).
+fn builtin_kernel<Out: gyre::Message>(name: String, builtin: Builtin) -> KernelSpec<B16, Out> {
+    KernelSpec::<B16, Out>::new(name).builtin(builtin)
 }
 
 /// A stage of any of the three output types a built-in has.
@@ -471,30 +463,20 @@ fn recv_expected(
     got
 }
 
-/// Receives every host output left in a drained kernel: `try_recv` until it says the
+/// Receives every host output left in a drained kernel: `recv_timeout` until it says the
 /// kernel terminated (it does once the outputs are all received).
 fn recv_all(
     case: &Case,
     node: usize,
-    mut try_recv: impl FnMut() -> Result<Option<Vec<u8>>, Error>,
+    mut recv_timeout: impl FnMut(Duration) -> Result<Vec<u8>, Error>,
 ) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + TIMEOUT;
     let mut got = Vec::new();
     loop {
-        match try_recv() {
-            Ok(Some(bytes)) => got.push(bytes),
-            Ok(None) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "{}: `{}` neither delivers nor reports it terminated",
-                    case.name,
-                    case.nodes[node].0
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        match recv_timeout(TIMEOUT) {
+            Ok(bytes) => got.push(bytes),
             Err(Error::Terminated { .. }) => return got,
             Err(e) => panic!(
-                "{}: receiving from `{}`: {e}",
+                "{}: receiving from `{}` after the drain: {e}",
                 case.name, case.nodes[node].0
             ),
         }
@@ -511,9 +493,9 @@ fn cpu_runtime() -> Runtime {
     runtime
 }
 
-/// The case as one group on the CPU backend; `expected[i]` outputs of the `i`th sink are
-/// received before the drain.
-fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
+/// The case as one group of built-ins on `runtime`'s backend (the same calls on every
+/// backend); `expected[i]` outputs of the `i`th sink are received before the drain.
+fn run_group(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
     let mut g = runtime.group(case.name);
     let stages: Vec<_> = (0..case.nodes.len())
         .map(|node| {
@@ -521,11 +503,11 @@ fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
             let routed = case.routed(node);
             match builtin.output_bytes() {
                 16 => {
-                    let spec = cpu_kernel::<B16>(name, builtin);
+                    let spec = builtin_kernel::<B16>(name, builtin);
                     Staged::Record(g.add(if routed { spec.no_host_output() } else { spec }))
                 }
-                32 => Staged::Aggregate(g.add(cpu_kernel::<B32>(name, builtin))),
-                40 => Staged::Histogram(g.add(cpu_kernel::<B40>(name, builtin))),
+                32 => Staged::Aggregate(g.add(builtin_kernel::<B32>(name, builtin))),
+                40 => Staged::Histogram(g.add(builtin_kernel::<B40>(name, builtin))),
                 other => panic!("no message type of {other} bytes"),
             }
         })
@@ -536,12 +518,21 @@ fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
         };
         on_stage!(stages[to], to => g.route(from, port, to));
     }
-    let group = g.launch().expect("the CPU group launches");
+    let group = g
+        .launch()
+        .unwrap_or_else(|e| panic!("{}: launch: {e}", case.name));
+    assert_eq!(
+        group.backend(),
+        runtime.backend_name().trim_end_matches("-software")
+    );
     group.activate().unwrap();
     for (node, messages) in &case.inputs {
-        for &m in messages {
-            on_stage!(stages[*node], s => group.kernel(s).unwrap().send(m).unwrap());
-        }
+        on_stage!(stages[*node], s => {
+            let kernel = group.kernel(s).unwrap();
+            for &m in messages {
+                kernel.send(m).unwrap();
+            }
+        });
     }
     let deadline = Instant::now() + TIMEOUT;
     let mut outputs: Vec<(usize, Vec<Vec<u8>>)> = case
@@ -577,92 +568,78 @@ fn run_cpu(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
         let node = *node;
         got.extend(on_stage!(stages[node], s => {
             let kernel = group.kernel(s).unwrap();
-            recv_all(case, node, || {
-                kernel.try_recv().map(|m| m.map(|m| bytemuck::bytes_of(&m).to_vec()))
+            recv_all(case, node, |t| {
+                kernel.recv_timeout(t).map(|m| bytemuck::bytes_of(&m).to_vec())
             })
         }));
     }
     Run { outputs, processed }
 }
 
-/// `run_wgpu` and `run_cuda`: the case as one group of built-ins on a GPU backend (the
-/// typed group APIs of the two are alike).
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-macro_rules! gpu_runner {
-    ($run:ident, $group:ident, $kernel:ident) => {
-        fn $run(runtime: &Runtime, case: &Case, expected: &[usize]) -> Run {
-            let mut g = runtime.$group(case.name).expect("a group builder");
-            let stages: Vec<_> = (0..case.nodes.len())
-                .map(|node| {
-                    let (name, builtin) = (case.kernel_name(node), case.nodes[node].1);
-                    match builtin.output_bytes() {
-                        16 => Staged::Record(g.add($kernel::<B16, B16>::builtin(name, builtin))),
-                        32 => Staged::Aggregate(g.add($kernel::<B16, B32>::builtin(name, builtin))),
-                        40 => Staged::Histogram(g.add($kernel::<B16, B40>::builtin(name, builtin))),
-                        other => panic!("no message type of {other} bytes"),
-                    }
-                })
-                .collect();
-            for &(from, port, to) in &case.routes {
-                let Staged::Record(from) = &stages[from] else {
-                    panic!("only records are routed")
-                };
-                on_stage!(&stages[to], to => { g.route(from, port, to); });
-            }
-            let group = g.launch().unwrap_or_else(|e| panic!("{}: launch: {e}", case.name));
-            group.activate().unwrap();
-            for (node, messages) in &case.inputs {
-                for &m in messages {
-                    on_stage!(&stages[*node], s => group.send(s, m).unwrap());
-                }
-            }
-            let deadline = Instant::now() + TIMEOUT;
-            let mut outputs: Vec<(usize, Vec<Vec<u8>>)> = case
-                .sinks()
-                .into_iter()
-                .zip(expected)
-                .map(|(node, &count)| {
-                    let got = on_stage!(&stages[node], s => recv_expected(count, deadline, |t| {
-                        group.recv_timeout(s, t).map(|m| bytemuck::bytes_of(&m).to_vec())
-                    }));
-                    (node, got)
-                })
-                .collect();
-            let report = group.drain(TIMEOUT);
-            assert!(!report.timed_out(), "{}: {report:?}", case.name);
-            assert!(report.fault().is_none(), "{}: {report:?}", case.name);
-            assert_eq!(report.undelivered_count(), 0, "{}: {report:?}", case.name);
-            let processed = stages
+/// A case of one kernel through [`gyre::testing::Conformance`] on `backends` (the CPU
+/// first), with the NaN tolerance of the case as its comparator. Returns each backend's
+/// run, and the first difference `gyre::testing` found.
+fn run_one<Out: gyre::Message + std::fmt::Debug>(
+    case: &Case,
+    backends: &[Backend],
+) -> (Vec<(&'static str, Run)>, Option<Difference>) {
+    assert_eq!(case.nodes.len(), 1, "{}: one kernel", case.name);
+    let (name, builtin) = (case.kernel_name(0), case.nodes[0].1);
+    let fields = case.nan_fields(0);
+    let report = Conformance::new(|| builtin_kernel::<Out>(name.clone(), builtin))
+        .backends(backends)
+        .workers(1)
+        .timeout(TIMEOUT)
+        .strict()
+        .compare(move |a: &Out, b: &Out| {
+            canonical(bytemuck::bytes_of(a), fields) == canonical(bytemuck::bytes_of(b), fields)
+        })
+        .run(&case.inputs[0].1)
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    assert_eq!(report.backends().len(), backends.len(), "{report}");
+    let runs = report
+        .runs
+        .iter()
+        .map(|run| {
+            assert!(
+                !run.timed_out
+                    && run.fault.is_none()
+                    && run.refused.is_empty()
+                    && run.undelivered.is_empty()
+                    && run.undelivered_outputs.is_empty()
+                    && run.dead_letters == 0,
+                "{}: {report}",
+                case.name
+            );
+            let outputs = run
+                .outputs
                 .iter()
-                .map(|st| {
-                    on_stage!(st, s => {
-                        assert_eq!(report.final_state(s), State::Terminated, "{}", case.name);
-                        report.processed(s)
-                    })
-                })
+                .map(|m| bytemuck::bytes_of(m).to_vec())
                 .collect();
-            let dead = group.take_dead_letters();
-            assert!(dead.is_empty(), "{}: dead letters {dead:?}", case.name);
-            for (node, got) in &mut outputs {
-                let node = *node;
-                got.extend(on_stage!(&stages[node], s => recv_all(case, node, || {
-                    group.try_recv(s).map(|m| m.map(|m| bytemuck::bytes_of(&m).to_vec()))
-                })));
-            }
-            Run { outputs, processed }
-        }
-    };
+            (
+                run.name,
+                Run {
+                    outputs: vec![(0, outputs)],
+                    processed: vec![run.processed],
+                },
+            )
+        })
+        .collect();
+    (runs, report.first_difference().cloned())
 }
 
-#[cfg(feature = "wgpu")]
-use gyre::wgpu::WgpuKernel;
-#[cfg(feature = "wgpu")]
-gpu_runner!(run_wgpu, wgpu_group, WgpuKernel);
-
-#[cfg(feature = "cuda")]
-use gyre::cuda::CudaKernel;
-#[cfg(feature = "cuda")]
-gpu_runner!(run_cuda, cuda_group, CudaKernel);
+/// `run_one` for the case's output type.
+fn run_one_builtin(
+    case: &Case,
+    backends: &[Backend],
+) -> (Vec<(&'static str, Run)>, Option<Difference>) {
+    match case.nodes[0].1.output_bytes() {
+        16 => run_one::<B16>(case, backends),
+        32 => run_one::<B32>(case, backends),
+        40 => run_one::<B40>(case, backends),
+        other => panic!("no message type of {other} bytes"),
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Comparison.
@@ -832,20 +809,52 @@ fn counts(run: &Run) -> Vec<usize> {
     run.outputs.iter().map(|(_, out)| out.len()).collect()
 }
 
-/// Runs every case on `backend` through `run` and compares each with the CPU backend
-/// (and the CPU backend with the reference); fails with every difference found.
-fn conform(backend: &str, mut run: impl FnMut(&Case, &[usize]) -> Run) {
+/// Runs every case on `backend` and compares each with the CPU backend (and the CPU
+/// backend with the reference); fails with every difference found. Cases of one kernel
+/// go through [`gyre::testing::Conformance`] (which must find the same difference, or
+/// none, as this suite's comparison); cases of several run as one group per backend.
+/// `runtime` is a runtime of `backend` (proof that it opens here).
+fn conform(backend: Backend, runtime: &Runtime) {
+    let name = runtime.backend_name();
     let cpu = cpu_runtime();
     let mut failures = Vec::new();
     let mut total = 0;
     for case in cases() {
         let reference = run_reference(&case);
-        let on_cpu = run_cpu(&cpu, &case, &counts(&reference));
-        let result = if backend == "cpu" {
-            compare(&case, "cpu", &on_cpu, "reference", &reference)
+        let result = if case.nodes.len() == 1 {
+            let backends: &[Backend] = if backend == Backend::Cpu {
+                &[Backend::Cpu]
+            } else {
+                &[Backend::Cpu, backend]
+            };
+            let (runs, difference) = run_one_builtin(&case, backends);
+            let on_cpu = &runs[0].1;
+            if backend == Backend::Cpu {
+                compare(&case, "cpu", on_cpu, "reference", &reference)
+            } else {
+                assert_eq!(runs[1].0, name);
+                let result = compare(&case, name, &runs[1].1, "cpu", on_cpu);
+                assert_eq!(
+                    difference.is_none(),
+                    result.is_ok(),
+                    "{}: gyre::testing found {difference:?}, the suite {result:?}",
+                    case.name
+                );
+                result.map_err(|e| {
+                    format!(
+                        "{e}\n  gyre::testing: first difference: {}",
+                        difference.unwrap()
+                    )
+                })
+            }
         } else {
-            let got = run(&case, &counts(&on_cpu));
-            compare(&case, backend, &got, "cpu", &on_cpu)
+            let on_cpu = run_group(&cpu, &case, &counts(&reference));
+            if backend == Backend::Cpu {
+                compare(&case, "cpu", &on_cpu, "reference", &reference)
+            } else {
+                let got = run_group(runtime, &case, &counts(&on_cpu));
+                compare(&case, name, &got, "cpu", &on_cpu)
+            }
         };
         match result {
             Ok(n) => total += n,
@@ -858,11 +867,10 @@ fn conform(backend: &str, mut run: impl FnMut(&Case, &[usize]) -> Run) {
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("conformance: {backend}: {total} outputs compared, all equal");
+    eprintln!("conformance: {name}: {total} outputs compared, all equal");
     let report = cpu.shutdown(TIMEOUT);
     assert_eq!(report.undelivered_count(), 0);
 }
-
 // ---------------------------------------------------------------------------------------
 // Tests.
 
@@ -910,7 +918,7 @@ fn the_cases_cover_every_builtin_and_the_edges() {
 
 #[test]
 fn the_cpu_backend_matches_the_reference() {
-    conform("cpu", |_, _| unreachable!());
+    conform(Backend::Cpu, &cpu_runtime());
 }
 
 #[cfg(feature = "wgpu")]
@@ -931,9 +939,7 @@ fn wgpu_matches_the_cpu_backend() {
             return;
         }
     };
-    conform("wgpu-software", |case, expected| {
-        run_wgpu(&runtime, case, expected)
-    });
+    conform(Backend::WgpuSoftware, &runtime);
 }
 
 #[cfg(feature = "cuda")]
@@ -950,9 +956,7 @@ fn cuda_emulated_matches_the_cpu_backend() {
             return;
         }
     };
-    conform("cuda-emulated", |case, expected| {
-        run_cuda(&runtime, case, expected)
-    });
+    conform(Backend::CudaEmulated, &runtime);
 }
 
 #[cfg(feature = "cuda")]
@@ -964,5 +968,289 @@ fn cuda_matches_the_cpu_backend_on_a_gpu() {
         .workers(1)
         .build()
         .unwrap_or_else(|e| panic!("this test needs an NVIDIA GPU and driver: {e}"));
-    conform("cuda", |case, expected| run_cuda(&runtime, case, expected));
+    conform(Backend::Cuda, &runtime);
+}
+
+// ---------------------------------------------------------------------------------------
+// gyre::testing itself: it finds differences (not only agreement).
+
+/// A `Conformance` over `[Cpu, Cpu]` whose second spec is built by `second` (the first
+/// doubles its input): a difference between two CPU runs, on any build.
+fn cpu_against(second: fn() -> KernelSpec<u32, u32>) -> gyre::testing::ConformanceReport<u32, u32> {
+    let built = std::cell::Cell::new(0);
+    Conformance::new(|| {
+        built.set(built.get() + 1);
+        if built.get() == 1 {
+            KernelSpec::<u32, u32>::new("double").cpu(|&x, out| {
+                if x == 7 {
+                    return Ok(());
+                }
+                Ok(out.emit(x * 2)?)
+            })
+        } else {
+            second()
+        }
+    })
+    .backends(&[Backend::Cpu, Backend::Cpu])
+    .run(&(0..20).collect::<Vec<u32>>())
+    .unwrap()
+}
+
+#[test]
+fn testing_reports_the_first_output_that_differs() {
+    let report = cpu_against(|| {
+        KernelSpec::<u32, u32>::new("double").cpu(|&x, out| match x {
+            7 => Ok(()),
+            5 | 9 => Ok(out.emit(x * 3)?),
+            _ => Ok(out.emit(x * 2)?),
+        })
+    });
+    let first = report.first_difference().expect("a difference");
+    assert_eq!(
+        (
+            first.what,
+            first.index,
+            first.value_a.as_str(),
+            first.value_b.as_str()
+        ),
+        ("output", Some(5), "10", "15"),
+        "{report}"
+    );
+    assert_eq!(report.differences().len(), 1);
+    assert!(report
+        .to_string()
+        .contains("differs: output 5: cpu gave 10, cpu gave 15"));
+}
+
+#[test]
+fn testing_reports_a_missing_output_and_a_handler_error() {
+    // One output fewer (the handler fails on 9): the outputs differ from index 8 on.
+    let report = cpu_against(|| {
+        KernelSpec::<u32, u32>::new("double").cpu(|&x, out| match x {
+            7 => Ok(()),
+            9 => Err(gyre::HandlerError("nine".into())),
+            _ => Ok(out.emit(x * 2)?),
+        })
+    });
+    let first = report.first_difference().expect("a difference");
+    assert_eq!((first.what, first.index), ("output", Some(8)), "{report}");
+    assert_eq!(report.runs[1].dead_letters, 1, "{report}");
+    // The same outputs, but one backend's handler fails where the other's drops: the
+    // dead letter is the difference.
+    let report = cpu_against(|| {
+        KernelSpec::<u32, u32>::new("double").cpu(|&x, out| match x {
+            7 => Err(gyre::HandlerError("seven".into())),
+            _ => Ok(out.emit(x * 2)?),
+        })
+    });
+    let first = report.first_difference().expect("a difference");
+    assert_eq!(
+        (first.what, first.value_a.as_str(), first.value_b.as_str()),
+        ("dead letters", "0", "1"),
+        "{report}"
+    );
+}
+
+#[test]
+fn testing_compares_with_the_comparator_given() {
+    let spec = |ulps: u32| {
+        move || {
+            KernelSpec::<f32, f32>::new("third")
+                .cpu(move |&x, out| Ok(out.emit(f32::from_bits((x / 3.0).to_bits() + ulps))?))
+        }
+    };
+    let inputs: Vec<f32> = (1..50u8).map(f32::from).collect();
+    let built = std::cell::Cell::new(0u32);
+    let off_by_one = || {
+        built.set(built.get() + 1);
+        spec(built.get() - 1)()
+    };
+    let exact = Conformance::new(off_by_one)
+        .backends(&[Backend::Cpu, Backend::Cpu])
+        .run(&inputs)
+        .unwrap();
+    assert_eq!(exact.first_difference().unwrap().index, Some(0), "{exact}");
+    built.set(0);
+    let within_one_ulp = Conformance::new(off_by_one)
+        .backends(&[Backend::Cpu, Backend::Cpu])
+        .compare(|a: &f32, b: &f32| a.to_bits().abs_diff(b.to_bits()) <= 1)
+        .run(&inputs)
+        .unwrap();
+    assert!(
+        within_one_ulp.first_difference().is_none(),
+        "{within_one_ulp}"
+    );
+    assert_eq!(within_one_ulp.runs.len(), 2);
+    assert_eq!(within_one_ulp.runs[1].outputs.len(), inputs.len());
+}
+
+#[test]
+fn testing_skips_backends_it_cannot_run_and_says_why() {
+    // A spec with a CPU closure only: every device backend is skipped (not built here,
+    // no device, or no implementation for it), each with its reason.
+    let report = Conformance::new(|| {
+        KernelSpec::<u32, u32>::new("cpu-only").cpu(|&x, out| Ok(out.emit(x)?))
+    })
+    .run(&[1, 2, 3])
+    .unwrap();
+    assert_eq!(report.backends(), ["cpu"], "{report}");
+    let skipped: Vec<Backend> = report.skipped.iter().map(|s| s.backend).collect();
+    assert_eq!(
+        skipped,
+        [
+            Backend::CudaEmulated,
+            Backend::WgpuSoftware,
+            Backend::Cuda,
+            Backend::Wgpu
+        ],
+        "{report}"
+    );
+    for s in &report.skipped {
+        assert!(!s.reason.is_empty(), "{s}");
+    }
+    #[cfg(feature = "wgpu")]
+    if std::env::var("GYRE_WGPU_ALLOW_SOFTWARE").as_deref() == Ok("1") {
+        // wgpu opens here: it is skipped for want of WGSL.
+        let wgpu = &report.skipped[1];
+        assert!(wgpu.reason.contains("no wgpu implementation"), "{wgpu}");
+    }
+    // Strict: a skip is an error.
+    let strict = Conformance::new(|| {
+        KernelSpec::<u32, u32>::new("cpu-only").cpu(|&x, out| Ok(out.emit(x)?))
+    })
+    .backends(&[Backend::Cpu, Backend::CudaEmulated])
+    .strict()
+    .run(&[1]);
+    assert!(
+        matches!(
+            strict,
+            Err(Error::BackendUnavailable { .. } | Error::NoImplementation { .. })
+        ),
+        "{strict:?}"
+    );
+}
+
+/// A handler that doubles, except that its device versions triple 5.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn off_on_devices() -> KernelSpec<u32, u32> {
+    KernelSpec::<u32, u32>::new("double")
+        .cpu(|&x, out| Ok(out.emit(x * 2)?))
+        .cuda(
+            "twice",
+            r"__device__ int twice(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
+                gyre_u32 x = *(const gyre_u32 *)msg;
+                gyre_u32 y = x == 5u ? x * 3u : x * 2u;
+                return gyre_emit(ctx, 0u, &y, sizeof y);
+            }",
+        )
+        .wgsl(
+            "twice",
+            r"fn twice(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+                let x = (*msg).w[0];
+                (*msg).w[0] = select(x * 2u, x * 3u, x == 5u);
+                return gyre_emit(ctx, 0u, msg, 4u);
+            }",
+        )
+}
+
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+#[test]
+fn testing_finds_a_device_handler_that_differs() {
+    let wanted = [
+        #[cfg(feature = "cuda")]
+        Backend::CudaEmulated,
+        #[cfg(feature = "wgpu")]
+        Backend::WgpuSoftware,
+    ];
+    let mut backends = vec![Backend::Cpu];
+    backends.extend(wanted);
+    let report = Conformance::new(off_on_devices)
+        .backends(&backends)
+        .run(&(0..100).collect::<Vec<u32>>())
+        .unwrap();
+    for s in &report.skipped {
+        skip::skip(&format!("gyre::testing on {:?}", s.backend), &s.reason);
+    }
+    assert_eq!(
+        report.differences().len(),
+        report.runs.len() - 1,
+        "{report}"
+    );
+    for d in report.differences() {
+        assert_eq!(
+            (d.a, d.what, d.index, d.value_a.as_str(), d.value_b.as_str()),
+            ("cpu", "output", Some(5), "10", "15"),
+            "{report}"
+        );
+    }
+    for run in &report.runs {
+        assert_eq!(run.outputs.len(), 100, "{report}");
+    }
+}
+
+/// Defect (wgpu, `runtime/src/backend/wgpu/group.rs`, the ticker's read-back): a receive
+/// can answer `Terminated` while outputs of the kernel are still to come. In one tick's
+/// read-back the ticker mirrors each kernel's control block (its state included) before
+/// it moves that kernel's new outputs into the host outbox, so a receiver that reads the
+/// state `Terminated` in between finds the outbox empty and gets `Error::Terminated`, and
+/// the outputs of the kernel's last tick become receivable only afterwards. The seam's
+/// contract (`DeviceGroup::try_recv_with`: "`false` after kernel `k`'s state (read before
+/// the call) says it stopped means nothing more will come") and `Kernel::recv`'s
+/// ("`Terminated` when the kernel stopped and everything it emitted was received") are
+/// broken. Seen about once in 40 runs on lavapipe (242 of 300 received, then
+/// `Terminated`, then 58 more from `try_recv`). Fix: move the outputs (and dead letters)
+/// before publishing the state.
+#[cfg(feature = "wgpu")]
+#[test]
+#[ignore = "defect: wgpu recv says Terminated before the last tick's outputs are receivable"]
+fn wgpu_recv_says_terminated_only_after_every_output() {
+    let runtime = Runtime::builder()
+        .backend(Backend::WgpuSoftware)
+        .workers(1)
+        .build()
+        .unwrap_or_else(|e| panic!("this test needs a wgpu adapter: {e}"));
+    for round in 0..100 {
+        let kernel = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new(format!("affine{round}"))
+                    .builtin(Builtin::Affine { a: 1.1, b: -0.7 }),
+            )
+            .unwrap();
+        kernel.activate().unwrap();
+        let feeder = kernel.clone();
+        let fed = std::thread::spawn(move || {
+            for seq in 0..300 {
+                let value = seq as f32;
+                feeder
+                    .send(Record {
+                        key: 0,
+                        seq,
+                        value,
+                        aux: 0,
+                    })
+                    .unwrap();
+            }
+            feeder.drain(TIMEOUT).unwrap()
+        });
+        let mut received = 0;
+        let end = loop {
+            match kernel.recv_timeout(TIMEOUT) {
+                Ok(_) => received += 1,
+                Err(e) => break e,
+            }
+        };
+        let report = fed.join().unwrap();
+        assert!(matches!(end, Error::Terminated { .. }), "{end:?}");
+        assert_eq!(report.emitted, 300);
+        assert!(report.undelivered_outputs.is_empty());
+        let mut late = 0;
+        while let Ok(Some(_)) = kernel.try_recv() {
+            late += 1;
+        }
+        assert_eq!(
+            (received, late),
+            (300, 0),
+            "round {round}: `Terminated` after {received} of 300 outputs, {late} received after it"
+        );
+    }
 }
