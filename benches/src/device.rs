@@ -20,8 +20,8 @@ use hdrhistogram::Histogram;
 
 /// The runtime of a device benchmark on `backend`, or the exit status to leave with when
 /// there is none: when `backend` is unavailable this prints why (with `skip_hint`) and
-/// gives success, or failure when `required` (a device is required, or asked for
-/// explicitly). `what` names the missing thing ("GPU", "wgpu adapter").
+/// gives success, or failure when `required` says why one is required (an environment
+/// variable, a flag). `what` names the missing thing ("GPU", "wgpu adapter").
 ///
 /// # Errors
 /// The exit status to return from `main`.
@@ -30,7 +30,7 @@ pub fn open_runtime(
     backend: Backend,
     timeout: Duration,
     what: &str,
-    required: bool,
+    required: Option<&str>,
     skip_hint: &str,
 ) -> Result<Runtime, ExitCode> {
     // One CPU worker: the benchmarks launch no CPU kernel, so the pool only idles.
@@ -43,8 +43,8 @@ pub fn open_runtime(
         Ok(runtime) => Ok(runtime),
         Err(Error::BackendUnavailable { reason, .. }) => {
             println!("{bin}: no {what} to benchmark: {reason}");
-            if required {
-                eprintln!("{bin}: a {what} is required here");
+            if let Some(why) = required {
+                eprintln!("{bin}: {why}: a {what} is required");
                 return Err(ExitCode::FAILURE);
             }
             println!("{bin}: skipped ({skip_hint})");
@@ -57,9 +57,12 @@ pub fn open_runtime(
     }
 }
 
-/// Whether environment variable `var` is set to `1`.
-pub fn env_is_one(var: &str) -> bool {
-    std::env::var(var).is_ok_and(|v| v == "1")
+/// `VAR=1` when environment variable `var` is set to `1`: the reason a missing device
+/// fails the run (see [`open_runtime`]).
+pub fn required_by_env(var: &str) -> Option<String> {
+    std::env::var(var)
+        .is_ok_and(|v| v == "1")
+        .then(|| format!("{var}=1"))
 }
 
 /// The exit status of a run: success, or the error printed.

@@ -47,7 +47,8 @@ use std::time::{Duration, Instant};
 use gyre::builtins::Builtin;
 use gyre::{Backend, KernelSpec, Runtime};
 use gyre_bench::device::{
-    env_is_one, field, finish, interleave, launch_chain, merge, ns, open_runtime, Args, EchoLoad,
+    field, finish, interleave, launch_chain, merge, ns, open_runtime, required_by_env, Args,
+    EchoLoad,
 };
 use gyre_bench::{median, rate, round_trip_histogram};
 use hdrhistogram::Histogram;
@@ -268,20 +269,16 @@ fn main() -> ExitCode {
     }
     let (backend, required) = if emulated {
         // Asked for explicitly: its absence is a failure.
-        (Backend::CudaEmulated, true)
+        (Backend::CudaEmulated, Some("--emulated".to_owned()))
     } else {
-        (Backend::Cuda, env_is_one(REQUIRE_GPU_VAR))
+        (Backend::Cuda, required_by_env(REQUIRE_GPU_VAR))
     };
     let skip = format!(
         "set {REQUIRE_GPU_VAR}=1 to fail instead, or pass --emulated for a smoke run on the \
          host emulation"
     );
-    let what = if emulated {
-        "emulated CUDA device"
-    } else {
-        "GPU"
-    };
-    let runtime = match open_runtime(BIN, backend, TIMEOUT, what, required, &skip) {
+    let what = if emulated { "CUDA emulation" } else { "GPU" };
+    let runtime = match open_runtime(BIN, backend, TIMEOUT, what, required.as_deref(), &skip) {
         Ok(runtime) => runtime,
         Err(status) => return status,
     };

@@ -60,8 +60,8 @@ use std::time::{Duration, Instant};
 use gyre::builtins::{Builtin, Record};
 use gyre::{Backend, KernelSpec, Message, Runtime};
 use gyre_bench::device::{
-    env_is_one, field, finish, interleave, launch_chain, merge, open_runtime, us, Args, EchoLoad,
-    Span, Workload,
+    field, finish, interleave, launch_chain, merge, open_runtime, required_by_env, us, Args,
+    EchoLoad, Span, Workload,
 };
 use gyre_bench::{median, rate, round_trip_histogram};
 use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, GpuContext};
@@ -389,13 +389,13 @@ fn main() -> ExitCode {
         sizes.rounds = rounds;
     }
     let skip = format!("set {REQUIRE_VAR}=1 to fail instead");
-    let required = env_is_one(REQUIRE_VAR);
+    let required = required_by_env(REQUIRE_VAR);
     let runtime = match open_runtime(
         BIN,
         Backend::WgpuSoftware,
         TIMEOUT,
         "wgpu adapter",
-        required,
+        required.as_deref(),
         &skip,
     ) {
         Ok(runtime) => runtime,
