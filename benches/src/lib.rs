@@ -27,6 +27,10 @@
 //! The [`workloads`] module holds the two workloads of the pipeline report
 //! (`src/bin/gyre-bench-pipeline.rs`): a three-stage pipeline and round-robin actors, with
 //! their baselines.
+//!
+//! The [`device`] module is the harness of the CUDA and wgpu benchmarks
+//! (`src/bin/gyre-bench-cuda.rs`, `src/bin/gyre-bench-wgpu.rs`), which drive `gyre`'s
+//! public API on a device backend.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use std::time::{Duration, Instant};
 use gyre::{Backend, Kernel, KernelSpec, Placement, Runtime};
 use hdrhistogram::Histogram;
 
+pub mod device;
 pub mod workloads;
 
 /// Slots in every ring and channel, in each direction.

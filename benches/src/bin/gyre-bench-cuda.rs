@@ -1,17 +1,23 @@
-//! The CUDA backend's benchmarks: a resident echo kernel against one launch per message.
+//! The CUDA backend's benchmarks through `gyre`: a resident echo kernel against one launch
+//! per message.
 //!
 //! ```text
 //! cargo run --release -p gyre-bench --features cuda --bin gyre-bench-cuda [--emulated] [--rounds N]
 //! ```
 //!
-//! `cargo xtask gpu-validate` runs it on a machine with an NVIDIA GPU. Four measurements,
-//! each in rounds that interleave the subject with its baseline, every ratio taken within
-//! a round and the median over rounds reported (as `gyre-bench` does):
+//! `cargo xtask gpu-validate` runs it on a machine with an NVIDIA GPU. It drives gyre as a
+//! user does: `Runtime::builder().backend(Backend::Cuda)` (or `CudaEmulated`), kernels
+//! declared as `KernelSpec::<u64, u64>::new(..).builtin(Builtin::Echo { bytes: 8 })` and
+//! launched with `runtime.group(..)` (`threads`, `add`, `route`, `launch`, `activate`),
+//! messages sent with `Kernel::sender()` (`Backpressure::Timeout`, `send_with_corr`) and
+//! received with `Kernel::receiver()` (`recv_timeout`), every group stopped with
+//! `Group::drain`. The harness (timing, rounds, drain checks) is `gyre_bench::device`.
+//! Four measurements, each in rounds that interleave the subject with its baseline, every
+//! ratio taken within a round and the median over rounds reported (as `gyre-bench` does):
 //!
 //! 1. **Round trip** host → resident echo kernel → host, one 8-byte message in flight,
 //!    every round trip in an HDR histogram (p50, p99, p999). The kernel is the built-in
-//!    echo (`gyre_builtin_echo`, `params[0] = 8`) in a one-kernel group that stays resident
-//!    for the whole run.
+//!    echo in a one-kernel group that stays resident for the whole run.
 //! 2. **Baseline: one launch per message**, in the same rounds: a trivial kernel
 //!    (`*out = *in`), compiled once through the runtime's NVRTC path, launched per message
 //!    on a non-blocking stream of its own with its input and output in pinned mapped host
@@ -22,7 +28,7 @@
 //!    while the main thread receives and checks every one, in order; against the
 //!    launch-per-message rate (a batch of launches, each synchronised).
 //! 4. **Kernel-to-kernel hop**: round trips through a two-kernel group (echo → echo,
-//!    port 0 of kernel 0 routed to kernel 1) against the one-kernel group, in the same
+//!    port 0 of the first routed to the second) against the one-kernel group, in the same
 //!    rounds; the difference of the p50s is the cost of one hop through a device ring.
 //!
 //! With `--emulated` everything runs on the emulated device (the CUDA C compiled with g++
@@ -36,23 +42,22 @@
 //! throughput_msgs=… hop_ns=…` for the validation report (`na` where not measured).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gyre_bench::{median, round_trip_histogram};
-use gyre_runtime::backend::cuda::codegen::HandlerCode;
-use gyre_runtime::backend::cuda::group::SendError;
-use gyre_runtime::backend::cuda::{
-    self as cuda, CudaGroup, Device, GroupPlan, KernelPlan, Route, Target,
+use gyre::builtins::Builtin;
+use gyre::{Backend, KernelSpec, Runtime};
+use gyre_bench::device::{
+    field, finish, interleave, launch_chain, merge, ns, open_runtime, required_by_env, Args,
+    EchoLoad,
 };
+use gyre_bench::{median, rate, round_trip_histogram};
 use hdrhistogram::Histogram;
 
+const BIN: &str = "gyre-bench-cuda";
 /// Set to `1` to make a missing GPU a failure (`cargo xtask gpu-validate` does).
 const REQUIRE_GPU_VAR: &str = "GYRE_REQUIRE_GPU";
-/// Command timeout of the groups, and how long one message may take before the run fails.
+/// Command timeout of the runtime, and how long one message may take before the run fails.
 const TIMEOUT: Duration = Duration::from_secs(20);
-/// Wait steps between two sends into a full inbox.
-const FULL_SPINS: u32 = 32;
 const USAGE: &str = "usage: gyre-bench-cuda [--emulated] [--rounds N]";
 
 /// How much to measure: on a GPU, or on the (much slower) emulated device.
@@ -94,198 +99,8 @@ impl Sizes {
 }
 
 /// The built-in echo of the first 8 bytes of each message.
-fn echo_kernel(name: &str) -> KernelPlan {
-    let mut kernel = KernelPlan::new(name, HandlerCode::Builtin("gyre_builtin_echo"));
-    kernel.params[0] = 8;
-    kernel
-}
-
-fn launch_group(
-    device: &Arc<dyn Device>,
-    name: &str,
-    kernels: Vec<KernelPlan>,
-    routes: Vec<Route>,
-    threads: u32,
-) -> Result<CudaGroup, String> {
-    let group = CudaGroup::launch(
-        Arc::clone(device),
-        GroupPlan {
-            name: name.to_owned(),
-            kernels,
-            routes,
-            threads,
-        },
-        TIMEOUT,
-    )
-    .map_err(|e| format!("launching group `{name}`: {e}"))?;
-    group
-        .activate_all()
-        .map_err(|e| format!("activating group `{name}`: {e}"))?;
-    Ok(group)
-}
-
-/// A resident group seen from the host: kernel `input` takes the messages, kernel
-/// `output` hands the echoes back.
-struct Resident<'g> {
-    group: &'g CudaGroup,
-    input: usize,
-    output: usize,
-    /// Yield while waiting instead of spinning (the emulated device's blocks are host
-    /// threads that need the CPU).
-    yield_while_waiting: bool,
-}
-
-impl Resident<'_> {
-    /// One wait step: a spin (a yield under emulation), `spins` of them in all; every
-    /// 4,096 steps checks the group and how long the wait has taken (the clock is read
-    /// only then, to keep it off the measured path).
-    fn wait(&self, spins: &mut u32, since: &mut Option<Instant>, what: &str) {
-        *spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(4096) {
-            if let Some(fault) = self.group.fault() {
-                panic!(
-                    "group `{}` faulted while {what}: {fault}",
-                    self.group.name()
-                );
-            }
-            let since = since.get_or_insert_with(Instant::now);
-            assert!(
-                since.elapsed() < TIMEOUT,
-                "group `{}`: {what} took longer than {TIMEOUT:?}",
-                self.group.name()
-            );
-        }
-        if self.yield_while_waiting {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-
-    /// Sends `seq` as an 8-byte message, spinning while the inbox is full.
-    fn send(&self, seq: u64) {
-        let (mut spins, mut since) = (0, None);
-        let corr = [seq as u32, (seq >> 32) as u32];
-        loop {
-            match self.group.try_send(self.input, &seq.to_ne_bytes(), corr) {
-                Ok(()) => return,
-                Err(SendError::Full { .. }) => {
-                    // A full inbox empties a batch at a time: wait a little before trying
-                    // again (each refused send also queries the grid's stream).
-                    for _ in 0..FULL_SPINS {
-                        self.wait(&mut spins, &mut since, "sending");
-                    }
-                }
-                Err(e) => panic!("send to group `{}`: {e}", self.group.name()),
-            }
-        }
-    }
-
-    /// Receives the next echo, spinning until it is there; returns its value.
-    fn recv(&self) -> u64 {
-        let (mut spins, mut since) = (0, None);
-        loop {
-            let got = self.group.try_recv_with(self.output, |_, corr, payload| {
-                let value = u64::from_ne_bytes(
-                    payload[..8]
-                        .try_into()
-                        .expect("an echo slot holds at least 8 bytes"),
-                );
-                assert_eq!(
-                    corr,
-                    [value as u32, (value >> 32) as u32],
-                    "the correlation id comes back with the message"
-                );
-                value
-            });
-            if let Some(value) = got {
-                return value;
-            }
-            self.wait(&mut spins, &mut since, "waiting for an echo");
-        }
-    }
-
-    /// `count` round trips from `first`, one message in flight, recorded in `histogram`
-    /// (ns). Checks every echo.
-    fn round_trips(&self, first: u64, count: u64, histogram: &mut Histogram<u64>) {
-        for seq in first..first + count {
-            let start = Instant::now();
-            self.send(seq);
-            let back = self.recv();
-            let took = start.elapsed();
-            assert_eq!(back, seq, "the echo is the message sent");
-            histogram.saturating_record(took.as_nanos() as u64);
-        }
-    }
-
-    /// Streams `count` messages from `first` from a sender thread while this thread
-    /// receives them, checking each (in order). Returns the time from the start to the
-    /// last echo.
-    fn stream(&self, first: u64, count: u64) -> Duration {
-        let start = Instant::now();
-        std::thread::scope(|scope| {
-            let sender = std::thread::Builder::new()
-                .name("gyre-bench-cuda-sender".into())
-                .spawn_scoped(scope, || {
-                    for seq in first..first + count {
-                        self.send(seq);
-                    }
-                })
-                .expect("spawn the sender thread");
-            for expected in first..first + count {
-                assert_eq!(self.recv(), expected, "echoes come back in order");
-            }
-            sender.join().expect("the sender thread panicked");
-        });
-        start.elapsed()
-    }
-}
-
-/// Drains a group; fails if anything was left undelivered or the drain timed out.
-/// Returns the messages its first kernel processed.
-fn drain(group: &CudaGroup) -> Result<u64, String> {
-    let report = group.drain(TIMEOUT);
-    let name = group.name();
-    if report.timed_out {
-        return Err(format!("group `{name}`: the drain timed out"));
-    }
-    if let Some(fault) = &report.fault {
-        return Err(format!("group `{name}` faulted: {fault}"));
-    }
-    let undelivered = report.undelivered_count();
-    if undelivered != 0 {
-        return Err(format!(
-            "group `{name}`: {undelivered} message(s) left undelivered"
-        ));
-    }
-    let mut left = 0;
-    while group.try_recv_with(group.len() - 1, |_, _, _| ()).is_some() {
-        left += 1;
-    }
-    if left != 0 {
-        return Err(format!(
-            "group `{name}`: {left} echo(es) received by no one"
-        ));
-    }
-    let dead = group.take_dead_letters();
-    if !dead.is_empty() {
-        return Err(format!(
-            "group `{name}`: {} dead letter(s), first: {}",
-            dead.len(),
-            dead[0].reason
-        ));
-    }
-    let processed: Vec<u64> = report
-        .kernels
-        .iter()
-        .map(|k| k.counters.processed)
-        .collect();
-    if processed.windows(2).any(|w| w[0] != w[1]) {
-        return Err(format!(
-            "group `{name}`: its kernels processed different counts {processed:?}"
-        ));
-    }
-    Ok(processed[0])
+fn echo(name: &str) -> KernelSpec<u64, u64> {
+    KernelSpec::new(name).builtin(Builtin::Echo { bytes: 8 })
 }
 
 /// The launch-per-message baseline on a GPU (see the module documentation).
@@ -317,9 +132,9 @@ mod launch {
     }
 
     impl Launcher {
-        /// Sets up on device 0. Must only be called once the driver probe succeeded
-        /// (`cuda::default_device()` returned a device), and before any persistent group
-        /// is launched.
+        /// Sets up on device 0, the device `Backend::Cuda` runs on. Must only be called
+        /// once a runtime was built with `Backend::Cuda` (the driver probe succeeded),
+        /// and before any persistent group is launched.
         pub fn new() -> Result<Self, String> {
             let driver = |what: &str| {
                 let what = what.to_owned();
@@ -368,6 +183,18 @@ mod launch {
             };
             mapped.map_err(driver("cuMemHostGetDevicePointer"))?;
             Ok(launcher)
+        }
+
+        /// The device: name, compute capability and multiprocessors.
+        pub fn describe(&self) -> Result<String, String> {
+            let driver = |e: result::DriverError| format!("describing device 0: {e}");
+            let name = self.ctx.name().map_err(driver)?;
+            let (major, minor) = self.ctx.compute_capability().map_err(driver)?;
+            let sms = self
+                .ctx
+                .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .map_err(driver)?;
+            Ok(format!("{name} (sm_{major}{minor}, {sms} SMs)"))
         }
 
         /// One message: writes `value` to the input, launches `one`, synchronises the
@@ -430,102 +257,62 @@ fn launches(
     Ok(start.elapsed())
 }
 
-fn p(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64
-}
-
-/// A number for the RESULT line, `na` when not measured.
-fn field(value: Option<f64>, decimals: usize) -> String {
-    match value {
-        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
-        _ => "na".to_owned(),
-    }
-}
-
-struct Options {
-    emulated: bool,
-    rounds: Option<usize>,
-}
-
-fn usage_exit(why: &str) -> ! {
-    eprintln!("{why}\n{USAGE}");
-    std::process::exit(2);
-}
-
-fn parse_args() -> Options {
-    let mut options = Options {
-        emulated: false,
-        rounds: None,
-    };
-    let mut args = std::env::args().skip(1);
+fn main() -> ExitCode {
+    let mut args = Args::new("gyre-bench-cuda: CUDA backend benchmarks", USAGE);
+    let (mut emulated, mut rounds) = (false, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--emulated" => options.emulated = true,
-            "--rounds" => {
-                options.rounds = Some(
-                    args.next()
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .filter(|n| *n > 0)
-                        .unwrap_or_else(|| usage_exit("--rounds takes a positive number")),
-                );
-            }
-            "-h" | "--help" => usage_exit("gyre-bench-cuda: CUDA backend benchmarks"),
-            other => usage_exit(&format!("unknown argument `{other}`")),
+            "--emulated" => emulated = true,
+            "--rounds" => rounds = Some(args.rounds()),
+            other => args.unknown(other),
         }
     }
-    options
-}
-
-fn main() -> ExitCode {
-    let options = parse_args();
-    let device = if options.emulated {
-        match cuda::emulated_device() {
-            Ok(device) => device,
-            Err(e) => {
-                eprintln!("gyre-bench-cuda: the emulated device is not available: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let (backend, required) = if emulated {
+        // Asked for explicitly: its absence is a failure.
+        (Backend::CudaEmulated, Some("--emulated".to_owned()))
     } else {
-        match cuda::default_device() {
-            Ok(device) => device,
-            Err(e) => {
-                let required = std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| v == "1");
-                println!("gyre-bench-cuda: no GPU to benchmark: {e}");
-                if required {
-                    eprintln!("gyre-bench-cuda: {REQUIRE_GPU_VAR}=1: a GPU is required");
-                    return ExitCode::FAILURE;
-                }
-                println!(
-                    "gyre-bench-cuda: skipped (set {REQUIRE_GPU_VAR}=1 to fail instead, or pass \
-                     --emulated for a smoke run on the host emulation)"
-                );
-                return ExitCode::SUCCESS;
-            }
-        }
+        (Backend::Cuda, required_by_env(REQUIRE_GPU_VAR))
     };
-    match run(&device, &options) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gyre-bench-cuda: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-#[allow(clippy::too_many_lines)] // one straight report
-fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
-    let emulated = device.is_emulated();
+    let skip = format!(
+        "set {REQUIRE_GPU_VAR}=1 to fail instead, or pass --emulated for a smoke run on the \
+         host emulation"
+    );
+    let what = if emulated { "CUDA emulation" } else { "GPU" };
+    let runtime = match open_runtime(BIN, backend, TIMEOUT, what, required.as_deref(), &skip) {
+        Ok(runtime) => runtime,
+        Err(status) => return status,
+    };
     let mut sizes = if emulated {
         Sizes::EMULATED
     } else {
         Sizes::GPU
     };
-    if let Some(rounds) = options.rounds {
+    if let Some(rounds) = rounds {
         sizes.rounds = rounds;
     }
+    finish(BIN, run(&runtime, sizes, emulated))
+}
+
+#[allow(clippy::too_many_lines)] // one straight report
+fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
     let label = if emulated { "EMULATED " } else { "" };
-    println!("device: {}", device.describe());
+    // Set up the launch baseline before any persistent grid runs.
+    let mut launcher = if emulated {
+        None
+    } else {
+        Some(launch::Launcher::new()?)
+    };
+    match &launcher {
+        Some(launcher) => println!(
+            "device: {} (backend {})",
+            launcher.describe()?,
+            runtime.backend_name()
+        ),
+        None => println!(
+            "device: emulated CUDA device (backend {}: g++ on the host; not a GPU)",
+            runtime.backend_name()
+        ),
+    }
     if emulated {
         println!(
             "EMULATED: the CUDA C runs in host threads (g++), not on a GPU; these numbers say \
@@ -538,30 +325,19 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
     );
     let started = Instant::now();
 
-    // Set up the launch baseline before any persistent grid runs.
-    let mut launcher = if emulated {
-        None
-    } else {
-        Some(launch::Launcher::new()?)
-    };
-
-    let echo = launch_group(
-        device,
+    let threads = Some(sizes.threads);
+    let (echo_group, mut one) = launch_chain(
+        runtime,
         "bench-echo",
-        vec![echo_kernel("echo")],
-        vec![],
-        sizes.threads,
+        threads,
+        EchoLoad,
+        vec![echo("echo")],
+        TIMEOUT,
     )?;
-    let one = Resident {
-        group: &echo,
-        input: 0,
-        output: 0,
-        yield_while_waiting: emulated,
-    };
     let mut seq = 0u64;
 
     // Warm-up: the resident path and the launch path.
-    one.round_trips(seq, sizes.warm_up, &mut round_trip_histogram());
+    one.round_trips(seq, sizes.warm_up, &mut round_trip_histogram())?;
     seq += sizes.warm_up;
     if let Some(launcher) = launcher.as_mut() {
         launches(launcher, 0, sizes.warm_up, None)?;
@@ -582,43 +358,52 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
     for round in 0..sizes.rounds {
         let mut resident = round_trip_histogram();
         let mut launched = round_trip_histogram();
-        // Alternate which goes first, so a drift within a round favours neither.
-        for turn in 0..2 {
-            if (round + turn) % 2 == 0 {
-                one.round_trips(seq, sizes.rt_per_round, &mut resident);
+        interleave(
+            round,
+            || {
+                one.round_trips(seq, sizes.rt_per_round, &mut resident)?;
                 seq += sizes.rt_per_round;
-            } else if let Some(launcher) = launcher.as_mut() {
-                launches(launcher, 0, sizes.rt_per_round, Some(&mut launched))?;
-            }
-        }
-        resident_all.add(&resident).map_err(|e| e.to_string())?;
+                Ok(())
+            },
+            || match launcher.as_mut() {
+                Some(launcher) => {
+                    launches(launcher, 0, sizes.rt_per_round, Some(&mut launched)).map(drop)
+                }
+                None => Ok::<(), String>(()),
+            },
+        )?;
+        merge(&mut resident_all, &resident)?;
         let ratio = if launched.is_empty() {
             f64::NAN
         } else {
-            launch_all.add(&launched).map_err(|e| e.to_string())?;
-            p(&launched, 0.5) / p(&resident, 0.5)
+            merge(&mut launch_all, &launched)?;
+            ns(&launched, 0.5) / ns(&resident, 0.5)
         };
         rt_ratios.push(ratio);
         let cell = |h: &Histogram<u64>, q| {
             if h.is_empty() {
                 "-".to_owned()
             } else {
-                format!("{:.0}", p(h, q))
+                format!("{:.0}", ns(h, q))
             }
         };
         println!(
             "  {:>5} {:>12.0} {:>12.0} {:>12} {:>12} {:>8}",
             round + 1,
-            p(&resident, 0.5),
-            p(&resident, 0.99),
+            ns(&resident, 0.5),
+            ns(&resident, 0.99),
             cell(&launched, 0.5),
             cell(&launched, 0.99),
-            field(Some(ratio), 2)
+            field(ratio, 2)
         );
     }
-    let rt_p50 = p(&resident_all, 0.5);
-    let launch_p50 = (!launch_all.is_empty()).then(|| p(&launch_all, 0.5));
-    let rt_ratio = launch_p50.map(|_| median(rt_ratios));
+    let rt_p50 = ns(&resident_all, 0.5);
+    let launch_p50 = if launch_all.is_empty() {
+        f64::NAN
+    } else {
+        ns(&launch_all, 0.5)
+    };
+    let rt_ratio = launcher.as_ref().map_or(f64::NAN, |_| median(rt_ratios));
 
     // 3: throughput, a sender thread streaming into the resident echo, against a batch
     // of launches each synchronised.
@@ -644,52 +429,49 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
     for round in 0..sizes.rounds {
         let mut resident_rate = f64::NAN;
         let mut launch_rate = f64::NAN;
-        for turn in 0..2 {
-            if (round + turn) % 2 == 0 {
-                let took = one.stream(seq, sizes.tp_per_round);
+        interleave(
+            round,
+            || {
+                let span = one.stream(seq, sizes.tp_per_round)?;
                 seq += sizes.tp_per_round;
                 streamed += sizes.tp_per_round;
-                resident_rate = sizes.tp_per_round as f64 / took.as_secs_f64();
-            } else if let Some(launcher) = launcher.as_mut() {
-                let took = launches(launcher, 0, sizes.launches_per_round, None)?;
-                launch_rate = sizes.launches_per_round as f64 / took.as_secs_f64();
-            }
-        }
+                resident_rate = rate(sizes.tp_per_round, span.took);
+                Ok(())
+            },
+            || {
+                if let Some(launcher) = launcher.as_mut() {
+                    let took = launches(launcher, 0, sizes.launches_per_round, None)?;
+                    launch_rate = rate(sizes.launches_per_round, took);
+                }
+                Ok::<(), String>(())
+            },
+        )?;
         tp_resident.push(resident_rate);
         tp_ratios.push(resident_rate / launch_rate);
         println!(
             "  {:>5} {:>14.0} {:>14} {:>8}",
             round + 1,
             resident_rate,
-            field(Some(launch_rate), 0),
-            field(Some(resident_rate / launch_rate), 1)
+            field(launch_rate, 0),
+            field(resident_rate / launch_rate, 1)
         );
     }
     let throughput = median(tp_resident);
-    let tp_ratio = launcher.as_ref().map(|_| median(tp_ratios));
+    let tp_ratio = launcher.as_ref().map_or(f64::NAN, |_| median(tp_ratios));
 
-    // The launch baseline is done: free it before the hop groups.
+    // The launch baseline is done: free it before the hop group.
     drop(launcher);
 
     // 4: one hop through a device ring: two kernels against one.
-    let pipe = launch_group(
-        device,
+    let (hop_group, mut two) = launch_chain(
+        runtime,
         "bench-hop",
-        vec![echo_kernel("first"), echo_kernel("second")],
-        vec![Route {
-            from: 0,
-            port: 0,
-            to: Target::Kernel(1),
-        }],
-        sizes.threads,
+        threads,
+        EchoLoad,
+        vec![echo("first"), echo("second")],
+        TIMEOUT,
     )?;
-    let two = Resident {
-        group: &pipe,
-        input: 0,
-        output: 1,
-        yield_while_waiting: emulated,
-    };
-    two.round_trips(0, sizes.warm_up, &mut round_trip_histogram());
+    two.round_trips(0, sizes.warm_up, &mut round_trip_histogram())?;
     let mut seq2 = sizes.warm_up;
     println!(
         "\n[4] {label}kernel-to-kernel hop: round trips through 1 kernel and through 2 (echo -> echo), {} each per round (ns)",
@@ -699,48 +481,40 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
         "  {:>5} {:>12} {:>12} {:>12}",
         "round", "1-kernel p50", "2-kernel p50", "hop"
     );
-    let mut one_all = round_trip_histogram();
     let mut two_all = round_trip_histogram();
     let mut hops = Vec::new();
     for round in 0..sizes.rounds {
         let mut h1 = round_trip_histogram();
         let mut h2 = round_trip_histogram();
-        for turn in 0..2 {
-            if (round + turn) % 2 == 0 {
-                one.round_trips(seq, sizes.rt_per_round, &mut h1);
+        interleave(
+            round,
+            || {
+                one.round_trips(seq, sizes.rt_per_round, &mut h1)?;
                 seq += sizes.rt_per_round;
-            } else {
-                two.round_trips(seq2, sizes.rt_per_round, &mut h2);
+                Ok::<(), String>(())
+            },
+            || {
+                two.round_trips(seq2, sizes.rt_per_round, &mut h2)?;
                 seq2 += sizes.rt_per_round;
-            }
-        }
-        one_all.add(&h1).map_err(|e| e.to_string())?;
-        two_all.add(&h2).map_err(|e| e.to_string())?;
-        let hop = p(&h2, 0.5) - p(&h1, 0.5);
+                Ok(())
+            },
+        )?;
+        merge(&mut two_all, &h2)?;
+        let hop = ns(&h2, 0.5) - ns(&h1, 0.5);
         hops.push(hop);
         println!(
             "  {:>5} {:>12.0} {:>12.0} {:>12.0}",
             round + 1,
-            p(&h1, 0.5),
-            p(&h2, 0.5),
+            ns(&h1, 0.5),
+            ns(&h2, 0.5),
             hop
         );
     }
     let hop = median(hops);
 
     // Drain: everything sent was received; nothing is left anywhere.
-    let processed = drain(&echo)?;
-    if processed != seq {
-        return Err(format!(
-            "group `bench-echo` processed {processed} messages, {seq} were sent"
-        ));
-    }
-    let processed = drain(&pipe)?;
-    if processed != seq2 {
-        return Err(format!(
-            "group `bench-hop` processed {processed} messages, {seq2} were sent"
-        ));
-    }
+    one.drain(runtime, &echo_group, seq)?;
+    two.drain(runtime, &hop_group, seq2)?;
 
     println!(
         "\n{label}summary ({} rounds, {:.1} s)",
@@ -751,38 +525,35 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
         "  {:<34} {:>10} {:>10} {:>10}",
         "round trip (ns)", "p50", "p99", "p999"
     );
-    println!(
-        "  {:<34} {:>10.0} {:>10.0} {:>10.0}",
-        "resident echo (1 kernel)",
-        rt_p50,
-        p(&resident_all, 0.99),
-        p(&resident_all, 0.999)
-    );
+    let row = |what: &str, h: &Histogram<u64>| {
+        println!(
+            "  {what:<34} {:>10.0} {:>10.0} {:>10.0}",
+            ns(h, 0.5),
+            ns(h, 0.99),
+            ns(h, 0.999)
+        );
+    };
+    row("resident echo (1 kernel)", &resident_all);
     if launch_all.is_empty() {
         println!(
             "  {:<34} {:>10}",
             "launch + sync per message", "skipped (emulated)"
         );
     } else {
-        println!(
-            "  {:<34} {:>10.0} {:>10.0} {:>10.0}",
-            "launch + sync per message",
-            p(&launch_all, 0.5),
-            p(&launch_all, 0.99),
-            p(&launch_all, 0.999)
-        );
+        row("launch + sync per message", &launch_all);
     }
-    println!(
-        "  {:<34} {:>10.0} {:>10.0} {:>10.0}",
-        "resident echo -> echo (2 kernels)",
-        p(&two_all, 0.5),
-        p(&two_all, 0.99),
-        p(&two_all, 0.999)
-    );
+    row("resident echo -> echo (2 kernels)", &two_all);
+    let times = |r: f64, decimals: usize| {
+        if r.is_finite() {
+            format!("{r:.decimals$}x")
+        } else {
+            "skipped".to_owned()
+        }
+    };
     println!(
         "  {:<34} {:>10}",
         "launch p50 / resident p50",
-        rt_ratio.map_or_else(|| "skipped".to_owned(), |r| format!("{r:.2}x"))
+        times(rt_ratio, 2)
     );
     println!(
         "  {:<34} {:>10.0}   ({} messages streamed, all checked)",
@@ -791,7 +562,7 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
     println!(
         "  {:<34} {:>10}",
         "resident / launch throughput",
-        tp_ratio.map_or_else(|| "skipped".to_owned(), |r| format!("{r:.1}x"))
+        times(tp_ratio, 1)
     );
     println!(
         "  {:<34} {:>10.0}   (median of per-round 2-kernel p50 - 1-kernel p50)",
@@ -800,11 +571,11 @@ fn run(device: &Arc<dyn Device>, options: &Options) -> Result<(), String> {
     println!("  drained: {seq} + {seq2} messages processed, none undelivered, no dead letters");
     println!(
         "RESULT round_trip_p50_ns={} launch_sync_p50_ns={} ratio={} throughput_msgs={} hop_ns={}{}",
-        field(Some(rt_p50), 0),
+        field(rt_p50, 0),
         field(launch_p50, 0),
         field(rt_ratio, 2),
-        field(Some(throughput), 0),
-        field(Some(hop), 0),
+        field(throughput, 0),
+        field(hop, 0),
         if emulated { " device=EMULATED" } else { "" }
     );
     Ok(())

@@ -1,14 +1,24 @@
-//! The wgpu backend's benchmarks: resident state in ticks against one dispatch per message.
+//! The wgpu backend's benchmarks through `gyre`: resident state in ticks against one
+//! dispatch per message.
 //!
 //! ```text
 //! cargo run --release -p gyre-bench --features wgpu --bin gyre-bench-wgpu [--rounds N] [--quick] \
 //!     [--pipeline-quantum N]
 //! ```
 //!
-//! Runs on the best adapter `AdapterChoice::AllowSoftware` finds (a GPU, else Mesa's
-//! lavapipe) and prints it first. Five measurements, each in rounds that interleave the
-//! subject with its baseline (the order alternating from round to round), every ratio
-//! taken within a round and the median over rounds reported (as `gyre-bench` does):
+//! It drives gyre as a user does: `Runtime::builder().backend(Backend::WgpuSoftware)` (the
+//! best adapter, else Mesa's lavapipe), kernels declared as `KernelSpec` with
+//! `.builtin(..)`, `.capacity`, `.host_output`, `.quantum` and `.max_emits`, launched with
+//! `runtime.group(..)` (`add`, `route`, `launch`, `activate`), messages sent with
+//! `Kernel::sender()` (`Backpressure::Timeout`, `send_with_corr`) and received with
+//! `Kernel::receiver()` (`recv_timeout`), every group stopped with `Group::drain`. Ticks
+//! are counted from the first kernel's heartbeat (`Kernel::metrics().heartbeat`, which a
+//! wgpu kernel bumps once per tick). The harness (timing, rounds, drain checks) is
+//! `gyre_bench::device`. The baselines run on a wgpu device of their own, opened on the
+//! adapter the runtime's choice picks, which is printed first. Five measurements, each in
+//! rounds that interleave the subject with its baseline (the order alternating from round
+//! to round), every ratio taken within a round and the median over rounds reported (as
+//! `gyre-bench` does):
 //!
 //! 1. **Ticked throughput**: a sender thread streams 8-byte messages into a resident echo
 //!    (the built-in echo, 4,096-slot rings, quantum 2,048) while the main thread receives
@@ -29,10 +39,10 @@
 //!    and by value. Their quantum is 2,048 like the echo's unless `--pipeline-quantum N`
 //!    says otherwise (a smaller quantum makes shorter ticks).
 //! 5. **Tick overhead**: measured as the wall time per tick while the round trips of 3
-//!    run (`ticks()` before and after; the group ticks back to back while a message is in
-//!    flight and parks when idle, so this is the time of one tick of an active group with
-//!    at most one message in it), and derived as round trip p50 − floor p50 (what a round
-//!    trip costs beyond one bare submission). Ticks per round trip are printed too.
+//!    run (ticks counted before and after; the group ticks back to back while a message is
+//!    in flight and parks when idle, so this is the time of one tick of an active group
+//!    with at most one message in it), and derived as round trip p50 − floor p50 (what a
+//!    round trip costs beyond one bare submission). Ticks per round trip are printed too.
 //!
 //! Every group is drained at the end; the run fails if anything was left undelivered or
 //! dead-lettered. Without an adapter it prints why and exits 0, or 1 when
@@ -40,28 +50,32 @@
 //! enforced: the exit status says whether the run worked, not whether the targets were
 //! met. The last line is `RESULT adapter="…" tick_throughput=… dispatch_throughput=…
 //! ratio=… rt_p50_us=… floor_p50_us=… rt_ratio=… pipeline_throughput=…
-//! tick_overhead_us=…`.
+//! tick_overhead_us=… tick_overhead_derived_us=…`.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gyre::builtins::{Builtin, Record};
+use gyre::{Backend, KernelSpec, Message, Runtime};
+use gyre_bench::device::{
+    field, finish, interleave, launch_chain, merge, open_runtime, required_by_env, us, Args,
+    EchoLoad, Span, Workload,
+};
 use gyre_bench::{median, rate, round_trip_histogram};
-use gyre_runtime::backend::group::{Message, Route, Target};
 use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, GpuContext};
-use gyre_runtime::backend::wgpu::group::{WgpuGroup, WgpuGroupPlan, WgpuKernelPlan};
-use gyre_runtime::builtins::{Builtin, Record};
 use hdrhistogram::Histogram;
 
+const BIN: &str = "gyre-bench-wgpu";
 /// Set to `1` to make a missing adapter a failure (CI sets it).
 const REQUIRE_VAR: &str = "GYRE_WGPU_ALLOW_SOFTWARE";
-/// Command timeout of the groups, and how long one message or readback may take.
+/// Command timeout of the runtime, and how long one message or readback may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Slots of every ring, and messages per tick (quantum = capacity).
 const CAPACITY: u32 = 4096;
 /// Messages per kernel per tick asked for (an adapter with a loop limit, like lavapipe,
-/// may lower it: `WgpuGroup::quantum`).
+/// may lower it; see runtime/docs/WGPU.md).
 const QUANTUM: u32 = 2048;
 /// Acceptance: ticked throughput at least this many times dispatch-per-message.
 const TARGET_RATIO: f64 = 500.0;
@@ -105,66 +119,15 @@ impl Sizes {
     };
 }
 
-/// A kernel plan for a built-in with the benchmark's rings: `CAPACITY` slots in and out,
-/// `quantum` messages per tick, one emit per message (every built-in used here emits at most one).
-fn kernel(name: &str, builtin: &Builtin, quantum: u32) -> Result<WgpuKernelPlan, String> {
-    let mut plan = WgpuKernelPlan::builtin(name, builtin)?;
-    plan.capacity = CAPACITY;
-    plan.out_capacity = CAPACITY;
-    plan.quantum = quantum;
-    plan.max_emits = 1;
-    Ok(plan)
-}
-
-fn launch(
-    gpu: &Arc<GpuContext>,
-    name: &str,
-    kernels: Vec<WgpuKernelPlan>,
-    routes: Vec<Route>,
-) -> Result<WgpuGroup, String> {
-    let group = WgpuGroup::launch(
-        Arc::clone(gpu),
-        WgpuGroupPlan {
-            name: name.to_owned(),
-            kernels,
-            routes,
-        },
-        TIMEOUT,
-    )
-    .map_err(|e| format!("launching group `{name}`: {e}"))?;
-    group
-        .activate_all()
-        .map_err(|e| format!("activating group `{name}`: {e}"))?;
-    Ok(group)
-}
-
-/// What a message of number `seq` carries, and how its output is checked.
-trait Workload: Sync {
-    /// The payload of message `seq`.
-    fn payload(&self, seq: u64) -> Vec<u8>;
-    /// Checks the output of message `seq`.
-    fn check(&self, seq: u64, message: &Message) -> Result<(), String>;
-}
-
-/// 8 bytes, the sequence number; the echo hands them back.
-struct EchoLoad;
-
-impl Workload for EchoLoad {
-    fn payload(&self, seq: u64) -> Vec<u8> {
-        seq.to_ne_bytes().to_vec()
-    }
-
-    fn check(&self, seq: u64, m: &Message) -> Result<(), String> {
-        let value = m
-            .payload
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_ne_bytes);
-        if value != Some(seq) {
-            return Err(format!("echo of {seq}: got {value:?}"));
-        }
-        Ok(())
-    }
+/// A built-in with the benchmark's rings: `CAPACITY` slots in and out, `quantum` messages
+/// per tick, one emit per message (every built-in used here emits at most one).
+fn kernel<T: Message>(name: &str, builtin: Builtin, quantum: u32) -> KernelSpec<T, T> {
+    KernelSpec::new(name)
+        .builtin(builtin)
+        .capacity(CAPACITY)
+        .host_output(CAPACITY)
+        .quantum(quantum)
+        .max_emits(1)
 }
 
 /// A `Record` per message through affine (`2v + 1`) → filter (passes all) → gather.
@@ -185,19 +148,18 @@ impl PipeLoad {
 }
 
 impl Workload for PipeLoad {
-    fn payload(&self, seq: u64) -> Vec<u8> {
-        bytemuck::bytes_of(&Self::record(seq)).to_vec()
+    type In = Record;
+    type Out = Record;
+
+    fn input(&self, seq: u64) -> Record {
+        Self::record(seq)
     }
 
-    fn check(&self, seq: u64, m: &Message) -> Result<(), String> {
+    fn check(&self, seq: u64, got: &Record) -> Result<(), String> {
         let mut expected = Self::record(seq);
         let product = Self::A * expected.value;
         expected.value = product + Self::B;
-        let got = m
-            .payload
-            .get(..16)
-            .map(bytemuck::pod_read_unaligned::<Record>);
-        if got != Some(expected) {
+        if *got != expected {
             return Err(format!(
                 "pipeline output of {seq}: expected {expected:?}, got {got:?}"
             ));
@@ -206,124 +168,8 @@ impl Workload for PipeLoad {
     }
 }
 
-/// A resident group seen from the host: kernel `input` takes the messages, kernel
-/// `output` hands the results back.
-struct Resident<'g, W> {
-    group: &'g WgpuGroup,
-    input: usize,
-    output: usize,
-    load: W,
-}
-
-impl<W: Workload> Resident<'_, W> {
-    fn send(&self, seq: u64) -> Result<(), String> {
-        let corr = [seq as u32, (seq >> 32) as u32];
-        self.group
-            .send(self.input, &self.load.payload(seq), corr, TIMEOUT)
-            .map_err(|e| format!("send {seq}: {e}"))
-    }
-
-    fn recv(&self, seq: u64) -> Result<(), String> {
-        let m = self.group.recv_timeout(self.output, TIMEOUT)?;
-        if m.corr != [seq as u32, (seq >> 32) as u32] {
-            return Err(format!(
-                "expected the output of {seq}, got correlation id {:?} (out of order?)",
-                m.corr
-            ));
-        }
-        self.load.check(seq, &m)
-    }
-
-    /// `count` round trips from `first`, one message in flight, recorded in `histogram`
-    /// (ns). Returns (total time, ticks run meanwhile).
-    fn round_trips(
-        &self,
-        first: u64,
-        count: u64,
-        histogram: &mut Histogram<u64>,
-    ) -> Result<(Duration, u64), String> {
-        let ticks = self.group.ticks();
-        let start = Instant::now();
-        for seq in first..first + count {
-            let t = Instant::now();
-            self.send(seq)?;
-            self.recv(seq)?;
-            histogram.saturating_record(t.elapsed().as_nanos() as u64);
-        }
-        Ok((start.elapsed(), self.group.ticks() - ticks))
-    }
-
-    /// Streams `count` messages from `first` from a sender thread while this thread
-    /// receives and checks them, in order. Returns (time to the last output, ticks).
-    fn stream(&self, first: u64, count: u64) -> Result<(Duration, u64), String> {
-        let ticks = self.group.ticks();
-        let start = Instant::now();
-        std::thread::scope(|scope| {
-            let sender = std::thread::Builder::new()
-                .name("gyre-bench-wgpu-sender".into())
-                .spawn_scoped(scope, || {
-                    for seq in first..first + count {
-                        self.send(seq)?;
-                    }
-                    Ok::<(), String>(())
-                })
-                .map_err(|e| format!("spawning the sender thread: {e}"))?;
-            let received = (first..first + count).try_for_each(|seq| self.recv(seq));
-            let sent = sender
-                .join()
-                .map_err(|_| "the sender thread panicked".to_owned())?;
-            received.and(sent)
-        })?;
-        Ok((start.elapsed(), self.group.ticks() - ticks))
-    }
-}
-
-/// Drains a group; fails if anything was left undelivered or dead-lettered, or if a
-/// kernel processed other than `sent` messages.
-fn drain(group: &WgpuGroup, name: &str, sent: u64) -> Result<(), String> {
-    let report = group.drain(TIMEOUT);
-    if report.timed_out {
-        return Err(format!("group `{name}`: the drain timed out"));
-    }
-    if let Some(fault) = &report.fault {
-        return Err(format!("group `{name}` faulted: {fault}"));
-    }
-    let undelivered = report.undelivered_count();
-    if undelivered != 0 {
-        return Err(format!(
-            "group `{name}`: {undelivered} message(s) left undelivered"
-        ));
-    }
-    let last = report.kernels.len() - 1;
-    let mut left = 0;
-    while group.try_recv(last).is_some() {
-        left += 1;
-    }
-    if left != 0 {
-        return Err(format!(
-            "group `{name}`: {left} output(s) received by no one"
-        ));
-    }
-    let dead = group.take_dead_letters();
-    if !dead.is_empty() {
-        return Err(format!(
-            "group `{name}`: {} dead letter(s), first: {}",
-            dead.len(),
-            dead[0].reason
-        ));
-    }
-    for k in &report.kernels {
-        if k.counters.processed != sent {
-            return Err(format!(
-                "group `{name}`: kernel `{}` processed {} messages, {sent} were sent",
-                k.name, k.counters.processed
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The dispatch-per-message baseline and the submission floor, on the group's device.
+/// The dispatch-per-message baseline and the submission floor, on a device of their own
+/// (the runtime keeps its device to itself).
 struct Direct {
     gpu: Arc<GpuContext>,
     pipeline: wgpu::ComputePipeline,
@@ -509,17 +355,10 @@ impl Direct {
     }
 }
 
-fn p_us(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1_000.0
-}
-
-/// A number for the RESULT line, `na` when not measured.
-fn field(value: f64, decimals: usize) -> String {
-    if value.is_finite() {
-        format!("{value:.decimals$}")
-    } else {
-        "na".to_owned()
-    }
+/// A rate per tick and the µs per tick of `span` over `count` messages.
+fn per_tick(count: u64, span: Span) -> (f64, f64) {
+    let ticks = span.beats as f64;
+    (count as f64 / ticks, span.took.as_secs_f64() * 1e6 / ticks)
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -530,83 +369,54 @@ fn verdict(met: bool) -> &'static str {
     }
 }
 
-struct Options {
-    sizes: Sizes,
-    /// Quantum of the pipeline's kernels.
-    pipeline_quantum: u32,
-}
-
-fn usage_exit(why: &str) -> ! {
-    eprintln!("{why}\n{USAGE}");
-    std::process::exit(2);
-}
-
-fn parse_args() -> Options {
+fn main() -> ExitCode {
+    let mut args = Args::new("gyre-bench-wgpu: wgpu backend benchmarks", USAGE);
     let mut sizes = Sizes::FULL;
-    let mut rounds = None;
-    let mut pipeline_quantum = QUANTUM;
-    let mut args = std::env::args().skip(1);
+    let (mut rounds, mut pipeline_quantum) = (None, QUANTUM);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => sizes = Sizes::QUICK,
-            "--rounds" => {
-                rounds = Some(
-                    args.next()
-                        .and_then(|n| n.parse::<usize>().ok())
-                        .filter(|n| *n > 0)
-                        .unwrap_or_else(|| usage_exit("--rounds takes a positive number")),
-                );
-            }
+            "--rounds" => rounds = Some(args.rounds()),
             "--pipeline-quantum" => {
-                pipeline_quantum = args
-                    .next()
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .filter(|n| (1..=QUANTUM).contains(n))
-                    .unwrap_or_else(|| usage_exit("--pipeline-quantum takes 1 ..= 2048"));
+                pipeline_quantum = args.value("--pipeline-quantum", "1 ..= 2048", |n: &u32| {
+                    (1..=QUANTUM).contains(n)
+                });
             }
-            "-h" | "--help" => usage_exit("gyre-bench-wgpu: wgpu backend benchmarks"),
-            other => usage_exit(&format!("unknown argument `{other}`")),
+            other => args.unknown(other),
         }
     }
     if let Some(rounds) = rounds {
         sizes.rounds = rounds;
     }
-    Options {
-        sizes,
-        pipeline_quantum,
-    }
-}
-
-fn main() -> ExitCode {
-    let options = parse_args();
-    let gpu = match adapter::open(AdapterChoice::AllowSoftware) {
-        Ok(gpu) => Arc::new(gpu),
-        Err(e) => {
-            let required = std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1");
-            println!("gyre-bench-wgpu: no wgpu adapter to benchmark: {e}");
-            if required {
-                eprintln!("gyre-bench-wgpu: {REQUIRE_VAR}=1: an adapter is required");
-                return ExitCode::FAILURE;
-            }
-            println!("gyre-bench-wgpu: skipped (set {REQUIRE_VAR}=1 to fail instead)");
-            return ExitCode::SUCCESS;
-        }
+    let skip = format!("set {REQUIRE_VAR}=1 to fail instead");
+    let required = required_by_env(REQUIRE_VAR);
+    let runtime = match open_runtime(
+        BIN,
+        Backend::WgpuSoftware,
+        TIMEOUT,
+        "wgpu adapter",
+        required.as_deref(),
+        &skip,
+    ) {
+        Ok(runtime) => runtime,
+        Err(status) => return status,
     };
-    match run(&gpu, &options) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("gyre-bench-wgpu: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    finish(BIN, run(&runtime, sizes, pipeline_quantum))
 }
 
 #[allow(clippy::too_many_lines)] // one straight report
-fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
-    let sizes = options.sizes;
-    let pq = options.pipeline_quantum;
+fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
+    // The baselines' device, on the adapter `Backend::WgpuSoftware` chooses (the same
+    // choice, made again: the runtime does not hand out its device).
+    let gpu = Arc::new(
+        adapter::open(AdapterChoice::AllowSoftware)
+            .map_err(|e| format!("opening the baselines' wgpu device: {e}"))?,
+    );
     let adapter_name = adapter::describe(&gpu.info);
-    println!("adapter: {adapter_name}");
+    println!(
+        "adapter: {adapter_name} (backend {})",
+        runtime.backend_name()
+    );
     println!(
         "{} rounds; rings of {CAPACITY} slots, quantum {QUANTUM}; every ratio is taken within a \
          round, median over rounds",
@@ -614,19 +424,15 @@ fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
     );
     let started = Instant::now();
 
-    let direct = Direct::new(gpu)?;
-    let echo = launch(
-        gpu,
+    let direct = Direct::new(&gpu)?;
+    let (echo_group, mut one) = launch_chain(
+        runtime,
         "bench-echo",
-        vec![kernel("echo", &Builtin::Echo { bytes: 8 }, QUANTUM)?],
-        vec![],
+        None,
+        EchoLoad,
+        vec![kernel("echo", Builtin::Echo { bytes: 8 }, QUANTUM)],
+        TIMEOUT,
     )?;
-    let one = Resident {
-        group: &echo,
-        input: 0,
-        output: 0,
-        load: EchoLoad,
-    };
     let mut seq = 0u64;
 
     // Warm-up: every path once.
@@ -652,29 +458,34 @@ fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
     let mut streamed = 0u64;
     for round in 0..sizes.rounds {
         let (mut ticked, mut dispatch) = (f64::NAN, f64::NAN);
-        let (mut ticks, mut took) = (0, Duration::ZERO);
-        for turn in 0..2 {
-            if (round + turn) % 2 == 0 {
-                (took, ticks) = one.stream(seq, sizes.tp_per_round)?;
+        let mut span = Span::default();
+        interleave(
+            round,
+            || {
+                span = one.stream(seq, sizes.tp_per_round)?;
                 seq += sizes.tp_per_round;
                 streamed += sizes.tp_per_round;
-                ticked = rate(sizes.tp_per_round, took);
-            } else {
+                ticked = rate(sizes.tp_per_round, span.took);
+                Ok(())
+            },
+            || {
                 let took = direct.dispatches(0, sizes.dispatch_per_round)?;
                 dispatch = rate(sizes.dispatch_per_round, took);
-            }
-        }
+                Ok::<(), String>(())
+            },
+        )?;
         tp_ticked.push(ticked);
         tp_dispatch.push(dispatch);
         tp_ratios.push(ticked / dispatch);
+        let (msgs_per_tick, us_per_tick) = per_tick(sizes.tp_per_round, span);
         println!(
             "  {:>5} {:>14.0} {:>14.0} {:>9.1} {:>10.0} {:>11.1}",
             round + 1,
             ticked,
             dispatch,
             ticked / dispatch,
-            sizes.tp_per_round as f64 / ticks as f64,
-            took.as_secs_f64() * 1e6 / ticks as f64
+            msgs_per_tick,
+            us_per_tick
         );
     }
     let tick_throughput = median(tp_ticked);
@@ -693,89 +504,75 @@ fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
     );
     let mut rt_all = round_trip_histogram();
     let mut floor_all = round_trip_histogram();
-    let (mut rt_ratios, mut per_tick, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rt_ratios, mut per_tick_us, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
     let mut ticks_per_rt = Vec::new();
     for round in 0..sizes.rounds {
         let mut rt = round_trip_histogram();
         let mut floor = round_trip_histogram();
-        let (mut took, mut ticks) = (Duration::ZERO, 0);
-        for turn in 0..2 {
-            if (round + turn) % 2 == 0 {
-                (took, ticks) = one.round_trips(seq, sizes.rt_per_round, &mut rt)?;
+        let mut span = Span::default();
+        interleave(
+            round,
+            || {
+                span = one.round_trips(seq, sizes.rt_per_round, &mut rt)?;
                 seq += sizes.rt_per_round;
-            } else {
-                direct.floors(sizes.rt_per_round, &mut floor)?;
-            }
-        }
-        rt_all.add(&rt).map_err(|e| e.to_string())?;
-        floor_all.add(&floor).map_err(|e| e.to_string())?;
-        let r = p_us(&rt, 0.5) / p_us(&floor, 0.5);
-        let us_per_tick = took.as_secs_f64() * 1e6 / ticks as f64;
+                Ok(())
+            },
+            || direct.floors(sizes.rt_per_round, &mut floor),
+        )?;
+        merge(&mut rt_all, &rt)?;
+        merge(&mut floor_all, &floor)?;
+        let r = us(&rt, 0.5) / us(&floor, 0.5);
+        let (rts_per_tick, us_per_tick) = per_tick(sizes.rt_per_round, span);
         rt_ratios.push(r);
-        per_tick.push(us_per_tick);
-        overheads.push(p_us(&rt, 0.5) - p_us(&floor, 0.5));
-        ticks_per_rt.push(ticks as f64 / sizes.rt_per_round as f64);
+        per_tick_us.push(us_per_tick);
+        overheads.push(us(&rt, 0.5) - us(&floor, 0.5));
+        ticks_per_rt.push(1.0 / rts_per_tick);
         println!(
             "  {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>10.2} {:>9.1}",
             round + 1,
-            p_us(&rt, 0.5),
-            p_us(&rt, 0.99),
-            p_us(&floor, 0.5),
-            p_us(&floor, 0.99),
+            us(&rt, 0.5),
+            us(&rt, 0.99),
+            us(&floor, 0.5),
+            us(&floor, 0.99),
             r,
-            ticks as f64 / sizes.rt_per_round as f64,
+            1.0 / rts_per_tick,
             us_per_tick
         );
     }
-    let rt_p50 = p_us(&rt_all, 0.5);
-    let floor_p50 = p_us(&floor_all, 0.5);
+    let rt_p50 = us(&rt_all, 0.5);
+    let floor_p50 = us(&floor_all, 0.5);
     let rt_ratio = median(rt_ratios);
-    let tick_us = median(per_tick);
+    let tick_us = median(per_tick_us);
     let overhead_derived = median(overheads);
     let ticks_rt = median(ticks_per_rt);
 
     // 4: pipeline throughput, three kernels in one group.
-    let pipe = launch(
-        gpu,
+    let (pipe_group, mut three) = launch_chain(
+        runtime,
         "bench-pipeline",
+        None,
+        PipeLoad,
         vec![
             kernel(
                 "affine",
-                &Builtin::Affine {
+                Builtin::Affine {
                     a: PipeLoad::A,
                     b: PipeLoad::B,
                 },
                 pq,
-            )?,
+            ),
             kernel(
                 "filter",
-                &Builtin::Filter {
+                Builtin::Filter {
                     lo: -1.0e30,
                     hi: 1.0e30,
                 },
                 pq,
-            )?,
-            kernel("gather", &Builtin::Gather, pq)?,
+            ),
+            kernel("gather", Builtin::Gather, pq),
         ],
-        vec![
-            Route {
-                from: 0,
-                port: 0,
-                to: Target::Kernel(1),
-            },
-            Route {
-                from: 1,
-                port: 0,
-                to: Target::Kernel(2),
-            },
-        ],
+        TIMEOUT,
     )?;
-    let three = Resident {
-        group: &pipe,
-        input: 0,
-        output: 2,
-        load: PipeLoad,
-    };
     let mut pseq = 0u64;
     three.stream(pseq, u64::from(CAPACITY) * 2)?;
     pseq += u64::from(CAPACITY) * 2;
@@ -790,22 +587,23 @@ fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
     );
     let mut tp_pipe = Vec::new();
     for round in 0..sizes.rounds {
-        let (took, ticks) = three.stream(pseq, sizes.pipe_per_round)?;
+        let span = three.stream(pseq, sizes.pipe_per_round)?;
         pseq += sizes.pipe_per_round;
-        let r = rate(sizes.pipe_per_round, took);
+        let r = rate(sizes.pipe_per_round, span.took);
         tp_pipe.push(r);
+        let (recs_per_tick, us_per_tick) = per_tick(sizes.pipe_per_round, span);
         println!(
             "  {:>5} {:>14.0} {:>10.0} {:>11.1}",
             round + 1,
             r,
-            sizes.pipe_per_round as f64 / ticks as f64,
-            took.as_secs_f64() * 1e6 / ticks as f64
+            recs_per_tick,
+            us_per_tick
         );
     }
     let pipeline_throughput = median(tp_pipe);
 
-    drain(&echo, "bench-echo", seq)?;
-    drain(&pipe, "bench-pipeline", pseq)?;
+    one.drain(runtime, &echo_group, seq)?;
+    three.drain(runtime, &pipe_group, pseq)?;
 
     println!(
         "\nsummary ({} rounds, {:.1} s) on {adapter_name}",
@@ -830,14 +628,14 @@ fn run(gpu: &Arc<GpuContext>, options: &Options) -> Result<(), String> {
         "  {:<40} {:>12.1}   p99 {:.1}, p999 {:.1}",
         "round trip p50 (us)",
         rt_p50,
-        p_us(&rt_all, 0.99),
-        p_us(&rt_all, 0.999)
+        us(&rt_all, 0.99),
+        us(&rt_all, 0.999)
     );
     println!(
         "  {:<40} {:>12.1}   p99 {:.1}",
         "submit + readback floor p50 (us)",
         floor_p50,
-        p_us(&floor_all, 0.99)
+        us(&floor_all, 0.99)
     );
     println!(
         "  {:<40} {:>11.2}x   target <= {TARGET_RT_RATIO}x: {}",
