@@ -24,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
-use gyre::{Backend, Emit, Error, HandlerError, KernelSpec};
+use gyre::{Backend, Emit, Error, Group, HandlerError, Kernel, KernelSpec, Runtime};
 
 use crate::device;
 use crate::rng::XorShift64;
@@ -221,14 +221,12 @@ impl Gather {
     }
 }
 
-/// Sends every job (job id = its index, as correlation id) through scatter, `workers`
-/// workers and gather, receiving results on another thread while jobs are sent.
-///
-/// # Errors
-/// A launch, lifecycle, send or receive error of gyre.
-pub fn run(backend: Backend, jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
-    let workers = workers.clamp(1, 32);
-    let runtime = crate::backend::runtime(backend)?;
+/// A launched scatter/gather group: the group, its scatter and its gather kernel.
+type Launched = (Group, Kernel<Job, Chunk>, Kernel<Partial, JobResult>);
+
+/// The scatter → workers → gather group on `runtime`, activated: the group, the scatter
+/// kernel and the gather kernel.
+fn launch(runtime: &Runtime, workers: u32) -> Result<Launched, Error> {
     let mut g = runtime.group("scatter-gather");
     let scatter = g.add(
         device::SCATTER_GATHER_SCATTER
@@ -281,6 +279,18 @@ pub fn run(backend: Backend, jobs: &[Job], workers: u32) -> Result<Outcome, Erro
     let group = g.launch()?;
     group.activate()?;
     let (input, output) = (group.kernel(scatter)?, group.kernel(gather)?);
+    Ok((group, input, output))
+}
+
+/// Sends every job (job id = its index, as correlation id) through scatter, `workers`
+/// workers and gather, receiving results on another thread while jobs are sent.
+///
+/// # Errors
+/// A launch, lifecycle, send or receive error of gyre.
+pub fn run(backend: Backend, jobs: &[Job], workers: u32) -> Result<Outcome, Error> {
+    let workers = workers.clamp(1, 32);
+    let runtime = crate::backend::runtime(backend)?;
+    let (group, input, output) = launch(&runtime, workers)?;
 
     let start = Instant::now();
     let received = thread::scope(|scope| {

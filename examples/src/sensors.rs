@@ -171,7 +171,7 @@ pub fn run(backend: Backend, frames: u32) -> Result<Outcome, Error> {
         source.join().expect("source thread")?;
         // Upstream first: each stage finishes what it holds and delivers it downstream
         // before the next one drains, so nothing in flight is lost.
-        Ok::<_, Error>(group.drain(Duration::from_secs(60)))
+        Ok::<_, Error>(group.drain(Duration::from_mins(1)))
     });
     let mut summaries = Vec::new();
     let mut rx = aggregate.receiver()?;

@@ -235,7 +235,7 @@ pub(crate) struct DeviceLaunch {
 }
 
 /// Launches `launch` on `place` (a device).
-pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCore>, Error> {
+pub(crate) fn launch(place: &Place, mut launch: DeviceLaunch) -> Result<Arc<DeviceCore>, Error> {
     let routes: Vec<Route> = launch
         .routes
         .iter()
@@ -253,81 +253,9 @@ pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCo
     let group: Box<dyn DeviceGroup> = match place {
         Place::Cpu => unreachable!("CPU groups are not device groups"),
         #[cfg(feature = "cuda")]
-        Place::Cuda(device) => {
-            use gyre_runtime::backend::cuda::seam::WatchedCudaGroup;
-            use gyre_runtime::backend::cuda::{CudaGroup, DeviceError, GroupError, GroupPlan};
-            let kernels = launch
-                .plans
-                .into_iter()
-                .map(|p| match p {
-                    DevicePlan::Cuda(plan) => plan,
-                    #[cfg(feature = "wgpu")]
-                    DevicePlan::Wgpu(_) => unreachable!("planned for CUDA"),
-                })
-                .collect();
-            let plan = GroupPlan {
-                name: launch.name.clone(),
-                kernels,
-                routes,
-                threads: launch
-                    .threads
-                    .unwrap_or(if device.is_emulated() { 4 } else { 64 }),
-            };
-            let group = CudaGroup::launch(device.clone(), plan, launch.command_timeout).map_err(
-                |e| match e {
-                    GroupError::Device(DeviceError::Compile { compiler, log }) => {
-                        Error::Compile { compiler, log }
-                    }
-                    GroupError::Device(DeviceError::Unavailable(reason)) => {
-                        Error::BackendUnavailable { backend, reason }
-                    }
-                    invalid @ GroupError::Invalid { .. } => {
-                        Error::Launch(format!("CUDA {invalid}"))
-                    }
-                    other => Error::Launch(format!("CUDA group `{}`: {other}", launch.name)),
-                },
-            )?;
-            Box::new(WatchedCudaGroup::new(group).map_err(|e| {
-                Error::Launch(format!(
-                    "could not start the CUDA group's watcher thread: {e}"
-                ))
-            })?)
-        }
+        Place::Cuda(device) => launch_cuda(device, &mut launch, routes, backend)?,
         #[cfg(feature = "wgpu")]
-        Place::Wgpu(gpu) => {
-            use gyre_runtime::backend::wgpu::group::{WgpuError, WgpuGroup, WgpuGroupPlan};
-            let kernels = launch
-                .plans
-                .into_iter()
-                .map(|p| match p {
-                    DevicePlan::Wgpu(plan) => plan,
-                    #[cfg(feature = "cuda")]
-                    DevicePlan::Cuda(_) => unreachable!("planned for wgpu"),
-                })
-                .collect();
-            let plan = WgpuGroupPlan {
-                name: launch.name.clone(),
-                kernels,
-                routes,
-            };
-            let group = WgpuGroup::launch(gpu.clone(), plan, launch.command_timeout).map_err(
-                |e| match e {
-                    WgpuError::Shader(log) => Error::Compile {
-                        compiler: "naga (WGSL)".to_owned(),
-                        log,
-                    },
-                    WgpuError::Device(reason) => match gpu.lost() {
-                        Some(lost) => Error::BackendUnavailable {
-                            backend,
-                            reason: format!("the wgpu device was lost ({lost}): {reason}"),
-                        },
-                        None => Error::Launch(format!("wgpu group `{}`: {reason}", launch.name)),
-                    },
-                    invalid @ WgpuError::Invalid { .. } => Error::Launch(format!("wgpu {invalid}")),
-                },
-            )?;
-            Box::new(group)
-        }
+        Place::Wgpu(gpu) => launch_wgpu(gpu, &mut launch, routes, backend)?,
     };
     let n = launch.names.len();
     tracing::info!(group = %launch.name, backend, kernels = n, "group launched");
@@ -344,4 +272,90 @@ pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCo
         stopped: AtomicBool::new(false),
         runtime_gone: AtomicBool::new(false),
     }))
+}
+
+/// Launches the CUDA group of `launch` on `device`, with its watcher thread.
+#[cfg(feature = "cuda")]
+fn launch_cuda(
+    device: &Arc<dyn gyre_runtime::backend::cuda::Device>,
+    launch: &mut DeviceLaunch,
+    routes: Vec<Route>,
+    backend: &'static str,
+) -> Result<Box<dyn DeviceGroup>, Error> {
+    use gyre_runtime::backend::cuda::seam::WatchedCudaGroup;
+    use gyre_runtime::backend::cuda::{CudaGroup, DeviceError, GroupError, GroupPlan};
+    let kernels = launch
+        .plans
+        .drain(..)
+        .map(|p| match p {
+            DevicePlan::Cuda(plan) => plan,
+            #[cfg(feature = "wgpu")]
+            DevicePlan::Wgpu(_) => unreachable!("planned for CUDA"),
+        })
+        .collect();
+    let plan = GroupPlan {
+        name: launch.name.clone(),
+        kernels,
+        routes,
+        threads: launch
+            .threads
+            .unwrap_or(if device.is_emulated() { 4 } else { 64 }),
+    };
+    let group =
+        CudaGroup::launch(device.clone(), plan, launch.command_timeout).map_err(|e| match e {
+            GroupError::Device(DeviceError::Compile { compiler, log }) => {
+                Error::Compile { compiler, log }
+            }
+            GroupError::Device(DeviceError::Unavailable(reason)) => {
+                Error::BackendUnavailable { backend, reason }
+            }
+            invalid @ GroupError::Invalid { .. } => Error::Launch(format!("CUDA {invalid}")),
+            other => Error::Launch(format!("CUDA group `{}`: {other}", launch.name)),
+        })?;
+    Ok(Box::new(WatchedCudaGroup::new(group).map_err(|e| {
+        Error::Launch(format!(
+            "could not start the CUDA group's watcher thread: {e}"
+        ))
+    })?))
+}
+
+/// Launches the wgpu group of `launch` on `gpu`.
+#[cfg(feature = "wgpu")]
+fn launch_wgpu(
+    gpu: &Arc<gyre_runtime::backend::wgpu::adapter::GpuContext>,
+    launch: &mut DeviceLaunch,
+    routes: Vec<Route>,
+    backend: &'static str,
+) -> Result<Box<dyn DeviceGroup>, Error> {
+    use gyre_runtime::backend::wgpu::group::{WgpuError, WgpuGroup, WgpuGroupPlan};
+    let kernels = launch
+        .plans
+        .drain(..)
+        .map(|p| match p {
+            DevicePlan::Wgpu(plan) => plan,
+            #[cfg(feature = "cuda")]
+            DevicePlan::Cuda(_) => unreachable!("planned for wgpu"),
+        })
+        .collect();
+    let plan = WgpuGroupPlan {
+        name: launch.name.clone(),
+        kernels,
+        routes,
+    };
+    let group =
+        WgpuGroup::launch(gpu.clone(), plan, launch.command_timeout).map_err(|e| match e {
+            WgpuError::Shader(log) => Error::Compile {
+                compiler: "naga (WGSL)".to_owned(),
+                log,
+            },
+            WgpuError::Device(reason) => match gpu.lost() {
+                Some(lost) => Error::BackendUnavailable {
+                    backend,
+                    reason: format!("the wgpu device was lost ({lost}): {reason}"),
+                },
+                None => Error::Launch(format!("wgpu group `{}`: {reason}", launch.name)),
+            },
+            invalid @ WgpuError::Invalid { .. } => Error::Launch(format!("wgpu {invalid}")),
+        })?;
+    Ok(Box::new(group))
 }

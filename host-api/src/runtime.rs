@@ -34,6 +34,7 @@ impl Services {
 
     /// The Prometheus text of every kernel of every backend, labelled with its backend.
     pub(crate) fn prometheus_text(&self) -> String {
+        use std::fmt::Write as _;
         let samples = self
             .devices()
             .iter()
@@ -55,14 +56,15 @@ impl Services {
                  through the host.\n# TYPE gyre_relay_forwarded_total counter\n",
             );
             for r in relays {
-                text.push_str(&format!(
-                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"}} {}\n",
+                let _ = writeln!(
+                    text,
+                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"}} {}",
                     r.from,
                     r.to,
                     r.from_backing.backend(),
                     r.to_backing.backend(),
                     r.forwarded()
-                ));
+                );
             }
         }
         text
@@ -580,13 +582,7 @@ impl Runtime {
         // Routes between backends: a device group feeding a relay drains first and its
         // relay delivers, before the CPU kernels (which such relays feed) drain.
         let relays = self.services.relays.lock().clone();
-        let mut early = Vec::new();
-        for relay in &relays {
-            if let Backing::Device(d) = &relay.from_backing {
-                early.extend(self.stop_device(&d.group, deadline));
-                relay.finish_by(deadline);
-            }
-        }
+        let early = Self::stop_relay_sources(&relays, deadline);
         // No fault policy may restart a kernel behind the shutdown's back.
         self.cpu.stop_supervision();
         let kernels = self.cpu.kernels_in_drain_order();
@@ -670,7 +666,7 @@ impl Runtime {
             relay.finish_by(deadline);
         }
         for device in self.services.devices() {
-            all.extend(self.stop_device(&device, deadline));
+            all.extend(Self::stop_device(&device, deadline));
         }
         all.extend(
             relays
@@ -691,10 +687,26 @@ impl Runtime {
         all
     }
 
+    /// Drains every device group that feeds a relay and lets the relay deliver (before
+    /// the CPU kernels it feeds drain).
+    fn stop_relay_sources(
+        relays: &[Arc<crate::relay::Relay>],
+        deadline: std::time::Instant,
+    ) -> Vec<Stopped> {
+        let mut stopped = Vec::new();
+        for relay in relays {
+            if let Backing::Device(d) = &relay.from_backing {
+                stopped.extend(Self::stop_device(&d.group, deadline));
+                relay.finish_by(deadline);
+            }
+        }
+        stopped
+    }
+
     /// Drains `device` if it is still running (until `deadline`) and reports each of its
     /// kernels; a group no handle holds also hands back the outputs nobody can receive
     /// now.
-    fn stop_device(&self, device: &Arc<DeviceCore>, deadline: std::time::Instant) -> Vec<Stopped> {
+    fn stop_device(device: &Arc<DeviceCore>, deadline: std::time::Instant) -> Vec<Stopped> {
         use crate::stop::Stop;
         if device.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             return Vec::new();

@@ -45,6 +45,10 @@ pub struct Capabilities {
     pub handler_time: bool,
 }
 
+/// What [`DeviceGroup::try_recv_with`] hands an output to: its tag, correlation id and
+/// payload, in place.
+pub type OnOutput<'a> = dyn FnMut(u32, [u32; 2], &[u8]) + 'a;
+
 /// A group of kernels launched on a device as one unit.
 ///
 /// Kernels are numbered in the order they were planned; the caller keeps the group's
@@ -73,7 +77,7 @@ pub trait DeviceGroup: Send + Sync + std::fmt::Debug {
     /// Hands kernel `k`'s next output (tag, correlation id, payload) to `f` in place, if
     /// one is there; returns whether one was. `false` after kernel `k`'s state (read
     /// before the call) says it stopped means nothing more will come.
-    fn try_recv_with(&self, k: usize, f: &mut dyn FnMut(u32, [u32; 2], &[u8])) -> bool;
+    fn try_recv_with(&self, k: usize, f: &mut OnOutput<'_>) -> bool;
 
     /// Notified whenever the group may have made progress: outputs arrived, inbox room
     /// freed, a state changed, a fault. Notified only while a [`Watch`] guard lives on
@@ -121,7 +125,7 @@ pub struct Watch<'a> {
     watcher: Option<&'a Watcher>,
 }
 
-impl<'a> Watch<'a> {
+impl Watch<'_> {
     /// A guard for a backend whose progress signal is notified without watching.
     pub fn not_needed() -> Self {
         Self { watcher: None }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::abi::{Command, State};
 use crate::backend::group::{GroupReport, Message, SendError};
-use crate::backend::seam::{Capabilities, DeviceGroup, Watch, Watcher};
+use crate::backend::seam::{Capabilities, DeviceGroup, OnOutput, Watch, Watcher};
 use crate::backend::CommandError;
 use crate::health::{Health, HealthPolicy};
 use crate::metrics::KernelSample;
@@ -154,7 +154,7 @@ impl DeviceGroup for WatchedCudaGroup {
         self.group.try_send(k, payload, corr)
     }
 
-    fn try_recv_with(&self, k: usize, f: &mut dyn FnMut(u32, [u32; 2], &[u8])) -> bool {
+    fn try_recv_with(&self, k: usize, f: &mut OnOutput<'_>) -> bool {
         self.group
             .try_recv_with(k, |tag, corr, payload| f(tag, corr, payload))
             .is_some()

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::abi::{Command, State};
 use crate::backend::group::{GroupReport, SendError};
-use crate::backend::seam::{Capabilities, DeviceGroup, Watch};
+use crate::backend::seam::{Capabilities, DeviceGroup, OnOutput, Watch};
 use crate::backend::CommandError;
 use crate::health::{Health, HealthPolicy};
 use crate::metrics::KernelSample;
@@ -36,7 +36,7 @@ impl DeviceGroup for WgpuGroup {
         WgpuGroup::try_send(self, k, payload, corr)
     }
 
-    fn try_recv_with(&self, k: usize, f: &mut dyn FnMut(u32, [u32; 2], &[u8])) -> bool {
+    fn try_recv_with(&self, k: usize, f: &mut OnOutput<'_>) -> bool {
         WgpuGroup::try_recv_with(self, k, |tag, corr, payload| f(tag, corr, payload)).is_some()
     }
 
