@@ -469,6 +469,24 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
             .try_recv_with(|payload, _| read::<Out>(payload))
     }
 
+    /// Receives the next message with its correlation id without waiting; `Ok(None)`
+    /// when nothing is there yet.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv`].
+    pub fn try_recv_with_corr(&self) -> Result<Option<(Out, u64)>, Error> {
+        self.backing
+            .try_recv_with(|payload, corr| (read::<Out>(payload), join(corr)))
+    }
+
+    /// Receives the next message with its correlation id, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when nothing came in time, or as [`Kernel::recv`].
+    pub fn recv_with_corr_timeout(&self, timeout: Duration) -> Result<(Out, u64), Error> {
+        self.recv_within(Some(timeout))
+    }
+
     /// Receives, waiting at most `timeout`.
     ///
     /// # Errors

@@ -167,6 +167,14 @@ impl<Out: Message> Receiver<Out> {
         self.within(Some(timeout)).map(|(message, _)| message)
     }
 
+    /// Receives the next message with its correlation id, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], or as [`Receiver::recv`].
+    pub fn recv_with_corr_timeout(&mut self, timeout: Duration) -> Result<(Out, u64), Error> {
+        self.within(Some(timeout))
+    }
+
     /// Receives without waiting; `Ok(None)` when nothing is there yet.
     ///
     /// # Errors

@@ -384,8 +384,10 @@ fn wgpu_step(host_api_has_wgpu: bool) -> Step {
             "gyre-runtime",
             "-p",
             "gyre",
+            "-p",
+            "gyre-examples",
             "--features",
-            "gyre-runtime/wgpu,gyre/wgpu",
+            "gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu",
         ]
     } else {
         &["test", "-p", "gyre-runtime", "--features", "wgpu"]
@@ -489,7 +491,7 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
         Step::new("tests", "cargo", &["test", "--workspace"]),
         // The CUDA backend without a GPU: kernels compiled through the runtime's NVRTC
         // path and ptxas, the CUDA ring code run on the host against the Rust side, and
-        // the typed CUDA groups of the gyre crate on the emulated device.
+        // the one API's tests and the examples on the emulated device.
         Step::new(
             CUDA_STEP,
             "cargo",
@@ -499,8 +501,10 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
                 "gyre-runtime",
                 "-p",
                 "gyre",
+                "-p",
+                "gyre-examples",
                 "--features",
-                "gyre-runtime/cuda,gyre/cuda",
+                "gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda",
             ],
         )
         .envs(toolkit.env()),
@@ -615,7 +619,7 @@ mod tests {
         let cuda = &steps[tests + 1];
         assert_eq!(
             cuda.command_line(),
-            "cargo test -p gyre-runtime -p gyre --features gyre-runtime/cuda,gyre/cuda"
+            "cargo test -p gyre-runtime -p gyre -p gyre-examples --features gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda"
         );
         for key in ["GYRE_PTXAS", "GYRE_NVRTC_LIB", "LD_LIBRARY_PATH", "PATH"] {
             assert!(cuda.env.iter().any(|(k, _)| k == key), "{key} not set");
@@ -647,7 +651,7 @@ mod tests {
             (false, "cargo test -p gyre-runtime --features wgpu"),
             (
                 true,
-                "cargo test -p gyre-runtime -p gyre --features gyre-runtime/wgpu,gyre/wgpu",
+                "cargo test -p gyre-runtime -p gyre -p gyre-examples --features gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu",
             ),
         ] {
             let steps = ci_steps(&toolkit, host_api_has_wgpu);
