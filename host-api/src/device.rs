@@ -140,6 +140,47 @@ fn state_bytes(knobs: &DeviceKnobs, builtin: Option<Builtin>) -> u32 {
         .unwrap_or_else(|| builtin.map_or(0, |b| b.state_bytes()))
 }
 
+/// What a spec runs on one device backend: its source for that backend (function,
+/// source, file name for compiler messages), else its built-in.
+enum Implementation {
+    Source {
+        function: String,
+        source: String,
+        file: String,
+    },
+    Builtin(Builtin),
+}
+
+impl Implementation {
+    /// The implementation of `spec` given its source for the backend (`code`, whose files
+    /// end in `ext`), or its built-in; an error naming what to add (`add`) without either.
+    fn of<In: Message, Out: Message>(
+        spec: &KernelSpec<In, Out>,
+        place: &Place,
+        code: Option<&DeviceSource>,
+        ext: &str,
+        add: &str,
+    ) -> Result<Self, Error> {
+        match (code, spec.device.builtin) {
+            (Some(code), _) => Ok(Self::Source {
+                function: code.function.clone(),
+                source: code.source.clone(),
+                file: format!("{}.{ext}", code.function),
+            }),
+            (None, Some(builtin)) => Ok(Self::Builtin(builtin)),
+            (None, None) => Err(no_implementation(&spec.name, place.name(), add)),
+        }
+    }
+
+    /// The built-in, if that is what runs.
+    fn builtin(&self) -> Option<Builtin> {
+        match self {
+            Self::Builtin(b) => Some(*b),
+            Self::Source { .. } => None,
+        }
+    }
+}
+
 /// Plans `spec` for `place` (a device).
 pub(crate) fn plan<In: Message, Out: Message>(
     spec: &KernelSpec<In, Out>,
@@ -152,23 +193,20 @@ pub(crate) fn plan<In: Message, Out: Message>(
         Place::Cuda(_) => {
             use gyre_runtime::backend::cuda::codegen::HandlerCode;
             use gyre_runtime::backend::cuda::KernelPlan;
-            let (handler, builtin) = match (&knobs.cuda, knobs.builtin) {
-                (Some(code), _) => (
-                    HandlerCode::Source {
-                        function: code.function.clone(),
-                        source: code.source.clone(),
-                        file: format!("{}.cu", code.function),
-                    },
-                    None,
-                ),
-                (None, Some(b)) => (HandlerCode::Builtin(b.cuda_function()), Some(b)),
-                (None, None) => {
-                    return Err(no_implementation(
-                        &spec.name,
-                        place.name(),
-                        "`.cuda(function, source)` or `.builtin(..)`",
-                    ))
-                }
+            let add = "`.cuda(function, source)` or `.builtin(..)`";
+            let implementation = Implementation::of(spec, place, knobs.cuda.as_ref(), "cu", add)?;
+            let builtin = implementation.builtin();
+            let handler = match implementation {
+                Implementation::Source {
+                    function,
+                    source,
+                    file,
+                } => HandlerCode::Source {
+                    function,
+                    source,
+                    file,
+                },
+                Implementation::Builtin(b) => HandlerCode::Builtin(b.cuda_function()),
             };
             let (settings, slots) = settings(spec, builtin, 0)?;
             let mut plan = KernelPlan::new(spec.name.clone(), handler);
@@ -181,23 +219,20 @@ pub(crate) fn plan<In: Message, Out: Message>(
         Place::Wgpu(_) => {
             use gyre_runtime::backend::wgpu::codegen::WgslHandler;
             use gyre_runtime::backend::wgpu::group::WgpuKernelPlan;
-            let (handler, builtin) = match (&knobs.wgsl, knobs.builtin) {
-                (Some(code), _) => (
-                    WgslHandler::Source {
-                        function: code.function.clone(),
-                        source: code.source.clone(),
-                        file: format!("{}.wgsl", code.function),
-                    },
-                    None,
-                ),
-                (None, Some(b)) => (WgslHandler::Builtin(b.cuda_function()), Some(b)),
-                (None, None) => {
-                    return Err(no_implementation(
-                        &spec.name,
-                        place.name(),
-                        "`.wgsl(function, source)` or `.builtin(..)`",
-                    ))
-                }
+            let add = "`.wgsl(function, source)` or `.builtin(..)`";
+            let implementation = Implementation::of(spec, place, knobs.wgsl.as_ref(), "wgsl", add)?;
+            let builtin = implementation.builtin();
+            let handler = match implementation {
+                Implementation::Source {
+                    function,
+                    source,
+                    file,
+                } => WgslHandler::Source {
+                    function,
+                    source,
+                    file,
+                },
+                Implementation::Builtin(b) => WgslHandler::Builtin(b.cuda_function()),
             };
             let (settings, slots) = settings(spec, builtin, 1024)?;
             let mut plan = WgpuKernelPlan::new(spec.name.clone(), handler);

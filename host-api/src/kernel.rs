@@ -246,7 +246,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// The device kernel of this handle, if stopping it alone is possible: a device group
     /// stops as a unit, so only a group of one kernel can be stopped through a kernel.
     fn device_alone(&self, d: &DeviceKernel, what: &str) -> Result<(), Error> {
-        if d.group.names.len() == 1 {
+        if d.group.names.len() == 1 || d.group.group.capabilities().stop_per_kernel {
             return Ok(());
         }
         Err(Error::Unsupported {

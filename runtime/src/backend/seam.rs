@@ -45,6 +45,19 @@ pub struct Capabilities {
     pub handler_time: bool,
 }
 
+impl Capabilities {
+    /// What a group that runs as one unit on a device can do (CUDA, wgpu): pause and
+    /// resume per kernel; no cycles, no stopping or restarting one kernel alone, no
+    /// handler clocks.
+    pub const DEVICE_GROUP: Self = Self {
+        cycles: false,
+        pause_per_kernel: true,
+        stop_per_kernel: false,
+        restart: false,
+        handler_time: false,
+    };
+}
+
 /// What [`DeviceGroup::try_recv_with`] hands an output to: its tag, correlation id and
 /// payload, in place.
 pub type OnOutput<'a> = dyn FnMut(u32, [u32; 2], &[u8]) + 'a;

@@ -137,13 +137,7 @@ impl DeviceGroup for WatchedCudaGroup {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            cycles: false,
-            pause_per_kernel: true,
-            stop_per_kernel: false,
-            restart: false,
-            handler_time: false,
-        }
+        Capabilities::DEVICE_GROUP
     }
 
     fn kernel_id(&self, k: usize) -> u32 {

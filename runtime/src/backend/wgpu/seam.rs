@@ -19,13 +19,7 @@ impl DeviceGroup for WgpuGroup {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            cycles: false,
-            pause_per_kernel: true,
-            stop_per_kernel: false,
-            restart: false,
-            handler_time: false,
-        }
+        Capabilities::DEVICE_GROUP
     }
 
     fn kernel_id(&self, k: usize) -> u32 {
