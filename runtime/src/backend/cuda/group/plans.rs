@@ -4,7 +4,7 @@
 use crate::abi::SLOT_HEADER_BYTES;
 use crate::backend::cuda::codegen::HandlerCode;
 use crate::backend::cuda::device::DeviceError;
-use crate::backend::cuda::plan::{self};
+use crate::backend::cuda::plan;
 use crate::ring::RingLayout;
 
 use crate::backend::group::Route;

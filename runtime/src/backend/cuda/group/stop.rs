@@ -6,7 +6,7 @@ use crate::abi::{Command, TAG_SENDER_SHIFT};
 use crate::backend::cuda::device::DeviceError;
 use crate::backend::cuda::plan::{self, Pending};
 use crate::backend::CommandError;
-use crate::lifecycle::{self};
+use crate::lifecycle;
 use crate::ring::{Consumer, RawRing, RingMemory, Step};
 use crate::wait::Backoff;
 

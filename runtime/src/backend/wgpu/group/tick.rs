@@ -10,7 +10,7 @@ use crate::abi::{ControlBlock, State, RING_HEADER_BYTES, TAG_KIND_MASK};
 use crate::backend::group::Message;
 use crate::backend::wgpu::adapter::GpuContext;
 use crate::control::ControlMemory;
-use crate::lifecycle::{self};
+use crate::lifecycle;
 use crate::ring::{RingLayout, RingMemory};
 use crate::routing::DeadLetter;
 
