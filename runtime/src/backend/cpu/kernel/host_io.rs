@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use super::ExclusiveLane;
-use super::{KernelCore, OutputConsumer, Ring};
+use super::{ExclusiveLane, KernelCore, OutputConsumer, Ring};
 use crate::abi::{make_tag, State, KIND_MESSAGE};
 use crate::ring::{Claim, ClaimError, SlotRef, Step};
 use crate::sync::{asym, Ordering};

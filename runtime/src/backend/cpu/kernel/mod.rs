@@ -11,7 +11,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use super::pool::Pool;
-use super::supervisor::{RestartState, Supervisor};
+use super::sched::{FaultSink, RestartState, Runnable, Turn};
 use crate::abi::State;
 use crate::backend::Placement;
 use crate::control::{HostControl, HostSide, KernelSide};
@@ -202,7 +202,7 @@ pub struct KernelCore {
     control: HostSide<Arc<HostControl>>,
     /// Written by the thread running the kernel on every turn: its own line.
     exec: CachePadded<Mutex<Exec>>,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<KernelCore>>,
     /// Set while the kernel is queued or running on the pool; written by senders and
     /// workers: its own line.
     scheduled: CachePadded<AtomicBool>,
@@ -244,7 +244,7 @@ pub struct KernelCore {
     /// End-to-end latencies of what came back to the host through this kernel.
     latency: crate::metrics::LatencyRecorder,
     throughput: crate::metrics::ThroughputWindow,
-    supervisor: Arc<Supervisor>,
+    supervisor: Arc<dyn FaultSink<KernelCore>>,
     restart_state: Mutex<RestartState>,
     /// The supervisor's watchdog memory (apart from the one `health` callers use).
     supervisor_watchdog: Mutex<Option<crate::health::Watchdog>>,
@@ -296,9 +296,9 @@ impl KernelCore {
         id: u32,
         config: KernelConfig,
         handler: Box<dyn Handler>,
-        pool: Arc<Pool>,
+        pool: Arc<Pool<KernelCore>>,
         dead: Arc<DeadLetters>,
-        supervisor: Arc<Supervisor>,
+        supervisor: Arc<dyn FaultSink<KernelCore>>,
     ) -> Self {
         let (inbox_tx, inbox_rx) = HostRing::new(config.inbox).split();
         let (lane_tx, lane_rx) = HostRing::new(config.inbox).split();
@@ -405,18 +405,6 @@ impl Drop for KernelCore {
     }
 }
 
-/// How a pool turn of a kernel ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Turn {
-    /// It still has work and went back to the run queue.
-    Requeued,
-    /// Nothing to do for this entry (an abandoned kernel).
-    Dropped,
-    /// It ran out of work and cleared its `scheduled` flag; the worker must heavy-fence
-    /// and then call [`KernelCore::recheck_idle`].
-    WentIdle,
-}
-
 /// `in_hand` ring numbers.
 const INBOX_RING: u64 = 0;
 const LANE_RING: u64 = 1;
@@ -428,3 +416,17 @@ mod ports;
 pub use control_ops::{KeptMessage, STOP_GRACE};
 pub use lane::ExclusiveLane;
 pub use ports::PortTarget;
+
+impl Runnable for KernelCore {
+    fn run_scheduled(self: &Arc<Self>) -> Turn {
+        KernelCore::run_scheduled(self)
+    }
+
+    fn is_abandoned(&self) -> bool {
+        KernelCore::is_abandoned(self)
+    }
+
+    fn recheck_idle(self: &Arc<Self>) {
+        KernelCore::recheck_idle(self);
+    }
+}

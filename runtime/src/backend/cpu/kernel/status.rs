@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{KernelConfig, KernelCore, NOT_IN_HAND};
+use super::{KernelConfig, KernelCore, RestartState, NOT_IN_HAND};
 use crate::abi::State;
-use crate::backend::cpu::supervisor::RestartState;
 use crate::control::Counters;
 use crate::routing::DeadLetters;
 use crate::sync::Ordering;
