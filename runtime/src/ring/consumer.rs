@@ -142,7 +142,7 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// Waits until every position before `tail` (a value returned by
-    /// [`Producer::close`]) is published, spinning at most `spins` rounds.
+    /// [`Producer::close`](super::Producer::close)) is published, spinning at most `spins` rounds.
     ///
     /// Returns whether they all are. After `true`, [`Consumer::consume`] sees every
     /// message the closed producer side will ever send.

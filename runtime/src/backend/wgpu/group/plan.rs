@@ -30,7 +30,7 @@ pub struct WgpuKernelPlan {
     /// Most emits per message.
     pub max_emits: u32,
     /// Most messages one tick handles (an adapter with a loop limit, lavapipe, may lower
-    /// it: [`WgpuGroup::quantum`]).
+    /// it: [`WgpuGroup::quantum`](super::WgpuGroup::quantum)).
     pub quantum: u32,
     /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
     pub origin: u32,
