@@ -73,6 +73,7 @@ pub trait DeviceGroup: Send + Sync + std::fmt::Debug {
     /// Hands kernel `k`'s next output (tag, correlation id, payload) to `f` in place, if
     /// one is there; returns whether one was. `false` after kernel `k`'s state (read
     /// before the call) says it stopped means nothing more will come.
+    #[allow(clippy::type_complexity)] // the callback's signature, spelled out where it is used
     fn try_recv_with(&self, k: usize, f: &mut dyn FnMut(u32, [u32; 2], &[u8])) -> bool;
 
     /// Notified whenever the group may have made progress: outputs arrived, inbox room
@@ -121,7 +122,7 @@ pub struct Watch<'a> {
     watcher: Option<&'a Watcher>,
 }
 
-impl<'a> Watch<'a> {
+impl Watch<'_> {
     /// A guard for a backend whose progress signal is notified without watching.
     pub fn not_needed() -> Self {
         Self { watcher: None }
