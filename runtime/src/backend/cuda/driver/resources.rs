@@ -60,7 +60,7 @@ impl Context {
     }
 
     /// Records the failure of a driver call made in a `Drop`, where it cannot be returned.
-    pub(super) fn record_drop_error(&self, call: &'static str, error: DriverError) {
+    fn record_drop_error(&self, call: &'static str, error: DriverError) {
         let error = driver_error(call)(error);
         tracing::warn!(device = self.ordinal, "{error}");
         let mut errors = self.drop_errors.lock();
@@ -71,7 +71,7 @@ impl Context {
     }
 
     /// Binds for a `Drop`; false (after recording why) when the context cannot be bound.
-    pub(super) fn bind_for_drop(&self) -> bool {
+    fn bind_for_drop(&self) -> bool {
         match self.bind() {
             Ok(()) => true,
             Err(error) => {
