@@ -52,8 +52,13 @@ pub use memory::{HostRing, RawRing};
 
 use memory::Half;
 
-use crate::abi::{KIND_CANCELLED, TAG_KIND_MASK};
+use crate::abi::KIND_CANCELLED;
 use crate::sync::{asym, spin_hint, AtomicBool, AtomicU32, Ordering};
+
+mod consumer;
+
+use consumer::parse_slot;
+pub use consumer::{Consumer, SlotRef, Step};
 
 /// Why [`Producer::try_claim`] did not claim.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -621,191 +626,6 @@ impl<M: RingMemory> Drop for Claim<'_, M> {
             self.producer.stamp_full(position);
         }
     }
-}
-
-/// One message as the consumer sees it, borrowed from its slot.
-#[derive(Clone, Copy, Debug)]
-pub struct SlotRef<'a> {
-    /// Position of the slot (wrapping cursor value).
-    pub position: u32,
-    /// Message kind (low 16 bits) and sender id (high 16 bits).
-    pub tag: u32,
-    /// Correlation id.
-    pub corr: [u32; 2],
-    /// Payload bytes, aligned to 16.
-    pub payload: &'a [u8],
-}
-
-/// What [`Consumer::consume`] does after handing over one message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    /// The message was consumed; go on.
-    Next,
-    /// The message was consumed; stop the batch.
-    Last,
-    /// The message was not consumed (it stays first in the ring); stop the batch.
-    Keep,
-}
-
-/// The consumer side of a ring. At most one exists per ring at a time (see
-/// [`Consumer::new`]); its methods take `&mut self`.
-///
-/// ```compile_fail
-/// # use gyre_runtime::ring::{Consumer, HostRing, RingLayout};
-/// # use std::sync::Arc;
-/// // The only way to a second consumer is through the first: it cannot be cloned.
-/// let ring = Arc::new(HostRing::new(RingLayout::new(8, 64).unwrap()));
-/// let consumer = Consumer::new(ring).unwrap();
-/// let second = consumer.clone();
-/// ```
-#[derive(Debug)]
-pub struct Consumer<M: RingMemory> {
-    mem: M,
-    mask: u32,
-    /// Our copy of `head`; we are its only writer.
-    head: u32,
-}
-
-impl<M: RingMemory> Consumer<M> {
-    /// The consumer side of the ring in `mem`: the only one until it is dropped.
-    ///
-    /// # Errors
-    /// [`HalfTaken::Consumer`] while another `Consumer` of the same ring exists.
-    pub fn new(mem: M) -> Result<Self, HalfTaken> {
-        if !mem.halves().take(Half::Consumer) {
-            return Err(HalfTaken::Consumer);
-        }
-        let mask = mem.capacity() - 1;
-        // Relaxed: `take` (Acquire) ordered this after the previous consumer's last
-        // store of `head`, and we are the only writer from now on.
-        let head = mem.head().load(Ordering::Relaxed);
-        Ok(Self { mem, mask, head })
-    }
-
-    /// The ring's memory.
-    pub fn memory(&self) -> &M {
-        &self.mem
-    }
-
-    /// The next position to consume.
-    pub fn head(&self) -> u32 {
-        self.head
-    }
-
-    fn is_full(&self, position: u32) -> bool {
-        // ORDERING: Acquire pairs with the producer's Release store of the stamp in
-        // `Claim::publish` (or its cancel): the body's bytes are visible after it.
-        self.mem.stamp(position & self.mask).load(Ordering::Acquire) == position.wrapping_add(1)
-    }
-
-    /// Whether the next position holds nothing published yet: [`Consumer::consume`]
-    /// would find nothing to do. A cancelled slot at the next position counts as
-    /// something (`false`): `consume` releases it, though it hands no message over.
-    pub fn is_empty(&self) -> bool {
-        !self.is_full(self.head)
-    }
-
-    /// Hands up to `max` published messages, in order, to `f`, then releases the
-    /// positions it is done with to producers with one store of `head`.
-    ///
-    /// Cancelled slots (claims dropped or cancelled unpublished) are skipped and released
-    /// on the way; they do not count against `max`, so `consume(1, ..)` hands over the
-    /// next message even behind cancelled slots. It stops after `max` messages, at
-    /// [`Step::Last`] or [`Step::Keep`], or at the first position not published yet.
-    ///
-    /// Returns the number of positions released: messages consumed and cancelled slots
-    /// skipped (a message answered with [`Step::Keep`] is not released).
-    pub fn consume(&mut self, max: u32, mut f: impl FnMut(SlotRef<'_>) -> Step) -> u32 {
-        let mut taken = 0;
-        let mut handed = 0;
-        while handed < max {
-            let position = self.head.wrapping_add(taken);
-            if !self.is_full(position) {
-                break;
-            }
-            // SAFETY: the stamp says the slot holds `position`, seen with Acquire, and we
-            // have not released it, so the producer does not write it.
-            let step = unsafe {
-                self.mem.with_body(position & self.mask, |body| {
-                    parse_slot(position, body).map(&mut f)
-                })
-            };
-            match step {
-                // Cancelled: released, not handed over.
-                None => taken += 1,
-                Some(Step::Next) => {
-                    taken += 1;
-                    handed += 1;
-                }
-                Some(Step::Last) => {
-                    taken += 1;
-                    break;
-                }
-                Some(Step::Keep) => break,
-            }
-        }
-        self.release(taken);
-        taken
-    }
-
-    fn release(&mut self, count: u32) {
-        if count == 0 {
-            return;
-        }
-        self.head = self.head.wrapping_add(count);
-        // ORDERING: Release pairs with the producer's Acquire load of `head` in
-        // `try_claim`: our reads of the released slots happen before its next writes.
-        self.mem.head().store(self.head, Ordering::Release);
-    }
-
-    /// Waits until every position before `tail` (a value returned by
-    /// [`Producer::close`]) is published, spinning at most `spins` rounds.
-    ///
-    /// Returns whether they all are. After `true`, [`Consumer::consume`] sees every
-    /// message the closed producer side will ever send.
-    pub fn wait_published(&self, tail: u32, spins: u32) -> bool {
-        wait_published(&self.mem, self.head, tail, spins)
-    }
-
-    /// Number of slots.
-    pub fn capacity(&self) -> u32 {
-        self.mem.capacity()
-    }
-}
-
-impl<M: RingMemory> Drop for Consumer<M> {
-    fn drop(&mut self) {
-        self.mem.halves().give_back(Half::Consumer);
-    }
-}
-
-impl SlotRef<'_> {
-    /// Whether the correlation id carries a host send time (see
-    /// [`crate::abi::KIND_TIMED`]) rather than one of the user's.
-    pub fn is_timed(&self) -> bool {
-        self.tag & TAG_KIND_MASK == crate::abi::KIND_TIMED
-    }
-
-    /// The correlation id as the user set it: 0 for a timed message.
-    pub fn user_corr(&self) -> [u32; 2] {
-        if self.is_timed() {
-            [0, 0]
-        } else {
-            self.corr
-        }
-    }
-}
-
-/// The message in a slot body, or `None` for a cancelled slot.
-fn parse_slot(position: u32, body: &[u8]) -> Option<SlotRef<'_>> {
-    let word = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default());
-    let tag = word(0);
-    (tag & TAG_KIND_MASK != KIND_CANCELLED).then(|| SlotRef {
-        position,
-        tag,
-        corr: [word(4), word(8)],
-        payload: &body[12..],
-    })
 }
 
 /// Waits until every position in `from..tail` is stamped full, spinning at most `spins`

@@ -6,6 +6,7 @@
 
 mod kernel;
 mod pool;
+mod sched;
 mod supervisor;
 
 use std::sync::Arc;
@@ -41,7 +42,7 @@ pub struct Budget {
 #[derive(Debug)]
 pub struct CpuBackend {
     budget: Budget,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<KernelCore>>,
     kernels: Mutex<Vec<Arc<KernelCore>>>,
     dedicated: Arc<Mutex<Vec<JoinHandle<()>>>>,
     next_id: Mutex<u32>,

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::kernel::{KernelCore, Turn};
+use super::sched::{Runnable, Turn};
 use crate::sync::asym;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::wait::Signal;
@@ -24,10 +24,10 @@ const RECHECK_SPINS: u32 = 2048;
 
 /// The shared worker pool.
 #[derive(Debug)]
-pub(crate) struct Pool {
+pub(crate) struct Pool<K> {
     /// The run queue: lock-free, so a host thread waking thousands of kernels does not
     /// contend with the workers on a lock.
-    queue: crossbeam_deque::Injector<Arc<KernelCore>>,
+    queue: crossbeam_deque::Injector<Arc<K>>,
     signal: Signal,
     shutdown: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -40,7 +40,7 @@ pub(crate) struct Pool {
     started: Instant,
 }
 
-impl Pool {
+impl<K: Runnable> Pool<K> {
     pub(crate) fn start(workers: usize) -> Arc<Self> {
         let pool = Arc::new(Self {
             queue: crossbeam_deque::Injector::new(),
@@ -83,7 +83,7 @@ impl Pool {
         }
     }
 
-    pub(crate) fn push(&self, kernel: Arc<KernelCore>) {
+    pub(crate) fn push(&self, kernel: Arc<K>) {
         if self.is_shut_down() {
             // No worker will run it; the runtime is being dropped.
             return;
@@ -92,7 +92,7 @@ impl Pool {
         self.signal.notify();
     }
 
-    fn pop(&self) -> Option<Arc<KernelCore>> {
+    fn pop(&self) -> Option<Arc<K>> {
         loop {
             match self.queue.steal() {
                 crossbeam_deque::Steal::Success(kernel) => return Some(kernel),
@@ -110,7 +110,7 @@ impl Pool {
         // is full, and when the queue stayed empty for a moment (before the worker starts
         // to back off), so a message that raced a kernel going idle waits at most that
         // long.
-        let mut went_idle: Vec<Arc<KernelCore>> = Vec::with_capacity(IDLE_BATCH);
+        let mut went_idle: Vec<Arc<K>> = Vec::with_capacity(IDLE_BATCH);
         // Time spent running kernels is read at the edges of busy periods, not per turn.
         let mut busy_since: Option<Instant> = None;
         loop {
@@ -162,7 +162,7 @@ impl Pool {
         }
     }
 
-    fn recheck(went_idle: &mut Vec<Arc<KernelCore>>) {
+    fn recheck(went_idle: &mut Vec<Arc<K>>) {
         if went_idle.is_empty() {
             return;
         }

@@ -12,22 +12,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::kernel::KernelCore;
+use super::sched::FaultSink;
 use crate::abi::State;
 use crate::health::{FaultPolicy, HealthPolicy, RestartPolicy};
 use crate::sync::{AtomicBool, Ordering};
 use crate::wait::Signal;
-
-/// What the supervisor keeps per kernel between faults.
-#[derive(Debug, Default)]
-pub(crate) struct RestartState {
-    /// Restarts in a row (reset after `reset_after` without a fault).
-    pub(crate) in_a_row: u32,
-    pub(crate) last_restart: Option<Instant>,
-    /// The circuit opened: no more restarts.
-    pub(crate) circuit_open: bool,
-    /// Restarts over the kernel's life.
-    pub(crate) total: u64,
-}
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -88,15 +77,6 @@ impl Supervisor {
         self.signal.notify();
     }
 
-    /// Called by a kernel that just faulted.
-    pub(crate) fn report_fault(&self, kernel: Arc<KernelCore>) {
-        if kernel.config().fault_policy == FaultPolicy::Report {
-            return;
-        }
-        self.queue.lock().faulted.push(kernel);
-        self.signal.notify();
-    }
-
     /// Stops supervising: no fault policy or watchdog acts from now on. Waits for the
     /// supervisor's thread until `deadline` (see [`super::pool::join_or_detach`]).
     pub(crate) fn stop(&self, deadline: Instant) {
@@ -106,6 +86,16 @@ impl Supervisor {
         if let Some(handle) = self.thread.lock().take() {
             super::pool::join_or_detach(vec![handle], "supervisor", deadline);
         }
+    }
+}
+
+impl FaultSink<KernelCore> for Supervisor {
+    fn report_fault(&self, kernel: Arc<KernelCore>) {
+        if kernel.config().fault_policy == FaultPolicy::Report {
+            return;
+        }
+        self.queue.lock().faulted.push(kernel);
+        self.signal.notify();
     }
 }
 

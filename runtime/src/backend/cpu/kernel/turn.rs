@@ -1,0 +1,377 @@
+//! Running a CPU kernel: waking and scheduling it (pool turns or a dedicated thread),
+//! applying commands, running batches of its handler, and dead-lettering what fails.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use parking_lot::MutexGuard;
+
+use super::{
+    Emitter, Exec, KernelCore, Message, Turn, INBOX_RING, LANE_RING, LINGER_ROUNDS, NOT_IN_HAND,
+};
+use crate::abi::{fault, State};
+use crate::backend::Placement;
+use crate::control::Counters;
+use crate::lifecycle::{self, Event};
+use crate::ring::{Producer, SlotRef, Step};
+use crate::routing::DeadLetter;
+use crate::sync::{asym, Ordering};
+
+impl KernelCore {
+    /// Tells whoever runs the kernel that it may have work.
+    pub(crate) fn wake(self: &Arc<Self>) {
+        match self.config.placement {
+            Placement::Pool => {
+                // ORDERING: light fence orders our publish before the load of
+                // `scheduled`; pairs with the worker's heavy fence after
+                // `scheduled = false` and the re-check in `recheck_idle` (Dekker: one of
+                // us sees the other).
+                asym::light();
+                if !self.scheduled.load(Ordering::Relaxed) {
+                    // A plain store, not a swap: a locked instruction here would wait for
+                    // the message just written to drain from the store buffer, on every
+                    // send to an idle kernel. Two wakers may both push the kernel; a
+                    // duplicate entry is harmless (see `run_scheduled`).
+                    self.scheduled.store(true, Ordering::Relaxed);
+                    self.pool.push(self.clone());
+                }
+            }
+            Placement::Dedicated => self.work.notify(),
+        }
+    }
+
+    /// Tells the kernel's thread and its lifecycle waiters that the backend's threads
+    /// stopped: a dedicated kernel's thread re-checks the pool's shutdown and returns, and
+    /// a terminate waiting for an acknowledgement carries the command out itself.
+    pub(crate) fn runner_stopped(&self) {
+        self.work.notify();
+        self.state_changed.notify();
+    }
+
+    /// Whether the kernel side has something to do now.
+    fn has_work(&self) -> bool {
+        let status = self.control.status();
+        if status.ack_epoch != self.control.epoch() {
+            return true;
+        }
+        let state = status.state.unwrap_or(State::Faulted);
+        if !lifecycle::processes_messages(state) {
+            return false;
+        }
+        if self.output_stalled.load(Ordering::Relaxed) {
+            return false;
+        }
+        // A stash whose target has room again is work even with an empty inbox.
+        self.local.stash_pending.load(Ordering::Relaxed)
+            || self.inbox.has_published()
+            || self.lane.has_published()
+            || state == State::Draining
+    }
+
+    /// Runs the kernel on a pool worker: turns while it has work, requeued behind other
+    /// waiting kernels after each (fairness); while no other kernel waits it lingers a
+    /// little for the next message before going idle.
+    pub(crate) fn run_scheduled(self: &Arc<Self>) -> Turn {
+        let Some(mut exec) = self.exec.try_lock() else {
+            // Another worker runs it (a duplicate queue entry), or the host holds it for a
+            // moment (bind, collect): put the entry back so the work is not forgotten. An
+            // abandoned kernel's stuck thread never lets go, so drop the entry then.
+            if self.is_abandoned() {
+                return Turn::Dropped;
+            }
+            std::thread::yield_now();
+            self.pool.push(self.clone());
+            return Turn::Requeued;
+        };
+        'turns: loop {
+            self.step(&mut exec);
+            let mut lingered = 0;
+            while !self.has_work() {
+                if lingered == LINGER_ROUNDS || self.pool.has_queued() {
+                    break 'turns;
+                }
+                lingered += 1;
+                std::hint::spin_loop();
+            }
+            if self.pool.has_queued() {
+                // Still scheduled: hand the worker to the next kernel, run again later.
+                drop(exec);
+                self.pool.push(self.clone());
+                return Turn::Requeued;
+            }
+        }
+        drop(exec);
+        self.scheduled.store(false, Ordering::SeqCst);
+        Turn::WentIdle
+    }
+
+    /// The second half of going idle, after the worker's heavy fence (one fence for a
+    /// batch of kernels that went idle, see [`Pool`]): a message published meanwhile
+    /// is never left unscheduled.
+    pub(crate) fn recheck_idle(self: &Arc<Self>) {
+        if self.has_work() && !self.scheduled.swap(true, Ordering::AcqRel) {
+            self.pool.push(self.clone());
+        }
+    }
+
+    /// The loop of a dedicated kernel's thread; returns when the kernel stops.
+    ///
+    /// While the kernel has work the thread keeps its exec lock from turn to turn (no
+    /// lock traffic per message); it releases the lock while it waits for work, which is
+    /// when lifecycle calls collect from the rings.
+    pub(crate) fn run_dedicated(self: &Arc<Self>) {
+        let mut exec = self.exec.lock();
+        loop {
+            // A faulted kernel keeps its thread: it must still acknowledge `Terminate`.
+            // The flag is cleared under the exec lock, which `restart` takes to decide
+            // whether the kernel needs a new thread.
+            if (self.step(&mut exec) == State::Terminated && !self.has_work())
+                || self.pool.is_shut_down()
+            {
+                self.thread_alive.store(false, Ordering::Relaxed);
+                return;
+            }
+            if self.has_work() {
+                continue;
+            }
+            MutexGuard::unlocked(&mut exec, || {
+                self.work.wait_until(None, || {
+                    (self.has_work() || self.pool.is_shut_down()).then_some(())
+                });
+            });
+        }
+    }
+
+    /// Applies pending commands, then handles one batch. Returns the state after.
+    fn step(self: &Arc<Self>, exec: &mut Exec) -> State {
+        self.apply_commands(exec);
+        if lifecycle::processes_messages(exec.state) {
+            self.run_batch(exec);
+            if exec.state == State::Draining
+                && exec.inbox.is_empty()
+                && exec.lane.is_empty()
+                && exec.stash.is_empty()
+            {
+                self.publish_state(exec, lifecycle::transition(State::Draining, Event::Drained));
+            }
+        }
+        exec.state
+    }
+
+    pub(super) fn apply_commands(&self, exec: &mut Exec) {
+        let Some((command, epoch)) = exec.control.poll() else {
+            return;
+        };
+        let next = if let Some(command) = command {
+            lifecycle::transition(exec.state, Event::Command(command))
+        } else {
+            exec.control.set_error(fault::BAD_COMMAND);
+            *self.fault.lock() = Some(format!("unknown command word at epoch {epoch}"));
+            Ok(State::Faulted)
+        };
+        // A command the state machine refuses (the host validated against a state the
+        // kernel has since left, e.g. it faulted meanwhile) is acknowledged with the
+        // unchanged state, which tells the host what happened.
+        self.publish_state(exec, Ok(next.unwrap_or(exec.state)));
+    }
+
+    fn publish_state(&self, exec: &mut Exec, next: Result<State, lifecycle::LifecycleError>) {
+        if let Ok(state) = next {
+            if state != exec.state {
+                tracing::info!(kernel = %self.config.name, id = self.id, from = ?exec.state, to = ?state, "kernel state");
+            }
+            exec.state = state;
+        }
+        exec.control.set_state(exec.state);
+        if lifecycle::is_stopped(exec.state) {
+            // ORDERING: Release pairs with the Acquire load in `try_recv_from`: a receiver
+            // that sees the flag sees every emit published before it.
+            self.stopped.store(true, Ordering::Release);
+        }
+        self.state_changed.notify();
+        if lifecycle::is_stopped(exec.state) {
+            // Receivers waiting for output learn that no more will come; upstream
+            // kernels waiting for room learn that none will (their emits go to the
+            // dead-letter sink).
+            self.outbox_items.notify();
+            self.inbox_space.notify();
+            self.wake_space_waiters();
+        }
+    }
+
+    fn run_batch(self: &Arc<Self>, exec: &mut Exec) {
+        let Exec {
+            inbox,
+            lane,
+            lane_first,
+            control,
+            handler,
+            ports,
+            stash,
+            ..
+        } = exec;
+        // Deliver what waited for room first; while something still waits, take no input
+        // (the target wakes this kernel when it frees room).
+        if !stash.is_empty() && !self.flush_stash(ports, stash) {
+            control.count(Counters::stall());
+            self.notify_ports(ports);
+            return;
+        }
+        self.local.stash_pending.store(false, Ordering::Relaxed);
+        let budget = self.config.quantum;
+        let started = std::time::Instant::now();
+        let mut emitter = Emitter {
+            core: self,
+            ports,
+            stash,
+            emitted: 0,
+            stalls: 0,
+            stalled: false,
+            timed_corr: None,
+        };
+        let mut handled = 0u32;
+        let mut errors = 0u32;
+        let mut panic: Option<String> = None;
+        let in_hand = &self.local.in_hand;
+        let mut on_slot = |ring: u64, slot: SlotRef<'_>| {
+            if emitter.stalled || panic.is_some() || self.terminating.load(Ordering::Relaxed) {
+                return Step::Keep;
+            }
+            // One beat per message, so a slow but live handler never looks stalled.
+            control.beat();
+            in_hand.store(ring << 32 | u64::from(slot.position), Ordering::Relaxed);
+            emitter.timed_corr = slot.is_timed().then_some(slot.corr);
+            let message = Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload,
+            };
+            match catch_unwind(AssertUnwindSafe(|| handler.handle(message, &mut emitter))) {
+                Ok(Ok(())) => {
+                    handled += 1;
+                    Step::Next
+                }
+                Ok(Err(error)) => {
+                    handled += 1;
+                    errors += 1;
+                    // Per message, so debug: the `errors` counter is the place to watch.
+                    tracing::debug!(kernel = %self.config.name, %error, "handler reported an error");
+                    self.dead_letter_input(&slot, error.0);
+                    Step::Next
+                }
+                Err(payload) => {
+                    panic = Some(panic_message(payload.as_ref()));
+                    Step::Keep
+                }
+            }
+        };
+        // Both inbox rings share the turn's budget; which goes first alternates.
+        *lane_first = !*lane_first;
+        let (first, second, first_ring) = if *lane_first {
+            (lane, inbox, LANE_RING)
+        } else {
+            (inbox, lane, INBOX_RING)
+        };
+        let mut released = first.consume(budget, |s| on_slot(first_ring, s));
+        released += second.consume(budget - released.min(budget), |s| {
+            on_slot(first_ring ^ 1, s)
+        });
+        if panic.is_some() {
+            exec.poisoned = Some(in_hand.load(Ordering::Relaxed) >> 32);
+        }
+        in_hand.store(NOT_IN_HAND, Ordering::Relaxed);
+        let (emitted, mut stalls, stalled) = (emitter.emitted, emitter.stalls, emitter.stalled);
+        if handled > 0 {
+            let busy = started.elapsed().as_nanos() as u64;
+            self.local.busy_ns.fetch_add(busy, Ordering::Relaxed);
+        }
+        if stalled && self.flush_stash_after_turn(ports, stash) {
+            stalls = stalls.saturating_sub(1);
+        }
+        control.count(Counters {
+            received: handled,
+            processed: handled,
+            emitted,
+            stalls,
+            errors,
+        });
+        control.beat();
+        if released > 0 {
+            self.inbox_space.notify();
+            self.wake_space_waiters();
+        }
+        self.notify_ports(ports);
+        if let Some(reason) = panic {
+            self.fault_on_panic(exec, &reason);
+        }
+    }
+
+    /// Delivers what the turn stashed, and records whether some still waits: before the
+    /// kernel can go idle, its idle re-check (after the heavy fence) must see that the
+    /// stash is work once the target frees room. Returns whether all was delivered.
+    fn flush_stash_after_turn(
+        self: &Arc<Self>,
+        ports: &mut [super::ports::Port],
+        stash: &mut super::ports::Stash,
+    ) -> bool {
+        let delivered = self.flush_stash(ports, stash);
+        self.local
+            .stash_pending
+            .store(!delivered, Ordering::Relaxed);
+        delivered
+    }
+
+    /// Sends a received message to the dead-letter sink with `reason`.
+    pub(super) fn dead_letter_input(&self, slot: &SlotRef<'_>, reason: String) {
+        self.dead_letter(true, reason, slot);
+    }
+
+    /// Sends one message this kernel received (`is_input`) or emitted to the dead-letter
+    /// sink with `reason`.
+    pub(crate) fn dead_letter(&self, is_input: bool, reason: String, slot: &SlotRef<'_>) {
+        self.dead.push(DeadLetter {
+            kernel: self.config.name.clone(),
+            reason,
+            is_input,
+            tag: slot.tag,
+            corr: slot.corr,
+            payload: slot.payload.to_vec(),
+        });
+    }
+
+    /// Terminates the kernel and sends every message it hands back, inputs and outputs,
+    /// to the dead-letter sink with `reason` (what fault policies do).
+    pub(crate) fn terminate_to_dead_letters(self: &Arc<Self>, reason: &str) {
+        if self.is_stopped_by_host() {
+            // The host drained or terminated it meanwhile and took its messages.
+            return;
+        }
+        let result = self.stop_for_policy(
+            &mut |s| self.dead_letter(true, reason.to_owned(), &s),
+            &mut |s| self.dead_letter(false, reason.to_owned(), &s),
+        );
+        if let Err(e) = result {
+            tracing::error!(kernel = %self.config.name, error = %e, "could not terminate the kernel for its fault policy");
+        }
+    }
+
+    fn fault_on_panic(self: &Arc<Self>, exec: &mut Exec, reason: &str) {
+        tracing::error!(kernel = %self.config.name, %reason, "handler panicked; kernel faulted");
+        *self.fault.lock() = Some(format!("handler panicked: {reason}"));
+        exec.control.set_error(fault::HANDLER_PANIC);
+        self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
+        // Senders now get `Faulted`; messages already queued wait for `terminate`.
+        Producer::close_all([&self.inbox, &self.lane]);
+        self.supervisor.report_fault(self.clone());
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
