@@ -92,10 +92,6 @@ const ALL: [Backend; 5] = [
     Backend::Wgpu,
 ];
 
-/// How long a run waits for outputs the kernel emitted that were not receivable yet when
-/// its receive said it had stopped.
-const QUIET: Duration = Duration::from_secs(1);
-
 /// A count of a run that must be equal on every backend.
 type Count<In, Out> = fn(&BackendRun<In, Out>) -> usize;
 
@@ -293,27 +289,7 @@ where
         })?;
         let (refused, report) = stopped;
         let report = report?;
-        let mut outputs = outputs;
         let letters = runtime.take_dead_letters();
-        // Every output the kernel emitted was received, handed back, or dead-lettered. A
-        // backend may say "terminated" a moment before its last outputs are receivable
-        // (wgpu: the ticker mirrors the stop before it moves the outputs of the same tick
-        // into the host outbox): take those too, for at most `QUIET`, so that the race
-        // does not read as a difference between backends.
-        let emitted_dead = letters.iter().filter(|l| !l.is_input).count();
-        let expected = usize::try_from(report.emitted)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(report.undelivered_outputs.len() + emitted_dead);
-        let quiet = Instant::now() + QUIET;
-        while outputs.len() < expected && Instant::now() < quiet {
-            match kernel.try_recv() {
-                Ok(Some(output)) => outputs.push(output),
-                Ok(None) | Err(Error::Terminated { .. } | Error::Faulted { .. }) => {
-                    std::thread::yield_now();
-                }
-                Err(e) => return Err(e),
-            }
-        }
         Ok(BackendRun {
             backend,
             name: runtime.backend_name(),

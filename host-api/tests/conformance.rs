@@ -1188,21 +1188,13 @@ fn testing_finds_a_device_handler_that_differs() {
     }
 }
 
-/// Defect (wgpu, `runtime/src/backend/wgpu/group.rs`, the ticker's read-back): a receive
-/// can answer `Terminated` while outputs of the kernel are still to come. In one tick's
-/// read-back the ticker mirrors each kernel's control block (its state included) before
-/// it moves that kernel's new outputs into the host outbox, so a receiver that reads the
-/// state `Terminated` in between finds the outbox empty and gets `Error::Terminated`, and
-/// the outputs of the kernel's last tick become receivable only afterwards. The seam's
-/// contract (`DeviceGroup::try_recv_with`: "`false` after kernel `k`'s state (read before
-/// the call) says it stopped means nothing more will come") and `Kernel::recv`'s
-/// ("`Terminated` when the kernel stopped and everything it emitted was received") are
-/// broken. Seen about once in 40 runs on lavapipe (242 of 300 received, then
-/// `Terminated`, then 58 more from `try_recv`). Fix: move the outputs (and dead letters)
-/// before publishing the state.
+/// A receive on wgpu answers `Terminated` only once every output of the kernel is
+/// receivable: the ticker moves a tick's outputs into the host outbox before it mirrors
+/// the kernel's state (`runtime/src/backend/wgpu/group/tick.rs`). It once mirrored the
+/// state first, and a receiver could read `Terminated` in between (about once in 40 runs
+/// on lavapipe: 242 of 300 received, then `Terminated`, then 58 more from `try_recv`).
 #[cfg(feature = "wgpu")]
 #[test]
-#[ignore = "defect: wgpu recv says Terminated before the last tick's outputs are receivable"]
 fn wgpu_recv_says_terminated_only_after_every_output() {
     let runtime = Runtime::builder()
         .backend(Backend::WgpuSoftware)

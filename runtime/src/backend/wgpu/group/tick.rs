@@ -188,28 +188,9 @@ impl Inner {
             let mut letters = Vec::new();
             for (k, kernel) in self.kernels.iter().enumerate() {
                 let c = &mut engine.cursors[k];
-                // The status line, acknowledgement last (Release), as a kernel writes it.
                 let base = kernel.st_control as usize;
                 let mirror = kernel.control.memory();
-                for field in [
-                    std::mem::offset_of!(ControlBlock, state),
-                    std::mem::offset_of!(ControlBlock, heartbeat),
-                    std::mem::offset_of!(ControlBlock, error_code),
-                    std::mem::offset_of!(ControlBlock, received),
-                    std::mem::offset_of!(ControlBlock, processed),
-                    std::mem::offset_of!(ControlBlock, emitted),
-                    std::mem::offset_of!(ControlBlock, stalls),
-                    std::mem::offset_of!(ControlBlock, errors),
-                ] {
-                    mirror
-                        .word(field)
-                        .store(read_u32(bytes, base + field), Ordering::Relaxed);
-                }
                 let ack = std::mem::offset_of!(ControlBlock, ack_epoch);
-                // ORDERING: Release pairs with HostSide::status's Acquire of ack_epoch.
-                mirror
-                    .word(ack)
-                    .store(read_u32(bytes, base + ack), Ordering::Release);
                 let state = State::from_word(read_u32(
                     bytes,
                     base + std::mem::offset_of!(ControlBlock, state),
@@ -292,6 +273,28 @@ impl Inner {
                         true
                     },
                 );
+                // The status line last, acknowledgement last of all (Release), as a
+                // kernel writes it: after this tick's outputs are in the host outbox, so a
+                // receiver that reads a stopped state finds every output the kernel made
+                // before it stopped (the seam's "nothing more will come").
+                for field in [
+                    std::mem::offset_of!(ControlBlock, state),
+                    std::mem::offset_of!(ControlBlock, heartbeat),
+                    std::mem::offset_of!(ControlBlock, error_code),
+                    std::mem::offset_of!(ControlBlock, received),
+                    std::mem::offset_of!(ControlBlock, processed),
+                    std::mem::offset_of!(ControlBlock, emitted),
+                    std::mem::offset_of!(ControlBlock, stalls),
+                    std::mem::offset_of!(ControlBlock, errors),
+                ] {
+                    mirror
+                        .word(field)
+                        .store(read_u32(bytes, base + field), Ordering::Relaxed);
+                }
+                // ORDERING: Release pairs with HostSide::status's Acquire of ack_epoch.
+                mirror
+                    .word(ack)
+                    .store(read_u32(bytes, base + ack), Ordering::Release);
             }
             for edge in &self.edges {
                 let tail = read_u32(
