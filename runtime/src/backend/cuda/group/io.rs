@@ -159,10 +159,13 @@ impl CudaGroup {
     }
 
     fn collect_dead_letters(&self) {
-        let mut letters = Vec::new();
+        // The list's lock is held while the rings are read: collectors run on several
+        // threads (senders, receivers, the watcher), and letters read by one must not be
+        // appended after letters another read later.
+        let mut list = self.dead_letters.lock();
         for kernel in &self.kernels {
             kernel.dead.lock().consume(u32::MAX, |slot| {
-                letters.push(DeadLetter::from_device(
+                list.push(DeadLetter::from_device(
                     &kernel.plan.name,
                     slot.tag,
                     slot.corr,
@@ -171,7 +174,6 @@ impl CudaGroup {
                 Step::Next
             });
         }
-        self.dead_letters.lock().extend(letters);
     }
 
     /// Moves every output waiting in a host outbox to the host's queue of its kernel, and
