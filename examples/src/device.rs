@@ -292,16 +292,17 @@ fn pipeline_aggregate_lt(a: u32, b: u32) -> bool {
     return !nan && pipeline_aggregate_key(a) < pipeline_aggregate_key(b);
 }
 
-// The f32 `x / f32(n)`, correctly rounded (round to nearest, ties to even), for a finite
-// `x` (bit pattern) and 1 <= n <= 2^24, in integer arithmetic: WGSL's `/` may be 2.5 ulp
-// off. x = m * 2^e with m < 2^24; the quotient's bits come from a long division of m by
-// n, continued until 26 bits (24, a round bit, one more) plus a sticky remainder.
+// The f32 `x / f32(n)`, correctly rounded (round to nearest, ties to even), for `x` (bit
+// pattern) and 1 <= n <= 2^24, in integer arithmetic: WGSL's `/` may be 2.5 ulp off.
+// x = m * 2^e with m < 2^24; the quotient's bits come from a long division of m by n,
+// continued until 26 bits (24, a round bit, one more) plus a sticky remainder. An
+// infinite x (a window whose sum overflowed) or a NaN is its own quotient.
 fn pipeline_aggregate_div(x: u32, n: u32) -> u32 {
     let sign = x & 0x80000000u;
     let biased = (x >> 23u) & 0xffu;
     var m = x & 0x7fffffu;
-    if biased == 0u && m == 0u {
-        return x; // +-0 / n
+    if biased == 0xffu || (biased == 0u && m == 0u) {
+        return x; // +-inf / n, NaN / n, +-0 / n
     }
     var e = -149;
     if biased != 0u {

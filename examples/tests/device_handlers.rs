@@ -51,15 +51,16 @@ const WORKERS: u32 = 4;
 fn devices() -> &'static [Backend] {
     static DEVICES: OnceLock<Vec<Backend>> = OnceLock::new();
     DEVICES.get_or_init(|| {
-        let allow_software = std::env::var("GYRE_WGPU_ALLOW_SOFTWARE").as_deref() == Ok("1");
         // (backend, whether it must start here)
         let wanted: &[(Backend, bool)] = &[
             #[cfg(feature = "cuda")]
             (Backend::CudaEmulated, false),
             #[cfg(feature = "wgpu")]
-            (Backend::WgpuSoftware, allow_software),
+            (
+                Backend::WgpuSoftware,
+                std::env::var("GYRE_WGPU_ALLOW_SOFTWARE").as_deref() == Ok("1"),
+            ),
         ];
-        let _ = allow_software; // unused without feature `wgpu`
         wanted
             .iter()
             .filter(|&&(backend, must_run)| match runtime_on(backend) {
@@ -147,9 +148,10 @@ fn assert_same<T: Pod + Debug>(what: &str, got: &[(T, u64)], expected: &[(T, u64
 // ---- pipeline (examples/src/sensors.rs) -------------------------------------------------
 
 /// Frames like the example's (sensor `i % 16`, an outlier every 97 frames of a sensor),
-/// with fractions so that sums and means round, and NaN, ±inf, −0.0, a subnormal and a
-/// huge negative value, which the example's own frames do not have: enough for three
-/// full windows of every sensor and a partial fourth.
+/// with fractions so that sums and means round, and NaN, ±inf, −0.0, a subnormal and
+/// huge negative values (sensor 3's window sums overflow to −inf), which the example's
+/// own frames do not have: enough for three full windows of every sensor and a partial
+/// fourth.
 fn pipeline_frames() -> Vec<Frame> {
     let frames = SENSORS * WINDOW * 3 + 5_000;
     (0..frames)
@@ -162,6 +164,7 @@ fn pipeline_frames() -> Vec<Frame> {
                 31 => f32::NEG_INFINITY,
                 47 => -0.0,
                 53 => 1.0e-40,
+                61 if sensor == 3 => -3.0e38, // sensor 3's window sums overflow to -inf
                 61 => -1.0e30,
                 _ => (sensor * 10 + seq % 50) as f32 + (seq % 7) as f32 * 0.1 - 3.3,
             };
@@ -416,8 +419,8 @@ fn request_reply_echoes_the_correlation_id_and_the_cpu_reply() {
 // ---- WGSL division ----------------------------------------------------------------------
 
 /// The WGSL aggregate's division (`pipeline_aggregate_div`: WGSL's own `/` may be 2.5 ulp
-/// off) against Rust's correctly rounded `x / n as f32`, over normal, subnormal, zero and
-/// extreme dividends and divisors from 1 to 2^24.
+/// off) against Rust's correctly rounded `x / n as f32`, over normal, subnormal, zero,
+/// infinite and extreme dividends and divisors from 1 to 2^24.
 #[cfg(feature = "wgpu")]
 mod wgsl_division {
     use super::*;
@@ -445,6 +448,8 @@ fn pipeline_aggregate_div_check(ctx: ptr<function, GyreCtx>, msg: ptr<function, 
             0x4183_d97f,
             0x0000_0003,
             0x0040_0000,
+            0x7f80_0000, // +inf
+            0xff80_0000, // -inf
         ];
         let divisors = [
             1u32,
@@ -466,7 +471,7 @@ fn pipeline_aggregate_div_check(ctx: ptr<function, GyreCtx>, msg: ptr<function, 
         while cases.len() < 6_000 {
             let x = rng.next_u64() as u32;
             if (x >> 23) & 0xff == 0xff {
-                continue; // not finite: outside the helper's domain
+                continue; // a NaN's payload is not compared; infinities are specials
             }
             let n = match rng.below(3) {
                 0 => 1000,
