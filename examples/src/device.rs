@@ -4,9 +4,11 @@
 //! Every [`DeviceHandler`] names one function that both of its sources define:
 //!
 //! - CUDA C: `__device__ int FUNCTION(gyre_ctx *ctx, const void *msg, gyre_u32 bytes)`
-//!   (see `runtime/docs/CUDA.md`), for `gyre::cuda::CudaKernel::source`;
+//!   (see `runtime/docs/CUDA.md`), for `gyre::KernelSpec::cuda`;
 //! - WGSL: `fn FUNCTION(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes:
-//!   u32) -> u32` (see `runtime/docs/WGPU.md`), for `gyre::wgpu::WgpuKernel::source`.
+//!   u32) -> u32` (see `runtime/docs/WGPU.md`), for `gyre::KernelSpec::wgsl`.
+//!
+//! [`DeviceHandler::on`] gives a spec both.
 //!
 //! Messages are the examples' `#[repr(C)]` types, read and written in their Rust layout
 //! (in WGSL as little-endian `u32` words; a `u64` is two words, low first). Every emit
@@ -33,9 +35,9 @@
 //!   and compare floats on their bit patterns, never with `f32` comparisons. What bit
 //!   patterns cannot fix: a driver that flushes subnormal operands or results of `+`
 //!   would change a sum of subnormals (the pipeline's values are far from them).
-//! - **Stateful handlers run one message at a time, in order** (CUDA `.sequential()` with
-//!   `.state_bytes(STATE_BYTES)`; wgpu user handlers always run that way, with
-//!   `.state_words(STATE_BYTES / 4)`), so sums are accumulated in the CPU's order.
+//! - **Stateful handlers run one message at a time, in order** (`.sequential()` with
+//!   `.state_bytes(STATE_BYTES)`, which [`DeviceHandler::on`] sets; wgpu user handlers
+//!   always run that way), so sums are accumulated in the CPU's order.
 //! - **No `u64` in WGSL**: 64-bit sums and products are done on pairs of words.
 //!
 //! Each WGSL source prefixes its helpers with its function's name, because every handler of
@@ -64,13 +66,14 @@ pub struct DeviceHandler {
     /// The WGSL source.
     pub wgsl: &'static str,
     /// Bytes of state the handler keeps across messages (0: stateless). A stateful handler
-    /// must run one message at a time, in order: CUDA `.sequential().state_bytes(n)`,
-    /// wgpu `.state_words(n / 4)`.
+    /// must run one message at a time, in order: `.sequential().state_bytes(n)`, which
+    /// [`DeviceHandler::on`] sets.
     pub state_bytes: u32,
 }
 
 impl DeviceHandler {
-    /// Words of state, for wgpu's `state_words`.
+    /// Words of state (`state_bytes / 4`, rounded up): what a WGSL handler reads with
+    /// `gyre_state_load`.
     pub const fn state_words(&self) -> u32 {
         self.state_bytes.div_ceil(4)
     }
@@ -292,16 +295,17 @@ fn pipeline_aggregate_lt(a: u32, b: u32) -> bool {
     return !nan && pipeline_aggregate_key(a) < pipeline_aggregate_key(b);
 }
 
-// The f32 `x / f32(n)`, correctly rounded (round to nearest, ties to even), for a finite
-// `x` (bit pattern) and 1 <= n <= 2^24, in integer arithmetic: WGSL's `/` may be 2.5 ulp
-// off. x = m * 2^e with m < 2^24; the quotient's bits come from a long division of m by
-// n, continued until 26 bits (24, a round bit, one more) plus a sticky remainder.
+// The f32 `x / f32(n)`, correctly rounded (round to nearest, ties to even), for `x` (bit
+// pattern) and 1 <= n <= 2^24, in integer arithmetic: WGSL's `/` may be 2.5 ulp off.
+// x = m * 2^e with m < 2^24; the quotient's bits come from a long division of m by n,
+// continued until 26 bits (24, a round bit, one more) plus a sticky remainder. An
+// infinite x (a window whose sum overflowed) or a NaN is its own quotient.
 fn pipeline_aggregate_div(x: u32, n: u32) -> u32 {
     let sign = x & 0x80000000u;
     let biased = (x >> 23u) & 0xffu;
     var m = x & 0x7fffffu;
-    if biased == 0u && m == 0u {
-        return x; // +-0 / n
+    if biased == 0xffu || (biased == 0u && m == 0u) {
+        return x; // +-inf / n, NaN / n, +-0 / n
     }
     var e = -149;
     if biased != 0u {
