@@ -341,8 +341,8 @@ fn the_documented_spec_with_three_implementations_agrees_everywhere() {
         let (first, corr) = pipeline.recv_with_corr().unwrap();
         assert_eq!((first.value, corr), (7.0, 44), "{name}");
         assert_eq!(
-            pipeline.recv_timeout(TIMEOUT).unwrap().value,
-            10.0,
+            pipeline.recv_timeout(TIMEOUT).unwrap().value.to_bits(),
+            10.0f32.to_bits(),
             "{name}"
         );
         assert_eq!(pipeline.drain(TIMEOUT).undelivered_count(), 0, "{name}");
