@@ -144,6 +144,7 @@ mod report;
 mod request;
 mod runtime;
 mod sender;
+mod services;
 mod spec;
 mod stop;
 pub mod testing;

@@ -13,63 +13,9 @@ pub use crate::backend::Backend;
 use crate::backing::{Backing, DeviceCore};
 use crate::device::Place;
 use crate::report::{KernelShutdown, RawMessage, ShutdownReport};
+pub(crate) use crate::services::Services;
 use crate::spec::{split, KernelSpec, Message};
 use crate::{Error, Kernel};
-
-/// What the runtime-wide services see: the CPU backend and every device group the
-/// runtime launched (the registry of the backend seam).
-#[derive(Debug)]
-pub(crate) struct Services {
-    pub(crate) cpu: Arc<CpuBackend>,
-    devices: parking_lot::Mutex<Vec<Arc<DeviceCore>>>,
-    /// Routes between backends, carried through the host.
-    relays: parking_lot::Mutex<Vec<Arc<crate::relay::Relay>>>,
-}
-
-impl Services {
-    /// Every device group, in launch order.
-    pub(crate) fn devices(&self) -> Vec<Arc<DeviceCore>> {
-        self.devices.lock().clone()
-    }
-
-    /// The Prometheus text of every kernel of every backend, labelled with its backend.
-    pub(crate) fn prometheus_text(&self) -> String {
-        use std::fmt::Write as _;
-        let samples = self
-            .devices()
-            .iter()
-            .flat_map(|d| {
-                (0..d.names.len())
-                    .map(|k| {
-                        let mut sample = d.group.sample(k);
-                        sample.latency = d.latency[k].summary();
-                        sample
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let mut text = self.cpu.prometheus_text_with(samples);
-        let relays = self.relays.lock().clone();
-        if !relays.is_empty() {
-            text.push_str(
-                "# HELP gyre_relay_forwarded_total Messages a route between backends carried \
-                 through the host.\n# TYPE gyre_relay_forwarded_total counter\n",
-            );
-            for r in relays {
-                let _ = writeln!(
-                    text,
-                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"}} {}",
-                    r.from,
-                    r.to,
-                    r.from_backing.backend(),
-                    r.to_backing.backend(),
-                    r.forwarded()
-                );
-            }
-        }
-        text
-    }
-}
 
 /// Builds a [`Runtime`].
 #[derive(Clone, Debug)]

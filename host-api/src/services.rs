@@ -1,0 +1,63 @@
+//! The registry of the backend seam: what runtime-wide services (shutdown, health,
+//! Prometheus, `/metrics`, dead letters) see of every backend.
+
+use std::sync::Arc;
+
+use gyre_runtime::backend::cpu::CpuBackend;
+
+use crate::backing::DeviceCore;
+
+/// What the runtime-wide services see: the CPU backend and every device group the
+/// runtime launched (the registry of the backend seam).
+#[derive(Debug)]
+pub(crate) struct Services {
+    pub(crate) cpu: Arc<CpuBackend>,
+    pub(crate) devices: parking_lot::Mutex<Vec<Arc<DeviceCore>>>,
+    /// Routes between backends, carried through the host.
+    pub(crate) relays: parking_lot::Mutex<Vec<Arc<crate::relay::Relay>>>,
+}
+
+impl Services {
+    /// Every device group, in launch order.
+    pub(crate) fn devices(&self) -> Vec<Arc<DeviceCore>> {
+        self.devices.lock().clone()
+    }
+
+    /// The Prometheus text of every kernel of every backend, labelled with its backend.
+    pub(crate) fn prometheus_text(&self) -> String {
+        use std::fmt::Write as _;
+        let samples = self
+            .devices()
+            .iter()
+            .flat_map(|d| {
+                (0..d.names.len())
+                    .map(|k| {
+                        let mut sample = d.group.sample(k);
+                        sample.latency = d.latency[k].summary();
+                        sample
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut text = self.cpu.prometheus_text_with(samples);
+        let relays = self.relays.lock().clone();
+        if !relays.is_empty() {
+            text.push_str(
+                "# HELP gyre_relay_forwarded_total Messages a route between backends carried \
+                 through the host.\n# TYPE gyre_relay_forwarded_total counter\n",
+            );
+            for r in relays {
+                let _ = writeln!(
+                    text,
+                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"}} {}",
+                    r.from,
+                    r.to,
+                    r.from_backing.backend(),
+                    r.to_backing.backend(),
+                    r.forwarded()
+                );
+            }
+        }
+        text
+    }
+}
