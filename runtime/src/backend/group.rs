@@ -269,6 +269,85 @@ pub fn host_send<M: crate::ring::RingMemory>(
     }
 }
 
+/// What the host measures of a device kernel that the device cannot: its throughput
+/// (from the `processed` counter over host time) and its watchdog (the heartbeat compared
+/// between two health checks). One per kernel of a device group.
+#[derive(Debug)]
+pub struct HostMeasures {
+    watchdog: parking_lot::Mutex<Option<crate::health::Watchdog>>,
+    throughput: crate::metrics::ThroughputWindow,
+}
+
+impl Default for HostMeasures {
+    fn default() -> Self {
+        Self {
+            watchdog: parking_lot::Mutex::new(None),
+            throughput: crate::metrics::ThroughputWindow::new(std::time::Instant::now()),
+        }
+    }
+}
+
+/// Where a device kernel's sample comes from: what only its backend knows.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleOf<'a> {
+    /// The kernel's name.
+    pub name: &'a str,
+    /// The backend's label.
+    pub backend: &'static str,
+    /// The kernel's id.
+    pub id: u32,
+    /// Its state, as the backend reports it (`Faulted` once the group faulted).
+    pub state: State,
+    /// Messages in its host inbox.
+    pub depth: u32,
+    /// Slots of its host inbox.
+    pub capacity: u32,
+    /// Bytes of its host inbox ring.
+    pub ring_bytes: usize,
+}
+
+impl HostMeasures {
+    /// A sample of a device kernel whose control block is `control`: counters and
+    /// heartbeat from the block, throughput measured here, no handler time (a device has
+    /// no clock words in the block: the series is absent, never a zero).
+    pub fn sample<M: crate::control::ControlMemory>(
+        &self,
+        of: SampleOf<'_>,
+        control: &crate::control::HostSide<M>,
+    ) -> crate::metrics::KernelSample {
+        let counters = control.counters();
+        crate::metrics::KernelSample {
+            name: of.name.to_owned(),
+            backend: of.backend,
+            id: of.id,
+            state: of.state,
+            inbox_depth: of.depth,
+            inbox_capacity: of.capacity,
+            inbox_utilisation: f64::from(of.depth) / f64::from(of.capacity),
+            heartbeat: control.status().heartbeat,
+            ring_bytes: of.ring_bytes,
+            busy_ns: None,
+            throughput: self
+                .throughput
+                .rate(std::time::Instant::now(), counters.processed),
+            latency: None,
+            counters,
+        }
+    }
+
+    /// The kernel's health from `sample`, the same evaluation as every backend.
+    pub fn health(
+        &self,
+        sample: &crate::metrics::KernelSample,
+        policy: &crate::health::HealthPolicy,
+    ) -> crate::health::Health {
+        let now = std::time::Instant::now();
+        let mut watchdog = self.watchdog.lock();
+        let watchdog = watchdog.get_or_insert_with(|| crate::health::Watchdog::new(sample, now));
+        crate::health::evaluate(sample, policy, watchdog, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,13 @@
 //! The host side of a running CUDA group: sends into the host inboxes, receives from the
 //! host outboxes, dead letters, and what the group reports about its kernels.
 
+use crate::backend::group::SampleOf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::abi::State;
 use crate::backend::cuda::device::Device;
 use crate::control::Counters;
-use crate::health::{self, Health, HealthPolicy, Watchdog};
+use crate::health::{Health, HealthPolicy};
 use crate::metrics::KernelSample;
 use crate::ring::Step;
 use crate::routing::DeadLetter;
@@ -228,12 +228,8 @@ impl CudaGroup {
     /// A sample of kernel `k` for metrics and health.
     pub fn sample(&self, k: usize) -> KernelSample {
         let kernel = &self.kernels[k];
-        let status = kernel.control.status();
-        let counters = kernel.control.counters();
-        let depth = kernel.inbox.len();
-        let capacity = kernel.inbox.capacity();
-        KernelSample {
-            name: kernel.plan.name.clone(),
+        let of = SampleOf {
+            name: &kernel.plan.name,
             backend: if self.device.is_emulated() {
                 "cuda-emulated"
             } else {
@@ -241,28 +237,17 @@ impl CudaGroup {
             },
             id: kernel.id,
             state: self.state(k),
-            counters,
-            inbox_depth: depth,
-            inbox_capacity: capacity,
-            inbox_utilisation: f64::from(depth) / f64::from(capacity),
-            heartbeat: status.heartbeat,
+            depth: kernel.inbox.len(),
+            capacity: kernel.inbox.capacity(),
             ring_bytes: kernel.inbox.memory().ring.layout().region_bytes(),
-            // Not measured on the device: handler time needs device clocks the control
-            // block has no words for, so the series is absent.
-            busy_ns: None,
-            throughput: kernel.throughput.rate(Instant::now(), counters.processed),
-            latency: None,
-        }
+        };
+        kernel.measures.sample(of, &kernel.control)
     }
 
     /// Kernel `k`'s health: faulted, or its heartbeat standing still while messages wait
-    /// for longer than `policy.watchdog`, is unhealthy (the device heartbeat is the one
-    /// the CPU backend's watchdog reads, from the same control-block word).
+    /// for longer than `policy.watchdog`, is unhealthy (the device heartbeat is the word
+    /// the CPU backend's watchdog reads too).
     pub fn health(&self, k: usize, policy: &HealthPolicy) -> Health {
-        let sample = self.sample(k);
-        let now = Instant::now();
-        let mut watchdog = self.kernels[k].watchdog.lock();
-        let watchdog = watchdog.get_or_insert_with(|| Watchdog::new(&sample, now));
-        health::evaluate(&sample, policy, watchdog, now)
+        self.kernels[k].measures.health(&self.sample(k), policy)
     }
 }

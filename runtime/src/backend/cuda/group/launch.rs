@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -306,8 +306,7 @@ impl CudaGroup {
                 scratch,
                 record_stride: desc.record_stride,
                 commands: Mutex::new(()),
-                watchdog: Mutex::new(None),
-                throughput: crate::metrics::ThroughputWindow::new(Instant::now()),
+                measures: crate::backend::group::HostMeasures::default(),
             });
         }
         let table = device.alloc_device(size_of::<KernelDesc>() * n)?;

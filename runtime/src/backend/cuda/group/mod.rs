@@ -16,7 +16,6 @@ use parking_lot::Mutex;
 use super::device::{Device, DeviceError, DeviceMemory, MappedMemory, Running};
 use crate::abi::ControlBlock;
 use crate::control::{ControlMemory, HostSide, Sides};
-use crate::health::Watchdog;
 use crate::ring::{Consumer, Halves, Producer, RawRing, RingLayout, RingMemory, Step};
 use crate::routing::DeadLetter;
 use crate::sync::AtomicU32;
@@ -193,9 +192,8 @@ struct KernelRt {
     scratch: DeviceMemory,
     record_stride: u32,
     commands: Mutex<()>,
-    watchdog: Mutex<Option<Watchdog>>,
-    /// Throughput measured on the host from the `processed` counter.
-    throughput: crate::metrics::ThroughputWindow,
+    /// Its throughput and watchdog, measured on the host.
+    pub(super) measures: crate::backend::group::HostMeasures,
 }
 
 /// What stops have handed back so far, so each message is handed back once, whichever

@@ -1,6 +1,7 @@
 //! The host side of a running wgpu group: sends into the host inboxes, receives from the
 //! host outboxes, dead letters, and what the group reports about its kernels.
 
+use crate::backend::group::SampleOf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use super::WgpuGroup;
 use crate::abi::State;
 use crate::backend::group::{host_send, Message, SendError};
 use crate::control::Counters;
-use crate::health::{self, Health, HealthPolicy, Watchdog};
+use crate::health::{Health, HealthPolicy};
 use crate::metrics::KernelSample;
 use crate::ring::Step;
 use crate::routing::DeadLetter;
@@ -194,36 +195,24 @@ impl WgpuGroup {
     /// A sample of kernel `k` for metrics and health.
     pub fn sample(&self, k: usize) -> KernelSample {
         let kernel = &self.inner.kernels[k];
-        let status = kernel.control.status();
-        let counters = kernel.control.counters();
-        let depth = kernel.inbox.len();
-        let capacity = kernel.inbox.capacity();
-        KernelSample {
-            name: kernel.plan.name.clone(),
+        let of = SampleOf {
+            name: &kernel.plan.name,
             backend: "wgpu",
             id: kernel.id,
             state: self.state(k),
-            counters,
-            inbox_depth: depth,
-            inbox_capacity: capacity,
-            inbox_utilisation: f64::from(depth) / f64::from(capacity),
-            heartbeat: status.heartbeat,
+            depth: kernel.inbox.len(),
+            capacity: kernel.inbox.capacity(),
             ring_bytes: kernel.in_layout.region_bytes(),
-            // Not measured on the device: handler time needs device clocks the control
-            // block has no words for, so the series is absent.
-            busy_ns: None,
-            throughput: kernel.throughput.rate(Instant::now(), counters.processed),
-            latency: None,
-        }
+        };
+        kernel.measures.sample(of, &kernel.control)
     }
 
-    /// Kernel `k`'s health, from the same words and evaluation as every backend (the
-    /// heartbeat moves once per tick).
+    /// Kernel `k`'s health: faulted, or its heartbeat standing still while messages wait
+    /// for longer than `policy.watchdog`, is unhealthy (the device heartbeat is the word
+    /// the CPU backend's watchdog reads too).
     pub fn health(&self, k: usize, policy: &HealthPolicy) -> Health {
-        let sample = self.sample(k);
-        let now = Instant::now();
-        let mut watchdog = self.inner.kernels[k].watchdog.lock();
-        let watchdog = watchdog.get_or_insert_with(|| Watchdog::new(&sample, now));
-        health::evaluate(&sample, policy, watchdog, now)
+        self.inner.kernels[k]
+            .measures
+            .health(&self.sample(k), policy)
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -175,8 +175,7 @@ impl WgpuGroup {
                 outbox: Mutex::new(outbox),
                 overflow: Mutex::new(VecDeque::new()),
                 outbox_full: AtomicBool::new(false),
-                watchdog: Mutex::new(None),
-                throughput: crate::metrics::ThroughputWindow::new(Instant::now()),
+                measures: crate::backend::group::HostMeasures::default(),
                 commands: Mutex::new(()),
                 at_control: controls + size_of::<ControlBlock>() as u64 * i as u64,
                 at_inbox,

@@ -35,7 +35,6 @@ use parking_lot::Mutex;
 use super::adapter::GpuContext;
 use crate::backend::group::Message;
 use crate::control::{HostControl, HostSide};
-use crate::health::Watchdog;
 use crate::ring::{Consumer, HostRing, Producer, RingLayout};
 use crate::routing::DeadLetter;
 use crate::wait::Signal;
@@ -104,9 +103,8 @@ struct KernelRt {
     /// Set by the ticker when device outputs wait because the host outbox was full: a
     /// receive that frees room then wakes the ticker (otherwise receives never do).
     outbox_full: AtomicBool,
-    watchdog: Mutex<Option<Watchdog>>,
-    /// Throughput measured on the host from the `processed` counter.
-    throughput: crate::metrics::ThroughputWindow,
+    /// Its throughput and watchdog, measured on the host.
+    pub(super) measures: crate::backend::group::HostMeasures,
     commands: Mutex<()>,
     /// Byte offsets in the group buffer.
     at_control: u64,
