@@ -225,6 +225,29 @@ impl Watcher {
     }
 }
 
+/// Sends through `try_send` until it answers something other than full, waiting on
+/// `progress` between tries until `timeout` passes (then the last answer, full).
+///
+/// # Errors
+/// What `try_send` answered last.
+pub fn send_within(
+    progress: &Signal,
+    timeout: Duration,
+    mut try_send: impl FnMut() -> Result<(), crate::backend::group::SendError>,
+) -> Result<(), crate::backend::group::SendError> {
+    use crate::backend::group::SendError;
+    let mut last = None;
+    let deadline = std::time::Instant::now() + timeout;
+    progress.wait_until(Some(deadline), || match try_send() {
+        Err(SendError::Full { .. }) => None,
+        other => {
+            last = Some(other);
+            Some(())
+        }
+    });
+    last.unwrap_or_else(try_send)
+}
+
 /// Folds one word into a fingerprint (FNV-1a step over the word).
 pub fn fold(hash: u64, word: u64) -> u64 {
     (hash ^ word).wrapping_mul(0x0100_0000_01b3)

@@ -82,18 +82,9 @@ impl WatchedCudaGroup {
         timeout: Duration,
     ) -> Result<(), SendError> {
         let _watch = self.watcher.watch();
-        let mut last = None;
-        let deadline = std::time::Instant::now() + timeout;
-        self.progress.wait_until(Some(deadline), || {
-            match self.group.try_send(k, payload, corr) {
-                Err(SendError::Full { .. }) => None,
-                other => {
-                    last = Some(other);
-                    Some(())
-                }
-            }
-        });
-        last.unwrap_or_else(|| self.group.try_send(k, payload, corr))
+        crate::backend::seam::send_within(&self.progress, timeout, || {
+            self.group.try_send(k, payload, corr)
+        })
     }
 
     /// Waits up to `timeout` for one output of kernel `k` (on the progress signal, the

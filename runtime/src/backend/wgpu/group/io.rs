@@ -70,23 +70,9 @@ impl WgpuGroup {
         corr: [u32; 2],
         timeout: Duration,
     ) -> Result<(), SendError> {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        let sent = self.inner.ticked.wait_until(Some(deadline), || {
-            match self.try_send(k, payload, corr) {
-                Err(SendError::Full { .. }) => None,
-                other => {
-                    last = Some(other);
-                    Some(())
-                }
-            }
-        });
-        match (sent, last) {
-            (Some(()), Some(result)) => result,
-            _ => Err(SendError::Full {
-                kernel: self.inner.kernels[k].plan.name.clone(),
-            }),
-        }
+        crate::backend::seam::send_within(&self.inner.ticked, timeout, || {
+            self.try_send(k, payload, corr)
+        })
     }
 
     /// Takes one output of kernel `k`, if one is there.
