@@ -104,6 +104,10 @@ impl Chosen {
     }
 
     /// Where groups run by default on this backend.
+    #[cfg_attr(
+        not(any(feature = "cuda", feature = "wgpu")),
+        allow(clippy::unused_self)
+    )]
     pub(crate) fn place(&self) -> Place {
         #[cfg(feature = "cuda")]
         if let Some(device) = &self.device {

@@ -5,7 +5,7 @@
 // Without a device feature only `Place::Cpu` exists and the device paths are unreachable.
 #![cfg_attr(
     not(any(feature = "cuda", feature = "wgpu")),
-    allow(unused, unreachable_code)
+    allow(unused, unreachable_code, clippy::unnecessary_wraps)
 )]
 
 use std::sync::atomic::AtomicBool;

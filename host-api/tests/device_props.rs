@@ -15,11 +15,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use gyre::builtins::{Builtin, Record};
-use gyre::{Backend, Error, HandlerError, KernelSpec, Runtime};
+use gyre::{Error, HandlerError, KernelSpec, Runtime};
 use proptest::prelude::*;
 
-#[path = "../../runtime/tests/support/skip.rs"]
-mod support;
+#[path = "support/backends.rs"]
+mod backends;
 
 /// A failing stage fails the messages whose id is congruent to its residue modulo this.
 const FAIL_MOD: u32 = 7;
@@ -124,6 +124,7 @@ fn record(id: u32) -> Record {
 }
 
 /// Runs `plan` on `runtime` and checks that every id sent comes out exactly once.
+#[allow(clippy::too_many_lines)] // one property, read top to bottom: build, drive, stop, count
 fn check(name: &str, runtime: &Runtime, plan: &Plan) {
     let n = plan.stages.len();
     let mut g = runtime.group("props");
@@ -240,31 +241,12 @@ fn check(name: &str, runtime: &Runtime, plan: &Plan) {
     assert!(seen.is_empty(), "{name}: ids never sent came out: {seen:?}");
 }
 
-/// Every backend this build and machine have.
-fn backends() -> Vec<(&'static str, Backend)> {
-    let mut all = vec![("cpu", Backend::Cpu)];
-    let wanted: &[(&str, Backend)] = &[
-        #[cfg(feature = "cuda")]
-        ("cuda-emulated", Backend::CudaEmulated),
-        #[cfg(feature = "wgpu")]
-        ("wgpu-software", Backend::WgpuSoftware),
-    ];
-    for &(name, backend) in wanted {
-        match Runtime::builder().backend(backend).workers(1).build() {
-            Ok(_) => all.push((name, backend)),
-            Err(e) => support::skip(&format!("the {name} backend"), &e),
-        }
-    }
-    all
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
     fn every_message_comes_out_once_on_every_backend(plan in plan()) {
-        for (name, backend) in backends() {
-            let runtime = Runtime::builder().backend(backend).workers(2).build().unwrap();
+        for (name, runtime) in backends::runtimes() {
             check(name, &runtime, &plan);
         }
     }

@@ -8,38 +8,13 @@
 use std::time::Duration;
 
 use gyre::builtins::{Aggregate, Builtin, Record};
-use gyre::{Backend, Backpressure, Error, KernelSpec, Runtime};
+use gyre::{Backend, Backpressure, Error, KernelSpec};
 
-#[path = "../../runtime/tests/support/skip.rs"]
-mod support;
+#[path = "support/backends.rs"]
+mod backends;
+use backends::runtimes;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A runtime for every backend this build and machine have: the CPU always, the CUDA
-/// emulation with feature `cuda`, wgpu (software adapters allowed) with feature `wgpu`.
-fn runtimes() -> Vec<(&'static str, Runtime)> {
-    let mut all = vec![(
-        "cpu",
-        Runtime::builder()
-            .backend(Backend::Cpu)
-            .workers(2)
-            .build()
-            .unwrap(),
-    )];
-    let wanted: &[(&str, Backend)] = &[
-        #[cfg(feature = "cuda")]
-        ("cuda-emulated", Backend::CudaEmulated),
-        #[cfg(feature = "wgpu")]
-        ("wgpu-software", Backend::WgpuSoftware),
-    ];
-    for &(name, backend) in wanted {
-        match Runtime::builder().backend(backend).workers(1).build() {
-            Ok(runtime) => all.push((name, runtime)),
-            Err(e) => support::skip(&format!("the {name} backend"), &e),
-        }
-    }
-    all
-}
 
 fn records(n: u32) -> Vec<Record> {
     (0..n)
