@@ -334,9 +334,12 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
                 self.device_alone(d, "terminate")?;
                 d.group.stopped.store(true, Ordering::Relaxed);
                 let mut report = device_report(d, &d.group.group.terminate().kernels[d.k], false);
-                // What is still in the host outbox comes back too, as on the CPU.
-                while let Ok(Some(out)) = d.try_recv_with(|payload, _| read(payload)) {
-                    report.undelivered_outputs.push(out);
+                // What is still in the host outbox comes back too, as on the CPU, unless a
+                // `Receiver` holds the output (it keeps receiving it).
+                if !d.group.receiver_taken[d.k].load(Ordering::Relaxed) {
+                    while let Ok(Some(out)) = d.try_recv_with(|payload, _| read(payload)) {
+                        report.undelivered_outputs.push(out);
+                    }
                 }
                 Ok(report)
             }

@@ -249,16 +249,44 @@ fn shutdown_metrics_and_dead_letters_cover_every_backend() {
             keep.recv_timeout(TIMEOUT).unwrap();
             kept += 1;
         }
-        let text = runtime.prometheus_text();
+        // The exposition parses, and the device kernels are in it with their backend
+        // label and their real counts (10 messages taken by `split`, 6 by `keep`). A
+        // device's counters reach the host with its control block, which may come a
+        // moment after the outputs: scrape until they say so.
         let backend = group.backend();
-        let series = format!(r#"backend="{backend}""#);
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("gyre_kernel_processed_total")
-                    && l.contains(&series)
-                    && l.contains(r#"kernel="split""#)),
-            "{name}: no processed series for `split` labelled {series}:\n{text}"
-        );
+        let processed = |text: &str, kernel: &str| {
+            let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+                .unwrap_or_else(|e| panic!("{name}: the exposition does not parse: {e}\n{text}"));
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == "gyre_kernel_processed_total"
+                        && s.labels.get("kernel") == Some(kernel)
+                        && s.labels.get("backend") == Some(backend)
+                })
+                .map_or_else(
+                    || panic!("{name}: no {kernel} series on {backend}:\n{text}"),
+                    |s| s.value.clone(),
+                )
+        };
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let text = runtime.prometheus_text();
+            let counts = (processed(&text, "split"), processed(&text, "keep"));
+            let want = (
+                prometheus_parse::Value::Counter(10.0),
+                prometheus_parse::Value::Counter(6.0),
+            );
+            if counts == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: {counts:?}\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let mut letters = Vec::new();
         let deadline = std::time::Instant::now() + TIMEOUT;
         while letters.len() < 4 && std::time::Instant::now() < deadline {
@@ -425,5 +453,39 @@ fn routes_between_the_cpu_and_a_device_are_relayed_through_the_host() {
         }
         seen.sort_unstable();
         assert_eq!(seen, (0..500).collect::<Vec<_>>(), "{name}: {report:?}");
+    }
+}
+
+/// A terminate leaves the host output to a `Receiver` that holds it, on every backend:
+/// the report hands back no output, and the receiver still gets every one.
+#[test]
+fn a_terminate_leaves_the_output_to_its_receiver_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(KernelSpec::<Record, Record>::new("pass").builtin(Builtin::Gather))
+            .unwrap();
+        kernel.activate().unwrap();
+        let mut rx = kernel.receiver().unwrap();
+        for r in records(5) {
+            kernel.send(r).unwrap();
+        }
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while kernel.metrics().processed < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: not processed"
+            );
+            std::thread::yield_now();
+        }
+        let report = kernel.terminate().unwrap();
+        assert!(report.undelivered_outputs.is_empty(), "{name}: {report:?}");
+        let got: Vec<u32> = (0..5)
+            .map(|_| rx.recv_timeout(TIMEOUT).unwrap().seq)
+            .collect();
+        assert_eq!(got, [0, 1, 2, 3, 4], "{name}");
+        assert!(
+            matches!(rx.recv_timeout(TIMEOUT), Err(Error::Terminated { .. })),
+            "{name}"
+        );
     }
 }
