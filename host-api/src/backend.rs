@@ -132,13 +132,7 @@ pub(crate) fn choose(backend: Backend) -> Result<Chosen, Error> {
 
 #[cfg(not(feature = "cuda"))]
 fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
-    Err(Error::BackendUnavailable {
-        backend: backend.name(),
-        reason: "this gyre is built without CUDA support: enable the `cuda` feature of \
-                 gyre (`gyre = { version = \"...\", features = [\"cuda\"] }` in Cargo.toml, \
-                 or `--features gyre/cuda`)"
-            .to_owned(),
-    })
+    Err(not_built(backend, "cuda"))
 }
 
 #[cfg(feature = "cuda")]
@@ -166,13 +160,21 @@ fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
 
 #[cfg(not(feature = "wgpu"))]
 fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
-    Err(Error::BackendUnavailable {
+    Err(not_built(backend, "wgpu"))
+}
+
+/// The error for `backend` in a gyre built without its `feature`.
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
+fn not_built(backend: Backend, feature: &str) -> Error {
+    let what = if feature == "cuda" { "CUDA" } else { "wgpu" };
+    Error::BackendUnavailable {
         backend: backend.name(),
-        reason: "this gyre is built without wgpu support: enable the `wgpu` feature of \
-                 gyre (`gyre = { version = \"...\", features = [\"wgpu\"] }` in Cargo.toml, \
-                 or `--features gyre/wgpu`)"
-            .to_owned(),
-    })
+        reason: format!(
+            "this gyre is built without {what} support: enable the `{feature}` feature of \
+             gyre (`gyre = {{ version = \"...\", features = [\"{feature}\"] }}` in Cargo.toml, \
+             or `--features gyre/{feature}`)"
+        ),
+    }
 }
 
 #[cfg(feature = "wgpu")]

@@ -180,6 +180,8 @@ impl<'rt> GroupBuilder<'rt> {
             out_bytes: std::mem::size_of::<Out>(),
             ports: spec.ports,
             host_output: spec.host_output.is_some(),
+            // Every place but the CPU is a device, however many device features are built.
+            #[allow(clippy::match_wildcard_for_single_variants)]
             #[cfg_attr(
                 not(any(feature = "cuda", feature = "wgpu")),
                 allow(unreachable_patterns)

@@ -87,20 +87,25 @@ impl Relay {
         let from = &self.from_backing;
         let _watch_from = from.watch();
         let _watch_to = self.to_backing.watch();
+        // One buffer for every message: the relay allocates nothing per message.
+        let mut message = vec![0u8; self.bytes];
         loop {
             let next = from.items().wait_until(None, || {
                 if self.stopping() {
                     return Some(Ok(None));
                 }
-                rx.try_recv_with(from, |payload, corr| (payload[..self.bytes].to_vec(), corr))
-                    .transpose()
-                    .map(|r| r.map(Some))
+                rx.try_recv_with(from, |payload, corr| {
+                    message.copy_from_slice(&payload[..self.bytes]);
+                    corr
+                })
+                .transpose()
+                .map(|r| r.map(Some))
             });
-            let Some(Ok(Some((payload, corr)))) = next else {
+            let Some(Ok(Some(corr))) = next else {
                 // Stopped by request, or the upstream stopped with nothing left.
                 break;
             };
-            self.forward(payload, corr);
+            self.forward(&message, corr);
         }
         if self.stopping() {
             // Whatever the upstream still holds for the host goes back in the report.
@@ -119,11 +124,11 @@ impl Relay {
 
     /// Sends one message into the downstream, waiting for room (or a stop); a message the
     /// downstream refuses is kept to be handed back.
-    fn forward(&self, payload: Vec<u8>, corr: [u32; 2]) {
+    fn forward(&self, payload: &[u8], corr: [u32; 2]) {
         let to = &self.to_backing;
         let sent = to
             .space()
-            .wait_until(None, || match to.try_send::<u8>(corr, &payload) {
+            .wait_until(None, || match to.try_send::<u8>(corr, payload) {
                 Ok(()) => Some(true),
                 Err(SendFail::Full) if !self.stopping() => None,
                 Err(_) => Some(false),
@@ -133,7 +138,7 @@ impl Relay {
         } else {
             self.handed_back.lock().push(RawMessage {
                 corr: join(corr),
-                bytes: payload,
+                bytes: payload.to_vec(),
             });
         }
     }
