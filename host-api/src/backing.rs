@@ -1,14 +1,15 @@
 //! What a [`crate::Kernel`] handle stands on: a CPU kernel, or kernel `k` of a group on
 //! a device backend (the closed set of the backend seam, see
 //! `gyre_runtime::backend::seam`). Sends, receives and waits are written once over this
-//! enum; the CPU arm calls the CPU kernel directly.
+//! enum; the CPU arm calls the CPU side of the seam (`gyre_runtime::backend::seam::cpu`)
+//! directly, with no indirect call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use gyre_runtime::abi::State;
-use gyre_runtime::backend::cpu::{KernelCore, RecvFailure, SendFailure};
 use gyre_runtime::backend::group::SendError as RawSendError;
+use gyre_runtime::backend::seam::cpu::{CpuKernel, RecvFailure, SendFailure};
 use gyre_runtime::backend::seam::{DeviceGroup, Watch};
 use gyre_runtime::metrics::LatencyRecorder;
 use gyre_runtime::wait::Signal;
@@ -80,7 +81,7 @@ pub(crate) struct DeviceKernel {
 #[derive(Clone, Debug)]
 pub(crate) enum Backing {
     /// A kernel of the CPU backend.
-    Cpu(Arc<KernelCore>),
+    Cpu(CpuKernel),
     /// Kernel `k` of a group on a device backend.
     Device(DeviceKernel),
 }
@@ -95,7 +96,7 @@ impl Backing {
     /// The kernel's name.
     pub(crate) fn name(&self) -> &str {
         match self {
-            Self::Cpu(core) => &core.config().name,
+            Self::Cpu(core) => core.name(),
             Self::Device(d) => &d.group.names[d.k],
         }
     }
@@ -115,7 +116,7 @@ impl Backing {
         bytes: &[u8],
     ) -> Result<(), SendFail> {
         match self {
-            Self::Cpu(core) => core.try_send(corr, bytes).map_err(|f| match f {
+            Self::Cpu(core) => core.try_send(bytes, corr).map_err(|f| match f {
                 SendFailure::Full => SendFail::Full,
                 other => SendFail::Error(cpu_send_error::<In>(core, other)),
             }),
@@ -159,7 +160,7 @@ impl Backing {
         f: impl FnOnce(&[u8], [u32; 2]) -> R,
     ) -> Result<Option<R>, Error> {
         match self {
-            Self::Cpu(core) => match core.try_recv(|s| f(s.payload, s.corr)) {
+            Self::Cpu(core) => match core.try_recv_with(|s| f(s.payload, s.corr)) {
                 Ok(r) => Ok(Some(r)),
                 Err(RecvFailure::Empty) => Ok(None),
                 Err(failure) => Err(cpu_recv_error(core, failure)),
@@ -228,8 +229,8 @@ impl DeviceCore {
 }
 
 /// The error of a CPU send that failed other than by a full inbox.
-pub(crate) fn cpu_send_error<In>(core: &KernelCore, failure: SendFailure) -> Error {
-    let kernel = core.config().name.clone();
+pub(crate) fn cpu_send_error<In>(core: &CpuKernel, failure: SendFailure) -> Error {
+    let kernel = core.name().to_owned();
     match failure {
         SendFailure::Full => Error::Full { kernel },
         SendFailure::Closed(_) if core.runtime_gone() => Error::RuntimeGone { kernel },
@@ -237,7 +238,7 @@ pub(crate) fn cpu_send_error<In>(core: &KernelCore, failure: SendFailure) -> Err
         SendFailure::TooLarge { len, max } => Error::MessageTooLarge {
             type_name: std::any::type_name::<In>(),
             size: len,
-            slot_bytes: core.config().inbox.slot_bytes(),
+            slot_bytes: core.inbox_slot_bytes(),
             max,
             suggested: (len as u32 + gyre_runtime::abi::SLOT_HEADER_BYTES).next_power_of_two(),
         },
@@ -266,8 +267,8 @@ fn device_send_error<In>(d: &DeviceKernel, error: RawSendError) -> Error {
 }
 
 /// The error of a CPU receive that failed other than by an empty output.
-pub(crate) fn cpu_recv_error(core: &KernelCore, failure: RecvFailure) -> Error {
-    let kernel = core.config().name.clone();
+pub(crate) fn cpu_recv_error(core: &CpuKernel, failure: RecvFailure) -> Error {
+    let kernel = core.name().to_owned();
     match failure {
         RecvFailure::NoOutput => Error::NoHostOutput { kernel },
         RecvFailure::Closed(_) if core.runtime_gone() => Error::RuntimeGone { kernel },

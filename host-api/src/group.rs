@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gyre_runtime::abi::Command;
-use gyre_runtime::backend::cpu::{KernelCore, PortTarget};
+use gyre_runtime::backend::seam::cpu::{CpuKernel, CpuRoute};
 use gyre_runtime::routing::{self, RouteError};
 
 use crate::backing::{Backing, DeviceCore, DeviceKernel};
@@ -55,7 +55,7 @@ impl<In, Out> std::fmt::Debug for Stage<In, Out> {
 
 /// A kernel launched on the CPU, or planned for a device group.
 pub(crate) enum Placed {
-    Cpu(Arc<KernelCore>),
+    Cpu(CpuKernel),
     Device(DevicePlan),
 }
 
@@ -321,7 +321,7 @@ impl<'rt> GroupBuilder<'rt> {
         if !matches!(place, Place::Cpu) {
             return self.launch_device(&place, edges);
         }
-        let mut cores: Vec<Arc<KernelCore>> = Vec::with_capacity(self.kernels.len());
+        let mut cores: Vec<CpuKernel> = Vec::with_capacity(self.kernels.len());
         let result = self.launch_into(&edges, &mut cores);
         if let Err(e) = result {
             for core in &cores {
@@ -390,7 +390,7 @@ impl<'rt> GroupBuilder<'rt> {
     fn launch_into(
         &mut self,
         edges: &[(usize, usize)],
-        cores: &mut Vec<Arc<KernelCore>>,
+        cores: &mut Vec<CpuKernel>,
     ) -> Result<(), Error> {
         for planned in &mut self.kernels {
             let launch = planned.launch.take().expect("each kernel launches once");
@@ -406,16 +406,10 @@ impl<'rt> GroupBuilder<'rt> {
                     // A kernel with one upstream route takes its single-producer lane
                     // (no compare-and-swap per message).
                     let upstreams = edges.iter().filter(|&&(_, t)| t == to).count();
-                    (
-                        PortTarget::Kernel {
-                            core: cores[to].clone(),
-                            exclusive: false,
-                        },
-                        upstreams == 1,
-                    )
+                    (CpuRoute::Kernel(cores[to].clone()), upstreams == 1)
                 }
-                Target::Host => (PortTarget::Host, false),
-                Target::DeadLetters => (PortTarget::DeadLetters, false),
+                Target::Host => (CpuRoute::Host, false),
+                Target::DeadLetters => (CpuRoute::DeadLetters, false),
             };
             cores[from].bind(port, target, bytes, exclusive)?;
         }
@@ -437,7 +431,7 @@ pub struct Group {
 enum Inner {
     /// CPU kernels bound to each other's inboxes.
     Cpu {
-        kernels: Vec<Arc<KernelCore>>,
+        kernels: Vec<CpuKernel>,
         edges: Vec<(usize, usize)>,
         /// Upstream first.
         order: Vec<usize>,
@@ -481,7 +475,7 @@ impl Group {
 
     fn kernel_name(&self, index: usize) -> String {
         match &self.inner {
-            Inner::Cpu { kernels, .. } => kernels[index].config().name.clone(),
+            Inner::Cpu { kernels, .. } => kernels[index].name().to_owned(),
             Inner::Device(core) => core.names[index].clone(),
         }
     }
@@ -530,9 +524,7 @@ impl Group {
     ) -> Result<(), Error> {
         for i in order {
             let result = match &self.inner {
-                Inner::Cpu { kernels, .. } => kernels[i]
-                    .set_active(command == Command::Activate)
-                    .map(drop),
+                Inner::Cpu { kernels, .. } => kernels[i].command(command).map(drop),
                 Inner::Device(core) => core.group.command(i, command).map(drop),
             };
             result.map_err(|e| Error::from_command(&self.kernel_name(i), e))?;
@@ -749,7 +741,7 @@ pub(crate) fn combine_health(all: impl Iterator<Item = crate::Health>) -> crate:
 }
 
 /// Waits until no kernel has a message in a ring, nor one in a handler, twice in a row.
-fn wait_quiet(kernels: &[Arc<KernelCore>], deadline: Instant) {
+fn wait_quiet(kernels: &[CpuKernel], deadline: Instant) {
     let quiet = || {
         kernels
             .iter()

@@ -130,7 +130,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// The kernel's id (the sender id in the tags of what it emits).
     pub fn id(&self) -> u32 {
         match &self.backing {
-            Backing::Cpu(core) => core.id(),
+            Backing::Cpu(core) => core.kernel_id(),
             Backing::Device(d) => d.group.group.kernel_id(d.k),
         }
     }
@@ -220,7 +220,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
 
     fn command(&self, command: Command) -> Result<(), Error> {
         let result = match &self.backing {
-            Backing::Cpu(core) => core.set_active(command == Command::Activate).map(drop),
+            Backing::Cpu(core) => core.command(command).map(drop),
             Backing::Device(d) => d.group.group.command(d.k, command).map(drop),
         };
         result.map_err(|e| Error::from_command(self.name(), e))

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gyre_runtime::backend::cpu::{OutputConsumer, RecvFailure};
+use gyre_runtime::backend::seam::cpu::{CpuOutput, RecvFailure};
 
 use crate::backing::{cpu_recv_error, read, Backing};
 use crate::spec::{join, Message};
@@ -39,7 +39,7 @@ pub(crate) fn wait_recv<T>(
 /// The receiving end a [`Receiver`] holds: the CPU kernel's output consumer, or the
 /// right to a device kernel's host outbox.
 pub(crate) enum RxEnd {
-    Cpu(OutputConsumer),
+    Cpu(CpuOutput),
     Device,
 }
 

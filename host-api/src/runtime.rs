@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gyre_runtime::backend::cpu::{
-    Budget, CpuBackend, KeptMessage, KernelConfig, KernelCore, LaunchError,
+use gyre_runtime::backend::seam::cpu::{
+    Budget, CpuBackend, CpuKernel, CpuRoute, KeptMessage, KernelConfig, LaunchError,
 };
 use gyre_runtime::lifecycle;
 
@@ -337,7 +337,7 @@ impl Runtime {
     pub(crate) fn launch_cpu<In: Message, Out: Message>(
         &self,
         mut spec: KernelSpec<In, Out>,
-    ) -> Result<Arc<KernelCore>, Error> {
+    ) -> Result<CpuKernel, Error> {
         if let (Some(builtin), true) = (spec.device.builtin, spec.device.cpu_is_builtin) {
             // The same checks as on a device: its parameters, and types that hold what it
             // reads and are what it emits.
@@ -440,10 +440,7 @@ impl Runtime {
         from_core
             .bind(
                 port,
-                gyre_runtime::backend::cpu::PortTarget::Kernel {
-                    core: to_core.clone(),
-                    exclusive: false,
-                },
+                CpuRoute::Kernel(to_core.clone()),
                 std::mem::size_of::<B>(),
                 false,
             )
@@ -564,9 +561,9 @@ impl Runtime {
             .iter()
             .map(|k| {
                 let others = 2
-                    + route_refs.get(&k.id()).copied().unwrap_or(0)
+                    + route_refs.get(&k.kernel_id()).copied().unwrap_or(0)
                     + usize::from(k.is_abandoned());
-                Arc::strong_count(k) > others
+                k.handle_count() > others
             })
             .collect();
         // What kernels without handles emitted to the host: nobody can receive it now.
@@ -584,7 +581,7 @@ impl Runtime {
                 stopped.push((
                     i,
                     KernelShutdown {
-                        kernel: kernel.config().name.clone(),
+                        kernel: kernel.name().to_owned(),
                         processed: kernel.counters().processed,
                         timed_out: false,
                         final_state: kernel.state(),
@@ -684,14 +681,14 @@ impl Runtime {
 /// One kernel a runtime's stop handled.
 struct Stopped {
     /// The CPU kernel (`None` for a kernel of a device group).
-    kernel: Option<Arc<KernelCore>>,
+    kernel: Option<CpuKernel>,
     /// Whether a handle still holds the kernel (so it can take what is kept for it).
     has_handle: bool,
     entry: KernelShutdown,
 }
 
 /// How many ports of `kernels` route to each kernel id (each holds a reference to it).
-fn route_references(kernels: &[Arc<KernelCore>]) -> std::collections::HashMap<u32, usize> {
+fn route_references(kernels: &[CpuKernel]) -> std::collections::HashMap<u32, usize> {
     let mut refs = std::collections::HashMap::new();
     for kernel in kernels {
         for to in kernel.routes().into_iter().flatten() {

@@ -6,7 +6,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use gyre_runtime::backend::cpu::{ExclusiveLane, SendFailure};
+use gyre_runtime::backend::seam::cpu::{CpuLane, SendFailure};
 
 use crate::backing::{cpu_send_error, Backing, SendFail};
 use crate::kernel::corr_words;
@@ -214,7 +214,7 @@ impl<In: Message> Sender<In> {
 /// How an exclusive sender writes: the CPU kernel's single-producer lane, or a device
 /// kernel's host inbox (which takes one producer at a time anyway).
 enum Lane {
-    Cpu(ExclusiveLane),
+    Cpu(CpuLane),
     Device,
 }
 
@@ -250,12 +250,15 @@ fn lane_send<In: Message>(
     corr: [u32; 2],
     bytes: &[u8],
 ) -> Result<(), SendFail> {
-    match lane {
-        Lane::Cpu(lane) => lane.try_send(corr, bytes).map_err(|f| match f {
+    match (lane, backing) {
+        (Lane::Cpu(lane), Backing::Cpu(core)) => lane.try_send(bytes, corr).map_err(|f| match f {
             SendFailure::Full => SendFail::Full,
-            other => SendFail::Error(cpu_send_error::<In>(lane.core(), other)),
+            other => SendFail::Error(cpu_send_error::<In>(core, other)),
         }),
-        Lane::Device => backing.try_send::<In>(corr, bytes),
+        (Lane::Device, _) => backing.try_send::<In>(corr, bytes),
+        (Lane::Cpu(_), Backing::Device(_)) => {
+            unreachable!("a CPU lane is used with the CPU kernel it came from")
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gyre_runtime::backend::cpu::CpuBackend;
+use gyre_runtime::backend::seam::cpu::CpuBackend;
 
 use crate::backing::DeviceCore;
 

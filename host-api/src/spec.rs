@@ -5,8 +5,8 @@ use std::marker::PhantomData;
 use gyre_runtime::abi::{
     DEFAULT_SLOT_BYTES, MAX_SLOT_BYTES, MIN_SLOT_BYTES, PAYLOAD_ALIGN, SLOT_HEADER_BYTES,
 };
-use gyre_runtime::backend::cpu::{EmitError, Emitter, HandlerError};
 use gyre_runtime::backend::Placement;
+use gyre_runtime::handler::{EmitError, Emitter, HandlerError};
 use gyre_runtime::ring::RingLayout;
 
 use crate::device::{DeviceKnobs, DeviceSource};
@@ -98,7 +98,7 @@ pub(crate) fn join(corr: [u32; 2]) -> u64 {
 
 /// The CPU handler, type-erased once when the spec is built: one indirect call per
 /// message, straight into the user's closure.
-type CpuFn = Box<dyn gyre_runtime::backend::cpu::Handler>;
+type CpuFn = Box<dyn gyre_runtime::handler::Handler>;
 
 /// A kernel's definition: name, message types, rings, placement and implementations.
 ///
@@ -122,7 +122,7 @@ pub struct KernelSpec<In, Out> {
     pub(crate) fault_policy: gyre_runtime::health::FaultPolicy,
     pub(crate) watchdog: Option<std::time::Duration>,
     pub(crate) cpu: Option<CpuFn>,
-    pub(crate) factory: Option<gyre_runtime::backend::cpu::HandlerFactory>,
+    pub(crate) factory: Option<gyre_runtime::handler::HandlerFactory>,
     /// The device implementations and knobs.
     pub(crate) device: DeviceKnobs,
     _types: PhantomData<fn(In) -> Out>,
@@ -304,9 +304,9 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
         self.ports = builtin.ports();
         let make = move || reference_handler(builtin);
         self.cpu = Some(make());
-        self.factory = Some(gyre_runtime::backend::cpu::HandlerFactory(
-            std::sync::Arc::new(make),
-        ));
+        self.factory = Some(gyre_runtime::handler::HandlerFactory(std::sync::Arc::new(
+            make,
+        )));
         self
     }
 
@@ -382,9 +382,9 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
         F: FnMut(&In, &mut Emit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
     {
         self.cpu = Some(erase(make()));
-        self.factory = Some(gyre_runtime::backend::cpu::HandlerFactory(
-            std::sync::Arc::new(move || erase(make())),
-        ));
+        self.factory = Some(gyre_runtime::handler::HandlerFactory(std::sync::Arc::new(
+            move || erase(make()),
+        )));
         self.device.cpu_is_builtin = false;
         self
     }
@@ -424,7 +424,7 @@ where
 {
     let size = std::mem::size_of::<In>();
     Box::new(
-        move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+        move |message: gyre_runtime::handler::Message<'_>, out: &mut Emitter<'_>| {
             let input: &In = bytemuck::from_bytes(&message.payload[..size]);
             let mut emit = Emit {
                 inner: out,
@@ -479,7 +479,7 @@ fn slot_for<T>(asked: Option<u32>) -> Result<u32, Error> {
 fn reference_handler(builtin: Builtin) -> CpuFn {
     let mut reference = builtin.reference();
     Box::new(
-        move |message: gyre_runtime::backend::cpu::Message<'_>, out: &mut Emitter<'_>| {
+        move |message: gyre_runtime::handler::Message<'_>, out: &mut Emitter<'_>| {
             let mut emitted = Ok(());
             let handled = reference.handle(message.payload, &mut |port, bytes| {
                 if emitted.is_ok() {

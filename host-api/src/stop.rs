@@ -1,10 +1,9 @@
 //! Stopping CPU kernels: drains and terminates that gather what they hand back into
 //! report entries, for groups, pipelines and the runtime's shutdown.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use gyre_runtime::backend::cpu::KernelCore;
+use gyre_runtime::backend::seam::cpu::CpuKernel;
 use gyre_runtime::ring::SlotRef;
 
 use crate::report::{GroupReport, KernelShutdown, RawMessage};
@@ -19,7 +18,7 @@ pub(crate) enum Stop {
 
 /// Drains or terminates `kernels` in the order given and gathers what they handed back.
 pub(crate) fn stop_kernels<'a>(
-    kernels: impl Iterator<Item = &'a Arc<KernelCore>>,
+    kernels: impl Iterator<Item = &'a CpuKernel>,
     how: Stop,
 ) -> GroupReport {
     GroupReport {
@@ -39,7 +38,7 @@ pub(crate) fn raw(s: SlotRef<'_>) -> RawMessage {
 /// terminated already (whoever terminated it took its messages then). A faulted kernel
 /// is terminated by a drain too (see [`Group::drain`]): its entry carries the fault and
 /// its undelivered messages, not an error.
-pub(crate) fn stop_kernel(kernel: &Arc<KernelCore>, how: Stop) -> Option<KernelShutdown> {
+pub(crate) fn stop_kernel(kernel: &CpuKernel, how: Stop) -> Option<KernelShutdown> {
     if kernel.state() == crate::State::Terminated && !kernel.is_uncollected() {
         return None;
     }
@@ -64,14 +63,10 @@ pub(crate) fn stop_kernel(kernel: &Arc<KernelCore>, how: Stop) -> Option<KernelS
         {
             return None;
         }
-        Err(e) => (
-            false,
-            false,
-            Some(Error::from_command(&kernel.config().name, e)),
-        ),
+        Err(e) => (false, false, Some(Error::from_command(kernel.name(), e))),
     };
     Some(KernelShutdown {
-        kernel: kernel.config().name.clone(),
+        kernel: kernel.name().to_owned(),
         processed: kernel.counters().processed,
         timed_out,
         final_state: kernel.state(),

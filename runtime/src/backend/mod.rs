@@ -5,7 +5,7 @@
 //! [`crate::ring`], the control block of [`crate::control`] and the lifecycle of
 //! [`crate::lifecycle`]; a backend differs only in who runs the kernel side.
 
-pub mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod group;

@@ -1,17 +1,23 @@
-//! The backend seam: what a group of kernels on a device provides to the host, defined
-//! once, so the public API, the runtime-wide services (shutdown, health, Prometheus,
-//! dead letters) and the tests are written once for every device backend.
+//! The backend seam: what the backends provide to the host, defined once, so the public
+//! API, the runtime-wide services (shutdown, health, Prometheus, dead letters) and the
+//! tests are written once for every backend. The public crate sees each backend only
+//! through this module.
 //!
 //! Dispatch is over a closed set of two kinds of backend:
-//! - the **CPU** backend runs each kernel as its own actor ([`crate::backend::cpu`]):
-//!   kernels of a group are separate [`KernelCore`](crate::backend::cpu::KernelCore)s
-//!   bound to each other's inboxes, each stopped, paused and restarted on its own. The
-//!   public crate calls it directly, so its hot path pays no indirect call;
+//! - the **CPU** backend runs each kernel as its own actor: kernels of a group are
+//!   separate kernels bound to each other's inboxes, each stopped, paused and restarted
+//!   on its own. Its side of the seam is [`cpu`], a facade of concrete handles
+//!   ([`cpu::CpuBackend`], [`cpu::CpuKernel`], ...) whose methods delegate inline to the
+//!   backend, so its hot path (send, receive, emit) pays no indirect call; the
+//!   backend's internals are private to this crate. Handlers are written against
+//!   [`crate::handler`];
 //! - **device** backends (CUDA, driver and emulated; wgpu) run a group as one unit (a
 //!   cooperative grid, a tick submission): each implements [`DeviceGroup`], which the
 //!   public crate holds as `Arc<dyn DeviceGroup>`.
 //!
 //! `runtime/docs/BACKENDS.md` says what a new backend implements.
+
+pub mod cpu;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::thread::Thread;

@@ -15,9 +15,8 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 pub use kernel::{
-    EmitError, Emitter, ExclusiveLane, Handler, HandlerError, HandlerFactory, KeptMessage,
-    KernelConfig, KernelCore, Message, OutputConsumer, PortTarget, RecvFailure, SendFailure,
-    STOP_GRACE,
+    Emitter, ExclusiveLane, Handler, KeptMessage, KernelConfig, KernelCore, OutputConsumer,
+    PortTarget, RecvFailure, SendFailure,
 };
 use pool::Pool;
 
@@ -102,11 +101,6 @@ pub enum LaunchError {
 }
 
 impl CpuBackend {
-    /// Starts a backend with `workers` pool threads (at least one).
-    pub fn new(workers: usize) -> Self {
-        Self::with_budget(workers, Budget::default())
-    }
-
     /// Starts a backend with `workers` pool threads and the given resource budget.
     pub fn with_budget(workers: usize, budget: Budget) -> Self {
         let dead = Arc::new(DeadLetters::new());
@@ -253,13 +247,8 @@ impl CpuBackend {
     }
 
     /// The Prometheus text exposition of the backend and its kernels (see
-    /// [`crate::metrics`]).
-    pub fn prometheus_text(&self) -> String {
-        self.prometheus_text_with(Vec::new())
-    }
-
-    /// [`CpuBackend::prometheus_text`] with the samples of kernels of other backends
-    /// (device groups of the same runtime) added: one exposition for the runtime.
+    /// [`crate::metrics`]) with the samples of kernels of other backends (device groups
+    /// of the same runtime) added: one exposition for the runtime.
     pub fn prometheus_text_with(&self, others: Vec<crate::metrics::KernelSample>) -> String {
         let mut kernels: Vec<_> = self.held().iter().map(|k| k.sample()).collect();
         kernels.extend(others);

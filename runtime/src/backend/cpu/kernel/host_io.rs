@@ -27,7 +27,8 @@ pub enum SendFailure {
 /// What `try_recv` could not do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecvFailure {
-    /// The output ring's consumer is taken out by [`KernelCore::take_output`].
+    /// The output ring's consumer is taken out (see
+    /// [`CpuKernel::take_output`](crate::backend::seam::cpu::CpuKernel::take_output)).
     Taken,
     /// Nothing is waiting now; the kernel may emit more.
     Empty,

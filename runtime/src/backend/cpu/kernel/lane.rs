@@ -18,11 +18,6 @@ impl ExclusiveLane {
         Self { core }
     }
 
-    /// The kernel.
-    pub fn core(&self) -> &Arc<KernelCore> {
-        &self.core
-    }
-
     /// Writes one message into the lane in place, without waiting.
     ///
     /// # Errors

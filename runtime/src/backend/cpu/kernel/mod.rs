@@ -24,6 +24,7 @@ mod host_io;
 mod status;
 mod turn;
 
+pub use crate::handler::{EmitError, Handler, HandlerFactory, Message};
 pub use host_io::{RecvFailure, SendFailure};
 
 type Ring = Arc<HostRing>;
@@ -43,79 +44,6 @@ const LINGER_ROUNDS: u32 = 256;
 /// the wait ends as soon as the sender's thread runs again.
 const PUBLISH_SPINS: u32 = u32::MAX;
 
-/// A message as a handler sees it: borrowed from its inbox slot.
-#[derive(Clone, Copy, Debug)]
-pub struct Message<'a> {
-    /// Message kind (low 16 bits) and sender id (high 16 bits).
-    pub tag: u32,
-    /// Correlation id.
-    pub corr: [u32; 2],
-    /// Payload bytes (the whole slot payload; the message is at its start).
-    pub payload: &'a [u8],
-}
-
-/// An error a handler reports for one message. The message counts as processed with an
-/// error; the kernel keeps running.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct HandlerError(pub String);
-
-/// The code a kernel runs for each message.
-pub trait Handler: Send + 'static {
-    /// Handles one message; may emit through `out`.
-    ///
-    /// # Errors
-    /// A [`HandlerError`] is counted in the kernel's `errors` counter.
-    fn handle(&mut self, message: Message<'_>, out: &mut Emitter<'_>) -> Result<(), HandlerError>;
-}
-
-impl<F> Handler for F
-where
-    F: FnMut(Message<'_>, &mut Emitter<'_>) -> Result<(), HandlerError> + Send + 'static,
-{
-    fn handle(&mut self, message: Message<'_>, out: &mut Emitter<'_>) -> Result<(), HandlerError> {
-        self(message, out)
-    }
-}
-
-/// Why an emit was refused. Nothing was written; the handler decides what to do
-/// (returning the error sends the input message to the dead-letter sink).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum EmitError {
-    /// The port is not bound to anything.
-    #[error("output port {port} is not bound: give the kernel a host output, or route the port to a kernel or the dead-letter sink")]
-    Unbound {
-        /// The port.
-        port: u32,
-    },
-    /// The kernel has fewer ports.
-    #[error("output port {port} does not exist; the kernel has {ports}: raise KernelSpec::ports")]
-    NoSuchPort {
-        /// The port asked for.
-        port: u32,
-        /// How many the kernel has.
-        ports: u32,
-    },
-    /// The payload is larger than the target's slots.
-    #[error("emitted {len} bytes into slots of {max} payload bytes: raise the target's slot size")]
-    TooLarge {
-        /// Bytes emitted.
-        len: usize,
-        /// Payload bytes per slot.
-        max: usize,
-    },
-    /// A terminate gave up waiting for this handler and handed its message back; what
-    /// it emits now is refused so the message is not delivered twice.
-    #[error("the kernel was terminated while this handler ran and its message was handed back; the emit is refused")]
-    Abandoned,
-}
-
-impl From<EmitError> for HandlerError {
-    fn from(value: EmitError) -> Self {
-        Self(value.to_string())
-    }
-}
-
 /// What a handler emits through: one call per message, see [`Emitter::emit_to`].
 #[derive(Debug)]
 pub struct Emitter<'a> {
@@ -129,17 +57,6 @@ pub struct Emitter<'a> {
     /// The correlation id of the message in hand when it is timed: an emit carrying it
     /// stays timed, so the host send time travels to whoever receives the result.
     timed_corr: Option<[u32; 2]>,
-}
-
-/// Makes a fresh handler: what a restart runs instead of the old handler value, so a
-/// handler whose state a panic left half-updated starts clean.
-#[derive(Clone)]
-pub struct HandlerFactory(pub Arc<dyn Fn() -> Box<dyn Handler> + Send + Sync>);
-
-impl std::fmt::Debug for HandlerFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HandlerFactory")
-    }
 }
 
 /// Static configuration of a kernel.
@@ -413,7 +330,7 @@ mod control_ops;
 mod lane;
 mod ports;
 
-pub use control_ops::{KeptMessage, STOP_GRACE};
+pub use control_ops::KeptMessage;
 pub use lane::ExclusiveLane;
 pub use ports::PortTarget;
 

@@ -8,7 +8,6 @@ use parking_lot::Mutex;
 use super::{KernelConfig, KernelCore, RestartState, NOT_IN_HAND};
 use crate::abi::State;
 use crate::control::Counters;
-use crate::routing::DeadLetters;
 use crate::sync::Ordering;
 
 impl KernelCore {
@@ -165,11 +164,6 @@ impl KernelCore {
         self.local.busy_ns.load(Ordering::Relaxed)
     }
 
-    /// The runtime's dead-letter sink.
-    pub fn dead_letters(&self) -> &Arc<DeadLetters> {
-        &self.dead
-    }
-
     /// The fault message, if the kernel faulted.
     pub fn fault(&self) -> Option<String> {
         self.fault.lock().clone()
@@ -193,10 +187,5 @@ impl KernelCore {
     /// Payload bytes of an inbox slot.
     pub fn inbox_payload_bytes(&self) -> usize {
         self.config.inbox.payload_bytes() as usize
-    }
-
-    /// Whether the kernel has a host-bound output.
-    pub fn has_output(&self) -> bool {
-        self.outbox.is_some()
     }
 }
