@@ -15,6 +15,11 @@
 //! ports, rings, pool and supervisor): `backend::cpu` is private to the crate, and this
 //! module is all of it that is public. Handlers are written against
 //! [`crate::handler`].
+//!
+//! ```compile_fail
+//! // The CPU backend's internals are private to gyre-runtime: this does not compile.
+//! use gyre_runtime::backend::cpu::KernelCore;
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
