@@ -250,15 +250,15 @@ fn lane_send<In: Message>(
     corr: [u32; 2],
     bytes: &[u8],
 ) -> Result<(), SendFail> {
-    match (lane, backing) {
-        (Lane::Cpu(lane), Backing::Cpu(core)) => lane.try_send(bytes, corr).map_err(|f| match f {
-            SendFailure::Full => SendFail::Full,
-            other => SendFail::Error(cpu_send_error::<In>(core, other)),
+    match lane {
+        Lane::Cpu(lane) => lane.try_send(bytes, corr).map_err(|f| match (f, backing) {
+            (SendFailure::Full, _) => SendFail::Full,
+            (other, Backing::Cpu(core)) => SendFail::Error(cpu_send_error::<In>(core, other)),
+            (_, Backing::Device(_)) => {
+                unreachable!("a CPU lane is used with the CPU kernel it came from")
+            }
         }),
-        (Lane::Device, _) => backing.try_send::<In>(corr, bytes),
-        (Lane::Cpu(_), Backing::Device(_)) => {
-            unreachable!("a CPU lane is used with the CPU kernel it came from")
-        }
+        Lane::Device => backing.try_send::<In>(corr, bytes),
     }
 }
 
