@@ -274,8 +274,11 @@ impl CpuKernel {
         self.0.routes()
     }
 
-    /// How many handles hold the kernel: public handles, the backend's list, ports
-    /// routed to it and a thread left inside its abandoned handler.
+    /// How many references hold the kernel now: every `CpuKernel` (the backend's list
+    /// holds one), each port routed to it, its [`CpuLane`] while taken, and whatever is
+    /// running or queueing it (the pool, a dedicated thread, a thread left inside an
+    /// abandoned handler). A runtime's shutdown compares it with the references it knows
+    /// of to tell whether a user still holds a handle.
     #[inline]
     pub fn handle_count(&self) -> usize {
         Arc::strong_count(&self.0)
