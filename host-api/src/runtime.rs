@@ -683,17 +683,33 @@ impl Runtime {
     }
 
     /// Drains every device group that feeds a relay and lets the relay deliver (before
-    /// the CPU kernels it feeds drain).
+    /// the CPU kernels it feeds drain). Upstream first, whatever order the relays were
+    /// connected in: a group is drained once no relay still to finish feeds it, so what
+    /// a chain of device groups (on several devices) carries reaches its end.
     fn stop_relay_sources(
         relays: &[Arc<crate::relay::Relay>],
         deadline: std::time::Instant,
     ) -> Vec<Stopped> {
+        let source = |relay: &crate::relay::Relay| match &relay.from_backing {
+            Backing::Device(d) => Some(d.group.clone()),
+            Backing::Cpu(_) => None,
+        };
+        let mut pending: Vec<_> = relays
+            .iter()
+            .filter_map(|r| Some((r, source(r)?)))
+            .collect();
         let mut stopped = Vec::new();
-        for relay in relays {
-            if let Backing::Device(d) = &relay.from_backing {
-                stopped.extend(Self::stop_device(&d.group, deadline));
-                relay.finish_by(deadline);
-            }
+        while !pending.is_empty() {
+            let fed = |group: &Arc<DeviceCore>| {
+                pending.iter().any(|(r, _)| {
+                    matches!(&r.to_backing, Backing::Device(d) if Arc::ptr_eq(&d.group, group))
+                })
+            };
+            // In a cycle of relays every group is fed: take any.
+            let next = pending.iter().position(|(_, g)| !fed(g)).unwrap_or(0);
+            let (relay, group) = pending.remove(next);
+            stopped.extend(Self::stop_device(&group, deadline));
+            relay.finish_by(deadline);
         }
         stopped
     }

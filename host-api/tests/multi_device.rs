@@ -327,3 +327,38 @@ fn the_driver_names_a_missing_device_and_the_count() {
         Err(other) => panic!("expected BackendUnavailable, got {other:?}"),
     }
 }
+
+/// A chain over three groups (device 0 → device 1 → device 0), its relays connected
+/// downstream first: a shutdown drains each group only after everything upstream of it
+/// was delivered, so every message comes out of the last group, none handed back.
+#[test]
+fn a_shutdown_drains_a_chain_of_devices_upstream_first() {
+    let Some(runtime) = emulated() else {
+        return;
+    };
+    let mut kernels = Vec::new();
+    let mut groups = Vec::new();
+    for (i, device) in [0, 1, 0].into_iter().enumerate() {
+        let mut g = runtime.group(format!("stage-{i}"));
+        g.device(device);
+        let stage = g.add(kernel(&format!("inc-{i}"), "inc_u32", INC_CUDA));
+        let group = g.launch().unwrap();
+        kernels.push(group.kernel(stage).unwrap());
+        groups.push(group);
+    }
+    runtime.connect(&kernels[1], 0, &kernels[2]).unwrap();
+    runtime.connect(&kernels[0], 0, &kernels[1]).unwrap();
+    for group in &groups {
+        group.activate().unwrap();
+    }
+    for x in 0..300 {
+        kernels[0].send(x).unwrap();
+    }
+    let report = runtime.shutdown(TIMEOUT);
+    let mut received = Vec::new();
+    while let Ok(Some(y)) = kernels[2].try_recv() {
+        received.push(y);
+    }
+    assert_eq!(report.undelivered_count(), 0, "{report:?}");
+    assert_eq!(received, (3..303).collect::<Vec<_>>());
+}
