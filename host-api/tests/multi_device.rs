@@ -116,9 +116,33 @@ fn a_pipeline_split_over_two_devices_is_relayed_exactly_once_in_order() {
         assert_eq!(double.recv_timeout(TIMEOUT).unwrap(), expected(x));
     }
     assert!(double.try_recv().unwrap().is_none(), "nothing twice");
+    assert_relayed_and_labelled(&runtime.prometheus_text());
 
-    let text = runtime.prometheus_text();
-    let parsed = scrape(&text);
+    // Shut down with 300 messages somewhere between the devices: each comes out once,
+    // received (in order) or handed back.
+    for x in 500..800 {
+        inc.send(x).unwrap();
+    }
+    let report = runtime.shutdown(TIMEOUT);
+    let mut received = Vec::new();
+    while let Ok(Some(y)) = double.try_recv() {
+        received.push(y);
+    }
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "in order: {received:?}"
+    );
+    let mut inputs: Vec<u32> = received.iter().map(|y| y / 2 - 1).collect();
+    inputs.extend(handed_back_inputs(&report));
+    inputs.sort_unstable();
+    assert_eq!(inputs, (500..800).collect::<Vec<_>>(), "{report:?}");
+    assert_eq!(report.faulted().count(), 0, "{report:?}");
+}
+
+/// The relay `inc` → `double` counted 500 messages from device 0 to device 1, and each
+/// kernel's series carries its device.
+fn assert_relayed_and_labelled(text: &str) {
+    let parsed = scrape(text);
     let relay = parsed
         .samples
         .iter()
@@ -146,30 +170,22 @@ fn a_pipeline_split_over_two_devices_is_relayed_exactly_once_in_order() {
         assert_eq!(processed.labels.get("device"), Some(device), "{text}");
         assert_eq!(value(processed), 500.0, "{text}");
     }
+}
 
-    // Shut down with 300 messages somewhere between the devices: each comes out once,
-    // received (in order) or handed back.
-    for x in 500..800 {
-        inc.send(x).unwrap();
-    }
-    let report = runtime.shutdown(TIMEOUT);
-    let mut received = Vec::new();
-    while let Ok(Some(y)) = double.try_recv() {
-        received.push(y);
-    }
-    assert!(
-        received.windows(2).all(|w| w[0] < w[1]),
-        "in order: {received:?}"
-    );
-    let mut inputs: Vec<u32> = received.iter().map(|y| y / 2 - 1).collect();
+/// The inputs of the `inc` → `double` pipeline whose messages `report` hands back.
+fn handed_back_inputs(report: &gyre::ShutdownReport) -> Vec<u32> {
+    let mut inputs = Vec::new();
     for k in &report.kernels {
         // Handed back before the upstream handled them (inputs), or after (its outputs,
         // the downstream's inputs), or the downstream's outputs.
         let (undelivered, outputs): (Vec<u32>, Vec<u32>) = (
-            k.undelivered.iter().map(|m| m.read::<u32>()).collect(),
+            k.undelivered
+                .iter()
+                .map(gyre::RawMessage::read::<u32>)
+                .collect(),
             k.undelivered_outputs
                 .iter()
-                .map(|m| m.read::<u32>())
+                .map(gyre::RawMessage::read::<u32>)
                 .collect(),
         );
         match k.kernel.as_str() {
@@ -184,9 +200,7 @@ fn a_pipeline_split_over_two_devices_is_relayed_exactly_once_in_order() {
             _ => inputs.extend(undelivered.iter().map(|y| y - 1)), // the relay's
         }
     }
-    inputs.sort_unstable();
-    assert_eq!(inputs, (500..800).collect::<Vec<_>>(), "{report:?}");
-    assert_eq!(report.faulted().count(), 0, "{report:?}");
+    inputs
 }
 
 /// Two groups with kernels of the same name on the two devices are kept apart: each
@@ -223,8 +237,7 @@ fn metrics_and_health_name_each_kernels_device() {
                     && s.labels.get("kernel") == Some("same")
                     && s.labels.get("device") == Some(device)
             })
-            .map(value)
-            .unwrap_or_else(|| panic!("no series for device {device}:\n{text}"))
+            .map_or_else(|| panic!("no series for device {device}:\n{text}"), value)
     };
     assert_eq!((depth("0"), depth("1")), (0.0, 1.0), "{text}");
 
