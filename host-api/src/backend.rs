@@ -65,7 +65,7 @@ pub enum Backend {
     /// the host with g++ (or `$GYRE_EMU_CXX`) and run in threads, driven by the same host
     /// code as a GPU. For developing and testing CUDA handlers without a GPU; it is not
     /// a GPU and says nothing about GPU speed. It has two devices (ordinals 0 and 1,
-    /// [`gyre_runtime::backend::cuda::emulated::EMULATED_DEVICES`]), each with its own
+    /// `gyre_runtime::backend::cuda::emulated::EMULATED_DEVICES`), each with its own
     /// allocations and grid threads, so that a test can split a pipeline over two
     /// "devices" in one process.
     CudaEmulated,
