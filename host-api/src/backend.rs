@@ -174,6 +174,7 @@ impl OtherDevices {
     ///
     /// # Errors
     /// [`Error::BackendUnavailable`] when `place`'s backend has no device `ordinal`.
+    #[cfg_attr(not(feature = "cuda"), allow(clippy::unused_self))]
     pub(crate) fn place_on(&self, place: Place, ordinal: u32) -> Result<Place, Error> {
         match place.device() {
             Some(here) if here == ordinal => Ok(place),
