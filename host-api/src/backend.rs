@@ -20,6 +20,14 @@ use crate::Error;
 /// building a runtime with a CUDA variant in a gyre built without the `cuda` feature, or
 /// a wgpu variant without the `wgpu` feature, returns [`Error::BackendUnavailable`].
 ///
+/// **Several GPUs.** The CUDA variants name a kind of device, not which one: a runtime
+/// opens device 0 unless [`crate::RuntimeBuilder::device`] names another, and a group
+/// runs on another device of the same backend with [`crate::GroupBuilder::device`]
+/// (CUDA devices are numbered as the driver numbers them under `CUDA_VISIBLE_DEVICES`;
+/// the emulation has two devices, 0 and 1). A route between groups on different devices
+/// is relayed through the host ([`crate::Runtime::connect`]). Metrics label a CUDA
+/// kernel's series with `device="N"` besides `backend`.
+///
 /// ```
 /// use gyre::{Backend, Error, Runtime};
 ///
@@ -47,14 +55,19 @@ pub enum Backend {
     /// [`Backend::Cpu`] explicitly for CPU-only specs.
     #[default]
     Auto,
-    /// The first NVIDIA GPU, through the CUDA driver (feature `cuda`). Building fails
-    /// with [`Error::BackendUnavailable`] saying what is missing (libcuda, a driver that
-    /// initialises, a device that can run persistent kernels) instead of panicking.
+    /// An NVIDIA GPU through the CUDA driver (feature `cuda`): device 0, or the one
+    /// [`crate::RuntimeBuilder::device`] names. Building fails with
+    /// [`Error::BackendUnavailable`] saying what is missing (libcuda, a driver that
+    /// initialises, the device asked for, a device that can run persistent kernels)
+    /// instead of panicking.
     Cuda,
     /// The CUDA backend's host emulation (feature `cuda`): group sources compiled for
     /// the host with g++ (or `$GYRE_EMU_CXX`) and run in threads, driven by the same host
     /// code as a GPU. For developing and testing CUDA handlers without a GPU; it is not
-    /// a GPU and says nothing about GPU speed.
+    /// a GPU and says nothing about GPU speed. It has two devices (ordinals 0 and 1,
+    /// `gyre_runtime::backend::cuda::emulated::EMULATED_DEVICES`), each with its own
+    /// allocations and grid threads, so that a test can split a pipeline over two
+    /// "devices" in one process.
     CudaEmulated,
     /// A hardware wgpu adapter (feature `wgpu`): the best discrete, integrated or
     /// virtual GPU on Vulkan, Metal or DX12 (`WGPU_BACKEND` restricts them), never a
@@ -121,36 +134,113 @@ impl Chosen {
     }
 }
 
-pub(crate) fn choose(backend: Backend) -> Result<Chosen, Error> {
-    match backend {
-        Backend::Cpu => Ok(Chosen::cpu()),
-        Backend::Auto => Ok(choose_auto()),
-        Backend::Cuda | Backend::CudaEmulated => choose_cuda(backend),
-        Backend::Wgpu | Backend::WgpuSoftware => choose_wgpu(backend),
+/// Resolves `backend`, opening CUDA device `device` (ordinal) for a CUDA backend; any
+/// other backend takes only ordinal 0 (its one device).
+pub(crate) fn choose(backend: Backend, device: u32) -> Result<Chosen, Error> {
+    let chosen = match backend {
+        Backend::Cpu => Chosen::cpu(),
+        Backend::Auto => choose_auto(device),
+        Backend::Cuda | Backend::CudaEmulated => choose_cuda(backend, device)?,
+        Backend::Wgpu | Backend::WgpuSoftware => choose_wgpu(backend)?,
+    };
+    if device != 0 && chosen.place().device().is_none() {
+        return Err(Error::BackendUnavailable {
+            backend: chosen.name,
+            reason: no_ordinals(chosen.name, device),
+        });
+    }
+    Ok(chosen)
+}
+
+/// Why device `device` cannot be asked of `backend`, which has no device ordinals.
+pub(crate) fn no_ordinals(backend: &str, device: u32) -> String {
+    format!(
+        "device {device} was asked for, but only the CUDA backends number their devices: \
+         the {backend} backend has one; leave the device at 0 (drop `.device({device})`), \
+         or choose `Backend::Cuda` or `Backend::CudaEmulated`"
+    )
+}
+
+/// The devices a runtime opened besides its default one, for groups that asked for
+/// them ([`crate::GroupBuilder::device`]): each ordinal is opened once and kept.
+#[derive(Debug, Default)]
+pub(crate) struct OtherDevices(
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] parking_lot::Mutex<Vec<Place>>,
+);
+
+impl OtherDevices {
+    /// Where a group asking for device `ordinal` runs, given `place` (the backend it
+    /// runs on, on the runtime's default device).
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when `place`'s backend has no device `ordinal`.
+    #[cfg_attr(not(feature = "cuda"), allow(clippy::unused_self))]
+    pub(crate) fn place_on(&self, place: Place, ordinal: u32) -> Result<Place, Error> {
+        match place.device() {
+            Some(here) if here == ordinal => Ok(place),
+            None if ordinal == 0 => Ok(place),
+            None => Err(Error::BackendUnavailable {
+                backend: place.name(),
+                reason: no_ordinals(place.name(), ordinal),
+            }),
+            #[cfg(feature = "cuda")]
+            Some(_) => {
+                let mut opened = self.0.lock();
+                if let Some(known) = opened.iter().find(|p| p.device() == Some(ordinal)) {
+                    return Ok(known.clone());
+                }
+                let other = open_cuda(&place, ordinal)?;
+                opened.push(other.clone());
+                Ok(other)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Some(_) => unreachable!("only CUDA places have ordinals"),
+        }
     }
 }
 
+/// Opens CUDA device `ordinal` of the same kind as `place` (a GPU, or the emulation).
+#[cfg(feature = "cuda")]
+fn open_cuda(place: &Place, ordinal: u32) -> Result<Place, Error> {
+    use gyre_runtime::backend::cuda;
+    let Place::Cuda(same_kind) = place else {
+        unreachable!("only CUDA places have ordinals")
+    };
+    let backend = place.name();
+    let opened = if same_kind.is_emulated() {
+        cuda::emulated_device_at(ordinal)
+    } else {
+        cuda::device_at(ordinal)
+    };
+    let device = opened.map_err(|error| Error::BackendUnavailable {
+        backend,
+        reason: error.to_string(),
+    })?;
+    tracing::info!(device = %device.describe(), backend, ordinal, "CUDA groups may run on this device too");
+    Ok(Place::Cuda(device))
+}
+
 #[cfg(not(feature = "cuda"))]
-fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
+fn choose_cuda(backend: Backend, _device: u32) -> Result<Chosen, Error> {
     Err(not_built(backend, "cuda"))
 }
 
 #[cfg(feature = "cuda")]
-fn choose_cuda(backend: Backend) -> Result<Chosen, Error> {
+fn choose_cuda(backend: Backend, ordinal: u32) -> Result<Chosen, Error> {
     use gyre_runtime::backend::cuda;
     let unavailable = |error: cuda::DeviceError| Error::BackendUnavailable {
         backend: backend.name(),
         reason: error.to_string(),
     };
     if backend == Backend::CudaEmulated {
-        let device = cuda::emulated_device().map_err(unavailable)?;
+        let device = cuda::emulated_device_at(ordinal).map_err(unavailable)?;
         tracing::info!(device = %device.describe(), "backend CudaEmulated: CUDA groups run in the host emulation (not a GPU)");
         let mut chosen = Chosen::cpu();
         chosen.name = "cuda-emulated";
         chosen.device = Some(device);
         return Ok(chosen);
     }
-    let device = cuda::default_device().map_err(unavailable)?;
+    let device = cuda::device_at(ordinal).map_err(unavailable)?;
     tracing::info!(device = %device.describe(), "backend Cuda: CUDA groups run on this device");
     let mut chosen = Chosen::cpu();
     chosen.name = "cuda";
@@ -204,9 +294,10 @@ fn choose_wgpu(backend: Backend) -> Result<Chosen, Error> {
 
 /// What [`Backend::Auto`] picks: a CUDA device, else a hardware wgpu adapter, else the
 /// CPU; logged with the reason each GPU backend was not picked.
-fn choose_auto() -> Chosen {
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn choose_auto(device: u32) -> Chosen {
     #[cfg(feature = "cuda")]
-    match choose_cuda(Backend::Cuda) {
+    match choose_cuda(Backend::Cuda, device) {
         Ok(chosen) => {
             tracing::info!("backend Auto picked CUDA: a CUDA device is present");
             return chosen;

@@ -109,6 +109,14 @@ impl Backing {
         }
     }
 
+    /// The device's ordinal, on a backend that numbers its devices (CUDA).
+    pub(crate) fn device(&self) -> Option<u32> {
+        match self {
+            Self::Cpu(_) => None,
+            Self::Device(d) => d.group.group.device(),
+        }
+    }
+
     /// Sends one message without waiting.
     pub(crate) fn try_send<In: Message>(
         &self,

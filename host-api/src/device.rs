@@ -47,6 +47,15 @@ impl Place {
             Self::Wgpu(_) => "wgpu",
         }
     }
+
+    /// The device's ordinal, on a backend that numbers its devices (CUDA).
+    pub(crate) fn device(&self) -> Option<u32> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Self::Cuda(device) => Some(device.ordinal()),
+            _ => None,
+        }
+    }
 }
 
 /// One kernel of a device group, planned for its backend.

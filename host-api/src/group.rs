@@ -113,6 +113,8 @@ pub struct GroupBuilder<'rt> {
     backend: Option<Backend>,
     /// CUDA threads per block.
     threads: Option<u32>,
+    /// The device the group runs on, when not the backend's default.
+    device: Option<u32>,
 }
 
 impl std::fmt::Debug for GroupBuilder<'_> {
@@ -140,6 +142,7 @@ impl<'rt> GroupBuilder<'rt> {
             allow_cycles: false,
             backend: None,
             threads: None,
+            device: None,
         }
     }
 
@@ -159,6 +162,34 @@ impl<'rt> GroupBuilder<'rt> {
     /// ```
     pub fn backend(&mut self, backend: Backend) -> &mut Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Runs the group on device `ordinal` of its backend (the runtime's, or the one
+    /// [`GroupBuilder::backend`] names) instead of the runtime's default device: a CUDA
+    /// GPU as the driver numbers them under `CUDA_VISIBLE_DEVICES`, or device 0 or 1 of
+    /// [`Backend::CudaEmulated`]. The runtime opens the device at the first launch on it
+    /// and keeps it. Routes inside the group stay on that device; a route to a group on
+    /// another device is relayed through the host ([`Runtime::connect`]). Only CUDA
+    /// numbers its devices: on the CPU and wgpu only ordinal 0 is accepted.
+    ///
+    /// ```
+    /// use gyre::builtins::{Builtin, Record};
+    /// use gyre::{Backend, Error, KernelSpec, Runtime};
+    /// # let Ok(runtime) = Runtime::builder().backend(Backend::CudaEmulated).build() else { return Ok(()) };
+    /// let mut g = runtime.group("on-device-1");
+    /// g.device(1);
+    /// g.add(KernelSpec::<Record, Record>::new("scale").builtin(Builtin::Affine { a: 2.0, b: 0.0 }));
+    /// match g.launch() {
+    ///     Ok(group) => assert_eq!(group.device(), Some(1)),
+    ///     // A backend without a device 1: the reason names the ordinal and the count.
+    ///     Err(Error::BackendUnavailable { reason, .. }) => eprintln!("{reason}"),
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    pub fn device(&mut self, ordinal: u32) -> &mut Self {
+        self.device = Some(ordinal);
         self
     }
 
@@ -317,7 +348,7 @@ impl<'rt> GroupBuilder<'rt> {
     /// [`Error::Route`] for a bad topology, or any launch error of a kernel.
     pub fn launch(mut self) -> Result<Group, Error> {
         let edges = self.check()?;
-        let place = self.runtime.place(self.backend)?;
+        let place = self.runtime.place_on(self.backend, self.device)?;
         if !matches!(place, Place::Cpu) {
             return self.launch_device(&place, edges);
         }
@@ -452,6 +483,15 @@ impl Group {
         match &self.inner {
             Inner::Cpu { .. } => "cpu",
             Inner::Device(core) => core.group.backend(),
+        }
+    }
+
+    /// The ordinal of the device the group runs on, on a backend that numbers its
+    /// devices (CUDA: see [`GroupBuilder::device`]); `None` on the CPU and wgpu.
+    pub fn device(&self) -> Option<u32> {
+        match &self.inner {
+            Inner::Cpu { .. } => None,
+            Inner::Device(core) => core.group.device(),
         }
     }
 

@@ -22,6 +22,9 @@ pub struct KernelMetrics {
     pub kernel: String,
     /// The backend it runs on: `cpu`, `cuda`, `cuda-emulated` or `wgpu`.
     pub backend: &'static str,
+    /// The ordinal of the device it runs on, on a backend that numbers its devices
+    /// (CUDA); `None` on the CPU and wgpu.
+    pub device: Option<u32>,
     /// Its state.
     pub state: State,
     /// Messages taken from its inbox.
@@ -99,6 +102,12 @@ impl<In, Out> Kernel<In, Out> {
     pub fn backend(&self) -> &'static str {
         self.backing.backend()
     }
+
+    /// The ordinal of the device it runs on, on a backend that numbers its devices
+    /// (CUDA: see [`crate::GroupBuilder::device`]); `None` on the CPU and wgpu.
+    pub fn device(&self) -> Option<u32> {
+        self.backing.device()
+    }
 }
 
 /// The typed report of one kernel of a device group.
@@ -170,6 +179,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         KernelMetrics {
             kernel: self.name().to_owned(),
             backend: self.backend(),
+            device: self.device(),
             state,
             received: counters.received,
             processed: counters.processed,

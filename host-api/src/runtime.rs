@@ -24,6 +24,7 @@ pub struct RuntimeBuilder {
     workers: Option<usize>,
     command_timeout: Duration,
     budget: Budget,
+    device: u32,
 }
 
 impl RuntimeBuilder {
@@ -31,6 +32,28 @@ impl RuntimeBuilder {
     #[must_use]
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
+        self
+    }
+
+    /// The device the runtime's CUDA backend opens for its groups (default 0): its
+    /// ordinal as the driver numbers devices under `CUDA_VISIBLE_DEVICES` for
+    /// [`Backend::Cuda`], 0 or 1 for [`Backend::CudaEmulated`]. A group may still run on
+    /// another device ([`crate::GroupBuilder::device`]). Only CUDA numbers its devices:
+    /// any other ordinal than 0 with another backend fails the build.
+    ///
+    /// ```
+    /// use gyre::{Backend, Error, Runtime};
+    /// match Runtime::builder().backend(Backend::Cuda).device(1).build() {
+    ///     Ok(runtime) => assert_eq!(runtime.backend_name(), "cuda"),
+    ///     // No driver, or fewer than two devices: the reason says how many there are.
+    ///     Err(Error::BackendUnavailable { reason, .. }) => eprintln!("{reason}"),
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    #[must_use]
+    pub fn device(mut self, ordinal: u32) -> Self {
+        self.device = ordinal;
         self
     }
 
@@ -84,9 +107,10 @@ impl RuntimeBuilder {
     /// `wgpu`), no usable CUDA driver or device for [`Backend::Cuda`] (the reason says
     /// what is missing), no C++ compiler for [`Backend::CudaEmulated`], no hardware
     /// adapter for [`Backend::Wgpu`] or no adapter at all for [`Backend::WgpuSoftware`]
-    /// (the reason is the adapter error).
+    /// (the reason is the adapter error); a device ordinal ([`RuntimeBuilder::device`])
+    /// the backend does not have (the reason says how many it has).
     pub fn build(self) -> Result<Runtime, Error> {
-        let chosen = choose(self.backend)?;
+        let chosen = choose(self.backend, self.device)?;
         let workers = self.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
@@ -100,6 +124,7 @@ impl RuntimeBuilder {
             }),
             cpu,
             place,
+            other_devices: crate::backend::OtherDevices::default(),
             stopped: false,
             command_timeout: self.command_timeout,
             backend_name: chosen.name,
@@ -151,6 +176,8 @@ pub struct Runtime {
     services: Arc<Services>,
     /// Where groups run unless they say otherwise.
     place: Place,
+    /// Devices of its backend groups asked for besides the default one.
+    other_devices: crate::backend::OtherDevices,
     /// Set once `shutdown` stopped every kernel (the drop then has nothing to do).
     stopped: bool,
     pub(crate) command_timeout: Duration,
@@ -165,6 +192,7 @@ impl Runtime {
             workers: None,
             command_timeout: Duration::from_secs(10),
             budget: Budget::default(),
+            device: 0,
         }
     }
 
@@ -307,6 +335,24 @@ impl Runtime {
         }
     }
 
+    /// Where a group asking for `backend` (the runtime's when `None`) and device
+    /// `device` (the backend's default when `None`) runs.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when the runtime has no such backend or the backend
+    /// no such device.
+    pub(crate) fn place_on(
+        &self,
+        backend: Option<Backend>,
+        device: Option<u32>,
+    ) -> Result<Place, Error> {
+        let place = self.place(backend)?;
+        match device {
+            None => Ok(place),
+            Some(ordinal) => self.other_devices.place_on(place, ordinal),
+        }
+    }
+
     /// Keeps a launched device group in the registry (shutdown, health, metrics, dead
     /// letters).
     pub(crate) fn register(&self, core: Arc<DeviceCore>) {
@@ -391,11 +437,14 @@ impl Runtime {
     /// (waiting for room) go to the new target, in order.
     ///
     /// Between two CPU kernels the route is direct. Between kernels of different backends
-    /// (a CPU kernel and a device group, or two device groups) it is **relayed through the
-    /// host**: a relay thread takes `from`'s host output (so `from.recv()` answers
+    /// (a CPU kernel and a device group, or two device groups, on one device or on two
+    /// devices of one backend: see [`crate::GroupBuilder::device`]) it is **relayed
+    /// through the host**: a relay thread takes `from`'s host output (so `from.recv()` answers
     /// [`Error::ReceiverTaken`]) and sends everything into `to` with blocking
     /// backpressure; `port` must be 0 (the port bound to the host output). Relayed
-    /// messages are counted in `gyre_relay_forwarded_total`. [`Runtime::shutdown`] drains
+    /// messages are counted in `gyre_relay_forwarded_total` (labels `from`, `to`,
+    /// `from_backend`, `to_backend`, and `from_device`/`to_device` for a CUDA end).
+    /// [`Runtime::shutdown`] drains
     /// a relay's upstream first and lets it deliver before draining its downstream;
     /// whatever a relay could not deliver comes back in the report (an entry named
     /// `relay FROM → TO`). Prefer declaring routes in a [`crate::GroupBuilder`]: topology
@@ -631,17 +680,33 @@ impl Runtime {
     }
 
     /// Drains every device group that feeds a relay and lets the relay deliver (before
-    /// the CPU kernels it feeds drain).
+    /// the CPU kernels it feeds drain). Upstream first, whatever order the relays were
+    /// connected in: a group is drained once no relay still to finish feeds it, so what
+    /// a chain of device groups (on several devices) carries reaches its end.
     fn stop_relay_sources(
         relays: &[Arc<crate::relay::Relay>],
         deadline: std::time::Instant,
     ) -> Vec<Stopped> {
+        let source = |relay: &crate::relay::Relay| match &relay.from_backing {
+            Backing::Device(d) => Some(d.group.clone()),
+            Backing::Cpu(_) => None,
+        };
+        let mut pending: Vec<_> = relays
+            .iter()
+            .filter_map(|r| Some((r, source(r)?)))
+            .collect();
         let mut stopped = Vec::new();
-        for relay in relays {
-            if let Backing::Device(d) = &relay.from_backing {
-                stopped.extend(Self::stop_device(&d.group, deadline));
-                relay.finish_by(deadline);
-            }
+        while !pending.is_empty() {
+            let fed = |group: &Arc<DeviceCore>| {
+                pending.iter().any(|(r, _)| {
+                    matches!(&r.to_backing, Backing::Device(d) if Arc::ptr_eq(&d.group, group))
+                })
+            };
+            // In a cycle of relays every group is fed: take any.
+            let next = pending.iter().position(|(_, g)| !fed(g)).unwrap_or(0);
+            let (relay, group) = pending.remove(next);
+            stopped.extend(Self::stop_device(&group, deadline));
+            relay.finish_by(deadline);
         }
         stopped
     }

@@ -47,13 +47,20 @@ impl Services {
                  through the host.\n# TYPE gyre_relay_forwarded_total counter\n",
             );
             for r in relays {
+                // The devices, where the backend numbers them: a route between two
+                // devices of one backend is relayed too.
+                let device = |label: &str, d: Option<u32>| {
+                    d.map_or_else(String::new, |d| format!(",{label}=\"{d}\""))
+                };
                 let _ = writeln!(
                     text,
-                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"}} {}",
+                    "gyre_relay_forwarded_total{{from=\"{}\",to=\"{}\",from_backend=\"{}\",to_backend=\"{}\"{}{}}} {}",
                     r.from,
                     r.to,
                     r.from_backing.backend(),
                     r.to_backing.backend(),
+                    device("from_device", r.from_backing.device()),
+                    device("to_device", r.to_backing.device()),
                     r.forwarded()
                 );
             }

@@ -91,8 +91,17 @@ pub fn evaluate(
     let mut unhealthy = Vec::new();
     let mut degraded = Vec::new();
     let mut stalled = false;
+    // A kernel on a numbered device is named with it: several devices may run kernels of
+    // the same name.
+    let who = match sample.device {
+        Some(device) => format!(
+            "kernel `{}` (on {} device {device})",
+            sample.name, sample.backend
+        ),
+        None => format!("kernel `{}`", sample.name),
+    };
     if sample.state == State::Faulted {
-        unhealthy.push(format!("kernel `{}` faulted", sample.name));
+        unhealthy.push(format!("{who} faulted"));
     }
     if sample.heartbeat != watchdog.heartbeat {
         watchdog.heartbeat = sample.heartbeat;
@@ -102,9 +111,9 @@ pub fn evaluate(
         if still > policy.watchdog {
             stalled = true;
             unhealthy.push(format!(
-                "kernel `{}` has {} messages waiting but its heartbeat has not moved for {still:.1?} \
+                "{who} has {} messages waiting but its heartbeat has not moved for {still:.1?} \
                  (watchdog {:?}): its handler may be stuck; terminate it to get its messages back",
-                sample.name, sample.inbox_depth, policy.watchdog
+                sample.inbox_depth, policy.watchdog
             ));
         }
     } else {
@@ -114,8 +123,7 @@ pub fn evaluate(
     let fill = sample.inbox_utilisation;
     if fill > policy.inbox_threshold {
         degraded.push(format!(
-            "kernel `{}`'s inbox is {:.0}% full (threshold {:.0}%)",
-            sample.name,
+            "the inbox of {who} is {:.0}% full (threshold {:.0}%)",
             fill * 100.0,
             policy.inbox_threshold * 100.0
         ));
@@ -126,9 +134,8 @@ pub fn evaluate(
     watchdog.errors = sample.counters.errors;
     if handled > 0 && failed as f64 / handled as f64 > policy.error_rate {
         degraded.push(format!(
-            "kernel `{}` failed {failed} of the {handled} messages handled since the last check \
+            "{who} failed {failed} of the {handled} messages handled since the last check \
              (threshold {:.0}%)",
-            sample.name,
             policy.error_rate * 100.0
         ));
     }

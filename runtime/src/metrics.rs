@@ -23,6 +23,9 @@ pub struct KernelSample {
     pub name: String,
     /// The backend it runs on (label `backend`): `cpu`, `cuda`, `cuda-emulated`, `wgpu`.
     pub backend: &'static str,
+    /// The ordinal of the device it runs on (label `device`, present only when set): set
+    /// on a backend that numbers its devices (CUDA), `None` on the CPU and wgpu.
+    pub device: Option<u32>,
     /// The kernel's id (label `id`, which tells apart kernels of the same name).
     pub id: u32,
     /// Its state.
@@ -266,11 +269,14 @@ pub fn prometheus_text(runtime: &RuntimeSample, kernels: &[KernelSample]) -> Str
     metrics::with_local_recorder(&recorder, || {
         describe();
         for k in kernels {
-            let labels = vec![
+            let mut labels = vec![
                 Label::new("kernel", k.name.clone()),
                 Label::new("id", k.id.to_string()),
                 Label::new("backend", k.backend),
             ];
+            if let Some(device) = k.device {
+                labels.push(Label::new("device", device.to_string()));
+            }
             let c = &k.counters;
             counter!("gyre_kernel_received_total", labels.clone()).absolute(c.received);
             counter!("gyre_kernel_processed_total", labels.clone()).absolute(c.processed);

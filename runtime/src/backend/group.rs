@@ -319,6 +319,7 @@ impl HostMeasures {
         crate::metrics::KernelSample {
             name: of.name.to_owned(),
             backend: of.backend,
+            device: None,
             id: of.id,
             state: of.state,
             inbox_depth: of.depth,

@@ -80,6 +80,13 @@ pub trait DeviceGroup: Send + Sync + std::fmt::Debug {
     /// The backend, as metrics label it: `"cuda"`, `"cuda-emulated"`, `"wgpu"`.
     fn backend(&self) -> &'static str;
 
+    /// The device's ordinal among its backend's devices (label `device`), on a backend
+    /// that numbers its devices (CUDA: a GPU, or one of the emulation's devices); `None`
+    /// on one that opens a single device (wgpu).
+    fn device(&self) -> Option<u32> {
+        None
+    }
+
     /// What the backend can do.
     fn capabilities(&self) -> Capabilities;
 

@@ -187,6 +187,10 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// Whether this is the host emulation rather than a GPU.
     fn is_emulated(&self) -> bool;
 
+    /// The device's ordinal: its number among the devices of its kind (CUDA devices as
+    /// the driver numbers them under `CUDA_VISIBLE_DEVICES`, or the emulation's devices).
+    fn ordinal(&self) -> u32;
+
     /// Allocates zeroed host memory the device can address (mapped pinned memory).
     fn alloc_mapped(&self, bytes: usize) -> Result<MappedMemory, DeviceError>;
 

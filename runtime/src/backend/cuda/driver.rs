@@ -340,6 +340,11 @@ impl Device for DriverDevice {
         )
     }
 
+    fn ordinal(&self) -> u32 {
+        // `new` checked the ordinal against the driver's device count, which a c_int holds.
+        u32::try_from(self.ctx.ordinal).unwrap_or(u32::MAX)
+    }
+
     fn is_emulated(&self) -> bool {
         false
     }

@@ -24,21 +24,45 @@ use super::device::{
     Device, DeviceError, DeviceMemory, LaunchShape, MappedMemory, Module, Running,
 };
 
+/// How many devices the emulation has: ordinals `0..EMULATED_DEVICES`. Enough to stand
+/// up groups on two "devices" in one process and route between them (through the host,
+/// as between GPUs); each is a separate [`EmulatedDevice`] with its own allocations and
+/// grid threads, though all of them share the host's memory and cores.
+pub const EMULATED_DEVICES: u32 = 2;
+
 /// The emulated device. See the module documentation.
 #[derive(Debug)]
 pub struct EmulatedDevice {
     compiler: String,
+    ordinal: u32,
 }
 
 impl EmulatedDevice {
-    /// An emulated device compiling with `$GYRE_EMU_CXX` or `g++`.
+    /// Emulated device 0, compiling with `$GYRE_EMU_CXX` or `g++`.
     ///
     /// # Errors
     /// [`DeviceError::Unavailable`] when the compiler cannot run.
     pub fn new() -> Result<Self, DeviceError> {
+        Self::with_ordinal(0)
+    }
+
+    /// Emulated device `ordinal` (below [`EMULATED_DEVICES`]), compiling with
+    /// `$GYRE_EMU_CXX` or `g++`.
+    ///
+    /// # Errors
+    /// [`DeviceError::Unavailable`] when the ordinal is out of range or the compiler
+    /// cannot run.
+    pub fn with_ordinal(ordinal: u32) -> Result<Self, DeviceError> {
+        if ordinal >= EMULATED_DEVICES {
+            return Err(DeviceError::Unavailable(format!(
+                "emulated CUDA device {ordinal} does not exist: the emulation has \
+                 {EMULATED_DEVICES} devices (ordinals 0 to {}); use one of those",
+                EMULATED_DEVICES - 1
+            )));
+        }
         let compiler = std::env::var("GYRE_EMU_CXX").unwrap_or_else(|_| "g++".to_owned());
         match Command::new(&compiler).arg("--version").output() {
-            Ok(out) if out.status.success() => Ok(Self { compiler }),
+            Ok(out) if out.status.success() => Ok(Self { compiler, ordinal }),
             _ => Err(DeviceError::Unavailable(format!(
                 "the emulated CUDA device needs a C++20 compiler: `{compiler} --version` did not \
                  run; install g++ (cargo xtask setup does) or set GYRE_EMU_CXX"
@@ -207,13 +231,17 @@ fn load(path: &Path) -> Result<EmuModule, DeviceError> {
 impl Device for EmulatedDevice {
     fn describe(&self) -> String {
         format!(
-            "emulated CUDA device ({} on the host; not a GPU)",
-            self.compiler
+            "emulated CUDA device {} ({} on the host; not a GPU)",
+            self.ordinal, self.compiler
         )
     }
 
     fn is_emulated(&self) -> bool {
         true
+    }
+
+    fn ordinal(&self) -> u32 {
+        self.ordinal
     }
 
     fn alloc_mapped(&self, bytes: usize) -> Result<MappedMemory, DeviceError> {
@@ -296,7 +324,7 @@ impl Device for EmulatedDevice {
         let library = Arc::clone(&module.library);
         let launch = module.launch;
         std::thread::Builder::new()
-            .name("gyre-emu-grid".to_owned())
+            .name(format!("gyre-emu{}-grid", self.ordinal))
             .spawn(move || {
                 // SAFETY: the descriptor table at `kernels` stays allocated while the
                 // group runs (the group owns it and waits for the grid before freeing);

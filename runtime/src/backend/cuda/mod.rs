@@ -41,14 +41,37 @@ pub use group::{CudaGroup, GroupError, GroupPlan, GroupReport, KernelPlan, Route
 /// # Errors
 /// [`DeviceError::Unavailable`].
 pub fn default_device() -> Result<Arc<dyn Device>, DeviceError> {
-    probe::load_driver()?;
-    Ok(Arc::new(driver::DriverDevice::new(0)?))
+    device_at(0)
 }
 
-/// The emulated device (g++ on the host: not a GPU).
+/// CUDA device `ordinal` (as the driver numbers them under `CUDA_VISIBLE_DEVICES`), if
+/// this machine has a usable driver and that device. Never panics, as
+/// [`default_device`]; an ordinal beyond the device count is
+/// [`DeviceError::Unavailable`] naming it and how many devices the driver sees.
+///
+/// # Errors
+/// [`DeviceError::Unavailable`].
+pub fn device_at(ordinal: u32) -> Result<Arc<dyn Device>, DeviceError> {
+    probe::load_driver()?;
+    let ordinal = usize::try_from(ordinal)
+        .map_err(|_| DeviceError::Unavailable(format!("CUDA device {ordinal} does not exist")))?;
+    Ok(Arc::new(driver::DriverDevice::new(ordinal)?))
+}
+
+/// Emulated device 0 (g++ on the host: not a GPU).
 ///
 /// # Errors
 /// [`DeviceError::Unavailable`] when no C++20 compiler runs.
 pub fn emulated_device() -> Result<Arc<dyn Device>, DeviceError> {
-    Ok(Arc::new(emulated::EmulatedDevice::new()?))
+    emulated_device_at(0)
+}
+
+/// Emulated device `ordinal`, below [`emulated::EMULATED_DEVICES`] (g++ on the host: not
+/// a GPU). Each call makes a separate device.
+///
+/// # Errors
+/// [`DeviceError::Unavailable`] when the ordinal is out of range (the message says how
+/// many the emulation has) or no C++20 compiler runs.
+pub fn emulated_device_at(ordinal: u32) -> Result<Arc<dyn Device>, DeviceError> {
+    Ok(Arc::new(emulated::EmulatedDevice::with_ordinal(ordinal)?))
 }

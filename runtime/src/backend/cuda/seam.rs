@@ -127,6 +127,10 @@ impl DeviceGroup for WatchedCudaGroup {
         }
     }
 
+    fn device(&self) -> Option<u32> {
+        Some(self.group.device().ordinal())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::DEVICE_GROUP
     }

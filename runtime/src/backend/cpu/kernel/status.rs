@@ -38,6 +38,7 @@ impl KernelCore {
             latency: self.latency.summary(),
             name: self.config.name.clone(),
             backend: "cpu",
+            device: None,
             id: self.id,
             state: self.state(),
             counters,

@@ -241,7 +241,9 @@ impl CudaGroup {
             capacity: kernel.inbox.capacity(),
             ring_bytes: kernel.inbox.memory().ring.layout().region_bytes(),
         };
-        kernel.measures.sample(of, &kernel.control)
+        let mut sample = kernel.measures.sample(of, &kernel.control);
+        sample.device = Some(self.device.ordinal());
+        sample
     }
 
     /// Kernel `k`'s health: faulted, or its heartbeat standing still while messages wait
