@@ -97,6 +97,7 @@ impl RuntimeBuilder {
                 cpu: cpu.clone(),
                 devices: parking_lot::Mutex::new(Vec::new()),
                 relays: parking_lot::Mutex::new(Vec::new()),
+                supervisor: crate::device_supervisor::Supervisor::default(),
             }),
             cpu,
             place,
@@ -310,6 +311,7 @@ impl Runtime {
     /// Keeps a launched device group in the registry (shutdown, health, metrics, dead
     /// letters).
     pub(crate) fn register(&self, core: Arc<DeviceCore>) {
+        crate::device_supervisor::Restartable::attach(&core, &self.services.supervisor);
         self.services.devices.lock().push(core);
     }
 
@@ -464,14 +466,10 @@ impl Runtime {
         &self,
         kernel: &Kernel<In, Out>,
     ) -> Result<(), Error> {
-        let Backing::Cpu(core) = &kernel.backing else {
-            return Err(Error::Unsupported {
-                what: format!("restarting kernel `{}`", kernel.name()),
-                backend: kernel.backend(),
-                advice: "a device group cannot restart in place: terminate the group (its \
-                         report hands back every queued message) and launch it again"
-                    .to_owned(),
-            });
+        let core = match &kernel.backing {
+            Backing::Cpu(core) => core,
+            // A device group restarts as a unit (see `Group::restart`).
+            Backing::Device(d) => return crate::device_supervisor::restart(&d.group),
         };
         self.cpu
             .restart(core)
@@ -531,6 +529,9 @@ impl Runtime {
         let early = Self::stop_relay_sources(&relays, deadline);
         // No fault policy may restart a kernel behind the shutdown's back.
         self.cpu.stop_supervision();
+        self.services.supervisor.stop(
+            deadline.min(std::time::Instant::now() + crate::device_supervisor::JOIN_PATIENCE),
+        );
         let kernels = self.cpu.kernels_in_drain_order();
         let mut stopped: Vec<(usize, KernelShutdown)> = kernels
             .iter()
