@@ -276,7 +276,7 @@ impl Restartable {
     pub(crate) fn restart(&self, host_stopped: &AtomicBool) -> Result<(), Error> {
         let _serial = self.restart_lock.lock();
         let old = self.current();
-        if !old.host_faulted() {
+        if !self.faulted() {
             for &k in &self.order {
                 let state = old.group.state(k);
                 if !lifecycle::is_stopped(state) {
@@ -391,6 +391,17 @@ impl Restartable {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
         }
+        let policy = self
+            .supervision
+            .iter()
+            .any(|s| s.fault_policy != FaultPolicy::Report);
+        // Relaxed: as above.
+        let stopped = core.stopped.load(Ordering::Relaxed);
+        if policy && !stopped && !self.restart_state.lock().circuit_open {
+            // A device raises no interrupt when a kernel faults: look at the states again.
+            let at = Instant::now() + FAULT_CHECK;
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
         next
     }
 
@@ -404,7 +415,7 @@ impl Restartable {
         match policy {
             FaultPolicy::Report => None,
             FaultPolicy::Terminate => {
-                let why = self.current().fault().unwrap_or_else(|| "faulted".into());
+                let why = DeviceGroup::fault(self).unwrap_or_else(|| "faulted".into());
                 let report = crate::group::device_stop(core, crate::stop::Stop::Terminate);
                 for entry in report.kernels {
                     for m in entry.undelivered {
@@ -580,7 +591,18 @@ impl DeviceGroup for Restartable {
     }
 
     fn fault(&self) -> Option<String> {
-        self.current().fault()
+        let g = self.current();
+        g.fault().or_else(|| {
+            (0..self.names.len())
+                .find(|&k| g.group.state(k) == State::Faulted)
+                .map(|k| {
+                    format!(
+                        "kernel `{}` faulted on the device: its handler returned \
+                         GYRE_FAULT_KERNEL (or it read a command it does not know)",
+                        self.names[k]
+                    )
+                })
+        })
     }
 
     fn command(&self, k: usize, command: Command) -> Result<State, CommandError> {
@@ -649,6 +671,9 @@ struct Shared {
 
 /// How long a stop waits for the supervisor's thread.
 pub(crate) const JOIN_PATIENCE: Duration = Duration::from_millis(500);
+
+/// How often the states of a group with a fault policy are looked at.
+const FAULT_CHECK: Duration = Duration::from_millis(20);
 
 /// How often a waiter left on a retired generation's signal is nudged.
 const STALE_NUDGE: Duration = Duration::from_millis(2);

@@ -8,13 +8,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use gyre::builtins::{Builtin, Record};
-use gyre::{FaultPolicy, Group, Kernel, KernelSpec, RestartPolicy, Runtime, State};
+use gyre::{Error, FaultPolicy, Group, Kernel, KernelSpec, RestartPolicy, Runtime, State};
 
 #[path = "support/backends.rs"]
 mod backends;
-#[cfg(feature = "cuda")]
-#[path = "../../runtime/tests/support/skip.rs"]
-mod skip;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -212,7 +209,7 @@ fn stuck_runtime() -> Option<(Runtime, Kernel<Record, Record>)> {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            skip::skip("the cuda-emulated backend", &e);
+            backends::skip::skip("the cuda-emulated backend", &e);
             return None;
         }
     };
@@ -271,4 +268,121 @@ fn dropping_the_runtime_while_the_supervisor_runs_does_not_hang() {
         start.elapsed()
     );
     drop(k);
+}
+
+/// A handler that counts what it handles in its state word and faults its kernel on the
+/// fifth message since launch: a restarted group (state words from zero) handles four
+/// more, then faults again.
+const FAULT_ON_FIFTH_CUDA: &str = r"
+__device__ int fault_on_fifth(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
+    gyre_u32 *seen = (gyre_u32 *)ctx->state;
+    seen[0] += 1u;
+    if (seen[0] == 5u) {
+        return GYRE_FAULT_KERNEL;
+    }
+    return gyre_emit(ctx, 0u, msg, 16u);
+}";
+
+const FAULT_ON_FIFTH_WGSL: &str = r"
+fn fault_on_fifth(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {
+    let seen = gyre_state_load(ctx, 0u) + 1u;
+    gyre_state_store(ctx, 0u, seen);
+    if (seen == 5u) {
+        return GYRE_FAULT_KERNEL;
+    }
+    return gyre_emit(ctx, 0u, msg, 16u);
+}";
+
+/// Activates `k`, whose handler may fault it before the activation's answer is read
+/// (the answer then says it faulted).
+fn activate(name: &str, k: &Kernel<Record, Record>) {
+    if let Err(e) = k.activate() {
+        assert!(matches!(e, Error::Faulted { .. }), "{name}: {e}");
+    }
+}
+
+#[test]
+fn a_handler_faults_its_kernel_and_the_fault_policy_restarts_it_until_all_is_processed() {
+    for (name, runtime) in devices() {
+        let policy = FaultPolicy::Restart(RestartPolicy {
+            initial_backoff: Duration::from_millis(1),
+            ..RestartPolicy::default()
+        });
+        let k = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new("faulty")
+                    .capacity(64)
+                    .host_output(64)
+                    .max_emits(1)
+                    .sequential()
+                    .state_bytes(4)
+                    .cuda("fault_on_fifth", FAULT_ON_FIFTH_CUDA)
+                    .wgsl("fault_on_fifth", FAULT_ON_FIFTH_WGSL)
+                    .on_fault(policy),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Everything queued first: sends to a faulted kernel fail until it restarts.
+        for id in 0..20 {
+            k.send_with_corr(record(id), u64::from(id) + 1000).unwrap();
+        }
+        activate(name, &k);
+        // Four per generation: ids 0-3, (fault on 4) 4-7, (8) 8-11, (12) 12-15, (16) 16-19.
+        // While the group is faulted (until its restart) a receive says so: look again.
+        let deadline = Instant::now() + WAIT;
+        let mut id = 0;
+        while id < 20 {
+            assert!(Instant::now() < deadline, "{name}: timed out at id {id}");
+            match k.recv_with_corr_timeout(WAIT) {
+                Ok((r, corr)) => {
+                    assert_eq!((r.seq, corr), (id, u64::from(id) + 1000), "{name}");
+                    id += 1;
+                }
+                Err(Error::Faulted { .. }) => std::thread::sleep(Duration::from_millis(1)),
+                Err(e) => panic!("{name}: id {id}: {e}"),
+            }
+        }
+        assert_eq!(k.restarts(), 4, "{name}");
+        assert_eq!(k.state(), State::Active, "{name}");
+        assert!(runtime.take_dead_letters().is_empty(), "{name}");
+        let report = runtime.shutdown(WAIT);
+        assert_eq!(report.undelivered_count(), 0, "{name}");
+    }
+}
+
+#[test]
+fn a_kernel_a_handler_faulted_says_so_and_hands_back_what_it_held() {
+    for (name, runtime) in devices() {
+        let k = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new("faulty")
+                    .capacity(64)
+                    .host_output(64)
+                    .max_emits(1)
+                    .sequential()
+                    .state_bytes(4)
+                    .cuda("fault_on_fifth", FAULT_ON_FIFTH_CUDA)
+                    .wgsl("fault_on_fifth", FAULT_ON_FIFTH_WGSL),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for id in 0..10 {
+            k.send(record(id)).unwrap();
+        }
+        activate(name, &k);
+        for id in 0..4 {
+            assert_eq!(k.recv_timeout(WAIT).unwrap().seq, id, "{name}");
+        }
+        wait_for("the fault", || k.state() == State::Faulted);
+        assert!(
+            k.fault().unwrap().contains("GYRE_FAULT_KERNEL"),
+            "{name}: {:?}",
+            k.fault()
+        );
+        let report = k.terminate().unwrap();
+        let left: Vec<u32> = report.undelivered.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            left,
+            (4..10).collect::<Vec<_>>(),
+            "{name}: the faulting message first"
+        );
+    }
 }
