@@ -128,7 +128,13 @@ pub(crate) struct Restartable {
     dead_letters: DeadLetters,
     /// The runtime's supervisor, once the group is registered.
     supervisor: OnceLock<Supervisor>,
+    /// Per kernel, what stopped generations handed back and no restart handed on yet
+    /// (a relaunch that failed leaves it here for the next try).
+    carried: Mutex<Vec<Carried>>,
 }
+
+/// Queued messages and undelivered outputs (with their port) of one kernel.
+type Carried = (Vec<Message>, Vec<(u32, Message)>);
 
 impl std::fmt::Debug for Restartable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,6 +170,7 @@ impl Restartable {
             restart_state: Mutex::new(RestartState::default()),
             dead_letters: DeadLetters::new(),
             supervisor: OnceLock::new(),
+            carried: Mutex::new(vec![Carried::default(); n]),
         }
     }
 
@@ -290,11 +297,30 @@ impl Restartable {
                 }
             }
         }
-        let fresh = (self.relaunch)()?;
         // ORDERING: Release/Acquire pair with the loads in `try_send`: from here until
         // the queued messages are in, other senders find the group full.
         self.restarting.store(true, Ordering::Release);
+        // The old group stops before the new one launches (a device may not hold both);
+        // what it hands back is carried until a launch succeeds.
         let report = self.stop_generation(old, None);
+        {
+            let mut carried = self.carried.lock();
+            for (k, entry) in report.kernels.into_iter().enumerate() {
+                carried[k].0.extend(entry.undelivered);
+                carried[k].1.extend(entry.undelivered_outputs);
+            }
+        }
+        let fresh = match (self.relaunch)() {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                // ORDERING: Release pairs with the Acquire in `try_send`.
+                self.restarting.store(false, Ordering::Release);
+                for g in self.generations() {
+                    g.group.progress().notify();
+                }
+                return Err(e);
+            }
+        };
         for &k in self.order.iter().rev() {
             if let Err(e) = fresh.command(k, Command::Activate) {
                 tracing::warn!(kernel = %self.names[k], error = %e, "restarted kernel did not activate");
@@ -306,12 +332,13 @@ impl Restartable {
         }
         let new = self.current();
         let deadline = Instant::now() + self.command_timeout;
+        let carried = std::mem::replace(&mut *self.carried.lock(), vec![Carried::default(); n]);
         for &k in &self.order {
-            let entry = &report.kernels[k];
-            for m in &entry.undelivered {
+            let (undelivered, outputs) = &carried[k];
+            for m in undelivered {
                 self.resend(new, k, m, deadline);
             }
-            for (port, m) in &entry.undelivered_outputs {
+            for (port, m) in outputs {
                 self.dead_letters.push(letter(
                     &self.names[k],
                     format!("restart: output on port {port} the faulted group could not deliver"),

@@ -459,8 +459,11 @@ impl Runtime {
     /// [`KernelSpec::cpu_factory`] gets a fresh handler; one built with `cpu` keeps its
     /// handler value (state kept in the closure carries over).
     ///
+    /// A kernel of a device group restarts with its whole group, which comes back active
+    /// with every queued message handed back to it (see [`crate::Group::restart`]).
+    ///
     /// # Errors
-    /// [`Error::Lifecycle`] when the kernel is running; [`Error::Unresponsive`] when a
+    /// [`Error::Lifecycle`] when the kernel (on a device: its group) is running; [`Error::Unresponsive`] when a
     /// handler abandoned by a terminate still has not returned.
     pub fn restart<In: Message, Out: Message>(
         &self,
