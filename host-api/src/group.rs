@@ -686,7 +686,8 @@ impl Group {
     /// kernel (its inbox, then what its upstream kernels had sent it) is handed to it
     /// again, in order and with its correlation id, before any new send gets in.
     /// Handles (`Kernel`, `Sender`, `Receiver`, `Requester`) keep working; outputs of
-    /// the old group not yet received come first. Kernel state words start from zero.
+    /// the old group not yet received come first. Kernel state words start from zero, and
+    /// so do the kernels' counters ([`Kernel::metrics`]; Prometheus sees a counter reset).
     /// A message the new group does not take within the command timeout, and an output
     /// the old group could not deliver, go to the dead letters. The kernels'
     /// [`Kernel::restarts`] count it. A kernel whose spec says
