@@ -463,8 +463,9 @@ impl Runtime {
     /// with every queued message handed back to it (see [`crate::Group::restart`]).
     ///
     /// # Errors
-    /// [`Error::Lifecycle`] when the kernel (on a device: its group) is running; [`Error::Unresponsive`] when a
-    /// handler abandoned by a terminate still has not returned.
+    /// [`Error::Lifecycle`] when the kernel (on a device: its group) is running;
+    /// [`Error::Unresponsive`] when a handler abandoned by a terminate still has not
+    /// returned; on a device, the launch's errors when the fresh group does not launch.
     pub fn restart<In: Message, Out: Message>(
         &self,
         kernel: &Kernel<In, Out>,
@@ -529,12 +530,13 @@ impl Runtime {
         // Routes between backends: a device group feeding a relay drains first and its
         // relay delivers, before the CPU kernels (which such relays feed) drain.
         let relays = self.services.relays.lock().clone();
-        let early = Self::stop_relay_sources(&relays, deadline);
-        // No fault policy may restart a kernel behind the shutdown's back.
-        self.cpu.stop_supervision();
+        // No fault policy may restart a device group behind the shutdown's back.
         self.services.supervisor.stop(
             deadline.min(std::time::Instant::now() + crate::device_supervisor::JOIN_PATIENCE),
         );
+        let early = Self::stop_relay_sources(&relays, deadline);
+        // No fault policy may restart a kernel behind the shutdown's back.
+        self.cpu.stop_supervision();
         let kernels = self.cpu.kernels_in_drain_order();
         let mut stopped: Vec<(usize, KernelShutdown)> = kernels
             .iter()
