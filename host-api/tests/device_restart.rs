@@ -200,7 +200,7 @@ __device__ int stuck_on_seven(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {
 }";
 
 #[cfg(feature = "cuda")]
-fn stuck_runtime() -> Option<(Runtime, Kernel<Record, Record>)> {
+fn stuck_runtime(policy: FaultPolicy) -> Option<(Runtime, Kernel<Record, Record>)> {
     use gyre::Backend;
     let runtime = match Runtime::builder()
         .backend(Backend::CudaEmulated)
@@ -221,23 +221,26 @@ fn stuck_runtime() -> Option<(Runtime, Kernel<Record, Record>)> {
                 .max_emits(1)
                 .sequential()
                 .cuda("stuck_on_seven", STUCK_CUDA)
-                .watchdog(Duration::from_millis(100)),
+                .watchdog(Duration::from_millis(100))
+                .on_fault(policy),
         )
         .unwrap();
     k.activate().unwrap();
     for id in 0..16 {
         k.send(record(id)).unwrap();
     }
-    wait_for("the watchdog to trip", || k.state() == State::Faulted);
-    let fault = k.fault().unwrap();
-    assert!(fault.starts_with("watchdog:"), "{fault}");
+    if policy == FaultPolicy::Report {
+        wait_for("the watchdog to trip", || k.state() == State::Faulted);
+        let fault = k.fault().unwrap();
+        assert!(fault.starts_with("watchdog:"), "{fault}");
+    }
     Some((runtime, k))
 }
 
 #[cfg(feature = "cuda")]
 #[test]
 fn the_watchdog_trips_on_a_stuck_device_handler_and_shutdown_is_bounded() {
-    let Some((runtime, k)) = stuck_runtime() else {
+    let Some((runtime, k)) = stuck_runtime(FaultPolicy::Report) else {
         return;
     };
     assert!(!k.health().reasons.is_empty());
@@ -257,7 +260,7 @@ fn the_watchdog_trips_on_a_stuck_device_handler_and_shutdown_is_bounded() {
 #[cfg(feature = "cuda")]
 #[test]
 fn dropping_the_runtime_while_the_supervisor_runs_does_not_hang() {
-    let Some((runtime, k)) = stuck_runtime() else {
+    let Some((runtime, k)) = stuck_runtime(FaultPolicy::Report) else {
         return;
     };
     let start = Instant::now();
@@ -385,4 +388,34 @@ fn a_kernel_a_handler_faulted_says_so_and_hands_back_what_it_held() {
             "{name}: the faulting message first"
         );
     }
+}
+
+/// With `FaultPolicy::Restart`, the watchdog's fault restarts the group whose handler is
+/// stuck: the handles work on the restarted group, and the runtime still stops in
+/// bounded time while the old handler is still inside its sleep.
+#[cfg(feature = "cuda")]
+#[test]
+fn the_watchdog_and_the_fault_policy_restart_a_group_whose_handler_is_stuck() {
+    let policy = FaultPolicy::Restart(RestartPolicy {
+        initial_backoff: Duration::from_millis(1),
+        ..RestartPolicy::default()
+    });
+    let Some((runtime, k)) = stuck_runtime(policy) else {
+        return;
+    };
+    wait_for("the restart", || k.restarts() == 1);
+    k.send_with_corr(record(100), 100).unwrap();
+    let mut seen = HashMap::new();
+    while !seen.contains_key(&100) {
+        let (r, _) = k.recv_with_corr_timeout(WAIT).unwrap();
+        *seen.entry(r.seq).or_insert(0u32) += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    let start = Instant::now();
+    let _ = runtime.shutdown(Duration::from_millis(300));
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
 }
