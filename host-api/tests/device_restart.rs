@@ -83,13 +83,11 @@ fn queued_group(
 
 /// Receives `count` outputs and checks each id came once, with its correlation id, and
 /// that ids from each source (`0..ROUTED` and the rest) come in order.
-fn receive_all(name: &str, kb: &Kernel<Record, Record>, count: u32) {
+fn receive_all(name: &str, mut recv: impl FnMut() -> Result<(Record, u64), Error>, count: u32) {
     let mut seen = HashMap::new();
     let (mut last_routed, mut last_queued) = (None, None);
     for _ in 0..count {
-        let (r, corr) = kb
-            .recv_with_corr_timeout(WAIT)
-            .unwrap_or_else(|e| panic!("{name}: {e} (seen {})", seen.len()));
+        let (r, corr) = recv().unwrap_or_else(|e| panic!("{name}: {e} (seen {})", seen.len()));
         assert_eq!(corr, u64::from(r.seq) + 1000, "{name}: correlation id kept");
         *seen.entry(r.seq).or_insert(0u32) += 1;
         let last = if r.seq < ROUTED {
@@ -113,6 +111,9 @@ fn receive_all(name: &str, kb: &Kernel<Record, Record>, count: u32) {
 fn a_faulted_group_restarts_by_hand_with_its_queued_messages() {
     for (name, runtime) in devices() {
         let (group, ka, kb) = queued_group(name, &runtime, FaultPolicy::Report);
+        // Handles taken before the fault.
+        let sender = ka.sender();
+        let mut receiver = kb.receiver().unwrap();
         assert!(
             group.restart().is_err(),
             "{name}: a running group does not restart"
@@ -131,11 +132,16 @@ fn a_faulted_group_restarts_by_hand_with_its_queued_messages() {
         assert_eq!(ka.restarts(), 1, "{name}");
         assert_eq!(kb.restarts(), 1, "{name}");
         assert_eq!(ka.state(), State::Active, "{name}: restarted active");
-        receive_all(name, &kb, ROUTED + QUEUED);
+        receive_all(
+            name,
+            || receiver.recv_with_corr_timeout(WAIT),
+            ROUTED + QUEUED,
+        );
         // The handles taken before the fault still work.
         let id = ROUTED + QUEUED;
-        ka.send_with_corr(record(id), u64::from(id) + 1000).unwrap();
-        let mut receiver = kb.receiver().unwrap();
+        sender
+            .send_with_corr(record(id), u64::from(id) + 1000)
+            .unwrap();
         let (r, corr) = receiver.recv_with_corr_timeout(WAIT).unwrap();
         assert_eq!((r.seq, corr), (id, u64::from(id) + 1000), "{name}");
         drop(receiver);
@@ -159,7 +165,7 @@ fn fault_policy_restart_restarts_a_device_group_with_its_queued_messages() {
         let (group, ka, kb) = queued_group(name, &runtime, policy);
         group.fault_with("test: faulted by the host").unwrap();
         wait_for("the supervisor's restart", || kb.restarts() == 1);
-        receive_all(name, &kb, ROUTED + QUEUED);
+        receive_all(name, || kb.recv_with_corr_timeout(WAIT), ROUTED + QUEUED);
         assert_eq!(ka.state(), State::Active, "{name}");
         let report = runtime.shutdown(WAIT);
         assert_eq!(report.undelivered_count(), 0, "{name}");
