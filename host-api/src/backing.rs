@@ -21,7 +21,8 @@ use crate::Error;
 /// routes, which kernels have a host output, and which receiving ends are taken.
 #[derive(Debug)]
 pub(crate) struct DeviceCore {
-    pub(crate) group: Box<dyn DeviceGroup>,
+    /// The launched group, which a restart replaces (see `device_supervisor`).
+    pub(crate) group: crate::device_supervisor::Restartable,
     /// The group's name.
     pub(crate) name: String,
     /// Each kernel's name, by index.

@@ -59,6 +59,7 @@ impl Place {
 }
 
 /// One kernel of a device group, planned for its backend.
+#[derive(Clone)]
 pub(crate) enum DevicePlan {
     #[cfg(feature = "cuda")]
     Cuda(gyre_runtime::backend::cuda::KernelPlan),
@@ -264,6 +265,7 @@ pub(crate) enum PortTo {
 }
 
 /// A device group to launch: its kernels' plans and what the host keeps about them.
+#[derive(Clone)]
 pub(crate) struct DeviceLaunch {
     pub(crate) name: String,
     pub(crate) plans: Vec<DevicePlan>,
@@ -276,10 +278,45 @@ pub(crate) struct DeviceLaunch {
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(crate) threads: Option<u32>,
     pub(crate) command_timeout: std::time::Duration,
+    /// Each kernel's fault policy and watchdog.
+    pub(crate) supervision: Vec<crate::device_supervisor::Supervision>,
 }
 
-/// Launches `launch` on `place` (a device).
-pub(crate) fn launch(place: &Place, mut launch: DeviceLaunch) -> Result<Arc<DeviceCore>, Error> {
+/// Launches `launch` on `place` (a device); a restart launches it again from the same
+/// plan.
+pub(crate) fn launch(place: &Place, launch: DeviceLaunch) -> Result<Arc<DeviceCore>, Error> {
+    let group = launch_group(place, launch.clone())?;
+    let relaunch: crate::device_supervisor::Relaunch = {
+        let (place, plan) = (place.clone(), launch.clone());
+        Box::new(move || launch_group(&place, plan.clone()))
+    };
+    let n = launch.names.len();
+    tracing::info!(group = %launch.name, backend = place.name(), kernels = n, "group launched");
+    let group = crate::device_supervisor::Restartable::new(
+        group,
+        launch.names.clone(),
+        launch.order.clone(),
+        launch.supervision,
+        relaunch,
+        launch.command_timeout,
+    );
+    Ok(Arc::new(DeviceCore {
+        group,
+        name: launch.name,
+        names: launch.names,
+        host_output: launch.host_output,
+        edges: launch.edges,
+        order: launch.order,
+        receiver_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        sender_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        latency: (0..n).map(|_| LatencyRecorder::new()).collect(),
+        stopped: AtomicBool::new(false),
+        runtime_gone: AtomicBool::new(false),
+    }))
+}
+
+/// Launches the group of `launch` on `place` (a device).
+fn launch_group(place: &Place, mut launch: DeviceLaunch) -> Result<Box<dyn DeviceGroup>, Error> {
     let routes: Vec<Route> = launch
         .routes
         .iter()
@@ -301,21 +338,7 @@ pub(crate) fn launch(place: &Place, mut launch: DeviceLaunch) -> Result<Arc<Devi
         #[cfg(feature = "wgpu")]
         Place::Wgpu(gpu) => launch_wgpu(gpu, &mut launch, routes, backend)?,
     };
-    let n = launch.names.len();
-    tracing::info!(group = %launch.name, backend, kernels = n, "group launched");
-    Ok(Arc::new(DeviceCore {
-        group,
-        name: launch.name,
-        names: launch.names,
-        host_output: launch.host_output,
-        edges: launch.edges,
-        order: launch.order,
-        receiver_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        sender_taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        latency: (0..n).map(|_| LatencyRecorder::new()).collect(),
-        stopped: AtomicBool::new(false),
-        runtime_gone: AtomicBool::new(false),
-    }))
+    Ok(group)
 }
 
 /// Launches the CUDA group of `launch` on `device`, with its watcher thread.

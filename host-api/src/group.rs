@@ -69,6 +69,7 @@ struct Planned<'rt> {
     out_bytes: usize,
     ports: u32,
     host_output: bool,
+    supervision: crate::device_supervisor::Supervision,
 }
 
 pub(crate) use crate::device::PortTo;
@@ -211,6 +212,10 @@ impl<'rt> GroupBuilder<'rt> {
             out_bytes: std::mem::size_of::<Out>(),
             ports: spec.ports,
             host_output: spec.host_output.is_some(),
+            supervision: crate::device_supervisor::Supervision {
+                fault_policy: spec.fault_policy,
+                watchdog: spec.watchdog,
+            },
             // Every place but the CPU is a device, however many device features are built.
             #[allow(clippy::match_wildcard_for_single_variants)]
             #[cfg_attr(
@@ -408,6 +413,7 @@ impl<'rt> GroupBuilder<'rt> {
                 order,
                 threads: self.threads,
                 command_timeout: self.runtime.command_timeout,
+                supervision: self.kernels.iter().map(|k| k.supervision).collect(),
             },
         )?;
         self.runtime.register(core.clone());
@@ -705,6 +711,66 @@ impl Group {
             Inner::Device(core) => device_health(core, policy),
         }
     }
+
+    /// Restarts a faulted or stopped device group, keeping its queued messages: what is
+    /// left of the group is terminated, a fresh group is launched from the same plan on
+    /// the same device with every kernel active, and each message that was queued for a
+    /// kernel (its inbox, then what its upstream kernels had sent it) is handed to it
+    /// again, in order and with its correlation id, before any new send gets in.
+    /// Handles (`Kernel`, `Sender`, `Receiver`, `Requester`) keep working; outputs of
+    /// the old group not yet received come first. Kernel state words start from zero, and
+    /// so do the kernels' counters ([`Kernel::metrics`]; Prometheus sees a counter reset).
+    /// A message the new group does not take within the command timeout, and an output
+    /// the old group could not deliver, go to the dead letters. The kernels'
+    /// [`Kernel::restarts`] count it. A kernel whose spec says
+    /// `on_fault(FaultPolicy::Restart(..))` has its group restarted this way by the
+    /// runtime's supervisor when it faults.
+    ///
+    /// CPU groups restart per kernel: [`crate::Runtime::restart`].
+    ///
+    /// # Errors
+    /// [`Error::Lifecycle`] when the group is running (not faulted, not stopped);
+    /// the launch's errors when the fresh group does not launch (the old one stays as
+    /// it was); [`Error::Unsupported`] for a CPU group.
+    pub fn restart(&self) -> Result<(), Error> {
+        match &self.inner {
+            Inner::Device(core) => crate::device_supervisor::restart(core),
+            Inner::Cpu { .. } => Err(Error::Unsupported {
+                what: format!("restarting group `{}` as a unit", self.name),
+                backend: "cpu",
+                advice: "CPU kernels restart one by one: `Runtime::restart(&kernel)` for each \
+                         faulted or terminated kernel"
+                    .to_owned(),
+            }),
+        }
+    }
+
+    /// Marks a device group faulted from the host with `reason`, as its watchdog does:
+    /// its kernels read `Faulted`, sends and commands fail with the reason, its kernels'
+    /// fault policy applies (`Restart` restarts it, keeping its queued messages), and a
+    /// stop terminates it and hands back what it holds.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for a CPU group (a CPU kernel faults when its handler
+    /// panics).
+    pub fn fault_with(&self, reason: &str) -> Result<(), Error> {
+        match &self.inner {
+            Inner::Device(core) => {
+                core.group.fault_with(reason);
+                if let Some(supervisor) = core.group.supervisor() {
+                    supervisor.poke();
+                }
+                Ok(())
+            }
+            Inner::Cpu { .. } => Err(Error::Unsupported {
+                what: format!("faulting group `{}` from the host", self.name),
+                backend: "cpu",
+                advice: "a CPU kernel faults when its handler panics; terminate the group \
+                         to stop it"
+                    .to_owned(),
+            }),
+        }
+    }
 }
 
 /// The health of every kernel of a device group.
@@ -755,7 +821,7 @@ pub(crate) fn device_stop(core: &DeviceCore, how: Stop) -> GroupReport {
                     .then(|| core.group.fault())
                     .flatten(),
                 error: None,
-                abandoned: false,
+                abandoned: core.group.abandoned(k),
                 undelivered: entry.undelivered.iter().map(raw).collect(),
                 undelivered_outputs: outputs,
             }

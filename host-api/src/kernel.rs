@@ -191,12 +191,12 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         }
     }
 
-    /// Restarts its fault policy made over its life (always 0 on device backends, which
-    /// have no restart).
+    /// Restarts over its life: by its fault policy on the CPU; on a device backend every
+    /// restart of its group, by hand ([`crate::Group::restart`]) or by the fault policy.
     pub fn restarts(&self) -> u64 {
         match &self.backing {
             Backing::Cpu(core) => core.restarts(),
-            Backing::Device(_) => 0,
+            Backing::Device(d) => d.group.group.restarts(),
         }
     }
 

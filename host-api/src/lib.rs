@@ -131,6 +131,7 @@ mod backend;
 mod backing;
 pub mod builtins;
 mod device;
+mod device_supervisor;
 mod error;
 mod gpu_common;
 mod group;

@@ -121,6 +121,7 @@ impl RuntimeBuilder {
                 cpu: cpu.clone(),
                 devices: parking_lot::Mutex::new(Vec::new()),
                 relays: parking_lot::Mutex::new(Vec::new()),
+                supervisor: crate::device_supervisor::Supervisor::default(),
             }),
             cpu,
             place,
@@ -356,6 +357,7 @@ impl Runtime {
     /// Keeps a launched device group in the registry (shutdown, health, metrics, dead
     /// letters).
     pub(crate) fn register(&self, core: Arc<DeviceCore>) {
+        crate::device_supervisor::Restartable::attach(&core, &self.services.supervisor);
         self.services.devices.lock().push(core);
     }
 
@@ -503,21 +505,21 @@ impl Runtime {
     /// [`KernelSpec::cpu_factory`] gets a fresh handler; one built with `cpu` keeps its
     /// handler value (state kept in the closure carries over).
     ///
+    /// A kernel of a device group restarts with its whole group, which comes back active
+    /// with every queued message handed back to it (see [`crate::Group::restart`]).
+    ///
     /// # Errors
-    /// [`Error::Lifecycle`] when the kernel is running; [`Error::Unresponsive`] when a
-    /// handler abandoned by a terminate still has not returned.
+    /// [`Error::Lifecycle`] when the kernel (on a device: its group) is running;
+    /// [`Error::Unresponsive`] when a handler abandoned by a terminate still has not
+    /// returned; on a device, the launch's errors when the fresh group does not launch.
     pub fn restart<In: Message, Out: Message>(
         &self,
         kernel: &Kernel<In, Out>,
     ) -> Result<(), Error> {
-        let Backing::Cpu(core) = &kernel.backing else {
-            return Err(Error::Unsupported {
-                what: format!("restarting kernel `{}`", kernel.name()),
-                backend: kernel.backend(),
-                advice: "a device group cannot restart in place: terminate the group (its \
-                         report hands back every queued message) and launch it again"
-                    .to_owned(),
-            });
+        let core = match &kernel.backing {
+            Backing::Cpu(core) => core,
+            // A device group restarts as a unit (see `Group::restart`).
+            Backing::Device(d) => return crate::device_supervisor::restart(&d.group),
         };
         self.cpu
             .restart(core)
@@ -574,6 +576,10 @@ impl Runtime {
         // Routes between backends: a device group feeding a relay drains first and its
         // relay delivers, before the CPU kernels (which such relays feed) drain.
         let relays = self.services.relays.lock().clone();
+        // No fault policy may restart a device group behind the shutdown's back.
+        self.services.supervisor.stop(
+            deadline.min(std::time::Instant::now() + crate::device_supervisor::JOIN_PATIENCE),
+        );
         let early = Self::stop_relay_sources(&relays, deadline);
         // No fault policy may restart a kernel behind the shutdown's back.
         self.cpu.stop_supervision();

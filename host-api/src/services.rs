@@ -15,6 +15,8 @@ pub(crate) struct Services {
     pub(crate) devices: parking_lot::Mutex<Vec<Arc<DeviceCore>>>,
     /// Routes between backends, carried through the host.
     pub(crate) relays: parking_lot::Mutex<Vec<Arc<crate::relay::Relay>>>,
+    /// The device groups' watchdogs and fault policies.
+    pub(crate) supervisor: crate::device_supervisor::Supervisor,
 }
 
 impl Services {

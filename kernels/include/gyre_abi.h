@@ -105,6 +105,7 @@ typedef uint32_t gyre_u32;
 #define GYRE_ERR_TOO_LARGE            (-2)
 #define GYRE_ERR_TOO_MANY             (-3)
 #define GYRE_ERR_NO_HANDLER           (-4)
+#define GYRE_FAULT_KERNEL             (-5)
 #define GYRE_BUILTIN_ERR_PARAMS       1001
 #define GYRE_BUILTIN_ERR_INPUT        1002
 #define GYRE_BUILTIN_ERR_STATE        1003

@@ -468,6 +468,14 @@ GYRE_DEVICE bool gyre_finish_batch(gyre_block *b, const gyre_kernel_desc *k) {
             continue;
         }
         GyreSlotHeader *s = gyre_slot(r, b->start + m);
+        if (b->status[m] == (gyre_u32)GYRE_FAULT_KERNEL) {
+            /* The handler faulted its kernel: this message and the rest stay in the
+             * inbox, its emits are dropped, and the kernel stops Faulted. */
+            gyre_store_relaxed(&c->error_code, GYRE_FAULT_HANDLER_PANIC, GYRE_SCOPE_SYSTEM);
+            gyre_acknowledge(b, c, GYRE_STATE_FAULTED);
+            stop = true;
+            break;
+        }
         if (b->status[m] != 0u) {
             if (!gyre_dead_letter(b, k, GYRE_DEAD_HANDLER_ERROR, b->status[m], 0,
                                   s->tag & GYRE_TAG_KIND_MASK, s->corr, gyre_slot_payload(s),

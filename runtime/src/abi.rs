@@ -232,7 +232,8 @@ word_enum! {
 ///
 /// A handler returns [`OK`](status::OK) or any other code of its own: a nonzero return
 /// counts an error and sends the message to the dead letters with
-/// [`DeadReason::HandlerError`].
+/// [`DeadReason::HandlerError`], except [`FAULT_KERNEL`](status::FAULT_KERNEL), which
+/// faults the kernel.
 /// C sees these as `int` (`GYRE_OK`, `GYRE_ERR_NO_PORT`, ...); WGSL, which returns
 /// `u32`, sees their two's-complement bits.
 pub mod status {
@@ -246,6 +247,13 @@ pub mod status {
     pub const ERR_TOO_MANY: i32 = -3;
     /// The generated dispatch has no handler for the kernel's case.
     pub const ERR_NO_HANDLER: i32 = -4;
+    /// Returned by a handler: fault the kernel (the device equivalent of a panicking CPU
+    /// handler). The kernel stops in state `Faulted` with fault code
+    /// [`fault::HANDLER_PANIC`](super::fault::HANDLER_PANIC); the message it handled, and
+    /// every one after it, stay queued (a restart hands them to the restarted group). On
+    /// CUDA its emits are discarded; on wgpu, whose handlers emit as they go, the emits
+    /// made before returning it are delivered: return it before emitting.
+    pub const FAULT_KERNEL: i32 = -5;
     /// A built-in's parameters are out of range (what `Builtin::validate` rejects).
     pub const BUILTIN_ERR_PARAMS: i32 = 1001;
     /// A built-in's inbox slot payload is shorter than the message it reads.
@@ -254,7 +262,7 @@ pub mod status {
     pub const BUILTIN_ERR_STATE: i32 = 1003;
 
     /// Every code the runtime defines, with its device name and what it means.
-    pub const ALL: [(i32, &str, &str); 8] = [
+    pub const ALL: [(i32, &str, &str); 9] = [
         (OK, "GYRE_OK", "success"),
         (
             ERR_NO_PORT,
@@ -275,6 +283,11 @@ pub mod status {
             ERR_NO_HANDLER,
             "GYRE_ERR_NO_HANDLER",
             "the dispatch has no handler for this kernel",
+        ),
+        (
+            FAULT_KERNEL,
+            "GYRE_FAULT_KERNEL",
+            "the handler faulted its kernel",
         ),
         (
             BUILTIN_ERR_PARAMS,

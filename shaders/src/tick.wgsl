@@ -319,6 +319,7 @@ fn gyre_tick(k: u32) {
     let budget = gyre_budget(d);
     var n = 0u;
     var stalled = false;
+    var faulted = false;
     for (var j = 0u; j < inboxes; j++) {
         let i = (first + j) % inboxes;
         let ring = desc[d + GYRE_D_INBOX + i * 2u];
@@ -364,6 +365,13 @@ fn gyre_tick(k: u32) {
             ctx.n_ports = desc[d + GYRE_D_N_PORTS];
             ctx.stage = GYRE_NONE;
             let status = gyre_dispatch(desc[d + GYRE_D_HANDLER], &ctx, &msg, payload);
+            if (status == GYRE_FAULT_KERNEL) {
+                // The handler faulted its kernel: this message and the rest stay queued.
+                atomicStore(&mem[c + GYRE_CB_ERROR_CODE], GYRE_FAULT_HANDLER_PANIC);
+                atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_FAULTED);
+                faulted = true;
+                break;
+            }
             received += 1u;
             processed += 1u;
             emitted += ctx.emits;
@@ -381,13 +389,16 @@ fn gyre_tick(k: u32) {
             n += 1u;
         }
         atomicStore(&mem[ring + GYRE_RING_HEAD], head);
+        if (faulted) {
+            break;
+        }
         if (stalled || n >= quantum) {
             atomicStore(&mem[scratch], i + 1u);
             break;
         }
     }
 
-    if (state == GYRE_STATE_DRAINING && !stalled && n < quantum) {
+    if (state == GYRE_STATE_DRAINING && !stalled && !faulted && n < quantum) {
         if (gyre_drained(d)) {
             atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_TERMINATED);
         }

@@ -414,6 +414,7 @@ pub fn constants() -> Vec<ConstantGroup> {
                 status_code!(ERR_TOO_LARGE),
                 status_code!(ERR_TOO_MANY),
                 status_code!(ERR_NO_HANDLER),
+                status_code!(FAULT_KERNEL),
                 status_code!(BUILTIN_ERR_PARAMS),
                 status_code!(BUILTIN_ERR_INPUT),
                 status_code!(BUILTIN_ERR_STATE),

@@ -80,6 +80,7 @@ fn rust_constants() -> Vec<(&'static str, u32)> {
             "GYRE_ERR_NO_HANDLER",
             status::ERR_NO_HANDLER.cast_unsigned(),
         ),
+        ("GYRE_FAULT_KERNEL", status::FAULT_KERNEL.cast_unsigned()),
         (
             "GYRE_BUILTIN_ERR_PARAMS",
             status::BUILTIN_ERR_PARAMS.cast_unsigned(),

@@ -6,7 +6,7 @@
 use gyre::{Backend, Runtime};
 
 #[path = "../../../runtime/tests/support/skip.rs"]
-mod skip;
+pub mod skip;
 
 /// A runtime for every backend this build and machine have, with its name.
 pub fn runtimes() -> Vec<(&'static str, Runtime)> {
