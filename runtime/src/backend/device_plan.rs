@@ -46,12 +46,11 @@ impl DeviceHandler {
 
 /// What one device backend's kernel plans take beyond the fields every device backend
 /// shares ([`DeviceKernelPlan::backend`]).
-pub trait BackendKnobs: Clone + std::fmt::Debug {
+///
+/// Their [`Default`] is a new plan's: a user handler with no state.
+pub trait BackendKnobs: Clone + std::fmt::Debug + Default {
     /// The quantum of a new plan.
     const DEFAULT_QUANTUM: u32;
-
-    /// The knobs of a new plan: a user handler with no state.
-    fn new() -> Self;
 
     /// The knobs of a plan running `builtin` (its state, whether it runs in order).
     fn builtin(builtin: &Builtin) -> Self;
@@ -92,7 +91,7 @@ pub struct DeviceKernelPlan<K> {
 impl<K: BackendKnobs> DeviceKernelPlan<K> {
     /// A kernel with defaults: 1,024-slot rings of 64-byte slots, one port, up to four
     /// emits per message, the backend's default quantum
-    /// ([`BackendKnobs::DEFAULT_QUANTUM`]) and knobs ([`BackendKnobs::new`]).
+    /// ([`BackendKnobs::DEFAULT_QUANTUM`]) and knobs (their [`Default`]).
     pub fn new(name: impl Into<String>, handler: DeviceHandler) -> Self {
         Self {
             name: name.into(),
@@ -106,7 +105,7 @@ impl<K: BackendKnobs> DeviceKernelPlan<K> {
             max_emits: 4,
             quantum: K::DEFAULT_QUANTUM,
             origin: 0,
-            backend: K::new(),
+            backend: K::default(),
         }
     }
 
@@ -204,6 +203,29 @@ pub fn check_group<K>(
     check_topology(&shape, routes, cycle_advice)
 }
 
+/// The dispatch case of each handler of `handlers` (one per kernel, in order), and the
+/// distinct handlers by case: one case per distinct handler, numbered in order of first
+/// use, so kernels running the same handler share its code.
+pub fn dispatch_cases<'a>(
+    handlers: impl IntoIterator<Item = &'a DeviceHandler>,
+) -> (Vec<DeviceHandler>, Vec<u32>) {
+    let mut distinct: Vec<DeviceHandler> = Vec::new();
+    let cases = handlers
+        .into_iter()
+        .map(|handler| {
+            let case = distinct
+                .iter()
+                .position(|h| h == handler)
+                .unwrap_or_else(|| {
+                    distinct.push(handler.clone());
+                    distinct.len() - 1
+                });
+            case as u32
+        })
+        .collect();
+    (distinct, cases)
+}
+
 /// Kernel `kernel_id`'s control block at launch: resident, not processing
 /// ([`State::Launched`]), no command issued.
 pub fn launched_control(kernel_id: u32) -> ControlBlock {
@@ -221,15 +243,11 @@ mod tests {
     use super::*;
     use crate::backend::group::Target;
 
-    #[derive(Clone, Debug, PartialEq, Eq)]
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
     struct Knobs(bool);
 
     impl BackendKnobs for Knobs {
         const DEFAULT_QUANTUM: u32 = 7;
-
-        fn new() -> Self {
-            Self(false)
-        }
 
         fn builtin(builtin: &Builtin) -> Self {
             Self(builtin.sequential())
@@ -261,6 +279,27 @@ mod tests {
         p.capacity = 3;
         let err = p.ring_layouts(64).unwrap_err();
         assert!(err.starts_with("kernel `k`'s inbox: "), "{err}");
+    }
+
+    #[test]
+    fn kernels_running_one_handler_share_its_case() {
+        let source = |f: &str| DeviceHandler::Source {
+            function: f.to_owned(),
+            source: String::new(),
+            file: format!("{f}.cu"),
+        };
+        let kernels = [
+            source("a"),
+            DeviceHandler::Builtin("b"),
+            source("a"),
+            source("c"),
+        ];
+        let (distinct, cases) = dispatch_cases(&kernels);
+        assert_eq!(cases, [0, 1, 0, 2]);
+        assert_eq!(
+            distinct,
+            [source("a"), DeviceHandler::Builtin("b"), source("c")]
+        );
     }
 
     #[test]

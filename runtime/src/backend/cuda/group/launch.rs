@@ -18,7 +18,7 @@ use super::plans::{invalid, GroupError, GroupPlan};
 use super::{
     mapped_ring, round16, Collected, CudaGroup, Edge, HostOutputs, KernelRt, MappedControl, Staging,
 };
-use crate::backend::device_plan::{check_group, launched_control, KernelRings};
+use crate::backend::device_plan::{check_group, dispatch_cases, launched_control, KernelRings};
 use crate::backend::group::{Target, Topology};
 
 impl CudaGroup {
@@ -37,11 +37,7 @@ impl CudaGroup {
     ) -> Result<Self, GroupError> {
         let group = plan.name.as_str();
         let n = plan.kernels.len();
-        let Topology {
-            targets,
-            edges: _,
-            order,
-        } = check_group(
+        let Topology { targets, order, .. } = check_group(
             &plan.kernels,
             &plan.routes,
             "the CUDA backend drains upstream first and cannot drain a cycle; break it or run \
@@ -90,18 +86,7 @@ impl CudaGroup {
         let (module, cases) = if let Some(cases) = builtin_cases {
             (device.compile_builtins()?, cases)
         } else {
-            let mut handlers: Vec<HandlerCode> = Vec::new();
-            let mut cases = Vec::with_capacity(n);
-            for k in &plan.kernels {
-                let case = handlers
-                    .iter()
-                    .position(|h| h == &k.handler)
-                    .unwrap_or_else(|| {
-                        handlers.push(k.handler.clone());
-                        handlers.len() - 1
-                    });
-                cases.push(case as u32);
-            }
+            let (handlers, cases) = dispatch_cases(plan.kernels.iter().map(|k| &k.handler));
             let source = codegen::group_source(&handlers, plan.threads);
             (device.compile(&source, &codegen::headers())?, cases)
         };

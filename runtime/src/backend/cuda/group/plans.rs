@@ -19,10 +19,6 @@ impl BackendKnobs for CudaKnobs {
     /// One message per thread of the block.
     const DEFAULT_QUANTUM: u32 = 0;
 
-    fn new() -> Self {
-        Self::default()
-    }
-
     fn builtin(builtin: &crate::builtins::Builtin) -> Self {
         Self {
             sequential: builtin.sequential(),

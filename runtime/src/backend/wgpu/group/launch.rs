@@ -19,10 +19,10 @@ use crate::abi::{
     ControlBlock, PortKind, ABI_VERSION, DEAD_LETTER_PREFIX_BYTES, LINE_BYTES, RING_HEADER_BYTES,
     SLOT_HEADER_BYTES,
 };
-use crate::backend::device_plan::{check_group, launched_control, KernelRings};
+use crate::backend::device_plan::{check_group, dispatch_cases, launched_control, KernelRings};
 use crate::backend::group::{Target, Topology};
 use crate::backend::wgpu::adapter::GpuContext;
-use crate::backend::wgpu::codegen::{self, WgslHandler};
+use crate::backend::wgpu::codegen;
 use crate::control::{HostControl, HostSide};
 use crate::ring::{HostRing, Producer, RingLayout, RingMemory};
 use crate::wait::Signal;
@@ -262,19 +262,12 @@ impl WgpuGroup {
         // Descriptors.
         let mut desc = vec![0u32; DESC_WORDS * n];
         let word = |byte: u64| (byte / 4) as u32;
-        let mut handlers: Vec<WgslHandler> = Vec::new();
+        let (handlers, cases) = dispatch_cases(kernels.iter().map(|k| &k.plan.handler));
         for (i, k) in kernels.iter().enumerate() {
             let plan_k = &k.plan;
-            let case = handlers
-                .iter()
-                .position(|h| h == &plan_k.handler)
-                .unwrap_or_else(|| {
-                    handlers.push(plan_k.handler.clone());
-                    handlers.len() - 1
-                });
             let d = &mut desc[i * DESC_WORDS..(i + 1) * DESC_WORDS];
             d[D_CONTROL] = word(k.at_control);
-            d[D_HANDLER] = case as u32;
+            d[D_HANDLER] = cases[i];
             d[D_KERNEL_ID] = i as u32;
             d[D_N_PORTS] = plan_k.ports;
             d[D_QUANTUM] = plan_k.quantum;

@@ -22,10 +22,6 @@ impl BackendKnobs for WgpuKnobs {
     /// Up to 1,024 messages per tick.
     const DEFAULT_QUANTUM: u32 = 1024;
 
-    fn new() -> Self {
-        Self::default()
-    }
-
     fn builtin(builtin: &crate::builtins::Builtin) -> Self {
         Self {
             state_words: builtin.state_bytes().div_ceil(4),
