@@ -139,6 +139,9 @@ impl Inner {
             lifecycle::transition(from, Event::Command(command))?;
             return Ok(from);
         }
+        // A drain or terminate closes the host inbox first: every send that will ever
+        // happen is published before the command uploads (the ticker uploads published
+        // slots before the command words).
         let epoch = issue_command(
             &kernel.plan.name,
             self.fault.lock().clone(),
