@@ -11,6 +11,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+use gyre_runtime::backend::device_plan::{BackendKnobs, DeviceHandler, DeviceKernelPlan};
 use gyre_runtime::backend::group::{Route, Target as RouteTarget};
 use gyre_runtime::backend::seam::DeviceGroup;
 use gyre_runtime::builtins::Builtin;
@@ -58,13 +59,17 @@ impl Place {
     }
 }
 
-/// One kernel of a device group, planned for its backend.
+/// One kernel of a device group, planned for its backend: a runtime
+/// [`DeviceKernelPlan`] with the backend's knobs (`CudaKnobs`, `WgpuKnobs`), which
+/// [`DeviceLaunch::take_plans`] takes back for the backend the group launches on.
+/// Shared, so a restart launches the group again from the same plans.
 #[derive(Clone)]
-pub(crate) enum DevicePlan {
-    #[cfg(feature = "cuda")]
-    Cuda(gyre_runtime::backend::cuda::KernelPlan),
-    #[cfg(feature = "wgpu")]
-    Wgpu(gyre_runtime::backend::wgpu::group::WgpuKernelPlan),
+pub(crate) struct DevicePlan(Arc<dyn std::any::Any + Send + Sync>);
+
+impl DevicePlan {
+    fn new<K: Send + Sync + 'static>(plan: DeviceKernelPlan<K>) -> Self {
+        Self(Arc::new(plan))
+    }
 }
 
 /// A device kernel's source: its function's name and the code that defines it.
@@ -150,45 +155,37 @@ fn state_bytes(knobs: &DeviceKnobs, builtin: Option<Builtin>) -> u32 {
         .unwrap_or_else(|| builtin.map_or(0, |b| b.state_bytes()))
 }
 
-/// What a spec runs on one device backend: its source for that backend (function,
-/// source, file name for compiler messages), else its built-in.
-enum Implementation {
-    Source {
-        function: String,
-        source: String,
-        file: String,
-    },
-    Builtin(Builtin),
-}
-
-impl Implementation {
-    /// The implementation of `spec` given its source for the backend (`code`, whose files
-    /// end in `ext`), or its built-in; an error naming what to add (`add`) without either.
-    fn of<In: Message, Out: Message>(
-        spec: &KernelSpec<In, Out>,
-        place: &Place,
-        code: Option<&DeviceSource>,
-        ext: &str,
-        add: &str,
-    ) -> Result<Self, Error> {
-        match (code, spec.device.builtin) {
-            (Some(code), _) => Ok(Self::Source {
+/// The plan of `spec` for a device backend whose kernel plans take knobs `K`, with the
+/// built-in it runs if it runs one: its source for that backend (`code`, whose files end
+/// in `ext`), else its built-in (an error naming what to add, `add`, without either),
+/// and the device-neutral settings under the backend's default quantum. The caller sets
+/// the backend's own knobs.
+fn device_plan<K: BackendKnobs, In: Message, Out: Message>(
+    spec: &KernelSpec<In, Out>,
+    place: &Place,
+    code: Option<&DeviceSource>,
+    ext: &str,
+    add: &str,
+) -> Result<(DeviceKernelPlan<K>, Option<Builtin>), Error> {
+    let (handler, builtin) = match (code, spec.device.builtin) {
+        (Some(code), _) => (
+            DeviceHandler::Source {
                 function: code.function.clone(),
                 source: code.source.clone(),
                 file: format!("{}.{ext}", code.function),
-            }),
-            (None, Some(builtin)) => Ok(Self::Builtin(builtin)),
-            (None, None) => Err(no_implementation(&spec.name, place.name(), add)),
-        }
-    }
-
-    /// The built-in, if that is what runs.
-    fn builtin(&self) -> Option<Builtin> {
-        match self {
-            Self::Builtin(b) => Some(*b),
-            Self::Source { .. } => None,
-        }
-    }
+            },
+            None,
+        ),
+        (None, Some(builtin)) => (
+            DeviceHandler::Builtin(builtin.cuda_function()),
+            Some(builtin),
+        ),
+        (None, None) => return Err(no_implementation(&spec.name, place.name(), add)),
+    };
+    let (settings, slots) = settings(spec, builtin, K::DEFAULT_QUANTUM)?;
+    let mut plan = DeviceKernelPlan::new(spec.name.clone(), handler);
+    settings.apply(&mut plan, slots);
+    Ok((plan, builtin))
 }
 
 /// Plans `spec` for `place` (a device).
@@ -201,57 +198,29 @@ pub(crate) fn plan<In: Message, Out: Message>(
         Place::Cpu => unreachable!("CPU kernels are launched, not planned"),
         #[cfg(feature = "cuda")]
         Place::Cuda(_) => {
-            use gyre_runtime::backend::cuda::codegen::HandlerCode;
-            use gyre_runtime::backend::cuda::KernelPlan;
             let add = "`.cuda(function, source)` or `.builtin(..)`";
-            let implementation = Implementation::of(spec, place, knobs.cuda.as_ref(), "cu", add)?;
-            let builtin = implementation.builtin();
-            let handler = match implementation {
-                Implementation::Source {
-                    function,
-                    source,
-                    file,
-                } => HandlerCode::Source {
-                    function,
-                    source,
-                    file,
-                },
-                Implementation::Builtin(b) => HandlerCode::Builtin(b.cuda_function()),
-            };
-            let (settings, slots) = settings(spec, builtin, 0)?;
-            let mut plan = KernelPlan::new(spec.name.clone(), handler);
-            crate::gpu_common::apply_settings!(plan, &settings, slots);
-            plan.sequential = knobs.sequential || builtin.is_some_and(|b| b.sequential());
-            plan.state_bytes = state_bytes(knobs, builtin);
-            Ok(DevicePlan::Cuda(plan))
+            let (mut plan, builtin) = device_plan::<gyre_runtime::backend::cuda::CudaKnobs, _, _>(
+                spec,
+                place,
+                knobs.cuda.as_ref(),
+                "cu",
+                add,
+            )?;
+            plan.backend.sequential = knobs.sequential || builtin.is_some_and(|b| b.sequential());
+            plan.backend.state_bytes = state_bytes(knobs, builtin);
+            Ok(DevicePlan::new(plan))
         }
         #[cfg(feature = "wgpu")]
         Place::Wgpu(_) => {
-            use gyre_runtime::backend::wgpu::codegen::WgslHandler;
-            use gyre_runtime::backend::wgpu::group::WgpuKernelPlan;
+            use gyre_runtime::backend::wgpu::group::WgpuKnobs;
             let add = "`.wgsl(function, source)` or `.builtin(..)`";
-            let implementation = Implementation::of(spec, place, knobs.wgsl.as_ref(), "wgsl", add)?;
-            let builtin = implementation.builtin();
-            let handler = match implementation {
-                Implementation::Source {
-                    function,
-                    source,
-                    file,
-                } => WgslHandler::Source {
-                    function,
-                    source,
-                    file,
-                },
-                Implementation::Builtin(b) => WgslHandler::Builtin(b.cuda_function()),
-            };
-            let (settings, slots) = settings(spec, builtin, 1024)?;
-            let mut plan = WgpuKernelPlan::new(spec.name.clone(), handler);
-            crate::gpu_common::apply_settings!(plan, &settings, slots);
-            plan.state_words = state_bytes(knobs, builtin).div_ceil(4);
+            let (mut plan, builtin) =
+                device_plan::<WgpuKnobs, _, _>(spec, place, knobs.wgsl.as_ref(), "wgsl", add)?;
+            plan.backend.state_words = state_bytes(knobs, builtin).div_ceil(4);
             // Stateless built-ins handle a tick's batch in parallel; user handlers and
             // the stateful built-ins one message at a time, in order.
-            plan.parallel = !knobs.sequential && builtin.is_some_and(|b| !b.sequential());
-            Ok(DevicePlan::Wgpu(plan))
+            plan.backend.parallel = !knobs.sequential && builtin.is_some_and(|b| !b.sequential());
+            Ok(DevicePlan::new(plan))
         }
     }
 }
@@ -280,6 +249,21 @@ pub(crate) struct DeviceLaunch {
     pub(crate) command_timeout: std::time::Duration,
     /// Each kernel's fault policy and watchdog.
     pub(crate) supervision: Vec<crate::device_supervisor::Supervision>,
+}
+
+impl DeviceLaunch {
+    /// Takes its kernels' plans, for the backend whose knobs are `K` (the one every
+    /// kernel of the group was planned for: [`plan`] on the group's place).
+    fn take_plans<K: Clone + 'static>(&mut self) -> Vec<DeviceKernelPlan<K>> {
+        self.plans
+            .drain(..)
+            .map(|p| {
+                p.0.downcast_ref::<DeviceKernelPlan<K>>()
+                    .expect("every kernel of a group is planned for the group's backend")
+                    .clone()
+            })
+            .collect()
+    }
 }
 
 /// Launches `launch` on `place` (a device); a restart launches it again from the same
@@ -351,15 +335,7 @@ fn launch_cuda(
 ) -> Result<Box<dyn DeviceGroup>, Error> {
     use gyre_runtime::backend::cuda::seam::WatchedCudaGroup;
     use gyre_runtime::backend::cuda::{CudaGroup, DeviceError, GroupError, GroupPlan};
-    let kernels = launch
-        .plans
-        .drain(..)
-        .map(|p| match p {
-            DevicePlan::Cuda(plan) => plan,
-            #[cfg(feature = "wgpu")]
-            DevicePlan::Wgpu(_) => unreachable!("planned for CUDA"),
-        })
-        .collect();
+    let kernels = launch.take_plans();
     let plan = GroupPlan {
         name: launch.name.clone(),
         kernels,
@@ -395,15 +371,7 @@ fn launch_wgpu(
     backend: &'static str,
 ) -> Result<Box<dyn DeviceGroup>, Error> {
     use gyre_runtime::backend::wgpu::group::{WgpuError, WgpuGroup, WgpuGroupPlan};
-    let kernels = launch
-        .plans
-        .drain(..)
-        .map(|p| match p {
-            DevicePlan::Wgpu(plan) => plan,
-            #[cfg(feature = "cuda")]
-            DevicePlan::Cuda(_) => unreachable!("planned for wgpu"),
-        })
-        .collect();
+    let kernels = launch.take_plans();
     let plan = WgpuGroupPlan {
         name: launch.name.clone(),
         kernels,

@@ -4,6 +4,7 @@
 #![cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused))]
 
 use gyre_runtime::abi::{MAX_SLOT_BYTES, MIN_SLOT_BYTES, PAYLOAD_ALIGN, SLOT_HEADER_BYTES};
+use gyre_runtime::backend::device_plan::DeviceKernelPlan;
 use gyre_runtime::builtins::{Builtin, PARAM_WORDS};
 
 use crate::Error;
@@ -123,23 +124,16 @@ impl KernelSettings {
         };
         Ok((slot_for::<In>(in_bytes)?, slot_for::<Out>(out_bytes)?))
     }
-}
 
-/// Sets the fields of a runtime kernel plan (`KernelPlan`, `WgpuKernelPlan`: the same
-/// names) from `KernelSettings` (its name excepted: plans take it in `new`) and the slot
-/// sizes `(in, out)`.
-#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(unused_macros))]
-macro_rules! apply_settings {
-    ($plan:expr, $settings:expr, $slots:expr) => {{
-        let plan = &mut $plan;
-        let settings = $settings;
-        (plan.slot_bytes, plan.out_slot_bytes) = $slots;
-        plan.capacity = settings.capacity;
-        plan.out_capacity = settings.out_capacity;
-        plan.ports = settings.ports;
-        plan.max_emits = settings.max_emits;
-        plan.quantum = settings.quantum;
-        plan.params = settings.params;
-    }};
+    /// Sets these settings (the name excepted: plans take it in `new`) and the slot
+    /// sizes `(in, out)` on a device backend's kernel plan.
+    pub(crate) fn apply<K>(&self, plan: &mut DeviceKernelPlan<K>, (slot_in, slot_out): (u32, u32)) {
+        (plan.slot_bytes, plan.out_slot_bytes) = (slot_in, slot_out);
+        plan.capacity = self.capacity;
+        plan.out_capacity = self.out_capacity;
+        plan.ports = self.ports;
+        plan.max_emits = self.max_emits;
+        plan.quantum = self.quantum;
+        plan.params = self.params;
+    }
 }
-pub(crate) use apply_settings;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use gyre_runtime::abi::{Command, State};
 use gyre_runtime::backend::group::{Message, Route, SendError, Target};
+use gyre_runtime::backend::seam::DeviceGroup as _;
 use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, GpuContext};
 use gyre_runtime::backend::wgpu::codegen::WgslHandler;
 use gyre_runtime::backend::wgpu::group::{WgpuGroup, WgpuGroupPlan, WgpuKernelPlan};
@@ -474,7 +475,7 @@ fn parallel_builtins_scatter_affine_gather() {
         );
     }
     kernels.push(WgpuKernelPlan::builtin("gather", &Builtin::Gather).unwrap());
-    assert!(kernels.iter().all(|k| k.parallel));
+    assert!(kernels.iter().all(|k| k.backend.parallel));
     let mut routes = Vec::new();
     for i in 0..3u32 {
         routes.push(Route {

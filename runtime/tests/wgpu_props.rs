@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use gyre_runtime::abi::Command;
 use gyre_runtime::backend::group::{GroupReport, Message, Route, Target};
+use gyre_runtime::backend::seam::DeviceGroup as _;
 use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, GpuContext};
 use gyre_runtime::backend::wgpu::codegen::WgslHandler;
 use gyre_runtime::backend::wgpu::group::{WgpuGroup, WgpuGroupPlan, WgpuKernelPlan};
@@ -282,7 +283,7 @@ fn launch(gpu: &Arc<GpuContext>, plans: &[KernelPlan]) -> WgpuGroup {
             // before a message is handled, so max_emits must not exceed a 2-slot ring.
             plan.max_emits = 1;
             plan.params[0] = u32::from(p.fail);
-            plan.parallel = p.parallel;
+            plan.backend.parallel = p.parallel;
             plan
         })
         .collect();

@@ -78,6 +78,15 @@ impl Message {
     pub fn sender(&self) -> u32 {
         self.tag >> TAG_SENDER_SHIFT
     }
+
+    /// A copy of the message in `slot`.
+    pub fn of_slot(slot: &crate::ring::SlotRef<'_>) -> Self {
+        Self {
+            tag: slot.tag,
+            corr: slot.corr,
+            payload: slot.payload.to_vec(),
+        }
+    }
 }
 
 /// What one kernel left when its group stopped.
@@ -95,6 +104,90 @@ pub struct KernelReport {
     /// Outputs it made but could not deliver (a terminate while it waited for room),
     /// with their port.
     pub undelivered_outputs: Vec<(u32, Message)>,
+}
+
+impl KernelReport {
+    /// The report of kernel `name`, stopped in `state` with `counters`, nothing
+    /// undelivered (yet).
+    pub fn new(name: &str, state: State, counters: Counters<u64>) -> Self {
+        Self {
+            name: name.to_owned(),
+            state,
+            counters,
+            undelivered: Vec::new(),
+            undelivered_outputs: Vec::new(),
+        }
+    }
+}
+
+/// Reads back what a stopped device kernel left in its host inbox (`inbox`, the
+/// producer side): every message from the kernel's final head on, oldest first, into
+/// `undelivered`. Closes the inbox if it is not closed yet.
+///
+/// # Safety
+/// The inbox's consumer (the kernel on the device, or whoever plays it on the host)
+/// releases no position any more, for as long as this runs
+/// ([`Producer::read_closed`](crate::ring::Producer::read_closed)).
+pub unsafe fn read_back_inbox<M: crate::ring::RingMemory>(
+    inbox: &crate::ring::Producer<M>,
+    undelivered: &mut Vec<Message>,
+) {
+    // ORDERING: Acquire pairs with the consumer's Release store of head.
+    let head = inbox
+        .memory()
+        .head()
+        .load(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: the caller guarantees the consumer releases nothing more.
+    unsafe {
+        inbox.read_closed(head, |slot| undelivered.push(Message::of_slot(&slot)));
+    }
+}
+
+/// Issues `command` to a device kernel (`name`, the host side of its control block
+/// `control`, its host inbox `inbox`) and returns the command's epoch: refused when the
+/// group faulted (`fault`) or the kernel's state does not allow it. A drain or terminate
+/// first closes the host inbox and waits until every claim that raced the close is
+/// published (as a message or cancelled), so the kernel sees nothing new after it reads
+/// the command.
+///
+/// # Errors
+/// [`CommandError::Faulted`] or [`CommandError::Lifecycle`].
+pub fn issue_command<C: crate::control::ControlMemory, M: crate::ring::RingMemory>(
+    name: &str,
+    fault: Option<String>,
+    control: &crate::control::HostSide<C>,
+    inbox: &crate::ring::Producer<M>,
+    command: crate::abi::Command,
+) -> Result<u32, crate::backend::CommandError> {
+    use crate::abi::Command;
+    use crate::lifecycle::{transition, Event};
+    if let Some(reason) = fault {
+        return Err(crate::backend::CommandError::Faulted {
+            name: name.to_owned(),
+            reason,
+        });
+    }
+    transition(control.state(), Event::Command(command))?;
+    if command == Command::Drain || command == Command::Terminate {
+        let tail = inbox.close();
+        inbox.wait_published(tail, u32::MAX);
+    }
+    Ok(control.issue(command))
+}
+
+/// The error for a device kernel (`name`, its control block's host side `control`)
+/// whose state says it faulted: the fault code it reported.
+pub fn reported_fault<C: crate::control::ControlMemory>(
+    name: &str,
+    control: &crate::control::HostSide<C>,
+) -> crate::backend::CommandError {
+    crate::backend::CommandError::Faulted {
+        name: name.to_owned(),
+        reason: format!(
+            "the kernel reported fault code {}",
+            control.status().error_code
+        ),
+    }
 }
 
 /// What a drain or terminate of a group did.

@@ -8,6 +8,7 @@
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod device_plan;
 pub mod group;
 pub mod seam;
 #[cfg(feature = "wgpu")]

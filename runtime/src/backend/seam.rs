@@ -100,6 +100,22 @@ pub trait DeviceGroup: Send + Sync + std::fmt::Debug {
     /// [`SendError`]: full, closed, too large, or the group faulted.
     fn try_send(&self, k: usize, payload: &[u8], corr: [u32; 2]) -> Result<(), SendError>;
 
+    /// Sends one message to kernel `k`, waiting up to `timeout` for room (on
+    /// [`DeviceGroup::progress`], the group watched meanwhile).
+    ///
+    /// # Errors
+    /// As [`DeviceGroup::try_send`]; `Full` once the timeout passed.
+    fn send(
+        &self,
+        k: usize,
+        payload: &[u8],
+        corr: [u32; 2],
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let _watch = self.watch();
+        send_within(self.progress(), timeout, || self.try_send(k, payload, corr))
+    }
+
     /// Hands kernel `k`'s next output (tag, correlation id, payload) to `f` in place, if
     /// one is there; returns whether one was. `false` after kernel `k`'s state (read
     /// before the call) says it stopped means nothing more will come.

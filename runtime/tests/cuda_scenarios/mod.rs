@@ -12,6 +12,7 @@ use gyre_runtime::backend::cuda::codegen::HandlerCode;
 use gyre_runtime::backend::cuda::group::{GroupReport, Message, SendError};
 use gyre_runtime::backend::cuda::seam::WatchedCudaGroup;
 use gyre_runtime::backend::cuda::{CudaGroup, Device, GroupPlan, KernelPlan, Route, Target};
+use gyre_runtime::backend::seam::DeviceGroup as _;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -5,33 +5,11 @@
 use std::fmt::Write as _;
 
 use super::plan;
+use crate::backend::device_plan::DeviceHandler;
 
-/// A handler as the group source names it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum HandlerCode {
-    /// A built-in device function of `builtins.cuh`, by name.
-    Builtin(&'static str),
-    /// User CUDA C defining `__device__ int FUNCTION(gyre_ctx *ctx, const void *msg,
-    /// gyre_u32 bytes)`.
-    Source {
-        /// The function's name.
-        function: String,
-        /// The CUDA C that defines it (and anything it needs).
-        source: String,
-        /// A name for compiler messages (`"scale.cu"`): errors read `scale.cu(3): ...`.
-        file: String,
-    },
-}
-
-impl HandlerCode {
-    /// The device function the dispatch calls.
-    pub fn function(&self) -> &str {
-        match self {
-            Self::Builtin(name) => name,
-            Self::Source { function, .. } => function,
-        }
-    }
-}
+/// A handler as the group source names it: [`DeviceHandler`], whose `Source` is CUDA C
+/// defining `__device__ int FUNCTION(gyre_ctx *ctx, const void *msg, gyre_u32 bytes)`.
+pub type HandlerCode = DeviceHandler;
 
 /// The seven built-in device functions of `builtins.cuh`, in their canonical order: in a
 /// group whose every kernel is a built-in, dispatch case `i` is `BUILTIN_FUNCTIONS[i]`,

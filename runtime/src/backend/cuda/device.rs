@@ -11,6 +11,39 @@ use std::ptr::NonNull;
 
 use super::codegen;
 
+/// What every device allocation type ([`MappedMemory`], [`DeviceMemory`]) has alike: its
+/// device address and size (fields `device` and `bytes`), and a debug form that shows
+/// them.
+macro_rules! device_allocation {
+    ($ty:ident) => {
+        impl $ty {
+            /// The device's address of the first byte.
+            pub fn device_ptr(&self) -> u64 {
+                self.device
+            }
+
+            /// Size in bytes.
+            pub fn len(&self) -> usize {
+                self.bytes
+            }
+
+            /// Whether the allocation is empty (never, for allocations the backend makes).
+            pub fn is_empty(&self) -> bool {
+                self.bytes == 0
+            }
+        }
+
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("device", &format_args!("{:#x}", self.device))
+                    .field("bytes", &self.bytes)
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 /// Host memory the device can address: cached (not write-combined) pinned memory mapped
 /// into the device's address space, or plain host memory under emulation.
 ///
@@ -54,31 +87,9 @@ impl MappedMemory {
     pub fn host_ptr(&self) -> NonNull<u8> {
         self.host
     }
-
-    /// The device's address of the first byte.
-    pub fn device_ptr(&self) -> u64 {
-        self.device
-    }
-
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes
-    }
-
-    /// Whether the allocation is empty (never, for allocations the backend makes).
-    pub fn is_empty(&self) -> bool {
-        self.bytes == 0
-    }
 }
 
-impl fmt::Debug for MappedMemory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MappedMemory")
-            .field("device", &format_args!("{:#x}", self.device))
-            .field("bytes", &self.bytes)
-            .finish_non_exhaustive()
-    }
-}
+device_allocation!(MappedMemory);
 
 /// Device memory: only the device reads and writes it while a grid runs; the host copies
 /// into it before launch and out of it after the grid finished. Zeroed when allocated,
@@ -102,31 +113,9 @@ impl DeviceMemory {
             _owner: owner,
         }
     }
-
-    /// The device's address of the first byte.
-    pub fn device_ptr(&self) -> u64 {
-        self.device
-    }
-
-    /// Size in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes
-    }
-
-    /// Whether the allocation is empty (never, for allocations the backend makes).
-    pub fn is_empty(&self) -> bool {
-        self.bytes == 0
-    }
 }
 
-impl fmt::Debug for DeviceMemory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceMemory")
-            .field("device", &format_args!("{:#x}", self.device))
-            .field("bytes", &self.bytes)
-            .finish_non_exhaustive()
-    }
-}
+device_allocation!(DeviceMemory);
 
 /// A compiled group module, ready to launch: PTX or cubin on a GPU, a shared library
 /// under emulation. Opaque to the backend; only the [`Device`] that made it uses it.

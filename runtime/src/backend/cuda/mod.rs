@@ -29,7 +29,9 @@ pub mod seam;
 use std::sync::Arc;
 
 pub use device::{Device, DeviceError};
-pub use group::{CudaGroup, GroupError, GroupPlan, GroupReport, KernelPlan, Route, Target};
+pub use group::{
+    CudaGroup, CudaKnobs, GroupError, GroupPlan, GroupReport, KernelPlan, Route, Target,
+};
 
 /// The first CUDA device, if this machine has a usable driver and device.
 ///

@@ -69,24 +69,6 @@ impl std::ops::Deref for WatchedCudaGroup {
 }
 
 impl WatchedCudaGroup {
-    /// Sends one message to kernel `k`, waiting up to `timeout` for room (on the progress
-    /// signal, the group watched meanwhile).
-    ///
-    /// # Errors
-    /// As [`CudaGroup::try_send`]; `Full` once the timeout passed.
-    pub fn send(
-        &self,
-        k: usize,
-        payload: &[u8],
-        corr: [u32; 2],
-        timeout: Duration,
-    ) -> Result<(), SendError> {
-        let _watch = self.watcher.watch();
-        crate::backend::seam::send_within(&self.progress, timeout, || {
-            self.group.try_send(k, payload, corr)
-        })
-    }
-
     /// Waits up to `timeout` for one output of kernel `k` (on the progress signal, the
     /// group watched meanwhile).
     ///

@@ -262,18 +262,26 @@ mod tests {
         std::env::var_os("GYRE_WGPU_ALLOW_SOFTWARE").is_some_and(|v| v == "1")
     }
 
-    #[test]
-    fn allow_software_opens_a_device() {
-        let context = match open(AdapterChoice::AllowSoftware) {
-            Ok(context) => context,
+    /// A device on any adapter, software included; `None` (the test skips) when there is
+    /// none and the environment does not promise one.
+    fn software_context() -> Option<GpuContext> {
+        match open(AdapterChoice::AllowSoftware) {
+            Ok(context) => Some(context),
             Err(error) => {
                 assert!(
                     !software_required(),
                     "GYRE_WGPU_ALLOW_SOFTWARE=1 but no adapter: {error}"
                 );
                 eprintln!("skipped: no wgpu adapter: {error}");
-                return;
+                None
             }
+        }
+    }
+
+    #[test]
+    fn allow_software_opens_a_device() {
+        let Some(context) = software_context() else {
+            return;
         };
         eprintln!("adapter: {}", describe(&context.info));
         if open(AdapterChoice::PreferHardware).is_err() {
@@ -313,16 +321,8 @@ mod tests {
 
     #[test]
     fn validation_errors_are_captured() {
-        let context = match open(AdapterChoice::AllowSoftware) {
-            Ok(context) => context,
-            Err(error) => {
-                assert!(
-                    !software_required(),
-                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but no adapter: {error}"
-                );
-                eprintln!("skipped: no wgpu adapter: {error}");
-                return;
-            }
+        let Some(context) = software_context() else {
+            return;
         };
         // A storage buffer that cannot be mapped for reading: a validation error.
         let _buffer = context.device.create_buffer(&wgpu::BufferDescriptor {
@@ -339,16 +339,8 @@ mod tests {
 
     #[test]
     fn the_device_copies_and_maps_a_buffer() {
-        let context = match open(AdapterChoice::AllowSoftware) {
-            Ok(context) => context,
-            Err(error) => {
-                assert!(
-                    !software_required(),
-                    "GYRE_WGPU_ALLOW_SOFTWARE=1 but no adapter: {error}"
-                );
-                eprintln!("skipped: no wgpu adapter: {error}");
-                return;
-            }
+        let Some(context) = software_context() else {
+            return;
         };
         let words: Vec<u32> = (0..64).collect();
         let bytes: &[u8] = bytemuck::cast_slice(&words);

@@ -4,32 +4,12 @@
 
 use std::fmt::Write as _;
 
-/// A handler as the group module names it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum WgslHandler {
-    /// A built-in of `builtins.wgsl`, by function name.
-    Builtin(&'static str),
-    /// User WGSL defining `fn FUNCTION(ctx: ptr<function, GyreCtx>, msg: ptr<function,
-    /// GyreMsg>, bytes: u32) -> u32`.
-    Source {
-        /// The function's name.
-        function: String,
-        /// The WGSL that defines it.
-        source: String,
-        /// A name for error messages (`"scale.wgsl"`).
-        file: String,
-    },
-}
+use crate::backend::device_plan::DeviceHandler;
 
-impl WgslHandler {
-    /// The function the dispatch calls.
-    pub fn function(&self) -> &str {
-        match self {
-            Self::Builtin(name) => name,
-            Self::Source { function, .. } => function,
-        }
-    }
-}
+/// A handler as the group module names it: [`DeviceHandler`], whose `Source` is WGSL
+/// defining `fn FUNCTION(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>,
+/// bytes: u32) -> u32`.
+pub type WgslHandler = DeviceHandler;
 
 /// A generated module and where each part of it came from.
 #[derive(Clone, Debug)]

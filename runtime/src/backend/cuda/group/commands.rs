@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use crate::abi::{Command, State};
+use crate::backend::group::{issue_command, reported_fault};
 use crate::backend::CommandError;
 use crate::lifecycle::{self, Event};
 use crate::wait::Backoff;
@@ -52,22 +53,13 @@ impl CudaGroup {
     /// lock) and returns its epoch; a drain or terminate first closes the host inbox.
     pub(super) fn issue(&self, k: usize, command: Command) -> Result<u32, CommandError> {
         let kernel = &self.kernels[k];
-        if let Some(reason) = self.fault() {
-            return Err(CommandError::Faulted {
-                name: kernel.plan.name.clone(),
-                reason,
-            });
-        }
-        let from = kernel.control.state();
-        lifecycle::transition(from, Event::Command(command))?;
-        if command == Command::Drain || command == Command::Terminate {
-            // Nothing new after this: the host inbox is closed and every claim that
-            // raced the close is published (as a message or cancelled) before the
-            // kernel reads the command.
-            let tail = kernel.inbox.close();
-            kernel.inbox.wait_published(tail, u32::MAX);
-        }
-        Ok(kernel.control.issue(command))
+        issue_command(
+            &kernel.plan.name,
+            self.fault(),
+            &kernel.control,
+            &kernel.inbox,
+            command,
+        )
     }
 
     /// Whether kernel `k` answered `command`, issued with `epoch`: its state once it
@@ -81,30 +73,23 @@ impl CudaGroup {
         epoch: u32,
     ) -> Result<Option<State>, CommandError> {
         let kernel = &self.kernels[k];
-        let faulted = |reason| CommandError::Faulted {
-            name: kernel.plan.name.clone(),
-            reason,
-        };
         if kernel.control.acknowledged(epoch) {
             let state = kernel.control.state();
             if state == State::Faulted {
-                return Err(faulted(format!(
-                    "the kernel reported fault code {}",
-                    kernel.control.status().error_code
-                )));
+                return Err(reported_fault(&kernel.plan.name, &kernel.control));
             }
             // A drain is acknowledged as Draining, then as Terminated.
             return Ok(Some(state));
         }
         if let Some(reason) = self.fault() {
-            return Err(faulted(reason));
+            return Err(CommandError::Faulted {
+                name: kernel.plan.name.clone(),
+                reason,
+            });
         }
         let state = kernel.control.state();
         match state {
-            State::Faulted => Err(faulted(format!(
-                "the kernel reported fault code {}",
-                kernel.control.status().error_code
-            ))),
+            State::Faulted => Err(reported_fault(&kernel.plan.name, &kernel.control)),
             // The kernel exited before it read the command (it finished its drain): a
             // drain or terminate is done; any other command is refused.
             State::Terminated => match command {

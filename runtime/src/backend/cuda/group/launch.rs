@@ -7,22 +7,19 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::abi::{
-    ControlBlock, PortKind, State, ABI_VERSION, CONTROL_MAGIC, DEAD_LETTER_PREFIX_BYTES,
-    SLOT_HEADER_BYTES,
-};
+use crate::abi::{ControlBlock, PortKind, DEAD_LETTER_PREFIX_BYTES};
 use crate::backend::cuda::codegen::{self, HandlerCode};
 use crate::backend::cuda::device::{Device, DeviceError, DeviceMemory, LaunchShape};
 use crate::backend::cuda::plan::{self, KernelDesc, RingRef};
 use crate::control::{HostSide, Sides};
 use crate::ring::{Consumer, Producer, RawRing};
 
-use super::plans::{invalid, layout, GroupError, GroupPlan};
+use super::plans::{invalid, GroupError, GroupPlan};
 use super::{
     mapped_ring, round16, Collected, CudaGroup, Edge, HostOutputs, KernelRt, MappedControl, Staging,
 };
-use crate::backend::group::Target;
-use crate::backend::group::{check_topology, Topology};
+use crate::backend::device_plan::{check_group, dispatch_cases, launched_control, KernelRings};
+use crate::backend::group::{Target, Topology};
 
 impl CudaGroup {
     /// Checks, allocates, compiles and launches a group; its kernels start in state
@@ -40,56 +37,35 @@ impl CudaGroup {
     ) -> Result<Self, GroupError> {
         let group = plan.name.as_str();
         let n = plan.kernels.len();
-        if n == 0 {
-            return Err(invalid(
-                group,
-                "a group needs at least one kernel: add one before launching",
-            ));
-        }
-        if !(1..=plan::MAX_THREADS).contains(&plan.threads) {
-            return Err(invalid(
-                group,
-                format!(
-                    "{} threads per block: use 1 to 256 (CudaGroupBuilder::threads)",
-                    plan.threads
-                ),
-            ));
-        }
-        for k in &plan.kernels {
-            if k.quantum > plan.threads {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}`'s quantum {} exceeds the {} threads per block: lower its \
-                         quantum, or raise the group's threads (CudaGroupBuilder::threads)",
-                        k.name, k.quantum, plan.threads
-                    ),
-                ));
-            }
-            if k.max_emits == 0 {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}`: max_emits must be at least 1: give it `.max_emits(1)` or more",
-                        k.name
-                    ),
-                ));
-            }
-        }
-        let shape: Vec<(&str, u32)> = plan
-            .kernels
-            .iter()
-            .map(|k| (k.name.as_str(), k.ports))
-            .collect();
-        let Topology {
-            targets,
-            edges: _,
-            order,
-        } = check_topology(
-            &shape,
+        let Topology { targets, order, .. } = check_group(
+            &plan.kernels,
             &plan.routes,
             "the CUDA backend drains upstream first and cannot drain a cycle; break it or run \
              the group on the CPU backend",
+            |k| {
+                // The group's threads first (checked with its first kernel), then the
+                // kernel's own settings.
+                if !(1..=plan::MAX_THREADS).contains(&plan.threads) {
+                    return Err(format!(
+                        "{} threads per block: use 1 to 256 (CudaGroupBuilder::threads)",
+                        plan.threads
+                    ));
+                }
+                if k.quantum > plan.threads {
+                    return Err(format!(
+                        "kernel `{}`'s quantum {} exceeds the {} threads per block: lower its \
+                         quantum, or raise the group's threads (CudaGroupBuilder::threads)",
+                        k.name, k.quantum, plan.threads
+                    ));
+                }
+                if k.max_emits == 0 {
+                    return Err(format!(
+                        "kernel `{}`: max_emits must be at least 1: give it `.max_emits(1)` or more",
+                        k.name
+                    ));
+                }
+                Ok(())
+            },
         )
         .map_err(|message| invalid(group, message))?;
 
@@ -110,18 +86,7 @@ impl CudaGroup {
         let (module, cases) = if let Some(cases) = builtin_cases {
             (device.compile_builtins()?, cases)
         } else {
-            let mut handlers: Vec<HandlerCode> = Vec::new();
-            let mut cases = Vec::with_capacity(n);
-            for k in &plan.kernels {
-                let case = handlers
-                    .iter()
-                    .position(|h| h == &k.handler)
-                    .unwrap_or_else(|| {
-                        handlers.push(k.handler.clone());
-                        handlers.len() - 1
-                    });
-                cases.push(case as u32);
-            }
+            let (handlers, cases) = dispatch_cases(plan.kernels.iter().map(|k| &k.handler));
             let source = codegen::group_source(&handlers, plan.threads);
             (device.compile(&source, &codegen::headers())?, cases)
         };
@@ -141,13 +106,7 @@ impl CudaGroup {
         let mut host_addresses = Vec::with_capacity(n);
         for (i, k) in plan.kernels.iter().enumerate() {
             let memory = device.alloc_mapped(size_of::<ControlBlock>())?;
-            let block = ControlBlock {
-                magic: CONTROL_MAGIC,
-                abi_version: ABI_VERSION,
-                kernel_id: i as u32,
-                state: State::Launched as u32,
-                ..bytemuck::Zeroable::zeroed()
-            };
+            let block = launched_control(i as u32);
             // SAFETY: fresh mapped memory of the block's size and 128-aligned; the device
             // does not run yet.
             #[allow(clippy::cast_ptr_alignment)]
@@ -164,33 +123,17 @@ impl CudaGroup {
                 sides: Sides::new(),
             })
             .expect("a new block has no host side yet");
-            let in_layout = layout(group, &k.name, "inbox", k.capacity, k.slot_bytes)?;
-            let out_layout = layout(
-                group,
-                &k.name,
-                "host outbox",
-                k.out_capacity,
-                k.out_slot_bytes,
-            )?;
-            let biggest = in_layout.payload_bytes().max(out_layout.payload_bytes());
-            // A dead letter is the message after a 16-byte DeadLetterPrefix; at the largest slot
-            // size the last 16 bytes of a message do not fit and are cut (documented).
-            let dead_slot = (SLOT_HEADER_BYTES + DEAD_LETTER_PREFIX_BYTES + biggest)
-                .next_power_of_two()
-                .min(crate::abi::MAX_SLOT_BYTES);
-            let dead_layout = layout(
-                group,
-                &k.name,
-                "dead-letter ring",
-                k.capacity.max(64),
-                dead_slot,
-            )?;
+            let KernelRings {
+                inbox: in_layout,
+                outbox: out_layout,
+                dead: dead_layout,
+            } = k.ring_layouts(64).map_err(|m| invalid(group, m))?;
             let (inbox, inbox_at) = mapped_ring(&*device, in_layout, k.origin)?;
             let (outbox, outbox_at) = mapped_ring(&*device, out_layout, k.origin)?;
             let (dead, dead_at) = mapped_ring(&*device, dead_layout, k.origin)?;
             host_addresses.push((inbox_at, outbox_at, dead_at, out_layout, dead_layout));
-            let state = if k.state_bytes > 0 {
-                Some(device.alloc_device(k.state_bytes as usize)?)
+            let state = if k.backend.state_bytes > 0 {
+                Some(device.alloc_device(k.backend.state_bytes as usize)?)
             } else {
                 None
             };
@@ -212,7 +155,7 @@ impl CudaGroup {
                 k.quantum
             };
             desc.max_emits = k.max_emits;
-            desc.flags = if k.sequential {
+            desc.flags = if k.backend.sequential {
                 plan::FLAG_SEQUENTIAL
             } else {
                 0
@@ -248,8 +191,7 @@ impl CudaGroup {
                     }
                     Target::Kernel(to) => {
                         let down = &plan.kernels[to];
-                        let edge_layout =
-                            layout(group, &down.name, "inbox", down.capacity, down.slot_bytes)?;
+                        let edge_layout = down.inbox_layout().map_err(|m| invalid(group, m))?;
                         let memory = device.alloc_device(edge_layout.region_bytes())?;
                         let mut staging = Staging::new(edge_layout.region_bytes());
                         // SAFETY: fresh 128-aligned staging memory of the region's size.

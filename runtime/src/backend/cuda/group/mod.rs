@@ -29,7 +29,7 @@ mod launch;
 mod plans;
 mod stop;
 
-pub use plans::{GroupError, GroupPlan, KernelPlan};
+pub use plans::{CudaKnobs, GroupError, GroupPlan, KernelPlan};
 
 /// A control block in mapped memory.
 struct MappedControl {
@@ -165,11 +165,7 @@ impl HostOutputs {
     fn pump(&mut self) {
         let queue = &mut self.queue;
         self.ring.consume(u32::MAX, |slot| {
-            queue.push_back(Message {
-                tag: slot.tag,
-                corr: slot.corr,
-                payload: slot.payload.to_vec(),
-            });
+            queue.push_back(Message::of_slot(&slot));
             Step::Next
         });
     }

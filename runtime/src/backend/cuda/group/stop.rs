@@ -7,11 +7,11 @@ use crate::backend::cuda::device::DeviceError;
 use crate::backend::cuda::plan::{self, Pending};
 use crate::backend::CommandError;
 use crate::lifecycle;
-use crate::ring::{Consumer, RawRing, RingMemory, Step};
+use crate::ring::{Consumer, RawRing, Step};
 use crate::wait::Backoff;
 
 use super::{pause, Collected, CudaGroup, Edge, Staging};
-use crate::backend::group::{GroupReport, KernelReport, Message};
+use crate::backend::group::{read_back_inbox, GroupReport, KernelReport, Message};
 
 impl CudaGroup {
     /// Drains the group: upstream kernels first (topological order), each processes
@@ -157,12 +157,8 @@ impl CudaGroup {
             .kernels
             .iter()
             .enumerate()
-            .map(|(k, kernel)| KernelReport {
-                name: kernel.plan.name.clone(),
-                state: self.state(k),
-                counters: kernel.control.counters(),
-                undelivered: Vec::new(),
-                undelivered_outputs: Vec::new(),
+            .map(|(k, kernel)| {
+                KernelReport::new(&kernel.plan.name, self.state(k), kernel.control.counters())
             })
             .collect();
         for (k, kernel) in self.kernels.iter().enumerate() {
@@ -170,24 +166,10 @@ impl CudaGroup {
                 continue;
             }
             // The host inbox: from the kernel's final head.
-            // ORDERING: Acquire pairs with the device's release of head.
-            let head = kernel
-                .inbox
-                .memory()
-                .head()
-                .load(std::sync::atomic::Ordering::Acquire);
             // SAFETY: the inbox's consumer is the kernel's device block, and it releases
             // nothing more: this runs only once the grid finished or the kernel
             // acknowledged its stop (`acknowledged[k]`), after which its loop has left.
-            unsafe {
-                kernel.inbox.read_closed(head, |slot| {
-                    reports[k].undelivered.push(Message {
-                        tag: slot.tag,
-                        corr: slot.corr,
-                        payload: slot.payload.to_vec(),
-                    });
-                });
-            }
+            unsafe { read_back_inbox(&kernel.inbox, &mut reports[k].undelivered) };
             collected.inbox[k] = true;
         }
         if finished && fault.is_none() && !collected.device {
@@ -260,11 +242,7 @@ impl CudaGroup {
         let mut consumer = Consumer::new(ring).expect("a new view has no consumer yet");
         let mut messages = Vec::new();
         consumer.consume(u32::MAX, |slot| {
-            messages.push(Message {
-                tag: slot.tag,
-                corr: slot.corr,
-                payload: slot.payload.to_vec(),
-            });
+            messages.push(Message::of_slot(&slot));
             Step::Next
         });
         // The consumer's view points into `staging`, which outlives it (declared first).

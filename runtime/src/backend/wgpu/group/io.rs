@@ -59,22 +59,6 @@ impl WgpuGroup {
         Ok(())
     }
 
-    /// Sends one message, waiting up to `timeout` for room.
-    ///
-    /// # Errors
-    /// As [`WgpuGroup::try_send`]; `Full` once the timeout passed.
-    pub fn send(
-        &self,
-        k: usize,
-        payload: &[u8],
-        corr: [u32; 2],
-        timeout: Duration,
-    ) -> Result<(), SendError> {
-        crate::backend::seam::send_within(&self.inner.ticked, timeout, || {
-            self.try_send(k, payload, corr)
-        })
-    }
-
     /// Takes one output of kernel `k`, if one is there.
     pub fn try_recv(&self, k: usize) -> Option<Message> {
         self.try_recv_with(k, |tag, corr, payload| Message {

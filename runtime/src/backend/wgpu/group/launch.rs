@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::plan::{invalid, quantum_under_loop_limit, WgpuError, WgpuGroupPlan, WgpuKernelPlan};
+use super::plan::{invalid, quantum_under_loop_limit, WgpuError, WgpuGroupPlan};
 use super::{
     Copy, Cursors, Edge, Engine, Inner, KernelRt, WgpuGroup, DESC_WORDS, D_CONTROL, D_DEAD,
     D_FLAGS, D_HANDLER, D_INBOX, D_KERNEL_ID, D_MAX_EMITS, D_N_INBOXES, D_N_PORTS, D_PARAMS,
@@ -16,12 +16,13 @@ use super::{
     WORKGROUP,
 };
 use crate::abi::{
-    ControlBlock, PortKind, State, ABI_VERSION, CONTROL_MAGIC, DEAD_LETTER_PREFIX_BYTES,
-    LINE_BYTES, RING_HEADER_BYTES, SLOT_HEADER_BYTES,
+    ControlBlock, PortKind, ABI_VERSION, DEAD_LETTER_PREFIX_BYTES, LINE_BYTES, RING_HEADER_BYTES,
+    SLOT_HEADER_BYTES,
 };
-use crate::backend::group::{check_topology, Target, Topology};
+use crate::backend::device_plan::{check_group, dispatch_cases, launched_control, KernelRings};
+use crate::backend::group::{Target, Topology};
 use crate::backend::wgpu::adapter::GpuContext;
-use crate::backend::wgpu::codegen::{self, WgslHandler};
+use crate::backend::wgpu::codegen;
 use crate::control::{HostControl, HostSide};
 use crate::ring::{HostRing, Producer, RingLayout, RingMemory};
 use crate::wait::Signal;
@@ -56,38 +57,25 @@ impl WgpuGroup {
     ) -> Result<Self, WgpuError> {
         let group = plan.name.as_str();
         let n = plan.kernels.len();
-        if n == 0 {
-            return Err(invalid(
-                group,
-                "a group needs at least one kernel: add one before launching",
-            ));
-        }
-        for k in &plan.kernels {
-            if k.max_emits == 0 || k.quantum == 0 {
-                return Err(invalid(
-                    group,
-                    format!(
-                        "kernel `{}`: max_emits and quantum must be at least 1: give it \
-                         `.max_emits(n)` and `.quantum(n)` with n of 1 or more",
-                        k.name
-                    ),
-                ));
-            }
-        }
-        let shape: Vec<(&str, u32)> = plan
-            .kernels
-            .iter()
-            .map(|k| (k.name.as_str(), k.ports))
-            .collect();
         let Topology {
             targets,
             edges: graph,
             order,
-        } = check_topology(
-            &shape,
+        } = check_group(
+            &plan.kernels,
             &plan.routes,
             "a tick runs kernels in topological order, so the wgpu backend cannot run a cycle; \
              break it or use the CPU backend",
+            |k| {
+                if k.max_emits == 0 || k.quantum == 0 {
+                    return Err(format!(
+                        "kernel `{}`: max_emits and quantum must be at least 1: give it \
+                         `.max_emits(n)` and `.quantum(n)` with n of 1 or more",
+                        k.name
+                    ));
+                }
+                Ok(())
+            },
         )
         .map_err(|message| invalid(group, message))?;
         // A kernel takes a message only when each output ring has room for all the emits
@@ -116,10 +104,6 @@ impl WgpuGroup {
         }
 
         // Layout: control blocks first (one copy), then each kernel's rings and state.
-        let ring_layout = |k: &WgpuKernelPlan, what: &str, capacity: u32, slot: u32| {
-            RingLayout::new(capacity, slot)
-                .map_err(|e| invalid(group, format!("kernel `{}`'s {what}: {e}", k.name)))
-        };
         let mut layout = Layout { bytes: 0 };
         let controls = layout.take(size_of::<ControlBlock>() as u64 * n as u64);
         let mut kernels = Vec::with_capacity(n);
@@ -138,24 +122,18 @@ impl WgpuGroup {
         };
         let mut states = Vec::with_capacity(n);
         for (i, k) in plan.kernels.iter().enumerate() {
-            let in_layout = ring_layout(k, "inbox", k.capacity, k.slot_bytes)?;
-            let out_layout = ring_layout(k, "host outbox", k.out_capacity, k.out_slot_bytes)?;
-            let biggest = in_layout.payload_bytes().max(out_layout.payload_bytes());
-            let dead_layout = ring_layout(
-                k,
-                "dead-letter ring",
-                k.capacity
-                    .max(64)
-                    .max((k.max_emits + 1).next_power_of_two()),
-                (SLOT_HEADER_BYTES + DEAD_LETTER_PREFIX_BYTES + biggest)
-                    .next_power_of_two()
-                    .min(crate::abi::MAX_SLOT_BYTES),
-            )?;
+            let KernelRings {
+                inbox: in_layout,
+                outbox: out_layout,
+                dead: dead_layout,
+            } = k
+                .ring_layouts(64.max((k.max_emits + 1).next_power_of_two()))
+                .map_err(|m| invalid(group, m))?;
             msg_words = msg_words.max(dead_layout.payload_bytes() / 4);
             let at_inbox = layout.take(in_layout.region_bytes() as u64);
             let at_outbox = layout.take(out_layout.region_bytes() as u64);
             let at_dead = layout.take(dead_layout.region_bytes() as u64);
-            let at_state = layout.take(u64::from(k.state_words.max(1)) * 4);
+            let at_state = layout.take(u64::from(k.backend.state_words.max(1)) * 4);
             // Scratch: the round-robin cursor, then one emit count per invocation.
             let at_scratch = layout.take(4 * (8 + u64::from(WORKGROUP)));
             states.push((at_state, at_scratch));
@@ -195,7 +173,7 @@ impl WgpuGroup {
             for (port, target) in targets[i].iter().enumerate() {
                 if let Target::Kernel(to) = *target {
                     let down = &plan.kernels[to];
-                    let edge_layout = ring_layout(down, "inbox", down.capacity, down.slot_bytes)?;
+                    let edge_layout = down.inbox_layout().map_err(|m| invalid(group, m))?;
                     msg_words = msg_words.max(edge_layout.payload_bytes() / 4);
                     let at = layout.take(edge_layout.region_bytes() as u64);
                     let st_header = stage(&mut copies, at, u64::from(RING_HEADER_BYTES));
@@ -222,7 +200,7 @@ impl WgpuGroup {
         let stages: Vec<u64> = kernels
             .iter()
             .map(|k| {
-                if k.plan.parallel {
+                if k.plan.backend.parallel {
                     layout.take(
                         4 * u64::from(WORKGROUP)
                             * u64::from(k.plan.max_emits)
@@ -284,28 +262,21 @@ impl WgpuGroup {
         // Descriptors.
         let mut desc = vec![0u32; DESC_WORDS * n];
         let word = |byte: u64| (byte / 4) as u32;
-        let mut handlers: Vec<WgslHandler> = Vec::new();
+        let (handlers, cases) = dispatch_cases(kernels.iter().map(|k| &k.plan.handler));
         for (i, k) in kernels.iter().enumerate() {
             let plan_k = &k.plan;
-            let case = handlers
-                .iter()
-                .position(|h| h == &plan_k.handler)
-                .unwrap_or_else(|| {
-                    handlers.push(plan_k.handler.clone());
-                    handlers.len() - 1
-                });
             let d = &mut desc[i * DESC_WORDS..(i + 1) * DESC_WORDS];
             d[D_CONTROL] = word(k.at_control);
-            d[D_HANDLER] = case as u32;
+            d[D_HANDLER] = cases[i];
             d[D_KERNEL_ID] = i as u32;
             d[D_N_PORTS] = plan_k.ports;
             d[D_QUANTUM] = plan_k.quantum;
             d[D_MAX_EMITS] = plan_k.max_emits;
             d[D_DEAD] = word(k.at_dead);
             d[D_STATE] = word(states[i].0);
-            d[D_STATE_WORDS] = plan_k.state_words;
+            d[D_STATE_WORDS] = plan_k.backend.state_words;
             d[D_SCRATCH] = word(states[i].1);
-            d[D_FLAGS] = u32::from(plan_k.parallel);
+            d[D_FLAGS] = u32::from(plan_k.backend.parallel);
             d[D_STAGE] = word(stages[i]);
             d[D_PARAMS..D_PARAMS + 16].copy_from_slice(&plan_k.params);
             d[D_INBOX] = word(k.at_inbox);
@@ -344,7 +315,7 @@ impl WgpuGroup {
         }
 
         // The module: validated with naga first, for errors that name the line.
-        let parallel: Vec<bool> = kernels.iter().map(|k| k.plan.parallel).collect();
+        let parallel: Vec<bool> = kernels.iter().map(|k| k.plan.backend.parallel).collect();
         let module = codegen::group_module(&handlers, &parallel, msg_words);
         codegen::validate(&module).map_err(WgpuError::Shader)?;
         let device = &gpu.device;
@@ -408,13 +379,7 @@ impl WgpuGroup {
             init_ring(edge.at, edge.layout, kernels[*to].plan.origin);
         }
         for k in &kernels {
-            let block = ControlBlock {
-                magic: CONTROL_MAGIC,
-                abi_version: ABI_VERSION,
-                kernel_id: k.id,
-                state: State::Launched as u32,
-                ..bytemuck::Zeroable::zeroed()
-            };
+            let block = launched_control(k.id);
             let at = k.at_control as usize;
             image[at..at + size_of::<ControlBlock>()].copy_from_slice(bytemuck::bytes_of(&block));
         }

@@ -45,7 +45,7 @@ mod plan;
 mod stop;
 mod tick;
 
-pub use plan::{WgpuError, WgpuGroupPlan, WgpuKernelPlan};
+pub use plan::{WgpuError, WgpuGroupPlan, WgpuKernelPlan, WgpuKnobs};
 
 /// Words of one kernel's descriptor (`GYRE_DESC_WORDS` in tick.wgsl).
 const DESC_WORDS: usize = 80;

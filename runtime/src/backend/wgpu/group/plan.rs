@@ -2,89 +2,38 @@
 //! launch reports, and the loop-limit bound on a kernel's quantum.
 
 use super::{BUILTIN_LOOPS, LOOP_COST, TICK_LOOPS, WORKGROUP};
-use crate::abi::SLOT_HEADER_BYTES;
+use crate::backend::device_plan::{BackendKnobs, DeviceKernelPlan};
 use crate::backend::group::Route;
 use crate::backend::wgpu::codegen::WgslHandler;
 
-/// One kernel of a wgpu group plan.
-#[derive(Clone, Debug)]
-pub struct WgpuKernelPlan {
-    /// Its name (unique in the group).
-    pub name: String,
-    /// Its WGSL handler.
-    pub handler: WgslHandler,
-    /// Handler parameters (`gyre_param`).
-    pub params: [u32; 16],
+/// What a wgpu kernel plan takes beyond what every device backend's does
+/// ([`DeviceKernelPlan::backend`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WgpuKnobs {
     /// Words of state, zeroed at launch (`gyre_state_load` / `gyre_state_store`).
     pub state_words: u32,
-    /// Slots of each inbox ring.
-    pub capacity: u32,
-    /// Bytes per inbox slot, header included.
-    pub slot_bytes: u32,
-    /// Slots of the host outbox.
-    pub out_capacity: u32,
-    /// Bytes per host outbox slot, header included.
-    pub out_slot_bytes: u32,
-    /// Output ports.
-    pub ports: u32,
-    /// Most emits per message.
-    pub max_emits: u32,
-    /// Most messages one tick handles (an adapter with a loop limit, lavapipe, may lower
-    /// it: [`WgpuGroup::quantum`](super::WgpuGroup::quantum)).
-    pub quantum: u32,
-    /// Initial cursor value of every ring of this kernel (tests start near `u32::MAX`).
-    pub origin: u32,
     /// Whether the handler may run on several messages at once (no state, or state it
     /// updates safely): the kernel then runs as a workgroup of 64 invocations per batch,
     /// its outputs still in message order. Off by default; on for the stateless built-ins.
     pub parallel: bool,
 }
 
-impl WgpuKernelPlan {
-    /// A kernel with defaults: 1,024-slot rings of 64-byte slots, one port, four emits per
-    /// message, up to 1,024 messages per tick.
-    pub fn new(name: impl Into<String>, handler: WgslHandler) -> Self {
+impl BackendKnobs for WgpuKnobs {
+    /// Up to 1,024 messages per tick.
+    const DEFAULT_QUANTUM: u32 = 1024;
+
+    fn builtin(builtin: &crate::builtins::Builtin) -> Self {
         Self {
-            name: name.into(),
-            handler,
-            params: [0; 16],
-            state_words: 0,
-            capacity: 1024,
-            slot_bytes: 64,
-            out_capacity: 1024,
-            out_slot_bytes: 64,
-            ports: 1,
-            max_emits: 4,
-            quantum: 1024,
-            origin: 0,
-            parallel: false,
+            state_words: builtin.state_bytes().div_ceil(4),
+            parallel: !builtin.sequential(),
         }
     }
-
-    /// A kernel running a built-in, with its parameters, state, ports and slot sizes.
-    ///
-    /// # Errors
-    /// The built-in's own validation message.
-    pub fn builtin(
-        name: impl Into<String>,
-        builtin: &crate::builtins::Builtin,
-    ) -> Result<Self, String> {
-        builtin.validate()?;
-        let slot = |payload: u32| {
-            (SLOT_HEADER_BYTES + payload)
-                .next_power_of_two()
-                .max(crate::abi::MIN_SLOT_BYTES)
-        };
-        let mut plan = Self::new(name, WgslHandler::Builtin(builtin.cuda_function()));
-        plan.params = builtin.params();
-        plan.state_words = builtin.state_bytes().div_ceil(4);
-        plan.ports = builtin.ports();
-        plan.slot_bytes = slot(builtin.input_bytes());
-        plan.out_slot_bytes = slot(builtin.output_bytes());
-        plan.parallel = !builtin.sequential();
-        Ok(plan)
-    }
 }
+
+/// One kernel of a wgpu group plan (quantum 1,024 by default: the most messages one tick
+/// handles; an adapter with a loop limit, lavapipe, may lower it:
+/// [`WgpuGroup::quantum`](super::WgpuGroup::quantum)).
+pub type WgpuKernelPlan = DeviceKernelPlan<WgpuKnobs>;
 
 /// A wgpu group to launch.
 #[derive(Clone, Debug)]
@@ -141,7 +90,7 @@ pub(super) fn quantum_under_loop_limit(
     };
     let emits = plan.max_emits.saturating_mul(2 * w_out + 4);
     let budget = (limit / LOOP_COST).checked_sub(TICK_LOOPS)?;
-    let most = if plan.parallel {
+    let most = if plan.backend.parallel {
         // Per batch of up to 64, the invocations of invocation 0's lanes: picking the
         // batch (inboxes, then up to 64 stamps), clearing counts, its message (reading,
         // staging, counting), the prefix sums (9 rings x 64), writing its emits and dead

@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use super::tick::{map_after, read_u32, take_messages};
 use super::{Engine, Inner, Leftovers, WgpuGroup};
 use crate::abi::{Command, ControlBlock, State};
-use crate::backend::group::{GroupReport, KernelReport, Message};
+use crate::backend::group::{
+    issue_command, read_back_inbox, reported_fault, GroupReport, KernelReport, Message,
+};
 use crate::backend::CommandError;
 use crate::control::ControlMemory;
 use crate::lifecycle::{self, Event};
-use crate::ring::{RingLayout, RingMemory};
+use crate::ring::RingLayout;
 
 impl WgpuGroup {
     /// Issues `command` to kernel `k`; it applies at the start of the next tick. Waits for
@@ -137,21 +139,16 @@ impl Inner {
             lifecycle::transition(from, Event::Command(command))?;
             return Ok(from);
         }
-        if let Some(reason) = self.fault.lock().clone() {
-            return Err(CommandError::Faulted {
-                name: kernel.plan.name.clone(),
-                reason,
-            });
-        }
-        let from = kernel.control.state();
-        lifecycle::transition(from, Event::Command(command))?;
-        if command == Command::Drain || command == Command::Terminate {
-            // Every send that will ever happen is published before the command uploads:
-            // the ticker uploads published slots before the command words.
-            let tail = kernel.inbox.close();
-            kernel.inbox.wait_published(tail, u32::MAX);
-        }
-        let epoch = kernel.control.issue(command);
+        // A drain or terminate closes the host inbox first: every send that will ever
+        // happen is published before the command uploads (the ticker uploads published
+        // slots before the command words).
+        let epoch = issue_command(
+            &kernel.plan.name,
+            self.fault.lock().clone(),
+            &kernel.control,
+            &kernel.inbox,
+            command,
+        )?;
         self.poke();
         let deadline = Instant::now() + self.command_timeout;
         let acked = self.ticked.wait_until(Some(deadline), || {
@@ -166,13 +163,7 @@ impl Inner {
             })
         });
         match acked {
-            Some(Ok(State::Faulted)) => Err(CommandError::Faulted {
-                name: kernel.plan.name.clone(),
-                reason: format!(
-                    "the kernel reported fault code {}",
-                    kernel.control.status().error_code
-                ),
-            }),
+            Some(Ok(State::Faulted)) => Err(reported_fault(&kernel.plan.name, &kernel.control)),
             Some(result) => result,
             None => Err(CommandError::Unresponsive {
                 name: kernel.plan.name.clone(),
@@ -211,16 +202,13 @@ impl Inner {
         let mut reports: Vec<KernelReport> = self
             .kernels
             .iter()
-            .map(|k| KernelReport {
-                name: k.plan.name.clone(),
-                state: if fault.is_some() {
+            .map(|k| {
+                let state = if fault.is_some() {
                     State::Faulted
                 } else {
                     k.control.state()
-                },
-                counters: k.control.counters(),
-                undelivered: Vec::new(),
-                undelivered_outputs: Vec::new(),
+                };
+                KernelReport::new(&k.plan.name, state, k.control.counters())
             })
             .collect();
         if !hand_back {
@@ -233,20 +221,10 @@ impl Inner {
         for (k, kernel) in self.kernels.iter().enumerate() {
             // The host inbox mirror holds every message not consumed on the device: from the
             // device's last head on.
-            // ORDERING: Acquire pairs with the ticker's Release store of head.
-            let head = kernel.inbox.memory().head().load(Ordering::Acquire);
             // SAFETY: the mirror's only consumer is the ticker, which releases positions
             // (stores `head`) only in `tick`, under the engine lock held here (taken at
             // the top of this function).
-            unsafe {
-                kernel.inbox.read_closed(head, |slot| {
-                    reports[k].undelivered.push(Message {
-                        tag: slot.tag,
-                        corr: slot.corr,
-                        payload: slot.payload.to_vec(),
-                    });
-                });
-            }
+            unsafe { read_back_inbox(&kernel.inbox, &mut reports[k].undelivered) };
         }
         if fault.is_none() {
             match self.read_leftovers(&mut engine) {

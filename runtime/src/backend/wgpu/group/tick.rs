@@ -129,23 +129,16 @@ impl Inner {
                 uploaded_any = true;
             }
             let head_at = std::mem::offset_of!(crate::abi::RingHeader, head) as u64;
-            if c.out_head != c.out_head_uploaded {
-                queue.write_buffer(
-                    &engine.mem,
-                    kernel.at_outbox + head_at,
-                    &c.out_head.to_ne_bytes(),
-                );
-                c.out_head_uploaded = c.out_head;
-                uploaded_any = true;
-            }
-            if c.dead_head != c.dead_head_uploaded {
-                queue.write_buffer(
-                    &engine.mem,
-                    kernel.at_dead + head_at,
-                    &c.dead_head.to_ne_bytes(),
-                );
-                c.dead_head_uploaded = c.dead_head;
-                uploaded_any = true;
+            // The heads of the rings the host consumes: its outbox and dead letters.
+            for (at, head, uploaded) in [
+                (kernel.at_outbox, c.out_head, &mut c.out_head_uploaded),
+                (kernel.at_dead, c.dead_head, &mut c.dead_head_uploaded),
+            ] {
+                if head != *uploaded {
+                    queue.write_buffer(&engine.mem, at + head_at, &head.to_ne_bytes());
+                    *uploaded = head;
+                    uploaded_any = true;
+                }
             }
         }
         let mut encoder = gpu
