@@ -542,6 +542,11 @@ impl DeviceGroup for Restartable {
         self.first.group.backend()
     }
 
+    fn device(&self) -> Option<u32> {
+        // A restart relaunches on the same device.
+        self.first.group.device()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             restart: true,
