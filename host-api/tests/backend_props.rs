@@ -854,12 +854,14 @@ fn run(name: &str, runtime: Runtime, case: &Case) -> Result<(), TestCaseError> {
             }
             Launched::Pipeline(p) => p.group().activate().is_ok(),
         };
-    // A device group drains as a unit and resumes paused kernels for it. A CPU group
-    // drains upstream first, each kernel resuming when its turn comes: an upstream kernel
-    // whose emits wait for room in a paused (or never activated) one waits for the
-    // timeout, then is terminated and hands back what it holds. So on the CPU with
-    // kernels left paused the long drain is a short one, and may time out.
-    let long_drain_completes = device || all_active;
+    // With kernels left paused (or never activated) a drain may not complete on any
+    // backend, so the long drain is a short one then, and may time out (handing back
+    // what is left). On the CPU a group drains upstream first, each kernel resuming when
+    // its turn comes: an upstream kernel whose emits wait for room in a paused one waits
+    // for the timeout. On the CUDA emulation a group drain with kernels never activated
+    // timed out too (case in the session report). With every live kernel active, the
+    // long drain must complete.
+    let long_drain_completes = all_active;
     let drain_wait = match case.end {
         End::Drain { long: true } if long_drain_completes => LONG_DRAIN,
         End::Drain { long: true } => PAUSED_DRAIN_WAIT,
