@@ -33,7 +33,7 @@ pub struct DeadLetter {
     pub is_input: bool,
     /// The slot tag (kind and sender id).
     pub tag: u32,
-    /// The correlation id.
+    /// The correlation id the message was sent (or emitted) with; 0 when it had none.
     pub corr: [u32; 2],
     /// The slot's payload bytes (the message is at the start).
     pub payload: Vec<u8>,

@@ -327,14 +327,15 @@ impl KernelCore {
     }
 
     /// Sends one message this kernel received (`is_input`) or emitted to the dead-letter
-    /// sink with `reason`.
+    /// sink with `reason`. Its correlation id is the user's: 0 for a timed message (whose
+    /// slot carries the send time there), as a receive or a stop report gives it.
     pub(crate) fn dead_letter(&self, is_input: bool, reason: String, slot: &SlotRef<'_>) {
         self.dead.push(DeadLetter {
             kernel: self.config.name.clone(),
             reason,
             is_input,
             tag: slot.tag,
-            corr: slot.corr,
+            corr: slot.user_corr(),
             payload: slot.payload.to_vec(),
         });
     }
