@@ -17,12 +17,34 @@ pub(crate) enum Stop {
 }
 
 /// Drains or terminates `kernels` in the order given and gathers what they handed back.
+///
+/// A drain first activates every kernel left launched or paused: each is drained in its
+/// turn anyway, and a paused kernel downstream would otherwise fill up and hold its
+/// upstream's drain until the deadline.
 pub(crate) fn stop_kernels<'a>(
     kernels: impl Iterator<Item = &'a CpuKernel>,
     how: Stop,
 ) -> GroupReport {
+    let kernels: Vec<&CpuKernel> = kernels.collect();
+    if let Stop::Drain(_) = how {
+        activate_for_drain(kernels.iter().copied());
+    }
     GroupReport {
-        kernels: kernels.filter_map(|k| stop_kernel(k, how)).collect(),
+        kernels: kernels
+            .into_iter()
+            .filter_map(|k| stop_kernel(k, how))
+            .collect(),
+    }
+}
+
+/// Activates every kernel of `kernels` left launched or paused, before a drain (see
+/// [`stop_kernels`]).
+pub(crate) fn activate_for_drain<'a>(kernels: impl Iterator<Item = &'a CpuKernel>) {
+    for k in kernels {
+        if matches!(k.state(), crate::State::Launched | crate::State::Paused) {
+            // A kernel that stopped meanwhile answers an error: its own stop reports it.
+            let _ = k.command(gyre_runtime::abi::Command::Activate);
+        }
     }
 }
 

@@ -86,8 +86,6 @@ const SEND_WAIT: Duration = Duration::from_millis(1);
 const OP_DRAIN_WAIT: Duration = Duration::from_millis(200);
 /// The generous final drain: the host keeps receiving, so it times out only when stuck.
 const LONG_DRAIN: Duration = Duration::from_secs(30);
-/// The final drain on the CPU with kernels left paused (see `run`).
-const PAUSED_DRAIN_WAIT: Duration = Duration::from_millis(250);
 /// The short final drain: most of the time it times out and hands back what is left.
 const SHORT_DRAIN: Duration = Duration::from_millis(10);
 /// How long a host output may look live (empty but not closed) after the stop.
@@ -841,30 +839,15 @@ fn run(name: &str, runtime: Runtime, case: &Case) -> Result<(), TestCaseError> {
     }
 
     // The stop, while the host keeps receiving (host outputs may be small). Every kernel
-    // still live runs first, or some may be left paused (or never activated).
-    let all_active = case.activate_before_stop
-        && match &launched {
-            // One by one, downstream first: `Group::activate` stops at the first error
-            // (a kernel stopped by an op above).
-            Launched::Group { kernels, .. } => {
-                for kernel in kernels.iter().rev() {
-                    drop(kernel.activate());
-                }
-                true
-            }
-            Launched::Pipeline(p) => p.group().activate().is_ok(),
-        };
-    // With kernels left paused (or never activated) a drain may not complete on any
-    // backend, so the long drain is a short one then, and may time out (handing back
-    // what is left). On the CPU a group drains upstream first, each kernel resuming when
-    // its turn comes: an upstream kernel whose emits wait for room in a paused one waits
-    // for the timeout. On the CUDA emulation a group drain with kernels never activated
-    // timed out too (case in the session report). With every live kernel active, the
-    // long drain must complete.
-    let long_drain_completes = all_active;
+    // still live runs first, or some are left paused (or never activated): a drain runs
+    // those too (`Group::drain`), so the long drain completes either way.
+    if case.activate_before_stop {
+        // `Group::activate` activates every kernel it can and answers the first error (a
+        // kernel stopped by an op above).
+        drop(launched.group().activate());
+    }
     let drain_wait = match case.end {
-        End::Drain { long: true } if long_drain_completes => LONG_DRAIN,
-        End::Drain { long: true } => PAUSED_DRAIN_WAIT,
+        End::Drain { long: true } => LONG_DRAIN,
         End::Drain { long: false } | End::Terminate => SHORT_DRAIN,
     };
     let report = std::thread::scope(|scope| {
@@ -879,7 +862,7 @@ fn run(name: &str, runtime: Runtime, case: &Case) -> Result<(), TestCaseError> {
         stopper.join().unwrap()
     });
     ledger.absorb_group(&report, &format!("{:?}", case.end));
-    if matches!(case.end, End::Drain { long: true }) && long_drain_completes {
+    if matches!(case.end, End::Drain { long: true }) {
         for k in report.kernels.iter().filter(|k| k.timed_out) {
             ledger.problems.push(format!(
                 "{}: the long drain timed out on {}",

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gyre_runtime::abi::Command;
+use gyre_runtime::abi::{Command, State};
 use gyre_runtime::backend::seam::cpu::CpuKernel;
 use gyre_runtime::routing::RouteError;
 
@@ -140,20 +140,27 @@ impl Group {
         command: Command,
         order: impl Iterator<Item = usize>,
     ) -> Result<(), Error> {
+        // Every kernel gets the command, whatever an earlier one answered (a member
+        // terminated on its own must not leave the others paused); the first error is
+        // returned.
+        let mut first = None;
         for i in order {
             let result = match &self.inner {
                 Inner::Cpu { kernels, .. } => kernels[i].command(command).map(drop),
                 Inner::Device(core) => core.group.command(i, command).map(drop),
             };
-            result.map_err(|e| Error::from_command(&self.kernel_name(i), e))?;
+            if let Err(e) = result {
+                first.get_or_insert_with(|| Error::from_command(&self.kernel_name(i), e));
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     /// Activates every kernel, downstream first (so nothing waits on an inactive stage).
     ///
     /// # Errors
-    /// The first kernel's error, as [`Kernel::activate`].
+    /// The first kernel's error, as [`Kernel::activate`]; the other kernels are activated
+    /// all the same.
     pub fn activate(&self) -> Result<(), Error> {
         let order = self.edges_and_order().1.to_vec();
         self.command_all(Command::Activate, order.into_iter().rev())
@@ -355,11 +362,21 @@ pub(crate) fn device_health(core: &DeviceCore, policy: &crate::HealthPolicy) -> 
 pub(crate) fn device_stop(core: &DeviceCore, how: Stop) -> GroupReport {
     core.stopped.store(true, Ordering::Relaxed);
     let (report, terminate) = match how {
-        Stop::Drain(deadline) => (
-            core.group
-                .drain(deadline.saturating_duration_since(Instant::now())),
-            false,
-        ),
+        Stop::Drain(deadline) => {
+            // As on the CPU: a kernel left launched or paused would hold its upstream's
+            // drain until the deadline, so every one of them runs while the group drains.
+            for k in 0..core.names.len() {
+                if matches!(core.group.state(k), State::Launched | State::Paused) {
+                    // A kernel that stopped meanwhile answers an error; the drain reports it.
+                    let _ = core.group.command(k, Command::Activate);
+                }
+            }
+            (
+                core.group
+                    .drain(deadline.saturating_duration_since(Instant::now())),
+                false,
+            )
+        }
         Stop::Terminate => (core.group.terminate(), true),
     };
     let raw = |m: &gyre_runtime::backend::group::Message| RawMessage {

@@ -470,6 +470,7 @@ impl Runtime {
         // No fault policy may restart a kernel behind the shutdown's back.
         self.cpu.stop_supervision();
         let kernels = self.cpu.kernels_in_drain_order();
+        crate::stop::activate_for_drain(kernels.iter());
         let mut stopped: Vec<(usize, KernelShutdown)> = kernels
             .iter()
             .enumerate()
