@@ -151,7 +151,8 @@ pub unsafe fn read_back_inbox<M: crate::ring::RingMemory>(
 /// the command.
 ///
 /// # Errors
-/// [`CommandError::Faulted`] or [`CommandError::Lifecycle`].
+/// [`CommandError::Faulted`](crate::backend::CommandError::Faulted) or
+/// [`CommandError::Lifecycle`](crate::backend::CommandError::Lifecycle).
 pub fn issue_command<C: crate::control::ControlMemory, M: crate::ring::RingMemory>(
     name: &str,
     fault: Option<String>,
