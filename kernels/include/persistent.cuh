@@ -468,14 +468,7 @@ GYRE_DEVICE bool gyre_finish_batch(gyre_block *b, const gyre_kernel_desc *k) {
             continue;
         }
         GyreSlotHeader *s = gyre_slot(r, b->start + m);
-        if (b->status[m] == (gyre_u32)GYRE_FAULT_KERNEL) {
-            /* The handler faulted its kernel: this message and the rest stay in the
-             * inbox, its emits are dropped, and the kernel stops Faulted. */
-            gyre_store_relaxed(&c->error_code, GYRE_FAULT_HANDLER_PANIC, GYRE_SCOPE_SYSTEM);
-            gyre_acknowledge(b, c, GYRE_STATE_FAULTED);
-            stop = true;
-            break;
-        }
+        const bool faults = b->status[m] == (gyre_u32)GYRE_FAULT_KERNEL;
         if (b->status[m] != 0u) {
             if (!gyre_dead_letter(b, k, GYRE_DEAD_HANDLER_ERROR, b->status[m], 0,
                                   s->tag & GYRE_TAG_KIND_MASK, s->corr, gyre_slot_payload(s),
@@ -490,6 +483,17 @@ GYRE_DEVICE bool gyre_finish_batch(gyre_block *b, const gyre_kernel_desc *k) {
         done = m + 1u;
         if (sent < b->emits[m]) {
             gyre_set_pending(k, m, sent, b->emits[m]);
+        }
+        if (faults) {
+            /* The handler faulted its kernel: its message went to the dead letters like a
+             * failed one (what it emitted stands), the rest of the batch stays in the
+             * inbox (their emits are dropped), and the kernel stops Faulted. */
+            gyre_store_relaxed(&c->error_code, GYRE_FAULT_HANDLER_PANIC, GYRE_SCOPE_SYSTEM);
+            gyre_acknowledge(b, c, GYRE_STATE_FAULTED);
+            stop = true;
+            break;
+        }
+        if (sent < b->emits[m]) {
             stop = true;
             break;
         }

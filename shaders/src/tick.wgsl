@@ -365,13 +365,6 @@ fn gyre_tick(k: u32) {
             ctx.n_ports = desc[d + GYRE_D_N_PORTS];
             ctx.stage = GYRE_NONE;
             let status = gyre_dispatch(desc[d + GYRE_D_HANDLER], &ctx, &msg, payload);
-            if (status == GYRE_FAULT_KERNEL) {
-                // The handler faulted its kernel: this message and the rest stay queued.
-                atomicStore(&mem[c + GYRE_CB_ERROR_CODE], GYRE_FAULT_HANDLER_PANIC);
-                atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_FAULTED);
-                faulted = true;
-                break;
-            }
             received += 1u;
             processed += 1u;
             emitted += ctx.emits;
@@ -387,6 +380,14 @@ fn gyre_tick(k: u32) {
             }
             head += 1u;
             n += 1u;
+            if (status == GYRE_FAULT_KERNEL) {
+                // The handler faulted its kernel: its message went to the dead letters
+                // (what it emitted stands), the rest stays queued.
+                atomicStore(&mem[c + GYRE_CB_ERROR_CODE], GYRE_FAULT_HANDLER_PANIC);
+                atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_FAULTED);
+                faulted = true;
+                break;
+            }
         }
         atomicStore(&mem[ring + GYRE_RING_HEAD], head);
         if (faulted) {
@@ -538,6 +539,7 @@ fn gyre_tick_parallel(k: u32, lid: u32) {
     var budget = 0u;
     var n = 0u;
     var stalled = false;
+    var kernel_faulted = false;
     var inbox = 0u;
     var tried = 0u;
     if (lid == 0u) {
@@ -707,12 +709,22 @@ fn gyre_tick_parallel(k: u32, lid: u32) {
                 if (status != GYRE_OK) {
                     errors += 1u;
                 }
+                if (status == GYRE_FAULT_KERNEL) {
+                    kernel_faulted = true;
+                }
             }
             received += taken;
             processed += taken;
             n += taken;
             budget -= min(budget, m);
             atomicStore(&mem[ring + GYRE_RING_HEAD], start + m);
+            if (kernel_faulted) {
+                // A handler faulted its kernel: its message went to the dead letters
+                // like a failed one (the batch ran at once); no batch follows.
+                atomicStore(&mem[c + GYRE_CB_ERROR_CODE], GYRE_FAULT_HANDLER_PANIC);
+                atomicStore(&mem[c + GYRE_CB_STATE], GYRE_STATE_FAULTED);
+                stalled = true;
+            }
         }
     }
     if (lid == 0u) {
