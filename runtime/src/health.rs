@@ -195,6 +195,45 @@ impl Default for RestartPolicy {
     }
 }
 
+/// The circuit breaker's book of one restartable unit (a CPU kernel, a device group):
+/// restarts in a row and whether the circuit opened. Written once for every backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestartBook {
+    /// Restarts in a row (from zero again after `reset_after` without a fault).
+    pub in_a_row: u32,
+    /// When the last restart happened.
+    pub last_restart: Option<Instant>,
+    /// The circuit opened: no more restarts until one by hand.
+    pub circuit_open: bool,
+}
+
+impl RestartBook {
+    /// The wait before the next restart under `policy`, or `None` when the circuit is
+    /// open or opens now (`max_restarts` in a row reached).
+    pub fn next_backoff(&mut self, policy: &RestartPolicy) -> Option<Duration> {
+        if self.circuit_open {
+            return None;
+        }
+        if self
+            .last_restart
+            .is_some_and(|t| t.elapsed() >= policy.reset_after)
+        {
+            self.in_a_row = 0;
+        }
+        if self.in_a_row >= policy.max_restarts {
+            self.circuit_open = true;
+            return None;
+        }
+        Some(policy.backoff(self.in_a_row))
+    }
+
+    /// Counts a restart made at `now`.
+    pub fn record(&mut self, now: Instant) {
+        self.in_a_row += 1;
+        self.last_restart = Some(now);
+    }
+}
+
 impl RestartPolicy {
     /// The wait before restart number `attempt` (0-based) in a row.
     pub fn backoff(&self, attempt: u32) -> Duration {

@@ -11,7 +11,9 @@ use gyre_runtime::abi::{Command, State};
 use gyre_runtime::backend::group::{GroupReport, Message, SendError};
 use gyre_runtime::backend::seam::{Capabilities, DeviceGroup, OnOutput, Watch};
 use gyre_runtime::backend::CommandError;
-use gyre_runtime::health::{self, FaultPolicy, Health, HealthPolicy, HealthStatus, Watchdog};
+use gyre_runtime::health::{
+    self, FaultPolicy, Health, HealthPolicy, HealthStatus, RestartBook, Watchdog,
+};
 use gyre_runtime::lifecycle::{self, Event};
 use gyre_runtime::metrics::KernelSample;
 use gyre_runtime::routing::{DeadLetter, DeadLetters};
@@ -82,10 +84,8 @@ impl Generation {
 /// The restart bookkeeping of a group under [`FaultPolicy::Restart`].
 #[derive(Debug, Default)]
 struct RestartState {
-    in_a_row: u32,
-    last_restart: Option<Instant>,
+    book: RestartBook,
     due: Option<Instant>,
-    circuit_open: bool,
 }
 
 /// A device group that can be restarted, behind the seam (see the module docs).
@@ -406,7 +406,7 @@ impl Restartable {
             .any(|s| s.fault_policy != FaultPolicy::Report);
         // Relaxed: as above.
         let stopped = core.stopped.load(Ordering::Relaxed);
-        if policy && !stopped && !self.restart_state.lock().circuit_open {
+        if policy && !stopped && !self.restart_state.lock().book.circuit_open {
             // A device raises no interrupt when a kernel faults: look at the states again.
             let at = Instant::now() + FAULT_CHECK;
             next = Some(next.map_or(at, |n| n.min(at)));
@@ -442,24 +442,17 @@ impl Restartable {
             }
             FaultPolicy::Restart(policy) => {
                 let mut state = self.restart_state.lock();
-                if state.circuit_open {
+                if state.book.circuit_open {
                     return None;
                 }
                 let due = if let Some(due) = state.due {
                     due
                 } else {
-                    if state
-                        .last_restart
-                        .is_some_and(|t| t.elapsed() >= policy.reset_after)
-                    {
-                        state.in_a_row = 0;
-                    }
-                    if state.in_a_row >= policy.max_restarts {
-                        state.circuit_open = true;
-                        tracing::error!(kernels = ?self.names, restarts = state.in_a_row, "circuit open: the device group faulted again after its last allowed restart; it stays faulted");
+                    let Some(wait) = state.book.next_backoff(&policy) else {
+                        tracing::error!(kernels = ?self.names, restarts = state.book.in_a_row, "circuit open: the device group faulted again after its last allowed restart; it stays faulted");
                         return None;
-                    }
-                    let due = now + policy.backoff(state.in_a_row);
+                    };
+                    let due = now + wait;
                     state.due = Some(due);
                     due
                 };
@@ -467,14 +460,13 @@ impl Restartable {
                     return Some(due);
                 }
                 state.due = None;
-                state.in_a_row += 1;
-                state.last_restart = Some(now);
+                state.book.record(now);
                 drop(state);
                 match self.restart(&core.stopped) {
                     Ok(()) => None,
                     Err(e) => {
                         tracing::warn!(kernels = ?self.names, error = %e, "device group restart failed; trying again later");
-                        Some(now + policy.backoff(self.restart_state.lock().in_a_row))
+                        Some(now + policy.backoff(self.restart_state.lock().book.in_a_row))
                     }
                 }
             }
@@ -505,7 +497,7 @@ impl Restartable {
                 .reasons
                 .insert(0, format!("kernel `{}` faulted: {reason}", self.names[k]));
         }
-        if self.restart_state.lock().circuit_open {
+        if self.restart_state.lock().book.circuit_open {
             health.status = HealthStatus::Unhealthy;
             health.reasons.push(format!(
                 "the group faulted again after {} restarts: its circuit is open and it stays \

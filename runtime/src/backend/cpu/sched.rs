@@ -7,7 +7,6 @@
 //! `sched`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 /// How a pool turn of a kernel ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,11 +41,8 @@ pub(crate) trait FaultSink<K>: Send + Sync + std::fmt::Debug {
 /// What the supervisor keeps per kernel between faults.
 #[derive(Debug, Default)]
 pub(crate) struct RestartState {
-    /// Restarts in a row (reset after `reset_after` without a fault).
-    pub(crate) in_a_row: u32,
-    pub(crate) last_restart: Option<Instant>,
-    /// The circuit opened: no more restarts.
-    pub(crate) circuit_open: bool,
+    /// Restarts in a row and the circuit breaker.
+    pub(crate) book: crate::health::RestartBook,
     /// Restarts over the kernel's life.
     pub(crate) total: u64,
 }

@@ -206,23 +206,15 @@ fn on_fault(kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
 
 fn schedule_restart(kernel: &Arc<KernelCore>, policy: &RestartPolicy, due: &mut Vec<Due>) {
     let mut state = kernel.restart_state().lock();
-    if state
-        .last_restart
-        .is_some_and(|t| t.elapsed() >= policy.reset_after)
-    {
-        state.in_a_row = 0;
-    }
-    if state.in_a_row >= policy.max_restarts {
-        state.circuit_open = true;
+    let Some(wait) = state.book.next_backoff(policy) else {
         tracing::error!(
             kernel = %kernel.config().name,
-            restarts = state.in_a_row,
+            restarts = state.book.in_a_row,
             "circuit open: the kernel faulted again after its last allowed restart; it stays faulted"
         );
         return;
-    }
-    let wait = policy.backoff(state.in_a_row);
-    tracing::warn!(kernel = %kernel.config().name, ?wait, attempt = state.in_a_row + 1, "restart scheduled");
+    };
+    tracing::warn!(kernel = %kernel.config().name, ?wait, attempt = state.book.in_a_row + 1, "restart scheduled");
     due.push(Due {
         at: Instant::now() + wait,
         kernel: kernel.clone(),
@@ -241,8 +233,7 @@ fn restart(sup: &Supervisor, kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
     let restarted = kernel.restart_in_place();
     {
         let mut state = kernel.restart_state().lock();
-        state.in_a_row += 1;
-        state.last_restart = Some(Instant::now());
+        state.book.record(Instant::now());
         if restarted.is_ok() {
             state.total += 1;
         }

@@ -56,11 +56,11 @@ impl KernelCore {
     pub fn health(&self, policy: &crate::health::HealthPolicy) -> crate::health::Health {
         let mut health = Self::evaluate_with(&self.watchdog, &self.sample(), policy);
         let restarts = self.restart_state.lock();
-        if restarts.circuit_open {
+        if restarts.book.circuit_open {
             health.status = crate::health::HealthStatus::Unhealthy;
             health.reasons.push(format!(
                 "kernel `{}`'s circuit is open: it faulted again after {} restarts in a row; restart it by hand",
-                self.config.name, restarts.in_a_row
+                self.config.name, restarts.book.in_a_row
             ));
         }
         health
@@ -106,7 +106,7 @@ impl KernelCore {
             self.config.fault_policy,
             crate::health::FaultPolicy::Restart(_)
         ) && self.state() == State::Faulted
-            && !self.restart_state.lock().circuit_open
+            && !self.restart_state.lock().book.circuit_open
     }
 
     /// Restarts done by the kernel's fault policy over its life.
