@@ -302,6 +302,18 @@ fn fault_on_fifth(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, byte
     return gyre_emit(ctx, 0u, msg, 16u);
 }";
 
+/// A kernel whose handler faults it on the fifth message since launch.
+fn faulty() -> KernelSpec<Record, Record> {
+    KernelSpec::new("faulty")
+        .capacity(64)
+        .host_output(64)
+        .max_emits(1)
+        .sequential()
+        .state_bytes(4)
+        .cuda("fault_on_fifth", FAULT_ON_FIFTH_CUDA)
+        .wgsl("fault_on_fifth", FAULT_ON_FIFTH_WGSL)
+}
+
 /// Activates `k`, whose handler may fault it before the activation's answer is read
 /// (the answer then says it faulted).
 fn activate(name: &str, k: &Kernel<Record, Record>) {
@@ -318,17 +330,7 @@ fn a_handler_faults_its_kernel_and_the_fault_policy_restarts_it_until_all_is_pro
             ..RestartPolicy::default()
         });
         let k = runtime
-            .launch(
-                KernelSpec::<Record, Record>::new("faulty")
-                    .capacity(64)
-                    .host_output(64)
-                    .max_emits(1)
-                    .sequential()
-                    .state_bytes(4)
-                    .cuda("fault_on_fifth", FAULT_ON_FIFTH_CUDA)
-                    .wgsl("fault_on_fifth", FAULT_ON_FIFTH_WGSL)
-                    .on_fault(policy),
-            )
+            .launch(faulty().on_fault(policy))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         // Everything queued first: sends to a faulted kernel fail until it restarts.
         for id in 0..20 {
@@ -382,16 +384,7 @@ fn a_handler_faults_its_kernel_and_the_fault_policy_restarts_it_until_all_is_pro
 fn a_kernel_a_handler_faulted_says_so_dead_letters_its_message_and_hands_back_the_rest() {
     for (name, runtime) in devices() {
         let k = runtime
-            .launch(
-                KernelSpec::<Record, Record>::new("faulty")
-                    .capacity(64)
-                    .host_output(64)
-                    .max_emits(1)
-                    .sequential()
-                    .state_bytes(4)
-                    .cuda("fault_on_fifth", FAULT_ON_FIFTH_CUDA)
-                    .wgsl("fault_on_fifth", FAULT_ON_FIFTH_WGSL),
-            )
+            .launch(faulty())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         for id in 0..10 {
             k.send(record(id)).unwrap();
