@@ -66,15 +66,18 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// The ring's memory.
+    #[inline]
     pub fn memory(&self) -> &M {
         &self.mem
     }
 
     /// The next position to consume.
+    #[inline]
     pub fn head(&self) -> u32 {
         self.head
     }
 
+    #[inline]
     fn is_full(&self, position: u32) -> bool {
         // ORDERING: Acquire pairs with the producer's Release store of the stamp in
         // `Claim::publish` (or its cancel): the body's bytes are visible after it.
@@ -84,6 +87,7 @@ impl<M: RingMemory> Consumer<M> {
     /// Whether the next position holds nothing published yet: [`Consumer::consume`]
     /// would find nothing to do. A cancelled slot at the next position counts as
     /// something (`false`): `consume` releases it, though it hands no message over.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         !self.is_full(self.head)
     }
@@ -98,6 +102,7 @@ impl<M: RingMemory> Consumer<M> {
     ///
     /// Returns the number of positions released: messages consumed and cancelled slots
     /// skipped (a message answered with [`Step::Keep`] is not released).
+    #[inline]
     pub fn consume(&mut self, max: u32, mut f: impl FnMut(SlotRef<'_>) -> Step) -> u32 {
         let mut taken = 0;
         let mut handed = 0;
@@ -131,6 +136,7 @@ impl<M: RingMemory> Consumer<M> {
         taken
     }
 
+    #[inline]
     fn release(&mut self, count: u32) {
         if count == 0 {
             return;
@@ -151,6 +157,7 @@ impl<M: RingMemory> Consumer<M> {
     }
 
     /// Number of slots.
+    #[inline]
     pub fn capacity(&self) -> u32 {
         self.mem.capacity()
     }
@@ -165,11 +172,13 @@ impl<M: RingMemory> Drop for Consumer<M> {
 impl SlotRef<'_> {
     /// Whether the correlation id carries a host send time (see
     /// [`crate::abi::KIND_TIMED`]) rather than one of the user's.
+    #[inline]
     pub fn is_timed(&self) -> bool {
         self.tag & TAG_KIND_MASK == crate::abi::KIND_TIMED
     }
 
     /// The correlation id as the user set it: 0 for a timed message.
+    #[inline]
     pub fn user_corr(&self) -> [u32; 2] {
         if self.is_timed() {
             [0, 0]
@@ -180,6 +189,7 @@ impl SlotRef<'_> {
 }
 
 /// The message in a slot body, or `None` for a cancelled slot.
+#[inline]
 pub(super) fn parse_slot(position: u32, body: &[u8]) -> Option<SlotRef<'_>> {
     let word = |at: usize| u32::from_ne_bytes(body[at..at + 4].try_into().unwrap_or_default());
     let tag = word(0);

@@ -91,21 +91,25 @@ impl RingLayout {
     }
 
     /// Number of slots.
+    #[inline]
     pub const fn capacity(&self) -> u32 {
         self.capacity
     }
 
     /// Bytes per slot, header included.
+    #[inline]
     pub const fn slot_bytes(&self) -> u32 {
         self.slot_bytes
     }
 
     /// Payload bytes per slot.
+    #[inline]
     pub const fn payload_bytes(&self) -> u32 {
         self.slot_bytes - SLOT_HEADER_BYTES
     }
 
     /// Bytes of the whole region: header and slots.
+    #[inline]
     pub const fn region_bytes(&self) -> usize {
         match crate::abi::ring_region_bytes(self.capacity, self.slot_bytes) {
             Some(bytes) => bytes,
@@ -140,6 +144,7 @@ impl Halves {
         }
     }
 
+    #[inline]
     fn flag(&self, half: Half) -> &AtomicBool {
         match half {
             Half::Producer => &self.producer,
@@ -148,6 +153,7 @@ impl Halves {
     }
 
     /// Marks `half` handed out; false when it already was.
+    #[inline]
     pub(crate) fn take(&self, half: Half) -> bool {
         // ORDERING: Acquire pairs with the Release store in `give_back`: the previous
         // holder's last accesses to the ring happen before the new holder's first.
@@ -155,6 +161,7 @@ impl Halves {
     }
 
     /// Marks `half` free again (its holder is being dropped).
+    #[inline]
     pub(crate) fn give_back(&self, half: Half) {
         // ORDERING: Release pairs with the Acquire swap in `take`.
         self.flag(half).store(false, Ordering::Release);
@@ -162,6 +169,7 @@ impl Halves {
 }
 
 impl Default for Halves {
+    #[inline]
     fn default() -> Self {
         Self::new()
     }
@@ -187,55 +195,71 @@ impl Default for Halves {
 ///   counts as a holder of the half it plays.
 pub unsafe trait RingMemory {
     /// The record of which halves of this ring are handed out.
+    #[inline]
     fn halves(&self) -> &Halves;
     /// Number of slots.
+    #[inline]
     fn capacity(&self) -> u32;
     /// Bytes per slot, header included.
+    #[inline]
     fn slot_bytes(&self) -> u32;
     /// The consumer cursor word.
+    #[inline]
     fn head(&self) -> &AtomicU32;
     /// The producer cursor word.
+    #[inline]
     fn tail(&self) -> &AtomicU32;
     /// The sequence stamp of slot `index` (`index < capacity()`).
+    #[inline]
     fn stamp(&self, index: u32) -> &AtomicU32;
     /// Runs `f` over the body of slot `index`, mutably.
     ///
     /// # Safety
     /// The caller has exclusive use of the body: it holds the claim on a position that
     /// maps to `index` and has not stamped it.
+    #[inline]
     unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R;
     /// Runs `f` over the body of slot `index`.
     ///
     /// # Safety
     /// The caller is the consumer, saw the slot's stamp mark it full with an acquire
     /// load, and has not released the position yet.
+    #[inline]
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R;
 }
 
 // SAFETY: forwards to `T`, which upholds the contract.
 unsafe impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
+    #[inline]
     fn halves(&self) -> &Halves {
         (**self).halves()
     }
+    #[inline]
     fn capacity(&self) -> u32 {
         (**self).capacity()
     }
+    #[inline]
     fn slot_bytes(&self) -> u32 {
         (**self).slot_bytes()
     }
+    #[inline]
     fn head(&self) -> &AtomicU32 {
         (**self).head()
     }
+    #[inline]
     fn tail(&self) -> &AtomicU32 {
         (**self).tail()
     }
+    #[inline]
     fn stamp(&self, index: u32) -> &AtomicU32 {
         (**self).stamp(index)
     }
+    #[inline]
     unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { (**self).with_body_mut(index, f) }
     }
+    #[inline]
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { (**self).with_body(index, f) }
@@ -336,10 +360,12 @@ impl RawRing {
     }
 
     /// The ring's layout.
+    #[inline]
     pub fn layout(&self) -> RingLayout {
         self.layout
     }
 
+    #[inline]
     fn word(&self, byte_offset: usize) -> &AtomicU32 {
         // SAFETY: offsets come from the ABI and lie inside the region; the word is
         // 4-aligned (header and slots are line- and slot-aligned) and only ever accessed
@@ -350,6 +376,7 @@ impl RawRing {
         }
     }
 
+    #[inline]
     fn body_ptr(&self, index: u32) -> *mut u8 {
         debug_assert!(index < self.layout.capacity());
         let offset = RING_HEADER_BYTES as usize
@@ -365,30 +392,38 @@ impl RawRing {
 // bodies are the disjoint remainders of the slots, payloads sit at slot offset 16 of
 // slot-aligned slots in a line-aligned region.
 unsafe impl RingMemory for RawRing {
+    #[inline]
     fn halves(&self) -> &Halves {
         &self.halves
     }
+    #[inline]
     fn capacity(&self) -> u32 {
         self.layout.capacity()
     }
+    #[inline]
     fn slot_bytes(&self) -> u32 {
         self.layout.slot_bytes()
     }
+    #[inline]
     fn head(&self) -> &AtomicU32 {
         self.word(std::mem::offset_of!(RingHeader, head))
     }
+    #[inline]
     fn tail(&self) -> &AtomicU32 {
         self.word(std::mem::offset_of!(RingHeader, tail))
     }
+    #[inline]
     fn stamp(&self, index: u32) -> &AtomicU32 {
         assert!(index < self.layout.capacity(), "slot index out of range");
         self.word(RING_HEADER_BYTES as usize + index as usize * self.layout.slot_bytes() as usize)
     }
+    #[inline]
     unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         let len = self.layout.slot_bytes() as usize - 4;
         // SAFETY: the body is inside the region and the caller has exclusive use of it.
         f(unsafe { std::slice::from_raw_parts_mut(self.body_ptr(index), len) })
     }
+    #[inline]
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         let len = self.layout.slot_bytes() as usize - 4;
         // SAFETY: the body is inside the region; the producer does not write it until the
@@ -431,6 +466,7 @@ impl HostRing {
     }
 
     /// The ring's layout.
+    #[inline]
     pub fn layout(&self) -> RingLayout {
         self.raw.layout()
     }
@@ -463,28 +499,36 @@ impl Drop for HostRing {
 #[cfg(not(loom))]
 // SAFETY: forwards to the owned `RawRing`, whose memory lives as long as `self`.
 unsafe impl RingMemory for HostRing {
+    #[inline]
     fn halves(&self) -> &Halves {
         self.raw.halves()
     }
+    #[inline]
     fn capacity(&self) -> u32 {
         self.raw.capacity()
     }
+    #[inline]
     fn slot_bytes(&self) -> u32 {
         self.raw.slot_bytes()
     }
+    #[inline]
     fn head(&self) -> &AtomicU32 {
         self.raw.head()
     }
+    #[inline]
     fn tail(&self) -> &AtomicU32 {
         self.raw.tail()
     }
+    #[inline]
     fn stamp(&self, index: u32) -> &AtomicU32 {
         self.raw.stamp(index)
     }
+    #[inline]
     unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { self.raw.with_body_mut(index, f) }
     }
+    #[inline]
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { self.raw.with_body(index, f) }
@@ -531,28 +575,36 @@ impl LoomMemory {
 // SAFETY: every word is its own loom atomic and every body its own loom cell, which loom
 // checks for racing access.
 unsafe impl RingMemory for LoomMemory {
+    #[inline]
     fn halves(&self) -> &Halves {
         &self.halves
     }
+    #[inline]
     fn capacity(&self) -> u32 {
         self.layout.capacity()
     }
+    #[inline]
     fn slot_bytes(&self) -> u32 {
         self.layout.slot_bytes()
     }
+    #[inline]
     fn head(&self) -> &AtomicU32 {
         &self.head
     }
+    #[inline]
     fn tail(&self) -> &AtomicU32 {
         &self.tail
     }
+    #[inline]
     fn stamp(&self, index: u32) -> &AtomicU32 {
         &self.stamps[index as usize]
     }
+    #[inline]
     unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
         // SAFETY: loom checks the caller's claimed exclusivity.
         self.bodies[index as usize].with_mut(|body| f(unsafe { &mut *body }))
     }
+    #[inline]
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: loom checks the caller's claimed exclusivity.
         self.bodies[index as usize].with(|body| f(unsafe { &*body }))

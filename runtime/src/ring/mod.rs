@@ -166,6 +166,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// The ring's memory.
+    #[inline]
     pub fn memory(&self) -> &M {
         &self.mem
     }
@@ -175,6 +176,7 @@ impl<M: RingMemory> Producer<M> {
     /// # Errors
     /// [`ClaimError::Full`] when fewer than `len` slots are free, [`ClaimError::Closed`]
     /// after [`Producer::close`], [`ClaimError::TooMany`] when `len` exceeds the capacity.
+    #[inline]
     pub fn try_claim(&self, len: u32) -> Result<Claim<'_, M>, ClaimError> {
         let capacity = self.mem.capacity();
         if len > capacity {
@@ -239,6 +241,7 @@ impl<M: RingMemory> Producer<M> {
     /// is alive: no other thread through this producer (the only one of the ring, see
     /// [`Producer::new`]) and no producer outside Rust (a device kernel).
     /// ([`Producer::close`] may run concurrently.)
+    #[inline]
     pub unsafe fn try_claim_exclusive(&self, len: u32) -> Result<Claim<'_, M>, ClaimError> {
         let capacity = self.mem.capacity();
         if len > capacity {
@@ -396,6 +399,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// Whether [`Producer::close`] was called.
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
@@ -410,6 +414,7 @@ impl<M: RingMemory> Producer<M> {
     /// the call). From the ring's only producing thread, while nothing else claims, it
     /// never answers less than the ring holds when the call returns minus what was
     /// released during the call.
+    #[inline]
     pub fn len(&self) -> u32 {
         self.used()
     }
@@ -423,6 +428,7 @@ impl<M: RingMemory> Producer<M> {
     /// is a lower bound as well: a claim of up to `free()` slots made next by that
     /// thread succeeds unless the ring is closed. With several producing threads others
     /// may claim the room it reports.
+    #[inline]
     pub fn free(&self) -> u32 {
         self.mem.capacity() - self.used()
     }
@@ -432,6 +438,7 @@ impl<M: RingMemory> Producer<M> {
     /// "at least `wanted`" does not pull the consumer's line every time. Callable from
     /// any thread, with the guarantees of [`Producer::free`]; an answer of `wanted` or
     /// more may rest on the cached `head` and undercount the room.
+    #[inline]
     pub fn free_up_to(&self, wanted: u32) -> u32 {
         let capacity = self.mem.capacity();
         // ORDERING: Acquire pairs with the Release half of every change of `tail` (the
@@ -454,6 +461,7 @@ impl<M: RingMemory> Producer<M> {
 
     /// `tail - head` for a `tail` loaded (with Acquire) before `head`: 0 when the
     /// consumer passed that `tail` before `head` was loaded.
+    #[inline]
     fn used_between(capacity: u32, tail: u32, head: u32) -> u32 {
         let used = tail.wrapping_sub(head);
         // A consumer never passes the `tail` current when it releases, so a `head` past
@@ -467,6 +475,7 @@ impl<M: RingMemory> Producer<M> {
     }
 
     /// One consistent reading of the two cursors: see [`Producer::len`].
+    #[inline]
     fn used(&self) -> u32 {
         // ORDERING: `tail` first, then `head`, so the answer can only undercount: the
         // ring's `tail` when `head` is read is at or after the one read here (it only
@@ -490,6 +499,7 @@ impl<M: RingMemory> Producer<M> {
     /// this call read `head` was published by the time its stamp was read (the consumer
     /// may have taken it since); `false` means it was not, or the consumer had moved on
     /// and the slot holds a later lap not yet published.
+    #[inline]
     pub fn has_published(&self) -> bool {
         // ORDERING: Acquire on `head` pairs with the consumer's Release store, so the
         // stamp we read is at least that lap's.
@@ -502,17 +512,20 @@ impl<M: RingMemory> Producer<M> {
     /// reading of the cursors shows (see there). Callable from any thread; `false` is
     /// never wrong about the moment `head` was read, `true` may miss claims made during
     /// the call.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Number of slots.
+    #[inline]
     pub fn capacity(&self) -> u32 {
         self.mem.capacity()
     }
 
     /// Whether `len` positions from `tail` are free, reading the consumer's `head` only
     /// when the cached copy says they are not.
+    #[inline]
     fn room(&self, tail: u32, len: u32) -> Room {
         let capacity = self.mem.capacity();
         // ORDERING: Acquire pairs with the Release store of `cached_head` below, made by
@@ -542,6 +555,7 @@ impl<M: RingMemory> Producer<M> {
         }
     }
 
+    #[inline]
     fn stamp_full(&self, position: u32) {
         // ORDERING: Release pairs with the consumer's Acquire load of the stamp in
         // `Consumer::consume`: the body written before it happens before its reads.
@@ -559,12 +573,14 @@ impl<M: RingMemory> Drop for Producer<M> {
 
 impl<M: RingMemory> Claim<'_, M> {
     /// First claimed position.
+    #[inline]
     pub fn start(&self) -> u32 {
         self.start
     }
 
     /// Number of claimed positions.
     #[allow(clippy::len_without_is_empty)]
+    #[inline]
     pub fn len(&self) -> u32 {
         self.len
     }
@@ -574,6 +590,7 @@ impl<M: RingMemory> Claim<'_, M> {
     ///
     /// # Panics
     /// When `i >= self.len()`.
+    #[inline]
     pub fn write<R>(
         &self,
         i: u32,
@@ -598,6 +615,7 @@ impl<M: RingMemory> Claim<'_, M> {
     }
 
     /// Publishes every claimed slot, in order.
+    #[inline]
     pub fn publish(self) {
         for i in 0..self.len {
             self.producer.stamp_full(self.start.wrapping_add(i));
@@ -606,6 +624,7 @@ impl<M: RingMemory> Claim<'_, M> {
     }
 
     /// Publishes every claimed slot as cancelled; consumers skip them.
+    #[inline]
     pub fn cancel(self) {
         drop(self);
     }
