@@ -195,36 +195,28 @@ impl Default for Halves {
 ///   counts as a holder of the half it plays.
 pub unsafe trait RingMemory {
     /// The record of which halves of this ring are handed out.
-    #[inline]
     fn halves(&self) -> &Halves;
     /// Number of slots.
-    #[inline]
     fn capacity(&self) -> u32;
     /// Bytes per slot, header included.
-    #[inline]
     fn slot_bytes(&self) -> u32;
     /// The consumer cursor word.
-    #[inline]
     fn head(&self) -> &AtomicU32;
     /// The producer cursor word.
-    #[inline]
     fn tail(&self) -> &AtomicU32;
     /// The sequence stamp of slot `index` (`index < capacity()`).
-    #[inline]
     fn stamp(&self, index: u32) -> &AtomicU32;
     /// Runs `f` over the body of slot `index`, mutably.
     ///
     /// # Safety
     /// The caller has exclusive use of the body: it holds the claim on a position that
     /// maps to `index` and has not stamped it.
-    #[inline]
     unsafe fn with_body_mut<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R;
     /// Runs `f` over the body of slot `index`.
     ///
     /// # Safety
     /// The caller is the consumer, saw the slot's stamp mark it full with an acquire
     /// load, and has not released the position yet.
-    #[inline]
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R;
 }
 
