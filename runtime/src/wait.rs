@@ -85,14 +85,21 @@ impl Signal {
     }
 
     /// Wakes every waiter. Call after making a waited-for condition true.
+    #[inline]
     pub fn notify(&self) {
         // ORDERING: the light side of an asymmetric fence orders the caller's preceding
         // write of the condition before the load of `waiters`; the waiter's `register`
         // uses the heavy side (module docs).
         asym::light();
-        if self.waiters.load(Ordering::Relaxed) == 0 {
-            return;
+        if self.waiters.load(Ordering::Relaxed) != 0 {
+            self.wake_registered();
         }
+    }
+
+    /// Wakes the waiters registered now (the slow half of [`Signal::notify`]).
+    #[cold]
+    #[inline(never)]
+    fn wake_registered(&self) {
         // Wake outside the lock (a woken thread or waker may register again at once), a
         // few at a time through a buffer on the stack, so that the list keeps its
         // capacity: a waiter that registers once per message must not cost an allocation

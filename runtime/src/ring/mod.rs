@@ -281,6 +281,71 @@ impl<M: RingMemory> Producer<M> {
         Ok(claim)
     }
 
+    /// Writes one message into the next position and publishes it, like
+    /// [`Producer::try_claim_exclusive`]`(1)` followed by [`Claim::write`] and
+    /// [`Claim::publish`], with nothing built or moved in between: the path a kernel's
+    /// emits take. `payload` is copied to the start of the slot's payload.
+    ///
+    /// # Errors
+    /// [`ClaimError::Full`] when no slot is free, [`ClaimError::Closed`] after
+    /// [`Producer::close`] (nothing is written then), [`ClaimError::TooMany`] when
+    /// `payload` is longer than a slot's payload.
+    ///
+    /// # Safety
+    /// As [`Producer::try_claim_exclusive`]: nothing else claims in this ring while the
+    /// call runs.
+    #[inline(always)]
+    pub unsafe fn push_exclusive(
+        &self,
+        tag: u32,
+        corr: [u32; 2],
+        payload: &[u8],
+    ) -> Result<(), ClaimError> {
+        if payload.len() > (self.mem.slot_bytes() - crate::abi::SLOT_HEADER_BYTES) as usize {
+            return Err(ClaimError::TooMany);
+        }
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(ClaimError::Closed);
+        }
+        // The only writer of `tail` (caller's guarantee): our read is current.
+        let tail = self.mem.tail().load(Ordering::Relaxed);
+        match self.room(tail, 1) {
+            Room::Fits => {}
+            Room::Full(free) => return Err(ClaimError::Full { free }),
+            Room::StaleTail => unreachable!("a single producer's own tail is never stale"),
+        }
+        // ORDERING: Release, as in `try_claim_exclusive` (pairs with `used`).
+        self.mem
+            .tail()
+            .store(tail.wrapping_add(1), Ordering::Release);
+        // ORDERING: light side of the asymmetric fence with `close`, as in
+        // `try_claim_exclusive`: either `close` sees this position or we see `closed`.
+        asym::light();
+        let index = tail & self.mask;
+        if self.closed.load(Ordering::Relaxed) {
+            // SAFETY: the position is ours (stored `tail` above) and unstamped.
+            unsafe {
+                self.mem.with_body_mut(index, |body| {
+                    body[0..4].copy_from_slice(&KIND_CANCELLED.to_ne_bytes());
+                });
+            }
+            self.stamp_full(tail);
+            return Err(ClaimError::Closed);
+        }
+        // SAFETY: as in `Claim::write`: the position is ours alone (single producer, the
+        // room check proved the consumer released its previous lap), not stamped yet.
+        unsafe {
+            self.mem.with_body_mut(index, |body| {
+                body[0..4].copy_from_slice(&tag.to_ne_bytes());
+                body[4..8].copy_from_slice(&corr[0].to_ne_bytes());
+                body[8..12].copy_from_slice(&corr[1].to_ne_bytes());
+                body[12..12 + payload.len()].copy_from_slice(payload);
+            });
+        }
+        self.stamp_full(tail);
+        Ok(())
+    }
+
     /// Closes the producer side: every later claim fails with [`ClaimError::Closed`].
     ///
     /// Returns the final `tail`: every position before it was claimed before the close

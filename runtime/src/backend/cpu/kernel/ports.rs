@@ -259,6 +259,7 @@ impl KernelCore {
     }
 
     /// Wakes the consumer of one ring target.
+    #[inline]
     fn notify_target(&self, target: &PortTarget) {
         match target {
             PortTarget::Host => self.outbox_items.notify(),
@@ -390,7 +391,52 @@ impl Emitter<'_> {
     /// # Errors
     /// [`super::EmitError`] when the port does not exist or is unbound, the payload does
     /// not fit the target's slots, or the kernel was abandoned by a terminate.
+    #[inline(always)]
     pub fn emit_to(
+        &mut self,
+        port: u32,
+        corr: [u32; 2],
+        payload: &[u8],
+    ) -> Result<(), super::EmitError> {
+        // The common case inline: an untimed emit, nothing stashed, into a ring this
+        // kernel is the only producer of (the host output or a downstream lane) that has
+        // room. Anything else, including every error, takes `emit_slow`.
+        if self.timed_corr.is_none() && self.stash.is_empty() {
+            if let Some(slot) = self.ports.get(port as usize) {
+                let core = self.core;
+                let ring = match &slot.target {
+                    PortTarget::Host => core.outbox.as_ref(),
+                    PortTarget::Kernel {
+                        core: to,
+                        exclusive: true,
+                    } => Some(&to.lane),
+                    _ => None,
+                };
+                if let Some(ring) = ring {
+                    if !core.abandoned.load(Ordering::Relaxed) {
+                        let tag = make_tag(KIND_MESSAGE, core.id);
+                        // SAFETY: as in `try_deliver`: the host output ring's only producer
+                        // is the thread running this kernel, and an exclusive port owns the
+                        // downstream's lane; this thread holds the exec lock.
+                        if unsafe { ring.push_exclusive(tag, corr, payload) }.is_ok() {
+                            self.emitted += 1;
+                            // Wake the consumer now, not at the end of the turn: a handler
+                            // that takes long (or never returns) must not hold back what it
+                            // already emitted. A load when the consumer is awake.
+                            core.notify_target(&slot.target);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        self.emit_slow(port, corr, payload)
+    }
+
+    /// [`Emitter::emit_to`] for everything but its inline case.
+    #[cold]
+    #[inline(never)]
+    fn emit_slow(
         &mut self,
         port: u32,
         corr: [u32; 2],
@@ -459,6 +505,7 @@ impl Emitter<'_> {
     ///
     /// # Errors
     /// As [`Emitter::emit_to`].
+    #[inline(always)]
     pub fn emit(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), super::EmitError> {
         self.emit_to(0, corr, payload)
     }

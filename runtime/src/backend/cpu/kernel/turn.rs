@@ -19,6 +19,7 @@ use crate::sync::{asym, Ordering};
 
 impl KernelCore {
     /// Tells whoever runs the kernel that it may have work.
+    #[inline]
     pub(crate) fn wake(self: &Arc<Self>) {
         match self.config.placement {
             Placement::Pool => {
@@ -28,16 +29,23 @@ impl KernelCore {
                 // us sees the other).
                 asym::light();
                 if !self.scheduled.load(Ordering::Relaxed) {
-                    // A plain store, not a swap: a locked instruction here would wait for
-                    // the message just written to drain from the store buffer, on every
-                    // send to an idle kernel. Two wakers may both push the kernel; a
-                    // duplicate entry is harmless (see `run_scheduled`).
-                    self.scheduled.store(true, Ordering::Relaxed);
-                    self.pool.push(self.clone());
+                    self.schedule();
                 }
             }
             Placement::Dedicated => self.work.notify(),
         }
+    }
+
+    /// Queues an idle pooled kernel on the pool (the slow half of [`KernelCore::wake`]).
+    #[cold]
+    #[inline(never)]
+    fn schedule(self: &Arc<Self>) {
+        // A plain store, not a swap: a locked instruction here would wait for the message
+        // just written to drain from the store buffer, on every send to an idle kernel.
+        // Two wakers may both push the kernel; a duplicate entry is harmless (see
+        // `run_scheduled`).
+        self.scheduled.store(true, Ordering::Relaxed);
+        self.pool.push(self.clone());
     }
 
     /// Tells the kernel's thread and its lifecycle waiters that the backend's threads
