@@ -9,6 +9,7 @@ use gyre_runtime::backend::Placement;
 use gyre_runtime::handler::{EmitError, Emitter, HandlerError};
 use gyre_runtime::ring::RingLayout;
 
+use crate::batch_emit::{BatchEmit, BatchFn};
 use crate::device::{DeviceKnobs, DeviceSource};
 use crate::Error;
 use gyre_runtime::builtins::Builtin;
@@ -385,6 +386,41 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
         self.factory = Some(gyre_runtime::handler::HandlerFactory(std::sync::Arc::new(
             move || erase(make()),
         )));
+        self.device.cpu_is_builtin = false;
+        self
+    }
+
+    /// The CPU implementation in batch form, for handlers that vectorise: called with a
+    /// slice of the inputs that are ready (up to the kernel's [`quantum`](Self::quantum),
+    /// in the order they were sent, all from one inbox ring) and a [`BatchEmit`] whose
+    /// emits answer an input by its index. One call per batch instead of one per message;
+    /// the inputs are copied out of their slots into a buffer the handler keeps (no
+    /// allocation per message). Returning an error sends every input of the batch to the
+    /// dead letters (what it emitted stands); a panic faults the kernel, and a restart
+    /// dead-letters the whole batch it panicked on.
+    ///
+    /// Device backends run their device handler as before; the batch form is the CPU
+    /// implementation.
+    ///
+    /// ```
+    /// use gyre::KernelSpec;
+    /// let spec = KernelSpec::<[f32; 4], f32>::new("norm").cpu_batch(|inputs, out| {
+    ///     for (i, v) in inputs.iter().enumerate() {
+    ///         out.emit(i, v.iter().map(|x| x * x).sum::<f32>().sqrt())?;
+    ///     }
+    ///     Ok(())
+    /// });
+    /// ```
+    #[must_use]
+    pub fn cpu_batch<F>(mut self, handler: F) -> Self
+    where
+        F: FnMut(&[In], &mut BatchEmit<'_, '_, Out>) -> Result<(), HandlerError> + Send + 'static,
+    {
+        self.cpu = Some(Box::new(BatchFn::<In, Out, F>::new(
+            handler,
+            self.quantum as usize,
+        )));
+        self.factory = None;
         self.device.cpu_is_builtin = false;
         self
     }

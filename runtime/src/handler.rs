@@ -30,13 +30,89 @@ pub struct Message<'a> {
 #[error("{0}")]
 pub struct HandlerError(pub String);
 
-/// The code a kernel runs for each message.
+/// The code a kernel runs for each message, or for each run of messages (a batch).
 pub trait Handler: Send + 'static {
     /// Handles one message; may emit through `out`.
     ///
     /// # Errors
     /// A [`HandlerError`] is counted in the kernel's `errors` counter.
     fn handle(&mut self, message: Message<'_>, out: &mut Emitter<'_>) -> Result<(), HandlerError>;
+
+    /// Whether the kernel hands this handler runs of messages through
+    /// [`Handler::handle_batch`] instead of one message at a time through
+    /// [`Handler::handle`]. Asked once per turn; `false` by default.
+    fn takes_batches(&self) -> bool {
+        false
+    }
+
+    /// Handles a run of messages at once (only called when [`Handler::takes_batches`]):
+    /// the messages stay in their inbox slots until it returns, like the message in
+    /// hand of [`Handler::handle`]. The default hands them to `handle` one by one and
+    /// stops at the first error.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] sends every message of the batch to the dead-letter sink and
+    /// counts each in the kernel's `errors` counter (what the batch emitted stands).
+    fn handle_batch(
+        &mut self,
+        batch: &Batch<'_>,
+        out: &mut Emitter<'_>,
+    ) -> Result<(), HandlerError> {
+        for i in 0..batch.len() {
+            batch.with(i, |message| {
+                out.set_source(&message);
+                self.handle(message, out)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A run of messages from one inbox ring handed to [`Handler::handle_batch`], read in
+/// place from their slots: at most the kernel's quantum, in the order they were sent.
+pub struct Batch<'a> {
+    pub(crate) consumer: &'a crate::ring::Consumer<std::sync::Arc<crate::ring::HostRing>>,
+    pub(crate) len: u32,
+}
+
+impl Batch<'_> {
+    /// Number of messages.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the batch is empty (never, when a kernel hands it over).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hands message `i`, borrowed from its slot, to `f`.
+    ///
+    /// # Panics
+    /// When `i >= self.len()`.
+    #[inline]
+    pub fn with<R>(&self, i: usize, f: impl FnOnce(Message<'_>) -> R) -> R {
+        assert!(
+            i < self.len(),
+            "message {i} is outside a batch of {}",
+            self.len
+        );
+        self.consumer.with_run_slot(i as u32, |slot| {
+            f(Message {
+                tag: slot.tag,
+                corr: slot.corr,
+                payload: slot.payload,
+            })
+        })
+    }
+}
+
+impl std::fmt::Debug for Batch<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("len", &self.len).finish()
+    }
 }
 
 impl<F> Handler for F

@@ -47,6 +47,9 @@ pub struct Consumer<M: RingMemory> {
     mask: u32,
     /// Our copy of `head`; we are its only writer.
     head: u32,
+    /// Messages at `head..head + run` seen published by [`Consumer::ready_run`] and not
+    /// released yet: what [`Consumer::with_run_slot`] may read.
+    run: u32,
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -62,7 +65,12 @@ impl<M: RingMemory> Consumer<M> {
         // Relaxed: `take` (Acquire) ordered this after the previous consumer's last
         // store of `head`, and we are the only writer from now on.
         let head = mem.head().load(Ordering::Relaxed);
-        Ok(Self { mem, mask, head })
+        Ok(Self {
+            mem,
+            mask,
+            head,
+            run: 0,
+        })
     }
 
     /// The ring's memory.
@@ -104,6 +112,7 @@ impl<M: RingMemory> Consumer<M> {
     /// skipped (a message answered with [`Step::Keep`] is not released).
     #[inline]
     pub fn consume(&mut self, max: u32, mut f: impl FnMut(SlotRef<'_>) -> Step) -> u32 {
+        self.run = 0;
         let mut taken = 0;
         let mut handed = 0;
         while handed < max {
@@ -134,6 +143,88 @@ impl<M: RingMemory> Consumer<M> {
         }
         self.release(taken);
         taken
+    }
+
+    /// Finds the run of messages published at the next positions, up to `max`, without
+    /// consuming them: afterwards [`Consumer::with_run_slot`] reads message `i` of the run in
+    /// place for every `i` below the answer, and [`Consumer::release_run`] releases the
+    /// first messages of the run once they are handled. The way to hand a handler many
+    /// messages at once (a batch) while they stay in the ring until it returns.
+    ///
+    /// Cancelled slots before the first message are released on the way; the run ends at
+    /// the first position not published yet or at a cancelled slot, so its messages sit
+    /// at consecutive positions. Returns the run's length (0 when nothing is published).
+    #[inline]
+    pub fn ready_run(&mut self, max: u32) -> u32 {
+        let mut skipped = 0;
+        loop {
+            let position = self.head.wrapping_add(skipped);
+            if !self.is_full(position)
+                // SAFETY: read only after `is_full` saw the stamp with Acquire; unreleased.
+                || unsafe {
+                    self.mem.with_body(position & self.mask, |body| {
+                        parse_slot(position, body).is_some()
+                    })
+                }
+            {
+                break;
+            }
+            skipped += 1;
+        }
+        self.release(skipped);
+        let mut run = 0;
+        while run < max {
+            let position = self.head.wrapping_add(run);
+            if !self.is_full(position)
+                // SAFETY: as above.
+                || unsafe {
+                    self.mem.with_body(position & self.mask, |body| {
+                        parse_slot(position, body).is_none()
+                    })
+                }
+            {
+                break;
+            }
+            run += 1;
+        }
+        self.run = run;
+        run
+    }
+
+    /// Hands message `i` of the run the last [`Consumer::ready_run`] found to `f`, read
+    /// in place.
+    ///
+    /// # Panics
+    /// When `i` is not below what is left of that run.
+    #[inline]
+    pub fn with_run_slot<R>(&self, i: u32, f: impl FnOnce(SlotRef<'_>) -> R) -> R {
+        assert!(i < self.run, "message {i} is outside a run of {}", self.run);
+        let position = self.head.wrapping_add(i);
+        // SAFETY: `ready_run` saw the position published (stamp loaded with Acquire)
+        // and not cancelled, and it is not released: the producer does not write it.
+        unsafe {
+            self.mem.with_body(position & self.mask, |body| {
+                match parse_slot(position, body) {
+                    Some(slot) => f(slot),
+                    None => unreachable!("ready_run stops at cancelled slots"),
+                }
+            })
+        }
+    }
+
+    /// Releases the first `count` messages of the current run to producers.
+    ///
+    /// # Panics
+    /// When `count` is more than what is left of the run.
+    #[inline]
+    pub fn release_run(&mut self, count: u32) {
+        assert!(
+            count <= self.run,
+            "released {count} of a run of {}",
+            self.run
+        );
+        self.run -= count;
+        self.release(count);
     }
 
     #[inline]

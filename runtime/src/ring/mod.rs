@@ -294,6 +294,7 @@ impl<M: RingMemory> Producer<M> {
     /// # Safety
     /// As [`Producer::try_claim_exclusive`]: nothing else claims in this ring while the
     /// call runs.
+    #[allow(clippy::inline_always)]
     #[inline(always)]
     pub unsafe fn push_exclusive(
         &self,

@@ -547,12 +547,13 @@ impl KernelCore {
             // The message the handler panicked on is first in one of the inbox rings;
             // it would panic again, so it goes to the dead-letter sink.
             let reason = self.fault().unwrap_or_else(|| "faulted".into());
-            let consumer = if exec.poisoned.take() == Some(LANE_RING) {
+            let (ring, count) = exec.poisoned.take().unwrap_or((INBOX_RING, 1));
+            let consumer = if ring == LANE_RING {
                 &mut exec.lane
             } else {
                 &mut exec.inbox
             };
-            consumer.consume(1, |slot| {
+            consumer.consume(count, |slot| {
                 self.dead_letter_input(&slot, reason.clone());
                 Step::Next
             });

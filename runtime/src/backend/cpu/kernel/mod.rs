@@ -100,8 +100,9 @@ struct Exec {
     ports: Vec<ports::Port>,
     /// Emits waiting for room downstream, in emit order.
     stash: ports::Stash,
-    /// The inbox ring holding the message the handler panicked on, once faulted.
-    poisoned: Option<u64>,
+    /// The inbox ring holding the messages the handler panicked on (first in it), and
+    /// how many: one, or a whole batch.
+    poisoned: Option<(u64, u32)>,
 }
 
 /// One kernel: shared by its host handles, the scheduler and the thread running it.

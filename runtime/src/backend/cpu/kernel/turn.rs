@@ -11,9 +11,10 @@ use super::{
 };
 use crate::abi::{fault, State};
 use crate::backend::Placement;
-use crate::control::Counters;
+use crate::control::{Counters, HostControl, KernelSide};
+use crate::handler::{Batch, Handler};
 use crate::lifecycle::{self, Event};
-use crate::ring::{Producer, SlotRef, Step};
+use crate::ring::{Consumer, Producer, SlotRef, Step};
 use crate::routing::DeadLetter;
 use crate::sync::{asym, Ordering};
 
@@ -218,6 +219,7 @@ impl KernelCore {
             stash,
             ..
         } = exec;
+        let ports: &mut [super::ports::Port] = ports;
         // Deliver what waited for room first; while something still waits, take no input
         // (the target wakes this kernel when it frees room).
         if !stash.is_empty() && !self.flush_stash(ports, stash) {
@@ -237,42 +239,7 @@ impl KernelCore {
             stalled: false,
             timed_corr: None,
         };
-        let mut handled = 0u32;
-        let mut errors = 0u32;
-        let mut panic: Option<String> = None;
-        let in_hand = &self.local.in_hand;
-        let mut on_slot = |ring: u64, slot: SlotRef<'_>| {
-            if emitter.stalled || panic.is_some() || self.terminating.load(Ordering::Relaxed) {
-                return Step::Keep;
-            }
-            // One beat per message, so a slow but live handler never looks stalled.
-            control.beat();
-            in_hand.store(ring << 32 | u64::from(slot.position), Ordering::Relaxed);
-            emitter.timed_corr = slot.is_timed().then_some(slot.corr);
-            let message = Message {
-                tag: slot.tag,
-                corr: slot.corr,
-                payload: slot.payload,
-            };
-            match catch_unwind(AssertUnwindSafe(|| handler.handle(message, &mut emitter))) {
-                Ok(Ok(())) => {
-                    handled += 1;
-                    Step::Next
-                }
-                Ok(Err(error)) => {
-                    handled += 1;
-                    errors += 1;
-                    // Per message, so debug: the `errors` counter is the place to watch.
-                    tracing::debug!(kernel = %self.config.name, %error, "handler reported an error");
-                    self.dead_letter_input(&slot, error.0);
-                    Step::Next
-                }
-                Err(payload) => {
-                    panic = Some(panic_message(payload.as_ref()));
-                    Step::Keep
-                }
-            }
-        };
+        let mut tally = Tally::default();
         // Both inbox rings share the turn's budget; which goes first alternates.
         *lane_first = !*lane_first;
         let (first, second, first_ring) = if *lane_first {
@@ -280,13 +247,46 @@ impl KernelCore {
         } else {
             (inbox, lane, INBOX_RING)
         };
-        let mut released = first.consume(budget, |s| on_slot(first_ring, s));
-        released += second.consume(budget - released.min(budget), |s| {
-            on_slot(first_ring ^ 1, s)
-        });
-        if panic.is_some() {
-            exec.poisoned = Some(in_hand.load(Ordering::Relaxed) >> 32);
+        let released = if handler.takes_batches() {
+            let released = self.batch_turn(
+                first,
+                first_ring,
+                budget,
+                handler,
+                &mut emitter,
+                control,
+                &mut tally,
+            );
+            released
+                + self.batch_turn(
+                    second,
+                    first_ring ^ 1,
+                    budget - released.min(budget),
+                    handler,
+                    &mut emitter,
+                    control,
+                    &mut tally,
+                )
+        } else {
+            let mut on_slot = |ring: u64, slot: SlotRef<'_>| {
+                self.handle_one(ring, slot, handler, &mut emitter, control, &mut tally)
+            };
+            let released = first.consume(budget, |s| on_slot(first_ring, s));
+            released
+                + second.consume(budget - released.min(budget), |s| {
+                    on_slot(first_ring ^ 1, s)
+                })
+        };
+        let Tally {
+            handled,
+            errors,
+            panic,
+            poisoned,
+        } = tally;
+        if poisoned.is_some() {
+            exec.poisoned = poisoned;
         }
+        let in_hand = &self.local.in_hand;
         in_hand.store(NOT_IN_HAND, Ordering::Relaxed);
         let (emitted, mut stalls, stalled) = (emitter.emitted, emitter.stalls, emitter.stalled);
         if handled > 0 {
@@ -312,6 +312,113 @@ impl KernelCore {
         if let Some(reason) = panic {
             self.fault_on_panic(exec, &reason);
         }
+    }
+
+    /// Hands `handler` one message of a turn (see [`Consumer::consume`]'s steps).
+    #[inline]
+    fn handle_one(
+        &self,
+        ring: u64,
+        slot: SlotRef<'_>,
+        handler: &mut Box<dyn Handler>,
+        emitter: &mut Emitter<'_>,
+        control: &mut KernelSide<Arc<HostControl>>,
+        tally: &mut Tally,
+    ) -> Step {
+        if emitter.stalled || tally.panic.is_some() || self.terminating.load(Ordering::Relaxed) {
+            return Step::Keep;
+        }
+        // One beat per message, so a slow but live handler never looks stalled.
+        control.beat();
+        self.local
+            .in_hand
+            .store(ring << 32 | u64::from(slot.position), Ordering::Relaxed);
+        emitter.timed_corr = slot.is_timed().then_some(slot.corr);
+        let message = Message {
+            tag: slot.tag,
+            corr: slot.corr,
+            payload: slot.payload,
+        };
+        match catch_unwind(AssertUnwindSafe(|| handler.handle(message, emitter))) {
+            Ok(Ok(())) => {
+                tally.handled += 1;
+                Step::Next
+            }
+            Ok(Err(error)) => {
+                tally.handled += 1;
+                tally.errors += 1;
+                // Per message, so debug: the `errors` counter is the place to watch.
+                tracing::debug!(kernel = %self.config.name, %error, "handler reported an error");
+                self.dead_letter_input(&slot, error.0);
+                Step::Next
+            }
+            Err(payload) => {
+                tally.panic = Some(panic_message(payload.as_ref()));
+                // The message stays first in its ring; a restart dead-letters it.
+                tally.poisoned = Some((ring, 1));
+                Step::Keep
+            }
+        }
+    }
+
+    /// Hands `handler` one batch: the run of messages ready at the front of `consumer`
+    /// (at most `budget`), which stay in the ring until the handler returns. Returns the
+    /// positions released (the batch, and cancelled slots before it).
+    #[allow(clippy::too_many_arguments)]
+    fn batch_turn(
+        &self,
+        consumer: &mut Consumer<super::Ring>,
+        ring: u64,
+        budget: u32,
+        handler: &mut Box<dyn Handler>,
+        emitter: &mut Emitter<'_>,
+        control: &mut KernelSide<Arc<HostControl>>,
+        tally: &mut Tally,
+    ) -> u32 {
+        if budget == 0
+            || emitter.stalled
+            || tally.panic.is_some()
+            || self.terminating.load(Ordering::Relaxed)
+        {
+            return 0;
+        }
+        let before = consumer.head();
+        let len = consumer.ready_run(budget);
+        let skipped = consumer.head().wrapping_sub(before);
+        if len == 0 {
+            return skipped;
+        }
+        control.beat();
+        // The whole batch is in hand: a terminate that gives up on the handler hands back
+        // every message from the first one on.
+        self.local
+            .in_hand
+            .store(ring << 32 | u64::from(consumer.head()), Ordering::Relaxed);
+        emitter.timed_corr = None;
+        let batch = Batch {
+            consumer: &*consumer,
+            len,
+        };
+        match catch_unwind(AssertUnwindSafe(|| handler.handle_batch(&batch, emitter))) {
+            Ok(Ok(())) => tally.handled += len,
+            Ok(Err(error)) => {
+                tally.handled += len;
+                tally.errors += len;
+                tracing::debug!(kernel = %self.config.name, %error, batch = len, "batch handler reported an error");
+                for i in 0..len {
+                    consumer
+                        .with_run_slot(i, |slot| self.dead_letter_input(&slot, error.0.clone()));
+                }
+            }
+            Err(payload) => {
+                // The batch stays first in its ring; a restart dead-letters all of it.
+                tally.panic = Some(panic_message(payload.as_ref()));
+                tally.poisoned = Some((ring, len));
+                return skipped;
+            }
+        }
+        consumer.release_run(len);
+        skipped + len
     }
 
     /// Delivers what the turn stashed, and records whether some still waits: before the
@@ -373,6 +480,16 @@ impl KernelCore {
         Producer::close_all([&self.inbox, &self.lane]);
         self.supervisor.report_fault(self.clone());
     }
+}
+
+/// What the messages of one turn came to.
+#[derive(Default)]
+struct Tally {
+    handled: u32,
+    errors: u32,
+    panic: Option<String>,
+    /// The ring whose first messages the handler panicked on, and how many.
+    poisoned: Option<(u64, u32)>,
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
