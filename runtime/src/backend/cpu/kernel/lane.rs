@@ -33,6 +33,28 @@ impl ExclusiveLane {
     }
 }
 
+impl ExclusiveLane {
+    /// Writes up to `want` messages into the lane with one claim, one publish and one
+    /// wake, without waiting.
+    ///
+    /// # Errors
+    /// As [`KernelCore::try_send_batch`].
+    #[inline]
+    pub fn try_send_batch(
+        &mut self,
+        want: u32,
+        bytes: usize,
+        fill: impl FnMut(&mut [u8]) -> bool,
+    ) -> Result<u32, SendFailure> {
+        let core = &self.core;
+        // SAFETY: as in `try_send`: this is the lane's only `ExclusiveLane`, used from one
+        // thread through `&mut self`, so no other claim on the lane runs concurrently.
+        core.send_batch_through(&core.lane, want, bytes, fill, |n| unsafe {
+            core.lane.try_claim_exclusive(n)
+        })
+    }
+}
+
 impl Drop for ExclusiveLane {
     fn drop(&mut self) {
         // ORDERING: Release pairs with the Acquire swap in `take_lane`.
