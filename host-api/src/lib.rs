@@ -129,6 +129,7 @@
 
 mod backend;
 mod backing;
+mod batch;
 pub mod builtins;
 mod device;
 mod device_supervisor;
@@ -150,6 +151,7 @@ mod spec;
 mod stop;
 pub mod testing;
 
+pub use batch::SendBatchError;
 pub use error::{Error, SendError};
 pub use group::{Group, GroupBuilder, Stage};
 pub use gyre_runtime::abi::State;
