@@ -146,6 +146,7 @@ fn fill_until(kernel: &gyre::Kernel<Record, Record>, n: u32) {
 fn recv_batch_never_returns_more_than_max() {
     const N: u32 = 50;
     for (name, runtime) in runtimes() {
+        eprintln!("backend {name}");
         let kernel = runtime.launch(echo("echo")).unwrap();
         kernel.activate().unwrap();
         fill_until(&kernel, N);
