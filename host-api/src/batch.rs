@@ -359,9 +359,9 @@ fn device_loop<Out>(
                 buf.push(message);
                 taken += 1;
             }
-            Ok(None) => break,
             Err(error) if taken == 0 => return Err(error),
-            Err(_) => break,
+            // Nothing more now; an error after some were taken shows on the next call.
+            Ok(None) | Err(_) => break,
         }
     }
     Ok(taken)
