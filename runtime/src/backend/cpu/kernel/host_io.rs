@@ -44,6 +44,7 @@ impl KernelCore {
     /// # Errors
     /// [`SendFailure`] when the inbox is full, the kernel no longer accepts messages, or
     /// the payload does not fit a slot. Nothing is written then.
+    #[inline]
     pub fn try_send(self: &Arc<Self>, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
         // No state check here: every state that refuses messages closes the inbox first
         // (drain, terminate, fault), and the closed flag is a read-shared host word, where
@@ -53,13 +54,15 @@ impl KernelCore {
 
     /// Checks the payload size, claims one slot with `claim`, writes the message into it
     /// in place, publishes it and wakes the kernel.
+    #[inline]
     pub(super) fn send_through<'a>(
         self: &'a Arc<Self>,
         corr: [u32; 2],
         payload: &[u8],
         claim: impl FnOnce() -> Result<Claim<'a, Ring>, ClaimError>,
     ) -> Result<(), SendFailure> {
-        let max = self.inbox_payload_bytes();
+        // The layout's field, not `inbox_payload_bytes`: no call across crates per send.
+        let max = self.config.inbox.payload_bytes() as usize;
         if payload.len() > max {
             return Err(SendFailure::TooLarge {
                 len: payload.len(),
@@ -129,7 +132,7 @@ impl KernelCore {
         mut fill: impl FnMut(&mut [u8]) -> bool,
         mut claim: impl FnMut(u32) -> Result<Claim<'a, Ring>, ClaimError>,
     ) -> Result<u32, SendFailure> {
-        let max = self.inbox_payload_bytes();
+        let max = self.config.inbox.payload_bytes() as usize;
         if bytes > max {
             return Err(SendFailure::TooLarge { len: bytes, max });
         }
@@ -211,6 +214,7 @@ impl KernelCore {
     /// # Errors
     /// [`RecvFailure`] when nothing is waiting, the kernel has no output, or its output
     /// consumer is taken.
+    #[inline]
     pub fn try_recv<R>(
         self: &Arc<Self>,
         f: impl FnOnce(SlotRef<'_>) -> R,
@@ -229,6 +233,7 @@ impl KernelCore {
     /// # Errors
     /// [`RecvFailure::Empty`] when nothing is waiting, `Closed` when the kernel stopped
     /// and nothing is left.
+    #[inline]
     pub fn try_recv_from<R>(
         self: &Arc<Self>,
         rx: &mut OutputConsumer,
@@ -358,6 +363,7 @@ impl KernelCore {
         (!self.lane_taken.swap(true, Ordering::Acquire)).then(|| ExclusiveLane::new(self.clone()))
     }
 
+    #[inline]
     fn after_output_consumed(self: &Arc<Self>) {
         // ORDERING: orders our release of the slot before the load below; pairs with the
         // kernel's store of `output_stalled`, heavy fence and re-check of the ring in

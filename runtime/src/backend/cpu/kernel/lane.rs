@@ -22,6 +22,7 @@ impl ExclusiveLane {
     ///
     /// # Errors
     /// As [`KernelCore::try_send`].
+    #[inline]
     pub fn try_send(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
         let core = &self.core;
         // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
