@@ -133,6 +133,42 @@ fn exclusive_sender_and_receiver_batches_keep_order_on_every_backend() {
     }
 }
 
+#[test]
+fn send_iter_with_iterators_that_do_not_say_their_length_sends_each_item_once() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime.launch(echo("echo")).unwrap();
+        kernel.activate().unwrap();
+        let mut rx = kernel.receiver().unwrap();
+        let expected: Vec<Record> = (0..500).filter(|i| i % 3 != 0).map(record).collect();
+        let feed = {
+            let kernel = kernel.clone();
+            std::thread::spawn(move || {
+                // An upper bound only (a claim the filter cannot fill is cancelled), then
+                // no bound at all.
+                let filtered = (0..250).filter(|i| i % 3 != 0).map(record);
+                let mut rest = (250..500).filter(|i| i % 3 != 0).map(record);
+                let unbounded = std::iter::from_fn(move || rest.next());
+                kernel.send_iter(filtered).unwrap() + kernel.send_iter(unbounded).unwrap()
+            })
+        };
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            rx.recv_batch_timeout(&mut got, 64, TIMEOUT)
+                .unwrap_or_else(|e| panic!("{name}: after {}: {e}", got.len()));
+        }
+        assert_eq!(feed.join().unwrap(), expected.len(), "{name}");
+        assert_eq!(got, expected, "{name}: each item once, in order");
+        drop(rx);
+        let report = kernel.drain(TIMEOUT).unwrap();
+        assert!(report.undelivered.is_empty(), "{name}: {report:?}");
+        assert_eq!(
+            kernel.metrics().received,
+            expected.len() as u64,
+            "{name}: cancelled slots are not messages"
+        );
+    }
+}
+
 /// Sends `n` records one batch call at a time until all are in, receiving nothing.
 fn fill_until(kernel: &gyre::Kernel<Record, Record>, n: u32) {
     let all: Vec<Record> = (0..n).map(record).collect();
