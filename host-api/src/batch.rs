@@ -92,8 +92,10 @@ impl<I: Iterator> Source<I> {
 
     #[inline]
     fn next(&mut self) -> Option<I::Item> {
-        if let Some(item) = self.held.take() {
-            return Some(item);
+        // Test before taking: `take` would move the item through the stack and store
+        // `None` on every call.
+        if self.held.is_some() {
+            return self.held.take();
         }
         let next = self.iter.next();
         self.exhausted = next.is_none();
