@@ -19,6 +19,13 @@
 //! - [`Subject::Crossbeam`]: two bounded `crossbeam-channel`s of the same capacity with an
 //!   echo thread doing blocking `recv`/`send`.
 //!
+//! A third workload, "echo, batches of 64", moves messages [`BATCH`] at a time through
+//! a [`BatchEcho`] ([`batch_throughput`]): [`BatchSubject::GyreBatch`], a dedicated gyre
+//! echo kernel fed with `ExclusiveSender::send_batch` and read with
+//! `Receiver::recv_batch`, against [`BatchSubject::RtrbChunk`], two rtrb rings with an
+//! echo thread, written and read with rtrb's chunk API (`write_chunk_uninit`,
+//! `read_chunk`) 64 at a time on both sides.
+//!
 //! Two measurements run over any of them: [`round_trip`] (one message in flight, each
 //! send-to-receive time recorded in an HDR histogram) and [`echo_throughput`] (a window
 //! of messages in flight). [`ping_pong`] measures the raw cost of bouncing one cache line
@@ -174,7 +181,7 @@ impl Echo for Server {
 
     fn shutdown(self) {
         match self {
-            Self::Gyre(e) => e.shutdown(),
+            Self::Gyre(e) => Echo::shutdown(e),
             Self::Rtrb(e) => e.shutdown(),
             Self::Crossbeam(e) => e.shutdown(),
         }
@@ -449,6 +456,230 @@ pub fn echo_throughput<E: Echo>(echo: &mut E, count: u64, window: u64) -> Durati
             let back = echo.recv();
             assert_eq!(back.seq, received, "echoes come back in order");
             received += 1;
+        }
+    }
+    start.elapsed()
+}
+
+/// Messages per batch call in the batch workload.
+pub const BATCH: usize = 64;
+
+/// A running echo server fed and read in batches.
+pub trait BatchEcho {
+    /// Sends every message of `messages`, in order, waiting while the forward queue is
+    /// full.
+    fn send_batch(&mut self, messages: &[Msg]);
+    /// Appends up to `max` echoed messages to `buf`, waiting for at least one; returns
+    /// how many.
+    fn recv_batch(&mut self, buf: &mut Vec<Msg>, max: usize) -> usize;
+    /// Stops the server: everything sent must have been received. Joins its threads.
+    fn shutdown(self);
+}
+
+/// Which batch echo server to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BatchSubject {
+    /// gyre, `Placement::Dedicated`, `ExclusiveSender::send_batch` and
+    /// `Receiver::recv_batch`, [`BATCH`] at a time.
+    GyreBatch,
+    /// Baseline: two rtrb rings and a spinning echo thread, rtrb's chunk API on both
+    /// sides, [`BATCH`] at a time.
+    RtrbChunk,
+}
+
+impl BatchSubject {
+    /// Both, in interleaving order.
+    pub const ALL: [Self; 2] = [Self::GyreBatch, Self::RtrbChunk];
+
+    /// Short name used in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GyreBatch => "gyre-batch",
+            Self::RtrbChunk => "rtrb-chunk",
+        }
+    }
+
+    /// Starts the server.
+    pub fn start(self) -> BatchServer {
+        match self {
+            Self::GyreBatch => {
+                BatchServer::Gyre(GyreEcho::start(Placement::Dedicated, 1, HostWait::Blocking))
+            }
+            Self::RtrbChunk => BatchServer::Rtrb(RtrbChunkEcho::start()),
+        }
+    }
+}
+
+/// Any running batch server.
+pub enum BatchServer {
+    /// A gyre kernel, through its exclusive endpoints.
+    Gyre(GyreEcho),
+    /// The rtrb chunk baseline.
+    Rtrb(RtrbChunkEcho),
+}
+
+impl BatchEcho for BatchServer {
+    #[inline]
+    fn send_batch(&mut self, messages: &[Msg]) {
+        match self {
+            Self::Gyre(e) => e.send_batch(messages),
+            Self::Rtrb(e) => e.send_batch(messages),
+        }
+    }
+
+    #[inline]
+    fn recv_batch(&mut self, buf: &mut Vec<Msg>, max: usize) -> usize {
+        match self {
+            Self::Gyre(e) => e.recv_batch(buf, max),
+            Self::Rtrb(e) => e.recv_batch(buf, max),
+        }
+    }
+
+    fn shutdown(self) {
+        match self {
+            Self::Gyre(e) => Echo::shutdown(e),
+            Self::Rtrb(e) => e.shutdown(),
+        }
+    }
+}
+
+impl BatchEcho for GyreEcho {
+    #[inline]
+    fn send_batch(&mut self, messages: &[Msg]) {
+        let sent = match &mut self.tx {
+            Some(tx) => tx.send_batch(messages),
+            None => self.kernel.send_batch(messages),
+        };
+        sent.expect("the echo kernel accepts messages");
+    }
+
+    #[inline]
+    fn recv_batch(&mut self, buf: &mut Vec<Msg>, max: usize) -> usize {
+        let taken = match &mut self.rx {
+            Some(rx) => rx.recv_batch(buf, max),
+            None => self.kernel.recv_batch(buf, max),
+        };
+        taken.expect("the echo kernel emits")
+    }
+
+    fn shutdown(self) {
+        Echo::shutdown(self);
+    }
+}
+
+/// The rtrb chunk baseline: a ring each way and an echo thread that moves whatever is
+/// there (up to [`BATCH`]) with one `read_chunk` and one `write_chunk_uninit`.
+pub struct RtrbChunkEcho {
+    tx: rtrb::Producer<Msg>,
+    rx: rtrb::Consumer<Msg>,
+    thread: JoinHandle<()>,
+}
+
+impl RtrbChunkEcho {
+    /// Two rings of [`CAPACITY`] slots and the echo thread.
+    ///
+    /// # Panics
+    /// When the thread cannot be spawned.
+    pub fn start() -> Self {
+        let (tx, mut echo_rx) = rtrb::RingBuffer::<Msg>::new(CAPACITY as usize);
+        let (mut echo_tx, rx) = rtrb::RingBuffer::<Msg>::new(CAPACITY as usize);
+        let thread = std::thread::Builder::new()
+            .name("rtrb-chunk-echo".into())
+            .spawn(move || loop {
+                let n = echo_rx.slots().min(BATCH);
+                if n == 0 {
+                    if echo_rx.is_abandoned() && echo_rx.is_empty() {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                    continue;
+                }
+                while echo_tx.slots() < n {
+                    if echo_tx.is_abandoned() {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+                let chunk = echo_rx.read_chunk(n).expect("n slots are readable");
+                let (first, second) = chunk.as_slices();
+                let written = echo_tx
+                    .write_chunk_uninit(n)
+                    .expect("n slots are free")
+                    .fill_from_iter(first.iter().chain(second).copied());
+                debug_assert_eq!(written, n);
+                chunk.commit_all();
+            })
+            .expect("spawning the rtrb chunk echo thread");
+        Self { tx, rx, thread }
+    }
+
+    #[inline]
+    fn send_batch(&mut self, messages: &[Msg]) {
+        while self.tx.slots() < messages.len() {
+            std::hint::spin_loop();
+        }
+        let written = self
+            .tx
+            .write_chunk_uninit(messages.len())
+            .expect("the slots are free")
+            .fill_from_iter(messages.iter().copied());
+        debug_assert_eq!(written, messages.len());
+    }
+
+    #[inline]
+    fn recv_batch(&mut self, buf: &mut Vec<Msg>, max: usize) -> usize {
+        let n = loop {
+            let n = self.rx.slots().min(max);
+            if n > 0 {
+                break n;
+            }
+            std::hint::spin_loop();
+        };
+        let chunk = self.rx.read_chunk(n).expect("n slots are readable");
+        let (first, second) = chunk.as_slices();
+        buf.extend_from_slice(first);
+        buf.extend_from_slice(second);
+        chunk.commit_all();
+        n
+    }
+
+    fn shutdown(self) {
+        let Self { tx, rx, thread } = self;
+        drop(tx);
+        thread
+            .join()
+            .expect("the rtrb chunk echo thread exits cleanly");
+        assert!(
+            rx.is_empty(),
+            "the benchmark received every echo before stopping"
+        );
+    }
+}
+
+/// Echoes `count` messages (rounded up to whole batches) [`BATCH`] at a time, keeping up
+/// to `window` in flight: sends a batch while one more fits the window, else receives
+/// up to a batch. Returns the time from the first send to the last receive. Panics if
+/// echoes come back out of order.
+pub fn batch_throughput<E: BatchEcho>(echo: &mut E, count: u64, window: u64) -> Duration {
+    let count = count.div_ceil(BATCH as u64) * BATCH as u64;
+    let mut batch = [Msg::default(); BATCH];
+    let mut buf = Vec::with_capacity(BATCH);
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u64, 0u64);
+    while received < count {
+        if sent < count && sent + BATCH as u64 - received <= window {
+            for (i, msg) in batch.iter_mut().enumerate() {
+                *msg = Msg::new(sent + i as u64);
+            }
+            echo.send_batch(&batch);
+            sent += BATCH as u64;
+        } else {
+            buf.clear();
+            echo.recv_batch(&mut buf, BATCH);
+            for back in &buf {
+                assert_eq!(back.seq, received, "echoes come back in order");
+                received += 1;
+            }
         }
     }
     start.elapsed()

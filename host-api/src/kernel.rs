@@ -10,10 +10,11 @@ use gyre_runtime::backend::group::KernelReport;
 use gyre_runtime::health::{Health, HealthPolicy};
 
 use crate::backing::{read, Backing, DeviceKernel};
+use crate::batch::{self, To, Wait};
 use crate::report::Report;
 use crate::sender::{send_async, wait_send};
 use crate::spec::{join, split, Message};
-use crate::{Error, ExclusiveSender, Receiver, SendError, Sender};
+use crate::{Error, ExclusiveSender, Receiver, SendBatchError, SendError, Sender};
 
 /// A kernel's counters and gauges, read from its control block.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -524,6 +525,128 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
                 .poll_until(cx, || b.try_recv_with(|p, _| read::<Out>(p)).transpose())
         })
         .await
+    }
+
+    // ---- batches ------------------------------------------------------------------------
+
+    /// Sends every message of `messages`, in order, waiting while the inbox is full. On
+    /// the CPU each stretch of room is claimed with one claim on the inbox ring, written
+    /// in place, published at once and announced to the kernel with one wake; nothing
+    /// is allocated. On a device backend (no run claim on its host rings) it is a loop
+    /// over the one-message send. Returns `messages.len()`.
+    ///
+    /// # Errors
+    /// [`SendBatchError`] when the kernel stops accepting messages part-way (draining,
+    /// terminated, faulted): its `sent` says how many went through; `&messages[sent..]`
+    /// were not sent.
+    pub fn send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::send_slice(To::Shared(&self.backing), messages, Wait::Until(None))
+    }
+
+    /// Sends every message of `messages`, in order, waiting at most `timeout` (for the
+    /// whole batch) for room.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] in a [`SendBatchError`] when room did not come in time, or as
+    /// [`Kernel::send_batch`]; `&messages[sent..]` were not sent.
+    pub fn send_batch_timeout(
+        &self,
+        messages: &[In],
+        timeout: Duration,
+    ) -> Result<usize, SendBatchError<In>> {
+        let deadline = Some(Instant::now() + timeout);
+        batch::send_slice(To::Shared(&self.backing), messages, Wait::Until(deadline))
+    }
+
+    /// Sends as many of `messages`, from the first, as there is room for now, without
+    /// waiting. Returns how many were sent: `messages.len()`, fewer when the inbox
+    /// filled up, 0 when it was full.
+    ///
+    /// # Errors
+    /// [`SendBatchError`] when the kernel no longer accepts messages (with how many went
+    /// through before it stopped), or a message does not fit a slot.
+    pub fn try_send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::try_send_slice(To::Shared(&self.backing), messages)
+    }
+
+    /// Sends what `messages` yields, in order, waiting while the inbox is full. Items
+    /// are taken from the iterator only as they are sent, so pass `iter.by_ref()` to
+    /// keep the unsent rest when the send fails. Returns how many were sent.
+    ///
+    /// # Errors
+    /// As [`Kernel::send_batch`]; the unsent messages are
+    /// [`SendBatchError::unsent`] followed by what the iterator still holds.
+    pub fn send_iter<I: IntoIterator<Item = In>>(
+        &self,
+        messages: I,
+    ) -> Result<usize, SendBatchError<In>> {
+        batch::send_iter(To::Shared(&self.backing), messages, Wait::Until(None))
+    }
+
+    /// Sends every message of `messages` from async code, waiting for room without
+    /// blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe as a whole: dropped part-way, the messages sent until then stay
+    /// sent (in order, a prefix of the slice), and nothing says how many.
+    ///
+    /// # Errors
+    /// As [`Kernel::send_batch`].
+    pub async fn send_batch_async(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::send_slice_async(To::Shared(&self.backing), messages, Wait::Until(None)).await
+    }
+
+    /// Receives up to `max` host-bound messages into `buf` (appended, in order),
+    /// waiting until at least one is there. On the CPU the batch is taken with one lock,
+    /// one consume of the output ring (one release, at most one wake of a kernel stalled
+    /// on it); nothing is allocated when `buf` has room for `max` more. On a device
+    /// backend it is a loop over the one-message receive. Returns how many it appended
+    /// (0 only for `max == 0`).
+    ///
+    /// # Errors
+    /// As [`Kernel::recv`]: [`Error::Terminated`] (or `Faulted`) once the kernel stopped
+    /// and everything it emitted was received.
+    pub fn recv_batch(&self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        let b = &self.backing;
+        batch::recv_wait(b, max, None, || batch::try_recv_shared(b, buf, max))
+    }
+
+    /// Receives up to `max` messages into `buf`, waiting at most `timeout` for the first.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when nothing came in time, or as [`Kernel::recv_batch`].
+    pub fn recv_batch_timeout(
+        &self,
+        buf: &mut Vec<Out>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, Error> {
+        let b = &self.backing;
+        batch::recv_wait(b, max, Some(timeout), || {
+            batch::try_recv_shared(b, buf, max)
+        })
+    }
+
+    /// Receives up to `max` messages that are there now into `buf`, without waiting;
+    /// `Ok(0)` when none is.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv_batch`].
+    pub fn try_recv_batch(&self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        batch::try_recv_shared(&self.backing, buf, max)
+    }
+
+    /// Receives up to `max` messages into `buf` from async code, waiting for the first
+    /// without blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: messages are taken only in the poll that returns them.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv_batch`].
+    pub async fn recv_batch_async(&self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        let b = &self.backing;
+        batch::recv_wait_async(b, max, || batch::try_recv_shared(b, buf, max)).await
     }
 
     fn recv_within(&self, timeout: Option<Duration>) -> Result<(Out, u64), Error> {

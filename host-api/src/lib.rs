@@ -129,6 +129,7 @@
 
 mod backend;
 mod backing;
+mod batch;
 mod batch_emit;
 pub mod builtins;
 mod device;
@@ -151,6 +152,7 @@ mod spec;
 mod stop;
 pub mod testing;
 
+pub use batch::SendBatchError;
 pub use batch_emit::BatchEmit;
 pub use error::{Error, SendError};
 pub use group::{Group, GroupBuilder, Stage};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::group::{GroupBuilder, PortTo};
 use crate::report::GroupReport;
 use crate::spec::Message;
-use crate::{Error, Group, Kernel, KernelSpec, Runtime, SendError, Sender};
+use crate::{Error, Group, Kernel, KernelSpec, Runtime, SendBatchError, SendError, Sender};
 
 /// Adds a pipeline's pending last stage, with or without a host output.
 type AddStage<'rt> = Box<dyn FnOnce(&mut GroupBuilder<'rt>, bool) -> usize + 'rt>;
@@ -212,6 +212,83 @@ impl<In: Message, Out: Message> Pipeline<In, Out> {
     /// As [`Kernel::try_recv`].
     pub fn try_recv(&self) -> Result<Option<Out>, Error> {
         self.output.try_recv()
+    }
+
+    /// Sends every message of `messages` into the first stage, in order, waiting while
+    /// its inbox is full (see [`Kernel::send_batch`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::send_batch`]: `&messages[err.sent..]` were not sent.
+    pub fn send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        self.input.send_batch(messages)
+    }
+
+    /// Sends as many of `messages` as there is room for now, without waiting (see
+    /// [`Kernel::try_send_batch`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::try_send_batch`].
+    pub fn try_send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        self.input.try_send_batch(messages)
+    }
+
+    /// Sends what `messages` yields into the first stage, in order, waiting while its
+    /// inbox is full (see [`Kernel::send_iter`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::send_iter`].
+    pub fn send_iter<I: IntoIterator<Item = In>>(
+        &self,
+        messages: I,
+    ) -> Result<usize, SendBatchError<In>> {
+        self.input.send_iter(messages)
+    }
+
+    /// Sends every message of `messages` from async code (see
+    /// [`Kernel::send_batch_async`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::send_batch`].
+    pub async fn send_batch_async(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        self.input.send_batch_async(messages).await
+    }
+
+    /// Receives up to `max` messages from the last stage into `buf`, waiting for at
+    /// least one (see [`Kernel::recv_batch`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::recv_batch`].
+    pub fn recv_batch(&self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        self.output.recv_batch(buf, max)
+    }
+
+    /// Receives up to `max` messages, waiting at most `timeout` for the first.
+    ///
+    /// # Errors
+    /// As [`Kernel::recv_batch_timeout`].
+    pub fn recv_batch_timeout(
+        &self,
+        buf: &mut Vec<Out>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, Error> {
+        self.output.recv_batch_timeout(buf, max, timeout)
+    }
+
+    /// Receives up to `max` messages that are there now, without waiting.
+    ///
+    /// # Errors
+    /// As [`Kernel::try_recv_batch`].
+    pub fn try_recv_batch(&self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        self.output.try_recv_batch(buf, max)
+    }
+
+    /// Receives up to `max` messages from async code (see [`Kernel::recv_batch_async`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::recv_batch`].
+    pub async fn recv_batch_async(&self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        self.output.recv_batch_async(buf, max).await
     }
 
     /// A requester over the pipeline: send a request into the first stage, get the

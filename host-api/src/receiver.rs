@@ -187,6 +187,104 @@ impl<Out: Message> Receiver<Out> {
         rx.try_recv_with(&self.backing, |p, _| read::<Out>(p))
     }
 
+    /// Receives up to `max` messages into `buf` (appended, in order), waiting until at
+    /// least one is there. On the CPU the batch is one consume of the output ring: one
+    /// release of its `head` and at most one wake of a kernel stalled on it, no lock;
+    /// nothing is allocated when `buf` has room for `max` more. On a device backend it
+    /// is a loop over the one-message receive. Returns how many it appended: at least
+    /// one, never more than `max` (0 only for `max == 0`).
+    ///
+    /// ```
+    /// use gyre::{KernelSpec, Runtime};
+    ///
+    /// let runtime = Runtime::builder().build()?;
+    /// let kernel = runtime.launch(KernelSpec::<u64, u64>::new("inc").cpu(|x, out| Ok(out.emit(x + 1)?)))?;
+    /// kernel.activate()?;
+    /// let mut rx = kernel.receiver()?;
+    /// let inputs: Vec<u64> = (0..100).collect();
+    /// kernel.send_batch(&inputs)?;
+    /// let mut got = Vec::with_capacity(100);
+    /// while got.len() < 100 {
+    ///     let n = rx.recv_batch(&mut got, 32)?; // at most 32 at a time
+    ///     assert!((1..=32).contains(&n));
+    /// }
+    /// assert!(got.iter().copied().eq(1..=100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Terminated`] (or `Faulted`) when the kernel stopped and everything it
+    /// emitted was received.
+    pub fn recv_batch(&mut self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        self.batch_within(buf, max, None)
+    }
+
+    /// Receives up to `max` messages into `buf`, waiting at most `timeout` for the first.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], or as [`Receiver::recv_batch`].
+    pub fn recv_batch_timeout(
+        &mut self,
+        buf: &mut Vec<Out>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, Error> {
+        self.batch_within(buf, max, Some(timeout))
+    }
+
+    /// Receives up to `max` messages that are there now into `buf`, without waiting;
+    /// `Ok(0)` when none is.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_batch`].
+    pub fn try_recv_batch(&mut self, buf: &mut Vec<Out>, max: usize) -> Result<usize, Error> {
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
+        crate::batch::try_recv_end(rx, &self.backing, buf, max)
+    }
+
+    /// Receives up to `max` messages into `buf` from async code, waiting for the first
+    /// without blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: messages are taken only in the poll that returns them.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_batch`].
+    pub async fn recv_batch_async(
+        &mut self,
+        buf: &mut Vec<Out>,
+        max: usize,
+    ) -> Result<usize, Error> {
+        let backing = &self.backing;
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
+        crate::batch::recv_wait_async(backing, max, || {
+            crate::batch::try_recv_end(rx, backing, buf, max)
+        })
+        .await
+    }
+
+    fn batch_within(
+        &mut self,
+        buf: &mut Vec<Out>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> Result<usize, Error> {
+        let backing = &self.backing;
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
+        crate::batch::recv_wait(backing, max, timeout, || {
+            crate::batch::try_recv_end(rx, backing, buf, max)
+        })
+    }
+
     /// Receives from async code without blocking the executor thread.
     ///
     /// # Cancel safety

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use gyre_runtime::backend::seam::cpu::{CpuLane, SendFailure};
 
 use crate::backing::{cpu_send_error, Backing, SendFail};
+use crate::batch::{self, To, Wait};
 use crate::kernel::corr_words;
 use crate::spec::Message;
-use crate::{Error, SendError};
+use crate::{Error, SendBatchError, SendError};
 
 /// What a [`Sender`] does when the inbox is full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -201,6 +202,67 @@ impl<In: Message> Sender<In> {
         }
     }
 
+    /// How a batch waits under the policy.
+    fn batch_wait(&self) -> Wait {
+        match self.policy {
+            Backpressure::Fail => Wait::Fail,
+            Backpressure::Block => Wait::Until(None),
+            Backpressure::Timeout(t) => Wait::Until(Some(Instant::now() + t)),
+        }
+    }
+
+    /// Sends every message of `messages`, in order, according to the policy (a
+    /// `Timeout` bounds the whole batch): on the CPU one claim, one publish and one
+    /// wake per stretch of room, nothing allocated; on a device backend a loop over the
+    /// one-message send. Returns `messages.len()`.
+    ///
+    /// # Errors
+    /// [`SendBatchError`] with [`Error::Full`] (policy `Fail`: the inbox filled up),
+    /// [`Error::Timeout`] (policy `Timeout`), or the kernel no longer accepts messages;
+    /// its `sent` says how many went through, and `&messages[sent..]` were not sent.
+    pub fn send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::send_slice(To::Shared(&self.backing), messages, self.batch_wait())
+    }
+
+    /// Sends as many of `messages`, from the first, as there is room for now, whatever
+    /// the policy. Returns how many (0 when the inbox was full).
+    ///
+    /// # Errors
+    /// As [`crate::Kernel::try_send_batch`].
+    pub fn try_send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::try_send_slice(To::Shared(&self.backing), messages)
+    }
+
+    /// Sends what `messages` yields, in order, according to the policy. Items are taken
+    /// from the iterator only as they are sent: pass `iter.by_ref()` to keep the unsent
+    /// rest. Returns how many were sent.
+    ///
+    /// # Errors
+    /// As [`Sender::send_batch`]; the unsent messages are [`SendBatchError::unsent`]
+    /// followed by what the iterator still holds.
+    pub fn send_iter<I: IntoIterator<Item = In>>(
+        &self,
+        messages: I,
+    ) -> Result<usize, SendBatchError<In>> {
+        batch::send_iter(To::Shared(&self.backing), messages, self.batch_wait())
+    }
+
+    /// Sends every message of `messages` from async code according to the policy
+    /// (`Timeout` acts as `Block`; wrap the future in your runtime's timeout).
+    ///
+    /// # Cancel safety
+    /// Dropped part-way, the messages sent until then (a prefix) stay sent.
+    ///
+    /// # Errors
+    /// As [`Sender::send_batch`].
+    pub async fn send_batch_async(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        let wait = match self.policy {
+            Backpressure::Fail => Wait::Fail,
+            Backpressure::Block | Backpressure::Timeout(_) => Wait::Until(None),
+        };
+        batch::send_slice_async(To::Shared(&self.backing), messages, wait).await
+    }
+
     /// Sends from async code according to the policy (`Timeout` acts as `Block`; wrap
     /// the future in your runtime's timeout).
     ///
@@ -335,6 +397,95 @@ impl<In: Message> ExclusiveSender<In> {
             }),
             Err(SendFail::Error(error)) => Err(SendError { error, message }),
         }
+    }
+
+    /// Where a batch goes: the lane on the CPU, the shared inbox on a device.
+    fn to(&mut self) -> To<'_> {
+        match &mut self.lane {
+            Lane::Cpu(lane) => To::Lane(lane, &self.backing),
+            Lane::Device => To::Shared(&self.backing),
+        }
+    }
+
+    /// Sends every message of `messages`, in order, waiting while the lane is full. On
+    /// the CPU each stretch of room is claimed with one claim on the lane (no
+    /// compare-and-swap), written in place, published at once and announced with one
+    /// wake of the kernel; nothing is allocated. On a device backend (no run claim on
+    /// its host rings) it is a loop over the one-message send. Returns
+    /// `messages.len()`.
+    ///
+    /// ```
+    /// use gyre::{KernelSpec, Runtime};
+    ///
+    /// let runtime = Runtime::builder().build()?;
+    /// let kernel = runtime.launch(KernelSpec::<u32, u32>::new("double").cpu(|x, out| Ok(out.emit(x * 2)?)))?;
+    /// kernel.activate()?;
+    /// let mut tx = kernel.exclusive_sender()?;
+    /// let mut rx = kernel.receiver()?;
+    /// assert_eq!(tx.send_batch(&[1, 2, 3])?, 3);
+    /// let mut got = Vec::with_capacity(64);
+    /// while got.len() < 3 {
+    ///     rx.recv_batch(&mut got, 64)?;
+    /// }
+    /// assert_eq!(got, [2, 4, 6]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`SendBatchError`] when the kernel stops accepting messages part-way (draining,
+    /// terminated, faulted): `sent` says how many went through, and
+    /// `&messages[sent..]` were not sent.
+    pub fn send_batch(&mut self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::send_slice(self.to(), messages, Wait::Until(None))
+    }
+
+    /// Sends every message of `messages`, in order, waiting at most `timeout` (for the
+    /// whole batch) for room.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] in a [`SendBatchError`], or as [`ExclusiveSender::send_batch`].
+    pub fn send_batch_timeout(
+        &mut self,
+        messages: &[In],
+        timeout: Duration,
+    ) -> Result<usize, SendBatchError<In>> {
+        let deadline = Some(Instant::now() + timeout);
+        batch::send_slice(self.to(), messages, Wait::Until(deadline))
+    }
+
+    /// Sends as many of `messages`, from the first, as there is room for now, without
+    /// waiting. Returns how many (0 when the lane was full).
+    ///
+    /// # Errors
+    /// As [`crate::Kernel::try_send_batch`].
+    pub fn try_send_batch(&mut self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::try_send_slice(self.to(), messages)
+    }
+
+    /// Sends what `messages` yields, in order, waiting while the lane is full. Items are
+    /// taken from the iterator only as they are sent: pass `iter.by_ref()` to keep the
+    /// unsent rest. Returns how many were sent.
+    ///
+    /// # Errors
+    /// As [`ExclusiveSender::send_batch`]; the unsent messages are
+    /// [`SendBatchError::unsent`] followed by what the iterator still holds.
+    pub fn send_iter<I: IntoIterator<Item = In>>(
+        &mut self,
+        messages: I,
+    ) -> Result<usize, SendBatchError<In>> {
+        batch::send_iter(self.to(), messages, Wait::Until(None))
+    }
+
+    /// Sends every message of `messages` from async code, waiting for room without
+    /// blocking the executor thread.
+    ///
+    /// # Cancel safety
+    /// Dropped part-way, the messages sent until then (a prefix) stay sent.
+    ///
+    /// # Errors
+    /// As [`ExclusiveSender::send_batch`].
+    pub async fn send_batch_async(&mut self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
+        batch::send_slice_async(self.to(), messages, Wait::Until(None)).await
     }
 
     /// Sends from async code: waits for room without blocking the executor thread.

@@ -3,7 +3,8 @@
 //! pool's, a dedicated kernel's) while a scenario's measured window is open. Each scenario
 //! launches its kernels, warms up (so that lazy, once-only allocations happen first), then
 //! moves `MEASURED` messages through a hot path (send, handler, emit, kernel-to-kernel
-//! delivery, receive) and checks what was allocated meanwhile: with dedicated kernels
+//! delivery, receive; one message at a time, or `BATCH` at a time with `send_batch` and
+//! `recv_batch`) and checks what was allocated meanwhile: with dedicated kernels
 //! nothing (measured: 0 in nearly every run; a few once-only allocations in parking_lot
 //! are tolerated, see `ONCE_ONLY`); with pooled kernels also the pool's run-queue blocks,
 //! one per 63 wake-ups (see `allowed`).
@@ -302,6 +303,96 @@ fn asynchronous(placement: Placement) -> u64 {
     allocations
 }
 
+/// Messages per batch call in the batch scenarios.
+const BATCH: usize = 64;
+
+/// Sends `n` messages (rounded up to whole batches) `BATCH` at a time through `send`
+/// and receives each batch back through `recv` into a buffer with room for it; checks
+/// every echo.
+fn batch_trips(
+    n: u64,
+    mut send: impl FnMut(&[u64]) -> usize,
+    mut recv: impl FnMut(&mut Vec<u64>) -> usize,
+    buf: &mut Vec<u64>,
+) {
+    let mut inputs = [0u64; BATCH];
+    let mut next = 0;
+    while next < n {
+        for (i, slot) in inputs.iter_mut().enumerate() {
+            *slot = next + i as u64;
+        }
+        assert_eq!(send(&inputs), BATCH);
+        buf.clear();
+        while buf.len() < BATCH {
+            let took = recv(buf);
+            assert!((1..=BATCH).contains(&took));
+        }
+        for (got, sent) in buf.iter().zip(&inputs) {
+            assert_eq!(*got, sent + 1);
+        }
+        next += BATCH as u64;
+    }
+}
+
+/// `ExclusiveSender::send_batch` and `Receiver::recv_batch`, `BATCH` at a time.
+fn exclusive_batches(placement: Placement) -> u64 {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let k = rt.launch(echo("batches", placement)).unwrap();
+    k.activate().unwrap();
+    let mut tx = k.exclusive_sender().unwrap();
+    let mut rx = k.receiver().unwrap();
+    let mut buf = Vec::with_capacity(2 * BATCH);
+    let mut trips = |tx: &mut ExclusiveSender<u64>, rx: &mut Receiver<u64>, n: u64| {
+        batch_trips(
+            n,
+            |m| tx.send_batch(m).unwrap(),
+            |b| rx.recv_batch_timeout(b, BATCH, SECOND * 10).unwrap(),
+            &mut buf,
+        );
+    };
+    trips(&mut tx, &mut rx, WARM_UP);
+    park_everyone(
+        || tx.send(7).unwrap(),
+        || assert_eq!(rx.recv_timeout(SECOND * 10).unwrap(), 8),
+    );
+    let allocations = measure(|| trips(&mut tx, &mut rx, MEASURED));
+    drop((tx, rx));
+    let report = k.drain(SECOND * 5).unwrap();
+    assert!(
+        report.undelivered.is_empty() && !report.timed_out,
+        "{report:?}"
+    );
+    allocations
+}
+
+/// `Kernel::send_batch` and `Kernel::recv_batch` (the shared handle), `BATCH` at a time.
+fn shared_batches(placement: Placement) -> u64 {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let k = rt.launch(echo("shared-batches", placement)).unwrap();
+    k.activate().unwrap();
+    let mut buf = Vec::with_capacity(2 * BATCH);
+    let trips = |n: u64, buf: &mut Vec<u64>| {
+        batch_trips(
+            n,
+            |m| k.send_batch(m).unwrap(),
+            |b| k.recv_batch_timeout(b, BATCH, SECOND * 10).unwrap(),
+            buf,
+        );
+    };
+    trips(WARM_UP, &mut buf);
+    park_everyone(
+        || k.send(7).unwrap(),
+        || assert_eq!(k.recv_timeout(SECOND * 10).unwrap(), 8),
+    );
+    let allocations = measure(|| trips(MEASURED, &mut buf));
+    let report = k.drain(SECOND * 5).unwrap();
+    assert!(
+        report.undelivered.is_empty() && !report.timed_out,
+        "{report:?}"
+    );
+    allocations
+}
+
 #[test]
 fn the_cpu_hot_paths_allocate_nothing_per_message() {
     // The counter must see something when something allocates, or zero proves nothing.
@@ -325,6 +416,18 @@ fn the_cpu_hot_paths_allocate_nothing_per_message() {
                 placement,
                 1,
                 asynchronous(placement),
+            ),
+            (
+                "ExclusiveSender::send_batch/Receiver::recv_batch",
+                placement,
+                1,
+                exclusive_batches(placement),
+            ),
+            (
+                "Kernel::send_batch/recv_batch",
+                placement,
+                1,
+                shared_batches(placement),
             ),
         ]);
     }

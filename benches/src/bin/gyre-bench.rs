@@ -1,13 +1,16 @@
 //! The interleaved benchmark report.
 //!
 //! ```text
-//! cargo run --release -p gyre-bench --bin gyre-bench [ROUNDS] [--only NAME,...] [--phase rt|tp|both]
+//! cargo run --release -p gyre-bench --bin gyre-bench [ROUNDS] [--only NAME,...] [--phase rt|tp|batch|both]
 //! ```
 //!
 //! Runs `ROUNDS` (default 20) short rounds. In each round every subject and baseline runs
 //! in turn (gyre-dedicated, rtrb, gyre-pool, crossbeam, then the diagnostics), each on a
 //! fresh server that is stopped cleanly afterwards: round trips (p50, p99), then windowed
-//! echo throughput. A raw cache-line ping-pong is measured right before each of them.
+//! echo throughput. Then the batch workload, "echo, batches of 64": gyre-batch (a
+//! dedicated echo kernel, `send_batch` / `recv_batch` 64 at a time) and rtrb-chunk (two
+//! rtrb rings and an echo thread, rtrb's chunk API 64 at a time on both sides), each on a
+//! fresh server. A raw cache-line ping-pong is measured right before each of them.
 //!
 //! On a machine whose core-to-core latency and throughput swing from run to run (and
 //! within a run), only numbers taken side by side compare, so every ratio is taken
@@ -20,8 +23,8 @@
 use std::time::{Duration, Instant};
 
 use gyre_bench::{
-    echo_throughput, median, ping_pong, rate, round_trip, round_trip_histogram, Echo, Subject,
-    CAPACITY, WINDOW,
+    batch_throughput, echo_throughput, median, ping_pong, rate, round_trip, round_trip_histogram,
+    BatchEcho, BatchSubject, Echo, Subject, BATCH, CAPACITY, WINDOW,
 };
 
 /// Round trips per subject per round, after `RT_WARM_UP` unrecorded ones.
@@ -30,6 +33,12 @@ const RT_WARM_UP: u64 = 2_000;
 /// Echoes per subject per round for throughput, after `TP_WARM_UP` untimed ones.
 const TP_COUNT: u64 = 200_000;
 const TP_WARM_UP: u64 = 20_000;
+/// Echoes per batch subject per round, after `BATCH_WARM_UP` untimed ones (whole
+/// batches of `BATCH`).
+const BATCH_COUNT: u64 = 1_000_000;
+const BATCH_WARM_UP: u64 = 100_000;
+/// Acceptance (issue 12): gyre batch echo throughput at least this times rtrb's chunks.
+const MIN_BATCH_RATIO: f64 = 0.8;
 /// Ping-pong bounces before each subject.
 const PP_COUNT: u64 = 20_000;
 /// Acceptance: dedicated round-trip p50 at most this times the rtrb p50.
@@ -50,7 +59,8 @@ const TIME_CAP: Duration = Duration::from_secs(100);
 /// The summary uses only clean rounds when at least this many exist.
 const MIN_CLEAN_ROUNDS: usize = 3;
 const USAGE: &str =
-    "usage: gyre-bench [ROUNDS] [--only NAME,NAME,...] [--phase rt|tp|both]   (ROUNDS default 20)";
+    "usage: gyre-bench [ROUNDS] [--only NAME,NAME,...] [--phase rt|tp|batch|both]   \
+     (ROUNDS default 20)";
 
 /// One subject in one round.
 #[derive(Clone, Copy, Debug)]
@@ -68,6 +78,30 @@ enum Phase {
     Both,
     RoundTrip,
     Throughput,
+    /// Only the batch workload.
+    Batch,
+}
+
+/// One batch subject in one round.
+#[derive(Clone, Copy, Debug)]
+struct BatchMeasured {
+    /// Cache-line ping-pong round trip measured right before, ns.
+    ping_pong_ns: f64,
+    msgs_per_s: f64,
+}
+
+/// One batch subject, one round: ping-pong, then a fresh server: batch throughput, then
+/// a clean stop.
+fn measure_batch(subject: BatchSubject) -> BatchMeasured {
+    let ping_pong_ns = ping_pong(PP_COUNT).as_nanos() as f64 / PP_COUNT as f64;
+    let mut server = subject.start();
+    batch_throughput(&mut server, BATCH_WARM_UP, WINDOW);
+    let took = batch_throughput(&mut server, BATCH_COUNT, WINDOW);
+    server.shutdown();
+    BatchMeasured {
+        ping_pong_ns,
+        msgs_per_s: rate(BATCH_COUNT.div_ceil(BATCH as u64) * BATCH as u64, took),
+    }
 }
 
 /// One subject, one round: ping-pong, then a fresh server: round trips, then
@@ -109,18 +143,26 @@ enum Quality {
 
 struct Round {
     results: Vec<Measured>,
+    batch: Vec<BatchMeasured>,
     quality: Quality,
 }
 
 impl Round {
     /// The round's placement: median of the ping-pongs taken in it.
     fn ping_pong_ns(&self) -> f64 {
-        median(self.results.iter().map(|m| m.ping_pong_ns).collect())
+        median(
+            self.results
+                .iter()
+                .map(|m| m.ping_pong_ns)
+                .chain(self.batch.iter().map(|m| m.ping_pong_ns))
+                .collect(),
+        )
     }
 }
 
 struct Table {
     subjects: Vec<Subject>,
+    batch_subjects: Vec<BatchSubject>,
     rounds: Vec<Round>,
 }
 
@@ -145,6 +187,31 @@ impl Table {
             .iter()
             .filter(|r| !clean_only || r.quality == Quality::Clean)
             .collect()
+    }
+
+    /// Median over `rounds` of batch subject `subject`'s `f`, and of its ratio to
+    /// `baseline`'s taken within each round (NaN when either was not measured).
+    fn batch_median(
+        &self,
+        rounds: &[&Round],
+        subject: BatchSubject,
+        baseline: BatchSubject,
+        f: fn(&BatchMeasured) -> f64,
+    ) -> (f64, f64) {
+        let index = |s: BatchSubject| self.batch_subjects.iter().position(|b| *b == s);
+        let Some(s) = index(subject) else {
+            return (f64::NAN, f64::NAN);
+        };
+        let value = median(rounds.iter().map(|r| f(&r.batch[s])).collect());
+        let ratio = index(baseline).map_or(f64::NAN, |b| {
+            median(
+                rounds
+                    .iter()
+                    .map(|r| f(&r.batch[s]) / f(&r.batch[b]))
+                    .collect(),
+            )
+        });
+        (value, ratio)
     }
 
     fn median_of(&self, rounds: &[&Round], subject: Subject, f: fn(&Measured) -> f64) -> f64 {
@@ -191,6 +258,14 @@ fn ping(m: &Measured) -> f64 {
     m.ping_pong_ns
 }
 
+fn batch_tput(m: &BatchMeasured) -> f64 {
+    m.msgs_per_s
+}
+
+fn batch_ping(m: &BatchMeasured) -> f64 {
+    m.ping_pong_ns
+}
+
 fn all_subjects() -> Vec<Subject> {
     Subject::MAIN
         .into_iter()
@@ -207,14 +282,27 @@ fn names(subjects: &[Subject]) -> String {
 }
 
 fn usage_exit(why: &str) -> ! {
-    eprintln!("{why}\n{USAGE}\nsubjects: {}", names(&all_subjects()));
+    eprintln!(
+        "{why}\n{USAGE}\nsubjects: {}, {}",
+        names(&all_subjects()),
+        batch_names(&BatchSubject::ALL)
+    );
     std::process::exit(2);
+}
+
+fn batch_names(subjects: &[BatchSubject]) -> String {
+    subjects
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What the command line asked for.
 struct Options {
     rounds: usize,
     subjects: Vec<Subject>,
+    batch_subjects: Vec<BatchSubject>,
     phase: Phase,
 }
 
@@ -222,6 +310,7 @@ fn parse_args() -> Options {
     let mut options = Options {
         rounds: 20,
         subjects: all_subjects(),
+        batch_subjects: BatchSubject::ALL.to_vec(),
         phase: Phase::Both,
     };
     let mut args = std::env::args().skip(1);
@@ -231,22 +320,26 @@ fn parse_args() -> Options {
                 let names = args
                     .next()
                     .unwrap_or_else(|| usage_exit("--only needs names"));
-                options.subjects = names
-                    .split(',')
-                    .map(|name| {
-                        all_subjects()
-                            .into_iter()
-                            .find(|s| s.name() == name)
-                            .unwrap_or_else(|| usage_exit(&format!("unknown subject `{name}`")))
-                    })
-                    .collect();
+                options.subjects.clear();
+                options.batch_subjects.clear();
+                for name in names.split(',') {
+                    if let Some(s) = all_subjects().into_iter().find(|s| s.name() == name) {
+                        options.subjects.push(s);
+                    } else if let Some(s) = BatchSubject::ALL.into_iter().find(|s| s.name() == name)
+                    {
+                        options.batch_subjects.push(s);
+                    } else {
+                        usage_exit(&format!("unknown subject `{name}`"));
+                    }
+                }
             }
             "--phase" => {
                 options.phase = match args.next().as_deref() {
                     Some("rt") => Phase::RoundTrip,
                     Some("tp") => Phase::Throughput,
+                    Some("batch") => Phase::Batch,
                     Some("both") => Phase::Both,
-                    _ => usage_exit("--phase takes rt, tp or both"),
+                    _ => usage_exit("--phase takes rt, tp, batch or both"),
                 };
             }
             "-h" | "--help" => usage_exit("gyre-bench: interleaved echo benchmarks"),
@@ -281,10 +374,11 @@ fn wait_for_quiet(budget: Duration) -> Duration {
     }
 }
 
-fn run_round(subjects: &[Subject], phase: Phase) -> (Round, f64) {
+fn run_round(subjects: &[Subject], batch_subjects: &[BatchSubject], phase: Phase) -> (Round, f64) {
     let start = Instant::now();
     let ticks = CpuTicks::read();
     let results: Vec<Measured> = subjects.iter().map(|s| measure(*s, phase)).collect();
+    let batch: Vec<BatchMeasured> = batch_subjects.iter().map(|s| measure_batch(*s)).collect();
     let others = match (ticks, CpuTicks::read()) {
         (Some(before), Some(after)) => {
             let (_, others, steal) = before.usage(&after, start.elapsed().as_secs_f64());
@@ -292,9 +386,13 @@ fn run_round(subjects: &[Subject], phase: Phase) -> (Round, f64) {
         }
         _ => 0.0,
     };
-    let (lo, hi) = results.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), m| {
-        (lo.min(m.ping_pong_ns), hi.max(m.ping_pong_ns))
-    });
+    let (lo, hi) = results
+        .iter()
+        .map(|m| m.ping_pong_ns)
+        .chain(batch.iter().map(|m| m.ping_pong_ns))
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), pp| {
+            (lo.min(pp), hi.max(pp))
+        });
     let quality = if others >= DISTURBED_OTHERS_CPUS {
         Quality::Disturbed
     } else if hi > MAX_PP_SPREAD * lo {
@@ -302,19 +400,33 @@ fn run_round(subjects: &[Subject], phase: Phase) -> (Round, f64) {
     } else {
         Quality::Clean
     };
-    (Round { results, quality }, others)
+    (
+        Round {
+            results,
+            batch,
+            quality,
+        },
+        others,
+    )
 }
 
 fn main() {
     let Options {
         rounds,
-        subjects,
+        mut subjects,
+        mut batch_subjects,
         phase,
     } = parse_args();
+    match phase {
+        Phase::Batch => subjects.clear(),
+        Phase::RoundTrip => batch_subjects.clear(),
+        Phase::Both | Phase::Throughput => {}
+    }
     let started = Instant::now();
     println!(
-        "gyre-bench: {rounds} interleaved rounds of [{}]",
-        names(&subjects)
+        "gyre-bench: {rounds} interleaved rounds of [{}] and batches [{}]",
+        names(&subjects),
+        batch_names(&batch_subjects)
     );
     println!(
         "per round and subject: ping-pong ({PP_COUNT} bounces), {RT_COUNT} round trips (after \
@@ -322,10 +434,15 @@ fn main() {
          messages, capacity {CAPACITY} each way; {} CPUs",
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
+    println!(
+        "batches: {BATCH_COUNT} echoes per subject, {BATCH} per send_batch / recv_batch (or \
+         rtrb chunk), up to {WINDOW} in flight (after {BATCH_WARM_UP})"
+    );
     println!("cells: ping-pong ns, round trip p50/p99 ns, echo throughput M msg/s");
     println!();
     let mut table = Table {
         subjects: subjects.clone(),
+        batch_subjects: batch_subjects.clone(),
         rounds: Vec::new(),
     };
     let mut quiet_budget = QUIET_WAIT_BUDGET;
@@ -339,7 +456,7 @@ fn main() {
             break;
         }
         quiet_budget = quiet_budget.saturating_sub(wait_for_quiet(quiet_budget));
-        let (round, others) = run_round(&subjects, phase);
+        let (round, others) = run_round(&subjects, &batch_subjects, phase);
         let cells: Vec<String> = subjects
             .iter()
             .zip(&round.results)
@@ -353,6 +470,14 @@ fn main() {
                     m.msgs_per_s / 1e6
                 )
             })
+            .chain(batch_subjects.iter().zip(&round.batch).map(|(s, m)| {
+                format!(
+                    "{} pp {:.0} {:.2}",
+                    s.name(),
+                    m.ping_pong_ns,
+                    m.msgs_per_s / 1e6
+                )
+            }))
             .collect();
         let quality = match round.quality {
             Quality::Clean => "clean",
@@ -430,6 +555,32 @@ fn print_summary(table: &Table) {
 }
 
 fn print_table(table: &Table, rounds: &[&Round]) {
+    print_main_table(table, rounds);
+    if !table.batch_subjects.is_empty() {
+        println!("echo, batches of {BATCH} ({WINDOW} in flight):");
+        println!(
+            "{:<21} {:>7} {:>8} {:>15}",
+            "subject", "pp ns", "M msg/s", "tput/rtrb-chunk"
+        );
+        for subject in &table.batch_subjects {
+            let (pp, _) = table.batch_median(rounds, *subject, BatchSubject::RtrbChunk, batch_ping);
+            let (tput, ratio) =
+                table.batch_median(rounds, *subject, BatchSubject::RtrbChunk, batch_tput);
+            println!(
+                "{:<21} {:>7.0} {:>8.2} {:>15.2}",
+                subject.name(),
+                pp,
+                tput / 1e6,
+                ratio
+            );
+        }
+    }
+}
+
+fn print_main_table(table: &Table, rounds: &[&Round]) {
+    if table.subjects.is_empty() {
+        return;
+    }
     println!(
         "{:<21} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10}",
         "subject",
@@ -464,13 +615,26 @@ fn print_table(table: &Table, rounds: &[&Round]) {
 }
 
 fn print_verdicts(table: &Table, rounds: &[&Round], label: &str) {
+    let verdict = |pass: bool| if pass { "PASS " } else { "SHORT" };
+    let (_, batch) = table.batch_median(
+        rounds,
+        BatchSubject::GyreBatch,
+        BatchSubject::RtrbChunk,
+        batch_tput,
+    );
+    if !batch.is_nan() {
+        println!(
+            "{} {label}gyre batch echo throughput / rtrb chunks = {batch:.2} (need >= \
+             {MIN_BATCH_RATIO})",
+            verdict(batch >= MIN_BATCH_RATIO)
+        );
+    }
     let rt = table.paired_ratio(rounds, Subject::GyreDedicated, Subject::Rtrb, p50);
     let tp = table.paired_ratio(rounds, Subject::GyreDedicated, Subject::Rtrb, tput);
     if rt.is_nan() && tp.is_nan() {
         println!("{label}(the acceptance ratios need gyre-dedicated and rtrb in the run)");
         return;
     }
-    let verdict = |pass: bool| if pass { "PASS " } else { "SHORT" };
     println!(
         "{} {label}dedicated round-trip p50 / rtrb p50 = {rt:.2} (need <= {MAX_RT_RATIO})",
         verdict(rt <= MAX_RT_RATIO)

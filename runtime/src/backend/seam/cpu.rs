@@ -297,6 +297,26 @@ impl CpuKernel {
         self.0.try_send(corr, payload)
     }
 
+    /// Writes up to `want` messages of `bytes` bytes each into the inbox with one claim
+    /// (as many as there is room for now), one publish and one wake, without waiting.
+    /// `fill` writes the next message's payload into the slot it is given and returns
+    /// `true`, or `false` when there is no next message (the rest of the claim is
+    /// published as cancelled, which the kernel skips). Every message carries
+    /// correlation id 0. Returns how many were written.
+    ///
+    /// # Errors
+    /// [`SendFailure`] when the inbox has no room at all, the kernel no longer accepts
+    /// messages, or `bytes` does not fit a slot. Nothing is written then.
+    #[inline]
+    pub fn try_send_batch(
+        &self,
+        want: u32,
+        bytes: usize,
+        fill: impl FnMut(&mut [u8]) -> bool,
+    ) -> Result<u32, SendFailure> {
+        self.0.try_send_batch(want, bytes, fill)
+    }
+
     /// Notified whenever inbox room frees up or the inbox closes (blocked senders wait
     /// on it).
     #[inline]
@@ -319,6 +339,21 @@ impl CpuKernel {
     #[inline]
     pub fn try_recv_with<R>(&self, f: impl FnOnce(SlotRef<'_>) -> R) -> Result<R, RecvFailure> {
         self.0.try_recv(f)
+    }
+
+    /// Hands up to `max` host-bound messages, in order, to `f` in place, through the
+    /// shared receiving end (one lock, one release of the ring, one wake for the batch),
+    /// without waiting. Returns how many.
+    ///
+    /// # Errors
+    /// As [`CpuKernel::try_recv_with`]: `Empty` when nothing is waiting.
+    #[inline]
+    pub fn try_recv_batch_with(
+        &self,
+        max: u32,
+        f: impl FnMut(SlotRef<'_>),
+    ) -> Result<u32, RecvFailure> {
+        self.0.try_recv_batch(max, f)
     }
 
     /// Takes the exclusive receiving end of the host-bound output for one receiving
@@ -351,6 +386,22 @@ impl CpuKernel {
         f: impl FnOnce(SlotRef<'_>) -> R,
     ) -> Result<R, RecvFailure> {
         self.0.try_recv_from(&mut output.0, f)
+    }
+
+    /// Hands up to `max` host-bound messages, in order, to `f` in place through
+    /// `output`, with one release of the ring and at most one wake of the kernel,
+    /// without waiting and without locking. Returns how many.
+    ///
+    /// # Errors
+    /// As [`CpuKernel::try_recv_from`].
+    #[inline]
+    pub fn try_recv_batch_from(
+        &self,
+        output: &mut CpuOutput,
+        max: u32,
+        f: impl FnMut(SlotRef<'_>),
+    ) -> Result<u32, RecvFailure> {
+        self.0.try_recv_batch_from(&mut output.0, max, f)
     }
 
     /// Takes the kernel's single-producer lane, if nobody holds it.
@@ -497,5 +548,20 @@ impl CpuLane {
     #[inline]
     pub fn try_send(&mut self, payload: &[u8], corr: [u32; 2]) -> Result<(), SendFailure> {
         self.0.try_send(corr, payload)
+    }
+
+    /// Writes up to `want` messages into the lane with one claim, one publish and one
+    /// wake, without waiting.
+    ///
+    /// # Errors
+    /// As [`CpuKernel::try_send_batch`].
+    #[inline]
+    pub fn try_send_batch(
+        &mut self,
+        want: u32,
+        bytes: usize,
+        fill: impl FnMut(&mut [u8]) -> bool,
+    ) -> Result<u32, SendFailure> {
+        self.0.try_send_batch(want, bytes, fill)
     }
 }

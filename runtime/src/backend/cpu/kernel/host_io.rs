@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::{ExclusiveLane, KernelCore, OutputConsumer, Ring};
 use crate::abi::{make_tag, State, KIND_MESSAGE};
-use crate::ring::{Claim, ClaimError, SlotRef, Step};
+use crate::ring::{Claim, ClaimError, Producer, SlotRef, Step};
 use crate::sync::{asym, Ordering};
 use crate::wait::Signal;
 
@@ -44,6 +44,7 @@ impl KernelCore {
     /// # Errors
     /// [`SendFailure`] when the inbox is full, the kernel no longer accepts messages, or
     /// the payload does not fit a slot. Nothing is written then.
+    #[inline]
     pub fn try_send(self: &Arc<Self>, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
         // No state check here: every state that refuses messages closes the inbox first
         // (drain, terminate, fault), and the closed flag is a read-shared host word, where
@@ -53,13 +54,15 @@ impl KernelCore {
 
     /// Checks the payload size, claims one slot with `claim`, writes the message into it
     /// in place, publishes it and wakes the kernel.
+    #[inline]
     pub(super) fn send_through<'a>(
         self: &'a Arc<Self>,
         corr: [u32; 2],
         payload: &[u8],
         claim: impl FnOnce() -> Result<Claim<'a, Ring>, ClaimError>,
     ) -> Result<(), SendFailure> {
-        let max = self.inbox_payload_bytes();
+        // The layout's field, not `inbox_payload_bytes`: no call across crates per send.
+        let max = self.config.inbox.payload_bytes() as usize;
         if payload.len() > max {
             return Err(SendFailure::TooLarge {
                 len: payload.len(),
@@ -93,6 +96,94 @@ impl KernelCore {
         }
     }
 
+    /// Writes up to `want` messages of `bytes` bytes each into the inbox with one claim
+    /// (as many as there is room for now, at most the ring's capacity), one publish and
+    /// one wake of the kernel, without waiting. `fill` writes the next message's payload
+    /// into the slot it is given and returns `true`, or returns `false` when there is no
+    /// next message: that slot and the rest of the claim are published as cancelled
+    /// (the kernel skips them) and `fill` is not called again.
+    ///
+    /// Every message carries correlation id 0 and is timed by position like a message
+    /// of [`KernelCore::try_send`].
+    ///
+    /// Returns how many messages were written (`Ok(0)` when `want` is 0 or `fill` had
+    /// none).
+    ///
+    /// # Errors
+    /// [`SendFailure`] when the inbox has no room at all, the kernel no longer accepts
+    /// messages, or `bytes` does not fit a slot. Nothing is written then.
+    #[inline]
+    pub fn try_send_batch(
+        self: &Arc<Self>,
+        want: u32,
+        bytes: usize,
+        fill: impl FnMut(&mut [u8]) -> bool,
+    ) -> Result<u32, SendFailure> {
+        self.send_batch_through(&self.inbox, want, bytes, fill, |n| self.inbox.try_claim(n))
+    }
+
+    /// The body of [`KernelCore::try_send_batch`] over `ring`, claiming with `claim`.
+    #[inline]
+    pub(super) fn send_batch_through<'a>(
+        self: &'a Arc<Self>,
+        ring: &'a Producer<Ring>,
+        want: u32,
+        bytes: usize,
+        mut fill: impl FnMut(&mut [u8]) -> bool,
+        mut claim: impl FnMut(u32) -> Result<Claim<'a, Ring>, ClaimError>,
+    ) -> Result<u32, SendFailure> {
+        let max = self.config.inbox.payload_bytes() as usize;
+        if bytes > max {
+            return Err(SendFailure::TooLarge { len: bytes, max });
+        }
+        if want == 0 {
+            return Ok(0);
+        }
+        // As many as fit now; at least one, so that a full or closed ring says so.
+        let mut n = want.min(ring.capacity());
+        n = ring.free_up_to(n).min(n).max(1);
+        let claim = loop {
+            match claim(n) {
+                Ok(claim) => break claim,
+                // Another producer took some of the room meanwhile: take what is left.
+                Err(ClaimError::Full { free }) if free > 0 && free < n => n = free,
+                Err(ClaimError::Full { .. }) => return Err(SendFailure::Full),
+                Err(ClaimError::Closed) => return Err(SendFailure::Closed(self.closed_state())),
+                Err(ClaimError::TooMany) => unreachable!("claims are capped at the capacity"),
+            }
+        };
+        let every = crate::metrics::LATENCY_SAMPLE_EVERY;
+        let start = claim.start();
+        let plain = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
+        let mut written = 0;
+        while written < claim.len() {
+            let position = start.wrapping_add(written);
+            // Time one message in LATENCY_SAMPLE_EVERY, by position, as `send_through`.
+            let (tag, corr) = if position % every == every - 1 {
+                let now = crate::metrics::clock_ns();
+                (
+                    make_tag(crate::abi::KIND_TIMED, crate::abi::HOST_SENDER_ID),
+                    [now as u32, (now >> 32) as u32],
+                )
+            } else {
+                (plain, [0, 0])
+            };
+            if !claim.write(written, tag, corr, &mut fill) {
+                break;
+            }
+            written += 1;
+        }
+        // The source ran dry: the rest of the claim is published as cancelled.
+        for i in written..claim.len() {
+            claim.write(i, crate::abi::KIND_CANCELLED, [0, 0], |_| ());
+        }
+        claim.publish();
+        if written > 0 {
+            self.wake();
+        }
+        Ok(written)
+    }
+
     /// The state to report to a sender that found the inbox closed.
     pub(super) fn closed_state(&self) -> State {
         match self.state() {
@@ -123,6 +214,7 @@ impl KernelCore {
     /// # Errors
     /// [`RecvFailure`] when nothing is waiting, the kernel has no output, or its output
     /// consumer is taken.
+    #[inline]
     pub fn try_recv<R>(
         self: &Arc<Self>,
         f: impl FnOnce(SlotRef<'_>) -> R,
@@ -141,6 +233,7 @@ impl KernelCore {
     /// # Errors
     /// [`RecvFailure::Empty`] when nothing is waiting, `Closed` when the kernel stopped
     /// and nothing is left.
+    #[inline]
     pub fn try_recv_from<R>(
         self: &Arc<Self>,
         rx: &mut OutputConsumer,
@@ -176,6 +269,73 @@ impl KernelCore {
         }
     }
 
+    /// Takes up to `max` host-bound messages, in order, handing each to `f`, through the
+    /// shared receiving end (one lock for the batch), without waiting.
+    ///
+    /// # Errors
+    /// As [`KernelCore::try_recv_batch_from`], and `Taken` / `NoOutput` as
+    /// [`KernelCore::try_recv`].
+    #[inline]
+    pub fn try_recv_batch(
+        self: &Arc<Self>,
+        max: u32,
+        f: impl FnMut(SlotRef<'_>),
+    ) -> Result<u32, RecvFailure> {
+        let mut guard = self.outbox_rx.lock();
+        match guard.as_mut() {
+            Some(rx) => self.try_recv_batch_from(rx, max, f),
+            None if self.outbox.is_some() => Err(RecvFailure::Taken),
+            None => Err(RecvFailure::NoOutput),
+        }
+    }
+
+    /// Takes up to `max` host-bound messages from `rx` (the consumer returned by
+    /// [`KernelCore::take_output`]), in order, handing each to `f`, with one release of
+    /// the ring's `head` and at most one wake of a kernel stalled on the output; without
+    /// waiting. Returns how many it took: `Ok(0)` only when `max` is 0.
+    ///
+    /// # Errors
+    /// [`RecvFailure::Empty`] when nothing is waiting, `Closed` when the kernel stopped
+    /// and nothing is left.
+    #[inline]
+    pub fn try_recv_batch_from(
+        self: &Arc<Self>,
+        rx: &mut OutputConsumer,
+        max: u32,
+        mut f: impl FnMut(SlotRef<'_>),
+    ) -> Result<u32, RecvFailure> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let mut handed = 0;
+        let released = rx.consume(max, |slot| {
+            if slot.is_timed() {
+                let sent = u64::from(slot.corr[0]) | (u64::from(slot.corr[1]) << 32);
+                self.latency
+                    .record(crate::metrics::clock_ns().saturating_sub(sent));
+            }
+            f(SlotRef {
+                corr: slot.user_corr(),
+                ..slot
+            });
+            handed += 1;
+            Step::Next
+        });
+        if released > 0 {
+            self.after_output_consumed();
+        }
+        if handed > 0 {
+            return Ok(handed);
+        }
+        // As in `try_recv_from`: stopped and empty, re-checked after the flag.
+        // ORDERING: Acquire pairs with the Release store in `publish_state`.
+        if self.stopped.load(Ordering::Acquire) && rx.is_empty() && !self.restart_pending() {
+            Err(RecvFailure::Closed(self.state()))
+        } else {
+            Err(RecvFailure::Empty)
+        }
+    }
+
     /// Takes the output ring's consumer out for one receiving thread (no lock per
     /// message). Until it comes back through [`KernelCore::return_output`], `try_recv`
     /// fails with `Taken` and `terminate` leaves the output ring to its holder.
@@ -203,6 +363,7 @@ impl KernelCore {
         (!self.lane_taken.swap(true, Ordering::Acquire)).then(|| ExclusiveLane::new(self.clone()))
     }
 
+    #[inline]
     fn after_output_consumed(self: &Arc<Self>) {
         // ORDERING: orders our release of the slot before the load below; pairs with the
         // kernel's store of `output_stalled`, heavy fence and re-check of the ring in

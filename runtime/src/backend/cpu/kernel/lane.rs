@@ -22,6 +22,7 @@ impl ExclusiveLane {
     ///
     /// # Errors
     /// As [`KernelCore::try_send`].
+    #[inline]
     pub fn try_send(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
         let core = &self.core;
         // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
@@ -29,6 +30,28 @@ impl ExclusiveLane {
         // other claim on the lane runs concurrently; `close` may, which the claim handles.
         core.send_through(corr, payload, || unsafe {
             core.lane.try_claim_exclusive(1)
+        })
+    }
+}
+
+impl ExclusiveLane {
+    /// Writes up to `want` messages into the lane with one claim, one publish and one
+    /// wake, without waiting.
+    ///
+    /// # Errors
+    /// As [`KernelCore::try_send_batch`].
+    #[inline]
+    pub fn try_send_batch(
+        &mut self,
+        want: u32,
+        bytes: usize,
+        fill: impl FnMut(&mut [u8]) -> bool,
+    ) -> Result<u32, SendFailure> {
+        let core = &self.core;
+        // SAFETY: as in `try_send`: this is the lane's only `ExclusiveLane`, used from one
+        // thread through `&mut self`, so no other claim on the lane runs concurrently.
+        core.send_batch_through(&core.lane, want, bytes, fill, |n| unsafe {
+            core.lane.try_claim_exclusive(n)
         })
     }
 }
