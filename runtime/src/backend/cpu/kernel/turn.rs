@@ -229,7 +229,7 @@ impl KernelCore {
         }
         self.local.stash_pending.store(false, Ordering::Relaxed);
         let budget = self.config.quantum;
-        let started = std::time::Instant::now();
+        let started = crate::metrics::coarse_clock_ns();
         let mut emitter = Emitter {
             core: self,
             ports,
@@ -290,8 +290,11 @@ impl KernelCore {
         in_hand.store(NOT_IN_HAND, Ordering::Relaxed);
         let (emitted, mut stalls, stalled) = (emitter.emitted, emitter.stalls, emitter.stalled);
         if handled > 0 {
-            let busy = started.elapsed().as_nanos() as u64;
-            self.local.busy_ns.fetch_add(busy, Ordering::Relaxed);
+            // Coarse clock: an unbiased estimate over many turns, for the price of a load
+            // (see `coarse_clock_ns`). The thread running the kernel is the only writer.
+            let busy = crate::metrics::coarse_clock_ns().saturating_sub(started);
+            let local = &self.local.busy_ns;
+            local.store(local.load(Ordering::Relaxed) + busy, Ordering::Relaxed);
         }
         if stalled && self.flush_stash_after_turn(ports, stash) {
             stalls = stalls.saturating_sub(1);
