@@ -290,11 +290,7 @@ impl KernelCore {
         in_hand.store(NOT_IN_HAND, Ordering::Relaxed);
         let (emitted, mut stalls, stalled) = (emitter.emitted, emitter.stalls, emitter.stalled);
         if handled > 0 {
-            // Coarse clock: an unbiased estimate over many turns, for the price of a load
-            // (see `coarse_clock_ns`). The thread running the kernel is the only writer.
-            let busy = crate::metrics::coarse_clock_ns().saturating_sub(started);
-            let local = &self.local.busy_ns;
-            local.store(local.load(Ordering::Relaxed) + busy, Ordering::Relaxed);
+            self.add_busy(started);
         }
         if stalled && self.flush_stash_after_turn(ports, stash) {
             stalls = stalls.saturating_sub(1);
@@ -315,6 +311,15 @@ impl KernelCore {
         if let Some(reason) = panic {
             self.fault_on_panic(exec, &reason);
         }
+    }
+
+    /// Adds the time since `started` (a [`crate::metrics::coarse_clock_ns`] reading) to
+    /// the kernel's busy time: an unbiased estimate over many turns for the price of a
+    /// load. Only the thread running the kernel writes it.
+    fn add_busy(&self, started: u64) {
+        let busy = crate::metrics::coarse_clock_ns().saturating_sub(started);
+        let local = &self.local.busy_ns;
+        local.store(local.load(Ordering::Relaxed) + busy, Ordering::Relaxed);
     }
 
     /// Hands `handler` one message of a turn (see [`Consumer::consume`]'s steps).
