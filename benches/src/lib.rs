@@ -215,6 +215,15 @@ impl GyreEcho {
     /// # Panics
     /// When the runtime or the kernel fails to start.
     pub fn start(placement: Placement, workers: usize, wait: HostWait) -> Self {
+        Self::start_with(placement, workers, wait, false)
+    }
+
+    /// Like [`GyreEcho::start`]; with `batches`, the echo kernel's handler is the batch
+    /// form (`KernelSpec::cpu_batch`, the batch echoed with one `BatchEmit::emit_all`).
+    ///
+    /// # Panics
+    /// When the runtime or the kernel fails to start.
+    pub fn start_with(placement: Placement, workers: usize, wait: HostWait, batches: bool) -> Self {
         let runtime = Runtime::builder()
             .backend(Backend::Cpu)
             .workers(workers)
@@ -223,8 +232,12 @@ impl GyreEcho {
         let spec = KernelSpec::<Msg, Msg>::new("echo")
             .placement(placement)
             .capacity(CAPACITY)
-            .host_output(CAPACITY)
-            .cpu(|msg, out| Ok(out.emit(*msg)?));
+            .host_output(CAPACITY);
+        let spec = if batches {
+            spec.cpu_batch(|inputs, out| Ok(out.emit_all(inputs)?))
+        } else {
+            spec.cpu(|msg, out| Ok(out.emit(*msg)?))
+        };
         let kernel = runtime.launch(spec).expect("the echo kernel launches");
         kernel.activate().expect("the echo kernel activates");
         let (tx, rx) = match wait {
@@ -480,7 +493,8 @@ pub trait BatchEcho {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BatchSubject {
     /// gyre, `Placement::Dedicated`, `ExclusiveSender::send_batch` and
-    /// `Receiver::recv_batch`, [`BATCH`] at a time.
+    /// `Receiver::recv_batch`, [`BATCH`] at a time, into a batch echo handler
+    /// (`KernelSpec::cpu_batch` answering with `BatchEmit::emit_all`).
     GyreBatch,
     /// Baseline: two rtrb rings and a spinning echo thread, rtrb's chunk API on both
     /// sides, [`BATCH`] at a time.
@@ -502,9 +516,12 @@ impl BatchSubject {
     /// Starts the server.
     pub fn start(self) -> BatchServer {
         match self {
-            Self::GyreBatch => {
-                BatchServer::Gyre(GyreEcho::start(Placement::Dedicated, 1, HostWait::Blocking))
-            }
+            Self::GyreBatch => BatchServer::Gyre(GyreEcho::start_with(
+                Placement::Dedicated,
+                1,
+                HostWait::Blocking,
+                true,
+            )),
             Self::RtrbChunk => BatchServer::Rtrb(RtrbChunkEcho::start()),
         }
     }

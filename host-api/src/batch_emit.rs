@@ -22,27 +22,30 @@ pub struct BatchEmit<'a, 'b, Out> {
 
 /// Where the inputs of a batch are.
 enum Inputs<'a> {
-    /// A run of messages still in their inbox slots.
-    Run(&'a Batch<'a>),
+    /// A run of messages still in their inbox slots, with each one's correlation id and
+    /// whether it is timed (read once, with the inputs).
+    Run(&'a Batch<'a>, &'a [([u32; 2], bool)]),
     /// One message (a backend that hands over messages one at a time).
     One(Raw<'a>),
 }
 
 impl Inputs<'_> {
-    fn len(&self) -> usize {
+    /// Input `input`'s correlation id and whether it is timed.
+    #[inline]
+    fn source(&self, input: usize) -> ([u32; 2], bool) {
         match self {
-            Self::Run(batch) => batch.len(),
-            Self::One(_) => 1,
+            Self::Run(_, sources) => sources[input],
+            Self::One(message) => {
+                assert_eq!(input, 0, "input {input} is outside a batch of 1");
+                (message.corr, is_timed(message.tag))
+            }
         }
     }
 
-    fn with<R>(&self, input: usize, f: impl FnOnce(Raw<'_>) -> R) -> R {
+    fn len(&self) -> usize {
         match self {
-            Self::Run(batch) => batch.with(input, f),
-            Self::One(message) => {
-                assert_eq!(input, 0, "input {input} is outside a batch of 1");
-                f(*message)
-            }
+            Self::Run(batch, _) => batch.len(),
+            Self::One(_) => 1,
         }
     }
 }
@@ -72,11 +75,54 @@ impl<Out: Message> BatchEmit<'_, '_, Out> {
     /// When `input` is not an index of the batch.
     #[inline]
     pub fn emit_to(&mut self, port: u32, input: usize, message: Out) -> Result<(), EmitError> {
-        let corr = self.inputs.with(input, |source| {
-            self.inner.set_source(&source);
-            source.corr
-        });
+        let (corr, timed) = self.inputs.source(input);
+        self.inner.set_timed(timed.then_some(corr));
         self.inner.emit_to(port, corr, bytemuck::bytes_of(&message))
+    }
+
+    /// Emits `outputs` to output port 0, output `i` answering input `i` (carrying its
+    /// correlation id), as one run: into the host output or a downstream kernel routed
+    /// with the kernel as its only producer, room for all of them is claimed at once and
+    /// the consumer woken once. The handler form of a vectorised map.
+    ///
+    /// ```
+    /// use gyre::KernelSpec;
+    /// let spec = KernelSpec::<u64, u64>::new("square").cpu_batch(|inputs, out| {
+    ///     let squares: Vec<u64> = inputs.iter().map(|x| x * x).collect();
+    ///     Ok(out.emit_all(&squares)?)
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    /// As [`BatchEmit::emit`]; nothing is written when a message does not fit the
+    /// target's slots.
+    ///
+    /// # Panics
+    /// When there are more outputs than inputs.
+    #[inline]
+    pub fn emit_all(&mut self, outputs: &[Out]) -> Result<(), EmitError> {
+        self.emit_all_to(0, outputs)
+    }
+
+    /// [`BatchEmit::emit_all`] to output port `port`.
+    ///
+    /// # Errors
+    /// As [`BatchEmit::emit_all`], and [`EmitError::NoSuchPort`].
+    ///
+    /// # Panics
+    /// When there are more outputs than inputs.
+    pub fn emit_all_to(&mut self, port: u32, outputs: &[Out]) -> Result<(), EmitError> {
+        assert!(
+            outputs.len() <= self.inputs.len(),
+            "{} outputs for a batch of {} inputs: emit_all answers input i with output i",
+            outputs.len(),
+            self.inputs.len()
+        );
+        let inputs = &self.inputs;
+        self.inner.emit_run(port, outputs.len(), |i| {
+            let (corr, timed) = inputs.source(i);
+            (corr, timed, bytemuck::bytes_of(&outputs[i]))
+        })
     }
 
     /// Emits `message` to port `port` with correlation id `corr` (answering no input in
@@ -95,13 +141,10 @@ impl<Out: Message> BatchEmit<'_, '_, Out> {
     /// # Panics
     /// When `input` is not an index of the batch.
     pub fn corr(&self, input: usize) -> u64 {
-        self.inputs.with(input, |source| {
-            if source.tag & gyre_runtime::abi::TAG_KIND_MASK == gyre_runtime::abi::KIND_TIMED {
-                0
-            } else {
-                join(source.corr)
-            }
-        })
+        match self.inputs.source(input) {
+            (_, true) => 0,
+            (corr, false) => join(corr),
+        }
     }
 
     /// Number of output ports (see [`crate::KernelSpec::ports`]).
@@ -123,6 +166,7 @@ impl<Out> std::fmt::Debug for BatchEmit<'_, '_, Out> {
 pub(crate) struct BatchFn<In, Out, F> {
     handler: F,
     inputs: Vec<In>,
+    sources: Vec<([u32; 2], bool)>,
     _out: PhantomData<fn(Out)>,
 }
 
@@ -131,6 +175,7 @@ impl<In, Out, F> BatchFn<In, Out, F> {
         Self {
             handler,
             inputs: Vec::with_capacity(capacity),
+            sources: Vec::with_capacity(capacity),
             _out: PhantomData,
         }
     }
@@ -167,15 +212,25 @@ where
     ) -> Result<(), HandlerError> {
         let size = std::mem::size_of::<In>();
         self.inputs.clear();
+        self.sources.clear();
         for i in 0..batch.len() {
-            let input: In = batch.with(i, |m| *bytemuck::from_bytes(&m.payload[..size]));
+            let (input, source) = batch.with(i, |m| {
+                let input: In = *bytemuck::from_bytes(&m.payload[..size]);
+                (input, (m.corr, is_timed(m.tag)))
+            });
             self.inputs.push(input);
+            self.sources.push(source);
         }
         let mut emit = BatchEmit {
             inner: out,
-            inputs: Inputs::Run(batch),
+            inputs: Inputs::Run(batch, &self.sources),
             _out: PhantomData,
         };
         (self.handler)(&self.inputs, &mut emit)
     }
+}
+
+/// Whether a message's tag marks it timed (its correlation id is a host send time).
+fn is_timed(tag: u32) -> bool {
+    tag & gyre_runtime::abi::TAG_KIND_MASK == gyre_runtime::abi::KIND_TIMED
 }

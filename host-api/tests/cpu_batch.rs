@@ -229,3 +229,51 @@ fn a_terminate_hands_back_the_batch_of_a_stuck_handler() {
     assert_eq!(all, (0..40).collect::<Vec<_>>());
     assert!(back.windows(2).all(|w| w[0] < w[1]), "in order: {back:?}");
 }
+
+#[test]
+fn emit_all_answers_each_input_through_a_full_downstream_in_order() {
+    // Stage 1 maps batches with one run per batch into stage 2's lane, whose small ring
+    // fills: the rest of a run waits in the stash and goes on in order.
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let mut g = rt.group("runs");
+    let first = g.add(
+        KernelSpec::<u64, u64>::new("square")
+            .capacity(256)
+            .quantum(64)
+            .no_host_output()
+            .cpu_batch(|inputs, out| {
+                let squares: Vec<u64> = inputs.iter().map(|x| x * x).collect();
+                Ok(out.emit_all(&squares)?)
+            }),
+    );
+    let second = g.add(
+        KernelSpec::<u64, u64>::new("plus-one")
+            .capacity(8)
+            .host_output(4096)
+            .cpu_batch(|inputs, out| {
+                let next: Vec<u64> = inputs.iter().map(|x| x + 1).collect();
+                Ok(out.emit_all(&next)?)
+            }),
+    );
+    g.route(first, 0, second);
+    let group = g.launch().unwrap();
+    let head = group.kernel::<u64, u64>(first).unwrap();
+    let tail = group.kernel::<u64, u64>(second).unwrap();
+    group.activate().unwrap();
+    let count = 3000u64;
+    for x in 0..count {
+        head.send_with_corr(x, x + 7).unwrap();
+    }
+    for x in 0..count {
+        let (y, corr) = tail
+            .recv_with_corr_timeout(Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((y, corr), (x * x + 1, x + 7));
+    }
+    assert!(
+        head.metrics().stalls > 0,
+        "the small downstream ring filled"
+    );
+    let report = group.drain(Duration::from_secs(5));
+    assert_eq!(report.undelivered_count(), 0, "{report:?}");
+}

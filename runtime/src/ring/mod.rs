@@ -656,7 +656,10 @@ impl<M: RingMemory> Claim<'_, M> {
     ///
     /// # Panics
     /// When `i >= self.len()`.
-    #[inline]
+    // Always: the batch paths call it once per message in a loop, and out of line it
+    // costs a call and a run-time-length copy per message (seen in `perf`).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     pub fn write<R>(
         &self,
         i: u32,

@@ -436,6 +436,80 @@ impl Emitter<'_> {
         self.emit_slow(port, corr, payload)
     }
 
+    /// Emits `count` messages to output port `port` as one run: `item(i)` gives message
+    /// `i`'s correlation id, whether it answers a timed message (it then stays timed), and
+    /// its payload. Into a ring this kernel alone produces to (the host output, a
+    /// downstream lane) the run is written with one claim of the room it needs, one
+    /// publish and one wake of the consumer, instead of one of each per message; the
+    /// part that does not fit, and every other target, takes [`Emitter::emit_to`]'s path
+    /// message by message (a full target keeps the rest in the stash, in order).
+    ///
+    /// # Errors
+    /// As [`Emitter::emit_to`]; a payload too large for the target is found before
+    /// anything is written.
+    pub fn emit_run<'p>(
+        &mut self,
+        port: u32,
+        count: usize,
+        mut item: impl FnMut(usize) -> ([u32; 2], bool, &'p [u8]),
+    ) -> Result<(), super::EmitError> {
+        let mut done = 0;
+        if self.stash.is_empty() && count > 1 {
+            if let Some(slot) = self.ports.get(port as usize) {
+                let core = self.core;
+                let ring = match &slot.target {
+                    PortTarget::Host => core.outbox.as_ref(),
+                    PortTarget::Kernel {
+                        core: to,
+                        exclusive: true,
+                    } => Some(&to.lane),
+                    _ => None,
+                };
+                if let Some(ring) = ring {
+                    let max = ring.memory().layout().payload_bytes() as usize;
+                    if let Some(len) = (0..count).map(|i| item(i).2.len()).find(|&l| l > max) {
+                        return Err(super::EmitError::TooLarge { len, max });
+                    }
+                    if core.abandoned.load(Ordering::Relaxed) {
+                        return Err(super::EmitError::Abandoned);
+                    }
+                    let want = u32::try_from(count)
+                        .unwrap_or(u32::MAX)
+                        .min(ring.capacity());
+                    let room = ring.free_up_to(want).min(want);
+                    // SAFETY: as in `try_deliver`: this kernel's thread is the only
+                    // producer of the host output ring and of a lane its port owns.
+                    // Full or closed: the per-message path below stashes or dead-letters.
+                    if let Some(Ok(claim)) =
+                        (room > 0).then(|| unsafe { ring.try_claim_exclusive(room) })
+                    {
+                        for i in 0..room {
+                            let (corr, timed, payload) = item(i as usize);
+                            let kind = if timed {
+                                crate::abi::KIND_TIMED
+                            } else {
+                                KIND_MESSAGE
+                            };
+                            claim.write(i, make_tag(kind, core.id), corr, |body| {
+                                body[..payload.len()].copy_from_slice(payload);
+                            });
+                        }
+                        claim.publish();
+                        self.emitted += room;
+                        core.notify_target(&slot.target);
+                        done = room as usize;
+                    }
+                }
+            }
+        }
+        for i in done..count {
+            let (corr, timed, payload) = item(i);
+            self.timed_corr = timed.then_some(corr);
+            self.emit_to(port, corr, payload)?;
+        }
+        Ok(())
+    }
+
     /// [`Emitter::emit_to`] for everything but its inline case.
     #[cold]
     #[inline(never)]
@@ -522,6 +596,13 @@ impl Emitter<'_> {
     pub fn set_source(&mut self, message: &crate::handler::Message<'_>) {
         self.timed_corr = (message.tag & crate::abi::TAG_KIND_MASK == crate::abi::KIND_TIMED)
             .then_some(message.corr);
+    }
+
+    /// Makes the next emits answer a message with correlation id `corr` that was timed
+    /// (`Some`), or one that was not (`None`): see [`Emitter::set_source`].
+    #[inline]
+    pub fn set_timed(&mut self, corr: Option<[u32; 2]>) {
+        self.timed_corr = corr;
     }
 
     /// Makes the next emits answer no message in particular: they are never timed (see
