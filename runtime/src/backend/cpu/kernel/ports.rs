@@ -477,12 +477,13 @@ impl Emitter<'_> {
                         .unwrap_or(u32::MAX)
                         .min(ring.capacity());
                     let room = ring.free_up_to(want).min(want);
-                    // SAFETY: as in `try_deliver`: this kernel's thread is the only
-                    // producer of the host output ring and of a lane its port owns.
                     // Full or closed: the per-message path below stashes or dead-letters.
-                    if let Some(Ok(claim)) =
-                        (room > 0).then(|| unsafe { ring.try_claim_exclusive(room) })
-                    {
+                    let claimed = (room > 0).then(|| {
+                        // SAFETY: as in `try_deliver`: this kernel's thread is the only
+                        // producer of the host output ring and of a lane its port owns.
+                        unsafe { ring.try_claim_exclusive(room) }
+                    });
+                    if let Some(Ok(claim)) = claimed {
                         for i in 0..room {
                             let (corr, timed, payload) = item(i as usize);
                             let kind = if timed {
