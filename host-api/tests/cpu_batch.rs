@@ -277,3 +277,56 @@ fn emit_all_answers_each_input_through_a_full_downstream_in_order() {
     let report = group.drain(Duration::from_secs(5));
     assert_eq!(report.undelivered_count(), 0, "{report:?}");
 }
+
+/// What a handler emitted before it got stuck reaches the host through a downstream
+/// kernel: the emit woke the downstream consumer then, not at the end of the turn (which
+/// never comes). For one-message handlers and for a batch answered with `emit_all`.
+#[test]
+fn what_a_stuck_handler_emitted_is_not_held_back() {
+    for batch in [false, true] {
+        let rt = Runtime::builder()
+            .workers(2)
+            .command_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let mut g = rt.group("stuck");
+        let spec = KernelSpec::<u64, u64>::new("stuck").no_host_output();
+        let spec = if batch {
+            spec.cpu_batch(|inputs, out| {
+                out.emit_all(inputs)?;
+                loop {
+                    std::thread::park();
+                }
+            })
+        } else {
+            spec.cpu(|x, out| {
+                out.emit(*x)?;
+                loop {
+                    std::thread::park();
+                }
+            })
+        };
+        let first = g.add(spec);
+        let second =
+            g.add(KernelSpec::<u64, u64>::new("relay").cpu(|x, out| Ok(out.emit(*x + 1)?)));
+        g.route(first, 0, second);
+        let group = g.launch().unwrap();
+        let head = group.kernel::<u64, u64>(first).unwrap();
+        let tail = group.kernel::<u64, u64>(second).unwrap();
+        // Queued before activation: the batch handler gets all three in one batch (a run
+        // through `emit_run`); the one-message handler emits the first and gets stuck.
+        for x in [41, 42, 43] {
+            head.send(x).unwrap();
+        }
+        group.activate().unwrap();
+        let expected: &[u64] = if batch { &[42, 43, 44] } else { &[42] };
+        for &y in expected {
+            assert_eq!(
+                tail.recv_timeout(Duration::from_secs(5)).unwrap(),
+                y,
+                "batch {batch}"
+            );
+        }
+        drop(group.terminate());
+    }
+}
