@@ -2,10 +2,10 @@
 //! `std::alloc::System` counts every allocation on every thread (the caller's, the worker
 //! pool's, a dedicated kernel's) while a scenario's measured window is open. Each scenario
 //! launches its kernels, warms up (so that lazy, once-only allocations happen first), then
-//! moves `MEASURED` messages through a hot path (send, handler, emit, kernel-to-kernel
-//! delivery, receive; one message at a time, or `BATCH` at a time with `send_batch` and
-//! `recv_batch`) and checks what was allocated meanwhile: with dedicated kernels
-//! nothing (measured: 0 in nearly every run; a few once-only allocations in parking_lot
+//! moves `MEASURED` messages through a hot path (send, handler or batch handler, emit,
+//! kernel-to-kernel delivery, receive; one message at a time, or `BATCH` at a time with
+//! `send_batch` and `recv_batch`) and checks what was allocated meanwhile: with dedicated
+//! kernels nothing (measured: 0 in nearly every run; a few once-only allocations in parking_lot
 //! are tolerated, see `ONCE_ONLY`); with pooled kernels also the pool's run-queue blocks,
 //! one per 63 wake-ups (see `allowed`).
 //!
@@ -308,9 +308,10 @@ const BATCH: usize = 64;
 
 /// Sends `n` messages (rounded up to whole batches) `BATCH` at a time through `send`
 /// and receives each batch back through `recv` into a buffer with room for it; checks
-/// every echo.
+/// that the answer to `x` is `expected(x)`, in order.
 fn batch_trips(
     n: u64,
+    expected: fn(u64) -> u64,
     mut send: impl FnMut(&[u64]) -> usize,
     mut recv: impl FnMut(&mut Vec<u64>) -> usize,
     buf: &mut Vec<u64>,
@@ -328,16 +329,39 @@ fn batch_trips(
             assert!((1..=BATCH).contains(&took));
         }
         for (got, sent) in buf.iter().zip(&inputs) {
-            assert_eq!(*got, sent + 1);
+            assert_eq!(*got, expected(*sent));
         }
         next += BATCH as u64;
     }
 }
 
-/// `ExclusiveSender::send_batch` and `Receiver::recv_batch`, `BATCH` at a time.
+/// `ExclusiveSender::send_batch` and `Receiver::recv_batch`, `BATCH` at a time, through
+/// the `.cpu` echo (one handler call per message).
 fn exclusive_batches(placement: Placement) -> u64 {
+    exclusive_batches_through(echo("batches", placement), |x| x + 1)
+}
+
+/// A kernel with a batch handler (`cpu_batch`) answering each input with itself through
+/// `BatchEmit::emit_all` (one claim, one publish, one wake per run of outputs).
+fn batch_echo(name: &str, placement: Placement) -> KernelSpec<u64, u64> {
+    KernelSpec::<u64, u64>::new(name)
+        .placement(placement)
+        .capacity(256)
+        .cpu_batch(|inputs, out| Ok(out.emit_all(inputs)?))
+}
+
+/// `ExclusiveSender::send_batch` and `Receiver::recv_batch`, `BATCH` at a time, through
+/// a batch handler: it is handed each run of inputs ready in its inbox at once, and
+/// writes its outputs as one run.
+fn batch_handler(placement: Placement) -> u64 {
+    exclusive_batches_through(batch_echo("batch-handler", placement), |x| x)
+}
+
+/// `ExclusiveSender::send_batch` and `Receiver::recv_batch`, `BATCH` at a time, through
+/// the kernel `spec` launches, which answers `x` with `expected(x)`.
+fn exclusive_batches_through(spec: KernelSpec<u64, u64>, expected: fn(u64) -> u64) -> u64 {
     let rt = Runtime::builder().workers(1).build().unwrap();
-    let k = rt.launch(echo("batches", placement)).unwrap();
+    let k = rt.launch(spec).unwrap();
     k.activate().unwrap();
     let mut tx = k.exclusive_sender().unwrap();
     let mut rx = k.receiver().unwrap();
@@ -345,6 +369,7 @@ fn exclusive_batches(placement: Placement) -> u64 {
     let mut trips = |tx: &mut ExclusiveSender<u64>, rx: &mut Receiver<u64>, n: u64| {
         batch_trips(
             n,
+            expected,
             |m| tx.send_batch(m).unwrap(),
             |b| rx.recv_batch_timeout(b, BATCH, SECOND * 10).unwrap(),
             &mut buf,
@@ -353,7 +378,7 @@ fn exclusive_batches(placement: Placement) -> u64 {
     trips(&mut tx, &mut rx, WARM_UP);
     park_everyone(
         || tx.send(7).unwrap(),
-        || assert_eq!(rx.recv_timeout(SECOND * 10).unwrap(), 8),
+        || assert_eq!(rx.recv_timeout(SECOND * 10).unwrap(), expected(7)),
     );
     let allocations = measure(|| trips(&mut tx, &mut rx, MEASURED));
     drop((tx, rx));
@@ -374,6 +399,7 @@ fn shared_batches(placement: Placement) -> u64 {
     let trips = |n: u64, buf: &mut Vec<u64>| {
         batch_trips(
             n,
+            |x| x + 1,
             |m| k.send_batch(m).unwrap(),
             |b| k.recv_batch_timeout(b, BATCH, SECOND * 10).unwrap(),
             buf,
@@ -390,6 +416,50 @@ fn shared_batches(placement: Placement) -> u64 {
         report.undelivered.is_empty() && !report.timed_out,
         "{report:?}"
     );
+    allocations
+}
+
+/// A 2-stage `Runtime::pipeline` of batch handlers, `BATCH` at a time through
+/// `Pipeline::send_batch` and `Pipeline::recv_batch`: the first stage writes its outputs
+/// into the second's inbox as one run (`emit_all`, kernel to kernel), the second answers
+/// input by input (`BatchEmit::emit`) into the host output. (Kernel-to-kernel delivery
+/// between `.cpu` handlers is the 3-stage `pipeline` scenario.)
+fn batch_pipeline(placement: Placement) -> u64 {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let p = rt
+        .pipeline::<u64>("batches")
+        .stage(batch_echo("runs", placement))
+        .stage(
+            KernelSpec::<u64, u64>::new("each")
+                .placement(placement)
+                .capacity(256)
+                .cpu_batch(|inputs, out| {
+                    for (i, x) in inputs.iter().enumerate() {
+                        out.emit(i, x + 1)?;
+                    }
+                    Ok(())
+                }),
+        )
+        .launch()
+        .unwrap();
+    p.activate().unwrap();
+    let mut buf = Vec::with_capacity(2 * BATCH);
+    let trips = |n: u64, buf: &mut Vec<u64>| {
+        batch_trips(
+            n,
+            |x| x + 1,
+            |m| p.send_batch(m).unwrap(),
+            |b| p.recv_batch_timeout(b, BATCH, SECOND * 10).unwrap(),
+            buf,
+        );
+    };
+    trips(WARM_UP, &mut buf);
+    park_everyone(
+        || p.send(7).unwrap(),
+        || assert_eq!(p.recv_timeout(SECOND * 10).unwrap(), 8),
+    );
+    let allocations = measure(|| trips(MEASURED, &mut buf));
+    assert_eq!(p.drain(SECOND * 5).undelivered_count(), 0);
     allocations
 }
 
@@ -428,6 +498,18 @@ fn the_cpu_hot_paths_allocate_nothing_per_message() {
                 placement,
                 1,
                 shared_batches(placement),
+            ),
+            (
+                "cpu_batch + emit_all, send_batch/recv_batch",
+                placement,
+                1,
+                batch_handler(placement),
+            ),
+            (
+                "2-stage pipeline of cpu_batch, send_batch/recv_batch",
+                placement,
+                2,
+                batch_pipeline(placement),
             ),
         ]);
     }
