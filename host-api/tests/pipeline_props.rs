@@ -62,6 +62,9 @@ struct KernelPlan {
     poison: Option<u64>,
     /// Fails ids whose residue modulo [`FAIL_MOD`] is this.
     fail: Option<u64>,
+    /// The handler takes batches (`cpu_batch`): a poisoned or failing id in a batch
+    /// panics or fails the whole batch, and a single-port kernel answers with `emit_all`.
+    batch: bool,
 }
 
 fn kernel_plan() -> impl Strategy<Value = KernelPlan> {
@@ -72,15 +75,17 @@ fn kernel_plan() -> impl Strategy<Value = KernelPlan> {
         prop_oneof![Just(1u32), Just(4), Just(64)],
         prop::option::weighted(0.15, 0..POISON_MOD),
         prop::option::weighted(0.25, 0..FAIL_MOD),
+        prop::bool::weighted(0.3),
     )
         .prop_map(
-            |(dedicated, capacity_log2, output_log2, quantum, poison, fail)| KernelPlan {
+            |(dedicated, capacity_log2, output_log2, quantum, poison, fail, batch)| KernelPlan {
                 dedicated,
                 capacity_log2,
                 output_log2,
                 quantum,
                 poison,
                 fail,
+                batch,
             },
         )
 }
@@ -331,8 +336,36 @@ fn spec(i: usize, plan: &KernelPlan, ports: usize) -> KernelSpec<M, M> {
             Placement::Dedicated
         } else {
             Placement::Pool
+        });
+    let spec = if plan.batch {
+        spec.cpu_batch(move |inputs, out| {
+            if let Some(m) = inputs
+                .iter()
+                .find(|m| poison.is_some_and(|r| m.id % POISON_MOD == r))
+            {
+                panic!("{POISON_PANIC} {} in k{i}", m.id);
+            }
+            if let Some(m) = inputs
+                .iter()
+                .find(|m| fail.is_some_and(|r| m.id % FAIL_MOD == r))
+            {
+                return Err(HandlerError(format!("k{i} refuses message {}", m.id)));
+            }
+            let next = |m: &M| M {
+                id: m.id,
+                hops: m.hops + 1,
+            };
+            if ports_u64 == 1 {
+                let outputs: Vec<M> = inputs.iter().map(next).collect();
+                return Ok(out.emit_all(&outputs)?);
+            }
+            for (n, m) in inputs.iter().enumerate() {
+                out.emit_to((m.id % ports_u64) as u32, n, next(m))?;
+            }
+            Ok(())
         })
-        .cpu(move |m, out| {
+    } else {
+        spec.cpu(move |m, out| {
             let poisoned = poison.is_some_and(|r| m.id % POISON_MOD == r);
             assert!(!poisoned, "{POISON_PANIC} {} in k{i}", m.id);
             if fail.is_some_and(|r| m.id % FAIL_MOD == r) {
@@ -343,7 +376,8 @@ fn spec(i: usize, plan: &KernelPlan, ports: usize) -> KernelSpec<M, M> {
                 hops: m.hops + 1,
             };
             Ok(out.emit_to((m.id % ports_u64) as u32, next)?)
-        });
+        })
+    };
     if ports == 0 {
         spec
     } else {
