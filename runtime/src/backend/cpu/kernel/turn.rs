@@ -140,7 +140,16 @@ impl KernelCore {
                 self.thread_alive.store(false, Ordering::Relaxed);
                 return;
             }
-            if self.has_work() {
+            // Linger a little with the lock held, as a pool worker does: the next message
+            // of an exchange usually comes within a round trip, and releasing and taking
+            // the lock again costs two locked instructions per message. Lifecycle calls
+            // that need the lock wait at most these few microseconds more.
+            if (0..=LINGER_ROUNDS).any(|round| {
+                if round > 0 {
+                    std::hint::spin_loop();
+                }
+                self.has_work()
+            }) {
                 continue;
             }
             MutexGuard::unlocked(&mut exec, || {
