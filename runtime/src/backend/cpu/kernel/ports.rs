@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::{Emitter, KernelCore};
 use crate::abi::{make_tag, KIND_MESSAGE};
-use crate::ring::{ClaimError, SlotRef};
+use crate::ring::{ClaimError, Producer, SlotRef};
 use crate::routing::RouteError;
 use crate::sync::{asym, Ordering};
 
@@ -122,6 +122,20 @@ impl Port {
         Self {
             target,
             delivered: 0,
+        }
+    }
+
+    /// The ring this port writes into as its only producer (the host output of `core`,
+    /// the kernel this port belongs to, or a downstream lane the port owns), if it has one.
+    #[inline]
+    fn exclusive_ring<'a>(&'a self, core: &'a KernelCore) -> Option<&'a Producer<super::Ring>> {
+        match &self.target {
+            PortTarget::Host => core.outbox.as_ref(),
+            PortTarget::Kernel {
+                core: to,
+                exclusive: true,
+            } => Some(&to.lane),
+            _ => None,
         }
     }
 }
@@ -407,14 +421,7 @@ impl Emitter<'_> {
         if self.timed_corr.is_none() && self.stash.is_empty() {
             if let Some(slot) = self.ports.get(port as usize) {
                 let core = self.core;
-                let ring = match &slot.target {
-                    PortTarget::Host => core.outbox.as_ref(),
-                    PortTarget::Kernel {
-                        core: to,
-                        exclusive: true,
-                    } => Some(&to.lane),
-                    _ => None,
-                };
+                let ring = slot.exclusive_ring(core);
                 if let Some(ring) = ring {
                     if !core.abandoned.load(Ordering::Relaxed) {
                         let tag = make_tag(KIND_MESSAGE, core.id);
@@ -457,14 +464,7 @@ impl Emitter<'_> {
         if self.stash.is_empty() && count > 1 {
             if let Some(slot) = self.ports.get(port as usize) {
                 let core = self.core;
-                let ring = match &slot.target {
-                    PortTarget::Host => core.outbox.as_ref(),
-                    PortTarget::Kernel {
-                        core: to,
-                        exclusive: true,
-                    } => Some(&to.lane),
-                    _ => None,
-                };
+                let ring = slot.exclusive_ring(core);
                 if let Some(ring) = ring {
                     let max = ring.memory().layout().payload_bytes() as usize;
                     if let Some(len) = (0..count).map(|i| item(i).2.len()).find(|&l| l > max) {
