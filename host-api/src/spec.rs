@@ -39,6 +39,7 @@ impl<Out: Message> Emit<'_, '_, Out> {
     /// # Errors
     /// [`EmitError`] when the port is unbound or the message does not fit the target's
     /// slots. Returning the error from the handler sends the input to the dead letters.
+    #[inline]
     pub fn emit(&mut self, message: Out) -> Result<(), EmitError> {
         self.inner.emit(self.corr, bytemuck::bytes_of(&message))
     }
@@ -47,6 +48,7 @@ impl<Out: Message> Emit<'_, '_, Out> {
     ///
     /// # Errors
     /// As [`Emit::emit`], and [`EmitError::NoSuchPort`].
+    #[inline]
     pub fn emit_to(&mut self, port: u32, message: Out) -> Result<(), EmitError> {
         self.inner
             .emit_to(port, self.corr, bytemuck::bytes_of(&message))
