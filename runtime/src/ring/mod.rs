@@ -302,6 +302,26 @@ impl<M: RingMemory> Producer<M> {
         corr: [u32; 2],
         payload: &[u8],
     ) -> Result<(), ClaimError> {
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { self.push_exclusive_at(|_| (tag, corr), payload) }
+    }
+
+    /// [`Producer::push_exclusive`] with the tag and correlation id chosen from the
+    /// position the message gets (`header(position)`, called once, only when the message
+    /// is written): how a sender samples one position in N for latency timing.
+    ///
+    /// # Errors
+    /// As [`Producer::push_exclusive`].
+    ///
+    /// # Safety
+    /// As [`Producer::push_exclusive`].
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub unsafe fn push_exclusive_at(
+        &self,
+        header: impl FnOnce(u32) -> (u32, [u32; 2]),
+        payload: &[u8],
+    ) -> Result<(), ClaimError> {
         if payload.len() > (self.mem.slot_bytes() - crate::abi::SLOT_HEADER_BYTES) as usize {
             return Err(ClaimError::TooMany);
         }
@@ -333,6 +353,7 @@ impl<M: RingMemory> Producer<M> {
             self.stamp_full(tail);
             return Err(ClaimError::Closed);
         }
+        let (tag, corr) = header(tail);
         // SAFETY: as in `Claim::write`: the position is ours alone (single producer, the
         // room check proved the consumer released its previous lap), not stamped yet.
         unsafe {

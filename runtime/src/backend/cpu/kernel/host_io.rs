@@ -38,6 +38,24 @@ pub enum RecvFailure {
     NoOutput,
 }
 
+/// The tag and correlation id of a host-sent message at `position`: one position in
+/// [`crate::metrics::LATENCY_SAMPLE_EVERY`] (by position: no shared counter) is timed —
+/// its correlation id carries the send time — if it carries no correlation id of the
+/// user's.
+#[inline]
+pub(super) fn host_header(position: u32, corr: [u32; 2]) -> (u32, [u32; 2]) {
+    let every = crate::metrics::LATENCY_SAMPLE_EVERY;
+    if (corr[0] | corr[1]) == 0 && position % every == every - 1 {
+        let now = crate::metrics::clock_ns();
+        (
+            make_tag(crate::abi::KIND_TIMED, crate::abi::HOST_SENDER_ID),
+            [now as u32, (now >> 32) as u32],
+        )
+    } else {
+        (make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID), corr)
+    }
+}
+
 impl KernelCore {
     /// Writes one message into the inbox in place, without waiting.
     ///
@@ -71,18 +89,7 @@ impl KernelCore {
         }
         match claim() {
             Ok(claim) => {
-                // Time one message in LATENCY_SAMPLE_EVERY (by position: no shared
-                // counter), if it carries no correlation id of the user's.
-                let (kind, corr) = if (corr[0] | corr[1]) == 0
-                    && claim.start() % crate::metrics::LATENCY_SAMPLE_EVERY
-                        == crate::metrics::LATENCY_SAMPLE_EVERY - 1
-                {
-                    let now = crate::metrics::clock_ns();
-                    (crate::abi::KIND_TIMED, [now as u32, (now >> 32) as u32])
-                } else {
-                    (KIND_MESSAGE, corr)
-                };
-                let tag = make_tag(kind, crate::abi::HOST_SENDER_ID);
+                let (tag, corr) = host_header(claim.start(), corr);
                 claim.write(0, tag, corr, |slot| {
                     slot[..payload.len()].copy_from_slice(payload);
                 });
@@ -152,22 +159,10 @@ impl KernelCore {
                 Err(ClaimError::TooMany) => unreachable!("claims are capped at the capacity"),
             }
         };
-        let every = crate::metrics::LATENCY_SAMPLE_EVERY;
         let start = claim.start();
-        let plain = make_tag(KIND_MESSAGE, crate::abi::HOST_SENDER_ID);
         let mut written = 0;
         while written < claim.len() {
-            let position = start.wrapping_add(written);
-            // Time one message in LATENCY_SAMPLE_EVERY, by position, as `send_through`.
-            let (tag, corr) = if position % every == every - 1 {
-                let now = crate::metrics::clock_ns();
-                (
-                    make_tag(crate::abi::KIND_TIMED, crate::abi::HOST_SENDER_ID),
-                    [now as u32, (now >> 32) as u32],
-                )
-            } else {
-                (plain, [0, 0])
-            };
+            let (tag, corr) = host_header(start.wrapping_add(written), [0, 0]);
             if !claim.write(written, tag, corr, &mut fill) {
                 break;
             }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
+use super::host_io::host_header;
 use super::{KernelCore, SendFailure};
+use crate::ring::ClaimError;
 use crate::sync::Ordering;
 
 /// The exclusive right to send through a kernel's single-producer lane: a second inbox
@@ -25,12 +27,27 @@ impl ExclusiveLane {
     #[inline]
     pub fn try_send(&mut self, corr: [u32; 2], payload: &[u8]) -> Result<(), SendFailure> {
         let core = &self.core;
+        let max = core.config.inbox.payload_bytes() as usize;
+        if payload.len() > max {
+            return Err(SendFailure::TooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
         // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
         // out one until it is dropped) and `&mut self` keeps its use on one thread, so no
-        // other claim on the lane runs concurrently; `close` may, which the claim handles.
-        core.send_through(corr, payload, || unsafe {
-            core.lane.try_claim_exclusive(1)
-        })
+        // other claim on the lane runs concurrently; `close` may, which the push handles.
+        let pushed =
+            unsafe { core.lane.push_exclusive_at(|p| host_header(p, corr), payload) };
+        match pushed {
+            Ok(()) => {
+                core.wake();
+                Ok(())
+            }
+            Err(ClaimError::Full { .. }) => Err(SendFailure::Full),
+            Err(ClaimError::Closed) => Err(SendFailure::Closed(core.closed_state())),
+            Err(ClaimError::TooMany) => unreachable!("the payload size was checked"),
+        }
     }
 }
 
