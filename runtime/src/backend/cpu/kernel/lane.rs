@@ -37,8 +37,10 @@ impl ExclusiveLane {
         // SAFETY: this value is the only `ExclusiveLane` of the kernel (`take_lane` hands
         // out one until it is dropped) and `&mut self` keeps its use on one thread, so no
         // other claim on the lane runs concurrently; `close` may, which the push handles.
-        let pushed =
-            unsafe { core.lane.push_exclusive_at(|p| host_header(p, corr), payload) };
+        let pushed = unsafe {
+            core.lane
+                .push_exclusive_at(|p| host_header(p, corr), payload)
+        };
         match pushed {
             Ok(()) => {
                 core.wake();
