@@ -16,38 +16,10 @@ use crate::Message;
 /// no more input meanwhile.
 pub struct BatchEmit<'a, 'b, Out> {
     inner: &'a mut Emitter<'b>,
-    inputs: Inputs<'a>,
+    /// Each input's correlation id and whether it is timed (a host send time rides in
+    /// the correlation id), read once, with the inputs.
+    sources: &'a [([u32; 2], bool)],
     _out: PhantomData<fn(Out)>,
-}
-
-/// Where the inputs of a batch are.
-enum Inputs<'a> {
-    /// A run of messages still in their inbox slots, with each one's correlation id and
-    /// whether it is timed (read once, with the inputs).
-    Run(&'a Batch<'a>, &'a [([u32; 2], bool)]),
-    /// One message (a backend that hands over messages one at a time).
-    One(Raw<'a>),
-}
-
-impl Inputs<'_> {
-    /// Input `input`'s correlation id and whether it is timed.
-    #[inline]
-    fn source(&self, input: usize) -> ([u32; 2], bool) {
-        match self {
-            Self::Run(_, sources) => sources[input],
-            Self::One(message) => {
-                assert_eq!(input, 0, "input {input} is outside a batch of 1");
-                (message.corr, is_timed(message.tag))
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::Run(batch, _) => batch.len(),
-            Self::One(_) => 1,
-        }
-    }
 }
 
 impl<Out: Message> BatchEmit<'_, '_, Out> {
@@ -75,7 +47,7 @@ impl<Out: Message> BatchEmit<'_, '_, Out> {
     /// When `input` is not an index of the batch.
     #[inline]
     pub fn emit_to(&mut self, port: u32, input: usize, message: Out) -> Result<(), EmitError> {
-        let (corr, timed) = self.inputs.source(input);
+        let (corr, timed) = self.sources[input];
         self.inner.set_timed(timed.then_some(corr));
         self.inner.emit_to(port, corr, bytemuck::bytes_of(&message))
     }
@@ -113,14 +85,14 @@ impl<Out: Message> BatchEmit<'_, '_, Out> {
     /// When there are more outputs than inputs.
     pub fn emit_all_to(&mut self, port: u32, outputs: &[Out]) -> Result<(), EmitError> {
         assert!(
-            outputs.len() <= self.inputs.len(),
+            outputs.len() <= self.sources.len(),
             "{} outputs for a batch of {} inputs: emit_all answers input i with output i",
             outputs.len(),
-            self.inputs.len()
+            self.sources.len()
         );
-        let inputs = &self.inputs;
+        let sources = self.sources;
         self.inner.emit_run(port, outputs.len(), |i| {
-            let (corr, timed) = inputs.source(i);
+            let (corr, timed) = sources[i];
             (corr, timed, bytemuck::bytes_of(&outputs[i]))
         })
     }
@@ -141,7 +113,7 @@ impl<Out: Message> BatchEmit<'_, '_, Out> {
     /// # Panics
     /// When `input` is not an index of the batch.
     pub fn corr(&self, input: usize) -> u64 {
-        match self.inputs.source(input) {
+        match self.sources[input] {
             (_, true) => 0,
             (corr, false) => join(corr),
         }
@@ -156,7 +128,7 @@ impl<Out: Message> BatchEmit<'_, '_, Out> {
 impl<Out> std::fmt::Debug for BatchEmit<'_, '_, Out> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchEmit")
-            .field("inputs", &self.inputs.len())
+            .field("inputs", &self.sources.len())
             .finish()
     }
 }
@@ -193,9 +165,11 @@ where
         let input: In = *bytemuck::from_bytes(&message.payload[..size]);
         self.inputs.clear();
         self.inputs.push(input);
+        self.sources.clear();
+        self.sources.push((message.corr, is_timed(message.tag)));
         let mut emit = BatchEmit {
             inner: out,
-            inputs: Inputs::One(message),
+            sources: &self.sources,
             _out: PhantomData,
         };
         (self.handler)(&self.inputs, &mut emit)
@@ -223,7 +197,7 @@ where
         }
         let mut emit = BatchEmit {
             inner: out,
-            inputs: Inputs::Run(batch, &self.sources),
+            sources: &self.sources,
             _out: PhantomData,
         };
         (self.handler)(&self.inputs, &mut emit)
