@@ -27,8 +27,7 @@ fn gyre(capacity: u32) -> f64 {
     while done < MESSAGES {
         for _ in 0..batch {
             // SAFETY: this thread is the ring's only producer.
-            unsafe { producer.push_exclusive(1, [0, 0], &payload) }
-                .expect("half the ring is free");
+            unsafe { producer.push_exclusive(1, [0, 0], &payload) }.expect("half the ring is free");
         }
         consumer.consume(batch, |slot| {
             sum += u64::from(slot.payload[0]);
