@@ -137,6 +137,18 @@ impl Backing {
         }
     }
 
+    /// Messages waiting in the kernel's inbox (every inbox ring together) and the slots
+    /// of one inbox ring: racy gauges, read from the rings' cursors.
+    pub(crate) fn inbox(&self) -> (u32, u32) {
+        match self {
+            Self::Cpu(core) => (core.inbox_len(), core.inbox_capacity()),
+            Self::Device(d) => {
+                let s = d.group.group.sample(d.k);
+                (s.inbox_depth, s.inbox_capacity)
+            }
+        }
+    }
+
     /// The signal a sender waits on for room.
     pub(crate) fn space(&self) -> &Signal {
         match self {

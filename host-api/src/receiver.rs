@@ -187,6 +187,19 @@ impl<Out: Message> Receiver<Out> {
         rx.try_recv_with(&self.backing, |p, _| read::<Out>(p))
     }
 
+    /// Receives with its correlation id without waiting; `Ok(None)` when nothing is there
+    /// yet.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub fn try_recv_with_corr(&mut self) -> Result<Option<(Out, u64)>, Error> {
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
+        rx.try_recv_with(&self.backing, |p, corr| (read::<Out>(p), join(corr)))
+    }
+
     /// Receives up to `max` messages into `buf` (appended, in order), waiting until at
     /// least one is there. On the CPU the batch is one consume of the output ring: one
     /// release of its `head` and at most one wake of a kernel stalled on it, no lock;

@@ -144,6 +144,18 @@ impl<In: Message> Sender<In> {
         &self.backing
     }
 
+    /// Messages waiting in the kernel's inbox now (every producer's, the shared ring and
+    /// the exclusive lane together): a racy gauge read from the rings' cursors. A message
+    /// this sender sent and the inbox no longer holds was taken by the kernel.
+    pub fn inbox_len(&self) -> u32 {
+        self.backing.inbox().0
+    }
+
+    /// Slots of the kernel's inbox ring (what a full inbox holds).
+    pub fn inbox_capacity(&self) -> u32 {
+        self.backing.inbox().1
+    }
+
     /// This sender with another policy.
     #[must_use]
     pub fn backpressure(mut self, policy: Backpressure) -> Self {

@@ -211,6 +211,12 @@ impl CpuKernel {
         self.0.inbox_len()
     }
 
+    /// Slots of one inbox ring (the shared ring; the lane has as many).
+    #[inline]
+    pub fn inbox_capacity(&self) -> u32 {
+        self.0.config().inbox.capacity()
+    }
+
     /// The heartbeat word.
     #[inline]
     pub fn heartbeat(&self) -> u32 {

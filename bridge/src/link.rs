@@ -1,0 +1,706 @@
+//! The sending half: a host receiver forwarded to a remote export.
+//!
+//! One thread per link. It reads the receiver only while it has credit, numbers what it
+//! reads, keeps every message until the export says the kernel took it, resends from the
+//! first unacknowledged message after a gap, a reconnect or a new incarnation of the
+//! export, and says how the link is doing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use zenoh::Wait;
+
+use crate::wire::{self, Ack, FrameHeader, Hello, Welcome};
+use crate::{random_id, BridgeError, WireType};
+
+/// How a link behaves.
+#[derive(Clone, Debug)]
+pub struct LinkOptions {
+    /// How long [`crate::Bridge::link`] waits for the export to answer. Default 5 s.
+    pub connect_timeout: Duration,
+    /// With no word from the export for this long the link is degraded and says hello
+    /// again (then resends what was not acknowledged). Default 1 s.
+    pub silence: Duration,
+    /// With no word from the export for this long the link gives up: it stops, its
+    /// health is [`LinkHealth::Failed`], and [`Link::terminate`] hands back every
+    /// unacknowledged message. Default 10 s.
+    pub link_timeout: Duration,
+    /// The most messages in one frame. Default 256.
+    pub max_batch: usize,
+    /// The name the type goes by on the wire (default: its Rust type name).
+    pub wire_name: Option<String>,
+}
+
+impl Default for LinkOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            silence: Duration::from_secs(1),
+            link_timeout: Duration::from_secs(10),
+            max_batch: 256,
+            wire_name: None,
+        }
+    }
+}
+
+/// Counters of a link, since it started.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LinkMetrics {
+    /// Messages read from the receiver and sent (first sends).
+    pub sent: u64,
+    /// Messages the export wrote into the remote inbox.
+    pub delivered: u64,
+    /// Messages the remote kernel took from its inbox: acknowledged, forgotten here.
+    pub acknowledged: u64,
+    /// Messages sent again (after a gap, a reconnect or a new remote incarnation).
+    pub retransmitted: u64,
+    /// Times the link ran out of credit and stopped reading its receiver (the upstream
+    /// kernel then stalls on its full output ring).
+    pub credit_stalls: u64,
+    /// Messages sent and not yet acknowledged (never more than the credit window).
+    pub in_flight: u64,
+    /// Times the link said hello again after silence or a reset.
+    pub reconnects: u64,
+    /// Round trip of the last frame: sent until the export said it was written into the
+    /// inbox.
+    pub round_trip: Option<Duration>,
+    /// Moving average of the round trip (1/8 weight per sample).
+    pub round_trip_avg: Option<Duration>,
+}
+
+/// How a link is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkHealth {
+    /// Acknowledgements arrive.
+    Up,
+    /// No word from the export for a while, or it restarted: the link is reconnecting
+    /// and will resend what was not acknowledged.
+    Degraded {
+        /// Why.
+        reason: String,
+    },
+    /// The link gave up (no word for longer than the link timeout); terminate it for
+    /// the report.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Drained: everything it sent was taken by the remote kernel.
+    Finished,
+}
+
+/// What a link hands back when it stops.
+pub struct LinkReport<Out> {
+    /// The key it sent to.
+    pub key: String,
+    /// Every message sent and not acknowledged, in order, with its correlation id.
+    pub undelivered: Vec<(Out, u64)>,
+    /// The receiver it read from, with whatever the link did not read yet (give it to a
+    /// new link, or read it).
+    pub receiver: gyre::Receiver<Out>,
+    /// Its counters at the end.
+    pub metrics: LinkMetrics,
+    /// Why it stopped early, if it did (a failure or a drain that timed out).
+    pub failure: Option<String>,
+    /// The export confirmed the drain: everything sent was taken.
+    pub finished: bool,
+}
+
+impl<Out> std::fmt::Debug for LinkReport<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkReport")
+            .field("key", &self.key)
+            .field("undelivered", &self.undelivered.len())
+            .field("metrics", &self.metrics)
+            .field("failure", &self.failure)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Run,
+    Drain(Instant),
+    Terminate,
+}
+
+struct Shared {
+    command: Mutex<Command>,
+    metrics: Mutex<LinkMetrics>,
+    health: Mutex<LinkHealth>,
+}
+
+/// A receiver forwarded to a remote export (see [`crate::Bridge::link`]). Dropping it
+/// terminates it: what was not acknowledged is logged as a warning with its count; call
+/// [`Link::terminate`] or [`Link::drain`] to get it back instead.
+pub struct Link<Out: gyre::Message> {
+    key: String,
+    id: u64,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<LinkReport<Out>>>,
+}
+
+impl<Out: gyre::Message> std::fmt::Debug for Link<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("key", &self.key)
+            .field("id", &format_args!("{:016x}", self.id))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Out: gyre::Message> Link<Out> {
+    /// The key it sends to.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Its id (what the export's [`crate::InboundLink::id`] shows).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its counters now.
+    pub fn metrics(&self) -> LinkMetrics {
+        self.shared.metrics.lock().clone()
+    }
+
+    /// How it is doing.
+    pub fn health(&self) -> LinkHealth {
+        self.shared.health.lock().clone()
+    }
+
+    /// Drains the link: forwards what the receiver holds until it is empty (drain the
+    /// upstream kernel first, so that nothing more arrives), waits until the remote
+    /// kernel took all of it, tells the export the link is done, and returns. Within
+    /// `timeout` (plus at most a hello's half second): what was not acknowledged by
+    /// then is handed back in the report.
+    pub fn drain(mut self, timeout: Duration) -> LinkReport<Out> {
+        *self.shared.command.lock() = Command::Drain(Instant::now() + timeout);
+        self.join()
+    }
+
+    /// Stops the link now and hands back every message not acknowledged.
+    pub fn terminate(mut self) -> LinkReport<Out> {
+        *self.shared.command.lock() = Command::Terminate;
+        self.join()
+    }
+
+    fn join(&mut self) -> LinkReport<Out> {
+        let thread = self.thread.take().expect("joined once");
+        match thread.join() {
+            Ok(report) => report,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl<Out: gyre::Message> Drop for Link<Out> {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            *self.shared.command.lock() = Command::Terminate;
+            let report = self.join();
+            if !report.undelivered.is_empty() {
+                tracing::warn!(
+                    key = self.key,
+                    count = report.undelivered.len(),
+                    "gyre-zenoh: a link dropped without drain or terminate had unacknowledged messages; they are lost (call Link::terminate to get them back)"
+                );
+            }
+        }
+    }
+}
+
+type AckSub = zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>;
+
+pub(crate) fn start<Out: gyre::Message>(
+    session: &zenoh::Session,
+    key: &str,
+    receiver: gyre::Receiver<Out>,
+    options: LinkOptions,
+) -> Result<Link<Out>, BridgeError> {
+    crate::export::check_key(key)?;
+    let ty = match &options.wire_name {
+        Some(name) => WireType::named::<Out>(name),
+        None => WireType::of::<Out>(),
+    };
+    let id = random_id();
+    let acks = session
+        .declare_subscriber(format!("{key}/ack/{id:016x}"))
+        .with(zenoh::handlers::FifoChannel::new(1024))
+        .wait()
+        .map_err(|e| BridgeError::zenoh("declare the link's acknowledgement subscriber", &e))?;
+    let data = session
+        .declare_publisher(format!("{key}/data"))
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .wait()
+        .map_err(|e| BridgeError::zenoh("declare the link's data publisher", &e))?;
+    let shared = Arc::new(Shared {
+        command: Mutex::new(Command::Run),
+        metrics: Mutex::new(LinkMetrics::default()),
+        health: Mutex::new(LinkHealth::Up),
+    });
+    let mut out = Outbound {
+        key: key.to_owned(),
+        id,
+        ty,
+        session: session.clone(),
+        data,
+        options,
+        shared: Arc::clone(&shared),
+        receiver: Some(receiver),
+        epoch: None,
+        unacked: VecDeque::new(),
+        base: 0,
+        cursor: 0,
+        credit: 0,
+        delivered: 0,
+        heard: Instant::now(),
+        last_hello: None,
+        stalled: false,
+        drained_input: false,
+        fin_sent: false,
+        fin_at: None,
+        finished: false,
+        frame: Vec::new(),
+        batch: Vec::new(),
+        metrics: LinkMetrics::default(),
+    };
+    let deadline = Instant::now() + out.options.connect_timeout;
+    loop {
+        match out.hello(deadline)? {
+            true => break,
+            false if Instant::now() >= deadline => {
+                return Err(BridgeError::NoExport {
+                    key: key.to_owned(),
+                    waited_ms: out.options.connect_timeout.as_millis() as u64,
+                })
+            }
+            false => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let thread = std::thread::Builder::new()
+        .name(format!("gyre-link-{key}"))
+        .spawn(move || out.run(&acks))
+        .map_err(|e| BridgeError::zenoh("start the link's thread", &e))?;
+    Ok(Link {
+        key: key.to_owned(),
+        id,
+        shared,
+        thread: Some(thread),
+    })
+}
+
+struct Entry<Out> {
+    message: Out,
+    corr: u64,
+    sent_at: Instant,
+}
+
+/// The link thread's state. Sequence numbers: `base` is the first unacknowledged (the
+/// front of `unacked`), `next()` the next new one, `cursor` the next to transmit
+/// (`< next()` while resending), `credit` the first the export does not allow yet.
+#[allow(clippy::struct_excessive_bools)] // independent facts of the link's progress
+struct Outbound<Out> {
+    key: String,
+    id: u64,
+    ty: WireType,
+    session: zenoh::Session,
+    data: zenoh::pubsub::Publisher<'static>,
+    options: LinkOptions,
+    shared: Arc<Shared>,
+    receiver: Option<gyre::Receiver<Out>>,
+    epoch: Option<u64>,
+    unacked: VecDeque<Entry<Out>>,
+    base: u64,
+    cursor: u64,
+    credit: u64,
+    delivered: u64,
+    heard: Instant,
+    last_hello: Option<Instant>,
+    stalled: bool,
+    drained_input: bool,
+    fin_sent: bool,
+    fin_at: Option<Instant>,
+    finished: bool,
+    frame: Vec<u8>,
+    batch: Vec<(Out, u64)>,
+    metrics: LinkMetrics,
+}
+
+impl<Out: gyre::Message> Outbound<Out> {
+    fn next(&self) -> u64 {
+        self.base + self.unacked.len() as u64
+    }
+
+    /// Says hello once: `Ok(true)` registered, `Ok(false)` no answer by `deadline` (or
+    /// half a second).
+    fn hello(&mut self, deadline: Instant) -> Result<bool, BridgeError> {
+        self.last_hello = Some(Instant::now());
+        let hello = Hello {
+            link: self.id,
+            first_unacked: self.base,
+            ty: self.ty.clone(),
+        };
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(10), Duration::from_millis(500));
+        let replies = self
+            .session
+            .get(format!("{}/hello", self.key))
+            .payload(hello.encode())
+            .timeout(wait)
+            .wait()
+            .map_err(|e| BridgeError::zenoh("send the link's hello", &e))?;
+        while let Ok(reply) = replies.recv() {
+            let Ok(sample) = reply.result() else {
+                continue;
+            };
+            let Some(w) = Welcome::decode(&sample.payload().to_bytes()) else {
+                return Err(BridgeError::Protocol {
+                    key: self.key.clone(),
+                });
+            };
+            if w.status == wire::HELLO_MISMATCH {
+                return Err(BridgeError::TypeMismatch {
+                    key: self.key.clone(),
+                    local: self.ty.clone(),
+                    remote: w.ty,
+                });
+            }
+            self.welcome(&w);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn welcome(&mut self, w: &Welcome) {
+        if self.epoch.is_some_and(|e| e != w.epoch) {
+            tracing::info!(
+                key = self.key,
+                "gyre-zenoh: the export restarted; resending what it had not taken"
+            );
+        }
+        self.epoch = Some(w.epoch);
+        self.forget_up_to(w.consumed);
+        self.delivered = w.delivered.max(self.base);
+        // What the export already holds need not travel again; the rest does.
+        self.cursor = self.delivered.clamp(self.base, self.next());
+        self.credit = w.credit;
+        self.heard = Instant::now();
+        *self.shared.health.lock() = LinkHealth::Up;
+    }
+
+    fn forget_up_to(&mut self, consumed: u64) {
+        if consumed <= self.base {
+            return;
+        }
+        let n = (consumed - self.base).min(self.unacked.len() as u64);
+        self.unacked.drain(..n as usize);
+        self.base += n;
+        self.metrics.acknowledged += n;
+        self.cursor = self.cursor.max(self.base);
+    }
+
+    fn ack(&mut self, a: &Ack) {
+        if a.kind == wire::RESET {
+            if self.epoch.is_some() {
+                self.degrade("the export does not know this link (it restarted)");
+            }
+            return;
+        }
+        if Some(a.epoch) != self.epoch {
+            return; // from an incarnation this link no longer talks to
+        }
+        self.heard = Instant::now();
+        if a.delivered > self.delivered {
+            let last = a.delivered - 1;
+            if last >= self.base {
+                if let Some(e) = self.unacked.get((last - self.base) as usize) {
+                    let rtt = e.sent_at.elapsed();
+                    self.metrics.round_trip = Some(rtt);
+                    self.metrics.round_trip_avg = Some(match self.metrics.round_trip_avg {
+                        Some(avg) => (avg * 7 + rtt) / 8,
+                        None => rtt,
+                    });
+                }
+            }
+            self.delivered = a.delivered;
+        }
+        self.forget_up_to(a.consumed);
+        if a.gap {
+            self.cursor = self.cursor.min(a.delivered).max(self.base);
+        }
+        self.credit = self.credit.max(a.credit);
+        self.finished = a.finished && self.fin_sent && self.unacked.is_empty();
+        if matches!(*self.shared.health.lock(), LinkHealth::Degraded { .. }) {
+            *self.shared.health.lock() = LinkHealth::Up;
+        }
+    }
+
+    fn degrade(&mut self, reason: &str) {
+        self.epoch = None;
+        self.metrics.reconnects += 1;
+        *self.shared.health.lock() = LinkHealth::Degraded {
+            reason: reason.to_owned(),
+        };
+        tracing::warn!(key = self.key, "gyre-zenoh: link degraded: {reason}");
+    }
+
+    /// Sends `unacked[from - base ..][..n]` as one frame.
+    fn transmit(&mut self, from: u64, n: usize, kind: u8) {
+        let epoch = self.epoch.unwrap_or(0);
+        let size = std::mem::size_of::<Out>();
+        let start = (from - self.base) as usize;
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.reserve(wire::DATA_HEADER + n * (8 + size));
+        wire::start_frame(
+            &mut frame,
+            &FrameHeader {
+                kind,
+                link: self.id,
+                epoch,
+                seq: from,
+                count: n as u32,
+                size: size as u32,
+            },
+        );
+        let now = Instant::now();
+        for e in self.unacked.range_mut(start..start + n) {
+            frame.extend_from_slice(&e.corr.to_le_bytes());
+            e.sent_at = now;
+        }
+        for e in self.unacked.range(start..start + n) {
+            frame.extend_from_slice(bytemuck::bytes_of(&e.message));
+        }
+        let bytes = frame.clone();
+        self.frame = frame;
+        if let Err(e) = self.data.put(bytes).wait() {
+            tracing::warn!(key = self.key, "gyre-zenoh: a frame could not be put: {e}");
+        }
+    }
+
+    fn run(mut self, acks: &AckSub) -> LinkReport<Out> {
+        let failure = loop {
+            let command = *self.shared.command.lock();
+            if command == Command::Terminate {
+                break None;
+            }
+            let draining = match command {
+                Command::Drain(deadline) if Instant::now() >= deadline => {
+                    break Some("the drain timed out before the export took everything".into())
+                }
+                Command::Drain(_) => true,
+                _ => false,
+            };
+            while let Ok(Some(s)) = acks.try_recv() {
+                if let Some(a) = Ack::decode(&s.payload().to_bytes()) {
+                    self.ack(&a);
+                }
+            }
+            if self.finished {
+                *self.shared.health.lock() = LinkHealth::Finished;
+                break None;
+            }
+            let silent = self.heard.elapsed();
+            if silent > self.options.link_timeout {
+                let reason = format!(
+                    "no word from the export at `{}` for {} ms (link timeout {} ms)",
+                    self.key,
+                    silent.as_millis(),
+                    self.options.link_timeout.as_millis()
+                );
+                *self.shared.health.lock() = LinkHealth::Failed {
+                    reason: reason.clone(),
+                };
+                tracing::error!(key = self.key, "gyre-zenoh: link failed: {reason}");
+                break Some(reason);
+            }
+            if self.epoch.is_some() && silent > self.options.silence {
+                self.degrade(&format!(
+                    "no word from the export for {} ms",
+                    silent.as_millis()
+                ));
+            }
+            if self.epoch.is_none() {
+                self.reconnect(command);
+                continue;
+            }
+            self.resend();
+            if draining {
+                self.drain_step(acks);
+            } else {
+                self.forward(acks);
+            }
+            *self.shared.metrics.lock() = self.snapshot();
+        };
+        self.finish(failure)
+    }
+
+    fn reconnect(&mut self, command: Command) {
+        let recent = self
+            .last_hello
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(100));
+        if recent {
+            std::thread::sleep(Duration::from_millis(5));
+            return;
+        }
+        let deadline = match command {
+            Command::Drain(d) => d,
+            _ => Instant::now() + Duration::from_millis(500),
+        };
+        match self.hello(deadline) {
+            Ok(_) => {}
+            Err(e) => {
+                // A type change behind the same key, or an unreadable reply: keep trying
+                // until the link timeout, saying why.
+                *self.shared.health.lock() = LinkHealth::Degraded {
+                    reason: e.to_string(),
+                };
+            }
+        }
+    }
+
+    /// Sends what must travel again, within credit.
+    fn resend(&mut self) {
+        while self.cursor < self.next() && self.cursor < self.credit {
+            let n = (self.next().min(self.credit) - self.cursor).min(self.options.max_batch as u64);
+            self.transmit(self.cursor, n as usize, wire::DATA);
+            self.metrics.retransmitted += n;
+            self.cursor += n;
+        }
+    }
+
+    /// How many new messages credit allows now.
+    fn room(&mut self) -> usize {
+        if self.cursor < self.next() {
+            return 0; // resend first
+        }
+        let room = self.credit.saturating_sub(self.next()) as usize;
+        if room == 0 {
+            if !self.stalled {
+                self.stalled = true;
+                self.metrics.credit_stalls += 1;
+            }
+        } else {
+            self.stalled = false;
+        }
+        room.min(self.options.max_batch)
+    }
+
+    /// Reads what the receiver has (waiting a little for the first) within credit and
+    /// sends it as one frame.
+    fn forward(&mut self, acks: &AckSub) {
+        let room = self.room();
+        if room == 0 {
+            if let Ok(Some(s)) = acks.recv_timeout(Duration::from_millis(1)) {
+                if let Some(a) = Ack::decode(&s.payload().to_bytes()) {
+                    self.ack(&a);
+                }
+            }
+            return;
+        }
+        let rx = self.receiver.as_mut().expect("held until the report");
+        match rx.recv_with_corr_timeout(Duration::from_millis(1)) {
+            Ok(first) => self.batch.push(first),
+            Err(gyre::Error::Timeout { .. }) => return,
+            Err(_) => {
+                // The upstream kernel stopped and everything it emitted was read.
+                self.drained_input = true;
+                std::thread::sleep(Duration::from_millis(1));
+                return;
+            }
+        }
+        while self.batch.len() < room {
+            match rx.try_recv_with_corr() {
+                Ok(Some(m)) => self.batch.push(m),
+                _ => break,
+            }
+        }
+        self.send_batch();
+    }
+
+    fn send_batch(&mut self) {
+        let from = self.next();
+        let n = self.batch.len();
+        let now = Instant::now();
+        for (message, corr) in self.batch.drain(..) {
+            self.unacked.push_back(Entry {
+                message,
+                corr,
+                sent_at: now,
+            });
+        }
+        self.transmit(from, n, wire::DATA);
+        self.cursor = self.next();
+        self.metrics.sent += n as u64;
+    }
+
+    /// One step of a drain: forward what the receiver still holds, then, once all of it
+    /// was taken, say FIN until the export confirms.
+    fn drain_step(&mut self, acks: &AckSub) {
+        if !self.drained_input {
+            let room = self.room();
+            let rx = self.receiver.as_mut().expect("held until the report");
+            while self.batch.len() < room {
+                if let Ok(Some(m)) = rx.try_recv_with_corr() {
+                    self.batch.push(m);
+                } else {
+                    self.drained_input = true;
+                    break;
+                }
+            }
+            if !self.batch.is_empty() {
+                self.send_batch();
+            }
+        }
+        if self.drained_input && self.unacked.is_empty() && self.cursor == self.next() {
+            let resend_fin = self
+                .fin_at
+                .is_none_or(|t| t.elapsed() > Duration::from_millis(50));
+            if resend_fin {
+                self.fin_sent = true;
+                self.fin_at = Some(Instant::now());
+                self.transmit(self.next(), 0, wire::FIN);
+            }
+        }
+        if let Ok(Some(s)) = acks.recv_timeout(Duration::from_millis(1)) {
+            if let Some(a) = Ack::decode(&s.payload().to_bytes()) {
+                self.ack(&a);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> LinkMetrics {
+        LinkMetrics {
+            in_flight: self.unacked.len() as u64,
+            ..self.metrics.clone()
+        }
+    }
+
+    fn finish(mut self, failure: Option<String>) -> LinkReport<Out> {
+        let metrics = self.snapshot();
+        *self.shared.metrics.lock() = metrics.clone();
+        if failure.is_some() && !matches!(*self.shared.health.lock(), LinkHealth::Failed { .. }) {
+            *self.shared.health.lock() = LinkHealth::Failed {
+                reason: failure.clone().unwrap_or_default(),
+            };
+        }
+        LinkReport {
+            key: self.key.clone(),
+            undelivered: self
+                .unacked
+                .drain(..)
+                .map(|e| (e.message, e.corr))
+                .collect(),
+            receiver: self.receiver.take().expect("held until the report"),
+            metrics,
+            failure,
+            finished: self.finished,
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! One process, two bridges over loopback TCP: the protocol's guarantees.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use gyre::{KernelSpec, Runtime};
+use gyre_zenoh::{BridgeError, ExportOptions, LinkHealth, LinkOptions};
+
+#[test]
+fn messages_cross_once_in_order_and_the_drain_confirms() {
+    let (a, b, _) = common::pair();
+    let key = common::key("once");
+    let remote_rt = Runtime::builder().build().unwrap();
+    let stage2 = remote_rt
+        .launch(KernelSpec::<u64, u64>::new("stage2").cpu(|x, out| Ok(out.emit(x * 2)?)))
+        .unwrap();
+    stage2.activate().unwrap();
+    let mut results = stage2.receiver().unwrap();
+    let export = a
+        .export::<u64>(&key, stage2.sender(), ExportOptions::default())
+        .unwrap();
+
+    let local_rt = Runtime::builder().build().unwrap();
+    let stage1 = local_rt
+        .launch(KernelSpec::<u64, u64>::new("stage1").cpu(|x, out| Ok(out.emit(x + 1)?)))
+        .unwrap();
+    stage1.activate().unwrap();
+    let link = b
+        .link(&key, stage1.receiver().unwrap(), LinkOptions::default())
+        .unwrap();
+    const N: u64 = 20_000;
+    let feeder = {
+        let tx = stage1.sender();
+        std::thread::spawn(move || {
+            for i in 0..N {
+                tx.send_with_corr(i, i + 7).unwrap();
+            }
+        })
+    };
+    let mut got = Vec::with_capacity(N as usize);
+    while got.len() < N as usize {
+        got.push(
+            results
+                .recv_with_corr_timeout(Duration::from_secs(10))
+                .unwrap(),
+        );
+    }
+    for (i, (v, corr)) in got.iter().enumerate() {
+        assert_eq!(
+            *v,
+            (i as u64 + 1) * 2,
+            "message {i} out of order or changed"
+        );
+        assert_eq!(*corr, i as u64 + 7, "correlation id of message {i}");
+    }
+    feeder.join().unwrap();
+    stage1.drain(Duration::from_secs(5)).unwrap();
+    let report = link.drain(Duration::from_secs(5));
+    assert!(report.finished, "{report:?}");
+    assert!(report.undelivered.is_empty());
+    assert_eq!(report.metrics.sent, N);
+    assert_eq!(report.metrics.acknowledged, N);
+    assert!(export.wait_finished(1, Duration::from_secs(5)));
+    let m = export.metrics();
+    assert_eq!((m.received, m.delivered, m.consumed), (N, N, N), "{m:?}");
+    assert!(
+        results.try_recv().unwrap().is_none(),
+        "nothing more than sent"
+    );
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct Frame {
+    x: f32,
+    y: f32,
+}
+
+#[test]
+fn a_type_mismatch_is_an_error_at_link_time_naming_both_sides() {
+    let (a, b, _) = common::pair();
+    let key = common::key("mismatch");
+    let rt = Runtime::builder().build().unwrap();
+    let sink = rt
+        .launch(KernelSpec::<u64, u64>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    sink.activate().unwrap();
+    let export = a
+        .export::<u64>(&key, sink.sender(), ExportOptions::default())
+        .unwrap();
+    let src = rt
+        .launch(KernelSpec::<Frame, Frame>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    let err = b
+        .link(&key, src.receiver().unwrap(), LinkOptions::default())
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, BridgeError::TypeMismatch { .. }), "{text}");
+    assert!(
+        text.contains("Frame") && text.contains("u64"),
+        "names both types: {text}"
+    );
+    assert!(text.contains("8 bytes"), "{text}");
+    let m = export.metrics();
+    assert_eq!(m.refused_links, 1);
+    assert!(m.last_refusal.unwrap().contains("Frame"));
+}
+
+#[test]
+fn a_link_to_nothing_says_so_within_its_connect_timeout() {
+    let (_a, b, _) = common::pair();
+    let rt = Runtime::builder().build().unwrap();
+    let src = rt
+        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    let started = Instant::now();
+    let err = b
+        .link(
+            &common::key("nobody"),
+            src.receiver().unwrap(),
+            LinkOptions {
+                connect_timeout: Duration::from_millis(300),
+                ..LinkOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, BridgeError::NoExport { .. }), "{err}");
+    assert!(err.to_string().contains("start the receiving side first"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_slow_remote_consumer_stalls_the_upstream_kernel_with_bounded_memory() {
+    let (a, b, _) = common::pair();
+    let key = common::key("slow");
+    let rt = Runtime::builder().build().unwrap();
+    let slow = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("slow")
+                .capacity(64)
+                .cpu(|x, out| {
+                    std::thread::sleep(Duration::from_micros(200));
+                    Ok(out.emit(*x)?)
+                }),
+        )
+        .unwrap();
+    slow.activate().unwrap();
+    let mut results = slow.receiver().unwrap();
+    let export = a
+        .export::<u64>(
+            &key,
+            slow.sender(),
+            ExportOptions {
+                window: Some(32),
+                ..ExportOptions::default()
+            },
+        )
+        .unwrap();
+    let fast = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("fast")
+                .capacity(64)
+                .cpu(|x, out| Ok(out.emit(*x)?)),
+        )
+        .unwrap();
+    fast.activate().unwrap();
+    let link = b
+        .link(&key, fast.receiver().unwrap(), LinkOptions::default())
+        .unwrap();
+    const N: u64 = 3_000;
+    let mut max_in_flight = 0;
+    let mut got = Vec::new();
+    let mut sent = 0;
+    while got.len() < N as usize {
+        while sent < N && fast.try_send(sent).is_ok() {
+            sent += 1;
+        }
+        max_in_flight = max_in_flight.max(link.metrics().in_flight);
+        while let Some(v) = results.try_recv().unwrap() {
+            got.push(v);
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    assert!(got.iter().copied().eq(0..N), "every message once, in order");
+    let m = link.metrics();
+    assert!(m.credit_stalls > 0, "the link ran out of credit: {m:?}");
+    assert!(
+        fast.metrics().stalls > 0,
+        "the upstream kernel stalled on its full output"
+    );
+    assert!(max_in_flight <= 32, "in flight {max_in_flight} > window 32");
+    assert!(
+        export.metrics().pending_high_water <= 32,
+        "{:?}",
+        export.metrics()
+    );
+    fast.drain(Duration::from_secs(5)).unwrap();
+    let report = link.drain(Duration::from_secs(5));
+    assert!(
+        report.finished && report.undelivered.is_empty(),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn an_export_that_comes_back_gets_everything_its_predecessor_had_not_taken() {
+    let (a, b, _) = common::pair();
+    let key = common::key("restart");
+    let rt = Runtime::builder().build().unwrap();
+    let src = rt
+        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    src.activate().unwrap();
+    // The first incarnation takes nothing: its kernel stays paused (never activated).
+    let first = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("first")
+                .capacity(64)
+                .cpu(|x, out| Ok(out.emit(*x)?)),
+        )
+        .unwrap();
+    let export = a
+        .export::<u64>(&key, first.sender(), ExportOptions::default())
+        .unwrap();
+    let link = b
+        .link(
+            &key,
+            src.receiver().unwrap(),
+            LinkOptions {
+                silence: Duration::from_millis(300),
+                ..LinkOptions::default()
+            },
+        )
+        .unwrap();
+    for i in 0..50u64 {
+        src.send(i).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while export.metrics().delivered < 50 {
+        assert!(Instant::now() < deadline, "{:?}", export.metrics());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(link.metrics().acknowledged, 0, "nothing was taken");
+    drop(export);
+    drop(first.terminate().unwrap()); // its process "died" with 50 messages in its ring
+    let second = rt
+        .launch(KernelSpec::<u64, u64>::new("second").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    second.activate().unwrap();
+    let mut out = second.receiver().unwrap();
+    let _export = a
+        .export::<u64>(&key, second.sender(), ExportOptions::default())
+        .unwrap();
+    for i in 50..100u64 {
+        src.send(i).unwrap();
+    }
+    let got: Vec<u64> = (0..100)
+        .map(|_| out.recv_timeout(Duration::from_secs(10)).unwrap())
+        .collect();
+    assert!(got.iter().copied().eq(0..100), "{got:?}");
+    let m = link.metrics();
+    assert!(m.retransmitted >= 50 && m.reconnects >= 1, "{m:?}");
+    src.drain(Duration::from_secs(5)).unwrap();
+    assert!(link.drain(Duration::from_secs(5)).finished);
+}
+
+#[test]
+fn with_the_export_gone_past_the_link_timeout_terminate_hands_back_everything_unacknowledged() {
+    let (a, b, _) = common::pair();
+    let key = common::key("gone");
+    let rt = Runtime::builder().build().unwrap();
+    let src = rt
+        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    src.activate().unwrap();
+    let parked = rt
+        .launch(KernelSpec::<u64, u64>::new("parked").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    let export = a
+        .export::<u64>(&key, parked.sender(), ExportOptions::default())
+        .unwrap();
+    let link = b
+        .link(
+            &key,
+            src.receiver().unwrap(),
+            LinkOptions {
+                silence: Duration::from_millis(200),
+                link_timeout: Duration::from_millis(800),
+                ..LinkOptions::default()
+            },
+        )
+        .unwrap();
+    for i in 0..40u64 {
+        src.send_with_corr(i, 1000 + i).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while link.metrics().sent < 40 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(export);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(link.health(), LinkHealth::Failed { .. }) {
+        assert!(Instant::now() < deadline, "{:?}", link.health());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = link.terminate();
+    assert!(report.failure.unwrap().contains("link timeout"));
+    let back: Vec<(u64, u64)> = report.undelivered;
+    assert_eq!(back, (0..40).map(|i| (i, 1000 + i)).collect::<Vec<_>>());
+}
