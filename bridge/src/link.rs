@@ -678,6 +678,7 @@ impl<Out: gyre::Message> Outbound<Out> {
     fn snapshot(&self) -> LinkMetrics {
         LinkMetrics {
             in_flight: self.unacked.len() as u64,
+            delivered: self.delivered,
             ..self.metrics.clone()
         }
     }
