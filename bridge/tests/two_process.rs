@@ -138,12 +138,12 @@ fn record_child(bridge: &Bridge, key: &str, file: &Path) {
         )
         .unwrap();
     record.activate().unwrap();
-    let _export = bridge
+    let export = bridge
         .export::<u64>(key, record.sender(), ExportOptions::default())
         .unwrap();
     let mut outputs = record.receiver().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !_export.wait_finished(1, Duration::from_millis(1)) {
+    while !export.wait_finished(1, Duration::from_millis(1)) {
         while outputs.try_recv().unwrap().is_some() {}
         assert!(
             Instant::now() < deadline,
@@ -151,7 +151,7 @@ fn record_child(bridge: &Bridge, key: &str, file: &Path) {
         );
     }
     record.drain(Duration::from_secs(10)).unwrap();
-    println!("child: record done, {:?}", _export.metrics());
+    println!("child: record done, {:?}", export.metrics());
 }
 
 // ---- the parent's helpers --------------------------------------------------------------
