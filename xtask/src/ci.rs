@@ -386,8 +386,10 @@ fn wgpu_step(host_api_has_wgpu: bool) -> Step {
             "gyre",
             "-p",
             "gyre-examples",
+            "-p",
+            "gyre-zenoh",
             "--features",
-            "gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu",
+            "gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu,gyre-zenoh/wgpu",
         ]
     } else {
         &["test", "-p", "gyre-runtime", "--features", "wgpu"]
@@ -491,7 +493,7 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
         Step::new("tests", "cargo", &["test", "--workspace"]),
         // The CUDA backend without a GPU: kernels compiled through the runtime's NVRTC
         // path and ptxas, the CUDA ring code run on the host against the Rust side, and
-        // the one API's tests and the examples on the emulated device.
+        // the one API's tests, the examples and the Zenoh bridge on the emulated device.
         Step::new(
             CUDA_STEP,
             "cargo",
@@ -503,8 +505,10 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
                 "gyre",
                 "-p",
                 "gyre-examples",
+                "-p",
+                "gyre-zenoh",
                 "--features",
-                "gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda",
+                "gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda,gyre-zenoh/cuda",
             ],
         )
         .envs(toolkit.env()),
@@ -619,7 +623,7 @@ mod tests {
         let cuda = &steps[tests + 1];
         assert_eq!(
             cuda.command_line(),
-            "cargo test -p gyre-runtime -p gyre -p gyre-examples --features gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda"
+            "cargo test -p gyre-runtime -p gyre -p gyre-examples -p gyre-zenoh --features gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda,gyre-zenoh/cuda"
         );
         for key in ["GYRE_PTXAS", "GYRE_NVRTC_LIB", "LD_LIBRARY_PATH", "PATH"] {
             assert!(cuda.env.iter().any(|(k, _)| k == key), "{key} not set");
@@ -651,7 +655,7 @@ mod tests {
             (false, "cargo test -p gyre-runtime --features wgpu"),
             (
                 true,
-                "cargo test -p gyre-runtime -p gyre -p gyre-examples --features gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu",
+                "cargo test -p gyre-runtime -p gyre -p gyre-examples -p gyre-zenoh --features gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu,gyre-zenoh/wgpu",
             ),
         ] {
             let steps = ci_steps(&toolkit, host_api_has_wgpu);
