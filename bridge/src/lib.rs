@@ -56,7 +56,9 @@
 //! and is not guaranteed: `bridge/SCALE_OUT.md`.
 //!
 //! Calls that talk to Zenoh ([`Bridge::open`], [`Bridge::export`], [`Bridge::link`],
-//! the stops) block the calling thread: from async code, call them from
+//! [`Link::drain`]) block the calling thread until they are done (bounded by their
+//! timeouts); they do their Zenoh work on a thread of their own, so they are safe (if
+//! blocking) inside an async runtime of either tokio flavour. From async code, prefer
 //! `spawn_blocking`.
 
 mod error;
@@ -170,13 +172,14 @@ impl BridgeConfig {
 /// A Zenoh session that exports inboxes and links outputs. Cheap to share by reference;
 /// every export and link runs on a thread of its own.
 pub struct Bridge {
-    session: zenoh::Session,
+    /// `Some` until drop, which closes it off the caller's thread.
+    session: Option<zenoh::Session>,
 }
 
 impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bridge")
-            .field("zid", &self.session.zid())
+            .field("zid", &self.session().zid())
             .finish()
     }
 }
@@ -190,20 +193,24 @@ impl Bridge {
     #[allow(clippy::needless_pass_by_value)] // `Bridge::open(BridgeConfig::peer()…)` reads best
     pub fn open(config: BridgeConfig) -> Result<Self, BridgeError> {
         use zenoh::Wait;
-        let session = zenoh::open(config.to_zenoh()?)
-            .wait()
+        let config = config.to_zenoh()?;
+        let session = off_async(|| zenoh::open(config).wait())
             .map_err(|e| BridgeError::zenoh("open the session", &e))?;
-        Ok(Self { session })
+        Ok(Self {
+            session: Some(session),
+        })
     }
 
     /// A bridge over a session the caller opened (any configuration).
     pub fn from_session(session: zenoh::Session) -> Self {
-        Self { session }
+        Self {
+            session: Some(session),
+        }
     }
 
     /// The Zenoh session.
     pub fn session(&self) -> &zenoh::Session {
-        &self.session
+        self.session.as_ref().expect("held until drop")
     }
 
     /// Exports the inbox `sender` feeds under `key`: remote [`Link`]s to `key` send into
@@ -220,7 +227,7 @@ impl Bridge {
         sender: gyre::Sender<In>,
         options: ExportOptions,
     ) -> Result<Export<In>, BridgeError> {
-        export::start(&self.session, key, sender, options)
+        off_async(|| export::start(self.session(), key, sender, options))
     }
 
     /// Forwards everything `receiver` receives to the export at `key`, waiting up to
@@ -235,8 +242,27 @@ impl Bridge {
         receiver: gyre::Receiver<Out>,
         options: LinkOptions,
     ) -> Result<Link<Out>, BridgeError> {
-        link::start(&self.session, key, receiver, options)
+        off_async(|| link::start(self.session(), key, receiver, options))
     }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Closing a session waits on Zenoh's runtime, which an async caller's thread
+        // must not do.
+        let session = self.session.take();
+        off_async(move || drop(session));
+    }
+}
+
+/// Runs `f` on a thread of its own: Zenoh's blocking calls refuse to run on a thread
+/// that drives an async runtime (tokio's current-thread flavour panics), and the
+/// bridge's calls are blocking by design, so they never run on the caller's thread.
+pub(crate) fn off_async<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// What a message type looks like on the wire: both ends of a link compare these when

@@ -310,3 +310,40 @@ fn with_the_export_gone_past_the_link_timeout_terminate_hands_back_everything_un
     let back: Vec<(u64, u64)> = report.undelivered;
     assert_eq!(back, (0..40).map(|i| (i, 1000 + i)).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_bridge_works_from_a_current_thread_async_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b, _) = common::pair();
+        let key = common::key("async");
+        let gyre_rt = Runtime::builder().build().unwrap();
+        let sink = gyre_rt
+            .launch(KernelSpec::<u64, u64>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)))
+            .unwrap();
+        sink.activate().unwrap();
+        let export = a
+            .export::<u64>(&key, sink.sender(), ExportOptions::default())
+            .unwrap();
+        let src = gyre_rt
+            .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
+            .unwrap();
+        src.activate().unwrap();
+        let link = b
+            .link(&key, src.receiver().unwrap(), LinkOptions::default())
+            .unwrap();
+        for i in 0..100u64 {
+            src.send_async(i).await.unwrap();
+        }
+        for i in 0..100u64 {
+            assert_eq!(sink.recv_async().await.unwrap(), i);
+        }
+        src.drain(Duration::from_secs(5)).unwrap();
+        assert!(link.drain(Duration::from_secs(5)).finished);
+        drop(export);
+        drop((a, b));
+    });
+}
