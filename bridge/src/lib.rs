@@ -53,7 +53,7 @@
 //! inbox ring: a link without credit stops reading from its receiver, so the upstream
 //! kernel's output ring fills and the kernel stalls, counted as a stall, like a full
 //! local ring. Nothing is ever dropped for lack of room. Full description, and what is
-//! and is not guaranteed: `bridge/SCALE_OUT.md`.
+//! and is not guaranteed: `runtime/docs/SCALE_OUT.md`.
 //!
 //! Calls that talk to Zenoh ([`Bridge::open`], [`Bridge::export`], [`Bridge::link`],
 //! [`Link::drain`]) block the calling thread until they are done (bounded by their
