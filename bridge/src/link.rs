@@ -28,7 +28,7 @@ pub struct LinkOptions {
     /// health is [`LinkHealth::Failed`], and [`Link::terminate`] hands back every
     /// unacknowledged message. Default 10 s.
     pub link_timeout: Duration,
-    /// The most messages in one frame. Default 256.
+    /// The most messages in one frame (at least 1). Default 256.
     pub max_batch: usize,
     /// The name the type goes by on the wire (default: its Rust type name).
     pub wire_name: Option<String>,
@@ -224,6 +224,8 @@ pub(crate) fn start<Out: gyre::Message>(
     options: LinkOptions,
 ) -> Result<Link<Out>, BridgeError> {
     crate::export::check_key(key)?;
+    let mut options = options;
+    options.max_batch = options.max_batch.max(1);
     let ty = match &options.wire_name {
         Some(name) => WireType::named::<Out>(name),
         None => WireType::of::<Out>(),
