@@ -242,9 +242,7 @@ impl Rng {
 }
 
 fn listening_bridge() -> (Bridge, u16) {
-    let port = common::free_port();
-    let bridge = Bridge::open(BridgeConfig::peer().listen(common::endpoint(port))).unwrap();
-    (bridge, port)
+    common::listening()
 }
 
 fn ids_in(file: &Path) -> Vec<u64> {
