@@ -21,12 +21,24 @@ pub fn endpoint(port: u16) -> String {
 /// Two bridges in this process, the first listening on a fresh loopback port and the
 /// second connected to it (multicast scouting off).
 pub fn pair() -> (Bridge, Bridge, u16) {
-    let port = free_port();
-    let a = Bridge::open(BridgeConfig::peer().listen(endpoint(port)))
-        .expect("open the listening bridge");
+    let (a, port) = listening();
     let b = Bridge::open(BridgeConfig::peer().connect(endpoint(port)))
         .expect("open the connecting bridge");
     (a, b, port)
+}
+
+/// A bridge listening on a fresh loopback port, and the port. A port found free can be
+/// taken by another test before Zenoh binds it: then it tries another.
+pub fn listening() -> (Bridge, u16) {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_port();
+        match Bridge::open(BridgeConfig::peer().listen(endpoint(port))) {
+            Ok(bridge) => return (bridge, port),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("could not listen on a loopback port: {}", last.unwrap());
 }
 
 /// A key no other test uses.
