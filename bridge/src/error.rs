@@ -32,6 +32,12 @@ pub enum BridgeError {
         /// Why.
         reason: String,
     },
+    /// Another export already serves the key.
+    #[error("another export already serves `{key}` (in this process or another): export each inbox under its own key, or close the other export first")]
+    KeyTaken {
+        /// The key.
+        key: String,
+    },
     /// Nothing answered at the key in time.
     #[error("no export answered at `{key}` within {waited_ms} ms; start the receiving side first (Bridge::export) and check that the two sessions connect (same endpoint, multicast scouting is off), or raise LinkOptions::connect_timeout")]
     NoExport {

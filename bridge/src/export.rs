@@ -186,6 +186,23 @@ pub(crate) fn start<In: gyre::Message>(
         Some(name) => WireType::named::<In>(name),
         None => WireType::of::<In>(),
     };
+    // One export per key: a second would answer hellos and see the same frames.
+    let taken = session
+        .liveliness()
+        .get(format!("{key}/export"))
+        .timeout(Duration::from_millis(500))
+        .wait()
+        .map_err(|e| BridgeError::zenoh("look for another export of the key", &e))?;
+    if taken.recv().is_ok_and(|reply| reply.result().is_ok()) {
+        return Err(BridgeError::KeyTaken {
+            key: key.to_owned(),
+        });
+    }
+    let token = session
+        .liveliness()
+        .declare_token(format!("{key}/export"))
+        .wait()
+        .map_err(|e| BridgeError::zenoh("declare the export's liveliness token", &e))?;
     let data = session
         .declare_subscriber(format!("{key}/data"))
         .with(zenoh::handlers::FifoChannel::new(256))
@@ -220,7 +237,10 @@ pub(crate) fn start<In: gyre::Message>(
     };
     let thread = std::thread::Builder::new()
         .name(format!("gyre-export-{key}"))
-        .spawn(move || inbox.run(&data, &hello))
+        .spawn(move || {
+            inbox.run(&data, &hello);
+            drop(token);
+        })
         .map_err(|e| BridgeError::zenoh("start the export's thread", &e))?;
     tracing::info!(key, epoch, "gyre-zenoh: export started");
     Ok(Export {

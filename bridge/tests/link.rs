@@ -347,3 +347,39 @@ fn the_bridge_works_from_a_current_thread_async_runtime() {
         drop((a, b));
     });
 }
+
+#[test]
+fn a_second_export_of_a_key_is_refused_and_the_key_is_free_again_once_closed() {
+    let (a, b, _) = common::pair();
+    let key = common::key("taken");
+    let rt = Runtime::builder().build().unwrap();
+    let k1 = rt
+        .launch(KernelSpec::<u64, u64>::new("k1").cpu(|x, out| Ok(out.emit(*x)?)))
+        .unwrap();
+    let first = a
+        .export::<u64>(&key, k1.sender(), ExportOptions::default())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // The other session learns of the first export's token once they are connected.
+    let err = loop {
+        match b.export::<u64>(&key, k1.sender(), ExportOptions::default()) {
+            Err(e) => break e,
+            Ok(second) => {
+                drop(second);
+                assert!(
+                    Instant::now() < deadline,
+                    "the second export was never refused"
+                );
+            }
+        }
+    };
+    assert!(matches!(err, BridgeError::KeyTaken { .. }), "{err}");
+    assert!(err.to_string().contains("its own key"));
+    let err = a
+        .export::<u64>(&key, k1.sender(), ExportOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, BridgeError::KeyTaken { .. }), "{err}");
+    drop(first.close());
+    b.export::<u64>(&key, k1.sender(), ExportOptions::default())
+        .expect("free once the first export closed");
+}
