@@ -4,7 +4,7 @@
 //! record is checked to arrive exactly once.
 //!
 //! Run with `cargo run --release --example distributed_pipeline` (add `--messages N` to
-//! change the default of 100,000 records, and `--backend cuda-emulated`, `wgpu-software`,
+//! change the default of 100,000 records (20,000 on `cuda-emulated`), and `--backend cuda-emulated`, `wgpu-software`,
 //! `cuda` or `wgpu` to run every stage on a device, with the examples crate built with
 //! `--features gyre/cuda` or `gyre/wgpu`). Exits non-zero on any loss or duplicate.
 
@@ -35,13 +35,15 @@ fn main() -> ExitCode {
     };
     let rest = gyre_examples::backend::other_args(&args);
     let messages = match rest.iter().position(|a| a == "--messages") {
-        Some(i) => match rest.get(i + 1).and_then(|n| n.parse::<u32>().ok()) {
-            Some(n) => n,
-            None => {
+        Some(i) => {
+            let Some(n) = rest.get(i + 1).and_then(|n| n.parse::<u32>().ok()) else {
                 eprintln!("--messages takes a count of records");
                 return ExitCode::from(2);
-            }
-        },
+            };
+            n
+        }
+        // The CUDA emulation runs device code on the CPU, slowly: fewer by default.
+        None if backend == gyre::Backend::CudaEmulated => 20_000,
         None => 100_000,
     };
     let exe = match std::env::current_exe() {

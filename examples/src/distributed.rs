@@ -119,7 +119,10 @@ impl ChildGuard {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("could not start the child process: {e}"))?;
-        let stdout = child.stdout.take().ok_or("the child's stdout is not piped")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("the child's stdout is not piped")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -132,10 +135,7 @@ impl ChildGuard {
                 }
             }
         });
-        Ok(Self {
-            child,
-            lines: rx,
-        })
+        Ok(Self { child, lines: rx })
     }
 
     fn expect(&self, word: &str) -> Result<(), BoxError> {
@@ -183,6 +183,12 @@ fn record(i: u32) -> Record {
         value: i as f32,
         aux: i ^ 0xA5A5,
     }
+}
+
+/// The value record `i` comes back with: `((i + 1) * 2) - 1`, exact in `f32` for every
+/// `i < 2^22` (each stage's result is a small integer).
+fn expected(i: u32) -> f32 {
+    2.0 * i as f32 + 1.0
 }
 
 /// The parent: runs stage 1 and `collect` on `backend`, starts the child with `child`
@@ -249,7 +255,9 @@ pub fn run(backend: Backend, messages: u32, mut child: Command) -> Result<Outcom
     let mut seen = vec![0u32; messages as usize];
     let mut wrong = 0u64;
     let mut check = |r: Record| match seen.get_mut(r.seq as usize) {
-        Some(count) if r.value == 2.0 * r.seq as f32 + 1.0 && r.aux == r.seq ^ 0xA5A5 => {
+        Some(count)
+            if r.value.to_bits() == expected(r.seq).to_bits() && r.aux == r.seq ^ 0xA5A5 =>
+        {
             *count += 1;
         }
         _ => wrong += 1,

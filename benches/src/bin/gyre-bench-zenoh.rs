@@ -197,7 +197,9 @@ struct BridgeEcho<'a> {
 
 impl Echo for BridgeEcho<'_> {
     fn send(&mut self, msg: Msg) {
-        self.tx.send(msg).expect("the source kernel accepts messages");
+        self.tx
+            .send(msg)
+            .expect("the source kernel accepts messages");
     }
 
     fn recv(&mut self) -> Msg {
@@ -494,7 +496,11 @@ fn parent(args: &[String]) {
         m.received, m.delivered, m.consumed, m.duplicates, m.gaps
     );
     let shutdown = runtime.shutdown(STEP_TIMEOUT);
-    assert_eq!(shutdown.undelivered_count(), 0, "nothing left in the runtime");
+    assert_eq!(
+        shutdown.undelivered_count(),
+        0,
+        "nothing left in the runtime"
+    );
 }
 
 fn link_line(name: &str, m: &LinkMetrics) -> String {
@@ -529,10 +535,10 @@ fn summary(rounds: &[(Measured, Measured)]) {
             "bridge (2 links, 3 kernels)",
             &(|x: &(Measured, Measured)| x.0) as &dyn Fn(&(Measured, Measured)) -> Measured,
         ),
-        (
-            "raw zenoh (pub/sub; get/queryable)",
-            &|x: &(Measured, Measured)| x.1,
-        ),
+        ("raw zenoh (pub/sub; get/queryable)", &|x: &(
+            Measured,
+            Measured,
+        )| x.1),
     ] {
         println!(
             "  {:<34} {:>9.0} {:>10.1} {:>10.1} {:>12.0}",
@@ -562,6 +568,7 @@ fn summary(rounds: &[(Measured, Measured)]) {
 
 /// Echoes for the parent until it says `stop` or its stdin closes (the parent is gone),
 /// then drains and says `done`.
+#[allow(clippy::too_many_lines)] // one run, in the order it happens
 fn child(args: &[String]) {
     let [endpoint, prefix] = args else {
         panic!("the child takes ENDPOINT PREFIX");
@@ -607,7 +614,11 @@ fn child(args: &[String]) {
         .wait()
         .expect("declare the raw queryable");
     let deadline = Instant::now() + STEP_TIMEOUT;
-    while !raw_back.matching_status().wait().is_ok_and(|m| m.matching()) {
+    while !raw_back
+        .matching_status()
+        .wait()
+        .is_ok_and(|m| m.matching())
+    {
         assert!(Instant::now() < deadline, "the parent's raw subscriber");
         std::thread::sleep(Duration::from_millis(10));
     }
