@@ -189,21 +189,40 @@ impl Drop for ChildGuard {
     }
 }
 
-/// The bridge subject seen from the host: into `source`, out of `sink`.
+/// The bridge subject seen from the host: into `source`, out of `sink`. A message that
+/// does not come back within [`STEP_TIMEOUT`] stops the run with the links' metrics.
 struct BridgeEcho<'a> {
     tx: &'a mut gyre::ExclusiveSender<Msg>,
     rx: &'a mut gyre::Receiver<Msg>,
+    link: &'a gyre_zenoh::Link<Msg>,
+    back: &'a gyre_zenoh::Export<Msg>,
+}
+
+impl BridgeEcho<'_> {
+    fn stuck(&self, what: &str) -> ! {
+        panic!(
+            "the bridge made no progress for {STEP_TIMEOUT:?} ({what}); forward link {:?}, \
+             health {:?}; return export {:?}, links {:?}",
+            self.link.metrics(),
+            self.link.health(),
+            self.back.metrics(),
+            self.back.links()
+        )
+    }
 }
 
 impl Echo for BridgeEcho<'_> {
     fn send(&mut self, msg: Msg) {
-        self.tx
-            .send(msg)
-            .expect("the source kernel accepts messages");
+        if self.tx.send_timeout(msg, STEP_TIMEOUT).is_err() {
+            self.stuck("send into the source");
+        }
     }
 
     fn recv(&mut self) -> Msg {
-        self.rx.recv().expect("the sink kernel emits")
+        match self.rx.recv_timeout(STEP_TIMEOUT) {
+            Ok(m) => m,
+            Err(_) => self.stuck("receive from the sink"),
+        }
     }
 
     fn shutdown(self) {}
@@ -226,7 +245,11 @@ impl Echo for RawEcho<'_> {
     }
 
     fn recv(&mut self) -> Msg {
-        let sample = self.subscriber.recv().expect("the raw subscriber lives");
+        let sample = self
+            .subscriber
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("the raw subscriber lives")
+            .unwrap_or_else(|| panic!("raw pub/sub made no progress for {STEP_TIMEOUT:?}"));
         from_payload(&sample.payload().to_bytes())
     }
 
@@ -389,6 +412,8 @@ fn parent(args: &[String]) {
         let mut echo = BridgeEcho {
             tx: &mut source_tx,
             rx: &mut sink_rx,
+            link: &link,
+            back: &back,
         };
         round_trip(&mut echo, 0, RT_WARM_UP, &mut round_trip_histogram());
         let mut h = round_trip_histogram();
