@@ -9,6 +9,8 @@
 //! - [`coordinator_worker`]: a coordinator handing tasks to workers with bounded
 //!   capacity, results coming back around a cycle;
 //! - [`bsp`]: bulk-synchronous supersteps (connected components) with a barrier kernel.
+//! - [`distributed`]: a pipeline split over two OS processes joined by the Zenoh bridge
+//!   (`gyre-zenoh`), checking every record arrives once; on every backend.
 //!
 //! [`fan_out`], [`scatter_gather`], [`request_reply`] and the `pipeline` binary's
 //! [`sensors`] run on every backend ([`backend`]: `--backend cpu|cuda-emulated|
@@ -21,6 +23,7 @@ pub mod backend;
 pub mod bsp;
 pub mod coordinator_worker;
 pub mod device;
+pub mod distributed;
 pub mod fan_out;
 pub mod idle;
 pub mod request_reply;
