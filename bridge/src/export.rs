@@ -1,9 +1,11 @@
 //! The receiving half: an inbox exported under a key expression.
 //!
-//! One thread per export. It answers hellos (type check, where a link stands), takes data
-//! frames, writes each message into the kernel's inbox exactly once per link and sequence
-//! number, and acknowledges what was written (*delivered*) and what the kernel took from
-//! its inbox (*consumed*), with the credit that goes with it.
+//! Data frames are taken on Zenoh's receiving thread (a subscriber callback), which
+//! writes each message into the kernel's inbox exactly once per link and sequence number,
+//! as far as the inbox has room. One thread per export does the rest: it answers hellos
+//! (type check, where a link stands), retries what waited for room, and acknowledges
+//! what was written (*delivered*) and what the kernel took from its inbox (*consumed*),
+//! with the credit that goes with it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +16,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use zenoh::Wait;
 
-use crate::wire::{self, Ack, FrameHeader, Hello, Welcome};
+use crate::wire::{self, Ack, Hello, Welcome};
 use crate::{random_id, BridgeError, WireType};
 
-/// How long the export waits for a frame when it has nothing else to do.
+/// How long the export thread sleeps when it has nothing else to do (a frame wakes it).
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 /// How long it waits when messages wait for ring room or for the kernel to take them.
 const BUSY_WAIT: Duration = Duration::from_micros(200);
@@ -203,11 +205,6 @@ pub(crate) fn start<In: gyre::Message>(
         .declare_token(format!("{key}/export"))
         .wait()
         .map_err(|e| BridgeError::zenoh("declare the export's liveliness token", &e))?;
-    let data = session
-        .declare_subscriber(format!("{key}/data"))
-        .with(zenoh::handlers::FifoChannel::new(256))
-        .wait()
-        .map_err(|e| BridgeError::zenoh("declare the export's data subscriber", &e))?;
     let hello = session
         .declare_queryable(format!("{key}/hello"))
         .wait()
@@ -219,7 +216,7 @@ pub(crate) fn start<In: gyre::Message>(
         links: Mutex::new(Vec::new()),
     });
     let capacity = sender.inbox_capacity().max(1);
-    let mut inbox = Inbox {
+    let inbox = Inbox {
         key: key.to_owned(),
         ty: ty.clone(),
         epoch,
@@ -231,17 +228,38 @@ pub(crate) fn start<In: gyre::Message>(
         links: HashMap::new(),
         pending: VecDeque::new(),
         runs: VecDeque::new(),
+        resets: Vec::new(),
         written: 0,
         consumed: 0,
         metrics: ExportMetrics::default(),
     };
-    let thread = std::thread::Builder::new()
-        .name(format!("gyre-export-{key}"))
-        .spawn(move || {
-            inbox.run(&data, &hello);
-            drop(token);
-        })
-        .map_err(|e| BridgeError::zenoh("start the export's thread", &e))?;
+    let cell = Arc::new(Cell {
+        inbox: Mutex::new(inbox),
+        thread: std::sync::OnceLock::new(),
+    });
+    // Frames are taken on Zenoh's receiving thread, straight into the inbox: no thread
+    // hand-off on a message's way. Everything that talks back (acknowledgements, resets,
+    // hellos) is the export thread's, which the callback wakes.
+    let data = {
+        let cell = Arc::clone(&cell);
+        session
+            .declare_subscriber(format!("{key}/data"))
+            .callback(move |sample| cell.take(&sample.payload().to_bytes()))
+            .wait()
+            .map_err(|e| BridgeError::zenoh("declare the export's data subscriber", &e))?
+    };
+    let thread = {
+        let cell = Arc::clone(&cell);
+        std::thread::Builder::new()
+            .name(format!("gyre-export-{key}"))
+            .spawn(move || {
+                let _ = cell.thread.set(std::thread::current());
+                cell.run(&hello);
+                drop(data);
+                drop(token);
+            })
+            .map_err(|e| BridgeError::zenoh("start the export's thread", &e))?
+    };
     tracing::info!(key, epoch, "gyre-zenoh: export started");
     Ok(Export {
         key: key.to_owned(),
@@ -299,44 +317,56 @@ struct Inbox<In> {
     pending: VecDeque<(u64, u64, In)>,
     /// Runs written into the ring and not yet known taken: (link, count), in ring order.
     runs: VecDeque<(u64, u64)>,
+    /// Links whose frames this export does not know (owed a reset).
+    resets: Vec<u64>,
     written: u64,
     consumed: u64,
     metrics: ExportMetrics,
 }
 
-type DataSub =
-    zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>;
 type HelloQ = zenoh::query::Queryable<zenoh::handlers::FifoChannelHandler<zenoh::query::Query>>;
 
-impl<In: gyre::Message> Inbox<In> {
-    fn run(&mut self, data: &DataSub, hello: &HelloQ) {
-        while !self.shared.stop.load(Ordering::Acquire) {
-            while let Ok(Some(q)) = hello.try_recv() {
-                self.hello(&q);
-            }
-            let wait = if self.pending.is_empty() && self.runs.is_empty() {
-                IDLE_WAIT
-            } else {
-                BUSY_WAIT
-            };
-            if let Ok(Some(sample)) = data.recv_timeout(wait) {
-                self.frame(&sample.payload().to_bytes());
-                for _ in 0..64 {
-                    match data.try_recv() {
-                        Ok(Some(sample)) => self.frame(&sample.payload().to_bytes()),
-                        _ => break,
-                    }
-                }
-            }
-            self.deliver();
-            self.observe_consumption();
-            self.acknowledge();
-            self.publish();
+/// The export's state, shared by Zenoh's receiving thread (frames) and the export thread
+/// (everything else).
+struct Cell<In> {
+    inbox: Mutex<Inbox<In>>,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl<In: gyre::Message> Cell<In> {
+    /// A data or FIN frame, on Zenoh's receiving thread: into the inbox as far as it has
+    /// room; the export thread is woken to acknowledge.
+    fn take(&self, bytes: &[u8]) {
+        self.inbox.lock().frame(bytes);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
         }
-        self.acknowledge();
-        self.publish();
     }
 
+    fn run(&self, hello: &HelloQ) {
+        let stop = Arc::clone(&self.inbox.lock().shared);
+        while !stop.stop.load(Ordering::Acquire) {
+            let busy = {
+                let mut inbox = self.inbox.lock();
+                while let Ok(Some(q)) = hello.try_recv() {
+                    inbox.hello(&q);
+                }
+                inbox.deliver();
+                inbox.observe_consumption();
+                inbox.send_resets();
+                inbox.acknowledge();
+                inbox.publish();
+                !(inbox.pending.is_empty() && inbox.runs.is_empty())
+            };
+            std::thread::park_timeout(if busy { BUSY_WAIT } else { IDLE_WAIT });
+        }
+        let mut inbox = self.inbox.lock();
+        inbox.acknowledge();
+        inbox.publish();
+    }
+}
+
+impl<In: gyre::Message> Inbox<In> {
     fn hello(&mut self, query: &zenoh::query::Query) {
         let Some(hello) = query.payload().and_then(|p| Hello::decode(&p.to_bytes())) else {
             self.metrics.unknown_frames += 1;
@@ -413,7 +443,9 @@ impl<In: gyre::Message> Inbox<In> {
         let known = h.epoch == self.epoch && self.links.contains_key(&h.link);
         if !known || h.size != self.ty.size {
             self.metrics.unknown_frames += 1;
-            self.reset(&h);
+            if !self.resets.contains(&h.link) {
+                self.resets.push(h.link);
+            }
             return;
         }
         let link = self.links.get_mut(&h.link).expect("checked above");
@@ -446,15 +478,22 @@ impl<In: gyre::Message> Inbox<In> {
                 link.gap = false;
                 let pending = self.pending.len() as u64;
                 self.metrics.pending_high_water = self.metrics.pending_high_water.max(pending);
+                self.deliver();
             }
             wire::FIN if h.seq == link.accepted => link.fin = true,
             _ => {}
         }
     }
 
-    /// Tells the sender of a frame this export does not know its link (a new
-    /// incarnation, or a link it forgot): the sender says hello again.
-    fn reset(&self, h: &FrameHeader) {
+    /// Tells the senders of frames this export does not know their link (a new
+    /// incarnation, or a link it forgot): they say hello again.
+    fn send_resets(&mut self) {
+        for link in std::mem::take(&mut self.resets) {
+            self.reset(link);
+        }
+    }
+
+    fn reset(&self, link: u64) {
         let ack = Ack {
             kind: wire::RESET,
             epoch: self.epoch,
@@ -466,7 +505,7 @@ impl<In: gyre::Message> Inbox<In> {
         };
         let _ = self
             .session
-            .put(format!("{}/ack/{:016x}", self.key, h.link), ack.encode())
+            .put(format!("{}/ack/{:016x}", self.key, link), ack.encode())
             .congestion_control(zenoh::qos::CongestionControl::Block)
             .wait();
     }

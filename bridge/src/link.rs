@@ -607,7 +607,9 @@ impl<Out: gyre::Message> Outbound<Out> {
             return;
         }
         let rx = self.receiver.as_mut().expect("held until the report");
-        match rx.recv_with_corr_timeout(Duration::from_millis(1)) {
+        // Long enough that an idle link does not spin (each wait spins and yields a
+        // little before it parks), short enough for commands and acknowledgements.
+        match rx.recv_with_corr_timeout(Duration::from_millis(10)) {
             Ok(first) => self.batch.push(first),
             Err(gyre::Error::Timeout { .. }) => return,
             Err(_) => {

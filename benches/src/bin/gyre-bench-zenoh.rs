@@ -12,7 +12,10 @@
 //! - **bridge**: host → parent kernel `source` (identity, CPU) → `Link` → child export →
 //!   child kernel `echo` (identity) → child `Link` → parent export → parent kernel `sink`
 //!   (identity) → host `Receiver`. Every message crosses the process boundary twice, with
-//!   the bridge's sequence numbers, acknowledgements and credits.
+//!   the bridge's sequence numbers, acknowledgements and credits. Each process runs its
+//!   kernels on a pool of one worker: on this 2-core machine the other core is left to
+//!   Zenoh's threads and the bridge's (two workers spin and yield beside them and made
+//!   the round trip ~20 % slower, measured).
 //! - **raw**, over the same two sessions: pub/sub, the parent `put`s to `…/raw/in`, a child
 //!   thread takes each sample from its subscriber and `put`s it to `…/raw/back`, the
 //!   parent's subscriber receives it. Every publisher uses `CongestionControl::Block`:
@@ -339,6 +342,7 @@ fn parent(args: &[String]) {
 
     let runtime = Runtime::builder()
         .backend(Backend::Cpu)
+        .workers(1)
         .build()
         .expect("the CPU runtime starts");
     let source = identity(&runtime, "source");
@@ -602,6 +606,7 @@ fn child(args: &[String]) {
     let session = bridge.session().clone();
     let runtime = Runtime::builder()
         .backend(Backend::Cpu)
+        .workers(1)
         .build()
         .expect("the CPU runtime starts");
     let echo = identity(&runtime, "echo");
