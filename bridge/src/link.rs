@@ -215,7 +215,26 @@ impl<Out: gyre::Message> Drop for Link<Out> {
     }
 }
 
-type AckSub = zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>;
+/// An acknowledgement's arrival time and bytes.
+type Stamped = (Instant, Vec<u8>);
+
+/// The link's acknowledgement subscriber and the queue its callback fills.
+struct Acks {
+    _sub: zenoh::pubsub::Subscriber<()>,
+    rx: std::sync::mpsc::Receiver<Stamped>,
+}
+
+impl Acks {
+    fn try_recv(&self) -> Option<(Instant, Ack)> {
+        let (at, bytes) = self.rx.try_recv().ok()?;
+        Some((at, Ack::decode(&bytes)?))
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Option<(Instant, Ack)> {
+        let (at, bytes) = self.rx.recv_timeout(timeout).ok()?;
+        Some((at, Ack::decode(&bytes)?))
+    }
+}
 
 pub(crate) fn start<Out: gyre::Message>(
     session: &zenoh::Session,
@@ -231,11 +250,21 @@ pub(crate) fn start<Out: gyre::Message>(
         None => WireType::of::<Out>(),
     };
     let id = random_id();
-    let acks = session
+    // Acknowledgements are stamped when they arrive (the round trip must not include
+    // the time the link thread spent waiting on its receiver), then queued for the link
+    // thread; a full queue blocks Zenoh's reader, like a FIFO handler.
+    let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel::<Stamped>(1024);
+    let ack_sub = session
         .declare_subscriber(format!("{key}/ack/{id:016x}"))
-        .with(zenoh::handlers::FifoChannel::new(1024))
+        .callback(move |s| {
+            let _ = ack_tx.send((Instant::now(), s.payload().to_bytes().into_owned()));
+        })
         .wait()
         .map_err(|e| BridgeError::zenoh("declare the link's acknowledgement subscriber", &e))?;
+    let acks = Acks {
+        _sub: ack_sub,
+        rx: ack_rx,
+    };
     let data = session
         .declare_publisher(format!("{key}/data"))
         .congestion_control(zenoh::qos::CongestionControl::Block)
@@ -408,7 +437,7 @@ impl<Out: gyre::Message> Outbound<Out> {
         self.cursor = self.cursor.max(self.base);
     }
 
-    fn ack(&mut self, a: &Ack) {
+    fn ack(&mut self, at: Instant, a: &Ack) {
         if a.kind == wire::RESET {
             if self.epoch.is_some() {
                 self.degrade("the export does not know this link (it restarted)");
@@ -423,7 +452,7 @@ impl<Out: gyre::Message> Outbound<Out> {
             let last = a.delivered - 1;
             if last >= self.base {
                 if let Some(e) = self.unacked.get((last - self.base) as usize) {
-                    let rtt = e.sent_at.elapsed();
+                    let rtt = at.saturating_duration_since(e.sent_at);
                     self.metrics.round_trip = Some(rtt);
                     self.metrics.round_trip_avg = Some(match self.metrics.round_trip_avg {
                         Some(avg) => (avg * 7 + rtt) / 8,
@@ -486,7 +515,7 @@ impl<Out: gyre::Message> Outbound<Out> {
         }
     }
 
-    fn run(mut self, acks: &AckSub) -> LinkReport<Out> {
+    fn run(mut self, acks: &Acks) -> LinkReport<Out> {
         let failure = loop {
             let command = *self.shared.command.lock();
             if command == Command::Terminate {
@@ -499,10 +528,8 @@ impl<Out: gyre::Message> Outbound<Out> {
                 Command::Drain(_) => true,
                 _ => false,
             };
-            while let Ok(Some(s)) = acks.try_recv() {
-                if let Some(a) = Ack::decode(&s.payload().to_bytes()) {
-                    self.ack(&a);
-                }
+            while let Some((at, a)) = acks.try_recv() {
+                self.ack(at, &a);
             }
             if self.finished {
                 *self.shared.health.lock() = LinkHealth::Finished;
@@ -596,13 +623,11 @@ impl<Out: gyre::Message> Outbound<Out> {
 
     /// Reads what the receiver has (waiting a little for the first) within credit and
     /// sends it as one frame.
-    fn forward(&mut self, acks: &AckSub) {
+    fn forward(&mut self, acks: &Acks) {
         let room = self.room();
         if room == 0 {
-            if let Ok(Some(s)) = acks.recv_timeout(Duration::from_millis(1)) {
-                if let Some(a) = Ack::decode(&s.payload().to_bytes()) {
-                    self.ack(&a);
-                }
+            if let Some((at, a)) = acks.recv_timeout(Duration::from_millis(1)) {
+                self.ack(at, &a);
             }
             return;
         }
@@ -646,7 +671,7 @@ impl<Out: gyre::Message> Outbound<Out> {
 
     /// One step of a drain: forward what the receiver still holds, then, once all of it
     /// was taken, say FIN until the export confirms.
-    fn drain_step(&mut self, acks: &AckSub) {
+    fn drain_step(&mut self, acks: &Acks) {
         if !self.drained_input {
             let room = self.room();
             let rx = self.receiver.as_mut().expect("held until the report");
@@ -672,10 +697,8 @@ impl<Out: gyre::Message> Outbound<Out> {
                 self.transmit(self.next(), 0, wire::FIN);
             }
         }
-        if let Ok(Some(s)) = acks.recv_timeout(Duration::from_millis(1)) {
-            if let Some(a) = Ack::decode(&s.payload().to_bytes()) {
-                self.ack(&a);
-            }
+        if let Some((at, a)) = acks.recv_timeout(Duration::from_millis(1)) {
+            self.ack(at, &a);
         }
     }
 
