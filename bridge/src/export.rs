@@ -23,6 +23,9 @@ use crate::{random_id, BridgeError, WireType};
 const IDLE_WAIT: Duration = Duration::from_millis(5);
 /// How long it waits when messages wait for ring room or for the kernel to take them.
 const BUSY_WAIT: Duration = Duration::from_micros(200);
+/// How long another export's token must stay visible before a new export of the same
+/// key is refused.
+const KEY_TAKEN_FOR: Duration = Duration::from_secs(1);
 /// An acknowledgement goes out at least this often per link (the link's liveness).
 const KEEPALIVE: Duration = Duration::from_millis(50);
 
@@ -188,17 +191,27 @@ pub(crate) fn start<In: gyre::Message>(
         Some(name) => WireType::named::<In>(name),
         None => WireType::of::<In>(),
     };
-    // One export per key: a second would answer hellos and see the same frames.
-    let taken = session
-        .liveliness()
-        .get(format!("{key}/export"))
-        .timeout(Duration::from_millis(500))
-        .wait()
-        .map_err(|e| BridgeError::zenoh("look for another export of the key", &e))?;
-    if taken.recv().is_ok_and(|reply| reply.result().is_ok()) {
-        return Err(BridgeError::KeyTaken {
-            key: key.to_owned(),
-        });
+    // One export per key: a second would answer hellos and see the same frames. An
+    // export closed a moment ago may still be seen for a few milliseconds (its token's
+    // removal travels like any message): the key counts as taken only if it stays so
+    // for a while.
+    let taken_since = Instant::now();
+    loop {
+        let replies = session
+            .liveliness()
+            .get(format!("{key}/export"))
+            .timeout(Duration::from_millis(500))
+            .wait()
+            .map_err(|e| BridgeError::zenoh("look for another export of the key", &e))?;
+        if !replies.recv().is_ok_and(|reply| reply.result().is_ok()) {
+            break;
+        }
+        if taken_since.elapsed() > KEY_TAKEN_FOR {
+            return Err(BridgeError::KeyTaken {
+                key: key.to_owned(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let token = session
         .liveliness()

@@ -6,6 +6,7 @@
 //! export, and says how the link is doing.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -326,6 +327,52 @@ pub(crate) fn start<Out: gyre::Message>(
     })
 }
 
+/// Looks this many times for the receiver's next message, yielding the core in between,
+/// before the link thread parks.
+const YIELDS_BEFORE_PARKING: u32 = 16;
+
+/// Waits up to `timeout` for the receiver's next message: a few looks with the core given
+/// away in between, then parked until the kernel emits. No spinning: on a small machine a
+/// spinning link thread takes a core from Zenoh's threads on the very path a message
+/// travels. `None` when the time ran out.
+fn park_for_output<Out: gyre::Message>(
+    rx: &mut gyre::Receiver<Out>,
+    timeout: Duration,
+) -> Option<Result<(Out, u64), gyre::Error>> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    // A message often follows another within microseconds under load: look a few times,
+    // giving the core away in between, before parking.
+    for _ in 0..YIELDS_BEFORE_PARKING {
+        match rx.try_recv_with_corr() {
+            Ok(Some(m)) => return Some(Ok(m)),
+            Ok(None) => std::thread::yield_now(),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut next = std::pin::pin!(rx.recv_with_corr_async());
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let std::task::Poll::Ready(r) = next.as_mut().poll(&mut cx) {
+            return Some(r);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::park_timeout(left);
+    }
+}
+
 struct Entry<Out> {
     message: Out,
     corr: u64,
@@ -632,12 +679,10 @@ impl<Out: gyre::Message> Outbound<Out> {
             return;
         }
         let rx = self.receiver.as_mut().expect("held until the report");
-        // Long enough that an idle link does not spin (each wait spins and yields a
-        // little before it parks), short enough for commands and acknowledgements.
-        match rx.recv_with_corr_timeout(Duration::from_millis(10)) {
-            Ok(first) => self.batch.push(first),
-            Err(gyre::Error::Timeout { .. }) => return,
-            Err(_) => {
+        match park_for_output(rx, Duration::from_millis(10)) {
+            None => return,
+            Some(Ok(first)) => self.batch.push(first),
+            Some(Err(_)) => {
                 // The upstream kernel stopped and everything it emitted was read.
                 self.drained_input = true;
                 std::thread::sleep(Duration::from_millis(1));

@@ -319,4 +319,28 @@ impl<Out: Message> Receiver<Out> {
         })
         .await
     }
+
+    /// Receives the next message with its correlation id without blocking a thread: the
+    /// task is woken when the kernel emits.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is taken only in the poll that returns it.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub async fn recv_with_corr_async(&mut self) -> Result<(Out, u64), Error> {
+        let backing = &self.backing;
+        let rx = self
+            .rx
+            .as_mut()
+            .expect("the receiving end is held until drop");
+        let _watch = backing.watch();
+        poll_fn(|cx| {
+            backing.items().poll_until(cx, || {
+                rx.try_recv_with(backing, |p, corr| (read::<Out>(p), join(corr)))
+                    .transpose()
+            })
+        })
+        .await
+    }
 }
