@@ -48,9 +48,7 @@ fn every_backend_exports_and_links_through_the_same_calls() {
             .unwrap();
 
         let host = Runtime::builder().build().unwrap();
-        let sink = host
-            .launch(KernelSpec::<u64, u64>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)))
-            .unwrap();
+        let sink = common::identity(&host, "sink");
         sink.activate().unwrap();
         let mut results = sink.receiver().unwrap();
         let sink_export = b
@@ -67,9 +65,7 @@ fn every_backend_exports_and_links_through_the_same_calls() {
                 LinkOptions::default(),
             )
             .unwrap();
-        let src = host
-            .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-            .unwrap();
+        let src = common::identity(&host, "src");
         src.activate().unwrap();
         let link = b
             .link(

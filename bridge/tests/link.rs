@@ -82,9 +82,7 @@ fn a_type_mismatch_is_an_error_at_link_time_naming_both_sides() {
     let (a, b, _) = common::pair();
     let key = common::key("mismatch");
     let rt = Runtime::builder().build().unwrap();
-    let sink = rt
-        .launch(KernelSpec::<u64, u64>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let sink = common::identity(&rt, "sink");
     sink.activate().unwrap();
     let export = a
         .export::<u64>(&key, sink.sender(), ExportOptions::default())
@@ -111,9 +109,7 @@ fn a_type_mismatch_is_an_error_at_link_time_naming_both_sides() {
 fn a_link_to_nothing_says_so_within_its_connect_timeout() {
     let (_a, b, _) = common::pair();
     let rt = Runtime::builder().build().unwrap();
-    let src = rt
-        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let src = common::identity(&rt, "src");
     let started = Instant::now();
     let err = b
         .link(
@@ -208,9 +204,7 @@ fn an_export_that_comes_back_gets_everything_its_predecessor_had_not_taken() {
     let (a, b, _) = common::pair();
     let key = common::key("restart");
     let rt = Runtime::builder().build().unwrap();
-    let src = rt
-        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let src = common::identity(&rt, "src");
     src.activate().unwrap();
     // The first incarnation takes nothing: its kernel stays paused (never activated).
     let first = rt
@@ -244,9 +238,7 @@ fn an_export_that_comes_back_gets_everything_its_predecessor_had_not_taken() {
     assert_eq!(link.metrics().acknowledged, 0, "nothing was taken");
     drop(export);
     drop(first.terminate().unwrap()); // its process "died" with 50 messages in its ring
-    let second = rt
-        .launch(KernelSpec::<u64, u64>::new("second").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let second = common::identity(&rt, "second");
     second.activate().unwrap();
     let mut out = second.receiver().unwrap();
     let _export = a
@@ -270,13 +262,9 @@ fn with_the_export_gone_past_the_link_timeout_terminate_hands_back_everything_un
     let (a, b, _) = common::pair();
     let key = common::key("gone");
     let rt = Runtime::builder().build().unwrap();
-    let src = rt
-        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let src = common::identity(&rt, "src");
     src.activate().unwrap();
-    let parked = rt
-        .launch(KernelSpec::<u64, u64>::new("parked").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let parked = common::identity(&rt, "parked");
     let export = a
         .export::<u64>(&key, parked.sender(), ExportOptions::default())
         .unwrap();
@@ -321,16 +309,12 @@ fn the_bridge_works_from_a_current_thread_async_runtime() {
         let (a, b, _) = common::pair();
         let key = common::key("async");
         let gyre_rt = Runtime::builder().build().unwrap();
-        let sink = gyre_rt
-            .launch(KernelSpec::<u64, u64>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)))
-            .unwrap();
+        let sink = common::identity(&gyre_rt, "sink");
         sink.activate().unwrap();
         let export = a
             .export::<u64>(&key, sink.sender(), ExportOptions::default())
             .unwrap();
-        let src = gyre_rt
-            .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-            .unwrap();
+        let src = common::identity(&gyre_rt, "src");
         src.activate().unwrap();
         let link = b
             .link(&key, src.receiver().unwrap(), LinkOptions::default())
@@ -353,9 +337,7 @@ fn a_second_export_of_a_key_is_refused_and_the_key_is_free_again_once_closed() {
     let (a, b, _) = common::pair();
     let key = common::key("taken");
     let rt = Runtime::builder().build().unwrap();
-    let k1 = rt
-        .launch(KernelSpec::<u64, u64>::new("k1").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let k1 = common::identity(&rt, "k1");
     let first = a
         .export::<u64>(&key, k1.sender(), ExportOptions::default())
         .unwrap();

@@ -270,9 +270,7 @@ fn random_sends_pauses_and_drains() {
         let (bridge, port) = listening_bridge();
         let key = common::key(&format!("random-{seed:x}"));
         let rt = Runtime::builder().build().unwrap();
-        let sink = rt
-            .launch(KernelSpec::<u64, u64>::new("sink").cpu(|x, out| Ok(out.emit(*x)?)))
-            .unwrap();
+        let sink = common::identity(&rt, "sink");
         sink.activate().unwrap();
         let results = sink.receiver().unwrap();
         let collector = Collector::start(results);
@@ -284,9 +282,7 @@ fn random_sends_pauses_and_drains() {
             )
             .unwrap();
         let child = ChildGuard::spawn("echo", port, &key, None);
-        let src = rt
-            .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-            .unwrap();
+        let src = common::identity(&rt, "src");
         src.activate().unwrap();
         let link = bridge
             .link(
@@ -369,9 +365,7 @@ fn sigkill_and_restart() {
     let key = common::key("kill");
     let child = ChildGuard::spawn("record", port, &key, Some(&first));
     let rt = Runtime::builder().build().unwrap();
-    let src = rt
-        .launch(KernelSpec::<u64, u64>::new("src").cpu(|x, out| Ok(out.emit(*x)?)))
-        .unwrap();
+    let src = common::identity(&rt, "src");
     src.activate().unwrap();
     let link = bridge
         .link(

@@ -306,18 +306,9 @@ impl<Out: Message> Receiver<Out> {
     /// # Errors
     /// As [`Receiver::recv`].
     pub async fn recv_async(&mut self) -> Result<Out, Error> {
-        let backing = &self.backing;
-        let rx = self
-            .rx
-            .as_mut()
-            .expect("the receiving end is held until drop");
-        let _watch = backing.watch();
-        poll_fn(|cx| {
-            backing.items().poll_until(cx, || {
-                rx.try_recv_with(backing, |p, _| read::<Out>(p)).transpose()
-            })
-        })
-        .await
+        self.recv_with_corr_async()
+            .await
+            .map(|(message, _)| message)
     }
 
     /// Receives the next message with its correlation id without blocking a thread: the

@@ -2,7 +2,7 @@
 //! raw Zenoh pub/sub and request/reply between the same two processes, in the same run.
 //!
 //! ```text
-//! cargo run --release -p gyre-bench --bin gyre-bench-zenoh [ROUNDS] [--rt COUNT] [--tp COUNT]
+//! cargo run --release -p gyre-bench --features zenoh --bin gyre-bench-zenoh [ROUNDS] [--rt COUNT] [--tp COUNT]
 //! ```
 //!
 //! The binary starts itself a second time (the child) and the two talk over one Zenoh

@@ -2,7 +2,15 @@
 
 #![allow(dead_code)]
 
+use gyre::{Kernel, KernelSpec, Runtime};
 use gyre_zenoh::{Bridge, BridgeConfig};
+
+/// A CPU kernel of `runtime` that emits each `u64` unchanged, launched, not activated.
+pub fn identity(runtime: &Runtime, name: &str) -> Kernel<u64, u64> {
+    runtime
+        .launch(KernelSpec::<u64, u64>::new(name).cpu(|x, out| Ok(out.emit(*x)?)))
+        .expect("launch an identity kernel")
+}
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
