@@ -298,7 +298,6 @@ pub(crate) fn start<Out: gyre::Message>(
         fin_sent: false,
         fin_at: None,
         finished: false,
-        frame: Vec::new(),
         batch: Vec::new(),
         metrics: LinkMetrics::default(),
     };
@@ -405,7 +404,6 @@ struct Outbound<Out> {
     fin_sent: bool,
     fin_at: Option<Instant>,
     finished: bool,
-    frame: Vec<u8>,
     batch: Vec<(Out, u64)>,
     metrics: LinkMetrics,
 }
@@ -534,8 +532,8 @@ impl<Out: gyre::Message> Outbound<Out> {
         let epoch = self.epoch.unwrap_or(0);
         let size = std::mem::size_of::<Out>();
         let start = (from - self.base) as usize;
-        let mut frame = std::mem::take(&mut self.frame);
-        frame.reserve(wire::DATA_HEADER + n * (8 + size));
+        // Zenoh takes the frame's bytes by value: build it in its own buffer, no copy.
+        let mut frame = Vec::with_capacity(wire::DATA_HEADER + n * (8 + size));
         wire::start_frame(
             &mut frame,
             &FrameHeader {
@@ -555,9 +553,7 @@ impl<Out: gyre::Message> Outbound<Out> {
         for e in self.unacked.range(start..start + n) {
             frame.extend_from_slice(bytemuck::bytes_of(&e.message));
         }
-        let bytes = frame.clone();
-        self.frame = frame;
-        if let Err(e) = self.data.put(bytes).wait() {
+        if let Err(e) = self.data.put(frame).wait() {
             tracing::warn!(key = self.key, "gyre-zenoh: a frame could not be put: {e}");
         }
     }
