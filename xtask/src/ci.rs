@@ -348,61 +348,41 @@ fn setup_cuda(root: &Path) -> Result<Toolkit, String> {
     Ok(toolkit)
 }
 
-/// The name of the CI step that tests the CUDA backend without a GPU.
-pub const CUDA_STEP: &str = "cuda (NVRTC + ptxas, emulated conformance)";
-
 /// The name of the CI step that compiles the built-ins ahead of time (`cargo xtask
 /// kernels`).
 pub const KERNELS_STEP: &str = "prebuilt CUDA kernels (nvcc)";
 
-/// The name of the CI step that runs the wgpu tests on Mesa's software Vulkan.
-pub const WGPU_STEP: &str = "wgpu (lavapipe)";
+/// The name of the CI step that runs every test of every crate with every feature: the
+/// CPU backend, the CUDA backend without a GPU (kernels compiled through NVRTC and
+/// ptxas, the CUDA ring code run on the host), the wgpu backend on Mesa's software
+/// Vulkan, the `http` endpoint, the Zenoh bridge on all three.
+pub const TESTS_STEP: &str =
+    "tests (every crate, every feature: CPU, CUDA emulated, wgpu on lavapipe, http, Zenoh)";
 
-/// Whether the manifest text declares a feature named `feature` in its `[features]`
-/// table.
-fn declares_feature(manifest: &str, feature: &str) -> bool {
-    let mut in_features = false;
-    manifest.lines().map(str::trim).any(|line| {
-        if line.starts_with('[') {
-            in_features = line == "[features]";
-            return false;
-        }
-        in_features
-            && line
-                .split_once('=')
-                .is_some_and(|(key, _)| key.trim().trim_matches('"') == feature)
-    })
-}
-
-/// The wgpu CI step: the runtime's wgpu tests, and the gyre crate's when it has a
-/// `wgpu` feature, on any adapter, lavapipe included.
-fn wgpu_step(host_api_has_wgpu: bool) -> Step {
-    let args: &[&str] = if host_api_has_wgpu {
-        &[
-            "test",
-            "-p",
-            "gyre-runtime",
-            "-p",
-            "gyre",
-            "-p",
-            "gyre-examples",
-            "-p",
-            "gyre-zenoh",
-            "--features",
-            "gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu,gyre-zenoh/wgpu",
-        ]
-    } else {
-        &["test", "-p", "gyre-runtime", "--features", "wgpu"]
-    };
-    Step::new(WGPU_STEP, "cargo", args)
-        .env("WGPU_BACKEND", "vulkan")
+/// The variables a wgpu test needs to run on Mesa's software Vulkan (lavapipe).
+fn wgpu_env() -> Vec<(String, String)> {
+    [
+        ("WGPU_BACKEND", "vulkan".to_owned()),
         // The tests may use a software adapter, and fail (not skip) without one.
-        .env("GYRE_WGPU_ALLOW_SOFTWARE", "1")
+        ("GYRE_WGPU_ALLOW_SOFTWARE", "1".to_owned()),
         // Mesa's Vulkan loader complains on every device open without one.
-        .env(
+        (
             "XDG_RUNTIME_DIR",
             std::env::temp_dir().to_string_lossy().into_owned(),
-        )
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Where cargo puts what it builds for this workspace: `CARGO_TARGET_DIR` when set
+/// (relative to `root` when relative), `root/target` otherwise.
+fn target_dir(root: &Path) -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
 }
 
 /// The examples CI runs (step name, example name); each finishes in seconds.
@@ -423,9 +403,7 @@ const EXAMPLES: [(&str, &str); 7] = [
 pub fn ci(root: &Path) -> Result<(), String> {
     let start = Instant::now();
     let toolkit = setup_with_toolkit(root)?;
-    let host_api_has_wgpu = std::fs::read_to_string(root.join("host-api").join("Cargo.toml"))
-        .is_ok_and(|manifest| declares_feature(&manifest, "wgpu"));
-    let steps = ci_steps(&toolkit, host_api_has_wgpu);
+    let steps = ci_steps(&toolkit, &target_dir(root));
     for step in &steps {
         step.run(root)?;
     }
@@ -442,18 +420,22 @@ pub fn ci(root: &Path) -> Result<(), String> {
 /// (`runtime/tests/support/skip.rs`).
 pub const CI_VAR: &str = "GYRE_CI";
 
-/// The checks `ci` runs after setup, in order, each with [`CI_VAR`] set;
-/// `host_api_has_wgpu`: whether the gyre crate has a `wgpu` feature (its tests then join
-/// the wgpu step).
-fn ci_steps(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
-    checks(toolkit, host_api_has_wgpu)
+/// The checks `ci` runs after setup, in order, each with [`CI_VAR`] set; `target`: the
+/// workspace's target directory (the examples run from there).
+fn ci_steps(toolkit: &Toolkit, target: &Path) -> Vec<Step> {
+    checks(toolkit, target)
         .into_iter()
         .map(|step| step.env(CI_VAR, "1"))
         .collect()
 }
 
 #[allow(clippy::too_many_lines)] // one entry per CI step, in order
-fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
+fn checks(toolkit: &Toolkit, target: &Path) -> Vec<Step> {
+    // One build of the tests serves every backend: the CPU, the CUDA emulation and wgpu
+    // run in one `cargo test` with every feature, and the examples it builds run from
+    // the target directory (a `cargo run` with other features would build them again).
+    // Every step that builds gets the same variables, so no build script reruns.
+    let device_env: Vec<(String, String)> = toolkit.env().into_iter().chain(wgpu_env()).collect();
     [
         Step::new("format", "cargo", &["fmt", "--all", "--", "--check"]),
         Step::new(
@@ -489,31 +471,14 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
             &["run", "--quiet", "-p", "xtask", "--", "kernels"],
         )
         .envs(toolkit.env()),
-        // Unit, integration and doc tests; examples are built (benches are not run here).
-        Step::new("tests", "cargo", &["test", "--workspace"]),
-        // The CUDA backend without a GPU: kernels compiled through the runtime's NVRTC
-        // path and ptxas, the CUDA ring code run on the host against the Rust side, and
-        // the one API's tests, the examples and the Zenoh bridge on the emulated device.
+        // Unit, integration and doc tests of every crate with every feature; the
+        // examples are built (benches are not run here).
         Step::new(
-            CUDA_STEP,
+            TESTS_STEP,
             "cargo",
-            &[
-                "test",
-                "-p",
-                "gyre-runtime",
-                "-p",
-                "gyre",
-                "-p",
-                "gyre-examples",
-                "-p",
-                "gyre-zenoh",
-                "--features",
-                "gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda,gyre-zenoh/cuda",
-            ],
+            &["test", "--workspace", "--all-features"],
         )
-        .envs(toolkit.env()),
-        // The wgpu backend on Mesa's software Vulkan (lavapipe, installed by setup).
-        wgpu_step(host_api_has_wgpu),
+        .envs(device_env.clone()),
         // The CUDA benchmark harness, one short round on the emulated device (a smoke
         // test of the harness; its numbers are not GPU numbers and are not kept).
         Step::new(
@@ -525,7 +490,7 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
                 "-p",
                 "gyre-bench",
                 "--features",
-                "cuda",
+                "cuda,wgpu",
                 "--bin",
                 "gyre-bench-cuda",
                 "--",
@@ -534,7 +499,7 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
                 "1",
             ],
         )
-        .envs(toolkit.env()),
+        .envs(device_env.clone()),
         // The wgpu benchmark harness, one quick run on lavapipe (a smoke test: it checks
         // every output; the README's numbers come from full runs).
         Step::new(
@@ -546,47 +511,19 @@ fn checks(toolkit: &Toolkit, host_api_has_wgpu: bool) -> Vec<Step> {
                 "-p",
                 "gyre-bench",
                 "--features",
-                "wgpu",
+                "cuda,wgpu",
                 "--bin",
                 "gyre-bench-wgpu",
                 "--",
                 "--quick",
             ],
         )
-        .env("WGPU_BACKEND", "vulkan")
-        .env("GYRE_WGPU_ALLOW_SOFTWARE", "1")
-        .env(
-            "XDG_RUNTIME_DIR",
-            std::env::temp_dir().to_string_lossy().into_owned(),
-        ),
-        Step::new(
-            "tests of the http feature",
-            "cargo",
-            &[
-                "test",
-                "-p",
-                "gyre",
-                "--features",
-                "http",
-                "--test",
-                "http_metrics",
-            ],
-        ),
+        .envs(device_env.clone()),
     ]
     .into_iter()
     .chain(EXAMPLES.iter().map(|&(step, example)| {
-        Step::new(
-            step,
-            "cargo",
-            &[
-                "run",
-                "--quiet",
-                "-p",
-                "gyre-examples",
-                "--example",
-                example,
-            ],
-        )
+        let binary = target.join("debug").join("examples").join(example);
+        Step::new(step, binary.to_string_lossy().into_owned(), &[])
     }))
     .chain([Step::new(
         "loom models",
@@ -614,79 +551,78 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_cuda_step_follows_the_tests_with_the_toolkit_env() {
+    fn one_test_step_runs_every_backend_after_the_prebuilt_kernels() {
         let toolkit = Toolkit::at("/t");
-        let steps = ci_steps(&toolkit, false);
+        let steps = ci_steps(&toolkit, Path::new("/w/target"));
         let names: Vec<&str> = steps.iter().map(|step| step.name.as_str()).collect();
-        let tests = names.iter().position(|&n| n == "tests").unwrap();
-        assert_eq!(names[tests + 1], CUDA_STEP);
-        let cuda = &steps[tests + 1];
+        let tests = names.iter().position(|&n| n == TESTS_STEP).unwrap();
         assert_eq!(
-            cuda.command_line(),
-            "cargo test -p gyre-runtime -p gyre -p gyre-examples -p gyre-zenoh --features gyre-runtime/cuda,gyre/cuda,gyre-examples/cuda,gyre-zenoh/cuda"
+            steps[tests].command_line(),
+            "cargo test --workspace --all-features"
         );
         for key in ["GYRE_PTXAS", "GYRE_NVRTC_LIB", "LD_LIBRARY_PATH", "PATH"] {
-            assert!(cuda.env.iter().any(|(k, _)| k == key), "{key} not set");
+            assert!(
+                steps[tests].env.iter().any(|(k, _)| k == key),
+                "{key} not set"
+            );
+        }
+        for (key, value) in [
+            ("WGPU_BACKEND", "vulkan"),
+            ("GYRE_WGPU_ALLOW_SOFTWARE", "1"),
+        ] {
+            assert!(
+                steps[tests].env.iter().any(|(k, v)| k == key && v == value),
+                "{key}={value} not set"
+            );
         }
         assert_eq!(names[tests - 1], KERNELS_STEP);
         assert_eq!(
             steps[tests - 1].command_line(),
             "cargo run --quiet -p xtask -- kernels"
         );
+        assert!(
+            !steps
+                .iter()
+                .any(|step| step.args.iter().any(|a| a == "--features")
+                    && step.args.first().is_some_and(|a| a == "test")),
+            "a second test build with other features"
+        );
         let clippy = steps.iter().find(|step| step.name == "clippy").unwrap();
         assert!(clippy.args.iter().any(|arg| arg == "--all-features"));
     }
 
     #[test]
+    fn the_harnesses_share_one_release_build_and_the_examples_run_from_the_tests_build() {
+        let steps = ci_steps(&Toolkit::at("/t"), Path::new("/w/target"));
+        let harnesses: Vec<&Step> = steps
+            .iter()
+            .filter(|step| {
+                step.args.iter().any(|a| a == "--release")
+                    && step.args.iter().any(|a| a == "gyre-bench")
+            })
+            .collect();
+        assert_eq!(harnesses.len(), 2);
+        for harness in &harnesses {
+            assert!(harness.command_line().contains("--features cuda,wgpu"));
+            assert_eq!(harness.env, harnesses[0].env, "same variables, same build");
+        }
+        let quickstart = steps
+            .iter()
+            .find(|step| step.name == "example quickstart")
+            .unwrap();
+        assert_eq!(quickstart.program, "/w/target/debug/examples/quickstart");
+        assert!(quickstart.args.is_empty());
+    }
+
+    #[test]
     fn every_step_turns_skips_into_failures() {
-        for step in ci_steps(&Toolkit::at("/t"), true) {
+        for step in ci_steps(&Toolkit::at("/t"), Path::new("target")) {
             assert!(
                 step.env.iter().any(|(k, v)| k == CI_VAR && v == "1"),
                 "step `{}` lacks {CI_VAR}=1",
                 step.name
             );
         }
-    }
-
-    #[test]
-    fn the_wgpu_step_follows_the_cuda_step_on_lavapipe() {
-        let toolkit = Toolkit::at("/t");
-        for (host_api_has_wgpu, command) in [
-            (false, "cargo test -p gyre-runtime --features wgpu"),
-            (
-                true,
-                "cargo test -p gyre-runtime -p gyre -p gyre-examples -p gyre-zenoh --features gyre-runtime/wgpu,gyre/wgpu,gyre-examples/wgpu,gyre-zenoh/wgpu",
-            ),
-        ] {
-            let steps = ci_steps(&toolkit, host_api_has_wgpu);
-            let names: Vec<&str> = steps.iter().map(|step| step.name.as_str()).collect();
-            let cuda = names.iter().position(|&n| n == CUDA_STEP).unwrap();
-            assert_eq!(names[cuda + 1], WGPU_STEP);
-            let wgpu = &steps[cuda + 1];
-            assert_eq!(wgpu.command_line(), command);
-            for (key, value) in [
-                ("WGPU_BACKEND", "vulkan"),
-                ("GYRE_WGPU_ALLOW_SOFTWARE", "1"),
-            ] {
-                assert!(
-                    wgpu.env.iter().any(|(k, v)| k == key && v == value),
-                    "{key}={value} not set"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn features_are_read_from_the_features_table_only() {
-        let manifest = "[package]\nname = \"gyre\"\n\n[dependencies]\nwgpu = \"30\"\n\n\
-                        [features]\nhttp = []\ncuda = [\"gyre-runtime/cuda\"]\n";
-        assert!(declares_feature(manifest, "cuda"));
-        assert!(!declares_feature(manifest, "wgpu"));
-        let with_wgpu = format!("{manifest}wgpu = [\"gyre-runtime/wgpu\"]\n[lints]\n");
-        assert!(declares_feature(&with_wgpu, "wgpu"));
-        let host_api =
-            std::fs::read_to_string(crate::workspace_root().join("host-api/Cargo.toml")).unwrap();
-        assert!(declares_feature(&host_api, "cuda"));
     }
 
     #[test]
