@@ -233,6 +233,14 @@ impl Bridge {
     /// Forwards everything `receiver` receives to the export at `key`, waiting up to
     /// [`LinkOptions::connect_timeout`] for it to answer.
     ///
+    /// The link has a thread of its own that reads the receiver and batches what it
+    /// reads into frames. When the receiver is a CPU kernel's and the link is idle
+    /// (nothing sent for 50 µs, fewer than 64 messages in flight), the kernel's emit
+    /// sends the frame itself, from its handler's thread, instead of waking the link's
+    /// thread: a message then does not wait for a thread to wake (tens of microseconds
+    /// on a small machine). That send is a Zenoh `put`, which blocks only while the
+    /// session's transmit queue is full. [`LinkMetrics::inline_frames`] counts them.
+    ///
     /// # Errors
     /// [`BridgeError::NoExport`] when nothing answers at `key` in time;
     /// [`BridgeError::TypeMismatch`] when the export carries another message type.

@@ -4,11 +4,17 @@
 //! reads, keeps every message until the export says the kernel took it, resends from the
 //! first unacknowledged message after a gap, a reconnect or a new incarnation of the
 //! export, and says how the link is doing.
+//!
+//! An idle link on a CPU kernel does not wait for its thread to wake: the kernel's emit
+//! wakes a waker that sends the message from the emitting thread (see [`Emitted`]),
+//! which takes one thread wake-up (tens of microseconds on a small machine) off every
+//! message's way. Under load the link thread reads and batches, as before.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -58,6 +64,9 @@ pub struct LinkMetrics {
     pub acknowledged: u64,
     /// Messages sent again (after a gap, a reconnect or a new remote incarnation).
     pub retransmitted: u64,
+    /// Frames an idle link sent from the emitting kernel's thread, without waking its
+    /// own (CPU kernels only; see [`crate::Bridge::link`]).
+    pub inline_frames: u64,
     /// Times the link ran out of credit and stopped reading its receiver (the upstream
     /// kernel then stalls on its full output ring).
     pub credit_stalls: u64,
@@ -276,7 +285,11 @@ pub(crate) fn start<Out: gyre::Message>(
         metrics: Mutex::new(LinkMetrics::default()),
         health: Mutex::new(LinkHealth::Up),
     });
+    let inline = receiver.backend() == "cpu";
     let mut out = Outbound {
+        acks,
+        inline,
+        waker: None,
         key: key.to_owned(),
         id,
         ty,
@@ -299,6 +312,7 @@ pub(crate) fn start<Out: gyre::Message>(
         fin_at: None,
         finished: false,
         batch: Vec::new(),
+        last_sent: Instant::now(),
         metrics: LinkMetrics::default(),
     };
     let deadline = Instant::now() + out.options.connect_timeout;
@@ -316,7 +330,7 @@ pub(crate) fn start<Out: gyre::Message>(
     }
     let thread = std::thread::Builder::new()
         .name(format!("gyre-link-{key}"))
-        .spawn(move || out.run(&acks))
+        .spawn(move || run(out))
         .map_err(|e| BridgeError::zenoh("start the link's thread", &e))?;
     Ok(Link {
         key: key.to_owned(),
@@ -330,15 +344,47 @@ pub(crate) fn start<Out: gyre::Message>(
 /// before the link thread parks.
 const YIELDS_BEFORE_PARKING: u32 = 16;
 
+/// How long the link thread parks at most when its receiver is empty (it wakes earlier
+/// when the kernel emits and the link cannot send inline).
+const PARK: Duration = Duration::from_millis(10);
+
+/// An emit sends inline only while fewer messages than this are in flight, and only
+/// when the link sent nothing for [`INLINE_AFTER`]: otherwise the link is streaming and
+/// its thread batches (one frame for many messages, not one per emit).
+const INLINE_IN_FLIGHT: usize = 64;
+
+/// See [`INLINE_IN_FLIGHT`].
+const INLINE_AFTER: Duration = Duration::from_micros(50);
+
+/// Frames one inline wake sends at most before it hands over to the link thread (the
+/// emitting thread belongs to a kernel).
+const INLINE_ROUNDS: u32 = 4;
+
+/// The receiver's next message after a few looks with the core given away in between;
+/// `None` when there was none.
+fn look_for_output<Out: gyre::Message>(
+    rx: &mut gyre::Receiver<Out>,
+) -> Option<Result<(Out, u64), gyre::Error>> {
+    for _ in 0..YIELDS_BEFORE_PARKING {
+        match rx.try_recv_with_corr() {
+            Ok(Some(m)) => return Some(Ok(m)),
+            Ok(None) => std::thread::yield_now(),
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    None
+}
+
 /// Waits up to `timeout` for the receiver's next message: a few looks with the core given
 /// away in between, then parked until the kernel emits. No spinning: on a small machine a
 /// spinning link thread takes a core from Zenoh's threads on the very path a message
-/// travels. `None` when the time ran out.
+/// travels. `None` when the time ran out. (Links on device kernels: the receive's future
+/// keeps the device's watcher polling while it lives.)
 fn park_for_output<Out: gyre::Message>(
     rx: &mut gyre::Receiver<Out>,
     timeout: Duration,
 ) -> Option<Result<(Out, u64), gyre::Error>> {
-    struct Unpark(std::thread::Thread);
+    struct Unpark(Thread);
     impl std::task::Wake for Unpark {
         fn wake(self: Arc<Self>) {
             self.0.unpark();
@@ -347,21 +393,15 @@ fn park_for_output<Out: gyre::Message>(
             self.0.unpark();
         }
     }
-    // A message often follows another within microseconds under load: look a few times,
-    // giving the core away in between, before parking.
-    for _ in 0..YIELDS_BEFORE_PARKING {
-        match rx.try_recv_with_corr() {
-            Ok(Some(m)) => return Some(Ok(m)),
-            Ok(None) => std::thread::yield_now(),
-            Err(e) => return Some(Err(e)),
-        }
+    if let Some(first) = look_for_output(rx) {
+        return Some(first);
     }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
     let mut next = std::pin::pin!(rx.recv_with_corr_async());
     let deadline = Instant::now() + timeout;
     loop {
-        if let std::task::Poll::Ready(r) = next.as_mut().poll(&mut cx) {
+        if let Poll::Ready(r) = next.as_mut().poll(&mut cx) {
             return Some(r);
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -370,6 +410,56 @@ fn park_for_output<Out: gyre::Message>(
         }
         std::thread::park_timeout(left);
     }
+}
+
+/// The waker an inline link registers on its receiver: a CPU kernel's emit wakes it on
+/// the emitting thread, which sends the message at once if it can take the link's lock
+/// and the link is idle ([`Outbound::send_inline`]), and wakes the link thread otherwise.
+/// It never blocks on the lock.
+struct Emitted<Out: gyre::Message> {
+    link: Weak<Mutex<Outbound<Out>>>,
+    thread: Thread,
+}
+
+impl<Out: gyre::Message> std::task::Wake for Emitted<Out> {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(link) = self.link.upgrade() {
+            if let Some(mut out) = link.try_lock() {
+                if out.send_inline() {
+                    return;
+                }
+            }
+        }
+        self.thread.unpark();
+    }
+}
+
+/// The link thread: turns of its loop, parking between them when told, then the report.
+fn run<Out: gyre::Message>(out: Outbound<Out>) -> LinkReport<Out> {
+    let link = Arc::new(Mutex::new(out));
+    {
+        let mut out = link.lock();
+        if out.inline {
+            out.waker = Some(Waker::from(Arc::new(Emitted {
+                link: Arc::downgrade(&link),
+                thread: std::thread::current(),
+            })));
+        }
+    }
+    let failure = loop {
+        let turn = link.lock().turn();
+        match turn {
+            std::ops::ControlFlow::Break(failure) => break failure,
+            std::ops::ControlFlow::Continue(Some(park)) => std::thread::park_timeout(park),
+            std::ops::ControlFlow::Continue(None) => {}
+        }
+    };
+    let report = link.lock().finish(failure);
+    report
 }
 
 struct Entry<Out> {
@@ -383,6 +473,12 @@ struct Entry<Out> {
 /// (`< next()` while resending), `credit` the first the export does not allow yet.
 #[allow(clippy::struct_excessive_bools)] // independent facts of the link's progress
 struct Outbound<Out> {
+    acks: Acks,
+    /// Whether an emit may send inline ([`Emitted`]): the receiver is a CPU kernel's (a
+    /// device's output is noticed by a watcher that polls only while a receive waits).
+    inline: bool,
+    /// The waker registered on the receiver when the link thread parks (inline links).
+    waker: Option<Waker>,
     key: String,
     id: u64,
     ty: WireType,
@@ -405,6 +501,8 @@ struct Outbound<Out> {
     fin_at: Option<Instant>,
     finished: bool,
     batch: Vec<(Out, u64)>,
+    /// When the last frame of new messages went out.
+    last_sent: Instant,
     metrics: LinkMetrics,
 }
 
@@ -558,59 +656,67 @@ impl<Out: gyre::Message> Outbound<Out> {
         }
     }
 
-    fn run(mut self, acks: &Acks) -> LinkReport<Out> {
-        let failure = loop {
-            let command = *self.shared.command.lock();
-            if command == Command::Terminate {
-                break None;
+    /// One turn of the link thread's loop, under the link's lock: `Break` with why the
+    /// link stopped early (if it did), or how long to park before the next turn.
+    fn turn(&mut self) -> std::ops::ControlFlow<Option<String>, Option<Duration>> {
+        use std::ops::ControlFlow::{Break, Continue};
+        let command = *self.shared.command.lock();
+        if command == Command::Terminate {
+            return Break(None);
+        }
+        let draining = match command {
+            Command::Drain(deadline) if Instant::now() >= deadline => {
+                return Break(Some(
+                    "the drain timed out before the export took everything".into(),
+                ))
             }
-            let draining = match command {
-                Command::Drain(deadline) if Instant::now() >= deadline => {
-                    break Some("the drain timed out before the export took everything".into())
-                }
-                Command::Drain(_) => true,
-                _ => false,
-            };
-            while let Some((at, a)) = acks.try_recv() {
-                self.ack(at, &a);
-            }
-            if self.finished {
-                *self.shared.health.lock() = LinkHealth::Finished;
-                break None;
-            }
-            let silent = self.heard.elapsed();
-            if silent > self.options.link_timeout {
-                let reason = format!(
-                    "no word from the export at `{}` for {} ms (link timeout {} ms)",
-                    self.key,
-                    silent.as_millis(),
-                    self.options.link_timeout.as_millis()
-                );
-                *self.shared.health.lock() = LinkHealth::Failed {
-                    reason: reason.clone(),
-                };
-                tracing::error!(key = self.key, "gyre-zenoh: link failed: {reason}");
-                break Some(reason);
-            }
-            if self.epoch.is_some() && silent > self.options.silence {
-                self.degrade(&format!(
-                    "no word from the export for {} ms",
-                    silent.as_millis()
-                ));
-            }
-            if self.epoch.is_none() {
-                self.reconnect(command);
-                continue;
-            }
-            self.resend();
-            if draining {
-                self.drain_step(acks);
-            } else {
-                self.forward(acks);
-            }
-            *self.shared.metrics.lock() = self.snapshot();
+            Command::Drain(_) => true,
+            _ => false,
         };
-        self.finish(failure)
+        self.take_acks();
+        if self.finished {
+            *self.shared.health.lock() = LinkHealth::Finished;
+            return Break(None);
+        }
+        let silent = self.heard.elapsed();
+        if silent > self.options.link_timeout {
+            let reason = format!(
+                "no word from the export at `{}` for {} ms (link timeout {} ms)",
+                self.key,
+                silent.as_millis(),
+                self.options.link_timeout.as_millis()
+            );
+            *self.shared.health.lock() = LinkHealth::Failed {
+                reason: reason.clone(),
+            };
+            tracing::error!(key = self.key, "gyre-zenoh: link failed: {reason}");
+            return Break(Some(reason));
+        }
+        if self.epoch.is_some() && silent > self.options.silence {
+            self.degrade(&format!(
+                "no word from the export for {} ms",
+                silent.as_millis()
+            ));
+        }
+        if self.epoch.is_none() {
+            self.reconnect(command);
+            return Continue(None);
+        }
+        self.resend();
+        let park = if draining {
+            self.drain_step();
+            None
+        } else {
+            self.forward()
+        };
+        *self.shared.metrics.lock() = self.snapshot();
+        Continue(park)
+    }
+
+    fn take_acks(&mut self) {
+        while let Some((at, a)) = self.acks.try_recv() {
+            self.ack(at, &a);
+        }
     }
 
     fn reconnect(&mut self, command: Command) {
@@ -664,40 +770,119 @@ impl<Out: gyre::Message> Outbound<Out> {
         room.min(self.options.max_batch)
     }
 
-    /// Reads what the receiver has (waiting a little for the first) within credit and
-    /// sends it as one frame.
-    fn forward(&mut self, acks: &Acks) {
+    /// Reads what the receiver has (looking a few times for the first) within credit
+    /// and sends it as one frame. `Some(timeout)`: the thread should park that long (an
+    /// inline link registered its waker, so the kernel's next emit sends by itself).
+    fn forward(&mut self) -> Option<Duration> {
         let room = self.room();
         if room == 0 {
-            if let Some((at, a)) = acks.recv_timeout(Duration::from_millis(1)) {
+            if let Some((at, a)) = self.acks.recv_timeout(Duration::from_millis(1)) {
                 self.ack(at, &a);
             }
-            return;
+            return None;
         }
-        let rx = self.receiver.as_mut().expect("held until the report");
-        match park_for_output(rx, Duration::from_millis(10)) {
-            None => return,
-            Some(Ok(first)) => self.batch.push(first),
-            Some(Err(_)) => {
+        // An inline send may have taken a message it had no credit left to send.
+        if self.batch.is_empty() {
+            let rx = self.receiver.as_mut().expect("held until the report");
+            let first = if self.inline {
+                look_for_output(rx)
+            } else {
+                park_for_output(rx, PARK)
+            };
+            let first = match first {
+                Some(first) => first,
+                None if self.inline => match self.poll_output() {
+                    Poll::Pending => return Some(PARK),
+                    Poll::Ready(first) => first,
+                },
+                None => return None,
+            };
+            let Ok(first) = first else {
                 // The upstream kernel stopped and everything it emitted was read.
                 self.drained_input = true;
                 std::thread::sleep(Duration::from_millis(1));
-                return;
-            }
+                return None;
+            };
+            self.batch.push(first);
         }
+        self.fill_and_send(room);
+        None
+    }
+
+    /// Tops the batch up from the receiver to `room` messages, without waiting, and
+    /// sends it (when it holds any).
+    fn fill_and_send(&mut self, room: usize) {
+        let rx = self.receiver.as_mut().expect("held until the report");
         while self.batch.len() < room {
             match rx.try_recv_with_corr() {
                 Ok(Some(m)) => self.batch.push(m),
                 _ => break,
             }
         }
-        self.send_batch();
+        if !self.batch.is_empty() {
+            self.send_batch();
+        }
+    }
+
+    /// Takes the receiver's next message, or registers the link's waker on it for the
+    /// kernel's next emit (inline links).
+    fn poll_output(&mut self) -> Poll<Result<(Out, u64), gyre::Error>> {
+        let waker = self.waker.as_ref().expect("inline links have a waker");
+        let mut cx = Context::from_waker(waker);
+        let rx = self.receiver.as_mut().expect("held until the report");
+        // Dropped after one poll: on the CPU the registration outlives the future.
+        std::pin::pin!(rx.recv_with_corr_async()).poll(&mut cx)
+    }
+
+    /// On the thread whose emit woke the link's waker: sends what the kernel emitted,
+    /// when the link is idle (running, connected, nothing to resend, nothing sent for
+    /// [`INLINE_AFTER`], fewer than [`INLINE_IN_FLIGHT`] messages in flight, credit
+    /// left), and registers the waker again. `false`: the link thread must take over
+    /// (wake it).
+    fn send_inline(&mut self) -> bool {
+        if !self.inline
+            || self.receiver.is_none()
+            || self.drained_input
+            || self.epoch.is_none()
+            || self.last_sent.elapsed() < INLINE_AFTER
+            || *self.shared.command.lock() != Command::Run
+        {
+            return false;
+        }
+        self.take_acks();
+        for _ in 0..INLINE_ROUNDS {
+            if self.cursor < self.next() || self.unacked.len() >= INLINE_IN_FLIGHT {
+                return false;
+            }
+            let room = self.room();
+            if room == 0 {
+                return false;
+            }
+            let sent = self.metrics.sent;
+            self.fill_and_send(room);
+            if self.metrics.sent > sent {
+                self.metrics.inline_frames += 1;
+            }
+            match self.poll_output() {
+                Poll::Pending => {
+                    *self.shared.metrics.lock() = self.snapshot();
+                    return true;
+                }
+                Poll::Ready(Ok(m)) => self.batch.push(m),
+                Poll::Ready(Err(_)) => {
+                    self.drained_input = true;
+                    return false;
+                }
+            }
+        }
+        false
     }
 
     fn send_batch(&mut self) {
         let from = self.next();
         let n = self.batch.len();
         let now = Instant::now();
+        self.last_sent = now;
         for (message, corr) in self.batch.drain(..) {
             self.unacked.push_back(Entry {
                 message,
@@ -712,23 +897,27 @@ impl<Out: gyre::Message> Outbound<Out> {
 
     /// One step of a drain: forward what the receiver still holds, then, once all of it
     /// was taken, say FIN until the export confirms.
-    fn drain_step(&mut self, acks: &Acks) {
-        if !self.drained_input {
+    fn drain_step(&mut self) {
+        // (A message an inline send took and had no credit for waits in `batch`.)
+        if !(self.drained_input && self.batch.is_empty()) {
             let room = self.room();
             let rx = self.receiver.as_mut().expect("held until the report");
-            while self.batch.len() < room {
+            while !self.drained_input && self.batch.len() < room {
                 if let Ok(Some(m)) = rx.try_recv_with_corr() {
                     self.batch.push(m);
                 } else {
                     self.drained_input = true;
-                    break;
                 }
             }
-            if !self.batch.is_empty() {
+            if room > 0 && !self.batch.is_empty() {
                 self.send_batch();
             }
         }
-        if self.drained_input && self.unacked.is_empty() && self.cursor == self.next() {
+        if self.drained_input
+            && self.batch.is_empty()
+            && self.unacked.is_empty()
+            && self.cursor == self.next()
+        {
             let resend_fin = self
                 .fin_at
                 .is_none_or(|t| t.elapsed() > Duration::from_millis(50));
@@ -738,7 +927,7 @@ impl<Out: gyre::Message> Outbound<Out> {
                 self.transmit(self.next(), 0, wire::FIN);
             }
         }
-        if let Some((at, a)) = acks.recv_timeout(Duration::from_millis(1)) {
+        if let Some((at, a)) = self.acks.recv_timeout(Duration::from_millis(1)) {
             self.ack(at, &a);
         }
     }
@@ -751,7 +940,8 @@ impl<Out: gyre::Message> Outbound<Out> {
         }
     }
 
-    fn finish(mut self, failure: Option<String>) -> LinkReport<Out> {
+    fn finish(&mut self, failure: Option<String>) -> LinkReport<Out> {
+        self.waker = None;
         let metrics = self.snapshot();
         *self.shared.metrics.lock() = metrics.clone();
         if failure.is_some() && !matches!(*self.shared.health.lock(), LinkHealth::Failed { .. }) {
@@ -761,10 +951,12 @@ impl<Out: gyre::Message> Outbound<Out> {
         }
         LinkReport {
             key: self.key.clone(),
+            // Then what an inline send took and had no credit for, in order.
             undelivered: self
                 .unacked
                 .drain(..)
                 .map(|e| (e.message, e.corr))
+                .chain(self.batch.drain(..))
                 .collect(),
             receiver: self.receiver.take().expect("held until the report"),
             metrics,

@@ -70,6 +70,77 @@ fn messages_cross_once_in_order_and_the_drain_confirms() {
     );
 }
 
+/// One message at a time, each answered before the next: an idle link on a CPU kernel
+/// sends from the kernel's emit (without waking its thread), and nothing is lost,
+/// repeated or reordered on that path; then a burst goes through the link thread's
+/// batches, and a drain still confirms everything.
+#[test]
+fn an_idle_link_sends_from_the_emit_and_a_burst_from_its_thread() {
+    let (a, b, _) = common::pair();
+    let key = common::key("inline");
+    let remote_rt = Runtime::builder().build().unwrap();
+    let echo = common::identity(&remote_rt, "echo");
+    echo.activate().unwrap();
+    let mut results = echo.receiver().unwrap();
+    let export = a
+        .export::<u64>(&key, echo.sender(), ExportOptions::default())
+        .unwrap();
+    let local_rt = Runtime::builder().build().unwrap();
+    let source = common::identity(&local_rt, "source");
+    source.activate().unwrap();
+    let link = b
+        .link(&key, source.receiver().unwrap(), LinkOptions::default())
+        .unwrap();
+    const ONE_AT_A_TIME: u64 = 200;
+    for i in 0..ONE_AT_A_TIME {
+        // Idle for longer than the link's inline threshold (50 µs) before each send.
+        std::thread::sleep(Duration::from_micros(200));
+        source.send_with_corr(i, i + 100).unwrap();
+        let (v, corr) = results
+            .recv_with_corr_timeout(Duration::from_secs(10))
+            .unwrap();
+        assert_eq!((v, corr), (i, i + 100), "message {i}");
+    }
+    let inline = link.metrics().inline_frames;
+    assert!(
+        inline > 0,
+        "no frame went inline over {ONE_AT_A_TIME} idle sends: {:?}",
+        link.metrics()
+    );
+    const BURST: u64 = 5_000;
+    let tx = source.sender();
+    let feeder = std::thread::spawn(move || {
+        for i in ONE_AT_A_TIME..ONE_AT_A_TIME + BURST {
+            tx.send_with_corr(i, i + 100).unwrap();
+        }
+    });
+    for i in ONE_AT_A_TIME..ONE_AT_A_TIME + BURST {
+        let got = results
+            .recv_with_corr_timeout(Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(got, (i, i + 100), "message {i} of the burst");
+    }
+    feeder.join().unwrap();
+    source.drain(Duration::from_secs(5)).unwrap();
+    let report = link.drain(Duration::from_secs(5));
+    assert!(report.finished, "{report:?}");
+    assert!(report.undelivered.is_empty());
+    let m = &report.metrics;
+    assert_eq!(
+        (m.sent, m.acknowledged),
+        (ONE_AT_A_TIME + BURST, ONE_AT_A_TIME + BURST)
+    );
+    assert!(
+        m.inline_frames < ONE_AT_A_TIME + BURST / 4,
+        "the burst should travel mostly in the thread's batches: {m:?}"
+    );
+    assert!(export.wait_finished(1, Duration::from_secs(5)));
+    assert!(
+        results.try_recv().unwrap().is_none(),
+        "nothing more than sent"
+    );
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 struct Frame {

@@ -142,6 +142,12 @@ impl<Out: Message> Receiver<Out> {
         })
     }
 
+    /// The backend of the kernel it receives from: `cpu`, `cuda`, `cuda-emulated` or
+    /// `wgpu` (as [`crate::Kernel::backend`]).
+    pub fn backend(&self) -> &'static str {
+        self.backing.backend()
+    }
+
     /// Receives the next message, waiting for one.
     ///
     /// # Errors

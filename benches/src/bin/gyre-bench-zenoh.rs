@@ -534,11 +534,12 @@ fn parent(args: &[String]) {
 
 fn link_line(name: &str, m: &LinkMetrics) -> String {
     format!(
-        "{name}: sent {}, acknowledged {}, retransmitted {}, credit stalls {}, reconnects {}, \
-         round trip last {:?} avg {:?}",
+        "{name}: sent {}, acknowledged {}, retransmitted {}, frames sent inline {}, credit \
+         stalls {}, reconnects {}, round trip last {:?} avg {:?}",
         m.sent,
         m.acknowledged,
         m.retransmitted,
+        m.inline_frames,
         m.credit_stalls,
         m.reconnects,
         m.round_trip.unwrap_or_default(),
