@@ -244,6 +244,7 @@ pub(crate) fn start<In: gyre::Message>(
         resets: Vec::new(),
         written: 0,
         consumed: 0,
+        wake: false,
         metrics: ExportMetrics::default(),
     };
     let cell = Arc::new(Cell {
@@ -312,6 +313,10 @@ struct LinkIn {
     dirty: bool,
     heard: Instant,
     acked: Instant,
+    /// The credit the link was last told.
+    credit_acked: u64,
+    /// When `delivered` last moved.
+    delivered_at: Instant,
     publisher: Option<zenoh::pubsub::Publisher<'static>>,
 }
 
@@ -334,6 +339,8 @@ struct Inbox<In> {
     resets: Vec<u64>,
     written: u64,
     consumed: u64,
+    /// A frame needs the export thread soon (see [`Cell::take`]).
+    wake: bool,
     metrics: ExportMetrics,
 }
 
@@ -348,11 +355,22 @@ struct Cell<In> {
 
 impl<In: gyre::Message> Cell<In> {
     /// A data or FIN frame, on Zenoh's receiving thread: into the inbox as far as it has
-    /// room; the export thread is woken to acknowledge.
+    /// room. The export thread is woken when the acknowledgement needs haste (messages
+    /// wait for room, the link used half its credit, a FIN, a gap, a duplicate, an
+    /// unknown link); otherwise it acknowledges at its next round (within
+    /// [`IDLE_WAIT`]), so that its wake-up and its acknowledgement do not take a core
+    /// from the kernel the frame just fed. The acknowledgement says how long it waited
+    /// ([`wire::Ack::delay_us`]), which the link takes off its round trip.
     fn take(&self, bytes: &[u8]) {
-        self.inbox.lock().frame(bytes);
-        if let Some(t) = self.thread.get() {
-            t.unpark();
+        let wake = {
+            let mut inbox = self.inbox.lock();
+            inbox.frame(bytes);
+            std::mem::take(&mut inbox.wake)
+        };
+        if wake {
+            if let Some(t) = self.thread.get() {
+                t.unpark();
+            }
         }
     }
 
@@ -423,19 +441,22 @@ impl<In: gyre::Message> Inbox<In> {
                         dirty: true,
                         heard: now,
                         acked: now,
+                        credit_acked: hello.first_unacked,
+                        delivered_at: now,
                         publisher,
                     }
                 });
                 link.heard = now;
                 let window = self.window;
                 let live = self.links.len() as u32;
-                let link = &self.links[&hello.link];
+                let link = self.links.get_mut(&hello.link).expect("inserted above");
+                link.credit_acked = link.consumed + u64::from((window / live).max(1));
                 Welcome {
                     status: wire::HELLO_OK,
                     epoch: self.epoch,
                     delivered: link.delivered,
                     consumed: link.consumed,
-                    credit: link.consumed + u64::from((window / live).max(1)),
+                    credit: link.credit_acked,
                     ty: self.ty.clone(),
                 }
             };
@@ -459,6 +480,7 @@ impl<In: gyre::Message> Inbox<In> {
             if !self.resets.contains(&h.link) {
                 self.resets.push(h.link);
             }
+            self.wake = true;
             return;
         }
         let link = self.links.get_mut(&h.link).expect("checked above");
@@ -470,11 +492,13 @@ impl<In: gyre::Message> Inbox<In> {
                 let end = h.seq + count;
                 if end <= link.accepted {
                     self.metrics.duplicates += count;
+                    self.wake = true;
                     return;
                 }
                 if h.seq > link.accepted {
                     self.metrics.gaps += 1;
                     link.gap = true;
+                    self.wake = true;
                     return;
                 }
                 let skip = link.accepted - h.seq;
@@ -492,9 +516,19 @@ impl<In: gyre::Message> Inbox<In> {
                 let pending = self.pending.len() as u64;
                 self.metrics.pending_high_water = self.metrics.pending_high_water.max(pending);
                 self.deliver();
+                // The acknowledgement needs haste when messages wait for room, or when
+                // the link has used half the credit it was last told.
+                let half = u64::from((self.window / self.links.len().max(1) as u32).max(1)) / 2;
+                let l = &self.links[&h.link];
+                if !self.pending.is_empty() || l.accepted + half >= l.credit_acked {
+                    self.wake = true;
+                }
             }
-            wire::FIN if h.seq == link.accepted => link.fin = true,
-            _ => {}
+            wire::FIN if h.seq == link.accepted => {
+                link.fin = true;
+                self.wake = true;
+            }
+            _ => self.wake = true,
         }
     }
 
@@ -515,6 +549,7 @@ impl<In: gyre::Message> Inbox<In> {
             credit: 0,
             gap: false,
             finished: false,
+            delay_us: 0,
         };
         let _ = self
             .session
@@ -525,6 +560,7 @@ impl<In: gyre::Message> Inbox<In> {
 
     /// Writes pending messages into the inbox while it has room.
     fn deliver(&mut self) {
+        let now = Instant::now();
         while let Some(&(link, corr, message)) = self.pending.front() {
             match self.sender.send_with_corr(message, corr) {
                 Ok(()) => {
@@ -536,6 +572,7 @@ impl<In: gyre::Message> Inbox<In> {
                     }
                     if let Some(l) = self.links.get_mut(&link) {
                         l.delivered += 1;
+                        l.delivered_at = now;
                         l.dirty = true;
                     }
                     self.metrics.delivered += 1;
@@ -611,7 +648,10 @@ impl<In: gyre::Message> Inbox<In> {
                 credit: l.consumed + window,
                 gap: l.gap,
                 finished: l.fin && l.consumed == l.accepted,
+                delay_us: u32::try_from(now.duration_since(l.delivered_at).as_micros())
+                    .unwrap_or(u32::MAX),
             };
+            l.credit_acked = ack.credit;
             if let Some(p) = &l.publisher {
                 let _ = p.put(ack.encode()).wait();
             }

@@ -595,7 +595,9 @@ impl<Out: gyre::Message> Outbound<Out> {
             let last = a.delivered - 1;
             if last >= self.base {
                 if let Some(e) = self.unacked.get((last - self.base) as usize) {
-                    let rtt = at.saturating_duration_since(e.sent_at);
+                    let rtt = at
+                        .saturating_duration_since(e.sent_at)
+                        .saturating_sub(Duration::from_micros(u64::from(a.delay_us)));
                     self.metrics.round_trip = Some(rtt);
                     self.metrics.round_trip_avg = Some(match self.metrics.round_trip_avg {
                         Some(avg) => (avg * 7 + rtt) / 8,

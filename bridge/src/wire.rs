@@ -76,11 +76,15 @@ pub(crate) struct Ack {
     pub gap: bool,
     /// The receiver saw the link's FIN with everything before it delivered.
     pub finished: bool,
+    /// Microseconds between the newest delivery this acknowledges and the
+    /// acknowledgement (saturating): the link takes it off its round trip, since an
+    /// acknowledgement that needs no haste waits for the export's thread.
+    pub delay_us: u32,
 }
 
 impl Ack {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(35);
+        let mut b = Vec::with_capacity(39);
         b.push(self.kind);
         b.extend_from_slice(&self.epoch.to_le_bytes());
         b.extend_from_slice(&self.delivered.to_le_bytes());
@@ -88,6 +92,7 @@ impl Ack {
         b.extend_from_slice(&self.credit.to_le_bytes());
         b.push(u8::from(self.gap));
         b.push(u8::from(self.finished));
+        b.extend_from_slice(&self.delay_us.to_le_bytes());
         b
     }
 
@@ -101,6 +106,7 @@ impl Ack {
             credit: r.u64()?,
             gap: r.u8()? != 0,
             finished: r.u8()? != 0,
+            delay_us: r.u32()?,
         };
         r.0.is_empty().then_some(ack)
     }
@@ -265,6 +271,7 @@ mod tests {
             credit: 4,
             gap: true,
             finished: false,
+            delay_us: 7,
         };
         assert_eq!(Ack::decode(&ack.encode()), Some(ack));
         let hello = Hello {
