@@ -132,6 +132,8 @@ mod backing;
 mod batch;
 mod batch_emit;
 pub mod builtins;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod device;
 mod device_supervisor;
 mod error;
