@@ -179,9 +179,9 @@ fn label(backend: &str, device: Option<u32>) -> String {
     device.map_or_else(|| backend.to_owned(), |d| format!("{backend}:{d}"))
 }
 
-/// Reads every kernel of every backend, grouped, from the same samples the Prometheus
-/// text is made of. Rates are left unset.
-fn gather(services: &Services, backend: &'static str) -> Snapshot {
+/// The CPU kernels the Prometheus text covers, by group: the groups launched through a
+/// builder, then each kernel launched alone as a group of one.
+fn cpu_groups(services: &Services) -> Vec<GroupView> {
     let cpu = services.cpu.held_kernels();
     let by_id: HashMap<u32, usize> = cpu
         .iter()
@@ -238,6 +238,13 @@ fn gather(services: &Services, backend: &'static str) -> Snapshot {
             edges,
         });
     }
+    groups
+}
+
+/// Reads every kernel of every backend, grouped, from the same samples the Prometheus
+/// text is made of. Rates are left unset.
+fn gather(services: &Services, backend: &'static str) -> Snapshot {
+    let mut groups = cpu_groups(services);
     for d in services.devices() {
         let fault = d.group.fault();
         let kernels = (0..d.names.len())

@@ -61,6 +61,7 @@ fn series(scrape: &Scrape, metric: &str, id: u64, extra: &[(&str, &str)]) -> Opt
 
 /// Checks every number of every kernel of `snapshot` against the Prometheus text: the
 /// counters, inbox gauges, ring bytes, state and latency quantiles.
+#[allow(clippy::float_cmp)] // the same numbers, read from the same counters: exactly equal
 fn assert_agrees(snapshot: &Json, text: &str) {
     let scrape = scrape(text);
     let mut kernels = 0u32;

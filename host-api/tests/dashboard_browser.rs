@@ -131,6 +131,84 @@ fn artifacts() -> PathBuf {
     dir
 }
 
+/// A three-stage pipeline streaming under load: a source sending with blocking
+/// backpressure and a sink taking everything out, until [`Load::stop`].
+struct Load {
+    pipeline: Arc<gyre::Pipeline<u64, u64>>,
+    stop: Arc<AtomicBool>,
+    source: std::thread::JoinHandle<()>,
+    sink: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(rt: &Runtime) -> Self {
+        let pipeline = rt
+            .pipeline::<u64>("sensors")
+            .stage(
+                KernelSpec::<u64, u64>::new("calibrate")
+                    .capacity(1024)
+                    .cpu(|x, out| Ok(out.emit(x * 3)?)),
+            )
+            .stage(
+                KernelSpec::<u64, u64>::new("filter")
+                    .capacity(1024)
+                    .cpu(|x, out| {
+                        if x % 2 == 0 {
+                            out.emit(*x)?;
+                        }
+                        Ok(())
+                    }),
+            )
+            .stage(
+                KernelSpec::<u64, u64>::new("aggregate")
+                    .capacity(1024)
+                    .cpu(|x, out| Ok(out.emit(x / 2)?)),
+            )
+            .launch()
+            .unwrap();
+        pipeline.activate().unwrap();
+        let pipeline = Arc::new(pipeline);
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = {
+            let (stop, sender) = (stop.clone(), pipeline.sender());
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                // Relaxed: a flag; the join orders what follows.
+                while !stop.load(Ordering::Relaxed) {
+                    sender.send(x).expect("the pipeline takes messages");
+                    x += 1;
+                }
+            })
+        };
+        let sink = {
+            let pipeline = pipeline.clone();
+            std::thread::spawn(move || loop {
+                match pipeline.recv() {
+                    Ok(_) => {}
+                    Err(Error::Terminated { .. }) => return,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            })
+        };
+        Load {
+            pipeline,
+            stop,
+            source,
+            sink,
+        }
+    }
+
+    /// Stops the source, drains the pipeline (nothing may be left) and joins both threads.
+    fn stop(self) {
+        // Relaxed: see the source.
+        self.stop.store(true, Ordering::Relaxed);
+        self.source.join().unwrap();
+        let report = self.pipeline.drain(Duration::from_secs(30));
+        self.sink.join().unwrap();
+        assert_eq!(report.undelivered_count(), 0);
+    }
+}
+
 #[test]
 fn headless_chromium_shows_every_kernel_live_and_the_fault() {
     let binary = match chromium() {
@@ -138,57 +216,9 @@ fn headless_chromium_shows_every_kernel_live_and_the_fault() {
         Err(why) => return skip::skip("the dashboard's browser test", &why),
     };
     let rt = Runtime::builder().workers(2).build().unwrap();
-    let pipeline = rt
-        .pipeline::<u64>("sensors")
-        .stage(
-            KernelSpec::<u64, u64>::new("calibrate")
-                .capacity(1024)
-                .cpu(|x, out| Ok(out.emit(x * 3)?)),
-        )
-        .stage(
-            KernelSpec::<u64, u64>::new("filter")
-                .capacity(1024)
-                .cpu(|x, out| {
-                    if x % 2 == 0 {
-                        out.emit(*x)?;
-                    }
-                    Ok(())
-                }),
-        )
-        .stage(
-            KernelSpec::<u64, u64>::new("aggregate")
-                .capacity(1024)
-                .cpu(|x, out| Ok(out.emit(x / 2)?)),
-        )
-        .launch()
-        .unwrap();
-    pipeline.activate().unwrap();
-    let pipeline = Arc::new(pipeline);
+    // Under load while the browser looks.
+    let load = Load::start(&rt);
     let broken = faulted_kernel(&rt, "broken");
-    let stop = Arc::new(AtomicBool::new(false));
-    // Under load while the browser looks: a source streaming with blocking backpressure
-    // and a sink taking everything out.
-    let source = {
-        let (stop, sender) = (stop.clone(), pipeline.sender());
-        std::thread::spawn(move || {
-            let mut x = 0u64;
-            // Relaxed: a flag; the join orders what follows.
-            while !stop.load(Ordering::Relaxed) {
-                sender.send(x).expect("the pipeline takes messages");
-                x += 1;
-            }
-        })
-    };
-    let sink = {
-        let pipeline = pipeline.clone();
-        std::thread::spawn(move || loop {
-            match pipeline.recv() {
-                Ok(_) => {}
-                Err(Error::Terminated { .. }) => return,
-                Err(e) => panic!("recv: {e}"),
-            }
-        })
-    };
     let server = rt.serve_dashboard("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.local_addr();
     // Two samples in the history before the page loads: its first point is then at least
@@ -231,17 +261,21 @@ fn headless_chromium_shows_every_kernel_live_and_the_fault() {
     );
     let snapshot = get_json(addr, "/api/snapshot");
 
-    // Stop the load, then everything, before judging (a failed assertion still stops it).
-    // Relaxed: see the source.
-    stop.store(true, Ordering::Relaxed);
-    source.join().unwrap();
-    let report = pipeline.drain(Duration::from_secs(30));
-    sink.join().unwrap();
-    assert_eq!(report.undelivered_count(), 0);
+    // Stop the load, then everything, before judging.
+    load.stop();
     drop(broken);
     drop(server);
+    assert_page(&test_state(&dom), &snapshot, &dom);
+    let png = std::fs::read(&screenshot).expect("chromium saved the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
+    eprintln!("dashboard screenshot: {}", screenshot.display());
+}
 
-    let state = test_state(&dom);
+/// What the page saw (`state`, its dumped `dom`) against the runtime's `snapshot`.
+fn assert_page(state: &Json, snapshot: &Json, dom: &str) {
     assert_eq!(
         state["errors"],
         Json::Array(Vec::new()),
@@ -302,10 +336,4 @@ fn headless_chromium_shows_every_kernel_live_and_the_fault() {
         dom.contains(FAULT_REASON),
         "the fault's reason is on the page"
     );
-    let png = std::fs::read(&screenshot).expect("chromium saved the screenshot");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "a real screenshot"
-    );
-    eprintln!("dashboard screenshot: {}", screenshot.display());
 }
