@@ -221,7 +221,8 @@ impl Runtime {
     ///   `interval_ms` (`null` until two samples were taken). An edge (`from`/`to` index
     ///   the group's `kernels`) carries the downstream kernel's intake rate when it is
     ///   its only way in, else the upstream kernel's output rate when it is its only way
-    ///   out, else `null` (the counters are per kernel, not per route).
+    ///   out, else `null` (the counters are per kernel, not per route). Edges are the
+    ///   routes inside a group; a route between backends is listed under `relays`.
     /// - `relays`: routes between backends carried through the host
     ///   (`gyre_relay_forwarded_total`).
     /// - `seq` numbers the latest sample whose rates the snapshot carries.
