@@ -1,6 +1,16 @@
 //! The optional `/metrics` HTTP endpoint (feature `http`): answers `GET /metrics` with
 //! [`crate::Runtime::prometheus_text`].
 //!
+//! With feature `dashboard`, a server started by [`crate::Runtime::serve_dashboard`]
+//! also serves the live dashboard: `GET /` (the page; also `/dashboard`), `GET
+//! /api/snapshot` (every group and kernel of every backend now, as JSON),
+//! `GET /api/history` (the bounded history of samples the server's sampler thread takes
+//! about once a second; `?after=SEQ` returns only the samples numbered above `SEQ`), and
+//! the page's script and uPlot (`/dashboard.js`, `/uplot/uPlot.iife.min.js`,
+//! `/uplot/uPlot.min.css`, and uPlot's MIT licence at `/uplot/LICENSE`). The JSON is
+//! described, with an example, on [`crate::Runtime::serve_dashboard`]. `/metrics` is the
+//! same either way.
+//!
 //! It is served by hyper (HTTP/1.1) on a current-thread tokio runtime that the server owns,
 //! on a thread of its own: it needs no runtime from the caller, and works the same when it
 //! is started from inside one (of either flavour) without running anything on it.
@@ -44,6 +54,40 @@ pub struct MetricsServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
+    /// The dashboard's sampler thread, stopped and joined after the server thread.
+    #[cfg(feature = "dashboard")]
+    sampler: Option<crate::dashboard::Sampler>,
+}
+
+/// What a server answers besides `/metrics`.
+#[derive(Clone, Debug)]
+pub(crate) struct Pages {
+    services: Arc<crate::runtime::Services>,
+    #[cfg(feature = "dashboard")]
+    dashboard: Option<Arc<crate::dashboard::Dashboard>>,
+}
+
+impl Pages {
+    /// `/metrics` only.
+    pub(crate) fn metrics(services: Arc<crate::runtime::Services>) -> Self {
+        Self {
+            services,
+            #[cfg(feature = "dashboard")]
+            dashboard: None,
+        }
+    }
+
+    /// `/metrics` and the dashboard.
+    #[cfg(feature = "dashboard")]
+    pub(crate) fn dashboard(
+        services: Arc<crate::runtime::Services>,
+        dashboard: Arc<crate::dashboard::Dashboard>,
+    ) -> Self {
+        Self {
+            services,
+            dashboard: Some(dashboard),
+        }
+    }
 }
 
 impl MetricsServer {
@@ -67,10 +111,7 @@ impl MetricsServer {
     /// How long dropping the server waits for requests in progress before closing them.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-    pub(crate) fn start(
-        backend: Arc<crate::runtime::Services>,
-        addr: SocketAddr,
-    ) -> Result<Self, Error> {
+    pub(crate) fn start(backend: Pages, addr: SocketAddr) -> Result<Self, Error> {
         let listener = std::net::TcpListener::bind(addr).map_err(|e| {
             Error::Launch(format!(
                 "could not listen on {addr} for /metrics: {e}; pick a free port (port 0 picks one)"
@@ -104,6 +145,12 @@ impl MetricsServer {
                 ))
             })?
         };
+        #[cfg(feature = "dashboard")]
+        let sampler = backend
+            .dashboard
+            .clone()
+            .map(crate::dashboard::Sampler::start)
+            .transpose()?;
         let (stop, stopped) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("gyre-metrics-http".into())
@@ -113,6 +160,8 @@ impl MetricsServer {
             addr,
             stop,
             thread: Some(thread),
+            #[cfg(feature = "dashboard")]
+            sampler,
         })
     }
 
@@ -132,6 +181,9 @@ impl Drop for MetricsServer {
                 tracing::warn!("the /metrics server thread panicked");
             }
         }
+        // Stops and joins the sampler (it wakes at once).
+        #[cfg(feature = "dashboard")]
+        drop(self.sampler.take());
     }
 }
 
@@ -166,11 +218,7 @@ impl Drop for OwnedRuntime {
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections until told to stop, serving each on its own task.
-async fn serve(
-    listener: TcpListener,
-    backend: Arc<crate::runtime::Services>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve(listener: TcpListener, backend: Pages, mut stop: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MetricsServer::MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     let stop_connections = stop.clone();
@@ -223,7 +271,7 @@ async fn serve(
 /// Serves one request on `stream`, within the deadlines.
 async fn serve_connection(
     stream: TcpStream,
-    backend: Arc<crate::runtime::Services>,
+    backend: Pages,
     mut stop: watch::Receiver<bool>,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -265,7 +313,13 @@ async fn serve_connection(
 
 /// The answer to one request: the metrics for `GET` (and `HEAD`) `/metrics`, 405 for
 /// another method there, 404 elsewhere.
-fn respond(request: &Request<Incoming>, backend: &crate::runtime::Services) -> Response<String> {
+fn respond(request: &Request<Incoming>, backend: &Pages) -> Response<String> {
+    #[cfg(feature = "dashboard")]
+    if let Some(dashboard) = &backend.dashboard {
+        if let Some(response) = dashboard_page(request, dashboard) {
+            return response;
+        }
+    }
     if request.uri().path() != "/metrics" {
         return text(
             StatusCode::NOT_FOUND,
@@ -285,12 +339,75 @@ fn respond(request: &Request<Incoming>, backend: &crate::runtime::Services) -> R
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let mut response = Response::new(backend.prometheus_text());
+    let mut response = Response::new(backend.services.prometheus_text());
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// The dashboard's answer to `request`, or `None` for a path it does not serve.
+#[cfg(feature = "dashboard")]
+fn dashboard_page(
+    request: &Request<Incoming>,
+    dashboard: &crate::dashboard::Dashboard,
+) -> Option<Response<String>> {
+    use crate::dashboard::assets;
+    let path = request.uri().path();
+    let (body, content_type) = match path {
+        "/" | "/dashboard" | "/index.html" => {
+            (assets::INDEX_HTML.to_owned(), "text/html; charset=utf-8")
+        }
+        "/dashboard.js" => (
+            assets::DASHBOARD_JS.to_owned(),
+            "text/javascript; charset=utf-8",
+        ),
+        "/uplot/uPlot.iife.min.js" => (
+            assets::UPLOT_JS.to_owned(),
+            "text/javascript; charset=utf-8",
+        ),
+        "/uplot/uPlot.min.css" => (assets::UPLOT_CSS.to_owned(), "text/css; charset=utf-8"),
+        "/uplot/LICENSE" => (
+            assets::UPLOT_LICENSE.to_owned(),
+            "text/plain; charset=utf-8",
+        ),
+        "/api/snapshot" => (dashboard.snapshot_json(), "application/json"),
+        "/api/history" => {
+            let after = request
+                .uri()
+                .query()
+                .into_iter()
+                .flat_map(|q| q.split('&'))
+                .find_map(|pair| pair.strip_prefix("after="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            (dashboard.history_json(after), "application/json")
+        }
+        _ => return None,
+    };
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "method {} not allowed: {path} answers GET (and HEAD)\n",
+                request.method()
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Some(response);
+    }
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    Some(response)
 }
 
 fn text(status: StatusCode, body: String) -> Response<String> {

@@ -123,6 +123,16 @@
 //! [`Error::Unsupported`], saying what to do instead. Pause and resume work per kernel
 //! everywhere. The CPU worker pool is there whatever the backend: a runtime built for a
 //! device still runs groups that ask for [`Backend::Cpu`].
+//!
+//! ## Seeing it run
+//!
+//! [`Runtime::prometheus_text`] renders every kernel of every backend as Prometheus text;
+//! with feature `http`, [`Runtime::serve_metrics`] serves it at `/metrics`. With feature
+//! `dashboard`, [`Runtime::serve_dashboard`] serves the same server plus a live dashboard
+//! (`/`: every group as its DAG with live rates, kernel states and faults, time series
+//! per kernel) and its JSON: `/api/snapshot` (the runtime now) and `/api/history` (a
+//! sample a second, the last 300), described with an example on
+//! [`Runtime::serve_dashboard`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -132,6 +142,8 @@ mod backing;
 mod batch;
 mod batch_emit;
 pub mod builtins;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod device;
 mod device_supervisor;
 mod error;

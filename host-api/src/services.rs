@@ -15,6 +15,11 @@ pub(crate) struct Services {
     pub(crate) devices: parking_lot::Mutex<Vec<Arc<DeviceCore>>>,
     /// Routes between backends, carried through the host.
     pub(crate) relays: parking_lot::Mutex<Vec<Arc<crate::relay::Relay>>>,
+    /// The CPU groups launched through a [`crate::GroupBuilder`]: each one's name and its
+    /// kernels' ids, in launch order (what the dashboard groups CPU kernels by; a CPU
+    /// kernel launched alone is a group of one). Entries whose kernels are all gone are
+    /// dropped when the dashboard looks.
+    pub(crate) cpu_groups: parking_lot::Mutex<Vec<(String, Vec<u32>)>>,
     /// The device groups' watchdogs and fault policies.
     pub(crate) supervisor: crate::device_supervisor::Supervisor,
 }

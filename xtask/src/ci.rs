@@ -174,7 +174,8 @@ fn have(program: &str, arg: &str) -> bool {
 /// Installs what the tests need when it is missing: the rustfmt and clippy
 /// components, a C/C++ compiler (the ABI header test compiles `gyre_abi.h`; `nvcc`
 /// uses `g++` as its host compiler), the Vulkan loader and Mesa's software Vulkan
-/// driver (lavapipe: the wgpu tests run on it; see `setup_vulkan`), and the CUDA
+/// driver (lavapipe: the wgpu tests run on it; see `setup_vulkan`), Chromium (the
+/// dashboard's browser test drives it headless; see `setup_chromium`), and the CUDA
 /// compilers from PyPI (see [`cuda`]; no GPU needed).
 ///
 /// # Errors
@@ -214,6 +215,7 @@ pub fn setup_with_toolkit(root: &Path) -> Result<Toolkit, String> {
         .run(root)?;
     }
     setup_vulkan(root)?;
+    setup_chromium(root)?;
     let toolkit = setup_cuda(root)?;
     println!("setup: everything the tests need is installed");
     Ok(toolkit)
@@ -313,6 +315,29 @@ fn setup_vulkan(root: &Path) -> Result<(), String> {
         "vulkan: loader {loader}, lavapipe {}",
         manifests[0].display()
     );
+    Ok(())
+}
+
+/// Installs Debian's `chromium` when missing: the dashboard's browser test
+/// (`host-api/tests/dashboard_browser.rs`) loads the page in it, headless.
+fn setup_chromium(root: &Path) -> Result<(), String> {
+    if have("chromium", "--version") {
+        println!("chromium: installed");
+        return Ok(());
+    }
+    println!("chromium: not installed");
+    Step::new("apt-get update", "apt-get", &["update", "-q"]).run(root)?;
+    Step::new(
+        "install chromium",
+        "apt-get",
+        &["install", "-y", "-q", "chromium"],
+    )
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .run(root)?;
+    if !have("chromium", "--version") {
+        return Err("chromium: `chromium --version` still fails after installing chromium".into());
+    }
+    println!("chromium: installed");
     Ok(())
 }
 

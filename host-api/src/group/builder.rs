@@ -353,6 +353,10 @@ impl<'rt> GroupBuilder<'rt> {
             return Err(e);
         }
         let order = routing::drain_order(cores.len(), &edges);
+        self.runtime.services().cpu_groups.lock().push((
+            self.name.clone(),
+            cores.iter().map(CpuKernel::kernel_id).collect(),
+        ));
         tracing::info!(group = %self.name, kernels = cores.len(), routes = edges.len(), "group launched");
         Ok(Group {
             name: self.name,

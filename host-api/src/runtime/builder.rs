@@ -114,6 +114,7 @@ impl RuntimeBuilder {
                 cpu: cpu.clone(),
                 devices: parking_lot::Mutex::new(Vec::new()),
                 relays: parking_lot::Mutex::new(Vec::new()),
+                cpu_groups: parking_lot::Mutex::new(Vec::new()),
                 supervisor: crate::device_supervisor::Supervisor::default(),
             }),
             cpu,

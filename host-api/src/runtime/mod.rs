@@ -155,7 +155,110 @@ impl Runtime {
     /// thread cannot be started.
     #[cfg(feature = "http")]
     pub fn serve_metrics(&self, addr: std::net::SocketAddr) -> Result<crate::MetricsServer, Error> {
-        crate::http::MetricsServer::start(self.services.clone(), addr)
+        crate::http::MetricsServer::start(crate::http::Pages::metrics(self.services.clone()), addr)
+    }
+
+    /// Serves the live dashboard at `http://ADDR/`, its JSON at `/api/snapshot` and
+    /// `/api/history`, and [`Runtime::prometheus_text`] at `/metrics`, until the returned
+    /// handle is dropped (feature `dashboard`).
+    ///
+    /// It is the server of [`Runtime::serve_metrics`] (same thread, same limits) with a
+    /// sampler thread beside it that takes a snapshot of the runtime about once a second
+    /// into a history of the last five minutes (300 samples; the oldest goes first).
+    /// Dropping the handle stops and joins both threads. A snapshot reads what the
+    /// Prometheus text reads — each kernel's control-block counters and gauges and the
+    /// host's latency recorders — so sampling adds nothing to the message path.
+    ///
+    /// The page (no network access needed: uPlot, MIT-licensed, is embedded and served
+    /// at `/uplot/`, its licence at `/uplot/LICENSE`) shows every group of every backend
+    /// as its DAG with live rates on the routes, each kernel's state (coloured; a fault
+    /// with its reason), and per kernel the time series of throughput, inbox depth and
+    /// utilisation, stalls, errors and latency p50/p99.
+    ///
+    /// # `GET /api/snapshot`
+    ///
+    /// The runtime now, as JSON:
+    ///
+    /// ```json
+    /// {
+    ///   "seq": 42, "time_ms": 1796650000000, "interval_ms": 1000,
+    ///   "runtime": { "backend": "cpu", "workers": 2, "worker_utilisation": 0.41,
+    ///                "threads": 2, "kernels": 3, "dead_letters": 0 },
+    ///   "groups": [ {
+    ///     "name": "sensors", "backend": "cpu", "device": null, "label": "cpu",
+    ///     "kernels": [ {
+    ///       "name": "calibrate", "id": 0, "state": "Active", "fault": null,
+    ///       "received": 120000, "processed": 120000, "emitted": 120000,
+    ///       "stalls": 3, "errors": 0,
+    ///       "inbox_depth": 17, "inbox_capacity": 4096, "inbox_utilisation": 0.004,
+    ///       "heartbeat": 5312, "ring_bytes": 327680, "throughput": 251000.0,
+    ///       "latency_samples": null, "latency_p50_ns": null, "latency_p99_ns": null,
+    ///       "received_per_second": 250000.0, "processed_per_second": 250000.0,
+    ///       "emitted_per_second": 250000.0, "stalls_per_second": 0.0,
+    ///       "errors_per_second": 0.0
+    ///     } ],
+    ///     "edges": [ { "from": 0, "to": 1, "per_second": 250000.0 } ]
+    ///   } ],
+    ///   "relays": [ { "from": "produce", "to": "consume", "from_backend": "cpu",
+    ///                 "to_backend": "wgpu", "forwarded": 5000, "per_second": 1000.0 } ]
+    /// }
+    /// ```
+    ///
+    /// - `groups`: CPU groups launched through [`Runtime::group`] or [`Runtime::pipeline`]
+    ///   under their name (a CPU kernel launched alone is a group of one named after it),
+    ///   then every device group in launch order. `backend` is `cpu`, `cuda`,
+    ///   `cuda-emulated` or `wgpu`; `device` the device ordinal where the backend numbers
+    ///   devices (CUDA), else `null`; `label` the two together (`cuda:0`).
+    /// - Each kernel's counters (`received`, `processed`, `emitted`, `stalls`,
+    ///   `errors`), `inbox_depth`, `inbox_capacity`, `inbox_utilisation`, `heartbeat`,
+    ///   `ring_bytes`, `throughput` (processed per second over the last ten seconds) and
+    ///   latency (`latency_*`, host-measured end-to-end latency in nanoseconds, `null`
+    ///   until measured) are read when the request is answered: they are the values of
+    ///   the `gyre_kernel_*` series of [`Runtime::prometheus_text`]. `state` is one of
+    ///   `Launched`, `Active`, `Paused`, `Draining`, `Terminated`, `Faulted`; `fault` is
+    ///   the reason of a `Faulted` kernel, else `null`.
+    /// - The `*_per_second` rates are those of the latest sample, measured over its
+    ///   `interval_ms` (`null` until two samples were taken). An edge (`from`/`to` index
+    ///   the group's `kernels`) carries the downstream kernel's intake rate when it is
+    ///   its only way in, else the upstream kernel's output rate when it is its only way
+    ///   out, else `null` (the counters are per kernel, not per route). Edges are the
+    ///   routes inside a group; a route between backends is listed under `relays`.
+    /// - `relays`: routes between backends carried through the host
+    ///   (`gyre_relay_forwarded_total`).
+    /// - `seq` numbers the latest sample whose rates the snapshot carries.
+    ///
+    /// # `GET /api/history`
+    ///
+    /// `{"interval_ms": 1000, "capacity": 300, "samples": [SNAPSHOT, ...]}`: the samples
+    /// kept, oldest first, each shaped like `/api/snapshot` and taken by the sampler;
+    /// `?after=SEQ` returns only those numbered above `SEQ` (poll with the last `seq`
+    /// seen).
+    ///
+    /// ```
+    /// # #[cfg(feature = "dashboard")] {
+    /// let runtime = gyre::Runtime::builder().build()?;
+    /// let server = runtime.serve_dashboard("127.0.0.1:0".parse().unwrap())?;
+    /// println!("dashboard at http://{}/", server.local_addr());
+    /// # }
+    /// # Ok::<(), gyre::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Runtime::serve_metrics`]; also [`Error::Launch`] when the sampler thread
+    /// cannot be started.
+    #[cfg(feature = "dashboard")]
+    pub fn serve_dashboard(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<crate::MetricsServer, Error> {
+        let dashboard = Arc::new(crate::dashboard::Dashboard::new(
+            self.services.clone(),
+            self.backend_name,
+        ));
+        crate::http::MetricsServer::start(
+            crate::http::Pages::dashboard(self.services.clone(), dashboard),
+            addr,
+        )
     }
 
     /// The health of every kernel the runtime holds under `policy`: the worst status and
@@ -186,6 +289,11 @@ impl Runtime {
     pub fn kernel_count(&self) -> usize {
         let devices: usize = self.services.devices().iter().map(|d| d.names.len()).sum();
         self.cpu.kernels().len() + devices
+    }
+
+    /// The registry every runtime-wide service reads.
+    pub(crate) fn services(&self) -> &Arc<Services> {
+        &self.services
     }
 
     /// Where a group asking for `backend` (the runtime's when `None`) runs.

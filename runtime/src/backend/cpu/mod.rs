@@ -134,6 +134,12 @@ impl CpuBackend {
         kernels
     }
 
+    /// The kernels the metrics cover: every kernel a handle still holds or that is not
+    /// stopped (the ones [`Self::prometheus_text_with`] samples).
+    pub fn held_kernels(&self) -> Vec<Arc<KernelCore>> {
+        self.held().clone()
+    }
+
     /// Threads the backend runs: pool workers and the threads of live dedicated kernels.
     pub fn threads_in_use(&self) -> usize {
         self.pool.workers() + Self::dedicated_live(&self.held())

@@ -111,6 +111,12 @@ impl CpuBackend {
         self.0.prometheus_text_with(others)
     }
 
+    /// The kernels the metrics cover, in launch order: every kernel a handle still holds
+    /// or that is not stopped (the ones [`Self::prometheus_text_with`] samples).
+    pub fn held_kernels(&self) -> Vec<CpuKernel> {
+        self.0.held_kernels().into_iter().map(CpuKernel).collect()
+    }
+
     /// Every kernel the backend holds, in launch order.
     pub fn kernels(&self) -> Vec<CpuKernel> {
         self.0.kernels().into_iter().map(CpuKernel).collect()
