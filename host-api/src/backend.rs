@@ -14,7 +14,10 @@ use crate::Error;
 /// [`Backend::CudaEmulated`] add a CUDA device, [`Backend::Wgpu`] and
 /// [`Backend::WgpuSoftware`] a wgpu adapter, on which [`crate::Runtime::launch`],
 /// [`crate::Runtime::group`] and [`crate::Runtime::pipeline`] run their kernels (each
-/// kernel's implementation for that backend). A runtime has at most one device backend.
+/// kernel's implementation for that backend). A group may name another device backend
+/// ([`crate::GroupBuilder::backend`]): the runtime opens it at that group's launch and
+/// keeps it, so one runtime can run groups on the CPU, a CUDA device and a wgpu adapter
+/// at once (routes between them are relayed through the host, [`crate::Runtime::connect`]).
 ///
 /// Every variant exists in every build, so code that names one compiles everywhere;
 /// building a runtime with a CUDA variant in a gyre built without the `cuda` feature, or
@@ -162,13 +165,37 @@ pub(crate) fn no_ordinals(backend: &str, device: u32) -> String {
 }
 
 /// The devices a runtime opened besides its default one, for groups that asked for
-/// them ([`crate::GroupBuilder::device`]): each ordinal is opened once and kept.
+/// them ([`crate::GroupBuilder::backend`], [`crate::GroupBuilder::device`]): each
+/// backend, and each CUDA ordinal, is opened once and kept.
 #[derive(Debug, Default)]
 pub(crate) struct OtherDevices(
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] parking_lot::Mutex<Vec<Place>>,
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+    parking_lot::Mutex<Vec<Place>>,
 );
 
 impl OtherDevices {
+    /// Device 0 of device backend `backend` (not the runtime's own), opened at the first
+    /// call and kept.
+    ///
+    /// # Errors
+    /// [`Error::BackendUnavailable`] when it cannot run here.
+    pub(crate) fn backend(&self, backend: Backend) -> Result<Place, Error> {
+        let mut opened = self.0.lock();
+        let same = |p: &Place| match backend {
+            Backend::WgpuSoftware => p.name() == "wgpu",
+            _ => p.name() == backend.name(),
+        };
+        if let Some(known) = opened
+            .iter()
+            .find(|p| same(p) && p.device().unwrap_or(0) == 0)
+        {
+            return Ok(known.clone());
+        }
+        let place = choose(backend, 0)?.place();
+        opened.push(place.clone());
+        Ok(place)
+    }
+
     /// Where a group asking for device `ordinal` runs, given `place` (the backend it
     /// runs on, on the runtime's default device).
     ///

@@ -24,6 +24,10 @@ use dash::{faulted_kernel, get, get_json, group_of, kernel, FAULT_REASON};
 /// The tests of this file take turns: the sampler test counts threads by name.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+#[path = "support/backends.rs"]
+mod backends;
+
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL
         .lock()
@@ -92,7 +96,12 @@ fn assert_agrees(snapshot: &Json, text: &str) {
             }
             let state = k["state"].as_str().unwrap().to_lowercase();
             assert_eq!(
-                series(&scrape, "gyre_kernel_state", id, &[("state", &state)]),
+                series(
+                    &scrape,
+                    "gyre_kernel_state",
+                    id,
+                    &[("state", &state), labels[0], labels[1]]
+                ),
                 Some(1.0),
                 "{name} is {state} in the snapshot"
             );
@@ -101,7 +110,7 @@ fn assert_agrees(snapshot: &Json, text: &str) {
                     &scrape,
                     "gyre_kernel_latency_seconds",
                     id,
-                    &[("quantile", q)],
+                    &[("quantile", q), labels[0], labels[1]],
                 );
                 match k[field].as_u64() {
                     None => assert_eq!(exported, None, "{name}.{field} is null"),
@@ -113,7 +122,7 @@ fn assert_agrees(snapshot: &Json, text: &str) {
             }
             assert_eq!(
                 k["latency_samples"].as_f64(),
-                series(&scrape, "gyre_kernel_latency_samples_total", id, &[]),
+                series(&scrape, "gyre_kernel_latency_samples_total", id, &labels),
                 "{name}.latency_samples"
             );
         }
@@ -333,18 +342,14 @@ fn the_history_fills_once_a_second_and_its_sampler_ends_with_the_server() {
 }
 
 /// One runtime per device backend built here (the CUDA emulation, wgpu on a software
-/// adapter): its dashboard shows a CPU group and a device group side by side, labelled
-/// with their backends, and their numbers agree with the Prometheus text. A runtime has
-/// the CPU backend and at most one device backend, so the device backends show in one
-/// runtime each.
+/// adapter), built with that backend: its dashboard shows a CPU group and a device
+/// group side by side, labelled with their backends, and their numbers agree with the
+/// Prometheus text.
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 #[test]
 fn cpu_and_device_groups_show_in_one_dashboard() {
     use gyre::builtins::{Builtin, Record};
     use gyre::Backend;
-
-    #[path = "support/backends.rs"]
-    mod backends;
 
     let _serial = serial();
     let mut labels = Vec::new();
@@ -418,4 +423,81 @@ fn cpu_and_device_groups_show_in_one_dashboard() {
     if !labels.iter().any(|l| l == "wgpu") {
         backends::skip::skip("wgpu's dashboard", &"no wgpu runtime built");
     }
+}
+
+/// One CPU runtime with a CPU group, a group on the CUDA emulation and a group on wgpu
+/// (a software adapter), each a two-stage pipeline that has carried 100 records: the
+/// dashboard shows all three, labelled `cpu`, `cuda-emulated` and `wgpu`, with their
+/// edges, and its numbers agree with the Prometheus text taken at the same moment.
+#[cfg(all(feature = "cuda", feature = "wgpu"))]
+#[test]
+fn cpu_cuda_emulated_and_wgpu_groups_show_in_one_runtime() {
+    use gyre::builtins::{Builtin, Record};
+    use gyre::Backend;
+
+    let _serial = serial();
+    let rt = Runtime::builder().backend(Backend::Cpu).build().unwrap();
+    let mut groups = Vec::new();
+    for (name, backend) in [
+        ("on-cpu", Backend::Cpu),
+        ("on-cuda-emulated", Backend::CudaEmulated),
+        ("on-wgpu", Backend::WgpuSoftware),
+    ] {
+        let mut g = rt.group(name);
+        g.backend(backend);
+        let scale = g.add(
+            KernelSpec::<Record, Record>::new("scale")
+                .no_host_output()
+                .builtin(Builtin::Affine { a: 2.0, b: 1.0 }),
+        );
+        let shift = g.add(
+            KernelSpec::<Record, Record>::new("shift").builtin(Builtin::Affine { a: 1.0, b: -1.0 }),
+        );
+        g.route(scale, 0, shift);
+        let group = match g.launch() {
+            Ok(group) => group,
+            Err(e) => {
+                backends::skip::skip(&format!("the {name} group"), &e);
+                return;
+            }
+        };
+        group.activate().unwrap();
+        let (scale, shift) = (group.kernel(scale).unwrap(), group.kernel(shift).unwrap());
+        for i in 0..100u32 {
+            scale
+                .send(Record {
+                    key: i,
+                    seq: i,
+                    value: i as f32,
+                    aux: 0,
+                })
+                .unwrap();
+        }
+        for _ in 0..100 {
+            shift.recv_timeout(Duration::from_secs(30)).unwrap();
+        }
+        groups.push(group);
+    }
+    let server = rt.serve_dashboard(local()).unwrap();
+    let snapshot = get_json(server.local_addr(), "/api/snapshot");
+    assert_agrees(&snapshot, &rt.prometheus_text());
+    for (name, label) in [
+        ("on-cpu", "cpu"),
+        ("on-cuda-emulated", "cuda-emulated"),
+        ("on-wgpu", "wgpu"),
+    ] {
+        let g = group_of(&snapshot, name);
+        assert_eq!(g["backend"], label, "{name}: {g}");
+        assert_eq!(g["edges"][0]["from"], 0, "{name}");
+        assert_eq!(g["edges"][0]["to"], 1, "{name}");
+        assert_eq!(kernel(&snapshot, name, "scale")["processed"], 100, "{name}");
+        assert_eq!(kernel(&snapshot, name, "shift")["emitted"], 100, "{name}");
+        assert_eq!(
+            kernel(&snapshot, name, "shift")["state"],
+            "Active",
+            "{name}"
+        );
+    }
+    drop(server);
+    drop(groups);
 }

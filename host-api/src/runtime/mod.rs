@@ -296,10 +296,14 @@ impl Runtime {
         &self.services
     }
 
-    /// Where a group asking for `backend` (the runtime's when `None`) runs.
+    /// Where a group asking for `backend` (the runtime's when `None`) runs: the
+    /// runtime's own backend, the CPU, or another device backend, opened at its first
+    /// group and kept (a runtime can run groups on the CPU, a CUDA device and a wgpu
+    /// adapter at once).
     ///
     /// # Errors
-    /// [`Error::BackendUnavailable`] when the runtime has no such backend.
+    /// [`Error::BackendUnavailable`] when that backend cannot run here (the reason says
+    /// why, as for [`crate::RuntimeBuilder::build`]).
     pub(crate) fn place(&self, backend: Option<Backend>) -> Result<Place, Error> {
         let Some(backend) = backend else {
             return Ok(self.place.clone());
@@ -317,16 +321,7 @@ impl Runtime {
         if matches {
             Ok(self.place.clone())
         } else {
-            Err(Error::BackendUnavailable {
-                backend: wanted,
-                reason: format!(
-                    "this runtime was built with the {} backend: a runtime has the CPU \
-                     backend and at most one device backend, so build one with \
-                     `.backend(Backend::...)` naming the device this group should run on, \
-                     or run the group on the CPU (`GroupBuilder::backend(Backend::Cpu)`)",
-                    self.backend_name
-                ),
-            })
+            self.other_devices.backend(backend)
         }
     }
 
