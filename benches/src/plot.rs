@@ -6,6 +6,8 @@
 //!
 //! Drawn with `plotters`' SVG backend only; text is left to the SVG viewer's fonts.
 
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -36,6 +38,10 @@ pub struct Panel {
     pub series: Vec<Series>,
     /// Horizontal reference lines (parity, an acceptance target).
     pub lines: Vec<RefLine>,
+    /// A logarithmic y axis (for series a hundred times apart), used when the values span
+    /// more than about a decade and a half (else the panel stays linear); non-positive
+    /// values are not drawn on it.
+    pub log_y: bool,
 }
 
 /// One subject's (or baseline's) value in each round.
@@ -77,11 +83,11 @@ impl Series {
         }
     }
 
-    fn points(&self) -> Vec<(f64, f64)> {
+    fn points(&self, log_y: bool) -> Vec<(f64, f64)> {
         self.values
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.is_finite())
+            .filter(|(_, v)| v.is_finite() && (!log_y || **v > 0.0))
             .map(|(i, v)| ((i + 1) as f64, *v))
             .collect()
     }
@@ -105,7 +111,15 @@ impl Panel {
             y_label: y_label.into(),
             series: Vec::new(),
             lines: Vec::new(),
+            log_y: false,
         }
+    }
+
+    /// With a logarithmic y axis.
+    #[must_use]
+    pub fn log(mut self) -> Self {
+        self.log_y = true;
+        self
     }
 
     /// Adds `series`.
@@ -145,6 +159,9 @@ pub fn far_split(ping_pong_ns: &[f64]) -> Option<f64> {
 
 const WIDTH: u32 = 1100;
 const HEADER: u32 = 64;
+/// Caption characters per line, and the height a further line adds.
+const CAPTION_CHARS: usize = 140;
+const CAPTION_LINE: u32 = 18;
 const PANEL: u32 = 250;
 const PING_PONG_PANEL: u32 = 190;
 const LEGEND: u32 = 260;
@@ -175,36 +192,60 @@ const FAR_POINT: RGBColor = RGBColor(230, 85, 13);
 pub fn render_svg(chart: &Chart) -> Result<String, String> {
     let panels: Vec<&Panel> = chart.panels.iter().filter(|p| p.has_data()).collect();
     let with_pp = chart.ping_pong_ns.iter().any(|v| v.is_finite());
+    let caption = wrap(&chart.caption, CAPTION_CHARS);
+    let header = HEADER + CAPTION_LINE * caption.len().saturating_sub(1) as u32;
     let height =
-        HEADER + PANEL * panels.len().max(1) as u32 + if with_pp { PING_PONG_PANEL } else { 0 };
+        header + PANEL * panels.len().max(1) as u32 + if with_pp { PING_PONG_PANEL } else { 0 };
     let mut svg = String::new();
-    draw(chart, &panels, with_pp, &mut svg, height)
-        .map_err(|e| format!("drawing the plot: {e}"))?;
+    draw(
+        chart,
+        &caption,
+        &panels,
+        with_pp,
+        &mut svg,
+        (header, height),
+    )
+    .map_err(|e| format!("drawing the plot: {e}"))?;
     Ok(svg)
 }
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// `text` in lines of at most `width` characters, broken at spaces (a longer word
+/// stays whole).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split(' ') {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
 fn draw(
     chart: &Chart,
+    caption: &[String],
     panels: &[&Panel],
     with_pp: bool,
     svg: &mut String,
-    height: u32,
+    (header, height): (u32, u32),
 ) -> DrawResult {
     let root = SVGBackend::with_string(svg, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (head, mut rest) = root.split_vertically(HEADER);
+    let (head, mut rest) = root.split_vertically(header);
     head.draw_text(
         &chart.title,
         &(FONT, 22).into_font().color(&BLACK),
         (12, 10),
     )?;
-    head.draw_text(
-        &chart.caption,
-        &(FONT, 14).into_font().color(&BLACK),
-        (12, 40),
-    )?;
+    for (line, y) in caption.iter().zip((40..).step_by(CAPTION_LINE as usize)) {
+        head.draw_text(line, &(FONT, 14).into_font().color(&BLACK), (12, y))?;
+    }
     let split = far_split(&chart.ping_pong_ns);
     let far: Vec<usize> = split.map_or_else(Vec::new, |split| {
         chart
@@ -279,12 +320,67 @@ fn draw_panel(
             .chain(panel.lines.iter().map(|l| l.value)),
     );
     let x_hi = rounds.max(1) as f64 + 0.5;
-    let mut ctx = ChartBuilder::on(&plot)
-        .caption(&panel.title, (FONT, 16))
+    let (log_lo, log_hi) = log_range(panel);
+    // Plotters labels a log axis at powers of ten: below ~1.5 decades it would show
+    // one label or none, so a narrower panel stays linear.
+    let log = panel.log_y && log_hi / log_lo > 40.0;
+    let title = if log {
+        format!("{} (log scale)", panel.title)
+    } else {
+        panel.title.clone()
+    };
+    let mut builder = ChartBuilder::on(&plot);
+    builder
+        .caption(title, (FONT, 16))
         .margin(8)
         .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.5..x_hi, lo..hi)?;
+        .y_label_area_size(70);
+    let legend_entries = if log {
+        let (lo, hi) = (log_lo, log_hi);
+        let ctx = builder.build_cartesian_2d(0.5..x_hi, (lo..hi).log_scale())?;
+        draw_body(ctx, rounds, panel, far, (lo, hi))?
+    } else {
+        let ctx = builder.build_cartesian_2d(0.5..x_hi, lo..hi)?;
+        draw_body(ctx, rounds, panel, far, (lo, hi))?
+    };
+    draw_legend(&legend, &legend_entries)
+}
+
+/// The y range of a log-scale panel: its positive values, a fifth of a decade wider each
+/// way.
+fn log_range(panel: &Panel) -> (f64, f64) {
+    let (lo, hi) = panel
+        .series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .chain(panel.lines.iter().map(|l| l.value))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo.is_finite() {
+        (lo / 1.6, hi * 1.6)
+    } else {
+        (1.0, 10.0)
+    }
+}
+
+/// A legend entry: label, style, dashed.
+type Entry = (String, ShapeStyle, bool);
+
+/// Draws a panel's bands, mesh, reference lines and series on `ctx` (linear or log y);
+/// returns its legend.
+fn draw_body<Y>(
+    mut ctx: ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, Y>>,
+    rounds: usize,
+    panel: &Panel,
+    far: &[usize],
+    (lo, hi): (f64, f64),
+) -> Result<Vec<Entry>, Box<dyn std::error::Error>>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let x_hi = rounds.max(1) as f64 + 0.5;
     ctx.draw_series(far.iter().map(|r| {
         let r = *r as f64;
         Rectangle::new([(r - 0.5, lo), (r + 0.5, hi)], FAR_BAND.filled())
@@ -297,7 +393,7 @@ fn draw_panel(
         .y_desc(panel.y_label.as_str())
         .label_style((FONT, 12))
         .draw()?;
-    let mut entries: Vec<(String, ShapeStyle, bool)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     for (i, line) in panel.lines.iter().enumerate() {
         let colour = if i == 0 && (line.value - 1.0).abs() < f64::EPSILON {
             PARITY
@@ -312,7 +408,7 @@ fn draw_panel(
         entries.push((line.label.clone(), style, false));
     }
     for (i, series) in panel.series.iter().enumerate() {
-        let points = series.points();
+        let points = series.points(panel.log_y);
         if points.is_empty() {
             continue;
         }
@@ -338,7 +434,7 @@ fn draw_panel(
             false,
         ));
     }
-    draw_legend(&legend, &entries)
+    Ok(entries)
 }
 
 fn draw_legend(
@@ -405,17 +501,17 @@ fn draw_ping_pong(
                 Circle::new(((i + 1) as f64, *v), 4, colour.filled())
             }),
     )?;
-    entries.push((
-        "near vCPU pair".to_owned(),
-        NEAR_POINT.stroke_width(4),
-        false,
-    ));
     if split.is_some() {
+        entries.push((
+            "near vCPU pair".to_owned(),
+            NEAR_POINT.stroke_width(4),
+            false,
+        ));
         entries.push(("far vCPU pair".to_owned(), FAR_POINT.stroke_width(4), false));
     } else {
         entries.push((
-            "one placement (within 2x)".to_owned(),
-            WHITE.stroke_width(1),
+            "one placement (all within 2x)".to_owned(),
+            NEAR_POINT.stroke_width(4),
             false,
         ));
     }
@@ -447,6 +543,9 @@ pub(crate) mod tests {
                         vec![210.0 / 180.0, 220.0 / 185.0, f64::NAN],
                     )),
                 Panel::new("empty panel", "x").with(Series::subject("nothing", vec![])),
+                Panel::new("log panel", "msg/s")
+                    .log()
+                    .with(Series::subject("wide apart", vec![10.0, 1000.0, 0.0])),
             ],
         }
     }
@@ -474,6 +573,8 @@ pub(crate) mod tests {
             "p50 / rtrb",
             "need <= 1.2",
             "far vCPU pair (shaded)",
+            "wide apart",
+            "log panel (log scale)",
         ] {
             assert!(texts.contains(&name), "no text `{name}` in {texts:?}");
         }
@@ -523,6 +624,12 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(ratio_points.len(), 2, "two measured ratios drawn");
         assert!(ratio_points.iter().all(|y| *y > line_y));
+    }
+
+    #[test]
+    fn long_captions_wrap_at_spaces() {
+        assert_eq!(wrap("one two three", 7), vec!["one two", "three"]);
+        assert_eq!(wrap("unbreakable", 4), vec!["unbreakable"]);
     }
 
     #[test]

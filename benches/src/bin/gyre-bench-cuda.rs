@@ -667,12 +667,14 @@ impl PerRound {
             ping_pong_ns,
             panels: vec![
                 Panel::new("[1,2] round trip p50, one 8-byte message in flight", "ns")
+                    .log()
                     .with(Series::subject("resident echo", self.resident_p50))
                     .with(Series::baseline("launch + sync", self.launch_p50)),
                 Panel::new("[1,2] launch p50 / resident p50 within each round", "ratio")
                     .line(1.0, "parity")
                     .with(Series::subject("launch / resident", self.rt_ratio)),
                 Panel::new("[3] echo throughput", "k msg/s")
+                    .log()
                     .with(Series::subject("resident echo", k(self.resident_rate)))
                     .with(Series::baseline("launch + sync", k(self.launch_rate))),
                 Panel::new(

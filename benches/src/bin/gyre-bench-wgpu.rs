@@ -751,6 +751,7 @@ impl PerRound {
             ping_pong_ns,
             panels: vec![
                 Panel::new("[1,2] echo throughput, 8-byte messages", "k msg/s")
+                    .log()
                     .with(Series::subject("ticked echo", k(self.ticked)))
                     .with(Series::baseline("dispatch per message", k(self.dispatch))),
                 Panel::new("[1,2] ticked / dispatch within each round", "ratio")

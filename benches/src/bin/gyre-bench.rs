@@ -538,11 +538,12 @@ fn chart(table: &Table) -> Chart {
         }
     };
     let is_baseline = |s: Subject| matches!(s, Subject::Rtrb | Subject::Crossbeam);
-    let mut rt = Panel::new("round trip p50, one message in flight", "ns");
+    let mut rt = Panel::new("round trip p50, one message in flight", "ns").log();
     let mut tp = Panel::new(
         format!("echo throughput, {WINDOW} in flight (batches: {BATCH} per call)"),
         "M msg/s",
-    );
+    )
+    .log();
     for subject in &table.subjects {
         if let Some(values) = per_round(*subject, p50) {
             rt.series
