@@ -349,11 +349,18 @@ fn draw_panel(
 /// The y range of a log-scale panel: its positive values, a fifth of a decade wider each
 /// way.
 fn log_range(panel: &Panel) -> (f64, f64) {
-    let (lo, hi) = panel
-        .series
-        .iter()
-        .flat_map(|s| s.values.iter().copied())
-        .chain(panel.lines.iter().map(|l| l.value))
+    positive_range(
+        panel
+            .series
+            .iter()
+            .flat_map(|s| s.values.iter().copied())
+            .chain(panel.lines.iter().map(|l| l.value)),
+    )
+}
+
+/// The range of the positive finite `values`, a fifth of a decade wider each way.
+fn positive_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
         .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
             (lo.min(v), hi.max(v))
@@ -459,17 +466,44 @@ fn draw_ping_pong(
     split: Option<f64>,
 ) -> DrawResult {
     let (plot, legend) = area.split_horizontally(WIDTH - LEGEND);
-    let (lo, hi) = y_range(chart.ping_pong_ns.iter().copied().chain(split));
+    let values = || chart.ping_pong_ns.iter().copied().chain(split);
+    let (log_lo, log_hi) = positive_range(values());
+    // Near and far differ by ~7x; a machine under load makes it hundreds: then log.
+    let log = log_hi / log_lo > 40.0;
+    let title = if log {
+        "placement: cache-line ping-pong before each round (ns, log scale)"
+    } else {
+        "placement: cache-line ping-pong before each round (ns)"
+    };
     let x_hi = chart.rounds.max(1) as f64 + 0.5;
-    let mut ctx = ChartBuilder::on(&plot)
-        .caption(
-            "placement: cache-line ping-pong before each round (ns)",
-            (FONT, 16),
-        )
+    let mut builder = ChartBuilder::on(&plot);
+    builder
+        .caption(title, (FONT, 16))
         .margin(8)
         .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.5..x_hi, lo..hi)?;
+        .y_label_area_size(70);
+    let entries = if log {
+        let ctx = builder.build_cartesian_2d(0.5..x_hi, (log_lo..log_hi).log_scale())?;
+        ping_pong_body(ctx, chart, split)?
+    } else {
+        let (lo, hi) = y_range(values());
+        let ctx = builder.build_cartesian_2d(0.5..x_hi, lo..hi)?;
+        ping_pong_body(ctx, chart, split)?
+    };
+    draw_legend(&legend, &entries)
+}
+
+/// The ping-pong panel's mesh, split line and points on `ctx` (linear or log y);
+/// returns its legend.
+fn ping_pong_body<Y>(
+    mut ctx: ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, Y>>,
+    chart: &Chart,
+    split: Option<f64>,
+) -> Result<Vec<Entry>, Box<dyn std::error::Error>>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let x_hi = chart.rounds.max(1) as f64 + 0.5;
     ctx.configure_mesh()
         .disable_x_mesh()
         .x_labels(chart.rounds.clamp(2, 25))
@@ -495,7 +529,7 @@ fn draw_ping_pong(
             .ping_pong_ns
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.is_finite())
+            .filter(|(_, v)| v.is_finite() && **v > 0.0)
             .map(|(i, v)| {
                 let colour = if is_far(*v) { FAR_POINT } else { NEAR_POINT };
                 Circle::new(((i + 1) as f64, *v), 4, colour.filled())
@@ -515,7 +549,7 @@ fn draw_ping_pong(
             false,
         ));
     }
-    draw_legend(&legend, &entries)
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -599,21 +599,30 @@ fn chart(table: &Table) -> Chart {
             batch_per_round(BatchSubject::RtrbChunk),
         ),
     ));
-    let left_out: Vec<String> = table
-        .rounds
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| table.clean_only() && r.quality != Quality::Clean)
-        .map(|(i, _)| (i + 1).to_string())
-        .collect();
-    let left_out = if left_out.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; rounds {} (disturbed or moved) are left out of the summary",
-            left_out.join(", ")
-        )
+    let rounds_of = |quality: Quality| {
+        let numbers: Vec<String> = table
+            .rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.quality == quality)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
+        if numbers.is_empty() {
+            "none".to_owned()
+        } else {
+            numbers.join(", ")
+        }
     };
+    let left_out = format!(
+        "; rounds disturbed by other load: {}; moved: {} ({})",
+        rounds_of(Quality::Disturbed),
+        rounds_of(Quality::Moved),
+        if table.clean_only() {
+            "left out of the summary"
+        } else {
+            "too few clean rounds: the summary uses all"
+        }
+    );
     Chart {
         title: "gyre-bench: echo round trips and throughput, per round".to_owned(),
         caption: format!(
