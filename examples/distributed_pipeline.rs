@@ -60,7 +60,8 @@ fn main() -> ExitCode {
          stages 2-3 in a second process, over Zenoh on loopback TCP",
         std::process::id()
     );
-    let outcome = match distributed::run(backend, messages, child) {
+    let progress = gyre_examples::progress::bar(u64::from(messages), "distributed_pipeline");
+    let outcome = match distributed::run_with_progress(backend, messages, child, &progress) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("distributed_pipeline: {e}");

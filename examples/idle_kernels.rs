@@ -9,7 +9,12 @@ fn main() -> Result<(), gyre_examples::idle::IdleError> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
-    let m = gyre_examples::idle::measure(count, std::time::Duration::from_secs(2))?;
+    let progress = gyre_examples::progress::bar(count as u64, "idle_kernels");
+    let m = gyre_examples::idle::measure_with_progress(
+        count,
+        std::time::Duration::from_secs(2),
+        &progress,
+    )?;
     println!("{m}");
     Ok(())
 }

@@ -158,6 +158,47 @@ pub fn interleave<E>(
     }
 }
 
+/// Bounces of [`placement_ns`]: enough for a stable median, few enough not to matter
+/// beside a round (a few hundred microseconds near, a few milliseconds far).
+const PLACEMENT_BOUNCES: u64 = 2_000;
+
+/// The cache-line ping-pong round trip between this thread and a new one, ns: where the
+/// host threads sit this round (near or far vCPU pair), for the plot only (the text
+/// report does not print it).
+pub fn placement_ns() -> f64 {
+    crate::ping_pong(PLACEMENT_BOUNCES).as_nanos() as f64 / PLACEMENT_BOUNCES as f64
+}
+
+/// The ping-pongs ([`placement_ns`]) taken before round `i` of each measurement, for the
+/// plot's placement panel: one value per round, the median over measurements.
+pub struct Placements {
+    per_round: Vec<Vec<f64>>,
+}
+
+impl Placements {
+    /// Room for `rounds` rounds.
+    pub fn new(rounds: usize) -> Self {
+        Self {
+            per_round: vec![Vec::new(); rounds],
+        }
+    }
+
+    /// Records `ns` for round `round` (counted from 0); a round past the end is ignored.
+    pub fn record(&mut self, round: usize, ns: f64) {
+        if let Some(r) = self.per_round.get_mut(round) {
+            r.push(ns);
+        }
+    }
+
+    /// The median of each round's ping-pongs (NaN for a round with none).
+    pub fn per_round(&self) -> Vec<f64> {
+        self.per_round
+            .iter()
+            .map(|r| crate::median(r.clone()))
+            .collect()
+    }
+}
+
 /// Quantile `q` of `h`, in the histogram's unit (ns).
 pub fn ns(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64

@@ -38,6 +38,10 @@
 //! The [`device`] module is the harness of the CUDA and wgpu benchmarks
 //! (`src/bin/gyre-bench-cuda.rs`, `src/bin/gyre-bench-wgpu.rs`), which drive `gyre`'s
 //! public API on a device backend.
+//!
+//! Every binary writes its report when it ends: the text it printed (through [`say!`]) and
+//! an SVG of its per-round values and ratios ([`plot`]), side by side in
+//! `target/bench-reports/` ([`report`]); [`progress`] shows how far a run is on a terminal.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +52,9 @@ use gyre::{Backend, Kernel, KernelSpec, Placement, Runtime};
 use hdrhistogram::Histogram;
 
 pub mod device;
+pub mod plot;
+pub mod progress;
+pub mod report;
 pub mod workloads;
 
 /// Slots in every ring and channel, in each direction.

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use gyre::builtins::{Builtin, Record};
 use gyre::{Backend, KernelSpec};
 use gyre_zenoh::{Bridge, BridgeConfig, ExportOptions, LinkMetrics, LinkOptions};
+use indicatif::ProgressBar;
 
 /// Environment variable naming the endpoint the child connects to.
 pub const ENV_ENDPOINT: &str = "GYRE_DISTRIBUTED_ENDPOINT";
@@ -199,8 +200,27 @@ fn expected(i: u32) -> f32 {
 /// When a runtime, kernel, bridge or link cannot start, a drain times out, or the child
 /// fails to start or say what it should in time. Lost or duplicated records are not an
 /// error: [`Outcome`] counts them.
+pub fn run(backend: Backend, messages: u32, child: Command) -> Result<Outcome, BoxError> {
+    run_with_progress(backend, messages, child, &ProgressBar::hidden())
+}
+
+/// [`run`], advancing `progress` (its length set here to `messages`) as the records come
+/// back, and clearing it before the drain.
+///
+/// # Errors
+/// As [`run`].
 #[allow(clippy::too_many_lines)] // one run, in the order it happens
-pub fn run(backend: Backend, messages: u32, mut child: Command) -> Result<Outcome, BoxError> {
+pub fn run_with_progress(
+    backend: Backend,
+    messages: u32,
+    mut child: Command,
+    progress: &ProgressBar,
+) -> Result<Outcome, BoxError> {
+    /// Records between two updates of `progress` (a visible bar redraws at most 20 times
+    /// a second anyway; this keeps its lock off the per-record path).
+    const PROGRESS_EVERY: u64 = 1024;
+    progress.set_length(u64::from(messages));
+    progress.set_message("starting the second process");
     let endpoint = format!("tcp/127.0.0.1:{}", free_port()?);
     let prefix = format!("gyre-example/distributed/{}", std::process::id());
     let bridge = Bridge::open(BridgeConfig::peer().listen(&endpoint))?;
@@ -241,6 +261,7 @@ pub fn run(backend: Backend, messages: u32, mut child: Command) -> Result<Outcom
         },
     )?;
 
+    progress.set_message("records back");
     let started = Instant::now();
     let feeder = {
         let tx = stage1.sender();
@@ -268,12 +289,16 @@ pub fn run(backend: Backend, messages: u32, mut child: Command) -> Result<Outcom
             Ok(r) => {
                 check(r);
                 arrived += 1;
+                if arrived.is_multiple_of(PROGRESS_EVERY) {
+                    progress.set_position(arrived);
+                }
             }
             Err(gyre::Error::Timeout { .. }) => break, // some are missing: counted below
             Err(e) => return Err(e.into()),
         }
     }
     let elapsed = started.elapsed();
+    progress.finish_and_clear();
     feeder.join().map_err(|_| "the feeder panicked")??;
 
     // Drain, upstream first across both processes.

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use gyre::{KernelSpec, Runtime};
+use indicatif::ProgressBar;
 
 /// What idle kernels cost.
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +106,22 @@ fn cpu_time() -> Result<Duration, IdleError> {
 /// # Errors
 /// Any launch or lifecycle error, or process counters that cannot be read.
 pub fn measure(count: usize, window: Duration) -> Result<IdleCost, IdleError> {
+    measure_with_progress(count, window, &ProgressBar::hidden())
+}
+
+/// [`measure`], advancing `progress` through the launches, activations and echoes
+/// (`3 × count` steps; its length is set here) and clearing it before the idle window,
+/// so that drawing it costs nothing in the measured CPU share.
+///
+/// # Errors
+/// As [`measure`].
+pub fn measure_with_progress(
+    count: usize,
+    window: Duration,
+    progress: &ProgressBar,
+) -> Result<IdleCost, IdleError> {
+    progress.set_length(3 * count as u64);
+    progress.set_message("launching");
     let runtime = Runtime::builder().workers(2).build()?;
     let before = rss_bytes()?;
     let mut kernels = Vec::with_capacity(count);
@@ -115,14 +132,20 @@ pub fn measure(count: usize, window: Duration) -> Result<IdleCost, IdleError> {
             .slot_bytes(64)
             .cpu(|x, out| Ok(out.emit(*x + 1)?));
         kernels.push(runtime.launch(spec)?);
+        progress.inc(1);
     }
+    progress.set_message("activating");
     for (i, k) in kernels.iter().enumerate() {
         k.activate()?;
         k.send(i as u64).map_err(gyre::Error::from)?;
+        progress.inc(1);
     }
+    progress.set_message("echoing");
     for (i, k) in kernels.iter().enumerate() {
         assert_eq!(k.recv()?, i as u64 + 1, "every kernel really runs");
+        progress.inc(1);
     }
+    progress.finish_and_clear();
     let after = rss_bytes()?;
     // Let spinning workers settle into parking, then measure.
     std::thread::sleep(Duration::from_millis(300));

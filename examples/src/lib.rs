@@ -18,6 +18,9 @@
 //! stages on the GPU backends with the CPU closures' semantics, bit for bit.
 //! `coordinator_worker` and `bsp` route in cycles, which device groups cannot run: they
 //! stay on the CPU.
+//!
+//! [`progress`] draws a progress bar on stderr for the long ones (`idle_kernels`,
+//! `distributed_pipeline`) when stderr is a terminal, and nothing otherwise.
 
 pub mod backend;
 pub mod bsp;
@@ -26,6 +29,7 @@ pub mod device;
 pub mod distributed;
 pub mod fan_out;
 pub mod idle;
+pub mod progress;
 pub mod request_reply;
 pub mod rng;
 pub mod scatter_gather;

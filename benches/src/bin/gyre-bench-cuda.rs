@@ -47,10 +47,11 @@ use std::time::{Duration, Instant};
 use gyre::builtins::Builtin;
 use gyre::{Backend, KernelSpec, Runtime};
 use gyre_bench::device::{
-    field, finish, interleave, launch_chain, merge, ns, open_runtime, required_by_env, Args,
-    EchoLoad,
+    field, finish, interleave, launch_chain, merge, ns, open_runtime, placement_ns,
+    required_by_env, Args, EchoLoad, Placements,
 };
-use gyre_bench::{median, rate, round_trip_histogram};
+use gyre_bench::plot::{Chart, Panel, Series};
+use gyre_bench::{median, progress, rate, report, round_trip_histogram, say};
 use hdrhistogram::Histogram;
 
 const BIN: &str = "gyre-bench-cuda";
@@ -303,27 +304,31 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
         Some(launch::Launcher::new()?)
     };
     match &launcher {
-        Some(launcher) => println!(
+        Some(launcher) => say!(
             "device: {} (backend {})",
             launcher.describe()?,
             runtime.backend_name()
         ),
-        None => println!(
+        None => say!(
             "device: emulated CUDA device (backend {}: g++ on the host; not a GPU)",
             runtime.backend_name()
         ),
     }
     if emulated {
-        println!(
+        say!(
             "EMULATED: the CUDA C runs in host threads (g++), not on a GPU; these numbers say \
              nothing about a GPU. No launch baseline (there is no launch to measure)."
         );
     }
-    println!(
+    say!(
         "{} rounds, {} threads per block; every ratio is taken within a round, median over rounds",
-        sizes.rounds, sizes.threads
+        sizes.rounds,
+        sizes.threads
     );
     let started = Instant::now();
+    let bar = progress::bar(3 * sizes.rounds as u64, BIN);
+    let mut placements = Placements::new(sizes.rounds);
+    let mut plot = PerRound::default();
 
     let threads = Some(sizes.threads);
     let (echo_group, mut one) = launch_chain(
@@ -344,18 +349,25 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
     }
 
     // 1 and 2: round trips, resident against one launch per message.
-    println!(
+    say!(
         "\n[1,2] {label}round trip, one 8-byte message in flight, {} per subject per round (ns)",
         sizes.rt_per_round
     );
-    println!(
+    say!(
         "  {:>5} {:>12} {:>12} {:>12} {:>12} {:>8}",
-        "round", "resident p50", "resident p99", "launch p50", "launch p99", "ratio"
+        "round",
+        "resident p50",
+        "resident p99",
+        "launch p50",
+        "launch p99",
+        "ratio"
     );
     let mut resident_all = round_trip_histogram();
     let mut launch_all = round_trip_histogram();
     let mut rt_ratios = Vec::new();
+    bar.set_message("[1,2] round trips");
     for round in 0..sizes.rounds {
+        placements.record(round, placement_ns());
         let mut resident = round_trip_histogram();
         let mut launched = round_trip_histogram();
         interleave(
@@ -380,6 +392,14 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
             ns(&launched, 0.5) / ns(&resident, 0.5)
         };
         rt_ratios.push(ratio);
+        plot.resident_p50.push(ns(&resident, 0.5));
+        plot.launch_p50.push(if launched.is_empty() {
+            f64::NAN
+        } else {
+            ns(&launched, 0.5)
+        });
+        plot.rt_ratio.push(ratio);
+        bar.inc(1);
         let cell = |h: &Histogram<u64>, q| {
             if h.is_empty() {
                 "-".to_owned()
@@ -387,7 +407,7 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
                 format!("{:.0}", ns(h, q))
             }
         };
-        println!(
+        say!(
             "  {:>5} {:>12.0} {:>12.0} {:>12} {:>12} {:>8}",
             round + 1,
             ns(&resident, 0.5),
@@ -408,25 +428,31 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
     // 3: throughput, a sender thread streaming into the resident echo, against a batch
     // of launches each synchronised.
     if emulated {
-        println!(
+        say!(
             "\n[3] {label}echo throughput: {} messages streamed per round (no launch baseline)",
             sizes.tp_per_round
         );
     } else {
-        println!(
+        say!(
             "\n[3] echo throughput: {} messages streamed per round; launch baseline: {} launches \
              per round, each synchronised",
-            sizes.tp_per_round, sizes.launches_per_round
+            sizes.tp_per_round,
+            sizes.launches_per_round
         );
     }
-    println!(
+    say!(
         "  {:>5} {:>14} {:>14} {:>8}",
-        "round", "resident msg/s", "launch msg/s", "ratio"
+        "round",
+        "resident msg/s",
+        "launch msg/s",
+        "ratio"
     );
     let mut tp_resident = Vec::new();
     let mut tp_ratios = Vec::new();
     let mut streamed = 0u64;
+    bar.set_message("[3] throughput");
     for round in 0..sizes.rounds {
+        placements.record(round, placement_ns());
         let mut resident_rate = f64::NAN;
         let mut launch_rate = f64::NAN;
         interleave(
@@ -448,7 +474,11 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
         )?;
         tp_resident.push(resident_rate);
         tp_ratios.push(resident_rate / launch_rate);
-        println!(
+        plot.resident_rate.push(resident_rate);
+        plot.launch_rate.push(launch_rate);
+        plot.tp_ratio.push(resident_rate / launch_rate);
+        bar.inc(1);
+        say!(
             "  {:>5} {:>14.0} {:>14} {:>8}",
             round + 1,
             resident_rate,
@@ -473,17 +503,22 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
     )?;
     two.round_trips(0, sizes.warm_up, &mut round_trip_histogram())?;
     let mut seq2 = sizes.warm_up;
-    println!(
+    say!(
         "\n[4] {label}kernel-to-kernel hop: round trips through 1 kernel and through 2 (echo -> echo), {} each per round (ns)",
         sizes.rt_per_round
     );
-    println!(
+    say!(
         "  {:>5} {:>12} {:>12} {:>12}",
-        "round", "1-kernel p50", "2-kernel p50", "hop"
+        "round",
+        "1-kernel p50",
+        "2-kernel p50",
+        "hop"
     );
     let mut two_all = round_trip_histogram();
     let mut hops = Vec::new();
+    bar.set_message("[4] hop");
     for round in 0..sizes.rounds {
+        placements.record(round, placement_ns());
         let mut h1 = round_trip_histogram();
         let mut h2 = round_trip_histogram();
         interleave(
@@ -502,7 +537,11 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
         merge(&mut two_all, &h2)?;
         let hop = ns(&h2, 0.5) - ns(&h1, 0.5);
         hops.push(hop);
-        println!(
+        plot.one_p50.push(ns(&h1, 0.5));
+        plot.two_p50.push(ns(&h2, 0.5));
+        plot.hop.push(hop);
+        bar.inc(1);
+        say!(
             "  {:>5} {:>12.0} {:>12.0} {:>12.0}",
             round + 1,
             ns(&h1, 0.5),
@@ -511,22 +550,26 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
         );
     }
     let hop = median(hops);
+    progress::done(&bar);
 
     // Drain: everything sent was received; nothing is left anywhere.
     one.drain(runtime, &echo_group, seq)?;
     two.drain(runtime, &hop_group, seq2)?;
 
-    println!(
+    say!(
         "\n{label}summary ({} rounds, {:.1} s)",
         sizes.rounds,
         started.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "  {:<34} {:>10} {:>10} {:>10}",
-        "round trip (ns)", "p50", "p99", "p999"
+        "round trip (ns)",
+        "p50",
+        "p99",
+        "p999"
     );
     let row = |what: &str, h: &Histogram<u64>| {
-        println!(
+        say!(
             "  {what:<34} {:>10.0} {:>10.0} {:>10.0}",
             ns(h, 0.5),
             ns(h, 0.99),
@@ -535,9 +578,10 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
     };
     row("resident echo (1 kernel)", &resident_all);
     if launch_all.is_empty() {
-        println!(
+        say!(
             "  {:<34} {:>10}",
-            "launch + sync per message", "skipped (emulated)"
+            "launch + sync per message",
+            "skipped (emulated)"
         );
     } else {
         row("launch + sync per message", &launch_all);
@@ -550,26 +594,29 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
             "skipped".to_owned()
         }
     };
-    println!(
+    say!(
         "  {:<34} {:>10}",
         "launch p50 / resident p50",
         times(rt_ratio, 2)
     );
-    println!(
+    say!(
         "  {:<34} {:>10.0}   ({} messages streamed, all checked)",
-        "resident throughput (msg/s)", throughput, streamed
+        "resident throughput (msg/s)",
+        throughput,
+        streamed
     );
-    println!(
+    say!(
         "  {:<34} {:>10}",
         "resident / launch throughput",
         times(tp_ratio, 1)
     );
-    println!(
+    say!(
         "  {:<34} {:>10.0}   (median of per-round 2-kernel p50 - 1-kernel p50)",
-        "hop (ns)", hop
+        "hop (ns)",
+        hop
     );
-    println!("  drained: {seq} + {seq2} messages processed, none undelivered, no dead letters");
-    println!(
+    say!("  drained: {seq} + {seq2} messages processed, none undelivered, no dead letters");
+    say!(
         "RESULT round_trip_p50_ns={} launch_sync_p50_ns={} ratio={} throughput_msgs={} hop_ns={}{}",
         field(rt_p50, 0),
         field(launch_p50, 0),
@@ -578,5 +625,69 @@ fn run(runtime: &Runtime, sizes: Sizes, emulated: bool) -> Result<(), String> {
         field(hop, 0),
         if emulated { " device=EMULATED" } else { "" }
     );
+    report::write(BIN, &plot.chart(&sizes, emulated, placements.per_round()))?;
     Ok(())
+}
+
+/// What the plot shows: each round's numbers of every measurement.
+#[derive(Default)]
+struct PerRound {
+    resident_p50: Vec<f64>,
+    launch_p50: Vec<f64>,
+    rt_ratio: Vec<f64>,
+    resident_rate: Vec<f64>,
+    launch_rate: Vec<f64>,
+    tp_ratio: Vec<f64>,
+    one_p50: Vec<f64>,
+    two_p50: Vec<f64>,
+    hop: Vec<f64>,
+}
+
+impl PerRound {
+    /// The run's plot; the launch baseline's series are left out where not measured
+    /// (emulated).
+    fn chart(self, sizes: &Sizes, emulated: bool, ping_pong_ns: Vec<f64>) -> Chart {
+        let device = if emulated {
+            "EMULATED CUDA device (g++ threads on the host, not a GPU)"
+        } else {
+            "GPU"
+        };
+        let k = |v: Vec<f64>| v.into_iter().map(|x| x / 1e3).collect();
+        Chart {
+            title: format!(
+                "gyre-bench-cuda: resident kernels against a launch per message ({device})"
+            ),
+            caption: format!(
+                "one run on {}; {} rounds; placement: host ping-pong before each round, \
+                 median of the three measurements' rounds",
+                report::machine(),
+                sizes.rounds
+            ),
+            rounds: sizes.rounds,
+            ping_pong_ns,
+            panels: vec![
+                Panel::new("[1,2] round trip p50, one 8-byte message in flight", "ns")
+                    .log()
+                    .with(Series::subject("resident echo", self.resident_p50))
+                    .with(Series::baseline("launch + sync", self.launch_p50)),
+                Panel::new("[1,2] launch p50 / resident p50 within each round", "ratio")
+                    .line(1.0, "parity")
+                    .with(Series::subject("launch / resident", self.rt_ratio)),
+                Panel::new("[3] echo throughput", "k msg/s")
+                    .log()
+                    .with(Series::subject("resident echo", k(self.resident_rate)))
+                    .with(Series::baseline("launch + sync", k(self.launch_rate))),
+                Panel::new(
+                    "[3] resident / launch throughput within each round",
+                    "ratio",
+                )
+                .line(1.0, "parity")
+                .with(Series::subject("resident / launch", self.tp_ratio)),
+                Panel::new("[4] kernel-to-kernel hop", "ns")
+                    .with(Series::subject("2-kernel p50", self.two_p50))
+                    .with(Series::baseline("1-kernel p50", self.one_p50))
+                    .with(Series::subject("hop (difference)", self.hop)),
+            ],
+        }
+    }
 }

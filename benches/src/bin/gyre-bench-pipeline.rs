@@ -15,11 +15,12 @@
 
 use std::time::Instant;
 
+use gyre_bench::plot::{Chart, Panel, Series as PlotSeries};
 use gyre_bench::workloads::{
     ActorSubject, PipelineSubject, ACTORS, ACTOR_CAPACITY, ACTOR_MESSAGES, PIPELINE_CAPACITY,
     PIPELINE_MESSAGES, PIPELINE_WINDOW, WARM_UP_DIVISOR,
 };
-use gyre_bench::{median, ping_pong, rate};
+use gyre_bench::{median, ping_pong, progress, rate, report, say};
 
 /// Rounds when the command line names none.
 const DEFAULT_ROUNDS: usize = 40;
@@ -79,12 +80,12 @@ impl Workload {
 
     fn print_summary(&self) {
         let rounds = self.series.first().map_or(0, |s| s.per_round.len());
-        println!("\n{} (M msg/s, medians over {rounds} rounds)", self.title);
+        say!("\n{} (M msg/s, medians over {rounds} rounds)", self.title);
         let ratio_heads: Vec<String> = self
             .baselines()
             .map(|b| format!(" {:>12}", format!("/{}", b.name)))
             .collect();
-        println!(
+        say!(
             "  {:<16} {:>8} {:>8} {:>8}{}",
             "subject",
             "median",
@@ -103,7 +104,7 @@ impl Workload {
                 .baselines()
                 .map(|b| format!(" {:>12.2}", paired_ratio(series, b)))
                 .collect();
-            println!(
+            say!(
                 "  {:<16} {:>8.2} {:>8.2} {:>8.2}{}",
                 series.name,
                 median(series.per_round.clone()) / 1e6,
@@ -113,8 +114,47 @@ impl Workload {
             );
         }
         if self.series.iter().all(|s| s.baseline) {
-            println!("  (baselines only: no gyre subject is listed in this workload's ALL yet)");
+            say!("  (baselines only: no gyre subject is listed in this workload's ALL yet)");
         }
+    }
+}
+
+impl Workload {
+    /// The plot panels: every subject's M msg/s per round, then every gyre subject over
+    /// every baseline within each round, with parity and `target` (the goal over the
+    /// first baseline, when there is one).
+    fn panels(&self, short: &str, target: Option<f64>) -> Vec<Panel> {
+        let mut values = Panel::new(format!("{short}: throughput per round"), "M msg/s");
+        for series in &self.series {
+            let per_round = series.per_round.iter().map(|v| v / 1e6).collect();
+            values.series.push(if series.baseline {
+                PlotSeries::baseline(series.name, per_round)
+            } else {
+                PlotSeries::subject(series.name, per_round)
+            });
+        }
+        let mut ratios = Panel::new(
+            format!("{short}: gyre / baseline within each round"),
+            "ratio",
+        )
+        .line(1.0, "parity");
+        if let (Some(target), Some(first)) = (target, self.baselines().next()) {
+            ratios = ratios.line(target, format!("goal >= {target} x {}", first.name));
+        }
+        for subject in self.series.iter().filter(|s| !s.baseline) {
+            for baseline in self.baselines() {
+                ratios = ratios.with(PlotSeries::subject(
+                    format!("{} / {}", subject.name, baseline.name),
+                    subject
+                        .per_round
+                        .iter()
+                        .zip(&baseline.per_round)
+                        .map(|(s, b)| s / b)
+                        .collect(),
+                ));
+            }
+        }
+        vec![values, ratios]
     }
 }
 
@@ -206,24 +246,25 @@ fn main() {
             .map(|s| (s.name(), s.is_baseline())),
     );
 
-    println!(
+    say!(
         "gyre-bench-pipeline: {} interleaved rounds; {} CPUs; each measurement after \
          1/{WARM_UP_DIVISOR} as many untimed messages",
         options.rounds,
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
     if options.pipeline {
-        println!("  {}", pipeline.title);
+        say!("  {}", pipeline.title);
     }
     if options.actors {
-        println!("  {}", actors.title);
+        say!("  {}", actors.title);
     }
-    println!("cells: ping-pong ns, then M msg/s per subject\n");
+    say!("cells: ping-pong ns, then M msg/s per subject\n");
 
     let mut ping_pongs = Vec::new();
+    let bar = progress::bar(options.rounds as u64, "gyre-bench-pipeline");
     for number in 1..=options.rounds {
         if started.elapsed().as_secs() >= TIME_CAP_S {
-            println!(
+            say!(
                 "(stopping after {} rounds: the run passed {TIME_CAP_S} s)",
                 number - 1
             );
@@ -246,19 +287,57 @@ fn main() {
         if options.actors {
             cells.push(format!("actors: {}", actors.row()));
         }
-        println!("{}", cells.join(" | "));
+        say!("{}", cells.join(" | "));
+        bar.inc(1);
     }
+    progress::done(&bar);
+    let chart_pp = ping_pongs.clone();
 
-    println!(
+    say!(
         "\ncache-line ping-pong round trip: median {:.0} ns",
         median(ping_pongs)
     );
-    println!("ratios: subject / baseline within each round, then the median over rounds");
+    say!("ratios: subject / baseline within each round, then the median over rounds");
     if options.pipeline {
         pipeline.print_summary();
     }
     if options.actors {
         actors.print_summary();
     }
-    println!("\n(total {:.1} s)", started.elapsed().as_secs_f64());
+    say!("\n(total {:.1} s)", started.elapsed().as_secs_f64());
+    let chart = chart(&options, &pipeline, &actors, chart_pp);
+    if let Err(e) = report::write("gyre-bench-pipeline", &chart) {
+        eprintln!("gyre-bench-pipeline: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The plot of the run: each workload's rates and ratios per round, and the ping-pong of
+/// each round.
+fn chart(options: &Options, pipeline: &Workload, actors: &Workload, ping_pongs: Vec<f64>) -> Chart {
+    // The goals of issue 12: pipeline at least rtrb's rate; actors 3x tokio at inbox 16,
+    // 1.5x at 1,024.
+    let actor_goal = match options.actor_capacity {
+        16 => Some(3.0),
+        1024 => Some(1.5),
+        _ => None,
+    };
+    let mut panels = Vec::new();
+    if options.pipeline {
+        panels.extend(pipeline.panels("pipeline", Some(1.0)));
+    }
+    if options.actors {
+        panels.extend(actors.panels(
+            &format!("actors (inbox {})", options.actor_capacity),
+            actor_goal,
+        ));
+    }
+    let rounds = ping_pongs.len();
+    Chart {
+        title: "gyre-bench-pipeline: pipeline and actors, per round".to_owned(),
+        caption: format!("one run on {}; {rounds} rounds", report::machine()),
+        rounds,
+        ping_pong_ns: ping_pongs,
+        panels,
+    }
 }

@@ -60,10 +60,11 @@ use std::time::{Duration, Instant};
 use gyre::builtins::{Builtin, Record};
 use gyre::{Backend, KernelSpec, Message, Runtime};
 use gyre_bench::device::{
-    field, finish, interleave, launch_chain, merge, open_runtime, required_by_env, us, Args,
-    EchoLoad, Span, Workload,
+    field, finish, interleave, launch_chain, merge, open_runtime, placement_ns, required_by_env,
+    us, Args, EchoLoad, Placements, Span, Workload,
 };
-use gyre_bench::{median, rate, round_trip_histogram};
+use gyre_bench::plot::{Chart, Panel, Series};
+use gyre_bench::{median, progress, rate, report, round_trip_histogram, say};
 use gyre_runtime::backend::wgpu::adapter::{self, AdapterChoice, GpuContext};
 use hdrhistogram::Histogram;
 
@@ -413,16 +414,18 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
             .map_err(|e| format!("opening the baselines' wgpu device: {e}"))?,
     );
     let adapter_name = adapter::describe(&gpu.info);
-    println!(
+    say!(
         "adapter: {adapter_name} (backend {})",
         runtime.backend_name()
     );
-    println!(
+    say!(
         "{} rounds; rings of {CAPACITY} slots, quantum {QUANTUM}; every ratio is taken within a \
          round, median over rounds",
         sizes.rounds
     );
     let started = Instant::now();
+    let bar = progress::bar(3 * sizes.rounds as u64, BIN);
+    let mut placements = Placements::new(sizes.rounds);
 
     let direct = Direct::new(&gpu)?;
     let (echo_group, mut one) = launch_chain(
@@ -444,19 +447,27 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
     direct.floors(sizes.warm_up, &mut round_trip_histogram())?;
 
     // 1, 2: ticked throughput against one dispatch per message.
-    println!(
+    say!(
         "\n[1,2] echo throughput: {} 8-byte messages streamed per round (sender thread -> \
          resident echo -> main thread, all checked in order); baseline: {} messages, one \
          write + dispatch + copy + submit + map + poll + read + unmap each",
-        sizes.tp_per_round, sizes.dispatch_per_round
+        sizes.tp_per_round,
+        sizes.dispatch_per_round
     );
-    println!(
+    say!(
         "  {:>5} {:>14} {:>14} {:>9} {:>10} {:>11}",
-        "round", "ticked msg/s", "dispatch msg/s", "ratio", "msgs/tick", "us/tick"
+        "round",
+        "ticked msg/s",
+        "dispatch msg/s",
+        "ratio",
+        "msgs/tick",
+        "us/tick"
     );
     let (mut tp_ticked, mut tp_dispatch, mut tp_ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut streamed = 0u64;
+    bar.set_message("[1,2] throughput");
     for round in 0..sizes.rounds {
+        placements.record(round, placement_ns());
         let (mut ticked, mut dispatch) = (f64::NAN, f64::NAN);
         let mut span = Span::default();
         interleave(
@@ -477,8 +488,9 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
         tp_ticked.push(ticked);
         tp_dispatch.push(dispatch);
         tp_ratios.push(ticked / dispatch);
+        bar.inc(1);
         let (msgs_per_tick, us_per_tick) = per_tick(sizes.tp_per_round, span);
-        println!(
+        say!(
             "  {:>5} {:>14.0} {:>14.0} {:>9.1} {:>10.0} {:>11.1}",
             round + 1,
             ticked,
@@ -488,25 +500,40 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
             us_per_tick
         );
     }
+    let mut plot = PerRound {
+        ticked: tp_ticked.clone(),
+        dispatch: tp_dispatch.clone(),
+        tp_ratio: tp_ratios.clone(),
+        ..PerRound::default()
+    };
     let tick_throughput = median(tp_ticked);
     let dispatch_throughput = median(tp_dispatch);
     let ratio = median(tp_ratios);
 
     // 3, 5: round trips against the bare submission floor; time per tick meanwhile.
-    println!(
+    say!(
         "\n[3,5] round trip, one 8-byte message in flight, against the floor (a 4-byte copy \
          to a MAP_READ buffer, submit, map, poll, read, unmap), {} each per round (us)",
         sizes.rt_per_round
     );
-    println!(
+    say!(
         "  {:>5} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10} {:>9}",
-        "round", "rt p50", "rt p99", "floor p50", "floor p99", "ratio", "ticks/rt", "us/tick"
+        "round",
+        "rt p50",
+        "rt p99",
+        "floor p50",
+        "floor p99",
+        "ratio",
+        "ticks/rt",
+        "us/tick"
     );
     let mut rt_all = round_trip_histogram();
     let mut floor_all = round_trip_histogram();
     let (mut rt_ratios, mut per_tick_us, mut overheads) = (Vec::new(), Vec::new(), Vec::new());
     let mut ticks_per_rt = Vec::new();
+    bar.set_message("[3,5] round trips");
     for round in 0..sizes.rounds {
+        placements.record(round, placement_ns());
         let mut rt = round_trip_histogram();
         let mut floor = round_trip_histogram();
         let mut span = Span::default();
@@ -527,7 +554,10 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
         per_tick_us.push(us_per_tick);
         overheads.push(us(&rt, 0.5) - us(&floor, 0.5));
         ticks_per_rt.push(1.0 / rts_per_tick);
-        println!(
+        plot.rt_p50.push(us(&rt, 0.5));
+        plot.floor_p50.push(us(&floor, 0.5));
+        bar.inc(1);
+        say!(
             "  {:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>10.2} {:>9.1}",
             round + 1,
             us(&rt, 0.5),
@@ -541,6 +571,8 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
     }
     let rt_p50 = us(&rt_all, 0.5);
     let floor_p50 = us(&floor_all, 0.5);
+    plot.rt_ratio.clone_from(&rt_ratios);
+    plot.tick_us.clone_from(&per_tick_us);
     let rt_ratio = median(rt_ratios);
     let tick_us = median(per_tick_us);
     let overhead_derived = median(overheads);
@@ -576,23 +608,29 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
     let mut pseq = 0u64;
     three.stream(pseq, u64::from(CAPACITY) * 2)?;
     pseq += u64::from(CAPACITY) * 2;
-    println!(
+    say!(
         "\n[4] pipeline throughput: {} 16-byte records per round through affine -> filter \
          (all pass) -> gather in one group, quantum {pq}, all checked in order",
         sizes.pipe_per_round
     );
-    println!(
+    say!(
         "  {:>5} {:>14} {:>10} {:>11}",
-        "round", "records/s", "recs/tick", "us/tick"
+        "round",
+        "records/s",
+        "recs/tick",
+        "us/tick"
     );
     let mut tp_pipe = Vec::new();
+    bar.set_message("[4] pipeline");
     for round in 0..sizes.rounds {
+        placements.record(round, placement_ns());
         let span = three.stream(pseq, sizes.pipe_per_round)?;
         pseq += sizes.pipe_per_round;
         let r = rate(sizes.pipe_per_round, span.took);
         tp_pipe.push(r);
+        bar.inc(1);
         let (recs_per_tick, us_per_tick) = per_tick(sizes.pipe_per_round, span);
-        println!(
+        say!(
             "  {:>5} {:>14.0} {:>10.0} {:>11.1}",
             round + 1,
             r,
@@ -600,64 +638,71 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
             us_per_tick
         );
     }
+    plot.pipeline.clone_from(&tp_pipe);
     let pipeline_throughput = median(tp_pipe);
+    progress::done(&bar);
 
     one.drain(runtime, &echo_group, seq)?;
     three.drain(runtime, &pipe_group, pseq)?;
 
-    println!(
+    say!(
         "\nsummary ({} rounds, {:.1} s) on {adapter_name}",
         sizes.rounds,
         started.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "  {:<40} {:>12.0}   ({streamed} messages streamed, all checked)",
-        "ticked echo throughput (msg/s)", tick_throughput
+        "ticked echo throughput (msg/s)",
+        tick_throughput
     );
-    println!(
+    say!(
         "  {:<40} {:>12.0}",
-        "dispatch-per-message (msg/s)", dispatch_throughput
+        "dispatch-per-message (msg/s)",
+        dispatch_throughput
     );
-    println!(
+    say!(
         "  {:<40} {:>11.1}x   target >= {TARGET_RATIO}x: {}",
         "ticked / dispatch (median of rounds)",
         ratio,
         verdict(ratio >= TARGET_RATIO)
     );
-    println!(
+    say!(
         "  {:<40} {:>12.1}   p99 {:.1}, p999 {:.1}",
         "round trip p50 (us)",
         rt_p50,
         us(&rt_all, 0.99),
         us(&rt_all, 0.999)
     );
-    println!(
+    say!(
         "  {:<40} {:>12.1}   p99 {:.1}",
         "submit + readback floor p50 (us)",
         floor_p50,
         us(&floor_all, 0.99)
     );
-    println!(
+    say!(
         "  {:<40} {:>11.2}x   target <= {TARGET_RT_RATIO}x: {}",
         "round trip p50 / floor p50 (median)",
         rt_ratio,
         verdict(rt_ratio <= TARGET_RT_RATIO)
     );
-    println!(
+    say!(
         "  {:<40} {:>12.0}",
-        "pipeline throughput (records/s)", pipeline_throughput
+        "pipeline throughput (records/s)",
+        pipeline_throughput
     );
-    println!(
+    say!(
         "  {:<40} {:>12.1}   (measured: wall time / ticks during the round trips; {ticks_rt:.2} \
          ticks per round trip)",
-        "tick overhead (us)", tick_us
+        "tick overhead (us)",
+        tick_us
     );
-    println!(
+    say!(
         "  {:<40} {:>12.1}   (derived: round trip p50 - floor p50, median of rounds)",
-        "round trip beyond the floor (us)", overhead_derived
+        "round trip beyond the floor (us)",
+        overhead_derived
     );
-    println!("  drained: {seq} + {pseq} messages processed, none undelivered, no dead letters");
-    println!(
+    say!("  drained: {seq} + {pseq} messages processed, none undelivered, no dead letters");
+    say!(
         "RESULT adapter=\"{}\" tick_throughput={} dispatch_throughput={} ratio={} rt_p50_us={} \
          floor_p50_us={} rt_ratio={} pipeline_throughput={} tick_overhead_us={} \
          tick_overhead_derived_us={}",
@@ -672,5 +717,58 @@ fn run(runtime: &Runtime, sizes: Sizes, pq: u32) -> Result<(), String> {
         field(tick_us, 1),
         field(overhead_derived, 1),
     );
+    let chart = plot.chart(&adapter_name, sizes.rounds, placements.per_round());
+    report::write(BIN, &chart)?;
     Ok(())
+}
+
+/// What the plot shows: each round's numbers of every measurement.
+#[derive(Default)]
+struct PerRound {
+    ticked: Vec<f64>,
+    dispatch: Vec<f64>,
+    tp_ratio: Vec<f64>,
+    rt_p50: Vec<f64>,
+    floor_p50: Vec<f64>,
+    rt_ratio: Vec<f64>,
+    pipeline: Vec<f64>,
+    tick_us: Vec<f64>,
+}
+
+impl PerRound {
+    /// The run's plot on adapter `adapter`.
+    fn chart(self, adapter: &str, rounds: usize, ping_pong_ns: Vec<f64>) -> Chart {
+        let k = |v: Vec<f64>| v.into_iter().map(|x| x / 1e3).collect();
+        Chart {
+            title: "gyre-bench-wgpu: ticked resident kernels against a dispatch per message"
+                .to_owned(),
+            caption: format!(
+                "one run on {adapter}, {}; {rounds} rounds; placement: host ping-pong before \
+                 each round, median of the three measurements' rounds",
+                report::machine()
+            ),
+            rounds,
+            ping_pong_ns,
+            panels: vec![
+                Panel::new("[1,2] echo throughput, 8-byte messages", "k msg/s")
+                    .log()
+                    .with(Series::subject("ticked echo", k(self.ticked)))
+                    .with(Series::baseline("dispatch per message", k(self.dispatch))),
+                Panel::new("[1,2] ticked / dispatch within each round", "ratio")
+                    .line(TARGET_RATIO, format!("target >= {TARGET_RATIO}x"))
+                    .with(Series::subject("ticked / dispatch", self.tp_ratio)),
+                Panel::new("[3] round trip p50, one message in flight", "us")
+                    .with(Series::subject("resident echo", self.rt_p50))
+                    .with(Series::baseline("submit + readback floor", self.floor_p50)),
+                Panel::new("[3] round trip p50 / floor p50 within each round", "ratio")
+                    .line(1.0, "parity")
+                    .line(TARGET_RT_RATIO, format!("target <= {TARGET_RT_RATIO}x"))
+                    .with(Series::subject("round trip / floor", self.rt_ratio)),
+                Panel::new("[4] pipeline affine -> filter -> gather", "k records/s")
+                    .with(Series::subject("3-kernel group", k(self.pipeline))),
+                Panel::new("[5] time per tick during the round trips", "us")
+                    .with(Series::subject("tick", self.tick_us)),
+            ],
+        }
+    }
 }

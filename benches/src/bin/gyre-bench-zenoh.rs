@@ -40,9 +40,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver as LineRx;
 use gyre::{Backend, Kernel, KernelSpec, Runtime};
+use gyre_bench::plot::{Chart, Panel, Series};
 use gyre_bench::{
-    echo_throughput, median, ping_pong, rate, round_trip, round_trip_histogram, Echo, Msg,
-    CAPACITY, WINDOW,
+    echo_throughput, median, ping_pong, progress, rate, report, round_trip, round_trip_histogram,
+    say, Echo, Msg, CAPACITY, WINDOW,
 };
 use gyre_zenoh::{Bridge, BridgeConfig, ExportOptions, LinkMetrics, LinkOptions};
 use zenoh::qos::CongestionControl;
@@ -394,21 +395,31 @@ fn parent(args: &[String]) {
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    println!(
+    say!(
         "gyre-bench-zenoh: two processes over {endpoint}, 64-byte messages; {} rounds of \
          {} round trips and {} windowed echoes (window {WINDOW}) per subject",
-        options.rounds, options.rt, options.tp
+        options.rounds,
+        options.rt,
+        options.tp
     );
-    println!(
+    say!(
         "{:>5}  {:<7} {:>9} {:>10} {:>10} {:>12}   {:>9} {:>9}",
-        "round", "subject", "pp ns", "p50 µs", "p99 µs", "msg/s", "tp ratio", "p50 ratio"
+        "round",
+        "subject",
+        "pp ns",
+        "p50 µs",
+        "p99 µs",
+        "msg/s",
+        "tp ratio",
+        "p50 ratio"
     );
     let started = Instant::now();
     let mut rounds: Vec<(Measured, Measured)> = Vec::new();
     let mut seq = 0u64;
+    let bar = progress::bar(options.rounds as u64, "gyre-bench-zenoh");
     for round in 0..options.rounds {
         if started.elapsed() > TIME_CAP {
-            println!("(time cap of {TIME_CAP:?} reached: {round} rounds)");
+            say!("(time cap of {TIME_CAP:?} reached: {round} rounds)");
             break;
         }
         // Bridge.
@@ -473,7 +484,7 @@ fn parent(args: &[String]) {
                     raw_m.pubsub_p50_ns / 1e3
                 )
             };
-            println!(
+            say!(
                 "{:>5}  {:<7} {:>9.0} {:>10.1} {:>10.1} {:>12.0}   {ratios}",
                 round + 1,
                 name,
@@ -484,7 +495,9 @@ fn parent(args: &[String]) {
             );
         }
         rounds.push((bridge_m, raw_m));
+        bar.inc(1);
     }
+    progress::done(&bar);
 
     // The drain: upstream first.
     let report = source.drain(STEP_TIMEOUT).expect("drain the source");
@@ -514,15 +527,19 @@ fn parent(args: &[String]) {
     assert!(status.success(), "the child exited with {status}");
 
     summary(&rounds);
-    println!("\nlink metrics at the drain (a link's round trip: frame sent → written into the remote inbox):");
+    say!("\nlink metrics at the drain (a link's round trip: frame sent → written into the remote inbox):");
     print_link("forward (parent source → child echo)", &forward);
     for line in child_said {
-        println!("  {line}");
+        say!("  {line}");
     }
     let m = back.close();
-    println!(
+    say!(
         "  parent export `back`: received {}, delivered {}, consumed {}, duplicates {}, gaps {}",
-        m.received, m.delivered, m.consumed, m.duplicates, m.gaps
+        m.received,
+        m.delivered,
+        m.consumed,
+        m.duplicates,
+        m.gaps
     );
     let shutdown = runtime.shutdown(STEP_TIMEOUT);
     assert_eq!(
@@ -530,6 +547,53 @@ fn parent(args: &[String]) {
         0,
         "nothing left in the runtime"
     );
+    if let Err(e) = report::write("gyre-bench-zenoh", &chart(&rounds)) {
+        eprintln!("gyre-bench-zenoh: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The plot of the run: both subjects per round, the acceptance ratios within each round,
+/// and the placement (the median of the round's two ping-pongs).
+fn chart(rounds: &[(Measured, Measured)]) -> Chart {
+    let col = |f: &dyn Fn(&(Measured, Measured)) -> f64| rounds.iter().map(f).collect::<Vec<_>>();
+    Chart {
+        title: "gyre-bench-zenoh: the bridge against raw Zenoh, two processes, per round"
+            .to_owned(),
+        caption: format!("one run on {}; {} rounds", report::machine(), rounds.len()),
+        rounds: rounds.len(),
+        ping_pong_ns: col(&|(b, r)| median(vec![b.ping_pong_ns, r.ping_pong_ns])),
+        panels: vec![
+            Panel::new("round trip p50, one message in flight", "us")
+                .with(Series::subject("bridge", col(&|(b, _)| b.p50_ns / 1e3)))
+                .with(Series::baseline(
+                    "raw get/queryable",
+                    col(&|(_, r)| r.p50_ns / 1e3),
+                ))
+                .with(Series::baseline(
+                    "raw pub/sub (diagnostic)",
+                    col(&|(_, r)| r.pubsub_p50_ns / 1e3),
+                )),
+            Panel::new(format!("echo throughput, {WINDOW} in flight"), "k msg/s")
+                .with(Series::subject("bridge", col(&|(b, _)| b.msgs_per_s / 1e3)))
+                .with(Series::baseline(
+                    "raw pub/sub",
+                    col(&|(_, r)| r.msgs_per_s / 1e3),
+                )),
+            Panel::new("bridge / raw within each round", "ratio")
+                .line(1.0, "parity")
+                .line(MIN_TP_RATIO, format!("throughput goal >= {MIN_TP_RATIO}"))
+                .line(MAX_RT_RATIO, format!("round-trip goal <= {MAX_RT_RATIO}"))
+                .with(Series::subject(
+                    "throughput / raw pub/sub",
+                    col(&|(b, r)| b.msgs_per_s / r.msgs_per_s),
+                ))
+                .with(Series::subject(
+                    "p50 / raw get",
+                    col(&|(b, r)| b.p50_ns / r.p50_ns),
+                )),
+        ],
+    }
 }
 
 fn link_line(name: &str, m: &LinkMetrics) -> String {
@@ -548,17 +612,21 @@ fn link_line(name: &str, m: &LinkMetrics) -> String {
 }
 
 fn print_link(name: &str, m: &LinkMetrics) {
-    println!("  {}", link_line(name, m));
+    say!("  {}", link_line(name, m));
 }
 
 fn summary(rounds: &[(Measured, Measured)]) {
     let col = |f: &dyn Fn(&(Measured, Measured)) -> f64| median(rounds.iter().map(f).collect());
     let tp_ratio = col(&|(b, r)| b.msgs_per_s / r.msgs_per_s);
     let rt_ratio = col(&|(b, r)| b.p50_ns / r.p50_ns);
-    println!("\nmedians over {} rounds:", rounds.len());
-    println!(
+    say!("\nmedians over {} rounds:", rounds.len());
+    say!(
         "  {:<34} {:>9} {:>10} {:>10} {:>12}",
-        "", "pp ns", "p50 µs", "p99 µs", "msg/s"
+        "",
+        "pp ns",
+        "p50 µs",
+        "p99 µs",
+        "msg/s"
     );
     for (name, pick) in [
         (
@@ -570,7 +638,7 @@ fn summary(rounds: &[(Measured, Measured)]) {
             Measured,
         )| x.1),
     ] {
-        println!(
+        say!(
             "  {:<34} {:>9.0} {:>10.1} {:>10.1} {:>12.0}",
             name,
             col(&|x| pick(x).ping_pong_ns),
@@ -579,12 +647,12 @@ fn summary(rounds: &[(Measured, Measured)]) {
             col(&|x| pick(x).msgs_per_s)
         );
     }
-    println!(
+    say!(
         "  (diagnostic: raw pub/sub one at a time, round-trip p50 {:.1} µs)",
         col(&|x| x.1.pubsub_p50_ns) / 1e3
     );
     let verdict = |ok: bool| if ok { "MET" } else { "NOT MET" };
-    println!(
+    say!(
         "\nacceptance (issue 13), medians of the per-round ratios:\n  \
          throughput bridge / raw pub/sub      {tp_ratio:.2}×  (goal ≥ {MIN_TP_RATIO}×)  {}\n  \
          round-trip p50 bridge / raw get      {rt_ratio:.2}×  (goal ≤ {MAX_RT_RATIO}×)  {}",

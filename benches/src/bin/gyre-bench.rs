@@ -22,9 +22,10 @@
 
 use std::time::{Duration, Instant};
 
+use gyre_bench::plot::{Chart, Panel, Series};
 use gyre_bench::{
-    batch_throughput, echo_throughput, median, ping_pong, rate, round_trip, round_trip_histogram,
-    BatchEcho, BatchSubject, Echo, Subject, BATCH, CAPACITY, WINDOW,
+    batch_throughput, echo_throughput, median, ping_pong, progress, rate, report, round_trip,
+    round_trip_histogram, say, BatchEcho, BatchSubject, Echo, Subject, BATCH, CAPACITY, WINDOW,
 };
 
 /// Round trips per subject per round, after `RT_WARM_UP` unrecorded ones.
@@ -424,32 +425,33 @@ fn main() {
         Phase::Both | Phase::Throughput => {}
     }
     let started = Instant::now();
-    println!(
+    say!(
         "gyre-bench: {rounds} interleaved rounds of [{}] and batches [{}]",
         names(&subjects),
         batch_names(&batch_subjects)
     );
-    println!(
+    say!(
         "per round and subject: ping-pong ({PP_COUNT} bounces), {RT_COUNT} round trips (after \
          {RT_WARM_UP}), {TP_COUNT} echoes with {WINDOW} in flight (after {TP_WARM_UP}); 64-byte \
          messages, capacity {CAPACITY} each way; {} CPUs",
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
-    println!(
+    say!(
         "batches: {BATCH_COUNT} echoes per subject, {BATCH} per send_batch / recv_batch (or \
          rtrb chunk), up to {WINDOW} in flight (after {BATCH_WARM_UP})"
     );
-    println!("cells: ping-pong ns, round trip p50/p99 ns, echo throughput M msg/s");
-    println!();
+    say!("cells: ping-pong ns, round trip p50/p99 ns, echo throughput M msg/s");
+    say!();
     let mut table = Table {
         subjects: subjects.clone(),
         batch_subjects: batch_subjects.clone(),
         rounds: Vec::new(),
     };
     let mut quiet_budget = QUIET_WAIT_BUDGET;
+    let bar = progress::bar(rounds as u64, "gyre-bench");
     for number in 1..=rounds {
         if started.elapsed() > TIME_CAP {
-            println!(
+            say!(
                 "(stopping after {} rounds: the run passed {} s)",
                 number - 1,
                 TIME_CAP.as_secs()
@@ -485,30 +487,168 @@ fn main() {
             Quality::Disturbed => "DISTURBED",
             Quality::Moved => "MOVED",
         };
-        println!(
+        say!(
             "round {number:>2} {quality:<9} others {others:.2} CPUs | {}",
             cells.join(" | ")
         );
         table.rounds.push(round);
+        bar.inc(1);
     }
+    progress::done(&bar);
     print_summary(&table);
     let elapsed = started.elapsed();
-    println!("\n(total {:.1} s)", elapsed.as_secs_f64());
+    say!("\n(total {:.1} s)", elapsed.as_secs_f64());
+    if let Err(e) = report::write("gyre-bench", &chart(&table)) {
+        eprintln!("gyre-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The plot of the run: every round (clean or not) of every subject, the acceptance
+/// ratios within each round against their lines, and each round's ping-pong.
+#[allow(clippy::too_many_lines)] // one plot, panel by panel
+fn chart(table: &Table) -> Chart {
+    let per_round = |subject: Subject, f: fn(&Measured) -> f64| {
+        table.index(subject).map(|i| {
+            table
+                .rounds
+                .iter()
+                .map(|r| f(&r.results[i]))
+                .collect::<Vec<f64>>()
+        })
+    };
+    let batch_per_round = |subject: BatchSubject| {
+        table
+            .batch_subjects
+            .iter()
+            .position(|s| *s == subject)
+            .map(|i| {
+                table
+                    .rounds
+                    .iter()
+                    .map(|r| r.batch[i].msgs_per_s / 1e6)
+                    .collect::<Vec<f64>>()
+            })
+    };
+    let series = |name: &str, baseline: bool, values: Vec<f64>| {
+        if baseline {
+            Series::baseline(name, values)
+        } else {
+            Series::subject(name, values)
+        }
+    };
+    let is_baseline = |s: Subject| matches!(s, Subject::Rtrb | Subject::Crossbeam);
+    let mut rt = Panel::new("round trip p50, one message in flight", "ns").log();
+    let mut tp = Panel::new(
+        format!("echo throughput, {WINDOW} in flight (batches: {BATCH} per call)"),
+        "M msg/s",
+    )
+    .log();
+    for subject in &table.subjects {
+        if let Some(values) = per_round(*subject, p50) {
+            rt.series
+                .push(series(subject.name(), is_baseline(*subject), values));
+        }
+        if let Some(values) = per_round(*subject, tput) {
+            let values = values.into_iter().map(|v| v / 1e6).collect();
+            tp.series
+                .push(series(subject.name(), is_baseline(*subject), values));
+        }
+    }
+    for subject in &table.batch_subjects {
+        if let Some(values) = batch_per_round(*subject) {
+            tp.series.push(series(
+                subject.name(),
+                *subject == BatchSubject::RtrbChunk,
+                values,
+            ));
+        }
+    }
+    let ratio = |a: Option<Vec<f64>>, b: Option<Vec<f64>>| match (a, b) {
+        (Some(a), Some(b)) => a.iter().zip(&b).map(|(a, b)| a / b).collect(),
+        _ => Vec::new(),
+    };
+    let ratios = Panel::new(
+        "acceptance ratios, subject / baseline within each round",
+        "ratio",
+    )
+    .line(1.0, "parity")
+    .line(MAX_RT_RATIO, format!("p50 target <= {MAX_RT_RATIO}"))
+    .line(
+        MIN_TP_RATIO,
+        format!("throughput targets >= {MIN_TP_RATIO}"),
+    )
+    .with(Series::subject(
+        "dedicated p50 / rtrb",
+        ratio(
+            per_round(Subject::GyreDedicated, p50),
+            per_round(Subject::Rtrb, p50),
+        ),
+    ))
+    .with(Series::subject(
+        "dedicated tput / rtrb",
+        ratio(
+            per_round(Subject::GyreDedicated, tput),
+            per_round(Subject::Rtrb, tput),
+        ),
+    ))
+    .with(Series::subject(
+        "batch tput / rtrb-chunk",
+        ratio(
+            batch_per_round(BatchSubject::GyreBatch),
+            batch_per_round(BatchSubject::RtrbChunk),
+        ),
+    ));
+    let rounds_of = |quality: Quality| {
+        let numbers: Vec<String> = table
+            .rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.quality == quality)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
+        if numbers.is_empty() {
+            "none".to_owned()
+        } else {
+            numbers.join(", ")
+        }
+    };
+    let left_out = format!(
+        "; rounds disturbed by other load: {}; moved: {} ({})",
+        rounds_of(Quality::Disturbed),
+        rounds_of(Quality::Moved),
+        if table.clean_only() {
+            "left out of the summary"
+        } else {
+            "too few clean rounds: the summary uses all"
+        }
+    );
+    Chart {
+        title: "gyre-bench: echo round trips and throughput, per round".to_owned(),
+        caption: format!(
+            "one run on {}; {} rounds{left_out}",
+            report::machine(),
+            table.rounds.len()
+        ),
+        rounds: table.rounds.len(),
+        ping_pong_ns: table.rounds.iter().map(Round::ping_pong_ns).collect(),
+        panels: vec![rt, tp, ratios],
+    }
 }
 
 fn print_summary(table: &Table) {
     let used = table.used();
     let count = |q: Quality| table.rounds.iter().filter(|r| r.quality == q).count();
-    println!();
+    say!();
     if table.clean_only() {
-        println!(
+        say!(
             "summary over the {} clean rounds ({} disturbed, {} moved left out)",
             used.len(),
             count(Quality::Disturbed),
             count(Quality::Moved)
         );
     } else {
-        println!(
+        say!(
             "WARNING: fewer than {MIN_CLEAN_ROUNDS} clean rounds; summary over all {} rounds \
              ({} disturbed by other load, {} moved)",
             used.len(),
@@ -520,15 +660,13 @@ fn print_summary(table: &Table) {
     let (lo, hi) = pp.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
         (lo.min(*v), hi.max(*v))
     });
-    println!(
+    say!(
         "cache-line ping-pong round trip: median {:.0} ns (rounds from {lo:.0} to {hi:.0} ns)",
         median(pp.clone())
     );
-    println!(
-        "medians over rounds; ratios are subject / baseline within each round, then the median"
-    );
+    say!("medians over rounds; ratios are subject / baseline within each round, then the median");
     print_table(table, &used);
-    println!();
+    say!();
     print_verdicts(table, &used, "");
     // When the cores sat near in some rounds and far in others, judge each group too.
     if hi > 2.0 * lo {
@@ -545,7 +683,7 @@ fn print_summary(table: &Table) {
             .collect();
         for (label, rounds) in [("near", near), ("far", far)] {
             let pp = median(rounds.iter().map(|r| r.ping_pong_ns()).collect());
-            println!(
+            say!(
                 "\n{label} rounds ({} rounds, ping-pong median {pp:.0} ns):",
                 rounds.len()
             );
@@ -558,16 +696,19 @@ fn print_summary(table: &Table) {
 fn print_table(table: &Table, rounds: &[&Round]) {
     print_main_table(table, rounds);
     if !table.batch_subjects.is_empty() {
-        println!("echo, batches of {BATCH} ({WINDOW} in flight):");
-        println!(
+        say!("echo, batches of {BATCH} ({WINDOW} in flight):");
+        say!(
             "{:<21} {:>7} {:>8} {:>15}",
-            "subject", "pp ns", "M msg/s", "tput/rtrb-chunk"
+            "subject",
+            "pp ns",
+            "M msg/s",
+            "tput/rtrb-chunk"
         );
         for subject in &table.batch_subjects {
             let (pp, _) = table.batch_median(rounds, *subject, BatchSubject::RtrbChunk, batch_ping);
             let (tput, ratio) =
                 table.batch_median(rounds, *subject, BatchSubject::RtrbChunk, batch_tput);
-            println!(
+            say!(
                 "{:<21} {:>7.0} {:>8.2} {:>15.2}",
                 subject.name(),
                 pp,
@@ -582,7 +723,7 @@ fn print_main_table(table: &Table, rounds: &[&Round]) {
     if table.subjects.is_empty() {
         return;
     }
-    println!(
+    say!(
         "{:<21} {:>7} {:>10} {:>10} {:>8} {:>9} {:>9} {:>9} {:>10}",
         "subject",
         "pp ns",
@@ -598,9 +739,9 @@ fn print_main_table(table: &Table, rounds: &[&Round]) {
     for subject in &table.subjects {
         if Subject::DIAGNOSTIC.contains(subject) && !diagnostics_heading {
             diagnostics_heading = true;
-            println!("diagnostics (not part of the acceptance):");
+            say!("diagnostics (not part of the acceptance):");
         }
-        println!(
+        say!(
             "{:<21} {:>7.0} {:>10.0} {:>10.0} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2}",
             subject.name(),
             table.median_of(rounds, *subject, ping),
@@ -624,7 +765,7 @@ fn print_verdicts(table: &Table, rounds: &[&Round], label: &str) {
         batch_tput,
     );
     if !batch.is_nan() {
-        println!(
+        say!(
             "{} {label}gyre batch echo throughput / rtrb chunks = {batch:.2} (need >= \
              {MIN_BATCH_RATIO})",
             verdict(batch >= MIN_BATCH_RATIO)
@@ -633,14 +774,14 @@ fn print_verdicts(table: &Table, rounds: &[&Round], label: &str) {
     let rt = table.paired_ratio(rounds, Subject::GyreDedicated, Subject::Rtrb, p50);
     let tp = table.paired_ratio(rounds, Subject::GyreDedicated, Subject::Rtrb, tput);
     if rt.is_nan() && tp.is_nan() {
-        println!("{label}(the acceptance ratios need gyre-dedicated and rtrb in the run)");
+        say!("{label}(the acceptance ratios need gyre-dedicated and rtrb in the run)");
         return;
     }
-    println!(
+    say!(
         "{} {label}dedicated round-trip p50 / rtrb p50 = {rt:.2} (need <= {MAX_RT_RATIO})",
         verdict(rt <= MAX_RT_RATIO)
     );
-    println!(
+    say!(
         "{} {label}dedicated echo throughput / rtrb = {tp:.2} (need >= {MIN_TP_RATIO})",
         verdict(tp >= MIN_TP_RATIO)
     );
