@@ -55,6 +55,7 @@ pub mod device;
 pub mod plot;
 pub mod progress;
 pub mod report;
+pub mod watch;
 pub mod workloads;
 
 /// Slots in every ring and channel, in each direction.
@@ -209,6 +210,8 @@ pub enum HostWait {
 
 /// A gyre echo kernel: `.cpu(|x, out| Ok(out.emit(*x)?))`.
 pub struct GyreEcho {
+    /// A dashboard watching the runtime (`GYRE_BENCH_DASHBOARD=1`, [`watch`]).
+    _watched: Option<Box<watch::Watched>>,
     runtime: Runtime,
     kernel: Kernel<Msg, Msg>,
     tx: Option<gyre::ExclusiveSender<Msg>>,
@@ -259,6 +262,7 @@ impl GyreEcho {
             HostWait::Shared => (None, None),
         };
         Self {
+            _watched: watch::attach(&runtime),
             runtime,
             kernel,
             tx,

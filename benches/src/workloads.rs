@@ -716,6 +716,8 @@ impl ActorSystem for TokioActors {
 /// through the first stage's `ExclusiveSender` and receiving through the last stage's
 /// `Receiver`.
 pub struct GyrePipeline {
+    /// A dashboard watching the runtime (`GYRE_BENCH_DASHBOARD=1`, [`crate::watch`]).
+    _watched: Option<Box<crate::watch::Watched>>,
     runtime: gyre::Runtime,
     group: gyre::Group,
     tx: gyre::ExclusiveSender<Msg>,
@@ -758,6 +760,7 @@ impl GyrePipeline {
             .receiver()
             .expect("a fresh kernel's output is free");
         Self {
+            _watched: crate::watch::attach(&runtime),
             runtime,
             group,
             tx,
@@ -777,12 +780,13 @@ impl Pipeline for GyrePipeline {
 
     fn shutdown(self) {
         let Self {
+            _watched: watched,
             runtime,
             group,
             tx,
             rx,
         } = self;
-        drop((tx, rx));
+        drop((watched, tx, rx));
         let report = group.drain(Duration::from_secs(10));
         assert_eq!(report.undelivered_count(), 0, "{report:?}");
         drop(runtime.shutdown(Duration::from_secs(10)));
@@ -794,6 +798,8 @@ impl Pipeline for GyrePipeline {
 /// kernel's inbox (fan-in), whose host output the host reads. The host sends through
 /// each actor's `ExclusiveSender`.
 pub struct GyreActors {
+    /// A dashboard watching the runtime (`GYRE_BENCH_DASHBOARD=1`, [`crate::watch`]).
+    _watched: Option<Box<crate::watch::Watched>>,
     runtime: gyre::Runtime,
     group: gyre::Group,
     senders: Vec<gyre::ExclusiveSender<Msg>>,
@@ -857,6 +863,7 @@ impl GyreActors {
             .receiver()
             .expect("a fresh kernel's output is free");
         Self {
+            _watched: crate::watch::attach(&runtime),
             runtime,
             group,
             senders,
@@ -884,12 +891,13 @@ impl ActorSystem for GyreActors {
 
     fn shutdown(self) {
         let Self {
+            _watched: watched,
             runtime,
             group,
             senders,
             results,
         } = self;
-        drop((senders, results));
+        drop((watched, senders, results));
         let report = group.drain(Duration::from_secs(30));
         assert_eq!(report.undelivered_count(), 0, "{report:?}");
         drop(runtime.shutdown(Duration::from_secs(10)));
