@@ -296,6 +296,18 @@ fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo, hi + 0.08 * span)
 }
 
+/// A y-axis label: whole numbers from 100 up, else up to three decimals without
+/// trailing zeros.
+#[allow(clippy::trivially_copy_pass_by_ref)] // the signature plotters' formatters take
+fn value_label(v: &f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
+
 #[allow(clippy::trivially_copy_pass_by_ref)] // the signature plotters' formatters take
 fn round_label(x: &f64) -> String {
     if (x - x.round()).abs() < 1e-6 {
@@ -396,6 +408,8 @@ where
         .disable_x_mesh()
         .x_labels(rounds.clamp(2, 25))
         .x_label_formatter(&round_label)
+        .y_labels(8)
+        .y_label_formatter(&value_label)
         .x_desc("round")
         .y_desc(panel.y_label.as_str())
         .label_style((FONT, 12))
@@ -508,6 +522,8 @@ where
         .disable_x_mesh()
         .x_labels(chart.rounds.clamp(2, 25))
         .x_label_formatter(&round_label)
+        .y_labels(8)
+        .y_label_formatter(&value_label)
         .x_desc("round")
         .y_desc("ping-pong ns")
         .label_style((FONT, 12))
@@ -658,6 +674,14 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(ratio_points.len(), 2, "two measured ratios drawn");
         assert!(ratio_points.iter().all(|y| *y > line_y));
+    }
+
+    #[test]
+    fn axis_labels_drop_trailing_zeros() {
+        assert_eq!(value_label(&100_000.0), "100000");
+        assert_eq!(value_label(&1.02), "1.02");
+        assert_eq!(value_label(&10.0), "10");
+        assert_eq!(value_label(&0.5), "0.5");
     }
 
     #[test]

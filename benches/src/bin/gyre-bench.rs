@@ -572,6 +572,7 @@ fn chart(table: &Table) -> Chart {
         "acceptance ratios, subject / baseline within each round",
         "ratio",
     )
+    .log()
     .line(1.0, "parity")
     .line(MAX_RT_RATIO, format!("p50 target <= {MAX_RT_RATIO}"))
     .line(
