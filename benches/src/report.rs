@@ -5,7 +5,7 @@
 //! The directory is `$GYRE_BENCH_REPORT_DIR` when that is set, else `bench-reports/` in
 //! the Cargo target directory the binary was built into (`target/bench-reports/` for
 //! `cargo run --release`; `$CARGO_TARGET_DIR/bench-reports/` when that is set): never the
-//! source tree. The files are `<bin>.txt` and `<bin>.svg`; [`write`] says where on
+//! source tree. The files are `<bin>.txt` and `<bin>.svg`; [`write()`] says where on
 //! stderr, so stdout (whose last line some binaries promise is a `RESULT` line) stays as
 //! it was.
 
@@ -27,7 +27,7 @@ static TEXT: Mutex<String> = Mutex::new(String::new());
 static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// Prints a line to stdout, as `println!` does, and keeps it for the text report
-/// ([`write`]). Use it through [`say!`](crate::say).
+/// ([`write()`]). Use it through [`say!`](crate::say).
 pub fn say_line(args: fmt::Arguments<'_>) {
     let line = args.to_string();
     let bar = ACTIVE_BAR
@@ -45,7 +45,7 @@ pub fn say_line(args: fmt::Arguments<'_>) {
     text.push('\n');
 }
 
-/// `println!` that also keeps the line for the text report ([`report::write`](write)).
+/// `println!` that also keeps the line for the text report ([`report::write`](write())).
 #[macro_export]
 macro_rules! say {
     () => {
@@ -129,10 +129,10 @@ pub fn write(bin: &str, chart: &Chart) -> Result<Written, String> {
     Ok(written)
 }
 
-/// [`write`] into `dir`, with `text` as the text report; says nothing.
+/// [`write()`] into `dir`, with `text` as the text report; says nothing.
 ///
 /// # Errors
-/// As [`write`].
+/// As [`write()`].
 pub fn write_in(dir: &Path, bin: &str, text: &str, chart: &Chart) -> Result<Written, String> {
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the report directory {}: {e}", dir.display()))?;

@@ -40,13 +40,16 @@ subcommands:
   abi            regenerate kernels/include/gyre_abi.h and shaders/gyre_abi.wgsl
                  from runtime/src/abi.rs
   abi --check    fail if those files differ from what the generator produces
-  setup          install what the tests need (compilers, rustup components, and the
-                 CUDA compilers from PyPI into ~/.cache/gyre; no GPU needed)
+  setup          install what the tests need (compilers, rustup components, the
+                 CUDA compilers from PyPI into ~/.cache/gyre, Mesa's lavapipe and
+                 Chromium; no GPU needed)
   kernels        compile the CUDA built-ins ahead of time with nvcc (cubins for
                  sm_80/86/89/90 and compute_90 PTX, into target/gyre-kernels) for
                  gyre-kernels to embed; without nvcc, says NVRTC will be used at run time
-  ci             setup, then format, ABI freshness, clippy, prebuilt CUDA kernels
-                 (nvcc), tests, CUDA tests (NVRTC + ptxas, no GPU), examples, loom
+  ci             setup, then format, ABI freshness, clippy, docs, prebuilt CUDA
+                 kernels (nvcc), every test with every feature in one build (CPU, CUDA
+                 via NVRTC + ptxas on the emulation, wgpu on lavapipe, the dashboard in
+                 headless Chromium, Zenoh), harness smoke runs, examples, loom
   gpu-validate   on a machine with an NVIDIA GPU and driver: setup, then the GPU-only
                  tests and the CUDA benchmarks (the built-ins prebuilt with nvcc
                  first); writes target/gpu-validate/report.md
