@@ -365,32 +365,7 @@ fn cpu_and_device_groups_show_in_one_dashboard() {
         );
         let host = host.launch().unwrap();
         host.activate().unwrap();
-        let mut device = rt.group("device");
-        let scale = device.add(
-            KernelSpec::<Record, Record>::new("scale")
-                .no_host_output()
-                .builtin(Builtin::Affine { a: 2.0, b: 1.0 }),
-        );
-        let shift = device.add(
-            KernelSpec::<Record, Record>::new("shift").builtin(Builtin::Affine { a: 1.0, b: -1.0 }),
-        );
-        device.route(scale, 0, shift);
-        let device = device.launch().unwrap();
-        device.activate().unwrap();
-        let (scale, shift) = (device.kernel(scale).unwrap(), device.kernel(shift).unwrap());
-        for i in 0..200u32 {
-            scale
-                .send(Record {
-                    key: i,
-                    seq: i,
-                    value: i as f32,
-                    aux: 0,
-                })
-                .unwrap();
-        }
-        for _ in 0..200 {
-            shift.recv_timeout(Duration::from_secs(30)).unwrap();
-        }
+        let _device = scale_then_shift(rt.group("device"), 200).unwrap();
         let server = rt.serve_dashboard(local()).unwrap();
         let snapshot = get_json(server.local_addr(), "/api/snapshot");
         assert_agrees(&snapshot, &rt.prometheus_text());
@@ -432,7 +407,6 @@ fn cpu_and_device_groups_show_in_one_dashboard() {
 #[cfg(all(feature = "cuda", feature = "wgpu"))]
 #[test]
 fn cpu_cuda_emulated_and_wgpu_groups_show_in_one_runtime() {
-    use gyre::builtins::{Builtin, Record};
     use gyre::Backend;
 
     let _serial = serial();
@@ -445,38 +419,13 @@ fn cpu_cuda_emulated_and_wgpu_groups_show_in_one_runtime() {
     ] {
         let mut g = rt.group(name);
         g.backend(backend);
-        let scale = g.add(
-            KernelSpec::<Record, Record>::new("scale")
-                .no_host_output()
-                .builtin(Builtin::Affine { a: 2.0, b: 1.0 }),
-        );
-        let shift = g.add(
-            KernelSpec::<Record, Record>::new("shift").builtin(Builtin::Affine { a: 1.0, b: -1.0 }),
-        );
-        g.route(scale, 0, shift);
-        let group = match g.launch() {
-            Ok(group) => group,
+        match scale_then_shift(g, 100) {
+            Ok(group) => groups.push(group),
             Err(e) => {
                 backends::skip::skip(&format!("the {name} group"), &e);
                 return;
             }
-        };
-        group.activate().unwrap();
-        let (scale, shift) = (group.kernel(scale).unwrap(), group.kernel(shift).unwrap());
-        for i in 0..100u32 {
-            scale
-                .send(Record {
-                    key: i,
-                    seq: i,
-                    value: i as f32,
-                    aux: 0,
-                })
-                .unwrap();
         }
-        for _ in 0..100 {
-            shift.recv_timeout(Duration::from_secs(30)).unwrap();
-        }
-        groups.push(group);
     }
     let server = rt.serve_dashboard(local()).unwrap();
     let snapshot = get_json(server.local_addr(), "/api/snapshot");
@@ -500,4 +449,35 @@ fn cpu_cuda_emulated_and_wgpu_groups_show_in_one_runtime() {
     }
     drop(server);
     drop(groups);
+}
+
+/// Launches `g` as `scale` (2x + 1) routed into `shift` (x − 1), activates it and carries
+/// `n` records through it.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn scale_then_shift(mut g: gyre::GroupBuilder<'_>, n: u32) -> Result<gyre::Group, gyre::Error> {
+    use gyre::builtins::{Builtin, Record};
+    let scale = g.add(
+        KernelSpec::<Record, Record>::new("scale")
+            .no_host_output()
+            .builtin(Builtin::Affine { a: 2.0, b: 1.0 }),
+    );
+    let shift = g.add(
+        KernelSpec::<Record, Record>::new("shift").builtin(Builtin::Affine { a: 1.0, b: -1.0 }),
+    );
+    g.route(scale, 0, shift);
+    let group = g.launch()?;
+    group.activate()?;
+    let (scale, shift) = (group.kernel(scale)?, group.kernel(shift)?);
+    for i in 0..n {
+        scale.send(Record {
+            key: i,
+            seq: i,
+            value: i as f32,
+            aux: 0,
+        })?;
+    }
+    for _ in 0..n {
+        shift.recv_timeout(Duration::from_secs(30))?;
+    }
+    Ok(group)
 }

@@ -548,7 +548,12 @@ fn checks(toolkit: &Toolkit, target: &Path) -> Vec<Step> {
     .into_iter()
     .chain(EXAMPLES.iter().map(|&(step, example)| {
         let binary = target.join("debug").join("examples").join(example);
-        Step::new(step, binary.to_string_lossy().into_owned(), &[])
+        // Built with every feature: the default backend's probe opens Mesa's Vulkan
+        // loader, which complains on stderr without a runtime directory.
+        Step::new(step, binary.to_string_lossy().into_owned(), &[]).env(
+            "XDG_RUNTIME_DIR",
+            std::env::temp_dir().to_string_lossy().into_owned(),
+        )
     }))
     .chain([Step::new(
         "loom models",
