@@ -427,10 +427,14 @@ impl<Out: gyre::Message> std::task::Wake for Emitted<Out> {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(link) = self.link.upgrade() {
-            if let Some(mut out) = link.try_lock() {
-                if out.send_inline() {
-                    return;
+        // Never on a thread that drives an async runtime (a stop notified from a task,
+        // say): Zenoh's blocking calls must not run there, nor a task wait on a `put`.
+        if tokio::runtime::Handle::try_current().is_err() {
+            if let Some(link) = self.link.upgrade() {
+                if let Some(mut out) = link.try_lock() {
+                    if out.send_inline() {
+                        return;
+                    }
                 }
             }
         }
