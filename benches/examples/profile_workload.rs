@@ -70,7 +70,7 @@ fn context_switches() -> Option<(u64, u64)> {
     // SAFETY: `getrusage` fills the zeroed struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        (libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0).then_some(usage)
+        (libc::getrusage(libc::RUSAGE_SELF, &raw mut usage) == 0).then_some(usage)
     }?;
     Some((usage.ru_nvcsw as u64, usage.ru_nivcsw as u64))
 }
