@@ -65,8 +65,29 @@ pub const ACTOR_CAPACITY: usize = 16;
 pub const FLUSH_SEQ: u64 = u64::MAX;
 /// Failed tries the spinning baselines spin for before they start to yield.
 pub const SPIN_TRIES: u32 = 64;
-/// A measurement of `n` messages is preceded by `n / WARM_UP_DIVISOR` untimed ones.
+/// A measurement of `n` messages is preceded by untimed ones, `n / WARM_UP_DIVISOR` at a
+/// time, for at least [`WARM_UP_MIN`].
 pub const WARM_UP_DIVISOR: u64 = 10;
+/// The shortest warm-up of a measurement. A subject's threads are new in every round, and
+/// Linux sometimes starts a new thread on the core of the thread that spawned it and moves
+/// it only 5–35 ms later (seen with `examples/placement_probe.rs`: the host and gyre's one
+/// pool worker on one core, ~2.9 instead of ~10.5 M msg/s, until one of them moved). A
+/// warm-up of a fixed ~2 ms let that transient into single rounds of any subject; 50 ms of
+/// untimed messages keeps it out for all of them alike.
+pub const WARM_UP_MIN: Duration = Duration::from_millis(50);
+
+/// Runs `chunk` (untimed messages from the given first sequence number, returning how many
+/// it used) until [`WARM_UP_MIN`] has passed; returns the next sequence number.
+fn warm_up(mut chunk: impl FnMut(u64) -> u64) -> u64 {
+    let started = Instant::now();
+    let mut next = 0;
+    loop {
+        next += chunk(next);
+        if started.elapsed() >= WARM_UP_MIN {
+            return next;
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Workload A: the pipeline.
@@ -156,13 +177,16 @@ pub fn drive_pipeline<P: Pipeline>(
     start.elapsed()
 }
 
-/// One measurement on a started pipeline: `messages / WARM_UP_DIVISOR` untimed messages,
-/// then `messages` timed ones ([`PIPELINE_WINDOW`] in flight), then a clean stop.
-/// Returns the timed part.
+/// One measurement on a started pipeline: untimed messages for at least [`WARM_UP_MIN`]
+/// (`messages / WARM_UP_DIVISOR` at a time), then `messages` timed ones
+/// ([`PIPELINE_WINDOW`] in flight), then a clean stop. Returns the timed part.
 pub fn measure_pipeline<P: Pipeline>(mut pipeline: P, messages: u64) -> Duration {
-    let warm_up = messages / WARM_UP_DIVISOR;
-    drive_pipeline(&mut pipeline, 0, warm_up, PIPELINE_WINDOW);
-    let took = drive_pipeline(&mut pipeline, warm_up, messages, PIPELINE_WINDOW);
+    let chunk = (messages / WARM_UP_DIVISOR).max(1);
+    let first = warm_up(|from| {
+        drive_pipeline(&mut pipeline, from, chunk, PIPELINE_WINDOW);
+        chunk
+    });
+    let took = drive_pipeline(&mut pipeline, first, messages, PIPELINE_WINDOW);
     pipeline.shutdown();
     took
 }
@@ -561,13 +585,16 @@ pub fn drive_actors<A: ActorSystem>(system: &mut A, first: u64, count: u64) -> D
     took
 }
 
-/// One measurement on started actors: `messages / WARM_UP_DIVISOR` untimed messages and
-/// their flush, then `messages` timed ones and their flush, then a clean stop. Returns
-/// the timed part.
+/// One measurement on started actors: untimed messages for at least [`WARM_UP_MIN`]
+/// (`messages / WARM_UP_DIVISOR` and their flush at a time), then `messages` timed ones
+/// and their flush, then a clean stop. Returns the timed part.
 pub fn measure_actors<A: ActorSystem>(mut system: A, messages: u64) -> Duration {
-    let warm_up = messages / WARM_UP_DIVISOR;
-    drive_actors(&mut system, 0, warm_up);
-    let took = drive_actors(&mut system, warm_up, messages);
+    let chunk = (messages / WARM_UP_DIVISOR).max(1);
+    let first = warm_up(|from| {
+        drive_actors(&mut system, from, chunk);
+        chunk
+    });
+    let took = drive_actors(&mut system, first, messages);
     system.shutdown();
     took
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use gyre_bench::plot::{Chart, Panel, Series as PlotSeries};
 use gyre_bench::workloads::{
     ActorSubject, PipelineSubject, ACTORS, ACTOR_CAPACITY, ACTOR_MESSAGES, PIPELINE_CAPACITY,
-    PIPELINE_MESSAGES, PIPELINE_WINDOW, WARM_UP_DIVISOR,
+    PIPELINE_MESSAGES, PIPELINE_WINDOW, WARM_UP_DIVISOR, WARM_UP_MIN,
 };
 use gyre_bench::{median, ping_pong, progress, rate, report, say};
 
@@ -248,8 +248,9 @@ fn main() {
 
     say!(
         "gyre-bench-pipeline: {} interleaved rounds; {} CPUs; each measurement after \
-         1/{WARM_UP_DIVISOR} as many untimed messages",
+         untimed messages, 1/{WARM_UP_DIVISOR} as many at a time, for at least {} ms",
         options.rounds,
+        WARM_UP_MIN.as_millis(),
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
     if options.pipeline {
