@@ -23,19 +23,21 @@
 use std::time::{Duration, Instant};
 
 use gyre_bench::plot::{Chart, Panel, Series};
+use gyre_bench::workloads::WARM_UP_MIN;
 use gyre_bench::{
     batch_throughput, echo_throughput, median, ping_pong, progress, rate, report, round_trip,
     round_trip_histogram, say, BatchEcho, BatchSubject, Echo, Subject, BATCH, CAPACITY, WINDOW,
 };
 
-/// Round trips per subject per round, after `RT_WARM_UP` unrecorded ones.
+/// Round trips per subject per round, after unrecorded ones (`RT_WARM_UP` at a time for at
+/// least `WARM_UP_MIN`).
 const RT_COUNT: u64 = 20_000;
 const RT_WARM_UP: u64 = 2_000;
 /// Echoes per subject per round for throughput, after `TP_WARM_UP` untimed ones.
 const TP_COUNT: u64 = 200_000;
 const TP_WARM_UP: u64 = 20_000;
-/// Echoes per batch subject per round, after `BATCH_WARM_UP` untimed ones (whole
-/// batches of `BATCH`).
+/// Echoes per batch subject per round, after untimed ones (`BATCH_WARM_UP` at a time, whole
+/// batches of `BATCH`, for at least `WARM_UP_MIN`).
 const BATCH_COUNT: u64 = 1_000_000;
 const BATCH_WARM_UP: u64 = 100_000;
 /// Acceptance (issue 12): gyre batch echo throughput at least this times rtrb's chunks.
@@ -97,7 +99,10 @@ struct BatchMeasured {
 fn measure_batch(subject: BatchSubject) -> BatchMeasured {
     let ping_pong_ns = ping_pong(PP_COUNT).as_nanos() as f64 / PP_COUNT as f64;
     let mut server = subject.start();
-    batch_throughput(&mut server, BATCH_WARM_UP, WINDOW);
+    let warm_up = Instant::now();
+    while warm_up.elapsed() < WARM_UP_MIN {
+        batch_throughput(&mut server, BATCH_WARM_UP, WINDOW);
+    }
     let took = batch_throughput(&mut server, BATCH_COUNT, WINDOW);
     server.shutdown();
     BatchMeasured {
@@ -117,10 +122,17 @@ fn measure(subject: Subject, phase: Phase) -> Measured {
         p99_ns: f64::NAN,
         msgs_per_s: f64::NAN,
     };
+    // Untimed traffic for at least WARM_UP_MIN first: the server's threads are new, and
+    // Linux may run one of them on the host thread's core for a few milliseconds.
+    let warm_up = Instant::now();
+    let mut next = 0;
+    while warm_up.elapsed() < WARM_UP_MIN {
+        round_trip(&mut server, next, RT_WARM_UP, &mut round_trip_histogram());
+        next += RT_WARM_UP;
+    }
     if phase != Phase::Throughput {
-        round_trip(&mut server, 0, RT_WARM_UP, &mut round_trip_histogram());
         let mut histogram = round_trip_histogram();
-        round_trip(&mut server, RT_WARM_UP, RT_COUNT, &mut histogram);
+        round_trip(&mut server, next, RT_COUNT, &mut histogram);
         measured.p50_ns = histogram.value_at_quantile(0.50) as f64;
         measured.p99_ns = histogram.value_at_quantile(0.99) as f64;
     }
@@ -431,14 +443,17 @@ fn main() {
         batch_names(&batch_subjects)
     );
     say!(
-        "per round and subject: ping-pong ({PP_COUNT} bounces), {RT_COUNT} round trips (after \
-         {RT_WARM_UP}), {TP_COUNT} echoes with {WINDOW} in flight (after {TP_WARM_UP}); 64-byte \
-         messages, capacity {CAPACITY} each way; {} CPUs",
+        "per round and subject: ping-pong ({PP_COUNT} bounces), untimed round trips for at \
+         least {} ms, {RT_COUNT} round trips, {TP_COUNT} echoes with {WINDOW} in flight (after \
+         {TP_WARM_UP}); 64-byte messages, capacity {CAPACITY} each way; {} CPUs",
+        WARM_UP_MIN.as_millis(),
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
     );
     say!(
         "batches: {BATCH_COUNT} echoes per subject, {BATCH} per send_batch / recv_batch (or \
-         rtrb chunk), up to {WINDOW} in flight (after {BATCH_WARM_UP})"
+         rtrb chunk), up to {WINDOW} in flight (after untimed ones, {BATCH_WARM_UP} at a time, \
+         for at least {} ms)",
+        WARM_UP_MIN.as_millis()
     );
     say!("cells: ping-pong ns, round trip p50/p99 ns, echo throughput M msg/s");
     say!();
