@@ -341,12 +341,7 @@ fn draw_panel(
     } else {
         panel.title.clone()
     };
-    let mut builder = ChartBuilder::on(&plot);
-    builder
-        .caption(title, (FONT, 16))
-        .margin(8)
-        .x_label_area_size(30)
-        .y_label_area_size(70);
+    let mut builder = panel_builder(&plot, &title);
     let legend_entries = if log {
         let (lo, hi) = (log_lo, log_hi);
         let ctx = builder.build_cartesian_2d(0.5..x_hi, (lo..hi).log_scale())?;
@@ -474,6 +469,20 @@ fn draw_legend(
     Ok(())
 }
 
+/// A panel's chart builder: its title, and the margins and label areas every panel shares.
+fn panel_builder<'a, 'b>(
+    plot: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(plot);
+    builder
+        .caption(title, (FONT, 16))
+        .margin(8)
+        .x_label_area_size(30)
+        .y_label_area_size(70);
+    builder
+}
+
 fn draw_ping_pong(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     chart: &Chart,
@@ -490,12 +499,7 @@ fn draw_ping_pong(
         "placement: cache-line ping-pong before each round (ns)"
     };
     let x_hi = chart.rounds.max(1) as f64 + 0.5;
-    let mut builder = ChartBuilder::on(&plot);
-    builder
-        .caption(title, (FONT, 16))
-        .margin(8)
-        .x_label_area_size(30)
-        .y_label_area_size(70);
+    let mut builder = panel_builder(&plot, title);
     let entries = if log {
         let ctx = builder.build_cartesian_2d(0.5..x_hi, (log_lo..log_hi).log_scale())?;
         ping_pong_body(ctx, chart, split)?

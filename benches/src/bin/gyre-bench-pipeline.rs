@@ -145,12 +145,7 @@ impl Workload {
             for baseline in self.baselines() {
                 ratios = ratios.with(PlotSeries::subject(
                     format!("{} / {}", subject.name, baseline.name),
-                    subject
-                        .per_round
-                        .iter()
-                        .zip(&baseline.per_round)
-                        .map(|(s, b)| s / b)
-                        .collect(),
+                    per_round_ratios(subject, baseline),
                 ));
             }
         }
@@ -158,16 +153,19 @@ impl Workload {
     }
 }
 
+/// `subject / baseline` within each round.
+fn per_round_ratios(subject: &Series, baseline: &Series) -> Vec<f64> {
+    subject
+        .per_round
+        .iter()
+        .zip(&baseline.per_round)
+        .map(|(s, b)| s / b)
+        .collect()
+}
+
 /// Median over rounds of `subject / baseline` taken within each round.
 fn paired_ratio(subject: &Series, baseline: &Series) -> f64 {
-    median(
-        subject
-            .per_round
-            .iter()
-            .zip(&baseline.per_round)
-            .map(|(s, b)| s / b)
-            .collect(),
-    )
+    median(per_round_ratios(subject, baseline))
 }
 
 fn usage_exit(why: &str) -> ! {
