@@ -146,6 +146,14 @@ fn attempt<In: Message, I: Iterator<Item = In>>(
     src: &mut Source<I>,
 ) -> Result<usize, SendFail> {
     let size = std::mem::size_of::<In>();
+    // Take the first message before claiming: an iterator that yields nothing (its size
+    // hint notwithstanding) claims no slot.
+    if src.held.is_none() {
+        match src.next() {
+            Some(first) => src.held = Some(first),
+            None => return Ok(0),
+        }
+    }
     let want = src.want();
     let mut fill = |slot: &mut [u8]| match src.next() {
         Some(message) => {

@@ -418,3 +418,127 @@ fn async_batches_round_trip() {
         kernel.drain(TIMEOUT).unwrap();
     }
 }
+
+/// An iterator that yields nothing although its size hint allows more (`from_fn`, a
+/// filter that matches nothing) sends nothing and takes no room: a full ring's worth
+/// goes in right after. (It used to claim room for its hint, cancel it and not wake the
+/// idle kernel, which then never skipped the cancelled slots: every later send found
+/// the inbox full.)
+#[test]
+fn an_iterator_that_yields_nothing_takes_no_room() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime.launch(echo("echo")).unwrap();
+        kernel.activate().unwrap();
+        // Let the kernel go idle.
+        std::thread::sleep(Duration::from_millis(20));
+        let all: Vec<Record> = (0..CAPACITY).map(record).collect();
+        // On a thread: with the bug, the second empty `send_iter` waited for room forever.
+        let sends = {
+            let kernel = kernel.clone();
+            let all = all.clone();
+            std::thread::spawn(move || {
+                assert_eq!(
+                    kernel.send_iter(std::iter::from_fn(|| None)).unwrap(),
+                    0,
+                    "{name}"
+                );
+                let nothing = (0..100).filter(|_| false).map(record);
+                assert_eq!(kernel.send_iter(nothing).unwrap(), 0, "{name}");
+                let mut lane = kernel.exclusive_sender().unwrap();
+                let nothing = (0..100).filter(|_| false).map(record);
+                assert_eq!(lane.send_iter(nothing).unwrap(), 0, "{name}");
+                kernel
+                    .send_batch_timeout(&all, Duration::from_secs(5))
+                    .unwrap_or_else(|e| {
+                        panic!("{name}: a ring's worth after the empty sends: {e}")
+                    });
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sends.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: the sends after the empty ones still wait for room after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sends.join().unwrap();
+        let mut got = Vec::new();
+        while got.len() < all.len() {
+            kernel
+                .recv_batch_timeout(&mut got, 64, TIMEOUT)
+                .unwrap_or_else(|e| panic!("{name}: after {}: {e}", got.len()));
+        }
+        assert_eq!(got, all, "{name}");
+        kernel.drain(TIMEOUT).unwrap();
+    }
+}
+
+/// A batch send blocked on a full inbox returns `Faulted` when the handler panics, in
+/// every form (blocking, exclusive lane, async on a current-thread runtime). The fault
+/// used to wake waiting senders before it closed the inbox: a woken batch send found it
+/// still open and full and slept again, until a drain.
+#[test]
+fn a_batch_send_blocked_on_a_full_inbox_returns_when_the_handler_panics() {
+    for form in ["send_batch", "exclusive send_batch", "send_batch_async"] {
+        for run in 0..8 {
+            let runtime = gyre::Runtime::builder().workers(2).build().unwrap();
+            let kernel = runtime
+                .launch(
+                    KernelSpec::<u64, u64>::new("panics")
+                        .capacity(8)
+                        .host_output(256)
+                        .cpu(|x, out| {
+                            std::thread::sleep(Duration::from_millis(1));
+                            assert!(*x != 20, "no 20 here");
+                            Ok(out.emit(*x)?)
+                        }),
+                )
+                .unwrap();
+            kernel.activate().unwrap();
+            let sender = {
+                let kernel = kernel.clone();
+                std::thread::spawn(move || {
+                    let all: Vec<u64> = (0..100).collect();
+                    match form {
+                        "send_batch" => kernel.send_batch(&all),
+                        "exclusive send_batch" => {
+                            kernel.exclusive_sender().unwrap().send_batch(&all)
+                        }
+                        _ => tokio::runtime::Builder::new_current_thread()
+                            .enable_time()
+                            .build()
+                            .unwrap()
+                            .block_on(kernel.send_batch_async(&all)),
+                    }
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !sender.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{form}, run {run}: the send was still blocked {:?} after the fault \
+                     (state {:?})",
+                    Duration::from_secs(10),
+                    kernel.state()
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let error = sender
+                .join()
+                .unwrap()
+                .expect_err("the kernel faulted mid-batch");
+            assert!(
+                matches!(error.error, Error::Faulted { .. }),
+                "{form}, run {run}: {}",
+                error.error
+            );
+            assert!(
+                error.sent >= 21 && error.sent < 100,
+                "{form}, run {run}: sent {}",
+                error.sent
+            );
+            kernel.terminate().unwrap();
+        }
+    }
+}

@@ -173,9 +173,10 @@ impl KernelCore {
             claim.write(i, crate::abi::KIND_CANCELLED, [0, 0], |_| ());
         }
         claim.publish();
-        if written > 0 {
-            self.wake();
-        }
+        // Even when nothing was written: the cancelled slots hold room until the kernel
+        // skips them, and an idle kernel only does that once woken (without this, an
+        // iterator that came up empty left a full-looking inbox that no send woke).
+        self.wake();
         Ok(written)
     }
 

@@ -495,9 +495,14 @@ impl KernelCore {
         tracing::error!(kernel = %self.config.name, %reason, "handler panicked; kernel faulted");
         *self.fault.lock() = Some(format!("handler panicked: {reason}"));
         exec.control.set_error(fault::HANDLER_PANIC);
-        self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
-        // Senders now get `Faulted`; messages already queued wait for `terminate`.
+        // Close before the state is published, which wakes the senders waiting for room:
+        // woken before the close, a sender found the inbox still open and full and went
+        // back to sleep, with nothing left to wake it (a blocked `send_batch` hung until
+        // a drain). Senders that find the inbox closed now read `Faulted` (the fault is
+        // recorded above); messages already queued wait for `terminate`.
         Producer::close_all([&self.inbox, &self.lane]);
+        self.publish_state(exec, lifecycle::transition(exec.state, Event::Fault));
+        self.inbox_space.notify();
         self.supervisor.report_fault(self.clone());
     }
 }
