@@ -254,7 +254,9 @@ pub(crate) fn cpu_send_error<In>(core: &CpuKernel, failure: SendFailure) -> Erro
     let kernel = core.name().to_owned();
     match failure {
         SendFailure::Full => Error::Full { kernel },
-        SendFailure::Closed(_) if core.runtime_gone() => Error::RuntimeGone { kernel },
+        // Refused by the drain of a runtime shutting down: its advice (restart) would not
+        // work, so say what happened.
+        SendFailure::Closed(_) if core.runtime_stopping() => Error::RuntimeGone { kernel },
         SendFailure::Closed(state) => Error::stopped(&kernel, state, core.fault()),
         SendFailure::TooLarge { len, max } => Error::MessageTooLarge {
             type_name: std::any::type_name::<In>(),

@@ -144,3 +144,46 @@ fn kernels_without_handles_keep_their_messages_until_shutdown() {
     all.sort_unstable();
     assert_eq!(all, (0..5).collect::<Vec<_>>(), "{entry:?}");
 }
+
+/// A send waiting for room when the runtime is dropped fails with `RuntimeGone`, not with
+/// `Draining` (whose advice, to restart the kernel, cannot work once the runtime goes),
+/// and says how much of its batch went in.
+#[test]
+fn a_send_waiting_for_room_during_a_drop_says_the_runtime_is_gone() {
+    let runtime = runtime();
+    let kernel = runtime
+        .launch(
+            KernelSpec::<u64, u64>::new("slow")
+                .capacity(8)
+                .host_output(1024)
+                .cpu(|x, out| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    Ok(out.emit(*x)?)
+                }),
+        )
+        .unwrap();
+    kernel.activate().unwrap();
+    let sender = {
+        let kernel = kernel.clone();
+        std::thread::spawn(move || kernel.send_batch(&(0..10_000).collect::<Vec<u64>>()))
+    };
+    // Let the sender fill the inbox and wait for room.
+    while kernel.sender().inbox_len() < 8 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(runtime);
+    let refused = sender
+        .join()
+        .unwrap()
+        .expect_err("10,000 do not fit before the drop");
+    assert!(
+        matches!(refused.error, Error::RuntimeGone { .. }),
+        "{}",
+        refused.error
+    );
+    assert!(
+        refused.sent >= 8 && refused.sent < 10_000,
+        "sent {}",
+        refused.sent
+    );
+}

@@ -554,6 +554,21 @@ impl Runtime {
         }
     }
 
+    /// Tells every kernel that the runtime is stopping: from here on a refused send (and,
+    /// on a device, a receive past the last output) says the runtime is going, not that
+    /// the kernel drains, whose advice (a restart) cannot work any more.
+    fn announce_stop(&self) {
+        for kernel in self.cpu.kernels_in_drain_order() {
+            kernel.mark_runtime_stopping();
+        }
+        for device in self.services.devices() {
+            // Relaxed: a flag that only chooses the words of later errors.
+            device
+                .runtime_gone
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// What `shutdown` and the drop do: drains every kernel (upstream first, sharing
     /// `timeout`), stops the threads, stops from the host what could not be stopped
     /// while they ran, hands back the host outputs of kernels no handle holds, and marks
@@ -562,6 +577,7 @@ impl Runtime {
     fn stop_all(&self, timeout: Duration) -> Vec<Stopped> {
         use crate::stop::{raw, stop_kernel, Stop};
         let deadline = std::time::Instant::now() + timeout;
+        self.announce_stop();
         // Routes between backends: a device group feeding a relay drains first and its
         // relay delivers, before the CPU kernels (which such relays feed) drain.
         let relays = self.services.relays.lock().clone();
@@ -666,12 +682,6 @@ impl Runtime {
                     entry,
                 }),
         );
-        for device in self.services.devices() {
-            // Relaxed: a flag that only chooses the words of later errors.
-            device
-                .runtime_gone
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
         all
     }
 

@@ -519,6 +519,19 @@ impl CpuKernel {
         self.0.runtime_gone()
     }
 
+    /// Marks the kernel as stopping with its runtime (its shutdown or drop has begun):
+    /// sends refused from now on report the runtime going (see
+    /// [`CpuKernel::runtime_stopping`]).
+    pub fn mark_runtime_stopping(&self) {
+        self.0.mark_runtime_stopping();
+    }
+
+    /// Whether the kernel's runtime is shutting down or gone.
+    #[inline]
+    pub fn runtime_stopping(&self) -> bool {
+        self.0.runtime_stopping()
+    }
+
     /// Marks the kernel as belonging to a gone runtime: sends fail, and a drain or
     /// terminate through a surviving handle hands back what
     /// [`CpuKernel::keep_for_handles`] kept instead of failing.

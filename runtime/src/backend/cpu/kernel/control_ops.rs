@@ -71,6 +71,20 @@ impl KernelCore {
         self.state_changed.notify();
     }
 
+    /// Marks the kernel as stopping with its runtime (a shutdown or drop has begun): a
+    /// send refused from now on says the runtime is going, not that the kernel drains
+    /// (whose advice, to restart it, cannot work). Only chooses the words of errors.
+    pub fn mark_runtime_stopping(&self) {
+        // Relaxed: a flag that only chooses the words of later errors.
+        self.runtime_stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the kernel's runtime is shutting down or gone.
+    pub fn runtime_stopping(&self) -> bool {
+        // Relaxed: as in `mark_runtime_stopping`.
+        self.runtime_stopping.load(Ordering::Relaxed) || self.runtime_gone()
+    }
+
     /// Whether a terminate gave up waiting for the kernel's acknowledgement while no
     /// handler of it ran (it waited for a thread): its rings still hold what it did not
     /// deliver, and the next drain or terminate hands that back, even once the kernel

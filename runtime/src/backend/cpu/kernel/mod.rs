@@ -173,6 +173,8 @@ pub struct KernelCore {
     /// Set once the runtime that ran the kernel is gone (shut down or dropped): its
     /// threads are stopped, so the host plays the kernel from now on.
     runtime_gone: AtomicBool,
+    /// Set when the runtime's shutdown begins (see `mark_runtime_stopping`).
+    runtime_stopping: AtomicBool,
     /// What the runtime's drop handed back for this kernel, kept for its handles.
     kept: Mutex<control_ops::Kept>,
     /// Set when the host drains or terminates the kernel: that stop is final, so the
@@ -284,6 +286,7 @@ impl KernelCore {
             supervisor_watchdog: Mutex::new(None),
             routes: Mutex::new(vec![None; port_count]),
             runtime_gone: AtomicBool::new(false),
+            runtime_stopping: AtomicBool::new(false),
             kept: Mutex::new(control_ops::Kept::default()),
             uncollected: AtomicBool::new(false),
             stopped_by_host: AtomicBool::new(false),
