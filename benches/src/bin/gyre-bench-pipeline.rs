@@ -248,8 +248,8 @@ fn main() {
         "gyre-bench-pipeline: {} interleaved rounds; {} CPUs; each measurement after \
          untimed messages, 1/{WARM_UP_DIVISOR} as many at a time, for at least {} ms",
         options.rounds,
-        WARM_UP_MIN.as_millis(),
         std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get),
+        WARM_UP_MIN.as_millis(),
     );
     if options.pipeline {
         say!("  {}", pipeline.title);
