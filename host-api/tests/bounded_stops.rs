@@ -179,6 +179,9 @@ fn dropping_the_runtime_returns_within_the_command_timeout() {
             handed_back_after_stuck(),
             "{placement:?}"
         );
+        // The drop abandoned the handler; the handle's report of what it hands back
+        // says so (its first input is the message that was in hand).
+        assert!(report.abandoned, "{placement:?}: {report:?}");
     }
 }
 

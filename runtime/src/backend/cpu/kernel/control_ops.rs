@@ -133,13 +133,15 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
         take_ring_outputs: bool,
-    ) {
+    ) -> bool {
         let kept = std::mem::take(&mut *self.kept.lock());
+        let inputs = !kept.inputs.is_empty();
         replay(kept.inputs, on_input);
         replay(kept.outputs, on_output);
         if take_ring_outputs {
             self.take_unreceived_outputs(on_output);
         }
+        inputs
     }
 
     /// When a drain that ends at `deadline` stops waiting for the terminate it falls
@@ -411,8 +413,10 @@ impl KernelCore {
             && from != State::Faulted
         {
             drop(serial);
-            self.hand_back_kept(on_input, on_output, take_ring_outputs);
-            return Ok(false);
+            // The runtime's stop abandoned a stuck handler and kept what it took over:
+            // this stop hands that back, the message that was in hand first, and says so.
+            let handed_inputs = self.hand_back_kept(on_input, on_output, take_ring_outputs);
+            return Ok(handed_inputs && self.is_abandoned());
         }
         let epoch = if let Some(epoch) = pending {
             epoch
