@@ -132,8 +132,8 @@ pub enum Error {
     /// The kernel is draining and accepts no more messages.
     #[error(
         "kernel `{kernel}` is draining and accepts no new messages: send to another kernel, or \
-         wait for the drain to finish, then restart it (`Runtime::restart`, for CPU kernels) \
-         or launch it again"
+         wait for the drain to finish, then restart it (`Runtime::restart(&kernel)`, or \
+         `Group::restart` for its group or pipeline) or launch it again"
     )]
     Draining {
         /// The kernel.
@@ -141,8 +141,9 @@ pub enum Error {
     },
     /// The kernel is terminated.
     #[error(
-        "kernel `{kernel}` is terminated and takes no messages: restart it (`Runtime::restart`, \
-         for CPU kernels) or launch it again"
+        "kernel `{kernel}` is terminated and takes no messages: restart it \
+         (`Runtime::restart(&kernel)`, or `Group::restart` for its group or pipeline) or launch \
+         it again"
     )]
     Terminated {
         /// The kernel.
@@ -151,7 +152,8 @@ pub enum Error {
     /// The kernel faulted.
     #[error(
         "kernel `{kernel}` faulted: {reason}; terminate it to collect its undelivered messages, \
-         then restart it (`Runtime::restart`, for CPU kernels) or launch it again"
+         then restart it (`Runtime::restart(&kernel)`, or `Group::restart` for its group or \
+         pipeline) or launch it again"
     )]
     Faulted {
         /// The kernel.

@@ -510,3 +510,51 @@ fn group_kernel_refuses_a_foreign_stage() {
     assert_eq!(group.kernel(own).unwrap().name(), "b");
     group.terminate();
 }
+
+/// A CPU pipeline whose middle stage faulted restarts through its group, as a device
+/// group does: the faulted stage restarts (the poison message goes to the dead letters),
+/// comes back active with its routes, and the pipeline carries messages again. A running
+/// group refuses.
+#[test]
+fn a_cpu_pipeline_restarts_through_its_group() {
+    let rt = Runtime::builder().workers(2).build().unwrap();
+    let pipeline = rt
+        .pipeline::<u32>("restartable")
+        .stage(KernelSpec::<u32, u32>::new("first").cpu(|x, out| Ok(out.emit(*x)?)))
+        .stage(KernelSpec::<u32, u32>::new("fragile").cpu(|x, out| {
+            assert!(*x != 666, "cannot handle {x}");
+            Ok(out.emit(*x + 1)?)
+        }))
+        .stage(KernelSpec::<u32, u32>::new("last").cpu(|x, out| Ok(out.emit(*x)?)))
+        .launch()
+        .unwrap();
+    assert!(
+        matches!(pipeline.group().restart(), Err(Error::Lifecycle { .. })),
+        "a running group is not restarted"
+    );
+    pipeline.activate().unwrap();
+    pipeline.send(1).unwrap();
+    assert_eq!(pipeline.recv_timeout(SECOND * 5).unwrap(), 2);
+    pipeline.send(666).unwrap();
+    let deadline = std::time::Instant::now() + SECOND * 5;
+    while pipeline.group().health(&HealthPolicy::default()).status != HealthStatus::Unhealthy {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stage never faulted"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    pipeline.group().restart().unwrap();
+    pipeline.send(41).unwrap();
+    assert_eq!(
+        pipeline.recv_timeout(SECOND * 5).unwrap(),
+        42,
+        "the routes survived"
+    );
+    assert!(
+        rt.take_dead_letters()
+            .iter()
+            .any(|d| d.reason.contains("cannot handle 666")),
+        "the poison message went to the dead letters"
+    );
+}

@@ -366,6 +366,7 @@ impl<'rt> GroupBuilder<'rt> {
                 edges,
                 order,
                 cyclic: self.allow_cycles,
+                backend: self.runtime.cpu_backend(),
             },
         })
     }

@@ -45,6 +45,9 @@ enum Inner {
         /// Upstream first.
         order: Vec<usize>,
         cyclic: bool,
+        /// The runtime's CPU backend, to restart members on (weak: a group does not keep
+        /// its runtime alive).
+        backend: std::sync::Weak<gyre_runtime::backend::seam::cpu::CpuBackend>,
     },
     /// One group on a device backend.
     Device(Arc<DeviceCore>),
@@ -305,22 +308,55 @@ impl Group {
     /// `on_fault(FaultPolicy::Restart(..))` has its group restarted this way by the
     /// runtime's supervisor when it faults.
     ///
-    /// CPU groups restart per kernel: [`crate::Runtime::restart`].
+    /// On the CPU, every member that is faulted or terminated restarts as
+    /// [`crate::Runtime::restart`] restarts a kernel (a faulted one keeps its queued
+    /// messages, the message its handler panicked on goes to the dead letters), downstream
+    /// first, and the group's routes stay bound; the restarted members come back active,
+    /// as a device group's do. Members still running are left alone. This is how a
+    /// [`crate::Pipeline`] restarts (`pipeline.group().restart()`).
     ///
     /// # Errors
-    /// [`Error::Lifecycle`] when the group is running (not faulted, not stopped);
-    /// the launch's errors when the fresh group does not launch (the old one stays as
-    /// it was); [`Error::Unsupported`] for a CPU group.
+    /// [`Error::Lifecycle`] when the group is running (no member faulted or stopped);
+    /// on a device, the launch's errors when the fresh group does not launch (the old one
+    /// stays as it was); on the CPU, the first member's restart error (members after it
+    /// are not restarted) and [`Error::RuntimeGone`] once the runtime is gone.
     pub fn restart(&self) -> Result<(), Error> {
         match &self.inner {
             Inner::Device(core) => crate::device_supervisor::restart(core),
-            Inner::Cpu { .. } => Err(Error::Unsupported {
-                what: format!("restarting group `{}` as a unit", self.name),
-                backend: "cpu",
-                advice: "CPU kernels restart one by one: `Runtime::restart(&kernel)` for each \
-                         faulted or terminated kernel"
-                    .to_owned(),
-            }),
+            Inner::Cpu {
+                kernels,
+                order,
+                backend,
+                ..
+            } => {
+                if order.is_empty() {
+                    return Ok(());
+                }
+                let stopped: Vec<usize> = order
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|&i| gyre_runtime::lifecycle::is_stopped(kernels[i].state()))
+                    .collect();
+                let Some(backend) = backend.upgrade() else {
+                    return Err(Error::RuntimeGone {
+                        kernel: kernels[order[0]].name().to_owned(),
+                    });
+                };
+                if stopped.is_empty() {
+                    // Running: the first member's own refusal says so.
+                    let first = &kernels[order[0]];
+                    return backend
+                        .restart(first)
+                        .map_err(|e| Error::from_command(first.name(), e));
+                }
+                for &i in &stopped {
+                    backend
+                        .restart(&kernels[i])
+                        .map_err(|e| Error::from_command(kernels[i].name(), e))?;
+                }
+                self.command_all(Command::Activate, stopped.into_iter())
+            }
         }
     }
 

@@ -487,6 +487,11 @@ impl Runtime {
             .map_err(Error::Route)
     }
 
+    /// The CPU backend, for a group's restart (which must not keep the runtime alive).
+    pub(crate) fn cpu_backend(&self) -> std::sync::Weak<CpuBackend> {
+        Arc::downgrade(&self.cpu)
+    }
+
     /// Restarts a terminated or faulted kernel with its configuration, handler and
     /// routes; it comes back in state `Launched` (activate it). A faulted kernel keeps
     /// the messages still queued in its inbox, and the message its handler panicked on
