@@ -80,7 +80,7 @@ pub(crate) struct DeviceSource {
 }
 
 /// What a spec says for device backends, one name per knob (see [`KernelSpec`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct DeviceKnobs {
     pub(crate) cuda: Option<DeviceSource>,
     pub(crate) wgsl: Option<DeviceSource>,
@@ -88,28 +88,13 @@ pub(crate) struct DeviceKnobs {
     /// Whether the CPU implementation is the built-in's reference (not a closure set
     /// after it): its types are then checked at launch on the CPU too.
     pub(crate) cpu_is_builtin: bool,
-    pub(crate) max_emits: u32,
+    /// Set by `KernelSpec::max_emits`; else the default of `KernelSettings::new`.
+    pub(crate) max_emits: Option<u32>,
     pub(crate) params: Option<[u32; gyre_runtime::builtins::PARAM_WORDS]>,
     pub(crate) sequential: bool,
     pub(crate) state_bytes: Option<u32>,
     /// Set when the spec set a quantum: device backends then use it too.
     pub(crate) quantum: Option<u32>,
-}
-
-impl Default for DeviceKnobs {
-    fn default() -> Self {
-        Self {
-            cuda: None,
-            wgsl: None,
-            builtin: None,
-            cpu_is_builtin: false,
-            max_emits: 4,
-            params: None,
-            sequential: false,
-            state_bytes: None,
-            quantum: None,
-        }
-    }
 }
 
 /// The error for a kernel with no implementation for `place`.
@@ -136,7 +121,7 @@ fn settings<In: Message, Out: Message>(
     settings.capacity = spec.capacity;
     settings.out_capacity = spec.host_output.unwrap_or(settings.out_capacity);
     settings.ports = spec.ports;
-    settings.max_emits = knobs.max_emits;
+    settings.max_emits = knobs.max_emits.unwrap_or(settings.max_emits);
     settings.quantum = knobs.quantum.unwrap_or(quantum);
     if let Some(params) = knobs.params {
         settings.params = params;

@@ -98,7 +98,8 @@ pub(crate) struct KernelSettings {
 
 impl KernelSettings {
     /// The defaults (inbox and host output of 1,024 slots, one port, up to four emits per
-    /// message, `quantum`), with the parameters and ports of `builtin` if there is one.
+    /// message, `quantum`), with the parameters and ports of `builtin` if there is one
+    /// (and one emit per message: no built-in emits more).
     pub(crate) fn new(name: String, builtin: Option<Builtin>, quantum: u32) -> Self {
         Self {
             name,
@@ -106,7 +107,7 @@ impl KernelSettings {
             capacity: 1024,
             out_capacity: 1024,
             ports: builtin.map_or(1, |b| b.ports()),
-            max_emits: 4,
+            max_emits: if builtin.is_some() { 1 } else { 4 },
             quantum,
             params: builtin.map_or([0; PARAM_WORDS], |b| b.params()),
         }

@@ -314,10 +314,11 @@ impl<In: Message, Out: Message> KernelSpec<In, Out> {
     }
 
     /// Most messages the handler emits per message it handles, on device backends (at
-    /// least 1, default 4): the device reserves room for this many per message.
+    /// least 1; default 4, and 1 for a built-in, which never emits more than one message
+    /// per message): the device reserves room for this many per message.
     #[must_use]
     pub fn max_emits(mut self, emits: u32) -> Self {
-        self.device.max_emits = emits;
+        self.device.max_emits = Some(emits);
         self
     }
 

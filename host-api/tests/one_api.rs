@@ -489,3 +489,40 @@ fn a_terminate_leaves_the_output_to_its_receiver_on_every_backend() {
         );
     }
 }
+
+/// The same small-ring pipeline of built-ins launches and runs on every backend: a
+/// built-in emits at most one message per message, so a device reserves room for one (the
+/// default of four made wgpu refuse a downstream inbox of two slots that the CPU and the
+/// CUDA emulation took).
+#[test]
+fn a_pipeline_of_builtins_with_tiny_rings_runs_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let pipeline = runtime
+            .pipeline::<Record>("tiny")
+            .stage(
+                KernelSpec::<Record, Record>::new("x1")
+                    .capacity(2)
+                    .builtin(Builtin::Echo { bytes: 16 }),
+            )
+            .stage(
+                KernelSpec::<Record, Record>::new("x2")
+                    .capacity(2)
+                    .builtin(Builtin::Echo { bytes: 16 }),
+            )
+            .launch()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        pipeline.activate().unwrap();
+        let inputs = records(50);
+        let mut got = Vec::new();
+        for r in &inputs {
+            pipeline.send(*r).unwrap();
+            got.push(
+                pipeline
+                    .recv_timeout(TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            );
+        }
+        assert_eq!(got, inputs, "{name}");
+        pipeline.drain(TIMEOUT);
+    }
+}
