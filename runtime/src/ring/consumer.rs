@@ -50,6 +50,9 @@ pub struct Consumer<M: RingMemory> {
     /// Messages at `head..head + run` seen published by [`Consumer::ready_run`] and not
     /// released yet: what [`Consumer::with_run_slot`] may read.
     run: u32,
+    /// Where the slots are, when `mem` has them in one region: read once here.
+    #[cfg(not(loom))]
+    slots: Option<super::memory::Slots>,
 }
 
 impl<M: RingMemory> Consumer<M> {
@@ -66,11 +69,34 @@ impl<M: RingMemory> Consumer<M> {
         // store of `head`, and we are the only writer from now on.
         let head = mem.head().load(Ordering::Relaxed);
         Ok(Self {
+            #[cfg(not(loom))]
+            slots: super::memory::Slots::of(&mem),
             mem,
             mask,
             head,
             run: 0,
         })
+    }
+
+    /// Runs `f` over the body of slot `index`: [`RingMemory::with_body`] through the
+    /// span read at creation when there is one.
+    ///
+    /// # Safety
+    /// As [`RingMemory::with_body`].
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    unsafe fn with_body_at<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
+        #[cfg(not(loom))]
+        if let Some(slots) = self.slots {
+            // SAFETY: the body of slot `index < capacity` in the region `self.mem` keeps
+            // alive, published and not released (this function's contract).
+            return f(unsafe {
+                let (at, len) = slots.body(index);
+                std::slice::from_raw_parts(at, len)
+            });
+        }
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { self.mem.with_body(index, f) }
     }
 
     /// The ring's memory.
@@ -89,7 +115,16 @@ impl<M: RingMemory> Consumer<M> {
     fn is_full(&self, position: u32) -> bool {
         // ORDERING: Acquire pairs with the producer's Release store of the stamp in
         // `Claim::publish` (or its cancel): the body's bytes are visible after it.
-        self.mem.stamp(position & self.mask).load(Ordering::Acquire) == position.wrapping_add(1)
+        let index = position & self.mask;
+        #[cfg(not(loom))]
+        if let Some(slots) = self.slots {
+            // SAFETY: a masked position is below the capacity; `self.mem` keeps the
+            // region alive.
+            let stamp = unsafe { slots.stamp(index) };
+            // ORDERING: as below.
+            return stamp.load(Ordering::Acquire) == position.wrapping_add(1);
+        }
+        self.mem.stamp(index).load(Ordering::Acquire) == position.wrapping_add(1)
     }
 
     /// Whether the next position holds nothing published yet: [`Consumer::consume`]
@@ -123,7 +158,7 @@ impl<M: RingMemory> Consumer<M> {
             // SAFETY: the stamp says the slot holds `position`, seen with Acquire, and we
             // have not released it, so the producer does not write it.
             let step = unsafe {
-                self.mem.with_body(position & self.mask, |body| {
+                self.with_body_at(position & self.mask, |body| {
                     parse_slot(position, body).map(&mut f)
                 })
             };
@@ -162,7 +197,7 @@ impl<M: RingMemory> Consumer<M> {
             if !self.is_full(position)
                 // SAFETY: read only after `is_full` saw the stamp with Acquire; unreleased.
                 || unsafe {
-                    self.mem.with_body(position & self.mask, |body| {
+                    self.with_body_at(position & self.mask, |body| {
                         parse_slot(position, body).is_some()
                     })
                 }
@@ -178,7 +213,7 @@ impl<M: RingMemory> Consumer<M> {
             if !self.is_full(position)
                 // SAFETY: as above.
                 || unsafe {
-                    self.mem.with_body(position & self.mask, |body| {
+                    self.with_body_at(position & self.mask, |body| {
                         parse_slot(position, body).is_none()
                     })
                 }
@@ -203,7 +238,7 @@ impl<M: RingMemory> Consumer<M> {
         // SAFETY: `ready_run` saw the position published (stamp loaded with Acquire)
         // and not cancelled, and it is not released: the producer does not write it.
         unsafe {
-            self.mem.with_body(position & self.mask, |body| {
+            self.with_body_at(position & self.mask, |body| {
                 match parse_slot(position, body) {
                     Some(slot) => f(slot),
                     None => unreachable!("ready_run stops at cancelled slots"),

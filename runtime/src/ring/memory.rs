@@ -218,6 +218,83 @@ pub unsafe trait RingMemory {
     /// The caller is the consumer, saw the slot's stamp mark it full with an acquire
     /// load, and has not released the position yet.
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R;
+    /// Where slot 0 starts when every slot lies in one plain region at `slot_bytes()`
+    /// strides: the stamp of slot `i` at `i * slot_bytes()` bytes from it and its body
+    /// right after the stamp, for as long as `self` lives. `None` (the default) when
+    /// the slots are reached some other way; then [`RingMemory::stamp`] and the body
+    /// accessors are the only way to them.
+    ///
+    /// The ring's halves read this once, when they are made, and reach slots by pointer
+    /// arithmetic from then on instead of through the accessors on every message.
+    #[cfg(not(loom))]
+    #[inline]
+    fn slot_region(&self) -> Option<NonNull<u8>> {
+        None
+    }
+}
+
+/// The slots of a ring in one plain region (see [`RingMemory::slot_region`]), kept by a
+/// [`super::Producer`] or [`super::Consumer`] so that reaching a slot is one multiply and
+/// add on values it holds, not a walk through the memory's accessors.
+#[cfg(not(loom))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slots {
+    first: NonNull<u8>,
+    stride: usize,
+}
+
+// SAFETY: a pointer into a ring region, whose words are only accessed atomically and whose
+// bodies only under the ring protocol; the halves that hold it are Send and Sync on the
+// same terms as the memory they came from.
+#[cfg(not(loom))]
+unsafe impl Send for Slots {}
+// SAFETY: as for `Send`.
+#[cfg(not(loom))]
+unsafe impl Sync for Slots {}
+
+#[cfg(not(loom))]
+impl Slots {
+    /// The span of `mem`'s slots, when it has one.
+    #[inline]
+    pub(crate) fn of<M: RingMemory>(mem: &M) -> Option<Self> {
+        mem.slot_region().map(|first| Self {
+            first,
+            stride: mem.slot_bytes() as usize,
+        })
+    }
+
+    /// The stamp of slot `index`.
+    ///
+    /// # Safety
+    /// `index < capacity`, and the memory this span came from outlives `'a`.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) unsafe fn stamp<'a>(self, index: u32) -> &'a AtomicU32 {
+        // SAFETY: `slot_region`'s contract puts the stamp here, 4-aligned (slots are
+        // 16-aligned) and accessed only atomically; the caller keeps the region alive.
+        #[allow(clippy::cast_ptr_alignment)]
+        unsafe {
+            AtomicU32::from_ptr(
+                self.first
+                    .as_ptr()
+                    .add(index as usize * self.stride)
+                    .cast::<u32>(),
+            )
+        }
+    }
+
+    /// The body of slot `index`: the `stride - 4` bytes after its stamp.
+    ///
+    /// # Safety
+    /// As [`Slots::stamp`]; the caller may only use the pointer as
+    /// [`RingMemory::with_body`] or [`RingMemory::with_body_mut`] allows.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub(crate) unsafe fn body(self, index: u32) -> (*mut u8, usize) {
+        // SAFETY: inside the region (caller's `index < capacity`).
+        let at = unsafe { self.first.as_ptr().add(index as usize * self.stride + 4) };
+        (at, self.stride - 4)
+    }
 }
 
 // SAFETY: forwards to `T`, which upholds the contract.
@@ -255,6 +332,11 @@ unsafe impl<T: RingMemory + ?Sized> RingMemory for std::sync::Arc<T> {
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { (**self).with_body(index, f) }
+    }
+    #[cfg(not(loom))]
+    #[inline]
+    fn slot_region(&self) -> Option<NonNull<u8>> {
+        (**self).slot_region()
     }
 }
 
@@ -422,6 +504,11 @@ unsafe impl RingMemory for RawRing {
         // consumer releases the position (caller's guarantee).
         f(unsafe { std::slice::from_raw_parts(self.body_ptr(index), len) })
     }
+    #[inline]
+    fn slot_region(&self) -> Option<NonNull<u8>> {
+        // SAFETY: the slots start right after the header, inside the region.
+        Some(unsafe { self.base.add(RING_HEADER_BYTES as usize) })
+    }
 }
 
 /// A ring in host heap memory, aligned to [`LINE_BYTES`] and owned by this value.
@@ -524,6 +611,10 @@ unsafe impl RingMemory for HostRing {
     unsafe fn with_body<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { self.raw.with_body(index, f) }
+    }
+    #[inline]
+    fn slot_region(&self) -> Option<NonNull<u8>> {
+        self.raw.slot_region()
     }
 }
 

@@ -119,6 +119,9 @@ pub struct Producer<M: RingMemory> {
     closed: AtomicBool,
     /// Set once a heavy fence ran after `closed` was set: a later `close` needs none.
     close_fenced: AtomicBool,
+    /// Where the slots are, when `mem` has them in one region: read once here.
+    #[cfg(not(loom))]
+    slots: Option<memory::Slots>,
 }
 
 /// What [`Producer::room`] found.
@@ -157,12 +160,48 @@ impl<M: RingMemory> Producer<M> {
         // `try_claim`.
         let head = mem.head().load(Ordering::Acquire);
         Ok(Self {
+            #[cfg(not(loom))]
+            slots: memory::Slots::of(&mem),
             mem,
             mask,
             cached_head: AtomicU32::new(head),
             closed: AtomicBool::new(false),
             close_fenced: AtomicBool::new(false),
         })
+    }
+
+    /// The stamp of slot `index` (`index < capacity`).
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    fn stamp_at(&self, index: u32) -> &AtomicU32 {
+        #[cfg(not(loom))]
+        if let Some(slots) = self.slots {
+            // SAFETY: `index` is a masked position, below the capacity, and `self.mem`
+            // keeps the region alive while `self` is borrowed.
+            return unsafe { slots.stamp(index) };
+        }
+        self.mem.stamp(index)
+    }
+
+    /// Runs `f` over the body of slot `index`, mutably: [`RingMemory::with_body_mut`]
+    /// through the span read at creation when there is one.
+    ///
+    /// # Safety
+    /// As [`RingMemory::with_body_mut`].
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    unsafe fn with_body_mut_at<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        #[cfg(not(loom))]
+        if let Some(slots) = self.slots {
+            // SAFETY: the body of slot `index < capacity` in the region `self.mem` keeps
+            // alive; the caller has exclusive use of it (this function's contract).
+            return f(unsafe {
+                let (at, len) = slots.body(index);
+                std::slice::from_raw_parts_mut(at, len)
+            });
+        }
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { self.mem.with_body_mut(index, f) }
     }
 
     /// The ring's memory.
@@ -346,7 +385,7 @@ impl<M: RingMemory> Producer<M> {
         if self.closed.load(Ordering::Relaxed) {
             // SAFETY: the position is ours (stored `tail` above) and unstamped.
             unsafe {
-                self.mem.with_body_mut(index, |body| {
+                self.with_body_mut_at(index, |body| {
                     body[0..4].copy_from_slice(&KIND_CANCELLED.to_ne_bytes());
                 });
             }
@@ -357,7 +396,7 @@ impl<M: RingMemory> Producer<M> {
         // SAFETY: as in `Claim::write`: the position is ours alone (single producer, the
         // room check proved the consumer released its previous lap), not stamped yet.
         unsafe {
-            self.mem.with_body_mut(index, |body| {
+            self.with_body_mut_at(index, |body| {
                 body[0..4].copy_from_slice(&tag.to_ne_bytes());
                 body[4..8].copy_from_slice(&corr[0].to_ne_bytes());
                 body[8..12].copy_from_slice(&corr[1].to_ne_bytes());
@@ -592,7 +631,7 @@ impl<M: RingMemory> Producer<M> {
         // stamp we read is at least that lap's.
         let head = self.mem.head().load(Ordering::Acquire);
         // ORDERING: Acquire pairs with the producer's Release store of the stamp.
-        self.mem.stamp(head & self.mask).load(Ordering::Acquire) == head.wrapping_add(1)
+        self.stamp_at(head & self.mask).load(Ordering::Acquire) == head.wrapping_add(1)
     }
 
     /// Whether [`Producer::len`] is 0: no position claimed and unreleased, as far as one
@@ -646,8 +685,7 @@ impl<M: RingMemory> Producer<M> {
     fn stamp_full(&self, position: u32) {
         // ORDERING: Release pairs with the consumer's Acquire load of the stamp in
         // `Consumer::consume`: the body written before it happens before its reads.
-        self.mem
-            .stamp(position & self.mask)
+        self.stamp_at(position & self.mask)
             .store(position.wrapping_add(1), Ordering::Release);
     }
 }
@@ -695,7 +733,7 @@ impl<M: RingMemory> Claim<'_, M> {
         // alone, the free check proved the consumer is done with the slot's previous lap,
         // and we have not stamped it yet.
         unsafe {
-            self.producer.mem.with_body_mut(index, |body| {
+            self.producer.with_body_mut_at(index, |body| {
                 body[0..4].copy_from_slice(&tag.to_ne_bytes());
                 body[4..8].copy_from_slice(&corr[0].to_ne_bytes());
                 body[8..12].copy_from_slice(&corr[1].to_ne_bytes());

@@ -95,6 +95,9 @@ unsafe impl RingMemory for MappedRing {
         // SAFETY: forwarded with the caller's guarantee.
         unsafe { self.ring.with_body(index, f) }
     }
+    fn slot_region(&self) -> Option<std::ptr::NonNull<u8>> {
+        self.ring.slot_region()
+    }
 }
 
 fn mapped_ring(
