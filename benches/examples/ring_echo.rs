@@ -4,12 +4,13 @@
 //!
 //! - `gyre-batch`: the runtime, as `gyre-bench` runs it (a dedicated kernel with a
 //!   `cpu_batch` echo handler, `ExclusiveSender::send_batch`, `Receiver::recv_batch`);
-//! - `ring-128`: two bare gyre rings and an echo thread, no runtime: 64-byte messages
-//!   in 128-byte slots (16 header bytes + 64, rounded up to a power of two: what a
-//!   64-byte message type gets), two cache lines per message;
-//! - `ring-64`: the same with 64-byte slots carrying the first 48 bytes of each message:
-//!   one cache line per message;
-//! - `raw-64`: `ring-64`'s protocol (claim, slot writes, stamps with Release, stamp
+//! - `run-128`: two bare gyre rings and an echo thread, no runtime, batches written with
+//!   `Claim::write_run` and read with `Consumer::read_run`: 64-byte messages in 128-byte
+//!   slots (16 header bytes + 64, rounded up to a power of two: what a 64-byte message
+//!   type gets), two cache lines per message;
+//! - `run-64`: the same with 64-byte slots carrying the first 48 bytes of each message:
+//!   one cache line per message, what a layout with the headers apart would give;
+//! - `raw-64`: `run-64`'s protocol (claim, slot writes, stamps with Release, stamp
 //!   checks with Acquire, one `head` store per batch) written with raw pointers, no
 //!   `Claim`/`Consumer` layers around it;
 //! - `rtrb-chunk`: the baseline, two rtrb rings and their chunk API.
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use gyre_bench::{batch_throughput, median, ping_pong, rate, BatchEcho, BatchSubject, Msg, BATCH};
-use gyre_runtime::ring::{Consumer, HostRing, Producer, RingLayout};
+use gyre_runtime::ring::{Claim, Consumer, HostRing, Producer, RingLayout};
 
 /// Messages per measurement.
 const MESSAGES: u64 = 1_000_000;
@@ -48,7 +49,7 @@ fn ring(slot_bytes: u32) -> (Producer<Ring>, Consumer<Ring>) {
 }
 
 /// Claims `n` positions of a ring this thread alone produces into, spinning while full.
-fn claim(producer: &Producer<Ring>, n: u32) -> gyre_runtime::ring::Claim<'_, Ring> {
+fn claim(producer: &Producer<Ring>, n: u32) -> Claim<'_, Ring> {
     loop {
         // SAFETY: every caller is the only thread producing into its ring.
         match unsafe { producer.try_claim_exclusive(n) } {
@@ -59,58 +60,70 @@ fn claim(producer: &Producer<Ring>, n: u32) -> gyre_runtime::ring::Claim<'_, Rin
 }
 
 /// Two bare gyre rings and an echo thread that moves each run it finds (up to
-/// [`BATCH`]) from one to the other with one claim and one publish.
-struct RingEcho {
+/// [`BATCH`]) from one to the other with one claim and one publish, through the run API.
+/// Each slot carries the first `BYTES` bytes of a message.
+struct RunEcho<const BYTES: usize> {
     tx: Producer<Ring>,
     rx: Consumer<Ring>,
-    /// Message bytes each slot carries.
-    bytes: usize,
     thread: JoinHandle<()>,
 }
 
-impl RingEcho {
-    /// Rings of `slot_bytes` slots carrying the first `bytes` of each message.
-    fn start(slot_bytes: u32, bytes: usize) -> Self {
+/// Writes `messages` (their first `BYTES` bytes each) into `out` with one `write_run`.
+fn put<const BYTES: usize>(out: &Claim<'_, Ring>, messages: &[Msg]) {
+    let written = out.write_run(0, |i, payload| {
+        payload[..BYTES].copy_from_slice(&bytemuck::bytes_of(&messages[i as usize])[..BYTES]);
+        Some((0, [0, 0]))
+    });
+    assert_eq!(
+        written as usize,
+        messages.len(),
+        "the claim is as long as the batch"
+    );
+}
+
+/// Copies the run `rx.ready_run` found (its first `n` messages) to `f`, with one
+/// `read_run`.
+fn take<const BYTES: usize>(rx: &Consumer<Ring>, n: u32, mut f: impl FnMut(Msg)) {
+    rx.read_run(0, n, |_, slot| {
+        let mut msg = Msg::default();
+        bytemuck::bytes_of_mut(&mut msg)[..BYTES].copy_from_slice(&slot.payload[..BYTES]);
+        f(msg);
+    });
+}
+
+impl<const BYTES: usize> RunEcho<BYTES> {
+    /// Rings of `slot_bytes` slots.
+    fn start(slot_bytes: u32) -> Self {
         let (tx, mut echo_rx) = ring(slot_bytes);
         let (echo_tx, rx) = ring(slot_bytes);
-        let thread = std::thread::spawn(move || loop {
-            let n = echo_rx.ready_run(BATCH as u32);
-            if n == 0 {
-                // The host dropped its producer half: everything was sent.
-                if Arc::strong_count(echo_rx.memory()) == 1 {
-                    return;
+        let thread = std::thread::spawn(move || {
+            let mut batch = Vec::with_capacity(BATCH);
+            loop {
+                let n = echo_rx.ready_run(BATCH as u32);
+                if n == 0 {
+                    // The host dropped its producer half: everything was sent.
+                    if Arc::strong_count(echo_rx.memory()) == 1 {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                    continue;
                 }
-                std::hint::spin_loop();
-                continue;
+                batch.clear();
+                take::<BYTES>(&echo_rx, n, |msg| batch.push(msg));
+                let out = claim(&echo_tx, n);
+                put::<BYTES>(&out, &batch);
+                out.publish();
+                echo_rx.release_run(n);
             }
-            let out = claim(&echo_tx, n);
-            for i in 0..n {
-                echo_rx.with_run_slot(i, |slot| {
-                    out.write(i, 0, [0, 0], |payload| {
-                        payload[..bytes].copy_from_slice(&slot.payload[..bytes]);
-                    });
-                });
-            }
-            out.publish();
-            echo_rx.release_run(n);
         });
-        Self {
-            tx,
-            rx,
-            bytes,
-            thread,
-        }
+        Self { tx, rx, thread }
     }
 }
 
-impl BatchEcho for RingEcho {
+impl<const BYTES: usize> BatchEcho for RunEcho<BYTES> {
     fn send_batch(&mut self, messages: &[Msg]) {
         let out = claim(&self.tx, messages.len() as u32);
-        for (i, msg) in messages.iter().enumerate() {
-            out.write(i as u32, 0, [0, 0], |payload| {
-                payload[..self.bytes].copy_from_slice(&bytemuck::bytes_of(msg)[..self.bytes]);
-            });
-        }
+        put::<BYTES>(&out, messages);
         out.publish();
     }
 
@@ -122,27 +135,20 @@ impl BatchEcho for RingEcho {
             }
             std::hint::spin_loop();
         };
-        for i in 0..n {
-            self.rx.with_run_slot(i, |slot| {
-                let mut msg = Msg::default();
-                bytemuck::bytes_of_mut(&mut msg)[..self.bytes]
-                    .copy_from_slice(&slot.payload[..self.bytes]);
-                buf.push(msg);
-            });
-        }
+        take::<BYTES>(&self.rx, n, |msg| buf.push(msg));
         self.rx.release_run(n);
         n as usize
     }
 
     fn shutdown(self) {
-        let Self { tx, rx, thread, .. } = self;
+        let Self { tx, rx, thread } = self;
         drop(tx);
         thread.join().expect("the echo thread exits cleanly");
         assert!(rx.is_empty(), "everything sent was received");
     }
 }
 
-/// `ring-64`'s protocol through raw pointers: what the ring costs with nothing around it.
+/// `run-64`'s protocol through raw pointers: what the ring costs with nothing around it.
 // Slots start 16-aligned (a 128-aligned region, a 384-byte header, 64-byte slots): the
 // casts below to 4-byte words are aligned.
 #[allow(clippy::cast_ptr_alignment)]
@@ -342,7 +348,7 @@ mod raw {
 }
 
 /// The servers, in interleaving order; the last is the baseline.
-const SUBJECTS: [&str; 5] = ["gyre-batch", "ring-128", "ring-64", "raw-64", "rtrb-chunk"];
+const SUBJECTS: [&str; 5] = ["gyre-batch", "run-128", "run-64", "raw-64", "rtrb-chunk"];
 
 /// Warms `server` up, measures it, stops it; M msg/s.
 fn measure(mut server: impl BatchEcho) -> f64 {
@@ -356,8 +362,8 @@ fn measure(mut server: impl BatchEcho) -> f64 {
 fn run(which: usize) -> f64 {
     match which {
         0 => measure(BatchSubject::GyreBatch.start()),
-        1 => measure(RingEcho::start(128, 64)),
-        2 => measure(RingEcho::start(64, 48)),
+        1 => measure(RunEcho::<64>::start(128)),
+        2 => measure(RunEcho::<48>::start(64)),
         3 => measure(raw::start()),
         _ => measure(BatchSubject::RtrbChunk.start()),
     }

@@ -9,6 +9,7 @@
 //! (the CUDA emulation, wgpu) has no run claim on its host rings: there a batch is a loop
 //! over the per-message send or receive, with the same results and errors.
 
+use std::borrow::Borrow;
 use std::future::poll_fn;
 use std::time::Instant;
 
@@ -141,7 +142,7 @@ impl To<'_> {
 /// for; on a device, sends one by one until the inbox is full. `Err` only when nothing
 /// was sent; an error after some were sent shows on the next attempt.
 #[inline]
-fn attempt<In: Message, I: Iterator<Item = In>>(
+fn attempt<In: Message, I: Iterator<Item: Borrow<In>>>(
     to: &mut To<'_>,
     src: &mut Source<I>,
 ) -> Result<usize, SendFail> {
@@ -157,7 +158,7 @@ fn attempt<In: Message, I: Iterator<Item = In>>(
     let want = src.want();
     let mut fill = |slot: &mut [u8]| match src.next() {
         Some(message) => {
-            slot[..size].copy_from_slice(bytemuck::bytes_of(&message));
+            slot[..size].copy_from_slice(bytemuck::bytes_of(message.borrow()));
             true
         }
         None => false,
@@ -181,7 +182,7 @@ fn attempt<In: Message, I: Iterator<Item = In>>(
         To::Shared(backing @ Backing::Device(_)) => {
             let mut sent = 0;
             while let Some(message) = src.next() {
-                match backing.try_send::<In>([0, 0], bytemuck::bytes_of(&message)) {
+                match backing.try_send::<In>([0, 0], bytemuck::bytes_of(message.borrow())) {
                     Ok(()) => sent += 1,
                     Err(fail) => {
                         src.held = Some(message);
@@ -200,7 +201,7 @@ fn attempt<In: Message, I: Iterator<Item = In>>(
 /// Attempts until everything is sent (`Some(Ok)`), the inbox is full (`None`), or an
 /// error (`Some(Err)`), adding what went through to `sent`.
 #[inline]
-fn step<In: Message, I: Iterator<Item = In>>(
+fn step<In: Message, I: Iterator<Item: Borrow<In>>>(
     to: &mut To<'_>,
     src: &mut Source<I>,
     sent: &mut usize,
@@ -228,7 +229,7 @@ pub(crate) enum Wait {
 
 /// Sends everything `src` holds through `to`, waiting on the kernel's space signal while
 /// the inbox is full (as `wait_send` does for one message). Returns how many were sent.
-pub(crate) fn send_all<In: Message, I: Iterator<Item = In>>(
+pub(crate) fn send_all<In: Message, I: Iterator<Item: Borrow<In>>>(
     mut to: To<'_>,
     src: &mut Source<I>,
     wait: Wait,
@@ -260,7 +261,7 @@ pub(crate) fn send_all<In: Message, I: Iterator<Item = In>>(
 
 /// [`send_all`] from async code, waiting on the space signal's waker (never blocking the
 /// executor thread); `Wait::Until` waits for ever (wrap the future in a timeout).
-pub(crate) async fn send_all_async<In: Message, I: Iterator<Item = In>>(
+pub(crate) async fn send_all_async<In: Message, I: Iterator<Item: Borrow<In>>>(
     mut to: To<'_>,
     src: &mut Source<I>,
     wait: Wait,
@@ -383,7 +384,7 @@ pub(crate) fn send_slice<In: Message>(
     messages: &[In],
     wait: Wait,
 ) -> Result<usize, SendBatchError<In>> {
-    send_all(to, &mut Source::new(messages.iter().copied()), wait).map_err(slice_error)
+    send_all::<In, _>(to, &mut Source::new(messages.iter()), wait).map_err(slice_error)
 }
 
 /// [`send_slice`] from async code.
@@ -392,7 +393,7 @@ pub(crate) async fn send_slice_async<In: Message>(
     messages: &[In],
     wait: Wait,
 ) -> Result<usize, SendBatchError<In>> {
-    send_all_async(to, &mut Source::new(messages.iter().copied()), wait)
+    send_all_async::<In, _>(to, &mut Source::new(messages.iter()), wait)
         .await
         .map_err(slice_error)
 }
@@ -417,11 +418,7 @@ pub(crate) fn try_send_slice<In: Message>(
     messages: &[In],
 ) -> Result<usize, SendBatchError<In>> {
     let mut sent = 0;
-    match step(
-        &mut to,
-        &mut Source::new(messages.iter().copied()),
-        &mut sent,
-    ) {
+    match step::<In, _>(&mut to, &mut Source::new(messages.iter()), &mut sent) {
         None | Some(Ok(())) => Ok(sent),
         Some(Err(error)) => Err(SendBatchError {
             error,

@@ -187,14 +187,11 @@ where
         let size = std::mem::size_of::<In>();
         self.inputs.clear();
         self.sources.clear();
-        for i in 0..batch.len() {
-            let (input, source) = batch.with(i, |m| {
-                let input: In = *bytemuck::from_bytes(&m.payload[..size]);
-                (input, (m.corr, is_timed(m.tag)))
-            });
-            self.inputs.push(input);
-            self.sources.push(source);
-        }
+        let (inputs, sources) = (&mut self.inputs, &mut self.sources);
+        batch.for_each(|_, m| {
+            inputs.push(*bytemuck::from_bytes(&m.payload[..size]));
+            sources.push((m.corr, is_timed(m.tag)));
+        });
         let mut emit = BatchEmit {
             inner: out,
             sources: &self.sources,

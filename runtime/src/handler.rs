@@ -109,6 +109,25 @@ impl Batch<'_> {
     }
 }
 
+impl Batch<'_> {
+    /// Hands every message, borrowed from its slot, to `f` with its index, in order:
+    /// the whole batch in one pass, which finds where the slots are once rather than
+    /// once per message as [`Batch::with`] does.
+    #[inline]
+    pub fn for_each(&self, mut f: impl FnMut(usize, Message<'_>)) {
+        self.consumer.read_run(0, self.len, |i, slot| {
+            f(
+                i as usize,
+                Message {
+                    tag: slot.tag,
+                    corr: slot.corr,
+                    payload: slot.payload,
+                },
+            );
+        });
+    }
+}
+
 impl std::fmt::Debug for Batch<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Batch").field("len", &self.len).finish()

@@ -63,6 +63,9 @@ enum Op {
         keep: Option<usize>,
         last: Option<usize>,
     },
+    /// Find the run at the front (`ready_run(max)`), read messages `from..` of it in
+    /// one pass (`read_run`), release `release` of them (`release_run`).
+    Run { max: u32, from: u32, release: u32 },
     /// Close the producer side.
     Close,
 }
@@ -77,6 +80,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), any::<bool>()).prop_map(|(index, cancel)| Op::Finish { index, cancel }),
         4 => (0u32..=10, proptest::option::weighted(0.2, 0usize..6), proptest::option::weighted(0.2, 0usize..6))
             .prop_map(|(max, keep, last)| Op::Consume { max, keep, last }),
+        2 => (0u32..=10, 0u32..=4, 0u32..=10)
+            .prop_map(|(max, from, release)| Op::Run { max, from, release }),
         1 => Just(Op::Close),
     ]
 }
@@ -123,17 +128,46 @@ impl<'p> Harness<'p> {
         );
         let claim = got.ok()?;
         assert_eq!(claim.len(), len);
+        let payload_bytes = self.payload_bytes;
+        let fill = |position: u32, payload: &mut [u8]| {
+            assert_eq!(payload.len(), payload_bytes);
+            assert_eq!(payload.as_ptr() as usize % PAYLOAD_ALIGN as usize, 0);
+            for (offset, byte) in payload.iter_mut().enumerate() {
+                *byte = pattern(position, seed, offset);
+            }
+        };
+        let header = |position: u32| (make_tag(kind, position & 0xFFFF), [position, seed]);
+        if seed.is_multiple_of(2) {
+            for i in 0..len {
+                let position = self.tail.wrapping_add(i);
+                let (tag, corr) = header(position);
+                claim.write(i, tag, corr, |payload| fill(position, payload));
+            }
+        } else {
+            // The run form, in two parts: the first stops at `split` (its source ran
+            // dry there), the second writes the rest from `split` on.
+            let split = (seed / 2) % (len + 1);
+            let start = self.tail;
+            let run = |from: u32, to: u32| {
+                claim.write_run(from, |i, payload| {
+                    assert!(i >= from, "write_run({from}) asked for slot {i}");
+                    (i < to).then(|| {
+                        let position = start.wrapping_add(i);
+                        fill(position, payload);
+                        header(position)
+                    })
+                })
+            };
+            assert_eq!(
+                run(0, split),
+                split,
+                "write_run stops where its source does"
+            );
+            assert_eq!(run(split, len), len, "write_run writes to the end");
+        }
         for i in 0..len {
             let position = self.tail.wrapping_add(i);
-            let tag = make_tag(kind, position & 0xFFFF);
-            let payload_bytes = self.payload_bytes;
-            claim.write(i, tag, [position, seed], |payload| {
-                assert_eq!(payload.len(), payload_bytes);
-                assert_eq!(payload.as_ptr() as usize % PAYLOAD_ALIGN as usize, 0);
-                for (offset, byte) in payload.iter_mut().enumerate() {
-                    *byte = pattern(position, seed, offset);
-                }
-            });
+            let (tag, _) = header(position);
             self.entries.push_back(Entry::Pending(Message {
                 position,
                 tag,
@@ -195,6 +229,7 @@ impl<'p> Harness<'p> {
                 }
             }
             Op::Consume { max, keep, last } => self.consume(max, keep, last),
+            Op::Run { max, from, release } => self.run(max, from, release),
             Op::Close => {
                 assert_eq!(self.producer.close(), self.tail, "close returns the tail");
                 self.closed = true;
@@ -267,6 +302,66 @@ impl<'p> Harness<'p> {
             self.entries.pop_front();
         }
         self.head = self.head.wrapping_add(taken);
+    }
+
+    /// Checks one message handed over in place against the model's.
+    fn check_slot(&self, slot: &gyre_runtime::ring::SlotRef<'_>, expected: Message) {
+        let message = Message {
+            position: slot.position,
+            tag: slot.tag,
+            seed: slot.corr[1],
+        };
+        assert_eq!(message, expected, "message at {}", slot.position);
+        assert_eq!(slot.corr[0], slot.position);
+        assert_eq!(slot.payload.len(), self.payload_bytes);
+        for (offset, byte) in slot.payload.iter().enumerate() {
+            assert_eq!(*byte, pattern(slot.position, message.seed, offset));
+        }
+    }
+
+    fn run(&mut self, max: u32, from: u32, release: u32) {
+        // The model: cancelled entries at the front are released, then the run is the
+        // published messages up to `max`, ending at a pending or cancelled entry.
+        let skipped = self
+            .entries
+            .iter()
+            .take_while(|e| matches!(e, Entry::Cancelled))
+            .count();
+        for _ in 0..skipped {
+            self.entries.pop_front();
+        }
+        self.head = self.head.wrapping_add(skipped as u32);
+        let expected: Vec<Message> = self
+            .entries
+            .iter()
+            .map_while(|e| match *e {
+                Entry::Published(message) => Some(message),
+                _ => None,
+            })
+            .take(max as usize)
+            .collect();
+        let n = self.consumer.ready_run(max);
+        assert_eq!(n as usize, expected.len(), "ready_run({max})");
+        assert_eq!(
+            self.consumer.head(),
+            self.head,
+            "ready_run releases cancelled slots"
+        );
+        let from = from.min(n);
+        let mut next = from;
+        let consumer = &self.consumer;
+        consumer.read_run(from, n, |i, slot| {
+            assert_eq!(i, next, "read_run hands messages over in order");
+            self.check_slot(&slot, expected[i as usize]);
+            next += 1;
+        });
+        assert_eq!(next, n, "read_run({from}, {n}) handed over every message");
+        let release = release.min(n);
+        self.consumer.release_run(release);
+        for _ in 0..release {
+            self.entries.pop_front();
+        }
+        self.head = self.head.wrapping_add(release);
     }
 
     fn check(&self) {

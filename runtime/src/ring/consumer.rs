@@ -247,6 +247,44 @@ impl<M: RingMemory> Consumer<M> {
         }
     }
 
+    /// Hands messages `from..to` of the run the last [`Consumer::ready_run`] found to
+    /// `f`, in order, each read in place as [`Consumer::with_run_slot`] reads one; where
+    /// the slots are is read once for the whole run, not once per message.
+    ///
+    /// # Panics
+    /// When `to` is beyond what is left of that run.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub fn read_run(&self, from: u32, to: u32, mut f: impl FnMut(u32, SlotRef<'_>)) {
+        assert!(
+            to <= self.run,
+            "messages up to {to} are outside a run of {}",
+            self.run
+        );
+        let (head, mask) = (self.head, self.mask);
+        #[cfg(not(loom))]
+        let slots = self.slots;
+        for i in from..to {
+            let position = head.wrapping_add(i);
+            let index = position & mask;
+            // SAFETY: `ready_run` saw the position published (stamp loaded with Acquire)
+            // and not cancelled, and it is not released: the producer does not write it.
+            unsafe {
+                #[cfg(not(loom))]
+                if let Some(slots) = slots {
+                    let (at, len) = slots.body(index);
+                    hand_body(std::slice::from_raw_parts(at, len), position, i, &mut f);
+                } else {
+                    self.mem
+                        .with_body(index, |body| hand_body(body, position, i, &mut f));
+                }
+                #[cfg(loom)]
+                self.mem
+                    .with_body(index, |body| hand_body(body, position, i, &mut f));
+            }
+        }
+    }
+
     /// Releases the first `count` messages of the current run to producers.
     ///
     /// # Panics
@@ -311,6 +349,16 @@ impl SlotRef<'_> {
         } else {
             self.corr
         }
+    }
+}
+
+/// Message `i` of a [`Consumer::read_run`], at `position`, to `f`.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn hand_body(body: &[u8], position: u32, i: u32, f: &mut impl FnMut(u32, SlotRef<'_>)) {
+    match parse_slot(position, body) {
+        Some(slot) => f(i, slot),
+        None => unreachable!("ready_run stops at cancelled slots"),
     }
 }
 

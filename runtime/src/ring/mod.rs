@@ -742,6 +742,56 @@ impl<M: RingMemory> Claim<'_, M> {
         }
     }
 
+    /// Writes slots `from..len()` of the claim in order, as [`Claim::write`] does one,
+    /// until `fill` runs dry: `fill(i, payload)` fills slot `i`'s payload and answers
+    /// its tag and correlation id, or `None` when it has no message for the slot (what
+    /// it wrote is then ignored). Returns the index of the first slot not written
+    /// (`len()` when every one was); the caller writes the rest (as cancelled, say)
+    /// before [`Claim::publish`].
+    ///
+    /// The way to write a batch: where the slots are is read once for the whole run, not
+    /// once per message.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
+    pub fn write_run(
+        &self,
+        from: u32,
+        mut fill: impl FnMut(u32, &mut [u8]) -> Option<(u32, [u32; 2])>,
+    ) -> u32 {
+        let producer = self.producer;
+        // Copied out once: the payload writes below cannot change them, but the compiler
+        // cannot tell through `&self`, and would reload them for every slot.
+        let (start, len, mask) = (self.start, self.len, producer.mask);
+        #[cfg(not(loom))]
+        let slots = producer.slots;
+        let mut i = from;
+        while i < len {
+            let index = start.wrapping_add(i) & mask;
+            // SAFETY: as in `Claim::write`: the claim owns the position exclusively and
+            // has not stamped it.
+            let wrote = unsafe {
+                #[cfg(not(loom))]
+                if let Some(slots) = slots {
+                    let (at, body_len) = slots.body(index);
+                    write_body(std::slice::from_raw_parts_mut(at, body_len), i, &mut fill)
+                } else {
+                    producer
+                        .mem
+                        .with_body_mut(index, |body| write_body(body, i, &mut fill))
+                }
+                #[cfg(loom)]
+                producer
+                    .mem
+                    .with_body_mut(index, |body| write_body(body, i, &mut fill))
+            };
+            if !wrote {
+                break;
+            }
+            i += 1;
+        }
+        i
+    }
+
     /// Publishes every claimed slot, in order.
     #[inline]
     pub fn publish(self) {
@@ -773,6 +823,25 @@ impl<M: RingMemory> Drop for Claim<'_, M> {
             self.producer.stamp_full(position);
         }
     }
+}
+
+/// Slot `i` of a [`Claim::write_run`]: `fill` writes the payload, then the header it
+/// answers; `false` when it had no message.
+#[allow(clippy::inline_always)]
+#[inline(always)]
+fn write_body(
+    body: &mut [u8],
+    i: u32,
+    fill: &mut impl FnMut(u32, &mut [u8]) -> Option<(u32, [u32; 2])>,
+) -> bool {
+    let (header, payload) = body.split_at_mut(12);
+    let Some((tag, corr)) = fill(i, payload) else {
+        return false;
+    };
+    header[0..4].copy_from_slice(&tag.to_ne_bytes());
+    header[4..8].copy_from_slice(&corr[0].to_ne_bytes());
+    header[8..12].copy_from_slice(&corr[1].to_ne_bytes());
+    true
 }
 
 /// Waits until every position in `from..tail` is stamped full, spinning at most `spins`

@@ -160,14 +160,9 @@ impl KernelCore {
             }
         };
         let start = claim.start();
-        let mut written = 0;
-        while written < claim.len() {
-            let (tag, corr) = host_header(start.wrapping_add(written), [0, 0]);
-            if !claim.write(written, tag, corr, &mut fill) {
-                break;
-            }
-            written += 1;
-        }
+        let written = claim.write_run(0, |i, payload| {
+            fill(payload).then(|| host_header(start.wrapping_add(i), [0, 0]))
+        });
         // The source ran dry: the rest of the claim is published as cancelled.
         for i in written..claim.len() {
             claim.write(i, crate::abi::KIND_CANCELLED, [0, 0], |_| ());
@@ -303,21 +298,30 @@ impl KernelCore {
         if max == 0 {
             return Ok(0);
         }
+        let before = rx.head();
         let mut handed = 0;
-        let released = rx.consume(max, |slot| {
-            if slot.is_timed() {
-                let sent = u64::from(slot.corr[0]) | (u64::from(slot.corr[1]) << 32);
-                self.latency
-                    .record(crate::metrics::clock_ns().saturating_sub(sent));
+        // Run by run: a run ends at a cancelled slot, which the next `ready_run` skips.
+        while handed < max {
+            let run = rx.ready_run(max - handed);
+            if run == 0 {
+                break;
             }
-            f(SlotRef {
-                corr: slot.user_corr(),
-                ..slot
+            rx.read_run(0, run, |_, slot| {
+                if slot.is_timed() {
+                    let sent = u64::from(slot.corr[0]) | (u64::from(slot.corr[1]) << 32);
+                    self.latency
+                        .record(crate::metrics::clock_ns().saturating_sub(sent));
+                }
+                f(SlotRef {
+                    corr: slot.user_corr(),
+                    ..slot
+                });
             });
-            handed += 1;
-            Step::Next
-        });
-        if released > 0 {
+            rx.release_run(run);
+            handed += run;
+        }
+        // Messages taken and cancelled slots skipped.
+        if rx.head() != before {
             self.after_output_consumed();
         }
         if handed > 0 {

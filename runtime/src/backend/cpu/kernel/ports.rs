@@ -484,17 +484,18 @@ impl Emitter<'_> {
                         unsafe { ring.try_claim_exclusive(room) }
                     });
                     if let Some(Ok(claim)) = claimed {
-                        for i in 0..room {
+                        let id = core.id;
+                        let written = claim.write_run(0, |i, body| {
                             let (corr, timed, payload) = item(i as usize);
+                            body[..payload.len()].copy_from_slice(payload);
                             let kind = if timed {
                                 crate::abi::KIND_TIMED
                             } else {
                                 KIND_MESSAGE
                             };
-                            claim.write(i, make_tag(kind, core.id), corr, |body| {
-                                body[..payload.len()].copy_from_slice(payload);
-                            });
-                        }
+                            Some((make_tag(kind, id), corr))
+                        });
+                        debug_assert_eq!(written, room, "every item has a payload");
                         claim.publish();
                         self.emitted += room;
                         core.notify_target(&slot.target);
