@@ -36,8 +36,9 @@ pub struct SendBatchError<In> {
     /// Messages sent before the failure (the first `sent` of the batch, in order).
     pub sent: usize,
     /// `send_iter` only: the item taken from the iterator and not sent, which comes
-    /// before everything the iterator still holds. On the CPU an item is taken from the
-    /// iterator only into a slot already claimed for it, so this is always `None`; on a
+    /// before everything the iterator still holds. A batch send takes the next item
+    /// before it asks for room (so an iterator that yields nothing takes none), so after
+    /// a failure this is usually `Some`: resend it first, then the iterator's rest. On a
     /// device backend (one send per message) it is the message whose send failed. Always
     /// `None` for a slice: its unsent messages are `&messages[sent..]`.
     pub unsent: Option<In>,

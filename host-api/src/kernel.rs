@@ -570,12 +570,17 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     }
 
     /// Sends what `messages` yields, in order, waiting while the inbox is full. Items
-    /// are taken from the iterator only as they are sent, so pass `iter.by_ref()` to
-    /// keep the unsent rest when the send fails. Returns how many were sent.
+    /// are taken from the iterator as they are sent, at most one ahead (handed back in
+    /// [`SendBatchError::unsent`] when the send stops), so pass `iter.by_ref()` to keep
+    /// the unsent rest when the send fails. Returns how many were sent.
     ///
     /// # Errors
     /// As [`Kernel::send_batch`]; the unsent messages are
     /// [`SendBatchError::unsent`] followed by what the iterator still holds.
+    ///
+    /// # Panics
+    /// When the iterator panics: the panic goes on to the caller, and the messages the
+    /// iterator yielded before it are sent (the same holds for every `send_iter`).
     pub fn send_iter<I: IntoIterator<Item = In>>(
         &self,
         messages: I,

@@ -246,8 +246,9 @@ impl<In: Message> Sender<In> {
     }
 
     /// Sends what `messages` yields, in order, according to the policy. Items are taken
-    /// from the iterator only as they are sent: pass `iter.by_ref()` to keep the unsent
-    /// rest. Returns how many were sent.
+    /// from the iterator as they are sent, at most one ahead (handed back in
+    /// [`SendBatchError::unsent`] when the send stops): pass `iter.by_ref()` to keep the
+    /// unsent rest. Returns how many were sent.
     ///
     /// # Errors
     /// As [`Sender::send_batch`]; the unsent messages are [`SendBatchError::unsent`]
@@ -475,7 +476,8 @@ impl<In: Message> ExclusiveSender<In> {
     }
 
     /// Sends what `messages` yields, in order, waiting while the lane is full. Items are
-    /// taken from the iterator only as they are sent: pass `iter.by_ref()` to keep the
+    /// taken from the iterator as they are sent, at most one ahead (handed back in
+    /// [`SendBatchError::unsent`] when the send stops): pass `iter.by_ref()` to keep the
     /// unsent rest. Returns how many were sent.
     ///
     /// # Errors

@@ -474,6 +474,69 @@ fn an_iterator_that_yields_nothing_takes_no_room() {
     }
 }
 
+/// An iterator that panics in the middle of a batch send: what it yielded before the
+/// panic is sent, the panic reaches the caller, and the inbox is not left holding the
+/// rest of the claim (it used to be: the claim's slots were published as cancelled but
+/// the idle kernel was never woken to skip them, so every later send waited for room),
+/// for the shared inbox and for the exclusive lane.
+#[test]
+fn an_iterator_that_panics_leaves_the_inbox_usable() {
+    for (name, runtime) in runtimes() {
+        for lane in [false, true] {
+            let kernel = runtime.launch(echo("echo")).unwrap();
+            kernel.activate().unwrap();
+            // Let the kernel go idle.
+            std::thread::sleep(Duration::from_millis(20));
+            let mut exclusive = lane.then(|| kernel.exclusive_sender().unwrap());
+            let bursting = (0..CAPACITY).map(|seq| {
+                assert!(seq != 3, "the caller's iterator panics");
+                record(seq)
+            });
+            let panicked =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    match exclusive.as_mut() {
+                        Some(lane) => lane.send_iter(bursting),
+                        None => kernel.send_iter(bursting),
+                    }
+                }));
+            assert!(panicked.is_err(), "{name}, lane {lane}: the panic goes on");
+            // A ring's worth must fit again, and come out after what went before the panic.
+            let all: Vec<Record> = (100..100 + CAPACITY).map(record).collect();
+            let sends = {
+                let kernel = kernel.clone();
+                let all = all.clone();
+                std::thread::spawn(move || {
+                    let sent = match exclusive.as_mut() {
+                        Some(lane) => lane.send_batch_timeout(&all, Duration::from_secs(5)),
+                        None => kernel.send_batch_timeout(&all, Duration::from_secs(5)),
+                    };
+                    sent.unwrap_or_else(|e| panic!("a ring's worth after the panic: {e}"));
+                })
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !sends.is_finished() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name}, lane {lane}: the sends after the panic still wait after 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sends
+                .join()
+                .unwrap_or_else(|_| panic!("{name}, lane {lane}"));
+            let expected: Vec<Record> = (0..3).map(record).chain(all).collect();
+            let mut got = Vec::new();
+            while got.len() < expected.len() {
+                kernel
+                    .recv_batch_timeout(&mut got, 64, TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{name}, lane {lane}: after {}: {e}", got.len()));
+            }
+            assert_eq!(got, expected, "{name}, lane {lane}");
+            kernel.drain(TIMEOUT).unwrap();
+        }
+    }
+}
+
 /// A batch send blocked on a full inbox returns `Faulted` when the handler panics, in
 /// every form (blocking, exclusive lane, async on a current-thread runtime). The fault
 /// used to wake waiting senders before it closed the inbox: a woken batch send found it

@@ -1,5 +1,6 @@
 //! The host side of a CPU kernel's rings: sends into its inbox, receives from its outbox.
 
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use super::{ExclusiveLane, KernelCore, OutputConsumer, Ring};
@@ -108,7 +109,9 @@ impl KernelCore {
     /// one wake of the kernel, without waiting. `fill` writes the next message's payload
     /// into the slot it is given and returns `true`, or returns `false` when there is no
     /// next message: that slot and the rest of the claim are published as cancelled
-    /// (the kernel skips them) and `fill` is not called again.
+    /// (the kernel skips them) and `fill` is not called again. When `fill` panics, the
+    /// messages it wrote before are sent, the rest of the claim is cancelled, and the
+    /// panic goes on.
     ///
     /// Every message carries correlation id 0 and is timed by position like a message
     /// of [`KernelCore::try_send`].
@@ -160,18 +163,30 @@ impl KernelCore {
             }
         };
         let start = claim.start();
-        let written = claim.write_run(0, |i, payload| {
-            fill(payload).then(|| host_header(start.wrapping_add(i), [0, 0]))
-        });
-        // The source ran dry: the rest of the claim is published as cancelled.
+        // Slots written in full so far: what stays sent if `fill` (the caller's source, an
+        // iterator) panics.
+        let mut written = 0;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            claim.write_run(0, |i, payload| {
+                let header = fill(payload).then(|| host_header(start.wrapping_add(i), [0, 0]));
+                written = i + u32::from(header.is_some());
+                header
+            })
+        }));
+        // The source ran dry (or panicked): the rest of the claim is published as
+        // cancelled, and what was written before is sent.
         for i in written..claim.len() {
             claim.write(i, crate::abi::KIND_CANCELLED, [0, 0], |_| ());
         }
         claim.publish();
         // Even when nothing was written: the cancelled slots hold room until the kernel
         // skips them, and an idle kernel only does that once woken (without this, an
-        // iterator that came up empty left a full-looking inbox that no send woke).
+        // iterator that came up empty, or panicked, left a full-looking inbox that no
+        // send woke).
         self.wake();
+        if let Err(panic) = outcome {
+            resume_unwind(panic);
+        }
         Ok(written)
     }
 
