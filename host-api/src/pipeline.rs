@@ -157,6 +157,14 @@ impl<In: Message, Out: Message> Pipeline<In, Out> {
         self.input.send(message)
     }
 
+    /// Sends into the first stage, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`Kernel::send_timeout`].
+    pub fn send_timeout(&self, message: In, timeout: Duration) -> Result<(), SendError<In>> {
+        self.input.send_within(message, timeout)
+    }
+
     /// Sends with a correlation id (carried through every stage that emits with
     /// [`crate::Emit::emit`]).
     ///
@@ -221,6 +229,19 @@ impl<In: Message, Out: Message> Pipeline<In, Out> {
     /// As [`Kernel::send_batch`]: `&messages[err.sent..]` were not sent.
     pub fn send_batch(&self, messages: &[In]) -> Result<usize, SendBatchError<In>> {
         self.input.send_batch(messages)
+    }
+
+    /// Sends every message of `messages` into the first stage, in order, waiting at most
+    /// `timeout` (for the whole batch) for room (see [`Kernel::send_batch_timeout`]).
+    ///
+    /// # Errors
+    /// As [`Kernel::send_batch_timeout`]: `&messages[err.sent..]` were not sent.
+    pub fn send_batch_timeout(
+        &self,
+        messages: &[In],
+        timeout: Duration,
+    ) -> Result<usize, SendBatchError<In>> {
+        self.input.send_batch_within(messages, timeout)
     }
 
     /// Sends as many of `messages` as there is room for now, without waiting (see

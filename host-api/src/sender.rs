@@ -201,6 +201,25 @@ impl<In: Message> Sender<In> {
         try_send(&self.backing, message, 0)
     }
 
+    /// Sends, waiting at most `timeout` for room, whatever the policy.
+    pub(crate) fn send_within(&self, message: In, timeout: Duration) -> Result<(), SendError<In>> {
+        let b = &self.backing;
+        wait_send(b, message, 0, Some(Instant::now() + timeout), |c, bytes| {
+            b.try_send::<In>(c, bytes)
+        })
+    }
+
+    /// Sends every message of `messages`, waiting at most `timeout` (for the whole
+    /// batch) for room, whatever the policy.
+    pub(crate) fn send_batch_within(
+        &self,
+        messages: &[In],
+        timeout: Duration,
+    ) -> Result<usize, SendBatchError<In>> {
+        let deadline = Some(Instant::now() + timeout);
+        batch::send_slice(To::Shared(&self.backing), messages, Wait::Until(deadline))
+    }
+
     /// Sends with a correlation id from async code (see [`Sender::send_async`]).
     ///
     /// # Errors

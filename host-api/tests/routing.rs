@@ -511,6 +511,53 @@ fn group_kernel_refuses_a_foreign_stage() {
     group.terminate();
 }
 
+/// A pipeline's sends with a time limit: into a first stage that is not active yet, a
+/// batch bigger than its inbox fills it and stops with `Timeout` after the limit (the
+/// rest not sent), and a single send then times out too; once active, everything sent
+/// comes out, in order.
+#[test]
+fn a_pipeline_sends_with_a_time_limit() {
+    let rt = Runtime::builder().workers(1).build().unwrap();
+    let pipeline = rt
+        .pipeline::<u32>("limited")
+        .stage(
+            KernelSpec::<u32, u32>::new("first")
+                .capacity(4)
+                .cpu(|x, out| Ok(out.emit(*x)?)),
+        )
+        .stage(KernelSpec::<u32, u32>::new("last").cpu(|x, out| Ok(out.emit(*x * 2)?)))
+        .launch()
+        .unwrap();
+    let limit = Duration::from_millis(50);
+    let started = std::time::Instant::now();
+    let error = pipeline
+        .send_batch_timeout(&[1, 2, 3, 4, 5, 6], limit)
+        .unwrap_err();
+    assert!(
+        matches!(error.error, Error::Timeout { .. }),
+        "{:?}",
+        error.error
+    );
+    assert_eq!(error.sent, 4, "the inbox holds four");
+    assert!(
+        started.elapsed() >= limit,
+        "it waited for room until the limit"
+    );
+    assert!(matches!(
+        pipeline.send_timeout(5, limit).map_err(|e| e.error),
+        Err(Error::Timeout { .. })
+    ));
+    pipeline.activate().unwrap();
+    assert_eq!(pipeline.send_batch_timeout(&[5, 6], SECOND * 5).unwrap(), 2);
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        pipeline
+            .recv_batch_timeout(&mut got, 8, SECOND * 5)
+            .unwrap();
+    }
+    assert_eq!(got, [2, 4, 6, 8, 10, 12]);
+}
+
 /// A CPU pipeline whose middle stage faulted restarts through its group, as a device
 /// group does: the faulted stage restarts (the poison message goes to the dead letters),
 /// comes back active with its routes, and the pipeline carries messages again. A running
