@@ -224,8 +224,9 @@ pub unsafe trait RingMemory {
     /// the slots are reached some other way; then [`RingMemory::stamp`] and the body
     /// accessors are the only way to them.
     ///
-    /// The ring's halves read this once, when they are made, and reach slots by pointer
-    /// arithmetic from then on instead of through the accessors on every message.
+    /// The ring's halves read this once, when they are made; their run methods
+    /// (`Claim::write_run`, `Consumer::read_run`) reach slots by pointer arithmetic from
+    /// it instead of through the accessors for every message of a batch.
     #[cfg(not(loom))]
     #[inline]
     fn slot_region(&self) -> Option<NonNull<u8>> {
@@ -234,8 +235,8 @@ pub unsafe trait RingMemory {
 }
 
 /// The slots of a ring in one plain region (see [`RingMemory::slot_region`]), kept by a
-/// [`super::Producer`] or [`super::Consumer`] so that reaching a slot is one multiply and
-/// add on values it holds, not a walk through the memory's accessors.
+/// [`super::Producer`] or [`super::Consumer`] so that reaching a slot of a run is one
+/// multiply and add on values it holds, not a walk through the memory's accessors.
 #[cfg(not(loom))]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Slots {
@@ -263,31 +264,12 @@ impl Slots {
         })
     }
 
-    /// The stamp of slot `index`.
-    ///
-    /// # Safety
-    /// `index < capacity`, and the memory this span came from outlives `'a`.
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    pub(crate) unsafe fn stamp<'a>(self, index: u32) -> &'a AtomicU32 {
-        // SAFETY: `slot_region`'s contract puts the stamp here, 4-aligned (slots are
-        // 16-aligned) and accessed only atomically; the caller keeps the region alive.
-        #[allow(clippy::cast_ptr_alignment)]
-        unsafe {
-            AtomicU32::from_ptr(
-                self.first
-                    .as_ptr()
-                    .add(index as usize * self.stride)
-                    .cast::<u32>(),
-            )
-        }
-    }
-
     /// The body of slot `index`: the `stride - 4` bytes after its stamp.
     ///
     /// # Safety
-    /// As [`Slots::stamp`]; the caller may only use the pointer as
-    /// [`RingMemory::with_body`] or [`RingMemory::with_body_mut`] allows.
+    /// `index < capacity`, and the memory this span came from is alive while the
+    /// pointer is used, only as [`RingMemory::with_body`] or
+    /// [`RingMemory::with_body_mut`] allows.
     #[allow(clippy::inline_always)]
     #[inline(always)]
     pub(crate) unsafe fn body(self, index: u32) -> (*mut u8, usize) {

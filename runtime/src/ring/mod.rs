@@ -174,32 +174,17 @@ impl<M: RingMemory> Producer<M> {
     #[allow(clippy::inline_always)]
     #[inline(always)]
     fn stamp_at(&self, index: u32) -> &AtomicU32 {
-        #[cfg(not(loom))]
-        if let Some(slots) = self.slots {
-            // SAFETY: `index` is a masked position, below the capacity, and `self.mem`
-            // keeps the region alive while `self` is borrowed.
-            return unsafe { slots.stamp(index) };
-        }
         self.mem.stamp(index)
     }
 
-    /// Runs `f` over the body of slot `index`, mutably: [`RingMemory::with_body_mut`]
-    /// through the span read at creation when there is one.
+    /// Runs `f` over the body of slot `index`, mutably, through the memory's accessor
+    /// (see `Consumer::with_body_at` for why not through `slots`).
     ///
     /// # Safety
     /// As [`RingMemory::with_body_mut`].
     #[allow(clippy::inline_always)]
     #[inline(always)]
     unsafe fn with_body_mut_at<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        #[cfg(not(loom))]
-        if let Some(slots) = self.slots {
-            // SAFETY: the body of slot `index < capacity` in the region `self.mem` keeps
-            // alive; the caller has exclusive use of it (this function's contract).
-            return f(unsafe {
-                let (at, len) = slots.body(index);
-                std::slice::from_raw_parts_mut(at, len)
-            });
-        }
         // SAFETY: the caller's obligations are passed on unchanged.
         unsafe { self.mem.with_body_mut(index, f) }
     }
