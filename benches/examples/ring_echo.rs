@@ -1,5 +1,5 @@
 //! Where the batch line's gap is: its workload (host → echo → host, batches of 64, 512
-//! in flight, `gyre-bench`'s `batch_throughput` loop) through five servers, interleaved
+//! in flight, `gyre-bench`'s `batch_throughput` loop) through six servers, interleaved
 //! in one process so that every round sees the same placement of the two vCPUs:
 //!
 //! - `gyre-batch`: the runtime, as `gyre-bench` runs it (a dedicated kernel with a
@@ -13,6 +13,10 @@
 //! - `raw-64`: `run-64`'s protocol (claim, slot writes, stamps with Release, stamp
 //!   checks with Acquire, one `head` store per batch) written with raw pointers, no
 //!   `Claim`/`Consumer` layers around it;
+//! - `split-64`: the same protocol over the layout `runtime/docs/ABI.md` proposes (§ "A
+//!   layout with the headers apart"): each position's 16-byte header (stamp, tag,
+//!   correlation id) in one array, four to a cache line, and its payload in another, so
+//!   a whole 64-byte message takes one payload line and a quarter of a header line;
 //! - `rtrb-chunk`: the baseline, two rtrb rings and their chunk API.
 //!
 //! ```text
@@ -347,8 +351,259 @@ mod raw {
     }
 }
 
+/// `split-64`: the ring protocol over the proposed layout (headers apart from payloads),
+/// with raw pointers, as `raw` does for today's layout. A prototype for measuring, not
+/// the runtime's ring: its own cursors, no close protocol, one producer and one consumer.
+#[allow(clippy::cast_ptr_alignment)]
+mod split {
+    use super::{Arc, JoinHandle, Msg, Ordering, BATCH, CAPACITY};
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+    use std::sync::atomic::AtomicU32;
+
+    const MASK: u32 = CAPACITY - 1;
+    /// Header bytes per position: stamp, tag, two correlation words.
+    const HEADER: usize = 16;
+
+    /// A cursor alone on its pair of cache lines.
+    #[repr(align(128))]
+    struct Cursor(AtomicU32);
+
+    /// One ring: `tail` and `head` on lines of their own, the header array, the payload
+    /// array (both 128-aligned).
+    struct Ring {
+        tail: Cursor,
+        head: Cursor,
+        headers: *mut u8,
+        payloads: *mut Msg,
+    }
+
+    // SAFETY: the arrays are owned by the ring and accessed under the ring protocol
+    // (stamps with Release/Acquire, `head` with Release/Acquire).
+    unsafe impl Send for Ring {}
+    // SAFETY: as for `Send`.
+    unsafe impl Sync for Ring {}
+
+    fn headers_layout() -> Layout {
+        Layout::from_size_align(CAPACITY as usize * HEADER, 128).expect("a valid layout")
+    }
+
+    fn payloads_layout() -> Layout {
+        Layout::array::<Msg>(CAPACITY as usize)
+            .and_then(|l| l.align_to(128))
+            .expect("a valid layout")
+    }
+
+    impl Ring {
+        fn new() -> Arc<Self> {
+            // SAFETY: both layouts have a non-zero size.
+            let (headers, payloads) = unsafe {
+                (
+                    alloc_zeroed(headers_layout()),
+                    alloc_zeroed(payloads_layout()).cast::<Msg>(),
+                )
+            };
+            assert!(!headers.is_null() && !payloads.is_null(), "out of memory");
+            let ring = Self {
+                tail: Cursor(AtomicU32::new(0)),
+                head: Cursor(AtomicU32::new(0)),
+                headers,
+                payloads,
+            };
+            // Stamps "full for the previous lap", as ABI.md § 3 says for origin 0.
+            for position in 0..CAPACITY {
+                ring.stamp(position).store(
+                    position.wrapping_sub(CAPACITY).wrapping_add(1),
+                    Ordering::Relaxed,
+                );
+            }
+            Arc::new(ring)
+        }
+
+        /// The header of `position`.
+        fn header(&self, position: u32) -> *mut u32 {
+            // SAFETY: a masked index is inside the header array.
+            unsafe {
+                self.headers
+                    .add((position & MASK) as usize * HEADER)
+                    .cast::<u32>()
+            }
+        }
+
+        fn stamp(&self, position: u32) -> &AtomicU32 {
+            // SAFETY: the header's first word, 16-aligned, only accessed atomically.
+            unsafe { AtomicU32::from_ptr(self.header(position)) }
+        }
+
+        fn payload(&self, position: u32) -> *mut Msg {
+            // SAFETY: a masked index is inside the payload array.
+            unsafe { self.payloads.add((position & MASK) as usize) }
+        }
+    }
+
+    impl Drop for Ring {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with these layouts.
+            unsafe {
+                dealloc(self.headers, headers_layout());
+                dealloc(self.payloads.cast::<u8>(), payloads_layout());
+            }
+        }
+    }
+
+    /// The producing half: claims by storing `tail` (one producer), writes payloads and
+    /// headers, then the stamps.
+    struct Tx {
+        ring: Arc<Ring>,
+        tail: u32,
+        cached_head: u32,
+    }
+
+    impl Tx {
+        fn send(&mut self, messages: &[Msg]) {
+            let n = messages.len() as u32;
+            while CAPACITY - self.tail.wrapping_sub(self.cached_head) < n {
+                self.cached_head = self.ring.head.0.load(Ordering::Acquire);
+                std::hint::spin_loop();
+            }
+            let start = self.tail;
+            self.tail = start.wrapping_add(n);
+            self.ring.tail.0.store(self.tail, Ordering::Release);
+            for (i, msg) in messages.iter().enumerate() {
+                let position = start.wrapping_add(i as u32);
+                // SAFETY: the position is claimed and unstamped: nobody reads it.
+                unsafe {
+                    self.ring.payload(position).write(*msg);
+                    let header = self.ring.header(position);
+                    header.add(1).write(0);
+                    header.add(2).write(0);
+                    header.add(3).write(0);
+                }
+            }
+            for i in 0..n {
+                let position = start.wrapping_add(i);
+                self.ring
+                    .stamp(position)
+                    .store(position.wrapping_add(1), Ordering::Release);
+            }
+        }
+    }
+
+    /// The consuming half: finds the run by its stamps, reads in place, stores `head`.
+    struct Rx {
+        ring: Arc<Ring>,
+        head: u32,
+    }
+
+    impl Rx {
+        fn ready(&self, max: u32) -> u32 {
+            (0..max)
+                .take_while(|&n| {
+                    let position = self.head.wrapping_add(n);
+                    self.ring.stamp(position).load(Ordering::Acquire) == position.wrapping_add(1)
+                })
+                .count() as u32
+        }
+
+        /// Message `i` of the run (its tag read as well, as a consumer must).
+        fn read(&self, i: u32) -> Msg {
+            let position = self.head.wrapping_add(i);
+            // SAFETY: published (seen by `ready`) and not released.
+            unsafe {
+                std::hint::black_box(self.ring.header(position).add(1).read());
+                self.ring.payload(position).read()
+            }
+        }
+
+        fn release(&mut self, n: u32) {
+            self.head = self.head.wrapping_add(n);
+            self.ring.head.0.store(self.head, Ordering::Release);
+        }
+    }
+
+    /// The server.
+    pub struct Echo {
+        tx: Tx,
+        rx: Rx,
+        thread: JoinHandle<()>,
+    }
+
+    /// Starts it.
+    pub fn start() -> Echo {
+        let (there, back) = (Ring::new(), Ring::new());
+        let tx = Tx {
+            ring: there.clone(),
+            tail: 0,
+            cached_head: 0,
+        };
+        let rx = Rx {
+            ring: back.clone(),
+            head: 0,
+        };
+        let mut echo_rx = Rx {
+            ring: there,
+            head: 0,
+        };
+        let mut echo_tx = Tx {
+            ring: back,
+            tail: 0,
+            cached_head: 0,
+        };
+        let thread = std::thread::spawn(move || {
+            let mut batch = [Msg::default(); BATCH];
+            loop {
+                let n = echo_rx.ready(BATCH as u32);
+                if n == 0 {
+                    // The host dropped its half: everything was sent.
+                    if Arc::strong_count(&echo_rx.ring) == 1 {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                    continue;
+                }
+                for (i, msg) in batch.iter_mut().take(n as usize).enumerate() {
+                    *msg = echo_rx.read(i as u32);
+                }
+                echo_tx.send(&batch[..n as usize]);
+                echo_rx.release(n);
+            }
+        });
+        Echo { tx, rx, thread }
+    }
+
+    impl gyre_bench::BatchEcho for Echo {
+        fn send_batch(&mut self, messages: &[Msg]) {
+            self.tx.send(messages);
+        }
+
+        fn recv_batch(&mut self, buf: &mut Vec<Msg>, max: usize) -> usize {
+            let n = loop {
+                let n = self.rx.ready(max as u32);
+                if n > 0 {
+                    break n;
+                }
+                std::hint::spin_loop();
+            };
+            buf.extend((0..n).map(|i| self.rx.read(i)));
+            self.rx.release(n);
+            n as usize
+        }
+
+        fn shutdown(self) {
+            drop(self.tx);
+            self.thread.join().expect("the echo thread exits cleanly");
+        }
+    }
+}
+
 /// The servers, in interleaving order; the last is the baseline.
-const SUBJECTS: [&str; 5] = ["gyre-batch", "run-128", "run-64", "raw-64", "rtrb-chunk"];
+const SUBJECTS: [&str; 6] = [
+    "gyre-batch",
+    "run-128",
+    "run-64",
+    "raw-64",
+    "split-64",
+    "rtrb-chunk",
+];
 
 /// Warms `server` up, measures it, stops it; M msg/s.
 fn measure(mut server: impl BatchEcho) -> f64 {
@@ -365,6 +620,7 @@ fn run(which: usize) -> f64 {
         1 => measure(RunEcho::<64>::start(128)),
         2 => measure(RunEcho::<48>::start(64)),
         3 => measure(raw::start()),
+        4 => measure(split::start()),
         _ => measure(BatchSubject::RtrbChunk.start()),
     }
 }
