@@ -388,6 +388,15 @@ pub(crate) fn send_slice<In: Message>(
     send_all::<In, _>(to, &mut Source::new(messages.iter()), wait).map_err(slice_error)
 }
 
+/// [`send_slice`] waiting at most `timeout`, for the whole batch, for room.
+pub(crate) fn send_slice_within<In: Message>(
+    to: To<'_>,
+    messages: &[In],
+    timeout: std::time::Duration,
+) -> Result<usize, SendBatchError<In>> {
+    send_slice(to, messages, Wait::Until(Some(Instant::now() + timeout)))
+}
+
 /// [`send_slice`] from async code.
 pub(crate) async fn send_slice_async<In: Message>(
     to: To<'_>,

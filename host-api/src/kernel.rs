@@ -554,8 +554,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         messages: &[In],
         timeout: Duration,
     ) -> Result<usize, SendBatchError<In>> {
-        let deadline = Some(Instant::now() + timeout);
-        batch::send_slice(To::Shared(&self.backing), messages, Wait::Until(deadline))
+        batch::send_slice_within(To::Shared(&self.backing), messages, timeout)
     }
 
     /// Sends as many of `messages`, from the first, as there is room for now, without

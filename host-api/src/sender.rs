@@ -216,8 +216,7 @@ impl<In: Message> Sender<In> {
         messages: &[In],
         timeout: Duration,
     ) -> Result<usize, SendBatchError<In>> {
-        let deadline = Some(Instant::now() + timeout);
-        batch::send_slice(To::Shared(&self.backing), messages, Wait::Until(deadline))
+        batch::send_slice_within(To::Shared(&self.backing), messages, timeout)
     }
 
     /// Sends with a correlation id from async code (see [`Sender::send_async`]).
