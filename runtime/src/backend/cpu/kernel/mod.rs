@@ -38,6 +38,12 @@ pub type OutputConsumer = Consumer<Arc<HostRing>>;
 /// request/response exchange usually arrives within a round trip).
 const LINGER_ROUNDS: u32 = 256;
 
+/// Times a pooled kernel whose last turn took messages stays scheduled, requeued behind
+/// the other waiting kernels, when it finds no more input while others wait, before it
+/// goes idle. A producer that keeps sending to it then finds it scheduled and pays no
+/// queue push (a locked instruction and a line from the worker's core) per turn.
+const HOT_REQUEUES: u32 = 2;
+
 /// How long a closer waits for senders that claimed a slot before the close to finish
 /// writing it: as long as it takes. Nothing blocks between a claim and its publish (a
 /// copy of the message), and a claim dropped by a panic is published as cancelled, so
@@ -103,6 +109,9 @@ struct Exec {
     /// The inbox ring holding the messages the handler panicked on (first in it), and
     /// how many: one, or a whole batch.
     poisoned: Option<(u64, u32)>,
+    /// Empty requeues left before a pooled kernel goes idle ([`HOT_REQUEUES`] after a
+    /// turn that took messages).
+    hot: u32,
 }
 
 /// One kernel: shared by its host handles, the scheduler and the thread running it.
@@ -246,6 +255,7 @@ impl KernelCore {
                 .collect(),
             stash: ports::Stash::default(),
             poisoned: None,
+            hot: 0,
         };
         Self {
             id,

