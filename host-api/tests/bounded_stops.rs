@@ -221,3 +221,102 @@ fn a_terminate_that_gave_up_on_a_waiting_kernel_leaves_nothing_behind() {
     assert_eq!(report.undelivered, (100..110).collect::<Vec<_>>());
     assert_eq!(waiting.state(), State::Terminated);
 }
+
+/// A kernel restarted after a terminate gave up on its handler runs only what is sent
+/// afterwards: the messages the terminate handed back are not run again (they used to be:
+/// the rings still held them), and a pooled kernel comes back scheduled even when a worker
+/// dropped its queue entry while it was abandoned (it used to stay unscheduled for good).
+/// The stuck handler returns right around the restart, in several rounds, on both
+/// placements and with other kernels busy on the pool.
+#[test]
+fn a_restart_after_an_abandon_runs_only_new_messages() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    for placement in PLACEMENTS {
+        for round in 0..4u64 {
+            let runtime = runtime();
+            let release = Arc::new(AtomicBool::new(false));
+            let inside = Arc::new(AtomicBool::new(false));
+            let (held, entered) = (Arc::clone(&release), Arc::clone(&inside));
+            let kernel = runtime
+                .launch(
+                    KernelSpec::<u64, u64>::new("held")
+                        .placement(placement)
+                        .cpu_factory(move || {
+                            let (held, entered) = (Arc::clone(&held), Arc::clone(&entered));
+                            move |x: &u64, out: &mut gyre::Emit<'_, '_, u64>| {
+                                while *x == STUCK_ON && !held.load(Ordering::Relaxed) {
+                                    entered.store(true, Ordering::Relaxed);
+                                    std::thread::sleep(Duration::from_micros(100));
+                                }
+                                Ok(out.emit(*x)?)
+                            }
+                        }),
+                )
+                .unwrap();
+            let busy: Vec<Kernel<u64, u64>> = (0..4)
+                .map(|i| {
+                    let k = runtime
+                        .launch(
+                            KernelSpec::<u64, u64>::new(format!("busy{i}"))
+                                .cpu(|x, out| Ok(out.emit(*x)?)),
+                        )
+                        .unwrap();
+                    k.activate().unwrap();
+                    k
+                })
+                .collect();
+            kernel.activate().unwrap();
+            for i in 0..SENT {
+                kernel.send(i).unwrap();
+            }
+            assert_eq!(kernel.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+            // (Its counters are published when the turn ends, which it does not.)
+            while !inside.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let report = kernel.terminate().unwrap();
+            assert!(report.abandoned, "{placement:?} round {round}: {report:?}");
+            assert_eq!(report.undelivered, handed_back_after_stuck());
+            // Keep the pool busy, and let the handler return around the restart.
+            for (i, k) in busy.iter().enumerate() {
+                for x in 0..50 {
+                    k.send(x + i as u64).unwrap();
+                }
+            }
+            let releaser = {
+                let release = Arc::clone(&release);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(round * 2));
+                    release.store(true, Ordering::Relaxed);
+                })
+            };
+            runtime.restart(&kernel).unwrap();
+            releaser.join().unwrap();
+            kernel.activate().unwrap_or_else(|e| {
+                panic!("{placement:?} round {round}: the restarted kernel does not run: {e}")
+            });
+            for x in 100..110 {
+                kernel.send(x).unwrap();
+            }
+            let got: Vec<u64> = (100..110)
+                .map(|_| {
+                    kernel
+                        .recv_timeout(Duration::from_secs(10))
+                        .unwrap_or_else(|e| panic!("{placement:?} round {round}: {e}"))
+                })
+                .collect();
+            assert_eq!(
+                got,
+                (100..110).collect::<Vec<u64>>(),
+                "{placement:?} round {round}: only what was sent after the restart"
+            );
+            for k in &busy {
+                for _ in 0..50 {
+                    k.recv_timeout(Duration::from_secs(10)).unwrap();
+                }
+            }
+            runtime.shutdown(STOP_TIMEOUT);
+        }
+    }
+}

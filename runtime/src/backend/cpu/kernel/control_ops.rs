@@ -550,7 +550,8 @@ impl KernelCore {
         let mut serial = self.lifecycle.lock();
         let from = self.state();
         lifecycle::transition(from, Event::Restart)?;
-        if self.is_abandoned() {
+        let was_abandoned = self.is_abandoned();
+        if was_abandoned {
             // The thread stuck in the handler still holds the kernel side.
             let Some(exec) = self.exec.try_lock_for(self.config.command_timeout) else {
                 return Err(self.unresponsive(self.config.command_timeout));
@@ -576,6 +577,13 @@ impl KernelCore {
                 Step::Next
             });
         }
+        if was_abandoned {
+            // Giving up on the handler handed back every message left in both rings (the
+            // terminate's report, or kept for the handle after a drop): none may run again.
+            let capacity = exec.inbox.capacity();
+            exec.inbox.consume(capacity, |_| Step::Next);
+            exec.lane.consume(capacity, |_| Step::Next);
+        }
         if let Some(factory) = &self.config.handler_factory {
             exec.handler = (factory.0)();
         }
@@ -590,13 +598,22 @@ impl KernelCore {
         *self.watchdog.lock() = None;
         *self.supervisor_watchdog.lock() = None;
         exec.control.set_error(0);
+        // Before the state: a receiver that sees `Launched` must not find `stopped` still
+        // set and report the output closed.
+        self.stopped.store(false, Ordering::Release);
         exec.state = State::Launched;
         exec.control.set_state(State::Launched);
-        self.stopped.store(false, Ordering::Release);
         *serial = None;
         tracing::info!(kernel = %self.config.name, id = self.id, ?from, "kernel restarted");
         self.state_changed.notify();
-        self.wake();
+        if self.config.placement == crate::backend::Placement::Pool {
+            // Queued whatever `scheduled` says: a worker that popped this kernel while it
+            // was abandoned dropped the entry and left the flag set, and a plain wake
+            // would then never queue it again. A duplicate entry is harmless.
+            self.schedule();
+        } else {
+            self.wake();
+        }
         Ok(
             self.config.placement == crate::backend::Placement::Dedicated
                 && !self.thread_alive.load(Ordering::Relaxed),

@@ -40,7 +40,7 @@ impl KernelCore {
     /// Queues an idle pooled kernel on the pool (the slow half of [`KernelCore::wake`]).
     #[cold]
     #[inline(never)]
-    fn schedule(self: &Arc<Self>) {
+    pub(super) fn schedule(self: &Arc<Self>) {
         // A plain store, not a swap: a locked instruction here would wait for the message
         // just written to drain from the store buffer, on every send to an idle kernel.
         // Two wakers may both push the kernel; a duplicate entry is harmless (see
