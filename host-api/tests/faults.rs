@@ -236,3 +236,101 @@ fn a_handler_factory_gives_a_restarted_kernel_fresh_state() {
     assert_eq!(got, [101, 202, 401]);
     assert_eq!(k.restarts(), 1);
 }
+
+/// A handler stuck for longer than the command timeout, then back: the watchdog trips,
+/// its terminate gives up on the handler and hands its messages to the dead-letter sink,
+/// and the fault policy restarts the kernel once the handler returns. Every message
+/// comes out once, as an output or a dead letter (the message in hand was dead-lettered
+/// a second time when the returning handler's emit was refused), and the restarted
+/// kernel runs new messages (it was left terminated in about a third of the runs: the
+/// returning thread let go of the kernel without acknowledging the terminate, and the
+/// restarted kernel applied it). Both placements, with other kernels keeping the pool
+/// busy, a few rounds each.
+#[test]
+fn a_watchdog_restart_of_a_handler_stuck_for_a_while_loses_and_repeats_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const STUCK_ON: u64 = 5;
+    for placement in [Placement::Pool, Placement::Dedicated] {
+        for round in 0..3 {
+            let rt = Runtime::builder()
+                .workers(2)
+                .command_timeout(Duration::from_millis(200))
+                .build()
+                .unwrap();
+            let stuck_once = Arc::new(AtomicBool::new(true));
+            let once = Arc::clone(&stuck_once);
+            let k = rt
+                .launch(
+                    KernelSpec::<u64, u64>::new("sleepy")
+                        .placement(placement)
+                        .watchdog(Duration::from_millis(50))
+                        .on_fault(policy(10))
+                        .cpu(move |x, out| {
+                            if *x == STUCK_ON && once.swap(false, Ordering::Relaxed) {
+                                // Past the watchdog and the command timeout after it.
+                                std::thread::sleep(Duration::from_millis(600));
+                            }
+                            Ok(out.emit(*x)?)
+                        }),
+                )
+                .unwrap();
+            let busy: Vec<_> = (0..4)
+                .map(|i| {
+                    let b = rt
+                        .launch(
+                            KernelSpec::<u64, u64>::new(format!("busy{i}"))
+                                .cpu(|x, out| Ok(out.emit(*x)?)),
+                        )
+                        .unwrap();
+                    b.activate().unwrap();
+                    b
+                })
+                .collect();
+            k.activate().unwrap();
+            for x in 0..10 {
+                k.send(x).unwrap();
+            }
+            // Keep the other kernels' turns queued until well after the handler returns.
+            let mut outputs = Vec::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(900) {
+                for b in &busy {
+                    while b.try_send(1).is_ok() {}
+                    while let Ok(Some(_)) = b.try_recv() {}
+                }
+                while let Ok(Some(x)) = k.try_recv() {
+                    outputs.push(x);
+                }
+                std::thread::yield_now();
+            }
+            wait_for("the supervised restart", || {
+                k.restarts() == 1 && k.state() == State::Active
+            });
+            for x in 100..110 {
+                k.send(x).unwrap();
+            }
+            wait_for("the restarted kernel's outputs", || {
+                while let Ok(Some(x)) = k.try_recv() {
+                    outputs.push(x);
+                }
+                outputs.last() == Some(&109)
+            });
+            let mut seen: Vec<u64> = rt
+                .take_dead_letters()
+                .iter()
+                .filter(|d| d.kernel == "sleepy")
+                .map(|d| read_u64(&d.payload))
+                .chain(outputs.iter().copied())
+                .collect();
+            seen.sort_unstable();
+            assert_eq!(
+                seen,
+                (0..10).chain(100..110).collect::<Vec<u64>>(),
+                "{placement:?} round {round}: each message once (outputs {outputs:?})"
+            );
+            assert_eq!(k.restarts(), 1, "{placement:?} round {round}");
+            rt.shutdown(Duration::from_secs(1));
+        }
+    }
+}

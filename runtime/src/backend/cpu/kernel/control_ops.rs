@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::MutexGuard;
 
-use super::{Exec, KernelCore, INBOX_RING, LANE_RING, NOT_IN_HAND, PUBLISH_SPINS};
+use super::{Exec, KernelCore, INBOX_RING, LANE_RING, NOT_IN_HAND, PUBLISH_SPINS, TAKEN_IN_HAND};
 use crate::abi::{make_tag, Command, State, HOST_SENDER_ID, KIND_MESSAGE};
 use crate::backend::{CommandError, DrainSummary};
 use crate::lifecycle::{self, Event};
@@ -431,7 +431,7 @@ impl KernelCore {
         self.wait_state(ack_deadline, |k| {
             k.control.acknowledged(epoch) || k.pool.is_shut_down()
         });
-        let exec = if self.control.acknowledged(epoch) {
+        let mut exec = if self.control.acknowledged(epoch) {
             Some(self.exec.lock())
         } else if self.pool.is_shut_down() {
             self.take_over(ack_deadline)
@@ -439,16 +439,27 @@ impl KernelCore {
             None
         };
         let mut abandoned = false;
+        if exec.is_none() {
+            if self.abandon(on_input) {
+                abandoned = true;
+            } else {
+                // No handler to give up on: the kernel waits for a worker, or its handler
+                // returned just now and the turn kept its message; a moment more for
+                // the acknowledgement.
+                let until = Instant::now() + MIN_ACK_WAIT;
+                self.wait_state(until, |k| k.control.acknowledged(epoch));
+                if !self.control.acknowledged(epoch) {
+                    self.uncollected.store(true, Ordering::Relaxed);
+                    return Err(self.unresponsive(ack_deadline.saturating_duration_since(started)));
+                }
+                exec = Some(self.exec.lock());
+            }
+        }
         if let Some(mut exec) = exec {
             let exec = &mut *exec;
             self.collect_inputs(exec, on_input);
             exec.stash.take_all(on_output);
             self.local.stash_pending.store(false, Ordering::Relaxed);
-        } else if self.abandon(on_input) {
-            abandoned = true;
-        } else {
-            self.uncollected.store(true, Ordering::Relaxed);
-            return Err(self.unresponsive(ack_deadline.saturating_duration_since(started)));
         }
         self.uncollected.store(false, Ordering::Relaxed);
         if take_ring_outputs {
@@ -485,13 +496,27 @@ impl KernelCore {
     /// Returns `false` (and does nothing) when no handler is running: the kernel is
     /// waiting for a worker, not stuck.
     ///
-    /// The thread stays inside the handler; if it ever returns, its emits are refused
-    /// and it takes nothing more. Messages the handler emitted before it got stuck were
-    /// delivered, so the message in hand may be seen twice if it is sent again.
+    /// The thread stays inside the handler; if it ever returns, its emits are refused,
+    /// the message it held is neither released nor dead-lettered (it was handed back
+    /// here) and it takes nothing more. Messages the handler emitted before it got stuck
+    /// were delivered, so the message in hand may be seen twice if it is sent again.
     fn abandon(self: &Arc<Self>, on_input: &mut dyn FnMut(SlotRef<'_>)) -> bool {
-        let in_hand = self.local.in_hand.load(Ordering::Relaxed);
-        if in_hand == NOT_IN_HAND {
-            return false;
+        // ORDERING: SeqCst, as the turn's swap in `KernelCore::handed_back`: exactly one
+        // of the two takes the message from a handler that returns just now.
+        let mut in_hand = self.local.in_hand.load(Ordering::SeqCst);
+        loop {
+            if in_hand == NOT_IN_HAND || in_hand == TAKEN_IN_HAND {
+                return false;
+            }
+            match self.local.in_hand.compare_exchange(
+                in_hand,
+                TAKEN_IN_HAND,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => in_hand = now,
+            }
         }
         self.abandoned.store(true, Ordering::SeqCst);
         let (ring, position) = (in_hand >> 32, in_hand as u32);
@@ -562,6 +587,13 @@ impl KernelCore {
             return Err(self.unresponsive(self.config.command_timeout));
         };
         let exec = &mut *exec;
+        // A command the kernel has not acknowledged belongs to the run that ended: the
+        // terminate that gave up on a stuck handler, whose thread, once the handler
+        // returned, let go of the kernel without applying it when other kernels waited
+        // for its worker. Acknowledged here; left pending, the restarted kernel's first
+        // turn applied it and terminated again (a supervised restart after a watchdog
+        // left the kernel terminated in about a third of the runs with 2 workers).
+        self.apply_commands(exec);
         if from == State::Faulted && !self.terminating.load(Ordering::Relaxed) {
             // The message the handler panicked on is first in one of the inbox rings;
             // it would panic again, so it goes to the dead-letter sink.

@@ -198,7 +198,11 @@ pub struct KernelCore {
 /// Words the thread running a kernel writes as it goes.
 #[derive(Debug)]
 struct KernelLocal {
-    /// The message in the handler's hands now: `ring << 32 | position`, or [`NOT_IN_HAND`].
+    /// The message in the handler's hands now: `ring << 32 | position`, or [`NOT_IN_HAND`],
+    /// or [`TAKEN_IN_HAND`] once a terminate gave up on the handler and handed the
+    /// message back. The running thread stores it; the terminate's swap to
+    /// `TAKEN_IN_HAND` and the thread's swap back to `NOT_IN_HAND` after a handler that
+    /// returned during a terminate decide which of the two owns the message.
     in_hand: AtomicU64,
     /// Nanoseconds spent in turns that handled messages.
     busy_ns: AtomicU64,
@@ -209,6 +213,9 @@ struct KernelLocal {
 
 /// `in_hand` when no handler runs.
 const NOT_IN_HAND: u64 = u64::MAX;
+/// `in_hand` after a terminate took the message in hand from a handler that did not
+/// return (see `abandon`); never a `ring << 32 | position` (rings are 0 and 1).
+const TAKEN_IN_HAND: u64 = u64::MAX - 1;
 
 impl std::fmt::Debug for KernelCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

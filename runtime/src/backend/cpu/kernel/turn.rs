@@ -372,7 +372,11 @@ impl KernelCore {
             corr: slot.corr,
             payload: slot.payload,
         };
-        match catch_unwind(AssertUnwindSafe(|| handler.handle(message, emitter))) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(message, emitter)));
+        if self.terminating.load(Ordering::Relaxed) && self.handed_back(ring, slot.position) {
+            return Step::Keep;
+        }
+        match outcome {
             Ok(Ok(())) => {
                 tally.handled += 1;
                 Step::Next
@@ -432,7 +436,11 @@ impl KernelCore {
             consumer: &*consumer,
             len,
         };
-        match catch_unwind(AssertUnwindSafe(|| handler.handle_batch(&batch, emitter))) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle_batch(&batch, emitter)));
+        if self.terminating.load(Ordering::Relaxed) && self.handed_back(ring, consumer.head()) {
+            return skipped;
+        }
+        match outcome {
             Ok(Ok(())) => tally.handled += len,
             Ok(Err(error)) => {
                 tally.handled += len;
@@ -452,6 +460,29 @@ impl KernelCore {
         }
         consumer.release_run(len);
         skipped + len
+    }
+
+    /// After a handler returned during a terminate: whether the terminate gave up on
+    /// it and handed back its message (or batch, from `position` on), which the turn
+    /// then must neither release, dead-letter nor count (before, an abandoned handler
+    /// that returned an error dead-lettered a message the terminate had handed back
+    /// already). Otherwise the message is the turn's again and the terminate waits for
+    /// the turn's acknowledgement.
+    ///
+    /// Only checked once `terminating` is set, so the hot path pays a load: the
+    /// terminate sets it a whole command timeout before it may give up on the handler.
+    #[cold]
+    fn handed_back(&self, ring: u64, position: u32) -> bool {
+        // ORDERING: SeqCst, as the terminate's swap in `abandon`.
+        self.local
+            .in_hand
+            .compare_exchange(
+                ring << 32 | u64::from(position),
+                NOT_IN_HAND,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_err()
     }
 
     /// Delivers what the turn stashed, and records whether some still waits: before the
