@@ -78,20 +78,6 @@ impl<M: RingMemory> Consumer<M> {
         })
     }
 
-    /// Runs `f` over the body of slot `index` through the memory's accessor. (The
-    /// message-at-a-time paths keep the accessors: reaching slots through `slots` there
-    /// measured no faster across threads and slower for 1,000 actors; the run methods use
-    /// `slots`.)
-    ///
-    /// # Safety
-    /// As [`RingMemory::with_body`].
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    unsafe fn with_body_at<R>(&self, index: u32, f: impl FnOnce(&[u8]) -> R) -> R {
-        // SAFETY: the caller's obligations are passed on unchanged.
-        unsafe { self.mem.with_body(index, f) }
-    }
-
     /// The ring's memory.
     #[inline]
     pub fn memory(&self) -> &M {
@@ -142,7 +128,7 @@ impl<M: RingMemory> Consumer<M> {
             // SAFETY: the stamp says the slot holds `position`, seen with Acquire, and we
             // have not released it, so the producer does not write it.
             let step = unsafe {
-                self.with_body_at(position & self.mask, |body| {
+                self.mem.with_body(position & self.mask, |body| {
                     parse_slot(position, body).map(&mut f)
                 })
             };
@@ -181,7 +167,7 @@ impl<M: RingMemory> Consumer<M> {
             if !self.is_full(position)
                 // SAFETY: read only after `is_full` saw the stamp with Acquire; unreleased.
                 || unsafe {
-                    self.with_body_at(position & self.mask, |body| {
+                    self.mem.with_body(position & self.mask, |body| {
                         parse_slot(position, body).is_some()
                     })
                 }
@@ -197,7 +183,7 @@ impl<M: RingMemory> Consumer<M> {
             if !self.is_full(position)
                 // SAFETY: as above.
                 || unsafe {
-                    self.with_body_at(position & self.mask, |body| {
+                    self.mem.with_body(position & self.mask, |body| {
                         parse_slot(position, body).is_none()
                     })
                 }
@@ -222,7 +208,7 @@ impl<M: RingMemory> Consumer<M> {
         // SAFETY: `ready_run` saw the position published (stamp loaded with Acquire)
         // and not cancelled, and it is not released: the producer does not write it.
         unsafe {
-            self.with_body_at(position & self.mask, |body| {
+            self.mem.with_body(position & self.mask, |body| {
                 match parse_slot(position, body) {
                     Some(slot) => f(slot),
                     None => unreachable!("ready_run stops at cancelled slots"),

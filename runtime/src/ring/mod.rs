@@ -170,25 +170,6 @@ impl<M: RingMemory> Producer<M> {
         })
     }
 
-    /// The stamp of slot `index` (`index < capacity`).
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    fn stamp_at(&self, index: u32) -> &AtomicU32 {
-        self.mem.stamp(index)
-    }
-
-    /// Runs `f` over the body of slot `index`, mutably, through the memory's accessor
-    /// (see `Consumer::with_body_at` for why not through `slots`).
-    ///
-    /// # Safety
-    /// As [`RingMemory::with_body_mut`].
-    #[allow(clippy::inline_always)]
-    #[inline(always)]
-    unsafe fn with_body_mut_at<R>(&self, index: u32, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        // SAFETY: the caller's obligations are passed on unchanged.
-        unsafe { self.mem.with_body_mut(index, f) }
-    }
-
     /// The ring's memory.
     #[inline]
     pub fn memory(&self) -> &M {
@@ -370,7 +351,7 @@ impl<M: RingMemory> Producer<M> {
         if self.closed.load(Ordering::Relaxed) {
             // SAFETY: the position is ours (stored `tail` above) and unstamped.
             unsafe {
-                self.with_body_mut_at(index, |body| {
+                self.mem.with_body_mut(index, |body| {
                     body[0..4].copy_from_slice(&KIND_CANCELLED.to_ne_bytes());
                 });
             }
@@ -381,7 +362,7 @@ impl<M: RingMemory> Producer<M> {
         // SAFETY: as in `Claim::write`: the position is ours alone (single producer, the
         // room check proved the consumer released its previous lap), not stamped yet.
         unsafe {
-            self.with_body_mut_at(index, |body| {
+            self.mem.with_body_mut(index, |body| {
                 body[0..4].copy_from_slice(&tag.to_ne_bytes());
                 body[4..8].copy_from_slice(&corr[0].to_ne_bytes());
                 body[8..12].copy_from_slice(&corr[1].to_ne_bytes());
@@ -616,7 +597,7 @@ impl<M: RingMemory> Producer<M> {
         // stamp we read is at least that lap's.
         let head = self.mem.head().load(Ordering::Acquire);
         // ORDERING: Acquire pairs with the producer's Release store of the stamp.
-        self.stamp_at(head & self.mask).load(Ordering::Acquire) == head.wrapping_add(1)
+        self.mem.stamp(head & self.mask).load(Ordering::Acquire) == head.wrapping_add(1)
     }
 
     /// Whether [`Producer::len`] is 0: no position claimed and unreleased, as far as one
@@ -670,7 +651,8 @@ impl<M: RingMemory> Producer<M> {
     fn stamp_full(&self, position: u32) {
         // ORDERING: Release pairs with the consumer's Acquire load of the stamp in
         // `Consumer::consume`: the body written before it happens before its reads.
-        self.stamp_at(position & self.mask)
+        self.mem
+            .stamp(position & self.mask)
             .store(position.wrapping_add(1), Ordering::Release);
     }
 }
@@ -718,7 +700,7 @@ impl<M: RingMemory> Claim<'_, M> {
         // alone, the free check proved the consumer is done with the slot's previous lap,
         // and we have not stamped it yet.
         unsafe {
-            self.producer.with_body_mut_at(index, |body| {
+            self.producer.mem.with_body_mut(index, |body| {
                 body[0..4].copy_from_slice(&tag.to_ne_bytes());
                 body[4..8].copy_from_slice(&corr[0].to_ne_bytes());
                 body[8..12].copy_from_slice(&corr[1].to_ne_bytes());
