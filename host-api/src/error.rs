@@ -167,9 +167,10 @@ pub enum Error {
         /// The kernel.
         kernel: String,
     },
-    /// `recv` through the kernel while a [`crate::Receiver`] holds its output.
+    /// `recv` through the kernel while a [`crate::Receiver`] or [`crate::Requester`]
+    /// holds its output.
     #[error(
-        "kernel `{kernel}`'s output is held by a Receiver: receive through it, or drop it first"
+        "kernel `{kernel}`'s output is held by a Receiver or a Requester: receive through it, or drop it first"
     )]
     ReceiverTaken {
         /// The kernel.

@@ -52,11 +52,15 @@ fn explain(from: State, event: Event) -> String {
     let hint = match (from, event) {
         (State::Terminated, Event::Command(Command::Terminate)) => {
             "it is already terminated, so there is nothing to stop; to run it again, restart it \
-             (CPU kernels) or launch it again"
+             (Runtime::restart; a kernel of a device group restarts with its group) or launch \
+             it again"
         }
-        (State::Terminated, _) => "it is terminated; restart it (CPU kernels) or launch it again",
+        (State::Terminated, _) => {
+            "it is terminated; restart it (Runtime::restart; a kernel of a device group restarts \
+             with its group) or launch it again"
+        }
         (State::Faulted, _) => {
-            "it is faulted; terminate it to collect its messages, or restart it (CPU kernels)"
+            "it is faulted; terminate it to collect its messages, or restart it (Runtime::restart)"
         }
         (State::Draining, Event::Command(Command::Drain)) => {
             "it is already draining; wait for the drain to finish"
@@ -69,8 +73,8 @@ fn explain(from: State, event: Event) -> String {
              terminate it"
         }
         (State::Launched | State::Active | State::Paused, Event::Restart) => {
-            "only a stopped (terminated or faulted) kernel can be restarted and this one is \
-             running; drain or terminate it first, then restart it"
+            "only a stopped (terminated or faulted) kernel can be restarted and this one is not \
+             stopped; drain or terminate it first, then restart it"
         }
         (State::Launched | State::Active | State::Paused, Event::Drained) => {
             "only a draining kernel can finish draining; drain it first"
@@ -178,8 +182,8 @@ mod tests {
         assert_eq!(
             restart_active.to_string(),
             "cannot restart a kernel in state Active: only a stopped (terminated or faulted) \
-             kernel can be restarted and this one is running; drain or terminate it first, then \
-             restart it"
+             kernel can be restarted and this one is not stopped; drain or terminate it first, \
+             then restart it"
         );
     }
 
