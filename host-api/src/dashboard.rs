@@ -297,7 +297,7 @@ fn gather(services: &Services, backend: &'static str) -> Snapshot {
             worker_utilisation: services.cpu.utilisation(),
             threads: services.cpu.threads_in_use(),
             kernels,
-            dead_letters: services.cpu.dead_letters().total(),
+            dead_letters: services.dead_letter_total(),
         },
         groups,
         relays,

@@ -271,6 +271,22 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         })
     }
 
+    /// A second stop of a device kernel is refused as on the CPU ([`Error::Lifecycle`])
+    /// while its runtime lives: its first stop handed back what it held. (It answered a
+    /// report of nothing before.)
+    fn device_not_stopped(&self, d: &DeviceKernel, command: Command) -> Result<(), Error> {
+        let state = d.group.group.state(d.k);
+        if state != State::Terminated || d.group.runtime_gone.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        gyre_runtime::lifecycle::transition(state, gyre_runtime::lifecycle::Event::Command(command))
+            .map(drop)
+            .map_err(|source| Error::Lifecycle {
+                kernel: self.name().to_owned(),
+                source,
+            })
+    }
+
     /// Refuses new messages (senders get [`Error::Draining`]), processes everything
     /// queued (a paused kernel resumes for it), then terminates. Outputs stay
     /// receivable. If `timeout` expires first the kernel is terminated and what is left
@@ -308,6 +324,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
             }
             Backing::Device(d) => {
                 self.device_alone(d, "drain")?;
+                self.device_not_stopped(d, Command::Drain)?;
                 d.group.stopped.store(true, Ordering::Relaxed);
                 let report = d.group.group.drain(timeout);
                 Ok(device_report(d, &report.kernels[d.k], report.timed_out))
@@ -343,6 +360,7 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
             }
             Backing::Device(d) => {
                 self.device_alone(d, "terminate")?;
+                self.device_not_stopped(d, Command::Terminate)?;
                 d.group.stopped.store(true, Ordering::Relaxed);
                 let mut report = device_report(d, &d.group.group.terminate().kernels[d.k], false);
                 // What is still in the host outbox comes back too, as on the CPU, unless a

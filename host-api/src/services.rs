@@ -30,6 +30,19 @@ impl Services {
         self.devices.lock().clone()
     }
 
+    /// Dead letters ever kept by the device groups.
+    fn device_dead_letter_total(&self) -> u64 {
+        self.devices()
+            .iter()
+            .map(|d| d.group.dead_letter_total())
+            .sum()
+    }
+
+    /// Dead letters ever kept, on every backend.
+    pub(crate) fn dead_letter_total(&self) -> u64 {
+        self.cpu.dead_letters().total() + self.device_dead_letter_total()
+    }
+
     /// The Prometheus text of every kernel of every backend, labelled with its backend.
     pub(crate) fn prometheus_text(&self) -> String {
         use std::fmt::Write as _;
@@ -46,7 +59,9 @@ impl Services {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let mut text = self.cpu.prometheus_text_with(samples);
+        let mut text = self
+            .cpu
+            .prometheus_text_with(samples, self.device_dead_letter_total());
         let relays = self.relays.lock().clone();
         if !relays.is_empty() {
             text.push_str(

@@ -355,10 +355,11 @@ fn stops_hand_each_message_back_once() {
             (0..40).collect::<Vec<u32>>(),
             "{name}: each message in one report"
         );
+        // A stop of a terminated group has nothing to hand back and, as on the CPU,
+        // leaves its terminated kernels out.
         let again = group.drain(TIMEOUT);
-        assert_eq!(again.undelivered_count(), 0, "{name}: {again:?}");
-        assert!(again.kernels.iter().all(|k| !k.timed_out), "{name}");
-        assert_eq!(entry(&again, "double").final_state, State::Terminated);
+        assert!(again.kernels.is_empty(), "{name}: {again:?}");
+        assert_eq!(double.state(), State::Terminated, "{name}");
     }
 }
 

@@ -295,6 +295,15 @@ fn shutdown_metrics_and_dead_letters_cover_every_backend() {
         }
         assert_eq!(letters.len(), 4, "{name}: {letters:?}");
         assert!(letters.iter().all(|l| l.kernel == "split"), "{name}");
+        // Counted once each, taken or not, in the total and the metric (device groups'
+        // letters were not counted before).
+        assert_eq!(runtime.dead_letter_total(), 4, "{name}");
+        let text = runtime.prometheus_text();
+        assert!(
+            text.lines()
+                .any(|l| l == "gyre_runtime_dead_letters_total 4"),
+            "{name}: {text}"
+        );
         drop((input, keep, group));
         let report = runtime.shutdown(TIMEOUT);
         let names = report.kernel_names();
@@ -524,5 +533,56 @@ fn a_pipeline_of_builtins_with_tiny_rings_runs_on_every_backend() {
         }
         assert_eq!(got, inputs, "{name}");
         pipeline.drain(TIMEOUT);
+    }
+}
+
+/// A second stop is refused the same way on every backend while the runtime lives: a
+/// kernel's second `drain` or `terminate` is a lifecycle error (device kernels answered
+/// a report of nothing), and a group's second stop leaves its terminated kernels out (a
+/// device group listed them again).
+#[test]
+fn a_second_stop_is_refused_the_same_way_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(KernelSpec::<Record, Record>::new("once").builtin(Builtin::Gather))
+            .unwrap();
+        kernel.activate().unwrap();
+        for r in records(3) {
+            kernel.send(r).unwrap();
+        }
+        let report = kernel.drain(TIMEOUT).unwrap();
+        assert_eq!(report.final_state, gyre::State::Terminated, "{name}");
+        for (what, again) in [
+            ("drain", kernel.drain(TIMEOUT)),
+            ("terminate", kernel.terminate()),
+        ] {
+            let error = again.expect_err(&format!("{name}: a second stop ({what}) is refused"));
+            assert!(
+                matches!(error, Error::Lifecycle { .. }),
+                "{name}: {what}: {error}"
+            );
+            assert!(
+                error.to_string().contains("Terminated"),
+                "{name}: {what}: {error}"
+            );
+        }
+        let pipeline = runtime
+            .pipeline::<Record>("twice")
+            .stage(KernelSpec::<Record, Record>::new("a").builtin(Builtin::Gather))
+            .stage(KernelSpec::<Record, Record>::new("b").builtin(Builtin::Gather))
+            .launch()
+            .unwrap();
+        pipeline.activate().unwrap();
+        assert_eq!(pipeline.group().drain(TIMEOUT).kernels.len(), 2, "{name}");
+        assert!(pipeline.group().drain(TIMEOUT).kernels.is_empty(), "{name}");
+        assert!(pipeline.group().terminate().kernels.is_empty(), "{name}");
+        let shutdown = runtime.shutdown(TIMEOUT);
+        assert!(
+            shutdown
+                .kernels
+                .iter()
+                .all(|k| k.kernel != "a" && k.kernel != "b" && k.kernel != "once"),
+            "{name}: kernels stopped before are left out of the shutdown report: {shutdown:?}"
+        );
     }
 }

@@ -179,6 +179,23 @@ impl Restartable {
         std::iter::successors(Some(&self.first), |g| g.next.get().map(|b| &**b))
     }
 
+    /// Moves the dead letters every generation of the group kept to the group's own list,
+    /// which counts them; before the group adds one of its own, so they stay in order.
+    fn absorb_dead_letters(&self) {
+        for g in self.generations() {
+            for letter in g.group.take_dead_letters() {
+                self.dead_letters.push(letter);
+            }
+        }
+    }
+
+    /// Dead letters the group ever kept, taken or not (what `Runtime::dead_letter_total`
+    /// and the `gyre_runtime_dead_letters_total` metric add up).
+    pub(crate) fn dead_letter_total(&self) -> u64 {
+        self.absorb_dead_letters();
+        self.dead_letters.total()
+    }
+
     /// Restarts so far (by hand or by the fault policy).
     pub(crate) fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
@@ -321,6 +338,7 @@ impl Restartable {
                 self.resend(new, k, m, deadline);
             }
             for (port, m) in outputs {
+                self.absorb_dead_letters();
                 self.dead_letters.push(letter(
                     &self.names[k],
                     format!("restart: output on port {port} the faulted group could not deliver"),
@@ -352,6 +370,7 @@ impl Restartable {
         });
         if let Err(e) = sent {
             tracing::error!(kernel = %self.names[k], error = %e, "restart: a queued message did not go back in");
+            self.absorb_dead_letters();
             self.dead_letters.push(letter(
                 &self.names[k],
                 format!("restart: the restarted group did not take it back: {e}"),
@@ -426,6 +445,7 @@ impl Restartable {
             FaultPolicy::Terminate => {
                 let why = DeviceGroup::fault(self).unwrap_or_else(|| "faulted".into());
                 let report = crate::group::device_stop(core, crate::stop::Stop::Terminate);
+                self.absorb_dead_letters();
                 for entry in report.kernels {
                     for m in entry.undelivered {
                         self.dead_letters.push(DeadLetter {
@@ -646,11 +666,7 @@ impl DeviceGroup for Restartable {
     }
 
     fn take_dead_letters(&self) -> Vec<DeadLetter> {
-        let mut letters = Vec::new();
-        for g in self.generations() {
-            letters.extend(g.group.take_dead_letters());
-        }
-        letters.extend(self.dead_letters.take());
-        letters
+        self.absorb_dead_letters();
+        self.dead_letters.take()
     }
 }

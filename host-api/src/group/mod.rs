@@ -396,6 +396,17 @@ pub(crate) fn device_health(core: &DeviceCore, policy: &crate::HealthPolicy) -> 
 /// Drains (until the deadline) or terminates a device group and reports every kernel,
 /// upstream first. A terminate also hands back the host outputs no receiver holds.
 pub(crate) fn device_stop(core: &DeviceCore, how: Stop) -> GroupReport {
+    // As on the CPU, kernels terminated before this stop are left out: whoever stopped
+    // them took their messages then (a second stop reported them again, empty).
+    let before: Vec<bool> = (0..core.names.len())
+        .map(|k| core.group.state(k) == State::Terminated)
+        .collect();
+    if before.iter().all(|&terminated| terminated) {
+        core.stopped.store(true, Ordering::Relaxed);
+        return GroupReport {
+            kernels: Vec::new(),
+        };
+    }
     core.stopped.store(true, Ordering::Relaxed);
     let (report, terminate) = match how {
         Stop::Drain(deadline) => {
@@ -422,6 +433,7 @@ pub(crate) fn device_stop(core: &DeviceCore, how: Stop) -> GroupReport {
     let kernels = core
         .order
         .iter()
+        .filter(|&&k| !before[k])
         .map(|&k| {
             let entry = &report.kernels[k];
             let mut outputs: Vec<RawMessage> = entry

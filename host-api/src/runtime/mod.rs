@@ -533,7 +533,7 @@ impl Runtime {
 
     /// Dead letters ever kept (taken or not).
     pub fn dead_letter_total(&self) -> u64 {
-        self.cpu.dead_letters().total()
+        self.services.dead_letter_total()
     }
 
     /// Drains every running kernel upstream first, sharing `timeout`, then stops the
@@ -735,8 +735,10 @@ impl Runtime {
         let has_handle = Arc::strong_count(device) > 2;
         let report = crate::group::device_stop(device, Stop::Drain(deadline));
         let mut stopped = Vec::new();
-        for (mut entry, &k) in report.kernels.into_iter().zip(&device.order) {
-            if !has_handle {
+        for mut entry in report.kernels {
+            // Kernels terminated before have no entry: find each entry's kernel.
+            let k = device.names.iter().position(|n| *n == entry.kernel);
+            if let (false, Some(k)) = (has_handle, k) {
                 while let Ok(Some(m)) = device.try_recv_with(k, |p, corr| RawMessage {
                     corr: crate::spec::join(corr),
                     bytes: p.to_vec(),

@@ -254,8 +254,13 @@ impl CpuBackend {
 
     /// The Prometheus text exposition of the backend and its kernels (see
     /// [`crate::metrics`]) with the samples of kernels of other backends (device groups
-    /// of the same runtime) added: one exposition for the runtime.
-    pub fn prometheus_text_with(&self, others: Vec<crate::metrics::KernelSample>) -> String {
+    /// of the same runtime) and their dead letters (ever kept) added: one exposition for
+    /// the runtime.
+    pub fn prometheus_text_with(
+        &self,
+        others: Vec<crate::metrics::KernelSample>,
+        other_dead_letters: u64,
+    ) -> String {
         let mut kernels: Vec<_> = self.held().iter().map(|k| k.sample()).collect();
         kernels.extend(others);
         let runtime = crate::metrics::RuntimeSample {
@@ -263,7 +268,7 @@ impl CpuBackend {
             worker_utilisation: self.utilisation(),
             threads: self.threads_in_use(),
             ring_bytes: kernels.iter().map(|k| k.ring_bytes).sum(),
-            dead_letters: self.dead.total(),
+            dead_letters: self.dead.total() + other_dead_letters,
         };
         crate::metrics::prometheus_text(&runtime, &kernels)
     }

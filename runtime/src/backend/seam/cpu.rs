@@ -105,10 +105,14 @@ impl CpuBackend {
     }
 
     /// The Prometheus text exposition of the backend and its kernels, with the samples
-    /// of kernels of other backends (device groups of the same runtime) added: one
-    /// exposition for the runtime.
-    pub fn prometheus_text_with(&self, others: Vec<KernelSample>) -> String {
-        self.0.prometheus_text_with(others)
+    /// of kernels of other backends (device groups of the same runtime) and their dead
+    /// letters (`other_dead_letters`, ever kept) added: one exposition for the runtime.
+    pub fn prometheus_text_with(
+        &self,
+        others: Vec<KernelSample>,
+        other_dead_letters: u64,
+    ) -> String {
+        self.0.prometheus_text_with(others, other_dead_letters)
     }
 
     /// The kernels the metrics cover, in launch order: every kernel a handle still holds
