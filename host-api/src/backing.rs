@@ -294,7 +294,10 @@ pub(crate) fn cpu_recv_error(core: &CpuKernel, failure: RecvFailure) -> Error {
     let kernel = core.name().to_owned();
     match failure {
         RecvFailure::NoOutput => Error::NoHostOutput { kernel },
-        RecvFailure::Closed(_) if core.runtime_gone() => Error::RuntimeGone { kernel },
+        // From the start of the runtime's shutdown, as device groups say it: a receive
+        // waiting when the shutdown began ended with `Terminated` here and `RuntimeGone`
+        // there.
+        RecvFailure::Closed(_) if core.runtime_stopping() => Error::RuntimeGone { kernel },
         RecvFailure::Closed(state) => Error::stopped(&kernel, state, core.fault()),
         RecvFailure::Taken => Error::ReceiverTaken { kernel },
         RecvFailure::Empty => unreachable!("empty is handled by the callers"),
