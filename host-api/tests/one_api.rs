@@ -586,3 +586,89 @@ fn a_second_stop_is_refused_the_same_way_on_every_backend() {
         );
     }
 }
+
+/// Dropping the runtime while a kernel's host output is full and only a `Receiver` is
+/// left to read it: the receiver still gets every message the kernel accepted, in order,
+/// and the drop does not wait for anyone to receive. (On the CPU the drain waited the
+/// whole command timeout for room and kept the inputs for handles, which a `Receiver`
+/// cannot take them back through: they were lost; device groups already pumped their
+/// host outputs.)
+#[test]
+fn dropping_the_runtime_with_a_full_output_loses_nothing_for_its_receiver() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new("full")
+                    .capacity(64)
+                    .host_output(16)
+                    .builtin(Builtin::Gather),
+            )
+            .unwrap();
+        kernel.activate().unwrap();
+        let mut accepted = 0u32;
+        for r in records(400) {
+            match kernel.send_timeout(r, Duration::from_millis(200)) {
+                Ok(()) => accepted += 1,
+                Err(e) => {
+                    assert!(
+                        matches!(e.error, Error::Full { .. } | Error::Timeout { .. }),
+                        "{name}: {e}"
+                    );
+                    break;
+                }
+            }
+        }
+        assert!(
+            accepted > 16 && accepted < 400,
+            "{name}: {accepted} accepted"
+        );
+        let mut rx = kernel.receiver().unwrap();
+        drop(kernel);
+        let started = std::time::Instant::now();
+        drop(runtime);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "{name}: the drop took {took:?}"
+        );
+        let mut got = Vec::new();
+        let end = loop {
+            match rx.recv_timeout(TIMEOUT) {
+                Ok(r) => got.push(r.seq),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(end, Error::RuntimeGone { .. }), "{name}: {end}");
+        assert_eq!(got, (0..accepted).collect::<Vec<u32>>(), "{name}");
+    }
+}
+
+/// A receive that waits while the runtime shuts down ends the same way on every backend,
+/// with `RuntimeGone`, through the kernel handle and through a `Receiver` (the CPU said
+/// `Terminated`, device backends `RuntimeGone`).
+#[test]
+fn a_receive_waiting_across_a_shutdown_ends_with_runtime_gone_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let spec = |n: &str| KernelSpec::<Record, Record>::new(n).builtin(Builtin::Gather);
+        let kernel = runtime.launch(spec("k")).unwrap();
+        let other = runtime.launch(spec("r")).unwrap();
+        kernel.activate().unwrap();
+        other.activate().unwrap();
+        let mut rx = other.receiver().unwrap();
+        let waiting = kernel.clone();
+        let through_kernel = std::thread::spawn(move || waiting.recv_timeout(TIMEOUT));
+        let through_receiver = std::thread::spawn(move || rx.recv_timeout(TIMEOUT));
+        std::thread::sleep(Duration::from_millis(100));
+        runtime.shutdown(TIMEOUT);
+        for (what, ended) in [
+            ("Kernel::recv", through_kernel.join().unwrap()),
+            ("Receiver::recv", through_receiver.join().unwrap()),
+        ] {
+            let error = ended.expect_err(&format!("{name}: {what}: nothing was sent"));
+            assert!(
+                matches!(error, Error::RuntimeGone { .. }),
+                "{name}: {what}: {error}"
+            );
+        }
+    }
+}

@@ -48,34 +48,79 @@ fn queued_messages_are_processed_and_stay_receivable_after_a_drop() {
 
 #[test]
 fn what_a_drop_could_not_deliver_comes_back_from_the_handle() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     for placement in [Placement::Pool, Placement::Dedicated] {
         let runtime = runtime();
-        // An output ring of 2 nobody reads: the kernel stalls, so the drop's drain times
-        // out and terminates it with inputs queued and an emit waiting for room.
-        let kernel = runtime.launch(echo("stalled", placement, 2)).unwrap();
+        // A handler that does not return from message 3 until the drop is over: the
+        // drop's drain times out, its terminate gives up on the handler and keeps the
+        // message in hand and those queued behind it for the handles.
+        let release = Arc::new(AtomicBool::new(false));
+        let held = Arc::clone(&release);
+        let kernel = runtime
+            .launch(
+                KernelSpec::<u64, u64>::new("stuck")
+                    .placement(placement)
+                    .capacity(64)
+                    .host_output(64)
+                    .cpu(move |x, out| {
+                        while *x == 3 && !held.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Ok(out.emit(*x)?)
+                    }),
+            )
+            .unwrap();
         kernel.activate().unwrap();
         for i in 0..8 {
             kernel.send(i).unwrap();
         }
         drop(runtime);
+        release.store(true, Ordering::Relaxed);
         assert_eq!(kernel.state(), State::Terminated, "{placement:?}");
         let received: Vec<u64> = std::iter::from_fn(|| kernel.try_recv().ok().flatten()).collect();
         let report = kernel
             .terminate()
             .expect("terminate on a handle that outlived its runtime hands back, not fails");
-        let mut all = received.clone();
-        all.extend(&report.undelivered);
-        all.extend(&report.undelivered_outputs);
-        all.sort_unstable();
+        assert_eq!(received, [0, 1, 2], "{placement:?}: {report:?}");
         assert_eq!(
-            all,
-            (0..8).collect::<Vec<_>>(),
-            "{placement:?}: received {received:?}, {report:?}"
+            report.undelivered,
+            [3, 4, 5, 6, 7],
+            "{placement:?}: {report:?}"
         );
-        assert!(!report.undelivered.is_empty(), "{placement:?}: {report:?}");
+        assert!(report.abandoned, "{placement:?}: {report:?}");
         // Handed back once: a second stop has nothing more.
         let again = kernel.drain(Duration::from_secs(1)).unwrap();
         assert!(again.undelivered.is_empty() && again.undelivered_outputs.is_empty());
+    }
+}
+
+/// A kernel whose host output nobody reads during the drop (its handle is on the
+/// dropping thread) is not held back by it: the drop does not wait for room, and the
+/// handle receives everything after it, in order (before, the drain waited the whole
+/// command timeout and the inputs came back from a stop of the handle instead).
+#[test]
+fn a_full_output_does_not_hold_a_drop_back() {
+    for placement in [Placement::Pool, Placement::Dedicated] {
+        let runtime = runtime();
+        let kernel = runtime.launch(echo("stalled", placement, 2)).unwrap();
+        kernel.activate().unwrap();
+        for i in 0..8 {
+            kernel.send(i).unwrap();
+        }
+        let started = std::time::Instant::now();
+        drop(runtime);
+        assert!(
+            started.elapsed() < COMMAND_TIMEOUT,
+            "{placement:?}: the drop took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(kernel.state(), State::Terminated, "{placement:?}");
+        let received: Vec<u64> = std::iter::from_fn(|| kernel.try_recv().ok().flatten()).collect();
+        assert_eq!(received, (0..8).collect::<Vec<_>>(), "{placement:?}");
+        assert!(matches!(kernel.recv(), Err(Error::RuntimeGone { .. })));
+        let report = kernel.terminate().unwrap();
+        assert!(report.undelivered.is_empty() && report.undelivered_outputs.is_empty());
     }
 }
 

@@ -787,6 +787,14 @@ impl Drop for Runtime {
         if self.stopped {
             return;
         }
+        // Nobody can receive while this thread drops the runtime, so a kernel whose host
+        // output is full would hold its drain until the timeout and keep its inputs for
+        // handles that may not be able to take them (a `Receiver`): what it emits
+        // overflows into a queue its handles receive after the ring instead, as a
+        // device group's host outputs do, and its drain goes on.
+        for kernel in self.cpu.kernels_in_drain_order() {
+            kernel.overflow_host_output();
+        }
         let mut kept = 0usize;
         let mut lost = 0usize;
         for Stopped {

@@ -555,6 +555,14 @@ impl CpuKernel {
     pub fn take_unreceived_outputs(&self, on_output: &mut dyn FnMut(SlotRef<'_>)) -> usize {
         self.0.take_unreceived_outputs(on_output)
     }
+
+    /// From now on what the kernel emits to the host while its output ring is full
+    /// waits in a queue its receivers read after the ring, instead of holding the kernel
+    /// back: what the runtime's drop sets before it drains (see
+    /// `KernelCore::overflow_host_output`).
+    pub fn overflow_host_output(&self) {
+        self.0.overflow_host_output();
+    }
 }
 
 /// The exclusive receiving end of a CPU kernel's host-bound output (see

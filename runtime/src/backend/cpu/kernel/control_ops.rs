@@ -122,6 +122,17 @@ impl KernelCore {
                 });
                 Step::Next
             });
+            taken += self.take_all_overflow(on_output);
+        }
+        taken
+    }
+
+    /// Hands every overflowed host-bound message to `on_output`, oldest first (see
+    /// `overflow_host_output`); how many.
+    fn take_all_overflow(&self, on_output: &mut dyn FnMut(SlotRef<'_>)) -> usize {
+        let mut taken = 0;
+        while self.take_overflow(&mut *on_output).is_some() {
+            taken += 1;
         }
         taken
     }
@@ -469,6 +480,7 @@ impl KernelCore {
                     on_output(slot);
                     Step::Next
                 });
+                self.take_all_overflow(on_output);
             }
         }
         if self.runtime_gone() {

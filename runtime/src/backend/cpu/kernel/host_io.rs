@@ -265,10 +265,18 @@ impl KernelCore {
             self.after_output_consumed();
             return Ok(value);
         }
+        // The ring is empty: what overflowed it while the runtime was dropped comes next.
+        if let Some(value) = f.take().and_then(|f| self.take_overflow(f)) {
+            return Ok(value);
+        }
         // Stopped and empty: nothing more will come. The kernel sets `stopped` after its
         // last emit, so emptiness is re-checked after reading the flag.
         // ORDERING: Acquire pairs with the Release store in `publish_state`.
-        if self.stopped.load(Ordering::Acquire) && rx.is_empty() && !self.restart_pending() {
+        if self.stopped.load(Ordering::Acquire)
+            && rx.is_empty()
+            && !self.overflow_pending()
+            && !self.restart_pending()
+        {
             Err(RecvFailure::Closed(self.state()))
         } else {
             Err(RecvFailure::Empty)
@@ -339,12 +347,20 @@ impl KernelCore {
         if rx.head() != before {
             self.after_output_consumed();
         }
+        // The ring is empty: what overflowed it while the runtime was dropped comes next.
+        while handed < max && self.take_overflow(&mut f).is_some() {
+            handed += 1;
+        }
         if handed > 0 {
             return Ok(handed);
         }
         // As in `try_recv_from`: stopped and empty, re-checked after the flag.
         // ORDERING: Acquire pairs with the Release store in `publish_state`.
-        if self.stopped.load(Ordering::Acquire) && rx.is_empty() && !self.restart_pending() {
+        if self.stopped.load(Ordering::Acquire)
+            && rx.is_empty()
+            && !self.overflow_pending()
+            && !self.restart_pending()
+        {
             Err(RecvFailure::Closed(self.state()))
         } else {
             Err(RecvFailure::Empty)

@@ -184,6 +184,14 @@ pub struct KernelCore {
     runtime_gone: AtomicBool,
     /// Set when the runtime's shutdown begins (see `mark_runtime_stopping`).
     runtime_stopping: AtomicBool,
+    /// Set when the runtime is dropped (see `overflow_host_output`): host-bound emits
+    /// that find the output ring full go to `overflow` instead of waiting for room.
+    overflowing: AtomicBool,
+    /// Host-bound messages (tag, correlation id, payload) emitted after the output ring
+    /// filled while `overflowing`; receivers take them once the ring is empty.
+    overflow: Mutex<std::collections::VecDeque<Overflowed>>,
+    /// `overflow` is not empty (receivers look at it only then).
+    overflow_pending: AtomicBool,
     /// What the runtime's drop handed back for this kernel, kept for its handles.
     kept: Mutex<control_ops::Kept>,
     /// Set when the host drains or terminates the kernel: that stop is final, so the
@@ -210,6 +218,10 @@ struct KernelLocal {
     /// `!exec.stash.is_empty()`, for `has_work`, which cannot take the exec lock).
     stash_pending: AtomicBool,
 }
+
+/// A host-bound message that overflowed the output ring during a drop: tag, correlation
+/// id, payload.
+type Overflowed = (u32, [u32; 2], Vec<u8>);
 
 /// `in_hand` when no handler runs.
 const NOT_IN_HAND: u64 = u64::MAX;
@@ -304,6 +316,9 @@ impl KernelCore {
             routes: Mutex::new(vec![None; port_count]),
             runtime_gone: AtomicBool::new(false),
             runtime_stopping: AtomicBool::new(false),
+            overflowing: AtomicBool::new(false),
+            overflow: Mutex::new(std::collections::VecDeque::new()),
+            overflow_pending: AtomicBool::new(false),
             kept: Mutex::new(control_ops::Kept::default()),
             uncollected: AtomicBool::new(false),
             stopped_by_host: AtomicBool::new(false),

@@ -163,6 +163,9 @@ impl KernelCore {
         payload: &[u8],
     ) -> Delivery {
         let claimed = match target {
+            PortTarget::Host if self.overflowing.load(Ordering::Relaxed) => {
+                return self.deliver_or_overflow(tag, corr, payload);
+            }
             PortTarget::Host => {
                 let outbox = self
                     .outbox
@@ -270,6 +273,79 @@ impl KernelCore {
         }
         self.output_stalled.store(false, Ordering::Relaxed);
         true
+    }
+
+    /// A host-bound emit while the runtime is dropped (see `overflow_host_output`): into
+    /// the output ring while nothing overflowed, else behind what did, so that receivers,
+    /// which take the ring first and then the overflow, get everything in emit order.
+    /// Never full: a stop of a dropped runtime does not wait for a host that is not
+    /// receiving (as a device group pumps its host outputs).
+    #[cold]
+    fn deliver_or_overflow(&self, tag: u32, corr: [u32; 2], payload: &[u8]) -> Delivery {
+        let mut overflow = self.overflow.lock();
+        if overflow.is_empty() {
+            let outbox = self
+                .outbox
+                .as_ref()
+                .expect("a Host port needs an output ring");
+            // SAFETY: as in `try_deliver`: this kernel's thread is the output ring's only
+            // producer.
+            if let Ok(claim) = unsafe { outbox.try_claim_exclusive(1) } {
+                claim.write(0, tag, corr, |slot| {
+                    slot[..payload.len()].copy_from_slice(payload);
+                });
+                claim.publish();
+                return Delivery::Delivered;
+            }
+        }
+        overflow.push_back((tag, corr, payload.to_vec()));
+        // ORDERING: Release pairs with the receivers' Acquire load: whoever sees the
+        // flag finds the message in the queue (under its lock anyway).
+        self.overflow_pending.store(true, Ordering::Release);
+        drop(overflow);
+        self.outbox_items.notify();
+        Delivery::Delivered
+    }
+
+    /// From now on host-bound emits that find the output ring full go to an overflow
+    /// queue that receivers read after the ring, instead of waiting for room: what the
+    /// runtime's drop sets before it drains, so that a kernel whose output nobody
+    /// receives during the drop (its receiving handle is on the dropping thread) drains
+    /// its inbox instead of timing out with it, and every handle left receives all it
+    /// emitted. A kernel stalled on a full output is woken to move on.
+    pub fn overflow_host_output(self: &Arc<Self>) {
+        if self.outbox.is_none() {
+            return;
+        }
+        self.overflowing.store(true, Ordering::Relaxed);
+        self.output_stalled.store(false, Ordering::Relaxed);
+        self.wake();
+    }
+
+    /// Takes the oldest overflowed host-bound message (see `overflow_host_output`),
+    /// handing it to `f` as a slot. Only when the output ring is empty.
+    pub(super) fn take_overflow<R>(&self, f: impl FnOnce(SlotRef<'_>) -> R) -> Option<R> {
+        // ORDERING: Acquire pairs with the Release store in `deliver_or_overflow`.
+        if !self.overflow_pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut overflow = self.overflow.lock();
+        let (tag, corr, payload) = overflow.pop_front()?;
+        if overflow.is_empty() {
+            self.overflow_pending.store(false, Ordering::Relaxed);
+        }
+        drop(overflow);
+        let slot = emitted_slot(tag, corr, &payload);
+        Some(f(SlotRef {
+            corr: slot.user_corr(),
+            ..slot
+        }))
+    }
+
+    /// Whether overflowed host-bound messages wait (see `overflow_host_output`).
+    pub(super) fn overflow_pending(&self) -> bool {
+        // ORDERING: as in `take_overflow`.
+        self.overflow_pending.load(Ordering::Acquire)
     }
 
     /// Wakes the consumer of one ring target.
@@ -423,7 +499,9 @@ impl Emitter<'_> {
                 let core = self.core;
                 let ring = slot.exclusive_ring(core);
                 if let Some(ring) = ring {
-                    if !core.abandoned.load(Ordering::Relaxed) {
+                    if !core.abandoned.load(Ordering::Relaxed)
+                        && !core.overflowing.load(Ordering::Relaxed)
+                    {
                         let tag = make_tag(KIND_MESSAGE, core.id);
                         // SAFETY: as in `try_deliver`: the host output ring's only producer
                         // is the thread running this kernel, and an exclusive port owns the
@@ -461,7 +539,7 @@ impl Emitter<'_> {
         mut item: impl FnMut(usize) -> ([u32; 2], bool, &'p [u8]),
     ) -> Result<(), super::EmitError> {
         let mut done = 0;
-        if self.stash.is_empty() && count > 1 {
+        if self.stash.is_empty() && count > 1 && !self.core.overflowing.load(Ordering::Relaxed) {
             if let Some(slot) = self.ports.get(port as usize) {
                 let core = self.core;
                 let ring = slot.exclusive_ring(core);
