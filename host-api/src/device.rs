@@ -116,6 +116,12 @@ fn settings<In: Message, Out: Message>(
     builtin: Option<Builtin>,
     quantum: u32,
 ) -> Result<(KernelSettings, (u32, u32)), Error> {
+    // The CPU's checks of capacities and slot sizes first, so that a spec is refused
+    // with the same error on every backend (`Layout`, `MessageTooLarge`, with their
+    // advice): device groups said `Launch` with the device's words, and took a slot size
+    // too small for the message type (or not a power of two) by silently using the size
+    // they needed.
+    spec.layouts()?;
     let knobs = &spec.device;
     let mut settings = KernelSettings::new(spec.name.clone(), builtin, quantum);
     settings.capacity = spec.capacity;

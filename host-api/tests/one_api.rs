@@ -672,3 +672,41 @@ fn a_receive_waiting_across_a_shutdown_ends_with_runtime_gone_on_every_backend()
         }
     }
 }
+
+/// A spec whose rings cannot be laid out is refused with the same error on every backend
+/// (device backends answered `Launch` with their own words, and took slot sizes too
+/// small for the message type by using the size they needed), and the advice works.
+#[test]
+fn layout_errors_are_the_same_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let spec = |n: &str| KernelSpec::<Record, Record>::new(n).builtin(Builtin::Gather);
+        for (what, bad) in [
+            ("capacity 3", spec("c").capacity(3)),
+            ("host output 0", spec("h").host_output(0)),
+            ("slot of 48 bytes", spec("s").slot_bytes(48)),
+        ] {
+            let error = runtime.launch(bad).map(drop).unwrap_err();
+            assert!(
+                matches!(error, Error::Layout { .. }),
+                "{name}: {what}: {error:?}"
+            );
+        }
+        let error = runtime
+            .launch(spec("small").slot_bytes(16))
+            .map(drop)
+            .unwrap_err();
+        let Error::MessageTooLarge { suggested, .. } = error else {
+            panic!("{name}: a 16-byte slot for a 16-byte record: {error:?}");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains(&format!(".slot_bytes({suggested})")),
+            "{name}: {error}"
+        );
+        let kernel = runtime.launch(spec("fits").slot_bytes(suggested)).unwrap();
+        kernel.activate().unwrap();
+        kernel.send(records(1)[0]).unwrap();
+        assert_eq!(kernel.recv_timeout(TIMEOUT).unwrap().seq, 0, "{name}");
+    }
+}
