@@ -16,6 +16,12 @@ use crate::receiver::RxEnd;
 use crate::spec::{join, Message};
 use crate::{Error, Kernel, Sender};
 
+/// The next request's correlation id, for every requester of the process: a reply that
+/// comes after its request timed out (and its requester was dropped) can never be taken
+/// for the reply of a request of a later requester on the same output. (Each requester
+/// counted from 1, so a new requester got an old one's late reply.)
+static NEXT_CORR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 enum Slot<Out> {
     Waiting(Option<Waker>),
     Ready(Out),
@@ -26,7 +32,6 @@ struct Shared<Out> {
     rx: Mutex<Option<RxEnd>>,
     pending: Mutex<HashMap<u64, Slot<Out>>>,
     unmatched: Mutex<Vec<(u64, Out)>>,
-    next: std::sync::atomic::AtomicU64,
     /// Set by a waiter that found another one receiving.
     contended: AtomicBool,
 }
@@ -107,7 +112,6 @@ impl<In: Message, Out: Message> Requester<In, Out> {
                 rx: Mutex::new(Some(rx)),
                 pending: Mutex::new(HashMap::new()),
                 unmatched: Mutex::new(Vec::new()),
-                next: std::sync::atomic::AtomicU64::new(1),
                 contended: AtomicBool::new(false),
             }),
             _types: PhantomData,
@@ -115,10 +119,7 @@ impl<In: Message, Out: Message> Requester<In, Out> {
     }
 
     fn begin(&self) -> (u64, PendingGuard<'_, Out>) {
-        let corr = self
-            .shared
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let corr = NEXT_CORR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.pending.lock().insert(corr, Slot::Waiting(None));
         (
             corr,

@@ -710,3 +710,43 @@ fn layout_errors_are_the_same_on_every_backend() {
         assert_eq!(kernel.recv_timeout(TIMEOUT).unwrap().seq, 0, "{name}");
     }
 }
+
+/// A reply that comes after its request timed out and its requester was dropped never
+/// answers a later requester's request on the same output, on any backend: correlation
+/// ids are unique across requesters (each counted from 1, and a new requester got the
+/// old one's late reply).
+#[test]
+fn a_late_reply_never_answers_another_requesters_request() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(
+                KernelSpec::<Record, Record>::new("affine")
+                    .builtin(Builtin::Affine { a: 2.0, b: 1.0 }),
+            )
+            .unwrap();
+        let record = |value: f32| Record {
+            key: 0,
+            seq: 0,
+            value,
+            aux: 0,
+        };
+        // Launched, not active: the first request cannot be answered in time.
+        let first = kernel.requester().unwrap();
+        let late = first.request_timeout(record(10.0), Duration::from_millis(100));
+        assert!(
+            matches!(late, Err(Error::Timeout { .. })),
+            "{name}: {late:?}"
+        );
+        drop(first);
+        let second = kernel.requester().unwrap();
+        kernel.activate().unwrap();
+        let reply = second.request_timeout(record(20.0), TIMEOUT).unwrap();
+        assert_eq!(reply.value, 41.0, "{name}: {reply:?}");
+        let unmatched: Vec<f32> = second
+            .take_unmatched()
+            .iter()
+            .map(|(_, r)| r.value)
+            .collect();
+        assert_eq!(unmatched, [21.0], "{name}: the late reply is unmatched");
+    }
+}
