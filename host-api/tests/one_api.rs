@@ -750,3 +750,57 @@ fn a_late_reply_never_answers_another_requesters_request() {
         assert_eq!(unmatched, [21.0], "{name}: the late reply is unmatched");
     }
 }
+
+/// Group topologies are judged the same on every backend: two kernels of one name are
+/// refused (the CPU launched them), a port routed to the host of a kernel without a host
+/// output is refused with what to change (device groups launched it and lost what the
+/// port emitted), and an acyclic group that allows cycles launches (devices refused it
+/// for the permission alone).
+#[test]
+fn group_topologies_are_judged_the_same_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let gather = |n: &str| KernelSpec::<Record, Record>::new(n).builtin(Builtin::Gather);
+
+        let mut g = runtime.group("twins");
+        let a = g.add(gather("same"));
+        let b = g.add(gather("same"));
+        g.route(a, 0, b);
+        let error = g.launch().map(drop).unwrap_err();
+        assert!(
+            error.to_string().contains("two kernels are named `same`"),
+            "{name}: {error}"
+        );
+
+        let mut g = runtime.group("mute");
+        let a = g.add(gather("a").no_host_output());
+        g.to_host(a, 0);
+        let error = g.launch().map(drop).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("no host output") && text.contains(".host_output("),
+            "{name}: {text}"
+        );
+        // The advice works.
+        let mut g = runtime.group("heard");
+        let a = g.add(gather("a").host_output(16));
+        g.to_host(a, 0);
+        let group = g.launch().unwrap();
+        group.activate().unwrap();
+        let kernel = group.kernel(a).unwrap();
+        kernel.send(records(1)[0]).unwrap();
+        assert_eq!(kernel.recv_timeout(TIMEOUT).unwrap().seq, 0, "{name}");
+
+        let mut g = runtime.group("acyclic");
+        let a = g.add(gather("a").no_host_output());
+        let b = g.add(gather("b"));
+        g.route(a, 0, b).allow_cycles();
+        let group = g.launch().unwrap_or_else(|e| panic!("{name}: {e}"));
+        group.activate().unwrap();
+        group.kernel(a).unwrap().send(records(1)[0]).unwrap();
+        assert_eq!(
+            group.kernel(b).unwrap().recv_timeout(TIMEOUT).unwrap().seq,
+            0,
+            "{name}"
+        );
+    }
+}

@@ -302,9 +302,29 @@ impl<'rt> GroupBuilder<'rt> {
         if let Some(foreign) = &self.foreign {
             return Err(foreign.clone());
         }
+        // As device groups do: names tell kernels apart in routes by name, reports and
+        // metrics (the CPU launched two kernels of one name, with one metric series).
+        for (i, k) in self.kernels.iter().enumerate() {
+            if self.kernels[..i].iter().any(|other| other.name == k.name) {
+                return Err(Error::Launch(format!(
+                    "group `{}`: two kernels are named `{}`: rename one",
+                    self.name, k.name
+                )));
+            }
+        }
         let mut edges = Vec::new();
         for (i, &(from, port, target)) in self.routes.iter().enumerate() {
             let k = &self.kernels[from];
+            if target == Target::Host && !k.host_output {
+                // Device groups launched this and lost what the port emitted; the CPU's
+                // refusal said that the port did not exist.
+                return Err(Error::Launch(format!(
+                    "group `{}`: port {port} of kernel `{}` is routed to the host, but the \
+                     kernel has no host output: give its spec `.host_output(capacity)` instead \
+                     of `.no_host_output()`, or route the port to a kernel or the dead letters",
+                    self.name, k.name
+                )));
+            }
             if port >= k.ports {
                 return Err(RouteError::NoSuchPort {
                     kernel: k.name.clone(),
@@ -374,7 +394,12 @@ impl<'rt> GroupBuilder<'rt> {
     /// Plans every kernel for the device of `place`, launches them as one group and
     /// registers it with the runtime.
     fn launch_device(mut self, place: &Place, edges: Vec<(usize, usize)>) -> Result<Group, Error> {
-        if self.allow_cycles {
+        // The routes, not the permission, decide (an acyclic group that allowed cycles was
+        // refused).
+        if self.allow_cycles
+            && routing::check_acyclic(self.kernels.len(), &edges, |n| self.kernels[n].name.clone())
+                .is_err()
+        {
             return Err(Error::Unsupported {
                 what: format!("group `{}` with cycles", self.name),
                 backend: place.name(),
