@@ -198,6 +198,11 @@ pub struct Watcher {
 
 /// How long the watcher naps between polls once spinning and yielding found nothing.
 const WATCH_NAP: Duration = Duration::from_micros(20);
+/// Naps after which the watcher notifies its waiters although nothing it fingerprints
+/// changed (about every 5 ms while someone waits): a waiter whose wake-up was lost, or
+/// that waits on something the fingerprint does not cover, looks again within that
+/// instead of never. A spurious wake costs a waiter one look.
+const NAPS_PER_REFRESH: u32 = 250;
 
 impl Watcher {
     /// A watcher with no thread yet ([`Watcher::run`] on the thread that watches).
@@ -235,6 +240,7 @@ impl Watcher {
         *self.thread.lock() = Some(std::thread::current());
         let mut last = fingerprint();
         let mut backoff = Backoff::new();
+        let mut naps = 0;
         // ORDERING: SeqCst pairs with `stop` and `watch`.
         while !self.stop.load(Ordering::SeqCst) {
             if self.interest.load(Ordering::SeqCst) == 0 {
@@ -247,8 +253,14 @@ impl Watcher {
                 last = now;
                 progress.notify();
                 backoff.reset();
+                naps = 0;
             } else if !backoff.snooze() {
                 std::thread::sleep(WATCH_NAP);
+                naps += 1;
+                if naps == NAPS_PER_REFRESH {
+                    naps = 0;
+                    progress.notify();
+                }
             }
         }
     }
