@@ -203,6 +203,13 @@ pub enum Error {
         /// How long the host waited.
         waited: Duration,
     },
+    /// A request's message went to the dead letters (a handler failed on it, or it could
+    /// not be delivered downstream): no reply will come.
+    #[error("the request went to the dead letters instead of being answered ({reason}); take it back with Runtime::take_dead_letters, fix what the reason says, and send it again")]
+    DeadLettered {
+        /// The kernel and the dead letter's reason.
+        reason: String,
+    },
     /// The kernel's runtime was shut down or dropped: the kernel is stopped and takes no
     /// more messages (a refused send hands the message back). What it emitted stays
     /// receivable until this error; `drain` or `terminate` on the handle hands back what

@@ -16,6 +16,10 @@ use crate::receiver::RxEnd;
 use crate::spec::{join, Message};
 use crate::{Error, Kernel, Sender};
 
+/// How long a blocking request waits on its output before it looks whether its request
+/// went to the dead letters.
+const DEAD_LETTER_LOOK: Duration = Duration::from_millis(10);
+
 /// The next request's correlation id, for every requester of the process: a reply that
 /// comes after its request timed out (and its requester was dropped) can never be taken
 /// for the reply of a request of a later requester on the same output. (Each requester
@@ -29,6 +33,9 @@ enum Slot<Out> {
 
 struct Shared<Out> {
     output: Backing,
+    /// The CPU runtime's dead-letter sink, where a request whose message a handler
+    /// failed on (or that could not be delivered) is found by its correlation id.
+    dead: Option<Arc<gyre_runtime::routing::DeadLetters>>,
     rx: Mutex<Option<RxEnd>>,
     pending: Mutex<HashMap<u64, Slot<Out>>>,
     unmatched: Mutex<Vec<(u64, Out)>>,
@@ -105,10 +112,15 @@ impl<Out> Drop for PendingGuard<'_, Out> {
 impl<In: Message, Out: Message> Requester<In, Out> {
     pub(crate) fn over(input: Backing, output: Backing) -> Result<Self, Error> {
         let rx = RxEnd::take(&output)?;
+        let dead = match &input {
+            Backing::Cpu(core) => Some(Arc::clone(core.dead_letters())),
+            Backing::Device(_) => None,
+        };
         Ok(Self {
             input: Sender::over(input),
             shared: Arc::new(Shared {
                 output,
+                dead,
                 rx: Mutex::new(Some(rx)),
                 pending: Mutex::new(HashMap::new()),
                 unmatched: Mutex::new(Vec::new()),
@@ -133,6 +145,16 @@ impl<In: Message, Out: Message> Requester<In, Out> {
     /// Takes the reply of `corr` if it arrived, registering `waker` otherwise; then
     /// receives for everyone while the output has something. `Some` ends the wait.
     fn poll_reply(&self, corr: u64, waker: Option<&Waker>) -> Option<Result<Out, Error>> {
+        if let Some(reason) = self
+            .shared
+            .dead
+            .as_ref()
+            .and_then(|dead| dead.take_failure(crate::spec::split(corr)))
+        {
+            // No reply will come; one that does anyway goes to `take_unmatched`.
+            self.shared.pending.lock().remove(&corr);
+            return Some(Err(Error::DeadLettered { reason }));
+        }
         {
             let mut pending = self.shared.pending.lock();
             match pending.get_mut(&corr) {
@@ -234,15 +256,24 @@ impl<In: Message, Out: Message> Requester<In, Out> {
         let deadline = timeout.map(|t| started + t);
         let output = &self.shared.output;
         let _watch = output.watch();
-        let result = output
-            .items()
-            .wait_until(deadline, || self.poll_reply(corr, None))
-            .unwrap_or_else(|| {
-                Err(Error::Timeout {
+        // In slices: a request that went to the dead letters is noticed within one (the
+        // dead-letter sink does not notify the output's signal this thread parks on).
+        let result = loop {
+            let slice = Instant::now() + DEAD_LETTER_LOOK;
+            let until = deadline.map_or(slice, |d| d.min(slice));
+            if let Some(result) = output
+                .items()
+                .wait_until(Some(until), || self.poll_reply(corr, None))
+            {
+                break result;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Err(Error::Timeout {
                     kernel: output.name().to_owned(),
                     after: timeout.unwrap_or_default(),
-                })
-            });
+                });
+            }
+        };
         self.finish(started, result)
     }
 
@@ -267,6 +298,15 @@ impl<In: Message, Out: Message> Requester<In, Out> {
         let result = poll_fn(|cx| {
             if let Some(done) = self.poll_reply(corr, Some(cx.waker())) {
                 return Poll::Ready(done);
+            }
+            if let Some(dead) = &self.shared.dead {
+                // Woken too when a letter with a correlation id reaches the sink.
+                if let Poll::Ready(done) = dead
+                    .failures()
+                    .poll_until(cx, || self.poll_reply(corr, None))
+                {
+                    return Poll::Ready(done);
+                }
             }
             output
                 .items()

@@ -334,3 +334,56 @@ fn a_watchdog_restart_of_a_handler_stuck_for_a_while_loses_and_repeats_nothing()
         }
     }
 }
+
+/// A request whose message a handler fails on ends with `Error::DeadLettered` and the
+/// handler's reason, blocking or async (on a current-thread executor), instead of waiting
+/// for a reply that never comes (`request()` hung for good); so does one whose handler
+/// panics under a restart policy (the restart dead-letters it). Later requests are
+/// answered, and the dead letter is still there for `take_dead_letters`.
+#[test]
+fn a_request_that_goes_to_the_dead_letters_ends_with_their_reason() {
+    use gyre::{Error, HandlerError};
+    for fault_policy in [FaultPolicy::Report, policy(5)] {
+        let rt = Runtime::builder().workers(2).build().unwrap();
+        let k = rt
+            .launch(
+                KernelSpec::<u64, u64>::new("picky")
+                    .on_fault(fault_policy)
+                    .cpu(|x, out| {
+                        assert!(*x != 13, "thirteen");
+                        if *x == 7 {
+                            return Err(HandlerError("no sevens".into()));
+                        }
+                        Ok(out.emit(*x * 2)?)
+                    }),
+            )
+            .unwrap();
+        k.activate().unwrap();
+        let req = k.requester().unwrap();
+        let error = req.request(7).unwrap_err();
+        assert!(
+            matches!(&error, Error::DeadLettered { reason } if reason.contains("no sevens")),
+            "{fault_policy:?}: {error}"
+        );
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = tokio.block_on(req.request_async(7)).unwrap_err();
+        assert!(
+            matches!(error, Error::DeadLettered { .. }),
+            "{fault_policy:?}: {error}"
+        );
+        if matches!(fault_policy, FaultPolicy::Restart(_)) {
+            let error = req.request(13).unwrap_err();
+            assert!(
+                matches!(&error, Error::DeadLettered { reason } if reason.contains("thirteen")),
+                "{error}"
+            );
+            wait_for("the restart", || k.state() == State::Active);
+        }
+        assert_eq!(req.request(21).unwrap(), 42, "{fault_policy:?}");
+        let letters = rt.take_dead_letters();
+        assert!(letters.len() >= 2, "{fault_policy:?}: {letters:?}");
+    }
+}

@@ -75,7 +75,24 @@ impl DeadLetter {
 pub struct DeadLetters {
     queue: Mutex<VecDeque<DeadLetter>>,
     total: AtomicU64,
+    /// The correlation ids of the newest letters that carry one, with their reasons,
+    /// whether the letters were taken or not: what a requester waiting for the reply
+    /// to that id looks up (see [`DeadLetters::take_failure`]).
+    failed: Mutex<Failed>,
+    /// Notified when a letter with a correlation id comes in.
+    failures: crate::wait::Signal,
 }
+
+/// The newest correlation ids that went to the dead letters, at most
+/// [`FAILED_KEPT`], oldest first.
+#[derive(Debug, Default)]
+struct Failed {
+    reasons: std::collections::HashMap<[u32; 2], String>,
+    order: VecDeque<[u32; 2]>,
+}
+
+/// Correlation ids of dead letters kept for requesters to look up.
+const FAILED_KEPT: usize = 4096;
 
 impl DeadLetters {
     /// An empty sink.
@@ -86,8 +103,41 @@ impl DeadLetters {
     /// Keeps one message.
     pub fn push(&self, letter: DeadLetter) {
         tracing::debug!(kernel = %letter.kernel, reason = %letter.reason, "dead letter");
+        let corr = letter.corr;
+        let reason =
+            (corr != [0, 0]).then(|| format!("kernel `{}`: {}", letter.kernel, letter.reason));
         self.queue.lock().push_back(letter);
         self.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(reason) = reason {
+            let mut failed = self.failed.lock();
+            if failed.reasons.insert(corr, reason).is_none() {
+                failed.order.push_back(corr);
+            }
+            while failed.order.len() > FAILED_KEPT {
+                if let Some(oldest) = failed.order.pop_front() {
+                    failed.reasons.remove(&oldest);
+                }
+            }
+            drop(failed);
+            self.failures.notify();
+        }
+    }
+
+    /// Why the message with correlation id `corr` went to the dead letters, if one did
+    /// lately (among the newest [`FAILED_KEPT`] ids); forgets it. A requester waiting for
+    /// the reply to `corr` asks this, so that a request whose message a handler failed
+    /// on, or that could not be delivered, ends with that reason instead of waiting for
+    /// a reply that will not come.
+    pub fn take_failure(&self, corr: [u32; 2]) -> Option<String> {
+        let mut failed = self.failed.lock();
+        let reason = failed.reasons.remove(&corr)?;
+        failed.order.retain(|c| *c != corr);
+        Some(reason)
+    }
+
+    /// Notified whenever a letter with a correlation id comes in.
+    pub fn failures(&self) -> &crate::wait::Signal {
+        &self.failures
     }
 
     /// Takes every message kept so far, oldest first.

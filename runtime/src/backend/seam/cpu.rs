@@ -556,6 +556,11 @@ impl CpuKernel {
         self.0.take_unreceived_outputs(on_output)
     }
 
+    /// The runtime's dead-letter sink this kernel sends to.
+    pub fn dead_letters(&self) -> &Arc<DeadLetters> {
+        self.0.dead_letters()
+    }
+
     /// From now on what the kernel emits to the host while its output ring is full
     /// waits in a queue its receivers read after the ring, instead of holding the kernel
     /// back: what the runtime's drop sets before it drains (see

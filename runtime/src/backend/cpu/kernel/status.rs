@@ -109,6 +109,11 @@ impl KernelCore {
             && !self.restart_state.lock().book.circuit_open
     }
 
+    /// The runtime's dead-letter sink this kernel sends to.
+    pub fn dead_letters(&self) -> &Arc<crate::routing::DeadLetters> {
+        &self.dead
+    }
+
     /// Restarts done by the kernel's fault policy over its life.
     pub fn restarts(&self) -> u64 {
         self.restart_state.lock().total
