@@ -433,7 +433,7 @@ impl KernelCore {
             epoch
         } else {
             let target = lifecycle::transition(from, Event::Command(Command::Terminate))?;
-            self.terminating.store(true, Ordering::Release);
+            self.local.terminating.store(true, Ordering::Release);
             self.close_inbox();
             let epoch = self.issue(Command::Terminate);
             *serial = Some((epoch, target));
@@ -530,7 +530,7 @@ impl KernelCore {
                 Err(now) => in_hand = now,
             }
         }
-        self.abandoned.store(true, Ordering::SeqCst);
+        self.local.abandoned.store(true, Ordering::SeqCst);
         let (ring, position) = (in_hand >> 32, in_hand as u32);
         tracing::error!(
             kernel = %self.config.name,
@@ -606,7 +606,7 @@ impl KernelCore {
         // turn applied it and terminated again (a supervised restart after a watchdog
         // left the kernel terminated in about a third of the runs with 2 workers).
         self.apply_commands(exec);
-        if from == State::Faulted && !self.terminating.load(Ordering::Relaxed) {
+        if from == State::Faulted && !self.local.terminating.load(Ordering::Relaxed) {
             // The message the handler panicked on is first in one of the inbox rings;
             // it would panic again, so it goes to the dead-letter sink.
             let reason = self.fault().unwrap_or_else(|| "faulted".into());
@@ -633,8 +633,8 @@ impl KernelCore {
         }
         self.inbox.reopen();
         self.lane.reopen();
-        self.terminating.store(false, Ordering::Relaxed);
-        self.abandoned.store(false, Ordering::Relaxed);
+        self.local.terminating.store(false, Ordering::Relaxed);
+        self.local.abandoned.store(false, Ordering::Relaxed);
         self.uncollected.store(false, Ordering::Relaxed);
         self.stopped_by_host.store(false, Ordering::Relaxed);
         self.output_stalled.store(false, Ordering::Relaxed);

@@ -198,7 +198,7 @@ impl KernelCore {
             State::Launched | State::Active | State::Paused => {
                 if self.fault.lock().is_some() {
                     State::Faulted
-                } else if self.terminating.load(Ordering::Relaxed) {
+                } else if self.local.terminating.load(Ordering::Relaxed) {
                     State::Terminated
                 } else {
                     State::Draining

@@ -163,7 +163,7 @@ impl KernelCore {
         payload: &[u8],
     ) -> Delivery {
         let claimed = match target {
-            PortTarget::Host if self.overflowing.load(Ordering::Relaxed) => {
+            PortTarget::Host if self.local.overflowing.load(Ordering::Relaxed) => {
                 return self.deliver_or_overflow(tag, corr, payload);
             }
             PortTarget::Host => {
@@ -317,7 +317,7 @@ impl KernelCore {
         if self.outbox.is_none() {
             return;
         }
-        self.overflowing.store(true, Ordering::Relaxed);
+        self.local.overflowing.store(true, Ordering::Relaxed);
         self.output_stalled.store(false, Ordering::Relaxed);
         self.wake();
     }
@@ -499,8 +499,8 @@ impl Emitter<'_> {
                 let core = self.core;
                 let ring = slot.exclusive_ring(core);
                 if let Some(ring) = ring {
-                    if !core.abandoned.load(Ordering::Relaxed)
-                        && !core.overflowing.load(Ordering::Relaxed)
+                    if !core.local.abandoned.load(Ordering::Relaxed)
+                        && !core.local.overflowing.load(Ordering::Relaxed)
                     {
                         let tag = make_tag(KIND_MESSAGE, core.id);
                         // SAFETY: as in `try_deliver`: the host output ring's only producer
@@ -539,7 +539,10 @@ impl Emitter<'_> {
         mut item: impl FnMut(usize) -> ([u32; 2], bool, &'p [u8]),
     ) -> Result<(), super::EmitError> {
         let mut done = 0;
-        if self.stash.is_empty() && count > 1 && !self.core.overflowing.load(Ordering::Relaxed) {
+        if self.stash.is_empty()
+            && count > 1
+            && !self.core.local.overflowing.load(Ordering::Relaxed)
+        {
             if let Some(slot) = self.ports.get(port as usize) {
                 let core = self.core;
                 let ring = slot.exclusive_ring(core);
@@ -548,7 +551,7 @@ impl Emitter<'_> {
                     if let Some(len) = (0..count).map(|i| item(i).2.len()).find(|&l| l > max) {
                         return Err(super::EmitError::TooLarge { len, max });
                     }
-                    if core.abandoned.load(Ordering::Relaxed) {
+                    if core.local.abandoned.load(Ordering::Relaxed) {
                         return Err(super::EmitError::Abandoned);
                     }
                     let want = u32::try_from(count)
@@ -601,7 +604,7 @@ impl Emitter<'_> {
     ) -> Result<(), super::EmitError> {
         use super::EmitError;
         let core = self.core;
-        if core.abandoned.load(Ordering::Relaxed) {
+        if core.local.abandoned.load(Ordering::Relaxed) {
             return Err(EmitError::Abandoned);
         }
         let ports = self.ports.len() as u32;

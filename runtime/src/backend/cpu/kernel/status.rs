@@ -129,7 +129,7 @@ impl KernelCore {
     /// A kernel abandoned by a terminate (its handler never returned) reads as
     /// `Terminated`: the host took its rings over without the kernel's acknowledgement.
     pub fn state(&self) -> State {
-        if self.abandoned.load(Ordering::Relaxed) {
+        if self.local.abandoned.load(Ordering::Relaxed) {
             return State::Terminated;
         }
         self.control.state()
@@ -161,7 +161,7 @@ impl KernelCore {
 
     /// Whether a terminate gave up on this kernel's handler (see [`KernelCore::state`]).
     pub fn is_abandoned(&self) -> bool {
-        self.abandoned.load(Ordering::Relaxed)
+        self.local.abandoned.load(Ordering::Relaxed)
     }
 
     /// Nanoseconds the kernel spent in turns that handled messages (handler calls and

@@ -358,7 +358,10 @@ impl KernelCore {
         control: &mut KernelSide<Arc<HostControl>>,
         tally: &mut Tally,
     ) -> Step {
-        if emitter.stalled || tally.panic.is_some() || self.terminating.load(Ordering::Relaxed) {
+        if emitter.stalled
+            || tally.panic.is_some()
+            || self.local.terminating.load(Ordering::Relaxed)
+        {
             return Step::Keep;
         }
         // One beat per message, so a slow but live handler never looks stalled.
@@ -372,16 +375,20 @@ impl KernelCore {
             corr: slot.corr,
             payload: slot.payload,
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle(message, emitter)));
-        if self.terminating.load(Ordering::Relaxed) && self.handed_back(ring, slot.position) {
-            return Step::Keep;
-        }
-        match outcome {
+        match catch_unwind(AssertUnwindSafe(|| handler.handle(message, emitter))) {
             Ok(Ok(())) => {
                 tally.handled += 1;
                 Step::Next
             }
+            // A handler that returns after a terminate gave up on it: `Ok` is harmless
+            // (its emits were refused, the restart discards what the rings still hold),
+            // but an error or a panic must not dead-letter again, or fault the kernel, for
+            // a message the terminate handed back (`abandoned_failure`). Checked in these
+            // cold arms only: a check after every handler call cost the pipeline ~12 %.
             Ok(Err(error)) => {
+                if self.abandoned_failure(ring, slot.position) {
+                    return Step::Keep;
+                }
                 tally.handled += 1;
                 tally.errors += 1;
                 // Per message, so debug: the `errors` counter is the place to watch.
@@ -390,6 +397,9 @@ impl KernelCore {
                 Step::Next
             }
             Err(payload) => {
+                if self.abandoned_failure(ring, slot.position) {
+                    return Step::Keep;
+                }
                 tally.panic = Some(panic_message(payload.as_ref()));
                 // The message stays first in its ring; a restart dead-letters it.
                 tally.poisoned = Some((ring, 1));
@@ -415,7 +425,7 @@ impl KernelCore {
         if budget == 0
             || emitter.stalled
             || tally.panic.is_some()
-            || self.terminating.load(Ordering::Relaxed)
+            || self.local.terminating.load(Ordering::Relaxed)
         {
             return 0;
         }
@@ -437,7 +447,8 @@ impl KernelCore {
             len,
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| handler.handle_batch(&batch, emitter)));
-        if self.terminating.load(Ordering::Relaxed) && self.handed_back(ring, consumer.head()) {
+        if self.local.terminating.load(Ordering::Relaxed) && self.handed_back(ring, consumer.head())
+        {
             return skipped;
         }
         match outcome {
@@ -464,13 +475,21 @@ impl KernelCore {
 
     /// After a handler returned during a terminate: whether the terminate gave up on
     /// it and handed back its message (or batch, from `position` on), which the turn
-    /// then must neither release, dead-letter nor count (before, an abandoned handler
-    /// that returned an error dead-lettered a message the terminate had handed back
-    /// already). Otherwise the message is the turn's again and the terminate waits for
-    /// the turn's acknowledgement.
+    /// then must not dead-letter or fault on (before, an abandoned handler that returned
+    /// an error dead-lettered a message the terminate had handed back already).
+    /// Otherwise the message is the turn's again and the terminate waits for the turn's
+    /// acknowledgement.
     ///
-    /// Only checked once `terminating` is set, so the hot path pays a load: the
-    /// terminate sets it a whole command timeout before it may give up on the handler.
+    /// Only asked once `terminating` is set (the terminate sets it a whole command
+    /// timeout before it may give up on the handler), and for one message only when its
+    /// handler failed: the hot path pays nothing.
+    #[cold]
+    #[inline(never)]
+    fn abandoned_failure(&self, ring: u64, position: u32) -> bool {
+        self.local.terminating.load(Ordering::Relaxed) && self.handed_back(ring, position)
+    }
+
+    /// The swap of [`KernelCore::abandoned_failure`] (see there).
     #[cold]
     fn handed_back(&self, ring: u64, position: u32) -> bool {
         // ORDERING: SeqCst, as the terminate's swap in `abandon`.
