@@ -83,8 +83,8 @@ pub struct DeadLetters {
     failures: crate::wait::Signal,
 }
 
-/// The newest correlation ids that went to the dead letters, at most
-/// [`FAILED_KEPT`], oldest first.
+/// The newest correlation ids that went to the dead letters, at most `FAILED_KEPT`,
+/// oldest first.
 #[derive(Debug, Default)]
 struct Failed {
     reasons: std::collections::HashMap<[u32; 2], String>,
@@ -124,7 +124,7 @@ impl DeadLetters {
     }
 
     /// Why the message with correlation id `corr` went to the dead letters, if one did
-    /// lately (among the newest [`FAILED_KEPT`] ids); forgets it. A requester waiting for
+    /// lately (among the newest 4,096 ids); forgets it. A requester waiting for
     /// the reply to `corr` asks this, so that a request whose message a handler failed
     /// on, or that could not be delivered, ends with that reason instead of waiting for
     /// a reply that will not come.
