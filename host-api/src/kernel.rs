@@ -410,7 +410,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
     /// The exclusive single-producer sender of this kernel: it writes into a lane of the
     /// inbox that has no other producer, so a send needs no compare-and-swap (on the CPU;
     /// device backends take it through the shared inbox). Shared senders keep working
-    /// beside it; ordering holds per sender.
+    /// beside it; ordering holds per sender. On the CPU the lane is a ring of its own
+    /// with the inbox's capacity, so with both in use up to twice `capacity` messages
+    /// can wait; on a device backend `capacity` bounds them all.
     ///
     /// # Errors
     /// [`Error::ExclusiveSenderTaken`] when one exists already.

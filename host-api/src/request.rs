@@ -233,7 +233,11 @@ impl<In: Message, Out: Message> Requester<In, Out> {
     ///
     /// # Errors
     /// The send's error (the request is `Copy`: keep it to retry), or the output
-    /// kernel's when it stops before replying.
+    /// kernel's when it stops before replying. After [`Error::Faulted`] the request's
+    /// message may still be queued: a restart keeps queued messages and runs it, and its
+    /// reply then goes to [`Requester::take_unmatched`] (terminate first to take it back
+    /// instead). [`Error::DeadLettered`] when its message went to the dead letters (CPU
+    /// kernels): no reply comes.
     pub fn request(&self, request: In) -> Result<Out, Error> {
         self.request_within(request, None)
     }
