@@ -102,6 +102,9 @@ struct PendingGuard<'a, Out> {
 
 impl<Out> Drop for PendingGuard<'_, Out> {
     fn drop(&mut self) {
+        if let Some(dead) = &self.shared.dead {
+            dead.stop_watching(crate::spec::split(self.corr));
+        }
         if let Some(Slot::Ready(late)) = self.shared.pending.lock().remove(&self.corr) {
             // The reply came while the waiter gave up: keep it.
             self.shared.unmatched.lock().push((self.corr, late));
@@ -304,11 +307,10 @@ impl<In: Message, Out: Message> Requester<In, Out> {
                 return Poll::Ready(done);
             }
             if let Some(dead) = &self.shared.dead {
-                // Woken too when a letter with a correlation id reaches the sink.
-                if let Poll::Ready(done) = dead
-                    .failures()
-                    .poll_until(cx, || self.poll_reply(corr, None))
-                {
+                // Woken too when this request's message reaches the dead letters; then
+                // asked again, as it may have come in before the registration.
+                dead.wake_on_failure(crate::spec::split(corr), cx.waker());
+                if let Some(done) = self.poll_reply(corr, None) {
                     return Poll::Ready(done);
                 }
             }

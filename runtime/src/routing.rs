@@ -79,8 +79,9 @@ pub struct DeadLetters {
     /// whether the letters were taken or not: what a requester waiting for the reply
     /// to that id looks up (see [`DeadLetters::take_failure`]).
     failed: Mutex<Failed>,
-    /// Notified when a letter with a correlation id comes in.
-    failures: crate::wait::Signal,
+    /// Tasks waiting for the reply to a correlation id, woken when a letter with that
+    /// id comes in (one entry per request waiting, removed when it ends).
+    watchers: Mutex<std::collections::HashMap<[u32; 2], std::task::Waker>>,
 }
 
 /// The newest correlation ids that went to the dead letters, at most `FAILED_KEPT`,
@@ -119,7 +120,9 @@ impl DeadLetters {
                 }
             }
             drop(failed);
-            self.failures.notify();
+            if let Some(waker) = self.watchers.lock().remove(&corr) {
+                waker.wake();
+            }
         }
     }
 
@@ -135,9 +138,22 @@ impl DeadLetters {
         Some(reason)
     }
 
-    /// Notified whenever a letter with a correlation id comes in.
-    pub fn failures(&self) -> &crate::wait::Signal {
-        &self.failures
+    /// Wakes `waker` when a letter with correlation id `corr` comes in (once; ask
+    /// [`DeadLetters::take_failure`] after registering, as the letter may be in already).
+    pub fn wake_on_failure(&self, corr: [u32; 2], waker: &std::task::Waker) {
+        let mut watchers = self.watchers.lock();
+        match watchers.get_mut(&corr) {
+            Some(old) if old.will_wake(waker) => {}
+            Some(old) => old.clone_from(waker),
+            None => {
+                watchers.insert(corr, waker.clone());
+            }
+        }
+    }
+
+    /// Forgets the waker registered for `corr` (its request ended).
+    pub fn stop_watching(&self, corr: [u32; 2]) {
+        self.watchers.lock().remove(&corr);
     }
 
     /// Takes every message kept so far, oldest first.
