@@ -15,6 +15,7 @@ use crate::backing::{read, Backing};
 use crate::receiver::RxEnd;
 use crate::spec::{join, Message};
 use crate::{Error, Kernel, Sender};
+use gyre_runtime::routing::DeadLetters;
 
 /// How long a blocking request waits on its output before it looks whether its request
 /// went to the dead letters.
@@ -33,14 +34,38 @@ enum Slot<Out> {
 
 struct Shared<Out> {
     output: Backing,
-    /// The CPU runtime's dead-letter sink, where a request whose message a handler
-    /// failed on (or that could not be delivered) is found by its correlation id.
-    dead: Option<Arc<gyre_runtime::routing::DeadLetters>>,
+    /// Where a request whose message a handler failed on, or that was routed to or
+    /// could not be delivered past the dead letters, is found by its correlation id.
+    dead: DeadSink,
     rx: Mutex<Option<RxEnd>>,
     pending: Mutex<HashMap<u64, Slot<Out>>>,
     unmatched: Mutex<Vec<(u64, Out)>>,
     /// Set by a waiter that found another one receiving.
     contended: AtomicBool,
+}
+
+/// The dead letters a request's message can end in: the CPU runtime's sink, or the device
+/// group's (which gathers what every generation of the group dead-lettered when asked).
+enum DeadSink {
+    Cpu(Arc<DeadLetters>),
+    Device(Arc<crate::backing::DeviceCore>),
+}
+
+impl DeadSink {
+    fn of(input: &Backing) -> Self {
+        match input {
+            Backing::Cpu(core) => Self::Cpu(Arc::clone(core.dead_letters())),
+            Backing::Device(device) => Self::Device(Arc::clone(&device.group)),
+        }
+    }
+
+    /// The sink, up to date.
+    fn letters(&self) -> &DeadLetters {
+        match self {
+            Self::Cpu(dead) => dead,
+            Self::Device(core) => core.group.gathered_dead_letters(),
+        }
+    }
 }
 
 impl<Out> Drop for Shared<Out> {
@@ -102,9 +127,10 @@ struct PendingGuard<'a, Out> {
 
 impl<Out> Drop for PendingGuard<'_, Out> {
     fn drop(&mut self) {
-        if let Some(dead) = &self.shared.dead {
-            dead.stop_watching(crate::spec::split(self.corr));
-        }
+        self.shared
+            .dead
+            .letters()
+            .stop_watching(crate::spec::split(self.corr));
         if let Some(Slot::Ready(late)) = self.shared.pending.lock().remove(&self.corr) {
             // The reply came while the waiter gave up: keep it.
             self.shared.unmatched.lock().push((self.corr, late));
@@ -115,10 +141,7 @@ impl<Out> Drop for PendingGuard<'_, Out> {
 impl<In: Message, Out: Message> Requester<In, Out> {
     pub(crate) fn over(input: Backing, output: Backing) -> Result<Self, Error> {
         let rx = RxEnd::take(&output)?;
-        let dead = match &input {
-            Backing::Cpu(core) => Some(Arc::clone(core.dead_letters())),
-            Backing::Device(_) => None,
-        };
+        let dead = DeadSink::of(&input);
         Ok(Self {
             input: Sender::over(input),
             shared: Arc::new(Shared {
@@ -151,8 +174,8 @@ impl<In: Message, Out: Message> Requester<In, Out> {
         if let Some(reason) = self
             .shared
             .dead
-            .as_ref()
-            .and_then(|dead| dead.take_failure(crate::spec::split(corr)))
+            .letters()
+            .take_failure(crate::spec::split(corr))
         {
             // No reply will come; one that does anyway goes to `take_unmatched`.
             self.shared.pending.lock().remove(&corr);
@@ -239,8 +262,8 @@ impl<In: Message, Out: Message> Requester<In, Out> {
     /// kernel's when it stops before replying. After [`Error::Faulted`] the request's
     /// message may still be queued: a restart keeps queued messages and runs it, and its
     /// reply then goes to [`Requester::take_unmatched`] (terminate first to take it back
-    /// instead). [`Error::DeadLettered`] when its message went to the dead letters (CPU
-    /// kernels): no reply comes.
+    /// instead). [`Error::DeadLettered`] when its message went to the dead letters: no
+    /// reply comes.
     pub fn request(&self, request: In) -> Result<Out, Error> {
         self.request_within(request, None)
     }
@@ -306,13 +329,16 @@ impl<In: Message, Out: Message> Requester<In, Out> {
             if let Some(done) = self.poll_reply(corr, Some(cx.waker())) {
                 return Poll::Ready(done);
             }
-            if let Some(dead) = &self.shared.dead {
-                // Woken too when this request's message reaches the dead letters; then
-                // asked again, as it may have come in before the registration.
-                dead.wake_on_failure(crate::spec::split(corr), cx.waker());
-                if let Some(done) = self.poll_reply(corr, None) {
-                    return Poll::Ready(done);
-                }
+            // Woken too when this request's message reaches the dead letters (a device
+            // group's are gathered when someone looks, as this does on every wake-up of
+            // the output); then asked again, as it may have come in before the
+            // registration.
+            self.shared
+                .dead
+                .letters()
+                .wake_on_failure(crate::spec::split(corr), cx.waker());
+            if let Some(done) = self.poll_reply(corr, None) {
+                return Poll::Ready(done);
             }
             output
                 .items()

@@ -806,3 +806,47 @@ fn group_topologies_are_judged_the_same_on_every_backend() {
         );
     }
 }
+
+/// A request whose message a kernel routes to the dead letters ends with
+/// `Error::DeadLettered` and the letter's reason on every backend, blocking and async, and
+/// the requester goes on answering (devices left such a request waiting for good).
+#[test]
+fn a_request_routed_to_the_dead_letters_ends_with_dead_lettered_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let mut g = runtime.group("picky");
+        let split = g
+            .add(KernelSpec::<Record, Record>::new("split").builtin(Builtin::Scatter { ports: 2 }));
+        g.to_dead_letters(split, 1);
+        let group = g.launch().unwrap();
+        group.activate().unwrap();
+        let requester = group.kernel(split).unwrap().requester().unwrap();
+        let record = |key: u32| Record {
+            key,
+            seq: 0,
+            value: key as f32,
+            aux: 0,
+        };
+        let error = requester.request_timeout(record(1), TIMEOUT).unwrap_err();
+        assert!(
+            matches!(&error, Error::DeadLettered { reason } if reason.contains("split")),
+            "{name}: {error}"
+        );
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let error = tokio
+            .block_on(async {
+                tokio::time::timeout(TIMEOUT, requester.request_async(record(3))).await
+            })
+            .expect("the async request ends")
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::DeadLettered { .. }),
+            "{name}: {error}"
+        );
+        let reply = requester.request_timeout(record(4), TIMEOUT).unwrap();
+        assert_eq!(reply.key, 4, "{name}");
+        assert_eq!(runtime.take_dead_letters().len(), 2, "{name}");
+    }
+}

@@ -189,6 +189,13 @@ impl Restartable {
         }
     }
 
+    /// The group's dead letters with what every generation kept gathered in (what a
+    /// requester looks its failed requests up in).
+    pub(crate) fn gathered_dead_letters(&self) -> &DeadLetters {
+        self.absorb_dead_letters();
+        &self.dead_letters
+    }
+
     /// Dead letters the group ever kept, taken or not (what `Runtime::dead_letter_total`
     /// and the `gyre_runtime_dead_letters_total` metric add up).
     pub(crate) fn dead_letter_total(&self) -> u64 {
