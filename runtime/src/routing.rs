@@ -29,8 +29,13 @@ pub struct DeadLetter {
     /// dead-letter sink.
     pub reason: String,
     /// Whether it is a message the kernel received (`true`: its handler failed on it) or
-    /// one it emitted (`false`: it could not be delivered downstream).
+    /// one it emitted (`false`: it could not be delivered downstream, or went to a port
+    /// bound to the sink).
     pub is_input: bool,
+    /// Whether the kernel's own routing sent it here (a port bound to the dead-letter
+    /// sink) rather than a failure. A request ends with `DeadLettered` only on a
+    /// failure: a copy a handler routes to the sink says nothing of its reply.
+    pub routed: bool,
     /// The slot tag (kind and sender id).
     pub tag: u32,
     /// The correlation id the message was sent (or emitted) with; 0 when it had none.
@@ -57,6 +62,7 @@ impl DeadLetter {
             kernel: kernel.to_owned(),
             reason: prefix.to_string(),
             is_input: prefix.is_input(),
+            routed: matches!(prefix.reason(), Ok(crate::abi::DeadReason::Port)),
             tag: (sender << TAG_SENDER_SHIFT) | (prefix.kind & TAG_KIND_MASK),
             corr,
             payload: payload
@@ -75,7 +81,8 @@ impl DeadLetter {
 pub struct DeadLetters {
     queue: Mutex<VecDeque<DeadLetter>>,
     total: AtomicU64,
-    /// The correlation ids of the newest letters that carry one, with their reasons,
+    /// The correlation ids of the newest failed letters (not `routed`) that carry one,
+    /// with their reasons,
     /// whether the letters were taken or not: what a requester waiting for the reply
     /// to that id looks up (see [`DeadLetters::take_failure`]).
     failed: Mutex<Failed>,
@@ -105,8 +112,8 @@ impl DeadLetters {
     pub fn push(&self, letter: DeadLetter) {
         tracing::debug!(kernel = %letter.kernel, reason = %letter.reason, "dead letter");
         let corr = letter.corr;
-        let reason =
-            (corr != [0, 0]).then(|| format!("kernel `{}`: {}", letter.kernel, letter.reason));
+        let reason = (corr != [0, 0] && !letter.routed)
+            .then(|| format!("kernel `{}`: {}", letter.kernel, letter.reason));
         self.queue.lock().push_back(letter);
         self.total.fetch_add(1, Ordering::Relaxed);
         if let Some(reason) = reason {

@@ -624,7 +624,7 @@ impl Emitter<'_> {
             PortTarget::Unbound => Err(EmitError::Unbound { port }),
             PortTarget::DeadLetters => {
                 let reason = format!("port {port} is bound to the dead-letter sink");
-                core.dead_letter(false, reason, &emitted_slot(tag, corr, payload));
+                core.route_to_dead_letters(reason, &emitted_slot(tag, corr, payload));
                 self.emitted += 1;
                 Ok(())
             }

@@ -528,10 +528,20 @@ impl KernelCore {
     /// sink with `reason`. Its correlation id is the user's: 0 for a timed message (whose
     /// slot carries the send time there), as a receive or a stop report gives it.
     pub(crate) fn dead_letter(&self, is_input: bool, reason: String, slot: &SlotRef<'_>) {
+        self.push_dead_letter(is_input, false, reason, slot);
+    }
+
+    /// Sends an emitted message to the dead-letter sink because its port is bound there.
+    pub(crate) fn route_to_dead_letters(&self, reason: String, slot: &SlotRef<'_>) {
+        self.push_dead_letter(false, true, reason, slot);
+    }
+
+    fn push_dead_letter(&self, is_input: bool, routed: bool, reason: String, slot: &SlotRef<'_>) {
         self.dead.push(DeadLetter {
             kernel: self.config.name.clone(),
             reason,
             is_input,
+            routed,
             tag: slot.tag,
             corr: slot.user_corr(),
             payload: slot.payload.to_vec(),
