@@ -888,3 +888,43 @@ fn a_copy_routed_to_the_dead_letters_neither_answers_nor_fails_a_request() {
         assert!(letters.iter().all(|l| l.routed && !l.is_input), "{name}");
     }
 }
+
+/// A stage that adds `add`, with device functions named `f` whatever `add` is (one spec
+/// factory used twice in a group, different code baked in).
+fn adder(name: &str, add: u32) -> KernelSpec<u32, u32> {
+    KernelSpec::<u32, u32>::new(name)
+        .cpu(move |x, out| Ok(out.emit(x + add)?))
+        .cuda(
+            "f",
+            format!(
+                "__device__ int f(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {{\n\
+                 gyre_u32 x = *(const gyre_u32 *)msg + {add}u;\n\
+                 return gyre_emit(ctx, 0u, &x, sizeof x);\n}}"
+            ),
+        )
+        .wgsl(
+            "f",
+            format!(
+                "fn f(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {{\n\
+                 (*msg).w[0] = (*msg).w[0] + {add}u;\n\
+                 return gyre_emit(ctx, 0u, msg, 4u);\n}}"
+            ),
+        )
+}
+
+/// Two kernels of one group whose device functions share a name each run their own code
+/// on every backend (wgpu ran the first one's for both: a group is one WGSL module).
+#[test]
+fn kernels_whose_device_functions_share_a_name_each_run_their_own() {
+    for (name, runtime) in runtimes() {
+        let pipeline = runtime
+            .pipeline::<u32>("adders")
+            .stage(adder("thousand", 1000))
+            .stage(adder("one", 1))
+            .launch()
+            .unwrap();
+        pipeline.activate().unwrap();
+        pipeline.send(5).unwrap();
+        assert_eq!(pipeline.recv_timeout(TIMEOUT).unwrap(), 1006, "{name}");
+    }
+}

@@ -59,30 +59,45 @@ pub fn group_module(handlers: &[WgslHandler], parallel: &[bool], msg_words: u32)
     );
     add(&mut module, "tick.wgsl", gyre_shaders::TICK_WGSL);
     add(&mut module, "builtins.wgsl", gyre_shaders::BUILTINS_WGSL);
-    let mut seen: Vec<&str> = Vec::new();
-    for handler in handlers {
+    // The handlers are distinct (`dispatch_cases`), but two may define the same function
+    // name (one spec factory with different code baked in). A group is one WGSL module,
+    // with one namespace: the later one's function is renamed (its definition, as WGSL
+    // has no recursion and nothing else calls it), so each kernel runs its own code, as
+    // in CUDA, where each source has a namespace of its own. Helpers the sources define
+    // still share the namespace: a clash between them fails validation at their line.
+    let mut names: Vec<String> = Vec::with_capacity(handlers.len());
+    for (case, handler) in handlers.iter().enumerate() {
+        let mut name = handler.function().to_owned();
         if let WgslHandler::Source {
             function,
             source,
             file,
         } = handler
         {
-            if seen.contains(&function.as_str()) {
-                continue;
+            let renamed = names
+                .contains(function)
+                .then(|| format!("{function}_gyre_case{case}"));
+            match renamed
+                .as_deref()
+                .and_then(|new| rename_fn(source, function, new))
+            {
+                Some(source) => {
+                    name = renamed.unwrap_or_default();
+                    add(&mut module, file, &source);
+                }
+                None => add(&mut module, file, source),
             }
-            seen.push(function);
-            add(&mut module, file, source);
         }
+        names.push(name);
     }
     let mut tail = String::from(
         "fn gyre_dispatch(handler: u32, ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, \
          bytes: u32) -> u32 {\n    switch handler {\n",
     );
-    for (case, handler) in handlers.iter().enumerate() {
+    for (case, name) in names.iter().enumerate() {
         let _ = writeln!(
             tail,
-            "        case {case}u: {{ return {}(ctx, msg, bytes); }}",
-            handler.function()
+            "        case {case}u: {{ return {name}(ctx, msg, bytes); }}"
         );
     }
     tail.push_str("        default: { return GYRE_ERR_NO_HANDLER; }\n    }\n}\n");
@@ -101,6 +116,39 @@ pub fn group_module(handlers: &[WgslHandler], parallel: &[bool], msg_words: u32)
     }
     add(&mut module, "gyre_dispatch.wgsl", &tail);
     module
+}
+
+/// `source` with the definition of function `function` (`fn function(`, any spacing)
+/// renamed to `new`; `None` when it has no such definition (validation then reports the
+/// missing function).
+fn rename_fn(source: &str, function: &str, new: &str) -> Option<String> {
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut at = 0;
+    while let Some(found) = source[at..].find("fn") {
+        let start = at + found;
+        at = start + 2;
+        if source[..start].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let rest = &source[at..];
+        let name_at = rest.len() - rest.trim_start().len();
+        if name_at == 0 {
+            continue;
+        }
+        let after_name = &rest[name_at..];
+        let Some(after) = after_name.strip_prefix(function) else {
+            continue;
+        };
+        if after.trim_start().starts_with('(') {
+            let name_start = at + name_at;
+            return Some(format!(
+                "{}{new}{}",
+                &source[..name_start],
+                &source[name_start + function.len()..]
+            ));
+        }
+    }
+    None
 }
 
 /// Parses and validates a module with naga. The error names the file and line of the
@@ -133,5 +181,52 @@ fn describe(at: Option<(String, usize)>, message: &str, report: &str) -> String 
     match at {
         Some((file, line)) => format!("{file}:{line}: {message}\n{report}"),
         None => format!("{message}\n{report}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler(function: &str, body: &str) -> WgslHandler {
+        WgslHandler::Source {
+            function: function.to_owned(),
+            source: format!(
+                "fn {function} (ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, \
+                 bytes: u32) -> u32 {{\n    {body}\n}}\n"
+            ),
+            file: format!("{function}.wgsl"),
+        }
+    }
+
+    #[test]
+    fn rename_fn_renames_the_definition_only() {
+        let source = "// fn f( in a comment\nfn ff(a: u32) -> u32 { return a; }\nfn  f (x: u32) -> u32 { return ff(x); }";
+        assert_eq!(
+            rename_fn(source, "f", "g").as_deref(),
+            Some("// fn g( in a comment\nfn ff(a: u32) -> u32 { return a; }\nfn  f (x: u32) -> u32 { return ff(x); }")
+        );
+        let source = "fn ff(a: u32) -> u32 { return a; }\nfn  f (x: u32) -> u32 { return ff(x); }";
+        assert_eq!(
+            rename_fn(source, "f", "g").as_deref(),
+            Some("fn ff(a: u32) -> u32 { return a; }\nfn  g (x: u32) -> u32 { return ff(x); }")
+        );
+        assert_eq!(rename_fn("fn other() {}", "f", "g"), None);
+    }
+
+    /// Two handlers defining one function name with different code make a valid module
+    /// that dispatches each case to its own code.
+    #[test]
+    fn handlers_that_share_a_function_name_each_keep_their_code() {
+        let handlers = [handler("f", "return 1u;"), handler("f", "return 2u;")];
+        let module = group_module(&handlers, &[false, false], 16);
+        validate(&module).unwrap();
+        assert!(module
+            .source
+            .contains("case 0u: { return f(ctx, msg, bytes); }"));
+        assert!(module
+            .source
+            .contains("case 1u: { return f_gyre_case1(ctx, msg, bytes); }"));
+        assert!(module.source.contains("fn f_gyre_case1 (ctx"));
     }
 }
