@@ -49,6 +49,16 @@ pub(crate) struct DeviceCore {
 }
 
 impl DeviceCore {
+    /// Whether the group's fault policy will restart it (see
+    /// `Restartable::restart_pending`) and neither the host nor the runtime's end stopped
+    /// it first.
+    pub(crate) fn restart_pending(&self) -> bool {
+        // Relaxed: the flags are plain booleans of the group's handles.
+        !self.stopped.load(Ordering::Relaxed)
+            && !self.runtime_gone.load(Ordering::Relaxed)
+            && self.group.restart_pending()
+    }
+
     /// The error for kernel `k`, which takes or makes no more messages.
     pub(crate) fn stopped_error(&self, k: usize) -> Error {
         let state = self.group.state(k);
@@ -241,7 +251,9 @@ impl DeviceCore {
         });
         match out {
             Some(r) => Ok(Some(r)),
-            None if matches!(state, State::Terminated | State::Faulted) => {
+            None if matches!(state, State::Terminated | State::Faulted)
+                && !self.restart_pending() =>
+            {
                 Err(self.stopped_error(k))
             }
             None => Ok(None),

@@ -928,3 +928,73 @@ fn kernels_whose_device_functions_share_a_name_each_run_their_own() {
         assert_eq!(pipeline.recv_timeout(TIMEOUT).unwrap(), 1006, "{name}");
     }
 }
+
+/// A stage that passes `u32`s through and faults on `fault_on` (a panic on the CPU,
+/// `GYRE_FAULT_KERNEL` on devices).
+fn faulting_pass(name: &str, fault_on: u32) -> KernelSpec<u32, u32> {
+    KernelSpec::<u32, u32>::new(name)
+        .cpu(move |x, out| {
+            assert!(*x != fault_on, "fault on {x}");
+            Ok(out.emit(*x)?)
+        })
+        .cuda(
+            "pass_or_fault",
+            format!(
+                "__device__ int pass_or_fault(gyre_ctx *ctx, const void *msg, gyre_u32 bytes) {{\n\
+                 gyre_u32 x = *(const gyre_u32 *)msg;\n\
+                 if (x == {fault_on}u) {{ return GYRE_FAULT_KERNEL; }}\n\
+                 return gyre_emit(ctx, 0u, &x, sizeof x);\n}}"
+            ),
+        )
+        .wgsl(
+            "pass_or_fault",
+            format!(
+                "fn pass_or_fault(ctx: ptr<function, GyreCtx>, msg: ptr<function, GyreMsg>, bytes: u32) -> u32 {{\n\
+                 if ((*msg).w[0] == {fault_on}u) {{ return GYRE_FAULT_KERNEL; }}\n\
+                 return gyre_emit(ctx, 0u, msg, 4u);\n}}"
+            ),
+        )
+}
+
+/// A receive waiting while the kernel faults and its fault policy restarts it keeps
+/// waiting and gets what the restarted kernel emits, on every backend (devices ended it
+/// with `Faulted` at once, while the CPU waited); once the restarts are used up, it ends
+/// with `Faulted` right away.
+#[test]
+fn a_receive_waiting_across_a_supervised_restart_keeps_waiting_on_every_backend() {
+    use gyre::{FaultPolicy, RestartPolicy};
+    for (name, runtime) in runtimes() {
+        let kernel = runtime
+            .launch(
+                faulting_pass("restarted", 5).on_fault(FaultPolicy::Restart(RestartPolicy {
+                    max_restarts: 1,
+                    initial_backoff: Duration::from_millis(200),
+                    ..RestartPolicy::default()
+                })),
+            )
+            .unwrap();
+        kernel.activate().unwrap();
+        let waiting = {
+            let kernel = kernel.clone();
+            std::thread::spawn(move || kernel.recv_timeout(TIMEOUT))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        kernel.send(5).unwrap();
+        kernel.send_timeout(6, TIMEOUT).unwrap();
+        let got = waiting.join().unwrap();
+        assert_eq!(got.ok(), Some(6), "{name}");
+        assert_eq!(kernel.restarts(), 1, "{name}");
+        // The second fault finds no restart left: a waiting receive ends.
+        let waiting = {
+            let kernel = kernel.clone();
+            std::thread::spawn(move || kernel.recv_timeout(TIMEOUT))
+        };
+        let sent = std::time::Instant::now();
+        kernel.send(5).unwrap();
+        let error = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(error, Error::Faulted { .. }), "{name}: {error}");
+        // Told when the circuit opened, not at the end of its timeout (the CPU's
+        // receiver was not woken then).
+        assert!(sent.elapsed() < TIMEOUT / 2, "{name}: {:?}", sent.elapsed());
+    }
+}

@@ -244,6 +244,22 @@ impl Restartable {
     }
 
     /// Whether any kernel of the current generation faulted.
+    /// Whether the group is faulted (or being restarted) and its fault policy will
+    /// restart it: receivers keep waiting instead of being told that nothing more will
+    /// come, as on the CPU. False once the circuit is open; a host's stop is the
+    /// caller's to check.
+    pub(crate) fn restart_pending(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release stores in `restart`.
+        if self.restarting.load(Ordering::Acquire) {
+            return true;
+        }
+        self.supervision
+            .iter()
+            .any(|s| matches!(s.fault_policy, FaultPolicy::Restart(_)))
+            && self.faulted()
+            && !self.restart_state.lock().book.circuit_open
+    }
+
     fn faulted(&self) -> bool {
         let g = self.current();
         g.host_faulted() || (0..self.names.len()).any(|k| g.group.state(k) == State::Faulted)
@@ -478,6 +494,9 @@ impl Restartable {
                 } else {
                     let Some(wait) = state.book.next_backoff(&policy) else {
                         tracing::error!(kernels = ?self.names, restarts = state.book.in_a_row, "circuit open: the device group faulted again after its last allowed restart; it stays faulted");
+                        drop(state);
+                        // Receivers that waited for the restart learn that none comes.
+                        self.current().group.progress().notify();
                         return None;
                     };
                     let due = now + wait;

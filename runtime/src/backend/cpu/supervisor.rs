@@ -212,6 +212,8 @@ fn schedule_restart(kernel: &Arc<KernelCore>, policy: &RestartPolicy, due: &mut 
             restarts = state.book.in_a_row,
             "circuit open: the kernel faulted again after its last allowed restart; it stays faulted"
         );
+        drop(state);
+        kernel.restart_abandoned();
         return;
     };
     tracing::warn!(kernel = %kernel.config().name, ?wait, attempt = state.book.in_a_row + 1, "restart scheduled");

@@ -99,6 +99,12 @@ impl KernelCore {
         self.supervisor.report_fault(self.clone());
     }
 
+    /// Tells receivers waiting for a restart that none will come (the circuit opened):
+    /// they look at the kernel's state again.
+    pub(crate) fn restart_abandoned(&self) {
+        self.outbox_items.notify();
+    }
+
     /// Whether the kernel is faulted and its fault policy will restart it (receivers
     /// keep waiting instead of being told that nothing more will come).
     pub(super) fn restart_pending(&self) -> bool {
