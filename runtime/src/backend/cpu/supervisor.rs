@@ -107,6 +107,14 @@ struct Due {
 
 fn run(me: &Weak<Supervisor>) {
     let mut due: Vec<Due> = Vec::new();
+    rounds(me, &mut due);
+    for d in due {
+        d.kernel
+            .drop_requeued("the runtime stopped before the kernel's restart");
+    }
+}
+
+fn rounds(me: &Weak<Supervisor>, due: &mut Vec<Due>) {
     let mut next_watch = Instant::now();
     loop {
         let Some(sup) = me.upgrade() else { return };
@@ -133,14 +141,14 @@ fn run(me: &Weak<Supervisor>) {
         // Faults reported since the last round.
         let faulted = std::mem::take(&mut sup.queue.lock().faulted);
         for kernel in faulted {
-            on_fault(&kernel, &mut due);
+            on_fault(&kernel, due);
         }
         // Restarts that fell due.
         let now = Instant::now();
         let (ready, later): (Vec<Due>, Vec<Due>) = due.drain(..).partition(|d| d.at <= now);
-        due = later;
+        *due = later;
         for d in ready {
-            restart(&sup, &d.kernel, &mut due);
+            restart(&sup, &d.kernel, due);
         }
         let wake_at = due.iter().map(|d| d.at).chain([next_watch]).min();
         sup.signal.wait_until(wake_at, || {
@@ -176,12 +184,15 @@ fn check_watchdog(kernel: &Arc<KernelCore>, timeout: Duration) {
             .name("gyre-watchdog".into())
             .spawn(move || {
                 let why = kernel.fault().unwrap_or_default();
-                kernel.terminate_to_dead_letters(&format!(
+                let reason = format!(
                     "kernel `{}` terminated by its watchdog: {why}",
                     kernel.config().name
-                ));
+                );
                 if matches!(policy, FaultPolicy::Restart(_)) {
+                    kernel.terminate_for_restart(&reason);
                     kernel.request_supervised_restart();
+                } else {
+                    kernel.terminate_to_dead_letters(&reason);
                 }
             });
         if let Err(e) = reported {
@@ -213,6 +224,7 @@ fn schedule_restart(kernel: &Arc<KernelCore>, policy: &RestartPolicy, due: &mut 
             "circuit open: the kernel faulted again after its last allowed restart; it stays faulted"
         );
         drop(state);
+        kernel.drop_requeued("its circuit opened");
         kernel.restart_abandoned();
         return;
     };
@@ -230,6 +242,7 @@ fn restart(sup: &Supervisor, kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
     if !crate::lifecycle::is_stopped(kernel.state()) || kernel.is_stopped_by_host() {
         // Restarted meanwhile, or drained or terminated by the host: a host's stop is
         // final (a drain of a group with a faulted member must not bring it back).
+        kernel.drop_requeued("the kernel was restarted or stopped by hand first");
         return;
     }
     let restarted = kernel.restart_in_place();

@@ -393,6 +393,17 @@ impl KernelCore {
         self.stop(on_input, on_output, true, ack_deadline)
     }
 
+    /// As [`KernelCore::stop_for_policy`], leaving what the kernel emitted to the host in
+    /// its output ring for receivers (the `Restart` policy's watchdog).
+    pub(crate) fn stop_keeping_outputs(
+        self: &Arc<Self>,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<bool, CommandError> {
+        let ack_deadline = Instant::now() + self.config.command_timeout;
+        self.stop(on_input, on_output, false, ack_deadline)
+    }
+
     /// Whether the host drained or terminated the kernel since its last (re)start: the
     /// fault policy then leaves it stopped.
     pub fn is_stopped_by_host(&self) -> bool {
@@ -633,6 +644,9 @@ impl KernelCore {
         }
         self.inbox.reopen();
         self.lane.reopen();
+        // What a watchdog kept from before the fault goes first (senders are refused
+        // until just now, so only one that retries at this very moment can get ahead).
+        self.put_back_requeued();
         self.local.terminating.store(false, Ordering::Relaxed);
         self.local.abandoned.store(false, Ordering::Relaxed);
         self.uncollected.store(false, Ordering::Relaxed);

@@ -186,6 +186,11 @@ pub struct KernelCore {
     overflow_pending: AtomicBool,
     /// What the runtime's drop handed back for this kernel, kept for its handles.
     kept: Mutex<control_ops::Kept>,
+    /// Inputs (tag, correlation id, payload) a watchdog's terminate took out of the inbox
+    /// under the `Restart` policy, oldest first: the restart puts them back in before
+    /// the kernel runs again; a restart that will not come sends them to the dead
+    /// letters.
+    requeued: Mutex<Vec<Overflowed>>,
     /// Set when the host drains or terminates the kernel: that stop is final, so the
     /// fault policy does not restart it behind the host's back.
     stopped_by_host: AtomicBool,
@@ -324,6 +329,7 @@ impl KernelCore {
             overflow: Mutex::new(std::collections::VecDeque::new()),
             overflow_pending: AtomicBool::new(false),
             kept: Mutex::new(control_ops::Kept::default()),
+            requeued: Mutex::new(Vec::new()),
             uncollected: AtomicBool::new(false),
             stopped_by_host: AtomicBool::new(false),
         }

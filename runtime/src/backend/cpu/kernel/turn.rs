@@ -548,6 +548,71 @@ impl KernelCore {
         });
     }
 
+    /// What a watchdog does under the `Restart` policy: terminates the kernel, sends the
+    /// message its stuck handler held (if the terminate gave up on it) and the emits
+    /// waiting for room to the dead-letter sink with `reason`, and keeps the inputs
+    /// queued behind it for the restart, which puts them back in first. What the kernel
+    /// already emitted to the host stays receivable. (A panic keeps its queue the same
+    /// way: the restart dead-letters only the message it panicked on.)
+    pub(crate) fn terminate_for_restart(self: &Arc<Self>, reason: &str) {
+        if self.is_stopped_by_host() {
+            return;
+        }
+        let mut inputs: Vec<super::Overflowed> = Vec::new();
+        let result = self.stop_keeping_outputs(
+            &mut |s| inputs.push((s.tag, s.corr, s.payload.to_vec())),
+            &mut |s| self.dead_letter(false, reason.to_owned(), &s),
+        );
+        let mut inputs = inputs.into_iter();
+        match result {
+            Ok(true) => {
+                if let Some((tag, corr, payload)) = inputs.next() {
+                    self.dead_letter(true, reason.to_owned(), &slot(tag, corr, &payload));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(kernel = %self.config.name, error = %e, "could not terminate the kernel for its watchdog");
+            }
+        }
+        self.requeued.lock().extend(inputs);
+        if self.runtime_stopping() || self.runtime_gone() {
+            self.drop_requeued("the runtime stopped before the kernel's restart");
+        }
+    }
+
+    /// Sends the inputs kept for a restart that will not come to the dead letters.
+    pub(crate) fn drop_requeued(&self, why: &str) {
+        let kept = std::mem::take(&mut *self.requeued.lock());
+        for (tag, corr, payload) in kept {
+            let reason = format!("kept for a restart that did not come ({why})");
+            self.dead_letter(true, reason, &slot(tag, corr, &payload));
+        }
+    }
+
+    /// Puts the inputs kept for this restart back into the inbox, oldest first; one that
+    /// finds no room (a watchdog took out the inbox and the exclusive lane, up to twice
+    /// the capacity) goes to the dead letters.
+    pub(super) fn put_back_requeued(&self) {
+        let kept = std::mem::take(&mut *self.requeued.lock());
+        for (tag, corr, payload) in kept {
+            match self.inbox.try_claim(1) {
+                Ok(claim) => {
+                    claim.write(0, tag, corr, |body| {
+                        body[..payload.len()].copy_from_slice(&payload);
+                    });
+                    claim.publish();
+                }
+                Err(_) => self.dead_letter(
+                    true,
+                    "restart: no room in the inbox for a message kept from before the fault"
+                        .to_owned(),
+                    &slot(tag, corr, &payload),
+                ),
+            }
+        }
+    }
+
     /// Terminates the kernel and sends every message it hands back, inputs and outputs,
     /// to the dead-letter sink with `reason` (what fault policies do).
     pub(crate) fn terminate_to_dead_letters(self: &Arc<Self>, reason: &str) {
@@ -597,5 +662,15 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+/// A slot view of a kept message.
+fn slot(tag: u32, corr: [u32; 2], payload: &[u8]) -> SlotRef<'_> {
+    SlotRef {
+        position: 0,
+        tag,
+        corr,
+        payload,
     }
 }
