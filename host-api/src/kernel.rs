@@ -192,8 +192,9 @@ impl<In: Message, Out: Message> Kernel<In, Out> {
         }
     }
 
-    /// Restarts over its life: by its fault policy on the CPU; on a device backend every
-    /// restart of its group, by hand ([`crate::Group::restart`]) or by the fault policy.
+    /// Restarts over its life, by hand ([`crate::Runtime::restart`],
+    /// [`crate::Group::restart`]) or by its fault policy; on a device backend every
+    /// restart of its group.
     pub fn restarts(&self) -> u64 {
         match &self.backing {
             Backing::Cpu(core) => core.restarts(),

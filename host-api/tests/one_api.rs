@@ -998,3 +998,26 @@ fn a_receive_waiting_across_a_supervised_restart_keeps_waiting_on_every_backend(
         assert!(sent.elapsed() < TIMEOUT / 2, "{name}: {:?}", sent.elapsed());
     }
 }
+
+/// `restarts()` counts a restart by hand as one by the fault policy, on every backend
+/// (the CPU counted only the policy's).
+#[test]
+fn a_restart_by_hand_counts_on_every_backend() {
+    for (name, runtime) in runtimes() {
+        let kernel = runtime.launch(faulting_pass("by-hand", 5)).unwrap();
+        kernel.activate().unwrap();
+        kernel.send(5).unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while kernel.state() != gyre::State::Faulted {
+            assert!(std::time::Instant::now() < deadline, "{name}: no fault");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(kernel.restarts(), 0, "{name}");
+        runtime.restart(&kernel).unwrap();
+        assert_eq!(kernel.restarts(), 1, "{name}");
+        // Back `Launched` on the CPU, active on devices: activating works on both.
+        kernel.activate().unwrap();
+        kernel.send(6).unwrap();
+        assert_eq!(kernel.recv_timeout(TIMEOUT).unwrap(), 6, "{name}");
+    }
+}

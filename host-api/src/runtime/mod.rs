@@ -141,6 +141,10 @@ impl Runtime {
     /// `HEAD`) `/metrics` answers 200 with `text/plain; version=0.0.4`; another method
     /// there answers 405, another path 404.
     ///
+    /// The server holds what it reads, not the runtime's lifetime: after
+    /// [`Runtime::shutdown`] (or a drop) it goes on serving the stopped kernels' last
+    /// counters until the handle is dropped; drop it with the runtime to close the port.
+    ///
     /// ```
     /// # #[cfg(feature = "http")] {
     /// let runtime = gyre::Runtime::builder().build()?;

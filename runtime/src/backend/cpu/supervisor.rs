@@ -249,9 +249,6 @@ fn restart(sup: &Supervisor, kernel: &Arc<KernelCore>, due: &mut Vec<Due>) {
     {
         let mut state = kernel.restart_state().lock();
         state.book.record(Instant::now());
-        if restarted.is_ok() {
-            state.total += 1;
-        }
     }
     let outcome = restarted.map_err(|e| e.to_string()).and_then(|needs_thread| {
         if needs_thread {

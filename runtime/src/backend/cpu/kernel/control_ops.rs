@@ -662,6 +662,7 @@ impl KernelCore {
         exec.state = State::Launched;
         exec.control.set_state(State::Launched);
         *serial = None;
+        self.restart_state.lock().total += 1;
         tracing::info!(kernel = %self.config.name, id = self.id, ?from, "kernel restarted");
         self.state_changed.notify();
         if self.config.placement == crate::backend::Placement::Pool {

@@ -120,7 +120,7 @@ impl KernelCore {
         &self.dead
     }
 
-    /// Restarts done by the kernel's fault policy over its life.
+    /// Restarts over the kernel's life, by its fault policy or by hand.
     pub fn restarts(&self) -> u64 {
         self.restart_state.lock().total
     }
