@@ -67,8 +67,7 @@ pub(crate) fn stop_kernel(kernel: &CpuKernel, how: Stop) -> Option<KernelShutdow
     let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
     let outcome = match how {
         Stop::Drain(deadline) => {
-            let left = deadline.saturating_duration_since(Instant::now());
-            kernel.drain(left, &mut |s| inputs.push(raw(s)), &mut |s| {
+            kernel.drain_until(deadline, &mut |s| inputs.push(raw(s)), &mut |s| {
                 outputs.push(raw(s));
             })
         }

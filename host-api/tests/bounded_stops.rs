@@ -52,11 +52,15 @@ fn runtime_with(command_timeout: Duration) -> Runtime {
 /// Launches a kernel whose handler never returns from [`STUCK_ON`], sends `0..SENT`,
 /// receives 0 and waits until the handler is inside [`STUCK_ON`].
 fn stuck_kernel(runtime: &Runtime, placement: Placement) -> Kernel<u64, u64> {
+    stuck_kernel_named(runtime, placement, &format!("stuck-{placement:?}"))
+}
+
+fn stuck_kernel_named(runtime: &Runtime, placement: Placement, name: &str) -> Kernel<u64, u64> {
     let (entered, inside) = mpsc::channel::<()>();
     let entered = std::sync::Mutex::new(entered);
     let kernel = runtime
         .launch(
-            KernelSpec::<u64, u64>::new(format!("stuck-{placement:?}"))
+            KernelSpec::<u64, u64>::new(name)
                 .placement(placement)
                 .cpu(move |x, out| {
                     if *x == STUCK_ON {
@@ -157,6 +161,50 @@ fn shutdown_returns_within_its_timeout_and_reports_everything() {
             .collect();
         assert_eq!(handed_back, handed_back_after_stuck(), "{placement:?}");
         assert_eq!(kernel.state(), State::Terminated);
+    }
+}
+
+/// Several stuck kernels do not add up: a shutdown or a drop gives up on all of them
+/// within its one bound (each stuck kernel used to add the whole grace after the
+/// deadline, about a second, as kernels were stopped one after another), and every
+/// kernel hands back what it did not finish.
+#[test]
+fn several_stuck_kernels_share_one_bound() {
+    // One on the pool (a second would hold its other worker), four on threads of their
+    // own.
+    let placements = [(Placement::Pool, 1), (Placement::Dedicated, 4)];
+    for drop_it in [false, true] {
+        let runtime = runtime_with(Duration::from_secs(1));
+        let kernels: Vec<_> = placements
+            .iter()
+            .flat_map(|&(p, n)| (0..n).map(move |i| (p, i)))
+            .map(|(p, i)| stuck_kernel_named(&runtime, p, &format!("stuck-{p:?}-{i}")))
+            .collect();
+        let started = Instant::now();
+        let report = within(STOP_TIMEOUT + SLACK, move || {
+            if drop_it {
+                drop(runtime);
+                None
+            } else {
+                Some(runtime.shutdown(STOP_TIMEOUT))
+            }
+        })
+        .unwrap_or_else(|| panic!("drop {drop_it}: the stop did not return"));
+        let took = started.elapsed();
+        assert!(took < STOP_TIMEOUT + SLACK, "drop {drop_it}: {took:?}");
+        for kernel in &kernels {
+            let handed_back: Vec<u64> = match &report {
+                Some(report) => report
+                    .kernel(kernel.name())
+                    .expect("every kernel is in the report")
+                    .undelivered
+                    .iter()
+                    .map(gyre::RawMessage::read::<u64>)
+                    .collect(),
+                None => kernel.terminate().unwrap().undelivered,
+            };
+            assert_eq!(handed_back, handed_back_after_stuck(), "{}", kernel.name());
+        }
     }
 }
 

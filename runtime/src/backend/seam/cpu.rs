@@ -467,6 +467,21 @@ impl CpuKernel {
         self.0.drain(timeout, on_input, on_output)
     }
 
+    /// [`CpuKernel::drain`] to an absolute deadline shared by kernels stopped one after
+    /// another (the grace after it is not paid again for each).
+    ///
+    /// # Errors
+    /// As [`CpuKernel::drain`].
+    #[inline]
+    pub fn drain_until(
+        &self,
+        deadline: std::time::Instant,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<DrainSummary, CommandError> {
+        self.0.drain_until(deadline, on_input, on_output)
+    }
+
     /// Terminates: stops after the message in hand and hands every message still in a
     /// ring to the callbacks, within the command timeout whatever the handler does.
     ///

@@ -294,9 +294,23 @@ impl KernelCore {
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<DrainSummary, CommandError> {
+        self.drain_until(Instant::now() + timeout, on_input, on_output)
+    }
+
+    /// [`KernelCore::drain`] to an absolute `deadline`, which many kernels stopped one
+    /// after another share: the grace after it is counted from it once, not again for
+    /// each kernel (a shutdown with n stuck kernels took about n grace periods).
+    ///
+    /// # Errors
+    /// As [`KernelCore::drain`].
+    pub fn drain_until(
+        self: &Arc<Self>,
+        deadline: Instant,
+        on_input: &mut dyn FnMut(SlotRef<'_>),
+        on_output: &mut dyn FnMut(SlotRef<'_>),
+    ) -> Result<DrainSummary, CommandError> {
         self.stopped_by_host.store(true, Ordering::Relaxed);
         let mut serial = self.lifecycle.lock();
-        let deadline = Instant::now() + timeout;
         let from = self.effective_state(*serial);
         if from == State::Faulted
             || self.is_uncollected()
