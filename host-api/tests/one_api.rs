@@ -1021,3 +1021,35 @@ fn a_restart_by_hand_counts_on_every_backend() {
         assert_eq!(kernel.recv_timeout(TIMEOUT).unwrap(), 6, "{name}");
     }
 }
+
+/// A group of a runtime that was shut down or dropped does not restart, on any backend
+/// (devices launched a fresh group that belonged to no runtime, and what it then took
+/// was lost with the last handle).
+#[test]
+fn a_group_of_a_gone_runtime_does_not_restart_on_any_backend() {
+    for shut_down in [true, false] {
+        for (name, runtime) in runtimes() {
+            let pipeline = runtime
+                .pipeline::<Record>("after")
+                .stage(KernelSpec::<Record, Record>::new("a").builtin(Builtin::Gather))
+                .launch()
+                .unwrap();
+            pipeline.activate().unwrap();
+            if shut_down {
+                runtime.shutdown(TIMEOUT);
+            } else {
+                drop(runtime);
+            }
+            let restart = pipeline.group().restart();
+            assert!(
+                matches!(restart, Err(Error::RuntimeGone { .. })),
+                "{name}, shut down {shut_down}: {restart:?}"
+            );
+            let send = pipeline.send(records(1)[0]).map_err(|e| e.error);
+            assert!(
+                matches!(send, Err(Error::RuntimeGone { .. })),
+                "{name}, shut down {shut_down}: {send:?}"
+            );
+        }
+    }
+}

@@ -175,6 +175,14 @@ fn run(shared: &Weak<Shared>) {
 /// Restarts the device group of `core` by hand (see [`Restartable::restart`]); the
 /// supervisor then nudges waiters left on the retired group.
 pub(crate) fn restart(core: &Arc<DeviceCore>) -> Result<(), Error> {
+    // Relaxed: a plain boolean of the group's handles. A group of a runtime that is gone
+    // stays stopped, as a CPU kernel does: a fresh launch would belong to no runtime, and
+    // what it took would be lost with the last handle.
+    if core.runtime_gone.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Error::RuntimeGone {
+            kernel: core.names.first().cloned().unwrap_or_default(),
+        });
+    }
     core.group.restart(&core.stopped)?;
     if let Some(supervisor) = core.group.supervisor.get() {
         supervisor.watch(core);
