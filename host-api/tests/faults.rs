@@ -398,3 +398,44 @@ fn a_request_that_goes_to_the_dead_letters_ends_with_their_reason() {
         assert!(letters.len() >= 2, "{fault_policy:?}: {letters:?}");
     }
 }
+
+/// A receive waiting while the watchdog terminates a stuck kernel whose policy restarts
+/// it keeps waiting and gets what the restarted kernel emits (it was told `Terminated`
+/// between the terminate and the restart, in a hot loop, as if the stream had ended).
+#[test]
+fn a_receive_waits_across_a_watchdog_restart() {
+    const STUCK_ON: u64 = 3;
+    let rt = Runtime::builder()
+        .workers(2)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let k = rt
+        .launch(
+            KernelSpec::<u64, u64>::new("slow")
+                .watchdog(Duration::from_millis(50))
+                .on_fault(policy(5))
+                .cpu(|x, out| {
+                    if *x == STUCK_ON {
+                        std::thread::sleep(Duration::from_millis(600));
+                    }
+                    Ok(out.emit(*x)?)
+                }),
+        )
+        .unwrap();
+    k.activate().unwrap();
+    for x in 0..10 {
+        k.send(x).unwrap();
+    }
+    let got: Vec<u64> = (0..9)
+        .map(|_| {
+            k.recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("a receive across the restart: {e}"))
+        })
+        .collect();
+    assert_eq!(
+        got,
+        (0..10).filter(|&x| x != STUCK_ON).collect::<Vec<u64>>()
+    );
+    assert_eq!(k.restarts(), 1);
+}

@@ -675,6 +675,9 @@ impl KernelCore {
         self.stopped.store(false, Ordering::Release);
         exec.state = State::Launched;
         exec.control.set_state(State::Launched);
+        // After the state: a receiver never sees neither the pending restart nor the
+        // restarted kernel.
+        self.restart_due.store(false, Ordering::Release);
         *serial = None;
         self.restart_state.lock().total += 1;
         tracing::info!(kernel = %self.config.name, id = self.id, ?from, "kernel restarted");

@@ -191,6 +191,9 @@ pub struct KernelCore {
     /// the kernel runs again; a restart that will not come sends them to the dead
     /// letters.
     requeued: Mutex<Vec<Overflowed>>,
+    /// Set while a watchdog's terminate under the `Restart` policy waits for its restart
+    /// (the kernel reads `Terminated` meanwhile): receivers keep waiting.
+    restart_due: AtomicBool,
     /// Set when the host drains or terminates the kernel: that stop is final, so the
     /// fault policy does not restart it behind the host's back.
     stopped_by_host: AtomicBool,
@@ -330,6 +333,7 @@ impl KernelCore {
             overflow_pending: AtomicBool::new(false),
             kept: Mutex::new(control_ops::Kept::default()),
             requeued: Mutex::new(Vec::new()),
+            restart_due: AtomicBool::new(false),
             uncollected: AtomicBool::new(false),
             stopped_by_host: AtomicBool::new(false),
         }

@@ -105,9 +105,14 @@ impl KernelCore {
         self.outbox_items.notify();
     }
 
-    /// Whether the kernel is faulted and its fault policy will restart it (receivers
-    /// keep waiting instead of being told that nothing more will come).
+    /// Whether the kernel is faulted, or was terminated by its watchdog, and its fault
+    /// policy will restart it (receivers keep waiting instead of being told that nothing
+    /// more will come).
     pub(super) fn restart_pending(&self) -> bool {
+        // ORDERING: Acquire pairs with the Release store in `terminate_for_restart`.
+        if self.restart_due.load(Ordering::Acquire) {
+            return true;
+        }
         matches!(
             self.config.fault_policy,
             crate::health::FaultPolicy::Restart(_)

@@ -558,6 +558,9 @@ impl KernelCore {
         if self.is_stopped_by_host() {
             return;
         }
+        // ORDERING: Release pairs with the Acquire load in `restart_pending`; set before
+        // the kernel reads `Terminated`, so no receiver takes that for the end.
+        self.restart_due.store(true, Ordering::Release);
         let mut inputs: Vec<super::Overflowed> = Vec::new();
         let result = self.stop_keeping_outputs(
             &mut |s| inputs.push((s.tag, s.corr, s.payload.to_vec())),
@@ -583,6 +586,10 @@ impl KernelCore {
 
     /// Sends the inputs kept for a restart that will not come to the dead letters.
     pub(crate) fn drop_requeued(&self, why: &str) {
+        if self.restart_due.swap(false, Ordering::AcqRel) {
+            // Receivers waiting for the restart look again: none comes.
+            self.outbox_items.notify();
+        }
         let kept = std::mem::take(&mut *self.requeued.lock());
         for (tag, corr, payload) in kept {
             let reason = format!("kept for a restart that did not come ({why})");
