@@ -397,25 +397,18 @@ impl KernelCore {
     }
 
     /// A terminate by the kernel's fault policy or watchdog (which may restart it
-    /// later), as opposed to one by the host (which is final).
+    /// later), as opposed to one by the host (which is final). With
+    /// `take_ring_outputs`, what the kernel emitted to the host and nobody received is
+    /// handed to `on_output` too; without, it stays in the output ring for receivers (the
+    /// `Restart` policy's watchdog).
     pub(crate) fn stop_for_policy(
         self: &Arc<Self>,
+        take_ring_outputs: bool,
         on_input: &mut dyn FnMut(SlotRef<'_>),
         on_output: &mut dyn FnMut(SlotRef<'_>),
     ) -> Result<bool, CommandError> {
         let ack_deadline = Instant::now() + self.config.command_timeout;
-        self.stop(on_input, on_output, true, ack_deadline)
-    }
-
-    /// As [`KernelCore::stop_for_policy`], leaving what the kernel emitted to the host in
-    /// its output ring for receivers (the `Restart` policy's watchdog).
-    pub(crate) fn stop_keeping_outputs(
-        self: &Arc<Self>,
-        on_input: &mut dyn FnMut(SlotRef<'_>),
-        on_output: &mut dyn FnMut(SlotRef<'_>),
-    ) -> Result<bool, CommandError> {
-        let ack_deadline = Instant::now() + self.config.command_timeout;
-        self.stop(on_input, on_output, false, ack_deadline)
+        self.stop(on_input, on_output, take_ring_outputs, ack_deadline)
     }
 
     /// Whether the host drained or terminated the kernel since its last (re)start: the

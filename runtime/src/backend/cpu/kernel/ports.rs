@@ -706,8 +706,9 @@ impl Emitter<'_> {
     }
 }
 
-/// An emitted message as a slot view, for the dead-letter sink.
-fn emitted_slot(tag: u32, corr: [u32; 2], payload: &[u8]) -> SlotRef<'_> {
+/// A message kept outside the rings (emitted, stashed, kept for a restart) as a slot
+/// view, for the dead-letter sink and the rings.
+pub(super) fn emitted_slot(tag: u32, corr: [u32; 2], payload: &[u8]) -> SlotRef<'_> {
     SlotRef {
         position: 0,
         tag,

@@ -562,7 +562,8 @@ impl KernelCore {
         // the kernel reads `Terminated`, so no receiver takes that for the end.
         self.restart_due.store(true, Ordering::Release);
         let mut inputs: Vec<super::Overflowed> = Vec::new();
-        let result = self.stop_keeping_outputs(
+        let result = self.stop_for_policy(
+            false,
             &mut |s| inputs.push((s.tag, s.corr, s.payload.to_vec())),
             &mut |s| self.dead_letter(false, reason.to_owned(), &s),
         );
@@ -570,7 +571,11 @@ impl KernelCore {
         match result {
             Ok(true) => {
                 if let Some((tag, corr, payload)) = inputs.next() {
-                    self.dead_letter(true, reason.to_owned(), &slot(tag, corr, &payload));
+                    self.dead_letter(
+                        true,
+                        reason.to_owned(),
+                        &super::ports::emitted_slot(tag, corr, &payload),
+                    );
                 }
             }
             Ok(false) => {}
@@ -593,7 +598,11 @@ impl KernelCore {
         let kept = std::mem::take(&mut *self.requeued.lock());
         for (tag, corr, payload) in kept {
             let reason = format!("kept for a restart that did not come ({why})");
-            self.dead_letter(true, reason, &slot(tag, corr, &payload));
+            self.dead_letter(
+                true,
+                reason,
+                &super::ports::emitted_slot(tag, corr, &payload),
+            );
         }
     }
 
@@ -614,7 +623,7 @@ impl KernelCore {
                     true,
                     "restart: no room in the inbox for a message kept from before the fault"
                         .to_owned(),
-                    &slot(tag, corr, &payload),
+                    &super::ports::emitted_slot(tag, corr, &payload),
                 ),
             }
         }
@@ -628,6 +637,7 @@ impl KernelCore {
             return;
         }
         let result = self.stop_for_policy(
+            true,
             &mut |s| self.dead_letter(true, reason.to_owned(), &s),
             &mut |s| self.dead_letter(false, reason.to_owned(), &s),
         );
@@ -669,15 +679,5 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
-    }
-}
-
-/// A slot view of a kept message.
-fn slot(tag: u32, corr: [u32; 2], payload: &[u8]) -> SlotRef<'_> {
-    SlotRef {
-        position: 0,
-        tag,
-        corr,
-        payload,
     }
 }
